@@ -1,0 +1,185 @@
+#ifndef CKPT_COMMON_TYPES_H_
+#define CKPT_COMMON_TYPES_H_
+
+// Value types shared by the storage engine, the server and the clients: the
+// flattened value tree of a checkpoint, tensor metadata and version records.
+// No protobuf, no gRPC, no LibTorch.
+
+#include <array>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include "absl/strings/string_view.h"
+#include <variant>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+
+namespace ckpt {
+
+/// Element type of a tensor. Numeric values are the wire values of ckpt.v1.DType.
+enum class DType : int {
+  kUnspecified = 0,
+  kFloat32 = 1,
+  kFloat64 = 2,
+  kFloat16 = 3,
+  kBFloat16 = 4,
+  kInt8 = 5,
+  kInt16 = 6,
+  kInt32 = 7,
+  kInt64 = 8,
+  kUInt8 = 9,
+  kBool = 10,
+  kComplex64 = 11,
+  kComplex128 = 12,
+  kUInt16 = 13,
+  kUInt32 = 14,
+  kUInt64 = 15,
+};
+
+/// Largest valid DType value.
+inline constexpr int kMaxDType = 15;
+
+/// Bytes per element; 0 for kUnspecified or an out-of-range value.
+size_t DTypeSize(DType dtype);
+
+/// PyTorch's name without the "torch." prefix ("float32", "bfloat16"), or
+/// "unspecified".
+absl::string_view DTypeName(DType dtype);
+
+/// Inverse of DTypeName; also accepts PyTorch aliases ("float", "half",
+/// "long", "int", "double", "cfloat", "cdouble", "short"). NotFound otherwise.
+absl::StatusOr<DType> ParseDType(absl::string_view name);
+
+/// A 128-bit content digest (XXH3-128), big-endian: high 64 bits first.
+struct Digest {
+  std::array<uint8_t, 16> bytes{};
+
+  /// Digest of `data`.
+  static Digest Of(absl::Span<const uint8_t> data);
+  static Digest Of(absl::string_view data);
+  /// From exactly 16 raw bytes; InvalidArgument otherwise.
+  static absl::StatusOr<Digest> FromBytes(absl::string_view raw);
+
+  absl::string_view view() const {
+    return {reinterpret_cast<const char*>(bytes.data()), bytes.size()};
+  }
+  /// 32 lowercase hex characters.
+  std::string Hex() const;
+
+  friend bool operator==(const Digest& a, const Digest& b) { return a.bytes == b.bytes; }
+  friend bool operator!=(const Digest& a, const Digest& b) { return !(a == b); }
+  friend bool operator<(const Digest& a, const Digest& b) { return a.bytes < b.bytes; }
+  template <typename H>
+  friend H AbslHashValue(H h, const Digest& d) {
+    return H::combine(std::move(h), d.view());
+  }
+};
+
+/// Where the bytes of a tensor or byte leaf live: fixed-size chunks, each
+/// addressed by its digest.
+struct DataRef {
+  uint64_t size = 0;        ///< Total bytes.
+  uint32_t chunk_size = 0;  ///< Bytes per chunk (the last may be shorter).
+  std::vector<Digest> chunks;
+
+  /// Number of chunks `size` bytes need at `chunk_size` (0 if either is 0).
+  static uint64_t NumChunks(uint64_t size, uint32_t chunk_size);
+  /// Length of chunk `i`.
+  uint64_t ChunkLength(size_t i) const;
+};
+
+/// Metadata of a dense, contiguous, row-major tensor.
+struct TensorMeta {
+  DType dtype = DType::kUnspecified;
+  std::vector<int64_t> shape;
+  std::string device = "cpu";  ///< Device when saved, e.g. "cuda:1".
+  bool requires_grad = false;
+
+  /// Number of elements, or InvalidArgument on a negative dimension or
+  /// overflow past 2^62.
+  absl::StatusOr<uint64_t> NumElements() const;
+  /// NumElements() * DTypeSize(dtype), with the same checks.
+  absl::StatusOr<uint64_t> NumBytes() const;
+};
+
+/// What a node of the value tree holds.
+enum class NodeKind : int {
+  kDict,
+  kList,
+  kTuple,
+  kNone,
+  kBool,
+  kInt,
+  kFloat,
+  kString,
+  kTensor,
+  kBytes,
+};
+
+/// "dict", "list", ..., "tensor", "bytes".
+absl::string_view NodeKindName(NodeKind kind);
+
+/// Key of a node within its parent: none (root, list/tuple element), a
+/// string, or an integer (e.g. optimizer state's parameter index).
+using NodeKey = std::variant<std::monostate, std::string, int64_t>;
+
+/// One node of a value tree in pre-order. A container's `size` children
+/// follow it.
+struct Node {
+  NodeKind kind = NodeKind::kNone;
+  NodeKey key;
+  uint32_t size = 0;       ///< Children (containers only).
+  bool bool_value = false;
+  int64_t int_value = 0;
+  double float_value = 0;
+  std::string string_value;
+  TensorMeta tensor;       ///< kTensor only.
+  DataRef data;            ///< kTensor and kBytes.
+
+  bool is_container() const {
+    return kind == NodeKind::kDict || kind == NodeKind::kList || kind == NodeKind::kTuple;
+  }
+  bool has_data() const { return kind == NodeKind::kTensor || kind == NodeKind::kBytes; }
+};
+
+/// A value tree flattened in pre-order.
+using Tree = std::vector<Node>;
+
+/// Largest inline string in a tree.
+inline constexpr size_t kMaxInlineString = 64 * 1024;
+/// Most dimensions a tensor may have.
+inline constexpr size_t kMaxDims = 64;
+
+/// Checks that `tree` is one well-formed tree: container sizes add up, dict
+/// children have keys and no duplicates, other nodes' children have none,
+/// tensor dtype/shape agree with the data size, chunk lists agree with size
+/// and chunk_size (<= max_chunk_bytes), strings fit. InvalidArgument naming
+/// the offending key otherwise.
+absl::Status ValidateTree(const Tree& tree, uint32_t max_chunk_bytes);
+
+/// Flattened key of every node ("model_state_dict/fc.weight"; list indices as
+/// numbers; the root is ""). Assumes a valid tree.
+std::vector<std::string> FlattenedKeys(const Tree& tree);
+
+/// Record of a committed version.
+struct VersionInfo {
+  std::string name;
+  uint64_t version = 0;
+  int64_t create_time_ms = 0;  ///< Unix time in milliseconds.
+  int64_t step = 0;
+  int64_t epoch = 0;
+  std::map<std::string, std::string> metadata;
+  std::vector<std::string> tags;  ///< Filled on read; not stored.
+  uint64_t num_tensors = 0;
+  uint64_t num_nodes = 0;
+  uint64_t data_bytes = 0;
+  uint64_t new_bytes = 0;
+  uint32_t world_size = 1;
+};
+
+}  // namespace ckpt
+
+#endif  // CKPT_COMMON_TYPES_H_

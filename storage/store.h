@@ -1,0 +1,200 @@
+#ifndef CKPT_STORAGE_STORE_H_
+#define CKPT_STORAGE_STORE_H_
+
+// The checkpoint store: versioned value trees whose tensor bytes are stored as
+// content-addressed chunks, deduplicated per namespace, in RocksDB.
+//
+// Layout (column families):
+//   chunks     chunk id (8 bytes, big-endian)      -> chunk bytes
+//   refs       namespace \0 digest                 -> chunk id, length, refcount
+//   manifests  "v" name \0 version(be64)           -> version record
+//              "m" name \0 version(be64)           -> manifest (encoded Tree)
+//              "n" name                            -> next version number
+//   tags       name \0 tag                         -> version
+//   default    "p" upload id                       -> chunk id ranges of an upload
+//                                                     not committed yet
+// Chunk bytes are written once: each upload writes its new chunks, in
+// increasing chunk-id order from id blocks of its own, into SST files with
+// SstFileWriter and ingests them (fsync'd) before the commit. Because an
+// upload's ids never interleave with another's, ingested files do not overlap
+// and land in the bottommost level, where compaction leaves them alone. The
+// commit is one WriteBatch (version record, manifest, refcounts, tags, pending
+// record removal) written with a synced WAL.
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include "absl/strings/string_view.h"
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "common/types.h"
+
+namespace ckpt::storage {
+
+/// How new chunk bytes reach the disk.
+enum class ChunkWriteMode {
+  /// SstFileWriter + IngestExternalFile: written once, no WAL (default).
+  kIngest,
+  /// Plain Put through the WAL (written twice); kept for benchmarks.
+  kWal,
+};
+
+/// Options of Store::Open.
+struct StoreOptions {
+  /// Directory of the RocksDB database; created if missing. Required.
+  std::string path;
+  /// How chunk bytes are written. Default: kIngest.
+  ChunkWriteMode chunk_write_mode = ChunkWriteMode::kIngest;
+  /// Largest chunk accepted. Default: 4 MiB.
+  uint32_t max_chunk_bytes = 4 << 20;
+  /// Sync the WAL on every commit (turn off only in benchmarks). Default: true.
+  bool sync_commits = true;
+};
+
+/// Version selector: a number, or a tag (empty tag and version 0: latest).
+struct VersionSelector {
+  uint64_t version = 0;
+  std::string tag;
+};
+
+/// Summary of one checkpoint name.
+struct CheckpointSummary {
+  std::string name;
+  uint64_t latest_version = 0;
+  uint64_t num_versions = 0;
+  int64_t latest_create_time_ms = 0;
+};
+
+/// Totals over the whole store.
+struct StoreStats {
+  uint64_t checkpoints = 0;
+  uint64_t versions = 0;
+  uint64_t chunks = 0;         ///< Distinct chunks referenced by versions.
+  uint64_t stored_bytes = 0;   ///< Their bytes.
+  uint64_t logical_bytes = 0;  ///< Sum of data_bytes over versions.
+  uint64_t disk_bytes = 0;     ///< Live SST + WAL bytes on disk.
+  uint64_t active_uploads = 0;
+};
+
+/// Result of CollectGarbage.
+struct GcResult {
+  uint64_t chunks_removed = 0;
+  uint64_t bytes_removed = 0;
+  uint64_t orphan_uploads_removed = 0;
+};
+
+/// What Commit writes besides the chunks.
+struct CommitSpec {
+  std::string name;
+  int64_t step = 0;
+  int64_t epoch = 0;
+  std::map<std::string, std::string> metadata;
+  std::vector<std::string> tags;  ///< User tags to point at the new version.
+  /// The version's tree, already validated (ValidateTree) and, for a
+  /// multi-part save, merged.
+  Tree tree;
+  uint32_t world_size = 1;
+};
+
+class Store;
+
+/// The chunks one save stream contributes, not yet committed. Created by
+/// Store::BeginUpload for one namespace. Not thread-safe: one stream uses it.
+/// Destroying an uncommitted Upload discards what it wrote (an upload already
+/// sealed leaves a pending record that CollectGarbage reclaims).
+class Upload {
+ public:
+  virtual ~Upload() = default;
+
+  /// For each digest, whether the store lacks it (true) or already holds it
+  /// in this namespace (false). Digests held are pinned until this Upload is
+  /// destroyed: garbage collection will not remove them. A digest already
+  /// written by this Upload counts as held.
+  virtual absl::StatusOr<std::vector<bool>> FindMissing(
+      absl::Span<const Digest> digests) = 0;
+
+  /// Writes one chunk. Verifies that Digest::Of(data) == digest
+  /// (InvalidArgument on mismatch) and its size (<= max_chunk_bytes). Writing
+  /// a digest twice is a no-op.
+  virtual absl::Status PutChunk(const Digest& digest, absl::Span<const uint8_t> data) = 0;
+
+  /// Whether this Upload has `digest`, written or pinned.
+  virtual bool Has(const Digest& digest) const = 0;
+
+  /// Makes the written chunks durable (finishes and ingests the SST files)
+  /// and records them as pending. After Seal, PutChunk fails. Idempotent.
+  virtual absl::Status Seal() = 0;
+
+  /// Bytes written with PutChunk.
+  virtual uint64_t bytes_written() const = 0;
+};
+
+/// The store. Thread-safe: all methods may be called concurrently.
+class Store {
+ public:
+  virtual ~Store() = default;
+
+  /// Opens (creating if needed) the store at options.path. Leftover temporary
+  /// files of a previous process are removed.
+  static absl::StatusOr<std::unique_ptr<Store>> Open(const StoreOptions& options);
+
+  /// Starts an upload into `name`'s namespace (name must be valid).
+  virtual absl::StatusOr<std::unique_ptr<Upload>> BeginUpload(absl::string_view name) = 0;
+
+  /// Commits a new version of spec.name made of the chunks of `uploads` (all
+  /// sealed here if not yet) and chunks they pinned. Every chunk the tree
+  /// references must be in one of them (FailedPrecondition naming the tensor
+  /// key otherwise). Assigns the next version number, moves `latest`, applies
+  /// spec.tags, and returns once the commit is durable.
+  virtual absl::StatusOr<VersionInfo> Commit(CommitSpec spec,
+                                             absl::Span<Upload* const> uploads) = 0;
+
+  /// Resolves a selector to a version of `name`. NotFound names what is missing.
+  virtual absl::StatusOr<VersionInfo> GetVersion(absl::string_view name,
+                                                 const VersionSelector& selector) = 0;
+
+  /// The tree of a committed version. NotFound if it does not exist.
+  virtual absl::StatusOr<Tree> GetTree(absl::string_view name, uint64_t version) = 0;
+
+  /// Reads one chunk of `name`'s namespace into `out` (resized), verifying its
+  /// checksum. DataLoss if the bytes do not match the digest, NotFound if the
+  /// chunk is missing. The caller adds checkpoint/version/key context.
+  virtual absl::Status ReadChunk(absl::string_view name, const Digest& digest,
+                                 std::string* out) = 0;
+
+  /// Checkpoint names starting with `prefix`, in order, after `start_after`
+  /// (exclusive; empty: from the start), at most `limit`.
+  virtual absl::StatusOr<std::vector<CheckpointSummary>> ListCheckpoints(
+      absl::string_view prefix, absl::string_view start_after, size_t limit) = 0;
+
+  /// Versions of `name`, oldest first, with their tags. NotFound if none.
+  virtual absl::StatusOr<std::vector<VersionInfo>> ListVersions(absl::string_view name) = 0;
+
+  /// Deletes a version and decrements its chunks' refcounts. NotFound if it
+  /// does not exist; FailedPrecondition if user tags point at it and !force
+  /// (force removes them). Returns the number of chunks now unreferenced.
+  virtual absl::StatusOr<uint64_t> DeleteVersion(absl::string_view name, uint64_t version,
+                                                 bool force) = 0;
+
+  /// Points `tag` at an existing version. InvalidArgument for "latest".
+  virtual absl::Status SetTag(absl::string_view name, absl::string_view tag,
+                              uint64_t version) = 0;
+
+  /// Removes a tag. NotFound if it does not exist.
+  virtual absl::Status DeleteTag(absl::string_view name, absl::string_view tag) = 0;
+
+  /// Removes unreferenced chunks and the chunks of dead uploads. Never removes
+  /// a chunk a committed version references or a live Upload wrote or pinned.
+  virtual absl::StatusOr<GcResult> CollectGarbage() = 0;
+
+  virtual absl::StatusOr<StoreStats> Stats() = 0;
+};
+
+}  // namespace ckpt::storage
+
+#endif  // CKPT_STORAGE_STORE_H_

@@ -1,0 +1,143 @@
+#include <gtest/gtest.h>
+
+#include "common/names.h"
+#include "common/types.h"
+
+namespace ckpt {
+namespace {
+
+Node Dict(uint32_t n, NodeKey key = {}) {
+  Node node;
+  node.kind = NodeKind::kDict;
+  node.size = n;
+  node.key = std::move(key);
+  return node;
+}
+
+Node Tensor(NodeKey key, DType dtype, std::vector<int64_t> shape, uint64_t size) {
+  Node node;
+  node.kind = NodeKind::kTensor;
+  node.key = std::move(key);
+  node.tensor.dtype = dtype;
+  node.tensor.shape = std::move(shape);
+  node.data.size = size;
+  node.data.chunk_size = size ? 4096 : 0;
+  node.data.chunks.resize(DataRef::NumChunks(size, 4096));
+  return node;
+}
+
+TEST(DTypeTest, SizesAndNames) {
+  EXPECT_EQ(DTypeSize(DType::kBFloat16), 2u);
+  EXPECT_EQ(DTypeSize(DType::kComplex128), 16u);
+  EXPECT_EQ(DTypeSize(DType::kUnspecified), 0u);
+  EXPECT_EQ(DTypeName(DType::kFloat32), "float32");
+  EXPECT_EQ(*ParseDType("torch.long"), DType::kInt64);
+  EXPECT_EQ(*ParseDType("bfloat16"), DType::kBFloat16);
+  EXPECT_EQ(ParseDType("float128").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST(DigestTest, KnownValueAndHex) {
+  Digest a = Digest::Of(absl::string_view("hello"));
+  Digest b = Digest::Of(absl::string_view("hello"));
+  Digest c = Digest::Of(absl::string_view("hellp"));
+  EXPECT_EQ(a, b);
+  EXPECT_NE(a, c);
+  EXPECT_EQ(a.Hex().size(), 32u);
+  EXPECT_EQ(Digest::FromBytes(a.view())->Hex(), a.Hex());
+  EXPECT_FALSE(Digest::FromBytes("short").ok());
+}
+
+TEST(TensorMetaTest, OverflowAndNegative) {
+  TensorMeta m{DType::kFloat32, {2, 3}};
+  EXPECT_EQ(*m.NumBytes(), 24u);
+  m.shape = {-1, 3};
+  EXPECT_EQ(m.NumBytes().status().code(), absl::StatusCode::kInvalidArgument);
+  m.shape = {int64_t{1} << 40, int64_t{1} << 40};
+  EXPECT_EQ(m.NumBytes().status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(m.NumBytes().status().message().find("overflow"), std::string::npos);
+  m.shape = {};
+  EXPECT_EQ(*m.NumElements(), 1u);
+  m.shape = {0, int64_t{1} << 62};
+  EXPECT_EQ(*m.NumBytes(), 0u);
+}
+
+TEST(ValidateTreeTest, AcceptsNestedAndNamesBadKeys) {
+  Tree tree = {Dict(2), Dict(1, std::string("model")),
+               Tensor(std::string("fc.weight"), DType::kFloat32, {2, 2}, 16),
+               Tensor(int64_t{0}, DType::kInt64, {}, 8)};
+  EXPECT_TRUE(ValidateTree(tree, 4 << 20).ok());
+  EXPECT_EQ(FlattenedKeys(tree),
+            (std::vector<std::string>{"", "model", "model/fc.weight", "0"}));
+
+  Tree dup = {Dict(2), Tensor(std::string("a"), DType::kInt8, {1}, 1),
+              Tensor(std::string("a"), DType::kInt8, {1}, 1)};
+  auto s = ValidateTree(dup, 4 << 20);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("duplicate dict key 'a'"), std::string::npos) << s;
+
+  Tree mismatch = {Dict(1), Tensor(std::string("w"), DType::kFloat32, {3}, 8)};
+  s = ValidateTree(mismatch, 4 << 20);
+  EXPECT_NE(s.message().find("tensor 'w'"), std::string::npos) << s;
+  EXPECT_NE(s.message().find("12 bytes"), std::string::npos) << s;
+
+  Tree short_tree = {Dict(3), Tensor(std::string("w"), DType::kInt8, {1}, 1)};
+  EXPECT_EQ(ValidateTree(short_tree, 4 << 20).code(), absl::StatusCode::kInvalidArgument);
+
+  Tree trailing = {Dict(0), Dict(0)};
+  EXPECT_EQ(ValidateTree(trailing, 4 << 20).code(), absl::StatusCode::kInvalidArgument);
+
+  Node list;
+  list.kind = NodeKind::kList;
+  list.size = 1;
+  Tree keyed_list = {list, Tensor(std::string("x"), DType::kInt8, {1}, 1)};
+  EXPECT_EQ(ValidateTree(keyed_list, 4 << 20).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(NamesTest, Validation) {
+  EXPECT_TRUE(ValidateName("team/run-42/model").ok());
+  EXPECT_TRUE(ValidateName("a.b_c-d").ok());
+  for (std::string bad : std::vector<std::string>{"", "a//b", "/a", "a/", "a/../b", "..", ".", "a b", "a\x01",
+                          std::string(300, 'x')}) {
+    auto s = ValidateName(bad);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << bad;
+  }
+  EXPECT_NE(ValidateName("a\x01").message().find("control character \\x01"),
+            std::string::npos);
+  EXPECT_EQ(NamespaceOf("team/run/x"), "team");
+  EXPECT_EQ(NamespaceOf("solo"), "solo");
+  EXPECT_TRUE(ValidateTag("best").ok());
+  EXPECT_FALSE(ValidateTag("12").ok());
+  EXPECT_FALSE(ValidateTag("a/b").ok());
+}
+
+TEST(NamesTest, VersionRefs) {
+  auto r = ParseVersionRef("a/b@3");
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->version, 3u);
+  r = ParseVersionRef("a/b@best");
+  EXPECT_EQ(r->tag, "best");
+  r = ParseVersionRef("a/b");
+  EXPECT_EQ(r->version, 0u);
+  EXPECT_TRUE(r->tag.empty());
+  EXPECT_FALSE(ParseVersionRef("a/b@").ok());
+  EXPECT_FALSE(ParseVersionRef("a/b@0").ok());
+}
+
+TEST(KeyPatternTest, Globs) {
+  auto p = [](const char* s) { return *KeyPattern::Compile(s); };
+  EXPECT_TRUE(p("model_state_dict/*").Matches("model_state_dict/hidden.weight"));
+  EXPECT_TRUE(p("*/hidden.*").Matches("model_state_dict/hidden.bias"));
+  EXPECT_FALSE(p("*/hidden.*").Matches("model_state_dict/output.bias"));
+  EXPECT_TRUE(p("layer[0-2].w").Matches("layer1.w"));
+  EXPECT_FALSE(p("layer[!0-2].w").Matches("layer1.w"));
+  EXPECT_TRUE(p("a?c").Matches("abc"));
+  EXPECT_TRUE(p("a\\*").Matches("a*"));
+  EXPECT_FALSE(p("a\\*").Matches("ab"));
+  EXPECT_TRUE(p("*").Matches(""));
+  EXPECT_EQ(KeyPattern::Compile("a[bc").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(KeyPattern::Compile("a\\").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(KeyPattern::Compile("").status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace ckpt
