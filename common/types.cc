@@ -185,8 +185,12 @@ struct Frame {
   absl::flat_hash_set<int64_t> int_keys;
 };
 
-absl::Status ValidateData(const Node& node, const std::string& key,
-                          uint32_t max_chunk_bytes) {
+}  // namespace
+
+absl::Status ValidateNodeData(const Node& node, absl::string_view key_view,
+                              uint32_t max_chunk_bytes) {
+  if (!node.has_data()) return absl::OkStatus();
+  const std::string key(key_view);
   const DataRef& data = node.data;
   if (node.kind == NodeKind::kTensor) {
     if (node.tensor.shape.size() > kMaxDims) {
@@ -222,8 +226,6 @@ absl::Status ValidateData(const Node& node, const std::string& key,
   }
   return absl::OkStatus();
 }
-
-}  // namespace
 
 absl::Status ValidateTree(const Tree& tree, uint32_t max_chunk_bytes) {
   if (tree.empty()) return absl::InvalidArgumentError("empty tree: no root node");
@@ -273,7 +275,7 @@ absl::Status ValidateTree(const Tree& tree, uint32_t max_chunk_bytes) {
           " bytes (max ", kMaxInlineString, "; store it as bytes)"));
     }
     if (node.has_data()) {
-      absl::Status status = ValidateData(node, key, max_chunk_bytes);
+      absl::Status status = ValidateNodeData(node, key, max_chunk_bytes);
       if (!status.ok()) return status;
     }
     if (node.is_container() && node.size > 0) {
@@ -281,6 +283,10 @@ absl::Status ValidateTree(const Tree& tree, uint32_t max_chunk_bytes) {
         return absl::InvalidArgumentError(absl::StrCat(
             NodeKindName(node.kind), " ", Quoted(key), " declares ", node.size,
             " children but only ", tree.size() - i - 1, " nodes follow"));
+      }
+      if (stack.size() >= kMaxDepth) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            NodeKindName(node.kind), " ", Quoted(key), " is nested deeper than ", kMaxDepth));
       }
       stack.push_back(Frame{&node, key, node.size});
     } else {

@@ -152,12 +152,21 @@ using Tree = std::vector<Node>;
 inline constexpr size_t kMaxInlineString = 64 * 1024;
 /// Most dimensions a tensor may have.
 inline constexpr size_t kMaxDims = 64;
+/// Deepest nesting of containers.
+inline constexpr size_t kMaxDepth = 128;
+
+/// Checks one tensor or byte leaf on its own: dtype x shape agree with the
+/// data size (no negative dims, no overflow), the chunk list agrees with size
+/// and chunk_size (<= max_chunk_bytes), the device string is sane.
+/// InvalidArgument naming `key` otherwise. OK for other kinds.
+absl::Status ValidateNodeData(const Node& node, absl::string_view key,
+                              uint32_t max_chunk_bytes);
 
 /// Checks that `tree` is one well-formed tree: container sizes add up, dict
 /// children have keys and no duplicates, other nodes' children have none,
 /// tensor dtype/shape agree with the data size, chunk lists agree with size
-/// and chunk_size (<= max_chunk_bytes), strings fit. InvalidArgument naming
-/// the offending key otherwise.
+/// and chunk_size (<= max_chunk_bytes), strings fit, nesting is at most
+/// kMaxDepth. InvalidArgument naming the offending key otherwise.
 absl::Status ValidateTree(const Tree& tree, uint32_t max_chunk_bytes);
 
 /// Flattened key of every node ("model_state_dict/fc.weight"; list indices as
@@ -178,6 +187,32 @@ struct VersionInfo {
   uint64_t data_bytes = 0;
   uint64_t new_bytes = 0;
   uint32_t world_size = 1;
+};
+
+/// Summary of one checkpoint name.
+struct CheckpointSummary {
+  std::string name;
+  uint64_t latest_version = 0;
+  uint64_t num_versions = 0;
+  int64_t latest_create_time_ms = 0;
+};
+
+/// Totals over the whole store.
+struct StoreStats {
+  uint64_t checkpoints = 0;
+  uint64_t versions = 0;
+  uint64_t chunks = 0;         ///< Distinct chunks referenced by versions.
+  uint64_t stored_bytes = 0;   ///< Their bytes.
+  uint64_t logical_bytes = 0;  ///< Sum of data_bytes over versions.
+  uint64_t disk_bytes = 0;     ///< Live SST + WAL bytes on disk.
+  uint64_t active_uploads = 0;
+};
+
+/// Result of a garbage collection.
+struct GcResult {
+  uint64_t chunks_removed = 0;
+  uint64_t bytes_removed = 0;
+  uint64_t orphan_uploads_removed = 0;
 };
 
 }  // namespace ckpt

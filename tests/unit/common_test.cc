@@ -141,3 +141,58 @@ TEST(KeyPatternTest, Globs) {
 
 }  // namespace
 }  // namespace ckpt
+
+#include "common/select.h"
+
+namespace ckpt {
+namespace {
+
+TEST(SelectTreeTest, PrunesByPatternAndKeepsSubtrees) {
+  // {"model": {"hidden.weight": T, "hidden.bias": T, "out.weight": T}, "epoch": 5}
+  Node epoch;
+  epoch.kind = NodeKind::kInt;
+  epoch.key = std::string("epoch");
+  epoch.int_value = 5;
+  Tree tree = {Dict(2), Dict(3, std::string("model")),
+               Tensor(std::string("hidden.weight"), DType::kFloat32, {2}, 8),
+               Tensor(std::string("hidden.bias"), DType::kFloat32, {1}, 4),
+               Tensor(std::string("out.weight"), DType::kFloat32, {1}, 4), epoch};
+  ASSERT_TRUE(ValidateTree(tree, 4 << 20).ok());
+
+  auto patterns = *CompilePatterns({"*/hidden.*"});
+  auto sel = SelectTree(tree, patterns);
+  ASSERT_TRUE(sel.ok()) << sel.status();
+  EXPECT_EQ(FlattenedKeys(sel->tree),
+            (std::vector<std::string>{"", "model", "model/hidden.weight", "model/hidden.bias"}));
+  EXPECT_EQ(sel->tree[0].size, 1u);
+  EXPECT_EQ(sel->tree[1].size, 2u);
+  EXPECT_EQ(sel->source, (std::vector<size_t>{0, 1, 2, 3}));
+  EXPECT_TRUE(ValidateTree(sel->tree, 4 << 20).ok());
+
+  // A container's key selects its whole subtree.
+  sel = SelectTree(tree, *CompilePatterns({"model", "epoch"}));
+  ASSERT_TRUE(sel.ok());
+  EXPECT_EQ(sel->tree.size(), tree.size());
+
+  auto none = SelectTree(tree, *CompilePatterns({"nothing*"}));
+  EXPECT_EQ(none.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(none.status().message().find("nothing*"), std::string::npos);
+}
+
+TEST(ValidateTreeTest, RejectsDeepNesting) {
+  Tree tree;
+  for (size_t i = 0; i < kMaxDepth + 2; ++i) {
+    Node list;
+    list.kind = NodeKind::kList;
+    list.size = 1;
+    tree.push_back(list);
+  }
+  Node leaf;
+  tree.push_back(leaf);
+  auto s = ValidateTree(tree, 4 << 20);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("nested deeper"), std::string::npos) << s;
+}
+
+}  // namespace
+}  // namespace ckpt

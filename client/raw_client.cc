@@ -1,0 +1,461 @@
+#include "client/raw_client.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "ckpt/v1/checkpoint.grpc.pb.h"
+#include "common/status_macros.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "rpc/convert.h"
+#include "rpc/grpc_status.h"
+
+namespace ckpt::client {
+namespace {
+
+// Largest piece of chunk data per message, and the size batches of pieces
+// and nodes are filled up to.
+constexpr size_t kPieceBytes = 1 << 20;
+constexpr size_t kMaxBatchNodes = 10000;
+// Response messages are <= 4 MiB by protocol; leave headroom.
+constexpr int kMaxReceiveBytes = (4 << 20) + (256 << 10);
+
+void SetDeadline(grpc::ClientContext* context, absl::Duration timeout) {
+  if (timeout > absl::ZeroDuration()) {
+    context->set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+  }
+}
+
+// Where one chunk of the current batch lives in the caller's memory.
+struct ChunkSource {
+  const uint8_t* data;
+  size_t length;
+};
+
+class GrpcRawClient final : public RawClient {
+ public:
+  GrpcRawClient(std::shared_ptr<grpc::Channel> channel, const ClientOptions& options)
+      : channel_(std::move(channel)),
+        stub_(v1::CheckpointService::NewStub(channel_)),
+        health_(grpc::health::v1::Health::NewStub(channel_)),
+        options_(options) {}
+
+  absl::StatusOr<SaveResult> Save(const std::string& name, const SaveInput& input,
+                                  const SaveOptions& options) override {
+    grpc::ClientContext context;
+    SetDeadline(&context, options.timeout);
+    auto stream = stub_->Save(&context);
+    absl::StatusOr<SaveResult> result = RunSave(stream.get(), name, input, options);
+    if (result.ok()) {
+      stream->WritesDone();
+      grpc::Status status = stream->Finish();
+      if (!status.ok()) return rpc::FromGrpcStatus(status);
+      return result;
+    }
+    // The server's status explains a broken stream better than our side.
+    context.TryCancel();
+    grpc::Status status = stream->Finish();
+    if (!status.ok() && status.error_code() != grpc::StatusCode::CANCELLED) {
+      return rpc::FromGrpcStatus(status);
+    }
+    return result.status();
+  }
+
+  absl::Status Load(const std::string& name, const LoadOptions& options,
+                    LoadSink* sink) override {
+    grpc::ClientContext context;
+    SetDeadline(&context, options.timeout);
+    v1::LoadRequest request;
+    request.set_name(name);
+    request.set_version(options.version);
+    request.set_tag(options.tag);
+    for (const auto& p : options.patterns) request.add_patterns(p);
+    request.set_skip_data(options.skip_data);
+    auto stream = stub_->Load(&context, request);
+    absl::Status status = RunLoad(stream.get(), sink);
+    if (!status.ok()) context.TryCancel();
+    grpc::Status finish = stream->Finish();
+    if (!finish.ok() && (status.ok() || finish.error_code() != grpc::StatusCode::CANCELLED)) {
+      return rpc::FromGrpcStatus(finish);
+    }
+    return status;
+  }
+
+  absl::StatusOr<LoadedValue> Load(const std::string& name,
+                                   const LoadOptions& options) override {
+    struct Collect : LoadSink {
+      LoadedValue value;
+      absl::Status OnTree(const VersionInfo& version, const Tree& tree) override {
+        value.version = version;
+        value.tree = tree;
+        value.data.resize(tree.size());
+        return absl::OkStatus();
+      }
+      absl::Status OnData(size_t node, uint64_t offset, absl::string_view bytes) override {
+        std::string& out = value.data[node];
+        if (out.capacity() < value.tree[node].data.size) out.reserve(value.tree[node].data.size);
+        out.append(bytes.data(), bytes.size());
+        return absl::OkStatus();
+      }
+    } collect;
+    CKPT_RETURN_IF_ERROR(Load(name, options, &collect));
+    return std::move(collect.value);
+  }
+
+  absl::StatusOr<std::vector<CheckpointSummary>> ListCheckpoints(
+      const std::string& prefix) override {
+    std::vector<CheckpointSummary> out;
+    v1::ListCheckpointsRequest request;
+    request.set_prefix(prefix);
+    for (;;) {
+      v1::ListCheckpointsResponse response;
+      CKPT_RETURN_IF_ERROR(Unary(&v1::CheckpointService::Stub::ListCheckpoints, request,
+                                 &response));
+      for (const auto& c : response.checkpoints()) {
+        CheckpointSummary s;
+        s.name = c.name();
+        s.latest_version = c.latest_version();
+        s.num_versions = c.num_versions();
+        s.latest_create_time_ms = c.latest_create_time().seconds() * 1000 +
+                                  c.latest_create_time().nanos() / 1000000;
+        out.push_back(std::move(s));
+      }
+      if (response.next_page_token().empty()) return out;
+      request.set_page_token(response.next_page_token());
+    }
+  }
+
+  absl::StatusOr<std::vector<VersionInfo>> ListVersions(const std::string& name) override {
+    v1::ListVersionsRequest request;
+    request.set_name(name);
+    v1::ListVersionsResponse response;
+    CKPT_RETURN_IF_ERROR(Unary(&v1::CheckpointService::Stub::ListVersions, request, &response));
+    std::vector<VersionInfo> out;
+    for (const auto& v : response.versions()) out.push_back(rpc::FromProto(v));
+    return out;
+  }
+
+  absl::StatusOr<LoadedValue> GetManifest(const std::string& name, uint64_t version,
+                                          const std::string& tag) override {
+    LoadedValue out;
+    v1::GetManifestRequest request;
+    request.set_name(name);
+    request.set_version(version);
+    request.set_tag(tag);
+    for (;;) {
+      v1::GetManifestResponse response;
+      CKPT_RETURN_IF_ERROR(
+          Unary(&v1::CheckpointService::Stub::GetManifest, request, &response));
+      out.version = rpc::FromProto(response.version());
+      // Later pages must come from the same version even if `latest` moves.
+      request.set_version(out.version.version);
+      request.clear_tag();
+      for (const auto& n : response.nodes()) {
+        CKPT_ASSIGN_OR_RETURN(Node node, rpc::FromProto(n));
+        out.tree.push_back(std::move(node));
+      }
+      if (response.next_page_token().empty()) break;
+      request.set_page_token(response.next_page_token());
+    }
+    out.data.resize(out.tree.size());
+    return out;
+  }
+
+  absl::StatusOr<uint64_t> DeleteVersion(const std::string& name, uint64_t version,
+                                         bool force) override {
+    v1::DeleteVersionRequest request;
+    request.set_name(name);
+    request.set_version(version);
+    request.set_force(force);
+    v1::DeleteVersionResponse response;
+    CKPT_RETURN_IF_ERROR(
+        Unary(&v1::CheckpointService::Stub::DeleteVersion, request, &response));
+    return response.released_chunks();
+  }
+
+  absl::Status SetTag(const std::string& name, const std::string& tag,
+                      uint64_t version) override {
+    v1::SetTagRequest request;
+    request.set_name(name);
+    request.set_tag(tag);
+    request.set_version(version);
+    v1::SetTagResponse response;
+    return Unary(&v1::CheckpointService::Stub::SetTag, request, &response);
+  }
+
+  absl::Status DeleteTag(const std::string& name, const std::string& tag) override {
+    v1::DeleteTagRequest request;
+    request.set_name(name);
+    request.set_tag(tag);
+    v1::DeleteTagResponse response;
+    return Unary(&v1::CheckpointService::Stub::DeleteTag, request, &response);
+  }
+
+  absl::StatusOr<ServerInfo> GetServerInfo() override {
+    v1::GetServerInfoRequest request;
+    v1::GetServerInfoResponse response;
+    CKPT_RETURN_IF_ERROR(
+        Unary(&v1::CheckpointService::Stub::GetServerInfo, request, &response));
+    ServerInfo info;
+    info.server_version = response.server_version();
+    info.chunk_size = response.chunk_size();
+    info.max_message_bytes = response.max_message_bytes();
+    const auto& s = response.stats();
+    info.stats.checkpoints = s.checkpoints();
+    info.stats.versions = s.versions();
+    info.stats.chunks = s.chunks();
+    info.stats.stored_bytes = s.stored_bytes();
+    info.stats.logical_bytes = s.logical_bytes();
+    info.stats.disk_bytes = s.disk_bytes();
+    info.stats.active_uploads = s.active_uploads();
+    info.dedup_ratio = s.dedup_ratio();
+    return info;
+  }
+
+  absl::StatusOr<GcResult> GarbageCollect() override {
+    v1::GarbageCollectRequest request;
+    v1::GarbageCollectResponse response;
+    CKPT_RETURN_IF_ERROR(
+        Unary(&v1::CheckpointService::Stub::GarbageCollect, request, &response));
+    GcResult gc;
+    gc.chunks_removed = response.chunks_removed();
+    gc.bytes_removed = response.bytes_removed();
+    gc.orphan_uploads_removed = response.orphan_uploads_removed();
+    return gc;
+  }
+
+  absl::Status Health() override {
+    grpc::ClientContext context;
+    SetDeadline(&context, options_.rpc_timeout);
+    grpc::health::v1::HealthCheckRequest request;
+    grpc::health::v1::HealthCheckResponse response;
+    CKPT_RETURN_IF_ERROR(rpc::FromGrpcStatus(health_->Check(&context, request, &response)));
+    if (response.status() != grpc::health::v1::HealthCheckResponse::SERVING) {
+      return absl::UnavailableError(absl::StrCat(
+          "server is not serving (health status ",
+          grpc::health::v1::HealthCheckResponse::ServingStatus_Name(response.status()), ")"));
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  template <typename Method, typename Request, typename Response>
+  absl::Status Unary(Method method, const Request& request, Response* response) {
+    grpc::ClientContext context;
+    SetDeadline(&context, options_.rpc_timeout);
+    return rpc::FromGrpcStatus(((*stub_).*method)(&context, request, response));
+  }
+
+  using SaveStream = grpc::ClientReaderWriter<v1::SaveRequest, v1::SaveResponse>;
+
+  absl::Status Write(SaveStream* stream, const v1::SaveRequest& request) {
+    if (!stream->Write(request)) {
+      return absl::UnavailableError("save stream broken while writing");
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Read(SaveStream* stream, v1::SaveResponse* response,
+                    v1::SaveResponse::MsgCase want) {
+    if (!stream->Read(response)) {
+      return absl::UnavailableError("save stream ended unexpectedly");
+    }
+    if (response->msg_case() != want) {
+      return absl::InternalError(
+          absl::StrCat("unexpected save response ", response->msg_case()));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<SaveResult> RunSave(SaveStream* stream, const std::string& name,
+                                     const SaveInput& input, const SaveOptions& options) {
+    const Tree& tree = input.tree;
+    if (tree.empty()) return absl::InvalidArgumentError("nothing to save: empty tree");
+    if (input.bytes.size() != tree.size()) {
+      return absl::InvalidArgumentError(absl::StrCat("SaveInput has ", tree.size(),
+                                                     " nodes but ", input.bytes.size(),
+                                                     " byte spans"));
+    }
+    v1::SaveRequest request;
+    v1::SaveBegin* begin = request.mutable_begin();
+    begin->set_name(name);
+    begin->set_step(options.step);
+    begin->set_epoch(options.epoch);
+    begin->mutable_metadata()->insert(options.metadata.begin(), options.metadata.end());
+    for (const auto& t : options.tags) begin->add_tags(t);
+    if (options.world_size > 1) {
+      begin->mutable_part()->set_rank(options.rank);
+      begin->mutable_part()->set_world_size(options.world_size);
+      begin->mutable_part()->set_save_id(options.save_id);
+    }
+    CKPT_RETURN_IF_ERROR(Write(stream, request));
+    v1::SaveResponse response;
+    CKPT_RETURN_IF_ERROR(Read(stream, &response, v1::SaveResponse::kAccepted));
+    uint32_t chunk_size = response.accepted().chunk_size();
+    if (options_.chunk_size != 0) {
+      chunk_size = std::min(options_.chunk_size, response.accepted().max_chunk_bytes());
+    }
+    if (chunk_size == 0) return absl::InternalError("server announced chunk size 0");
+
+    SaveResult result;
+    uint64_t batch_index = 0;
+    size_t next = 0;
+    while (next < tree.size()) {
+      // One batch: nodes up to batch_bytes of data (at least one node).
+      request.Clear();
+      v1::NodeBatch* batch = request.mutable_nodes();
+      absl::flat_hash_map<Digest, ChunkSource> sources;
+      uint64_t batch_data = 0;
+      size_t batch_proto = 0;
+      while (next < tree.size() && batch->nodes_size() < static_cast<int>(kMaxBatchNodes) &&
+             batch_proto < kPieceBytes &&
+             (batch->nodes_size() == 0 || batch_data < options_.batch_bytes)) {
+        Node node = tree[next];
+        if (node.has_data()) {
+          absl::Span<const uint8_t> bytes = input.bytes[next];
+          if (bytes.size() != node.data.size) {
+            return absl::InvalidArgumentError(absl::StrCat(
+                "node ", next, ": ", bytes.size(), " bytes given, ", node.data.size,
+                " declared"));
+          }
+          node.data.chunk_size = node.data.size ? chunk_size : 0;
+          node.data.chunks.clear();
+          for (uint64_t off = 0; off < bytes.size(); off += chunk_size) {
+            const size_t len = std::min<uint64_t>(chunk_size, bytes.size() - off);
+            Digest d = Digest::Of(bytes.subspan(off, len));
+            node.data.chunks.push_back(d);
+            sources.emplace(d, ChunkSource{bytes.data() + off, len});
+          }
+          result.chunks_total += node.data.chunks.size();
+          batch_data += node.data.size;
+        }
+        v1::Node* proto = batch->add_nodes();
+        rpc::ToProto(node, proto);
+        batch_proto += proto->ByteSizeLong() + 4;
+        ++next;
+      }
+      CKPT_RETURN_IF_ERROR(Write(stream, request));
+      CKPT_RETURN_IF_ERROR(Read(stream, &response, v1::SaveResponse::kNeed));
+      if (response.need().batch() != batch_index++) {
+        return absl::InternalError("server answered the wrong node batch");
+      }
+      CKPT_RETURN_IF_ERROR(SendChunks(stream, response.need(), sources, &result));
+    }
+    request.Clear();
+    request.mutable_commit();
+    CKPT_RETURN_IF_ERROR(Write(stream, request));
+    CKPT_RETURN_IF_ERROR(Read(stream, &response, v1::SaveResponse::kResult));
+    result.version = rpc::FromProto(response.result().version());
+    return result;
+  }
+
+  absl::Status SendChunks(SaveStream* stream, const v1::NeedChunks& need,
+                          const absl::flat_hash_map<Digest, ChunkSource>& sources,
+                          SaveResult* result) {
+    v1::SaveRequest request;
+    v1::ChunkBatch* batch = request.mutable_chunks();
+    size_t batch_bytes = 0;
+    auto flush = [&]() -> absl::Status {
+      if (batch->pieces_size() == 0) return absl::OkStatus();
+      CKPT_RETURN_IF_ERROR(Write(stream, request));
+      batch->Clear();
+      batch_bytes = 0;
+      return absl::OkStatus();
+    };
+    for (const std::string& raw : need.digests()) {
+      CKPT_ASSIGN_OR_RETURN(Digest digest, Digest::FromBytes(raw));
+      auto it = sources.find(digest);
+      if (it == sources.end()) {
+        return absl::InternalError(
+            absl::StrCat("server asked for chunk ", digest.Hex(), " not in this batch"));
+      }
+      const ChunkSource& src = it->second;
+      for (size_t off = 0; off < src.length;) {
+        if (batch_bytes >= kPieceBytes) CKPT_RETURN_IF_ERROR(flush());
+        const size_t len = std::min(src.length - off, kPieceBytes - batch_bytes);
+        v1::ChunkPiece* piece = batch->add_pieces();
+        piece->set_digest(raw);
+        piece->set_offset(off);
+        piece->set_data(src.data + off, len);
+        batch_bytes += len;
+        off += len;
+      }
+      result->bytes_sent += src.length;
+      ++result->chunks_sent;
+    }
+    return flush();
+  }
+
+  absl::Status RunLoad(grpc::ClientReader<v1::LoadResponse>* stream, LoadSink* sink) {
+    v1::LoadResponse response;
+    if (!stream->Read(&response)) return absl::UnavailableError("load stream ended");
+    if (!response.has_header()) return absl::InternalError("load stream without header");
+    const VersionInfo version = rpc::FromProto(response.header().version());
+    const uint64_t num_nodes = response.header().num_nodes();
+    const uint64_t data_bytes = response.header().data_bytes();
+    Tree tree;
+    while (tree.size() < num_nodes) {
+      if (!stream->Read(&response)) return absl::UnavailableError("load stream ended in tree");
+      if (!response.has_nodes()) return absl::InternalError("expected nodes in load stream");
+      for (const auto& n : response.nodes().nodes()) {
+        CKPT_ASSIGN_OR_RETURN(Node node, rpc::FromProto(n));
+        tree.push_back(std::move(node));
+      }
+    }
+    CKPT_RETURN_IF_ERROR(ValidateTree(tree, UINT32_MAX));
+    CKPT_RETURN_IF_ERROR(sink->OnTree(version, tree));
+    // Pieces must arrive in order: node by node, offsets contiguous.
+    size_t node = 0;
+    uint64_t offset = 0;
+    uint64_t received = 0;
+    while (received < data_bytes) {
+      if (!stream->Read(&response)) return absl::UnavailableError("load stream ended in data");
+      if (!response.has_data()) return absl::InternalError("expected data in load stream");
+      for (const auto& piece : response.data().pieces()) {
+        if (piece.node() != node) {
+          if (piece.node() < node || piece.node() >= tree.size() ||
+              offset != tree[node].data.size) {
+            return absl::InternalError("load stream pieces out of order");
+          }
+          for (size_t skipped = node + 1; skipped < piece.node(); ++skipped) {
+            if (tree[skipped].data.size != 0) {
+              return absl::InternalError("load stream skipped a node's data");
+            }
+          }
+          node = piece.node();
+          offset = 0;
+        }
+        if (piece.offset() != offset || piece.data().size() > tree[node].data.size - offset) {
+          return absl::InternalError("load stream piece out of range");
+        }
+        CKPT_RETURN_IF_ERROR(sink->OnData(node, offset, piece.data()));
+        offset += piece.data().size();
+        received += piece.data().size();
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::CheckpointService::Stub> stub_;
+  std::unique_ptr<grpc::health::v1::Health::Stub> health_;
+  ClientOptions options_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<RawClient>> RawClient::Connect(const std::string& target,
+                                                              const ClientOptions& options) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(kMaxReceiveBytes);
+  args.SetMaxSendMessageSize(4 << 20);
+  auto channel = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+  if (!channel->WaitForConnected(absl::ToChronoTime(absl::Now() + options.connect_timeout))) {
+    return absl::UnavailableError(absl::StrCat("cannot reach ckpt server at ", target,
+                                               " within ",
+                                               absl::FormatDuration(options.connect_timeout)));
+  }
+  return std::unique_ptr<RawClient>(new GrpcRawClient(std::move(channel), options));
+}
+
+}  // namespace ckpt::client

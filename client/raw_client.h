@@ -1,0 +1,161 @@
+#ifndef CKPT_CLIENT_RAW_CLIENT_H_
+#define CKPT_CLIENT_RAW_CLIENT_H_
+
+// The ckpt client core: every RPC of ckpt.v1.CheckpointService over value
+// trees whose tensor bytes are plain host memory. No LibTorch; the CLI, the
+// benchmarks and the LibTorch client library are built on it.
+//
+//   auto client = RawClient::Connect("localhost:50051", {});
+//   SaveInput input;  // tree + the bytes of each tensor node
+//   auto saved = (*client)->Save("team/run/model", input, {});
+//   auto loaded = (*client)->Load("team/run/model", {});
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "common/types.h"
+
+namespace ckpt::client {
+
+/// Options of RawClient::Connect.
+struct ClientOptions {
+  /// How long Connect waits for the server to answer. Default: 10 s.
+  absl::Duration connect_timeout = absl::Seconds(10);
+  /// Deadline of unary RPCs. Default: 60 s.
+  absl::Duration rpc_timeout = absl::Seconds(60);
+  /// Chunk size for saves; 0 uses the server's. Default: 0.
+  uint32_t chunk_size = 0;
+  /// Data bytes hashed and announced per node batch before the server says
+  /// which chunks it needs: bounds the work done ahead. Default: 64 MiB.
+  uint64_t batch_bytes = 64ull << 20;
+};
+
+/// Per-save options.
+struct SaveOptions {
+  int64_t step = 0;
+  int64_t epoch = 0;
+  std::map<std::string, std::string> metadata;
+  /// Tags to point at the new version ("latest" moves by itself).
+  std::vector<std::string> tags;
+  /// Multi-part save: this writer's rank, the number of parts and an id all
+  /// ranks share. world_size <= 1: a single writer.
+  uint32_t rank = 0;
+  uint32_t world_size = 1;
+  std::string save_id;
+  /// Deadline of the whole save; zero: none. Default: none.
+  absl::Duration timeout = absl::ZeroDuration();
+};
+
+/// A value tree to save. `tree` holds every node; for tensor and byte nodes
+/// `data.size` must be set (chunk_size and chunks are filled by Save) and
+/// `bytes[i]` gives node i's bytes (empty span for other nodes). The memory
+/// must stay valid and unchanged during Save.
+struct SaveInput {
+  Tree tree;
+  std::vector<absl::Span<const uint8_t>> bytes;
+};
+
+/// Outcome of a save.
+struct SaveResult {
+  VersionInfo version;
+  /// Chunk bytes sent (chunks the server lacked).
+  uint64_t bytes_sent = 0;
+  /// Chunks of the tree, and how many of them were sent.
+  uint64_t chunks_total = 0;
+  uint64_t chunks_sent = 0;
+};
+
+/// Per-load options.
+struct LoadOptions {
+  /// Version number; 0 uses `tag` (empty: "latest").
+  uint64_t version = 0;
+  std::string tag;
+  /// Glob patterns over flattened keys; empty selects everything.
+  std::vector<std::string> patterns;
+  /// Load the tree only.
+  bool skip_data = false;
+  /// Deadline of the whole load; zero: none.
+  absl::Duration timeout = absl::ZeroDuration();
+};
+
+/// Receives a load as it streams. Calls come from the loading thread.
+class LoadSink {
+ public:
+  virtual ~LoadSink() = default;
+  /// The selected tree, before any data. An error aborts the load.
+  virtual absl::Status OnTree(const VersionInfo& version, const Tree& tree) = 0;
+  /// A piece of node `node`'s data at `offset` (pieces arrive in node order,
+  /// offsets increasing; every byte exactly once). An error aborts the load.
+  virtual absl::Status OnData(size_t node, uint64_t offset, absl::string_view bytes) = 0;
+};
+
+/// A loaded value with its data in memory.
+struct LoadedValue {
+  VersionInfo version;
+  Tree tree;
+  /// data[i]: the bytes of node i (empty for nodes without data).
+  std::vector<std::string> data;
+};
+
+/// Server identity and totals.
+struct ServerInfo {
+  std::string server_version;
+  uint32_t chunk_size = 0;
+  uint32_t max_message_bytes = 0;
+  StoreStats stats;
+  double dedup_ratio = 1;
+};
+
+/// A connection to a ckpt server. Thread-safe: calls may run concurrently.
+/// Errors carry the server's gRPC status code and message.
+class RawClient {
+ public:
+  /// Connects to `target` (HOST:PORT). Unavailable if the server does not
+  /// answer within options.connect_timeout.
+  static absl::StatusOr<std::unique_ptr<RawClient>> Connect(const std::string& target,
+                                                            const ClientOptions& options);
+  virtual ~RawClient() = default;
+
+  /// Saves `input` as the next version of `name`, sending only the chunks
+  /// the server lacks. Returns once the version is durable (for a multi-part
+  /// save: once every part is in and the version committed).
+  virtual absl::StatusOr<SaveResult> Save(const std::string& name, const SaveInput& input,
+                                          const SaveOptions& options) = 0;
+
+  /// Streams a version into `sink`.
+  virtual absl::Status Load(const std::string& name, const LoadOptions& options,
+                            LoadSink* sink) = 0;
+  /// Loads a version into memory.
+  virtual absl::StatusOr<LoadedValue> Load(const std::string& name,
+                                           const LoadOptions& options) = 0;
+
+  /// All checkpoint names starting with `prefix`.
+  virtual absl::StatusOr<std::vector<CheckpointSummary>> ListCheckpoints(
+      const std::string& prefix) = 0;
+  /// Versions of `name`, oldest first. NotFound if none.
+  virtual absl::StatusOr<std::vector<VersionInfo>> ListVersions(const std::string& name) = 0;
+  /// The tree of a version (all pages).
+  virtual absl::StatusOr<LoadedValue> GetManifest(const std::string& name, uint64_t version,
+                                                  const std::string& tag) = 0;
+  /// Deletes a version; returns the chunks it released.
+  virtual absl::StatusOr<uint64_t> DeleteVersion(const std::string& name, uint64_t version,
+                                                 bool force) = 0;
+  virtual absl::Status SetTag(const std::string& name, const std::string& tag,
+                              uint64_t version) = 0;
+  virtual absl::Status DeleteTag(const std::string& name, const std::string& tag) = 0;
+  virtual absl::StatusOr<ServerInfo> GetServerInfo() = 0;
+  virtual absl::StatusOr<GcResult> GarbageCollect() = 0;
+  /// grpc.health.v1 Check of the whole server: OK when serving.
+  virtual absl::Status Health() = 0;
+};
+
+}  // namespace ckpt::client
+
+#endif  // CKPT_CLIENT_RAW_CLIENT_H_

@@ -1,0 +1,94 @@
+#include "common/select.h"
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace ckpt {
+namespace {
+
+class Selector {
+ public:
+  Selector(const Tree& tree, const std::vector<KeyPattern>& patterns)
+      : tree_(tree), patterns_(patterns), keys_(FlattenedKeys(tree)) {}
+
+  // Appends the selected part of the subtree at `i` to out_; returns the
+  // index after the subtree. `forced`: an ancestor matched. Sets *kept when
+  // anything of the subtree was kept. Recursion depth is bounded by
+  // kMaxDepth (trees are validated before they are stored).
+  size_t Visit(size_t i, bool forced, bool* kept) {
+    const Node& node = tree_[i];
+    const bool matched = forced || (i > 0 && Matches(keys_[i]));
+    if (!node.is_container()) {
+      if (matched) {
+        Emit(i);
+        *kept = true;
+      }
+      return i + 1;
+    }
+    const size_t at = out_.tree.size();
+    Emit(i);
+    uint32_t kept_children = 0;
+    size_t next = i + 1;
+    for (uint32_t c = 0; c < node.size; ++c) {
+      bool child_kept = false;
+      next = Visit(next, matched, &child_kept);
+      kept_children += child_kept;
+    }
+    if (kept_children > 0 || matched) {
+      out_.tree[at].size = kept_children;
+      *kept = true;
+    } else if (i > 0) {
+      out_.tree.resize(at);
+      out_.source.resize(at);
+    } else {
+      out_.tree[at].size = 0;
+    }
+    return next;
+  }
+
+  Selection Take() { return std::move(out_); }
+
+ private:
+  bool Matches(const std::string& key) const {
+    for (const auto& p : patterns_) {
+      if (p.Matches(key)) return true;
+    }
+    return false;
+  }
+  void Emit(size_t i) {
+    out_.tree.push_back(tree_[i]);
+    out_.source.push_back(i);
+  }
+
+  const Tree& tree_;
+  const std::vector<KeyPattern>& patterns_;
+  std::vector<std::string> keys_;
+  Selection out_;
+};
+
+}  // namespace
+
+absl::StatusOr<Selection> SelectTree(const Tree& tree,
+                                     const std::vector<KeyPattern>& patterns) {
+  Selection all;
+  if (patterns.empty()) {
+    all.tree = tree;
+    all.source.resize(tree.size());
+    for (size_t i = 0; i < tree.size(); ++i) all.source[i] = i;
+    return all;
+  }
+  if (tree.empty()) return absl::InvalidArgumentError("empty tree");
+  Selector selector(tree, patterns);
+  bool kept = false;
+  // A leaf root has no key to match: the patterns cannot select it.
+  selector.Visit(0, /*forced=*/false, &kept);
+  if (!kept) {
+    std::vector<std::string> texts;
+    for (const auto& p : patterns) texts.push_back(p.pattern());
+    return absl::NotFoundError(
+        absl::StrCat("no key matches the patterns [", absl::StrJoin(texts, ", "), "]"));
+  }
+  return selector.Take();
+}
+
+}  // namespace ckpt

@@ -1,0 +1,154 @@
+#include "rpc/convert.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace ckpt::rpc {
+namespace {
+
+absl::Status DataFromProto(const v1::DataRef& proto, DataRef* data) {
+  data->size = proto.size();
+  data->chunk_size = proto.chunk_size();
+  data->chunks.reserve(proto.chunks_size());
+  for (const std::string& raw : proto.chunks()) {
+    auto digest = Digest::FromBytes(raw);
+    if (!digest.ok()) return digest.status();
+    data->chunks.push_back(*digest);
+  }
+  return absl::OkStatus();
+}
+
+void DataToProto(const DataRef& data, v1::DataRef* proto) {
+  proto->set_size(data.size);
+  proto->set_chunk_size(data.chunk_size);
+  auto* chunks = proto->mutable_chunks();
+  chunks->Reserve(static_cast<int>(data.chunks.size()));
+  for (const Digest& d : data.chunks) chunks->Add(std::string(d.view()));
+}
+
+}  // namespace
+
+absl::StatusOr<Node> FromProto(const v1::Node& proto) {
+  Node node;
+  switch (proto.key_case()) {
+    case v1::Node::kStrKey: node.key = proto.str_key(); break;
+    case v1::Node::kIntKey: node.key = proto.int_key(); break;
+    case v1::Node::KEY_NOT_SET: break;
+  }
+  switch (proto.value_case()) {
+    case v1::Node::kDict:
+      node.kind = NodeKind::kDict;
+      node.size = proto.dict().size();
+      break;
+    case v1::Node::kList:
+      node.kind = NodeKind::kList;
+      node.size = proto.list().size();
+      break;
+    case v1::Node::kTuple:
+      node.kind = NodeKind::kTuple;
+      node.size = proto.tuple().size();
+      break;
+    case v1::Node::kNone: node.kind = NodeKind::kNone; break;
+    case v1::Node::kBoolValue:
+      node.kind = NodeKind::kBool;
+      node.bool_value = proto.bool_value();
+      break;
+    case v1::Node::kIntValue:
+      node.kind = NodeKind::kInt;
+      node.int_value = proto.int_value();
+      break;
+    case v1::Node::kFloatValue:
+      node.kind = NodeKind::kFloat;
+      node.float_value = proto.float_value();
+      break;
+    case v1::Node::kStringValue:
+      node.kind = NodeKind::kString;
+      node.string_value = proto.string_value();
+      break;
+    case v1::Node::kTensor: {
+      const v1::TensorMeta& t = proto.tensor();
+      node.kind = NodeKind::kTensor;
+      if (t.dtype() <= 0 || t.dtype() > kMaxDType) {
+        return absl::InvalidArgumentError(absl::StrCat("unknown dtype ", t.dtype()));
+      }
+      node.tensor.dtype = static_cast<DType>(t.dtype());
+      node.tensor.shape.assign(t.shape().begin(), t.shape().end());
+      node.tensor.device = t.device().empty() ? "cpu" : t.device();
+      node.tensor.requires_grad = t.requires_grad();
+      absl::Status s = DataFromProto(t.data(), &node.data);
+      if (!s.ok()) return s;
+      break;
+    }
+    case v1::Node::kBytes: {
+      node.kind = NodeKind::kBytes;
+      absl::Status s = DataFromProto(proto.bytes().data(), &node.data);
+      if (!s.ok()) return s;
+      break;
+    }
+    case v1::Node::VALUE_NOT_SET:
+      return absl::InvalidArgumentError("node has no value");
+  }
+  return node;
+}
+
+void ToProto(const Node& node, v1::Node* proto) {
+  if (auto* s = std::get_if<std::string>(&node.key)) proto->set_str_key(*s);
+  if (auto* i = std::get_if<int64_t>(&node.key)) proto->set_int_key(*i);
+  switch (node.kind) {
+    case NodeKind::kDict: proto->mutable_dict()->set_size(node.size); break;
+    case NodeKind::kList: proto->mutable_list()->set_size(node.size); break;
+    case NodeKind::kTuple: proto->mutable_tuple()->set_size(node.size); break;
+    case NodeKind::kNone: proto->mutable_none(); break;
+    case NodeKind::kBool: proto->set_bool_value(node.bool_value); break;
+    case NodeKind::kInt: proto->set_int_value(node.int_value); break;
+    case NodeKind::kFloat: proto->set_float_value(node.float_value); break;
+    case NodeKind::kString: proto->set_string_value(node.string_value); break;
+    case NodeKind::kTensor: {
+      v1::TensorMeta* t = proto->mutable_tensor();
+      t->set_dtype(static_cast<v1::DType>(node.tensor.dtype));
+      for (int64_t d : node.tensor.shape) t->add_shape(d);
+      t->set_device(node.tensor.device);
+      t->set_requires_grad(node.tensor.requires_grad);
+      DataToProto(node.data, t->mutable_data());
+      break;
+    }
+    case NodeKind::kBytes: DataToProto(node.data, proto->mutable_bytes()->mutable_data()); break;
+  }
+}
+
+VersionInfo FromProto(const v1::VersionInfo& proto) {
+  VersionInfo info;
+  info.name = proto.name();
+  info.version = proto.version();
+  info.create_time_ms =
+      proto.create_time().seconds() * 1000 + proto.create_time().nanos() / 1000000;
+  info.step = proto.step();
+  info.epoch = proto.epoch();
+  info.metadata.insert(proto.metadata().begin(), proto.metadata().end());
+  info.tags.assign(proto.tags().begin(), proto.tags().end());
+  info.num_tensors = proto.num_tensors();
+  info.num_nodes = proto.num_nodes();
+  info.data_bytes = proto.data_bytes();
+  info.new_bytes = proto.new_bytes();
+  info.world_size = proto.world_size();
+  return info;
+}
+
+void ToProto(const VersionInfo& info, v1::VersionInfo* proto) {
+  proto->set_name(info.name);
+  proto->set_version(info.version);
+  int64_t ms = info.create_time_ms;
+  int64_t secs = ms >= 0 ? ms / 1000 : -((-ms + 999) / 1000);
+  proto->mutable_create_time()->set_seconds(secs);
+  proto->mutable_create_time()->set_nanos(static_cast<int32_t>((ms - secs * 1000) * 1000000));
+  proto->set_step(info.step);
+  proto->set_epoch(info.epoch);
+  proto->mutable_metadata()->insert(info.metadata.begin(), info.metadata.end());
+  for (const auto& t : info.tags) proto->add_tags(t);
+  proto->set_num_tensors(info.num_tensors);
+  proto->set_num_nodes(info.num_nodes);
+  proto->set_data_bytes(info.data_bytes);
+  proto->set_new_bytes(info.new_bytes);
+  proto->set_world_size(info.world_size);
+}
+
+}  // namespace ckpt::rpc

@@ -1,0 +1,89 @@
+#ifndef CKPT_SERVER_PENDING_SAVES_H_
+#define CKPT_SERVER_PENDING_SAVES_H_
+
+// Multi-part saves: the ranks of one training job each stream their part of
+// one version; the version commits, atomically, when the last part is in.
+
+#include <condition_variable>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "common/types.h"
+#include "storage/store.h"
+
+namespace ckpt::server {
+
+/// A stream waiting for the outcome of its multi-part save.
+class SaveWaiter {
+ public:
+  virtual ~SaveWaiter() = default;
+  /// Receives the commit result (or why the save failed). Called at most once.
+  virtual void Deliver(const absl::StatusOr<VersionInfo>& result) = 0;
+  /// Keeps the waiter alive while PendingSaves holds it.
+  virtual void Ref() = 0;
+  virtual void Unref() = 0;
+};
+
+/// One rank's complete contribution.
+struct SavePart {
+  uint32_t rank = 0;
+  Tree tree;  ///< Root is a dict.
+  std::unique_ptr<storage::Upload> upload;
+  int64_t step = 0;
+  int64_t epoch = 0;
+  std::map<std::string, std::string> metadata;
+  std::vector<std::string> tags;
+  SaveWaiter* waiter = nullptr;  ///< Ref'd by AddPart.
+};
+
+/// Registry of multi-part saves in progress. Thread-safe.
+class PendingSaves {
+ public:
+  /// Parts wait at most `timeout` for the rest of their save.
+  PendingSaves(storage::Store* store, uint32_t max_chunk_bytes, absl::Duration timeout);
+  /// Fails every waiting part with Unavailable.
+  ~PendingSaves();
+
+  /// Adds a part of save (name, save_id) of `world_size` parts. The waiter
+  /// gets the result once all parts are in (committed on the calling thread
+  /// if this part is the last). AlreadyExists if the rank already sent its
+  /// part, InvalidArgument if world_size disagrees with earlier parts.
+  absl::Status AddPart(const std::string& name, const std::string& save_id,
+                       uint32_t world_size, SavePart part);
+
+  /// Stops delivering to `waiter` (its stream was cancelled); its part stays.
+  void RemoveWaiter(SaveWaiter* waiter);
+
+  /// Number of saves waiting for parts.
+  size_t size();
+
+ private:
+  struct Entry {
+    std::string name;
+    uint32_t world_size = 0;
+    absl::Time deadline;
+    std::map<uint32_t, SavePart> parts;
+  };
+
+  void CommitEntry(Entry entry);
+  static void Fail(Entry& entry, const absl::Status& status);
+  void SweepLoop();
+
+  storage::Store* store_;
+  uint32_t max_chunk_bytes_;
+  absl::Duration timeout_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;
+  std::map<std::pair<std::string, std::string>, Entry> entries_;
+  std::thread sweeper_;
+};
+
+}  // namespace ckpt::server
+
+#endif  // CKPT_SERVER_PENDING_SAVES_H_

@@ -1,0 +1,70 @@
+#ifndef CKPT_SERVER_SERVER_H_
+#define CKPT_SERVER_SERVER_H_
+
+// The ckpt server: a CheckpointService over a Store, plus gRPC health and
+// reflection. Start() binds (port 0 picks a free port), port() reports it,
+// Wait() blocks until Shutdown().
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "storage/store.h"
+
+namespace ckpt::server {
+
+/// Options of Server::Start. Every field has a ckpt-server flag.
+struct ServerOptions {
+  /// Address to listen on, HOST:PORT. Default: "0.0.0.0:50051".
+  std::string listen = "0.0.0.0:50051";
+  /// Storage options (data directory, chunk write mode). Required: path.
+  storage::StoreOptions store;
+  /// Chunk size clients are told to use. Default: 4 MiB. At most
+  /// store.max_chunk_bytes.
+  uint32_t chunk_size = 4 << 20;
+  /// Largest request or response message. Default: 4 MiB.
+  uint32_t max_message_bytes = 4 << 20;
+  /// Most nodes in one saved tree. Default: 1,000,000.
+  uint64_t max_tree_nodes = 1'000'000;
+  /// Most encoded tree bytes in one save. Default: 256 MiB.
+  uint64_t max_tree_bytes = 256ull << 20;
+  /// How long the first part of a multi-part save waits for the others.
+  /// Default: 10 minutes.
+  absl::Duration part_timeout = absl::Minutes(10);
+  /// Threads running storage work for RPCs. Default: 4.
+  int worker_threads = 4;
+};
+
+class CheckpointService;
+
+/// A running server. Thread-safe.
+class Server {
+ public:
+  /// Opens the store, binds options.listen and starts serving.
+  /// Unavailable if the address cannot be bound; storage errors as is.
+  static absl::StatusOr<std::unique_ptr<Server>> Start(ServerOptions options);
+
+  ~Server();
+
+  /// The bound port.
+  int port() const { return port_; }
+
+  /// Stops accepting RPCs, lets in-flight ones finish for up to `grace`, then
+  /// cancels the rest (uncommitted saves leave nothing visible).
+  void Shutdown(absl::Duration grace);
+
+  /// Blocks until Shutdown() has completed.
+  void Wait();
+
+ private:
+  struct Impl;
+  explicit Server(std::unique_ptr<Impl> impl, int port);
+  std::unique_ptr<Impl> impl_;
+  int port_;
+};
+
+}  // namespace ckpt::server
+
+#endif  // CKPT_SERVER_SERVER_H_

@@ -1,0 +1,722 @@
+#include "server/service.h"
+
+#include <atomic>
+#include <deque>
+#include <mutex>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "common/names.h"
+#include "common/select.h"
+#include "common/status_macros.h"
+#include "rpc/convert.h"
+#include "rpc/grpc_status.h"
+#include "server/pending_saves.h"
+
+namespace ckpt::server {
+namespace {
+
+// Pieces of chunk data are at most this big on the wire, and batches of
+// small pieces are filled up to it: 1 MiB messages stream best over loopback.
+constexpr size_t kPieceBytes = 1 << 20;
+// Node batches of Load and GetManifest stay well under the message limit.
+constexpr size_t kNodeBatchBytes = 1 << 20;
+constexpr uint32_t kMaxManifestPage = 10000;
+constexpr uint32_t kMaxListPage = 1000;
+
+std::string Hex(const Digest& d) { return d.Hex(); }
+
+// Reference counting shared by the streaming reactors: gRPC's OnDone drops
+// one reference, every task posted to the executor holds one, so a reactor
+// is deleted only once gRPC and our own work are both done with it.
+class RefCounted {
+ public:
+  virtual ~RefCounted() = default;
+  void Ref() { refs_.fetch_add(1, std::memory_order_relaxed); }
+  void Unref() {
+    if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+  }
+
+ private:
+  std::atomic<int> refs_{1};
+};
+
+// ---------------------------------------------------------------- Save
+
+class SaveReactor final : public grpc::ServerBidiReactor<v1::SaveRequest, v1::SaveResponse>,
+                          public SaveWaiter,
+                          public RefCounted {
+ public:
+  SaveReactor(CheckpointService* service, grpc::CallbackServerContext* context)
+      : service_(service), context_(context) {
+    StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override {
+    Ref();
+    service_->executor().Post([this, ok] {
+      if (ok) {
+        HandleRequest();
+      } else {
+        HandleEndOfStream();
+      }
+      Unref();
+    });
+  }
+
+  void OnWriteDone(bool ok) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    writing_ = false;
+    if (!ok) queue_.clear();  // the client is gone; only Finish remains
+    PumpLocked();
+  }
+
+  void OnCancel() override {
+    cancelled_.store(true);
+    if (waiting_.load()) service_->pending().RemoveWaiter(this);
+    FinishOnce(absl::CancelledError("save cancelled; nothing was saved"));
+  }
+
+  void OnDone() override { Unref(); }
+
+  // SaveWaiter
+  void Deliver(const absl::StatusOr<VersionInfo>& result) override {
+    if (result.ok()) {
+      v1::SaveResponse response;
+      rpc::ToProto(*result, response.mutable_result()->mutable_version());
+      response.mutable_result()->set_bytes_received(bytes_received_);
+      Send(std::move(response));
+      FinishOnce(absl::OkStatus());
+    } else {
+      FinishOnce(result.status());
+    }
+  }
+  void Ref() override { RefCounted::Ref(); }
+  void Unref() override { RefCounted::Unref(); }
+
+ private:
+  void HandleRequest() {
+    if (finish_requested()) return;
+    absl::Status status = Dispatch();
+    if (!status.ok()) {
+      FinishOnce(status);
+      return;
+    }
+    if (!done_reading_) StartRead(&request_);
+  }
+
+  void HandleEndOfStream() {
+    if (finish_requested()) return;
+    FinishOnce(absl::AbortedError(
+        cancelled_.load() ? "save cancelled; nothing was saved"
+                          : "save stream ended before SaveCommit; nothing was saved"));
+  }
+
+  absl::Status Dispatch() {
+    switch (request_.msg_case()) {
+      case v1::SaveRequest::kBegin:
+        return OnBegin(request_.begin());
+      case v1::SaveRequest::kNodes:
+        return OnNodes(request_.nodes());
+      case v1::SaveRequest::kChunks:
+        return OnChunks(request_.chunks());
+      case v1::SaveRequest::kCommit:
+        return OnCommit();
+      case v1::SaveRequest::MSG_NOT_SET:
+        break;
+    }
+    return absl::InvalidArgumentError("empty SaveRequest");
+  }
+
+  absl::Status OnBegin(const v1::SaveBegin& begin) {
+    if (upload_) return absl::FailedPreconditionError("SaveBegin sent twice");
+    CKPT_RETURN_IF_ERROR(ValidateName(begin.name()));
+    for (const std::string& tag : begin.tags()) {
+      CKPT_RETURN_IF_ERROR(ValidateTag(tag));
+      if (tag == kLatestTag) {
+        return absl::InvalidArgumentError("tag 'latest' is automatic and cannot be set");
+      }
+    }
+    for (const auto& [k, v] : begin.metadata()) {
+      if (k.size() > 1024 || v.size() > kMaxInlineString) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("metadata key or value too long (key '", k.substr(0, 64), "')"));
+      }
+    }
+    const v1::PartInfo& part = begin.part();
+    if (part.world_size() > 1) {
+      if (part.rank() >= part.world_size()) {
+        return absl::InvalidArgumentError(absl::StrCat("rank ", part.rank(),
+                                                       " not in [0, world_size ",
+                                                       part.world_size(), ")"));
+      }
+      if (part.save_id().empty() || part.save_id().size() > 256) {
+        return absl::InvalidArgumentError(
+            "a multi-part save needs a save_id of 1 to 256 bytes");
+      }
+      if (part.world_size() > 65536) {
+        return absl::InvalidArgumentError("world_size above 65536");
+      }
+    } else if (part.rank() != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("rank ", part.rank(), " given without world_size"));
+    }
+    CKPT_ASSIGN_OR_RETURN(upload_, service_->store()->BeginUpload(begin.name()));
+    begin_ = begin;
+    v1::SaveResponse response;
+    v1::SaveAccepted* accepted = response.mutable_accepted();
+    accepted->set_chunk_size(service_->options().chunk_size);
+    accepted->set_max_chunk_bytes(service_->options().store.max_chunk_bytes);
+    accepted->set_max_message_bytes(service_->options().max_message_bytes);
+    Send(std::move(response));
+    return absl::OkStatus();
+  }
+
+  absl::Status OnNodes(const v1::NodeBatch& batch) {
+    if (!upload_) return absl::FailedPreconditionError("SaveBegin must come first");
+    const ServerOptions& options = service_->options();
+    tree_bytes_ += batch.ByteSizeLong();
+    if (tree_bytes_ > options.max_tree_bytes) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "tree exceeds ", options.max_tree_bytes, " bytes (--max-tree-bytes)"));
+    }
+    if (tree_.size() + batch.nodes_size() > options.max_tree_nodes) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "tree exceeds ", options.max_tree_nodes, " nodes (--max-tree-nodes)"));
+    }
+    std::vector<Digest> fresh;
+    for (const v1::Node& proto : batch.nodes()) {
+      const size_t index = tree_.size();
+      auto node = rpc::FromProto(proto);
+      if (!node.ok()) return Annotate(node.status(), absl::StrCat("node ", index));
+      if (node->has_data()) {
+        std::string label = absl::StrCat("node ", index);
+        if (auto* s = std::get_if<std::string>(&node->key)) label = *s;
+        CKPT_RETURN_IF_ERROR(
+            ValidateNodeData(*node, label, options.store.max_chunk_bytes));
+        for (size_t i = 0; i < node->data.chunks.size(); ++i) {
+          const Digest& d = node->data.chunks[i];
+          const uint64_t length = node->data.ChunkLength(i);
+          auto [it, inserted] = chunk_length_.emplace(d, length);
+          if (inserted) {
+            fresh.push_back(d);
+          } else if (it->second != length) {
+            return absl::InvalidArgumentError(absl::StrCat(
+                "chunk ", Hex(d), " declared with lengths ", it->second, " and ", length));
+          }
+        }
+      }
+      tree_.push_back(*std::move(node));
+    }
+    CKPT_ASSIGN_OR_RETURN(std::vector<bool> missing, upload_->FindMissing(fresh));
+    v1::SaveResponse response;
+    v1::NeedChunks* need = response.mutable_need();
+    need->set_batch(batches_++);
+    for (size_t i = 0; i < fresh.size(); ++i) {
+      if (!missing[i]) continue;
+      needed_.insert(fresh[i]);
+      need->add_digests(std::string(fresh[i].view()));
+    }
+    Send(std::move(response));
+    return absl::OkStatus();
+  }
+
+  absl::Status OnChunks(const v1::ChunkBatch& batch) {
+    if (!upload_) return absl::FailedPreconditionError("SaveBegin must come first");
+    for (const v1::ChunkPiece& piece : batch.pieces()) {
+      CKPT_ASSIGN_OR_RETURN(Digest digest, Digest::FromBytes(piece.digest()));
+      if (assembling_ && digest != current_) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("chunk ", Hex(current_), " incomplete (", buffer_.size(), " of ",
+                         current_length_, " bytes) when chunk ", Hex(digest), " began"));
+      }
+      if (!assembling_) {
+        if (needed_.count(digest) == 0) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "chunk ", Hex(digest), " was not requested or was already received"));
+        }
+        assembling_ = true;
+        current_ = digest;
+        current_length_ = chunk_length_.at(digest);
+        buffer_.clear();
+      }
+      const std::string& data = piece.data();
+      if (piece.offset() != buffer_.size()) {
+        return absl::InvalidArgumentError(absl::StrCat("chunk ", Hex(digest), ": piece at offset ",
+                                                       piece.offset(), ", expected ",
+                                                       buffer_.size()));
+      }
+      if (data.size() > current_length_ - buffer_.size()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("chunk ", Hex(digest), ": ", buffer_.size() + data.size(),
+                         " bytes sent, beyond the ", current_length_, " declared"));
+      }
+      absl::Span<const uint8_t> bytes;
+      if (buffer_.empty() && data.size() == current_length_) {
+        // The whole chunk in one piece: no copy.
+        bytes = {reinterpret_cast<const uint8_t*>(data.data()), data.size()};
+      } else {
+        buffer_.append(data);
+        if (buffer_.size() < current_length_) continue;
+        bytes = {reinterpret_cast<const uint8_t*>(buffer_.data()), buffer_.size()};
+      }
+      CKPT_RETURN_IF_ERROR(upload_->PutChunk(digest, bytes));
+      bytes_received_ += bytes.size();
+      needed_.erase(digest);
+      assembling_ = false;
+      buffer_.clear();
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status OnCommit() {
+    if (!upload_) return absl::FailedPreconditionError("SaveBegin must come first");
+    if (assembling_) {
+      return absl::InvalidArgumentError(absl::StrCat("chunk ", Hex(current_), " incomplete (",
+                                                     buffer_.size(), " of ", current_length_,
+                                                     " bytes) at SaveCommit"));
+    }
+    if (!needed_.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(needed_.size(), " requested chunks were never sent (e.g. ",
+                       Hex(*needed_.begin()), ")"));
+    }
+    const uint32_t max_chunk = service_->options().store.max_chunk_bytes;
+    CKPT_RETURN_IF_ERROR(ValidateTree(tree_, max_chunk));
+    done_reading_ = true;
+    const v1::PartInfo& part = begin_.part();
+    if (part.world_size() <= 1) {
+      storage::CommitSpec spec;
+      FillSpec(&spec);
+      spec.tree = std::move(tree_);
+      storage::Upload* uploads[] = {upload_.get()};
+      Deliver(service_->store()->Commit(std::move(spec), uploads));
+      return absl::OkStatus();
+    }
+    if (tree_[0].kind != NodeKind::kDict) {
+      return absl::InvalidArgumentError(
+          "each part of a multi-part save must be a dict at its root");
+    }
+    CKPT_RETURN_IF_ERROR(upload_->Seal());
+    SavePart save_part;
+    save_part.rank = part.rank();
+    save_part.tree = std::move(tree_);
+    save_part.upload = std::move(upload_);
+    save_part.step = begin_.step();
+    save_part.epoch = begin_.epoch();
+    save_part.metadata.insert(begin_.metadata().begin(), begin_.metadata().end());
+    save_part.tags.assign(begin_.tags().begin(), begin_.tags().end());
+    save_part.waiter = this;
+    waiting_.store(true);
+    if (cancelled_.load()) return absl::CancelledError("save cancelled");
+    return service_->pending().AddPart(begin_.name(), part.save_id(), part.world_size(),
+                                       std::move(save_part));
+  }
+
+  void FillSpec(storage::CommitSpec* spec) const {
+    spec->name = begin_.name();
+    spec->step = begin_.step();
+    spec->epoch = begin_.epoch();
+    spec->metadata.insert(begin_.metadata().begin(), begin_.metadata().end());
+    spec->tags.assign(begin_.tags().begin(), begin_.tags().end());
+    spec->world_size = 1;
+  }
+
+  void Send(v1::SaveResponse response) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (finish_requested_) return;
+    queue_.push_back(std::move(response));
+    PumpLocked();
+  }
+
+  void FinishOnce(const absl::Status& status) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (finish_requested_) return;
+    finish_requested_ = true;
+    finish_status_ = status;
+    PumpLocked();
+  }
+
+  bool finish_requested() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return finish_requested_;
+  }
+
+  // Starts the next write, or Finish once the queue is drained.
+  void PumpLocked() {
+    if (writing_ || finished_) return;
+    if (!queue_.empty()) {
+      writing_ = true;
+      in_flight_ = std::move(queue_.front());
+      queue_.pop_front();
+      StartWrite(&in_flight_);
+      return;
+    }
+    if (finish_requested_) {
+      finished_ = true;
+      Finish(rpc::ToGrpcStatus(finish_status_));
+    }
+  }
+
+  CheckpointService* service_;
+  grpc::CallbackServerContext* context_;
+  v1::SaveRequest request_;
+
+  // Stream state, touched only by the (serialized) executor tasks.
+  v1::SaveBegin begin_;
+  std::unique_ptr<storage::Upload> upload_;
+  Tree tree_;
+  uint64_t tree_bytes_ = 0;
+  uint64_t batches_ = 0;
+  uint64_t bytes_received_ = 0;
+  bool done_reading_ = false;
+  absl::flat_hash_map<Digest, uint64_t> chunk_length_;  // every chunk of the tree
+  absl::flat_hash_set<Digest> needed_;                  // asked for, not yet received
+  bool assembling_ = false;
+  Digest current_;
+  uint64_t current_length_ = 0;
+  std::string buffer_;
+
+  std::atomic<bool> cancelled_{false};
+  std::atomic<bool> waiting_{false};
+
+  // Write queue.
+  std::mutex mu_;
+  std::deque<v1::SaveResponse> queue_;
+  v1::SaveResponse in_flight_;
+  bool writing_ = false;
+  bool finish_requested_ = false;
+  bool finished_ = false;
+  absl::Status finish_status_;
+};
+
+// ---------------------------------------------------------------- Load
+
+class LoadReactor final : public grpc::ServerWriteReactor<v1::LoadResponse>,
+                          public RefCounted {
+ public:
+  LoadReactor(CheckpointService* service, const v1::LoadRequest& request)
+      : service_(service), request_(request) {
+    Post();
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      Done(absl::CancelledError("client went away"));
+      return;
+    }
+    Post();
+  }
+
+  void OnCancel() override { cancelled_.store(true); }
+  void OnDone() override { Unref(); }
+
+ private:
+  void Post() {
+    Ref();
+    service_->executor().Post([this] {
+      Step();
+      Unref();
+    });
+  }
+
+  // Produces and starts the next write, or finishes.
+  void Step() {
+    if (cancelled_.load()) {
+      Done(absl::CancelledError("load cancelled"));
+      return;
+    }
+    absl::StatusOr<bool> more = Produce();
+    if (!more.ok()) {
+      Done(more.status());
+    } else if (!*more) {
+      Done(absl::OkStatus());
+    } else {
+      StartWrite(&response_);
+    }
+  }
+
+  void Done(const absl::Status& status) {
+    if (finished_.exchange(true)) return;
+    Finish(rpc::ToGrpcStatus(status));
+  }
+
+  // Fills response_; false when the stream is complete.
+  absl::StatusOr<bool> Produce() {
+    response_.Clear();
+    if (!started_) {
+      started_ = true;
+      CKPT_RETURN_IF_ERROR(Open());
+      return true;
+    }
+    if (next_node_ < selection_.tree.size()) {
+      v1::NodeBatch* batch = response_.mutable_nodes();
+      size_t bytes = 0;
+      while (next_node_ < selection_.tree.size() && bytes < kNodeBatchBytes) {
+        v1::Node* node = batch->add_nodes();
+        rpc::ToProto(selection_.tree[next_node_++], node);
+        bytes += node->ByteSizeLong() + 4;
+      }
+      return true;
+    }
+    if (request_.skip_data()) return false;
+    v1::DataBatch* batch = response_.mutable_data();
+    size_t bytes = 0;
+    while (bytes < kPieceBytes) {
+      // Advance to the next chunk with bytes left.
+      while (data_node_ < selection_.tree.size() &&
+             (!selection_.tree[data_node_].has_data() ||
+              chunk_index_ >= selection_.tree[data_node_].data.chunks.size())) {
+        ++data_node_;
+        chunk_index_ = 0;
+        chunk_offset_ = 0;
+        chunk_loaded_ = false;
+      }
+      if (data_node_ >= selection_.tree.size()) break;
+      const Node& node = selection_.tree[data_node_];
+      if (!chunk_loaded_) {
+        const Digest& digest = node.data.chunks[chunk_index_];
+        absl::Status status = service_->store()->ReadChunk(version_.name, digest, &chunk_);
+        if (!status.ok()) {
+          const std::vector<std::string> keys = FlattenedKeys(tree_);
+          return Annotate(status,
+                          absl::StrCat("checkpoint '", version_.name, "' version ",
+                                       version_.version, " ", NodeKindName(node.kind), " '",
+                                       keys[selection_.source[data_node_]], "'"));
+        }
+        if (chunk_.size() != node.data.ChunkLength(chunk_index_)) {
+          return absl::DataLossError(absl::StrCat(
+              "checkpoint '", version_.name, "' version ", version_.version, ": chunk ",
+              Hex(digest), " has ", chunk_.size(), " bytes, manifest says ",
+              node.data.ChunkLength(chunk_index_)));
+        }
+        chunk_loaded_ = true;
+        chunk_offset_ = 0;
+      }
+      const size_t take = std::min(chunk_.size() - chunk_offset_, kPieceBytes - bytes);
+      v1::DataPiece* piece = batch->add_pieces();
+      piece->set_node(static_cast<uint32_t>(data_node_));
+      piece->set_offset(uint64_t{chunk_index_} * node.data.chunk_size + chunk_offset_);
+      piece->set_data(chunk_.data() + chunk_offset_, take);
+      chunk_offset_ += take;
+      bytes += take;
+      if (chunk_offset_ == chunk_.size()) {
+        ++chunk_index_;
+        chunk_loaded_ = false;
+      }
+    }
+    return bytes > 0;
+  }
+
+  absl::Status Open() {
+    storage::VersionSelector selector{request_.version(), request_.tag()};
+    CKPT_ASSIGN_OR_RETURN(version_, service_->store()->GetVersion(request_.name(), selector));
+    CKPT_ASSIGN_OR_RETURN(tree_, service_->store()->GetTree(version_.name, version_.version));
+    std::vector<std::string> texts(request_.patterns().begin(), request_.patterns().end());
+    CKPT_ASSIGN_OR_RETURN(std::vector<KeyPattern> patterns, CompilePatterns(texts));
+    CKPT_ASSIGN_OR_RETURN(selection_, SelectTree(tree_, patterns));
+    uint64_t data_bytes = 0;
+    for (const Node& node : selection_.tree) data_bytes += node.data.size;
+    v1::LoadHeader* header = response_.mutable_header();
+    rpc::ToProto(version_, header->mutable_version());
+    header->set_num_nodes(selection_.tree.size());
+    header->set_data_bytes(request_.skip_data() ? 0 : data_bytes);
+    return absl::OkStatus();
+  }
+
+  CheckpointService* service_;
+  const v1::LoadRequest request_;
+  v1::LoadResponse response_;
+  std::atomic<bool> cancelled_{false};
+  std::atomic<bool> finished_{false};
+
+  bool started_ = false;
+  VersionInfo version_;
+  Tree tree_;
+  Selection selection_;
+  size_t next_node_ = 0;
+  size_t data_node_ = 0;
+  size_t chunk_index_ = 0;
+  size_t chunk_offset_ = 0;
+  bool chunk_loaded_ = false;
+  std::string chunk_;
+};
+
+absl::StatusOr<uint64_t> ParsePageToken(const std::string& token) {
+  uint64_t value = 0;
+  if (token.empty()) return value;
+  if (!absl::SimpleAtoi(token, &value)) {
+    return absl::InvalidArgumentError(absl::StrCat("invalid page_token '", token, "'"));
+  }
+  return value;
+}
+
+}  // namespace
+
+CheckpointService::CheckpointService(storage::Store* store, const ServerOptions& options)
+    : store_(store),
+      options_(options),
+      pending_(std::make_unique<PendingSaves>(store, options.store.max_chunk_bytes,
+                                              options.part_timeout)),
+      executor_(std::make_unique<Executor>(options.worker_threads)) {}
+
+CheckpointService::~CheckpointService() {
+  pending_.reset();   // fails waiting parts
+  executor_.reset();  // runs what is queued, then joins
+}
+
+template <typename Fn>
+grpc::ServerUnaryReactor* CheckpointService::RunUnary(grpc::CallbackServerContext* context,
+                                                      Fn fn) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  executor_->Post([reactor, fn = std::move(fn)]() mutable {
+    reactor->Finish(rpc::ToGrpcStatus(fn()));
+  });
+  return reactor;
+}
+
+grpc::ServerBidiReactor<v1::SaveRequest, v1::SaveResponse>* CheckpointService::Save(
+    grpc::CallbackServerContext* context) {
+  return new SaveReactor(this, context);
+}
+
+grpc::ServerWriteReactor<v1::LoadResponse>* CheckpointService::Load(
+    grpc::CallbackServerContext* context, const v1::LoadRequest* request) {
+  return new LoadReactor(this, *request);
+}
+
+grpc::ServerUnaryReactor* CheckpointService::ListCheckpoints(
+    grpc::CallbackServerContext* context, const v1::ListCheckpointsRequest* request,
+    v1::ListCheckpointsResponse* response) {
+  return RunUnary(context, [this, request, response]() -> absl::Status {
+    CKPT_RETURN_IF_ERROR(ValidatePrefix(request->prefix()));
+    const uint32_t limit = request->page_size() == 0
+                               ? kMaxListPage
+                               : std::min(request->page_size(), kMaxListPage);
+    CKPT_ASSIGN_OR_RETURN(
+        auto list, store_->ListCheckpoints(request->prefix(), request->page_token(), limit + 1));
+    for (size_t i = 0; i < list.size() && i < limit; ++i) {
+      v1::CheckpointSummary* out = response->add_checkpoints();
+      out->set_name(list[i].name);
+      out->set_latest_version(list[i].latest_version);
+      out->set_num_versions(list[i].num_versions);
+      VersionInfo t;
+      t.create_time_ms = list[i].latest_create_time_ms;
+      v1::VersionInfo tmp;
+      rpc::ToProto(t, &tmp);
+      *out->mutable_latest_create_time() = tmp.create_time();
+    }
+    if (list.size() > limit) response->set_next_page_token(list[limit - 1].name);
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* CheckpointService::ListVersions(
+    grpc::CallbackServerContext* context, const v1::ListVersionsRequest* request,
+    v1::ListVersionsResponse* response) {
+  return RunUnary(context, [this, request, response]() -> absl::Status {
+    CKPT_ASSIGN_OR_RETURN(auto versions, store_->ListVersions(request->name()));
+    for (const VersionInfo& v : versions) rpc::ToProto(v, response->add_versions());
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* CheckpointService::GetManifest(
+    grpc::CallbackServerContext* context, const v1::GetManifestRequest* request,
+    v1::GetManifestResponse* response) {
+  return RunUnary(context, [this, request, response]() -> absl::Status {
+    CKPT_ASSIGN_OR_RETURN(uint64_t first, ParsePageToken(request->page_token()));
+    storage::VersionSelector selector{request->version(), request->tag()};
+    CKPT_ASSIGN_OR_RETURN(VersionInfo version, store_->GetVersion(request->name(), selector));
+    CKPT_ASSIGN_OR_RETURN(Tree tree, store_->GetTree(version.name, version.version));
+    if (first > tree.size()) {
+      return absl::InvalidArgumentError(absl::StrCat("page_token ", first, " past the ",
+                                                     tree.size(), " nodes"));
+    }
+    const uint32_t limit = request->page_size() == 0
+                               ? kMaxManifestPage
+                               : std::min(request->page_size(), kMaxManifestPage);
+    rpc::ToProto(version, response->mutable_version());
+    response->set_first_node(first);
+    size_t bytes = 0;
+    size_t i = first;
+    for (; i < tree.size() && i - first < limit && bytes < 3 * kNodeBatchBytes; ++i) {
+      v1::Node* node = response->add_nodes();
+      rpc::ToProto(tree[i], node);
+      bytes += node->ByteSizeLong() + 4;
+    }
+    if (i < tree.size()) response->set_next_page_token(absl::StrCat(i));
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* CheckpointService::DeleteVersion(
+    grpc::CallbackServerContext* context, const v1::DeleteVersionRequest* request,
+    v1::DeleteVersionResponse* response) {
+  return RunUnary(context, [this, request, response]() -> absl::Status {
+    if (request->version() == 0) {
+      return absl::InvalidArgumentError("DeleteVersion needs a version number");
+    }
+    CKPT_ASSIGN_OR_RETURN(uint64_t released,
+                          store_->DeleteVersion(request->name(), request->version(),
+                                                request->force()));
+    response->set_released_chunks(released);
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* CheckpointService::SetTag(grpc::CallbackServerContext* context,
+                                                    const v1::SetTagRequest* request,
+                                                    v1::SetTagResponse* response) {
+  return RunUnary(context, [this, request]() -> absl::Status {
+    if (request->version() == 0) return absl::InvalidArgumentError("SetTag needs a version");
+    return store_->SetTag(request->name(), request->tag(), request->version());
+  });
+}
+
+grpc::ServerUnaryReactor* CheckpointService::DeleteTag(grpc::CallbackServerContext* context,
+                                                       const v1::DeleteTagRequest* request,
+                                                       v1::DeleteTagResponse* response) {
+  return RunUnary(context, [this, request]() -> absl::Status {
+    return store_->DeleteTag(request->name(), request->tag());
+  });
+}
+
+grpc::ServerUnaryReactor* CheckpointService::GetServerInfo(
+    grpc::CallbackServerContext* context, const v1::GetServerInfoRequest* request,
+    v1::GetServerInfoResponse* response) {
+  return RunUnary(context, [this, response]() -> absl::Status {
+    CKPT_ASSIGN_OR_RETURN(storage::StoreStats stats, store_->Stats());
+    response->set_server_version(CKPT_VERSION);
+    response->set_chunk_size(options_.chunk_size);
+    response->set_max_message_bytes(options_.max_message_bytes);
+    v1::StorageStats* out = response->mutable_stats();
+    out->set_checkpoints(stats.checkpoints);
+    out->set_versions(stats.versions);
+    out->set_chunks(stats.chunks);
+    out->set_stored_bytes(stats.stored_bytes);
+    out->set_logical_bytes(stats.logical_bytes);
+    out->set_dedup_ratio(stats.stored_bytes ? static_cast<double>(stats.logical_bytes) /
+                                                  static_cast<double>(stats.stored_bytes)
+                                            : 1.0);
+    out->set_disk_bytes(stats.disk_bytes);
+    out->set_active_uploads(stats.active_uploads);
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* CheckpointService::GarbageCollect(
+    grpc::CallbackServerContext* context, const v1::GarbageCollectRequest* request,
+    v1::GarbageCollectResponse* response) {
+  return RunUnary(context, [this, response]() -> absl::Status {
+    CKPT_ASSIGN_OR_RETURN(storage::GcResult gc, store_->CollectGarbage());
+    response->set_chunks_removed(gc.chunks_removed);
+    response->set_bytes_removed(gc.bytes_removed);
+    response->set_orphan_uploads_removed(gc.orphan_uploads_removed);
+    return absl::OkStatus();
+  });
+}
+
+}  // namespace ckpt::server
