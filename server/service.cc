@@ -8,6 +8,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/crash_point.h"
 #include "common/names.h"
 #include "common/select.h"
 #include "common/status_macros.h"
@@ -165,6 +166,7 @@ class SaveReactor final : public grpc::ServerBidiReactor<v1::SaveRequest, v1::Sa
     }
     CKPT_ASSIGN_OR_RETURN(upload_, service_->store()->BeginUpload(begin.name()));
     begin_ = begin;
+    CrashPoint("save.begin");
     v1::SaveResponse response;
     v1::SaveAccepted* accepted = response.mutable_accepted();
     accepted->set_chunk_size(service_->options().chunk_size);
@@ -263,6 +265,7 @@ class SaveReactor final : public grpc::ServerBidiReactor<v1::SaveRequest, v1::Sa
         bytes = {reinterpret_cast<const uint8_t*>(buffer_.data()), buffer_.size()};
       }
       CKPT_RETURN_IF_ERROR(upload_->PutChunk(digest, bytes));
+      CrashPoint("save.chunk");
       bytes_received_ += bytes.size();
       needed_.erase(digest);
       assembling_ = false;

@@ -1,0 +1,343 @@
+// The service end to end: an in-process ckpt server on 127.0.0.1:0 over a
+// fresh RocksDB directory, driven through the client core.
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "client/raw_client.h"
+#include "server/server.h"
+#include "tests/testing/temp_dir.h"
+#include "tests/testing/trees.h"
+
+namespace ckpt {
+namespace {
+
+using client::LoadOptions;
+using client::RawClient;
+using client::SaveOptions;
+using testing::TreeBuilder;
+
+class ServiceTest : public ::testing::Test {
+ protected:
+  void SetUp() override { StartServer(); }
+
+  void StartServer(uint32_t chunk_size = 64 << 10) {
+    server::ServerOptions options;
+    options.listen = "127.0.0.1:0";
+    options.store.path = dir_.path() + "/db";
+    options.chunk_size = chunk_size;
+    options.part_timeout = absl::Seconds(20);
+    auto server = server::Server::Start(options);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+    auto c = RawClient::Connect(absl::StrCat("127.0.0.1:", server_->port()), {});
+    ASSERT_TRUE(c.ok()) << c.status();
+    client_ = *std::move(c);
+  }
+
+  void RestartServer() {
+    client_.reset();
+    server_.reset();
+    StartServer();
+  }
+
+  testing::TempDir dir_;
+  std::unique_ptr<server::Server> server_;
+  std::unique_ptr<RawClient> client_;
+};
+
+// Every field of every node but the chunk list (which depends on chunk size).
+void ExpectSameTree(const Tree& want, const Tree& got) {
+  ASSERT_EQ(want.size(), got.size());
+  for (size_t i = 0; i < want.size(); ++i) {
+    SCOPED_TRACE(absl::StrCat("node ", i));
+    EXPECT_EQ(want[i].kind, got[i].kind);
+    EXPECT_EQ(want[i].key, got[i].key);
+    EXPECT_EQ(want[i].size, got[i].size);
+    EXPECT_EQ(want[i].bool_value, got[i].bool_value);
+    EXPECT_EQ(want[i].int_value, got[i].int_value);
+    EXPECT_EQ(std::memcmp(&want[i].float_value, &got[i].float_value, sizeof(double)), 0);
+    EXPECT_EQ(want[i].string_value, got[i].string_value);
+    EXPECT_EQ(want[i].tensor.dtype, got[i].tensor.dtype);
+    EXPECT_EQ(want[i].tensor.shape, got[i].tensor.shape);
+    EXPECT_EQ(want[i].tensor.device, got[i].tensor.device);
+    EXPECT_EQ(want[i].tensor.requires_grad, got[i].tensor.requires_grad);
+    EXPECT_EQ(want[i].data.size, got[i].data.size);
+  }
+}
+
+// One tree with every kind of node of SPEC §1: the tutorial's checkpoint dict,
+// an optimizer state with int keys, a list, a tuple, None, every dtype,
+// 0-dim and empty tensors, a byte leaf and a tensor spanning many chunks.
+TreeBuilder RichTree() {
+  TreeBuilder b;
+  b.Dict(9);
+  b.Int(5, std::string("epoch"));
+  b.Float(0.25, std::string("loss"));
+  b.Dict(3, std::string("model_state_dict"))
+      .Tensor(std::string("hidden.weight"), DType::kFloat32, {2, 3}, 1)
+      .Tensor(std::string("hidden.bias"), DType::kFloat32, {2}, 2)
+      .Tensor(std::string("bn.num_batches_tracked"), DType::kInt64, {}, 3);
+  b.Dict(2, std::string("optimizer_state_dict"))
+      .Dict(2, std::string("state"))
+      .Dict(1, int64_t{0})
+      .Tensor(std::string("momentum_buffer"), DType::kFloat32, {2, 3}, 4)
+      .Dict(1, int64_t{1})
+      .Tensor(std::string("momentum_buffer"), DType::kFloat32, {2}, 5)
+      .List(1, std::string("param_groups"))
+      .Dict(4)
+      .Float(0.001, std::string("lr"))
+      .Float(0.9, std::string("momentum"))
+      .Bool(false, std::string("nesterov"))
+      .List(2, std::string("params"))
+      .Int(0)
+      .Int(1);
+  b.Tuple(3, std::string("misc")).None().String("héllo").Int(-(int64_t{1} << 62));
+  b.List(15, std::string("dtypes"));
+  for (int d = 1; d <= kMaxDType; ++d) b.Tensor({}, static_cast<DType>(d), {3, 2}, 10 + d);
+  b.Tensor(std::string("empty"), DType::kFloat32, {0, 4}, 30);
+  b.Bytes(std::string("script"), testing::RandomBytes(100000, 31));
+  b.Tensor(std::string("big"), DType::kFloat64, {100, 1000}, 32, "cuda:1");
+  return b;
+}
+
+TEST_F(ServiceTest, RoundTripsEveryKindOfValue) {
+  TreeBuilder b = RichTree();
+  SaveOptions options;
+  options.step = 1200;
+  options.epoch = 5;
+  options.metadata = {{"run", "exp-1"}};
+  options.tags = {"best"};
+  auto saved = client_->Save("team/run-1/model", b.Input(), options);
+  ASSERT_TRUE(saved.ok()) << saved.status();
+  EXPECT_EQ(saved->version.version, 1u);
+  EXPECT_EQ(saved->version.step, 1200);
+  EXPECT_EQ(saved->chunks_sent, saved->chunks_total);
+  EXPECT_GT(saved->chunks_total, 12u);  // the 800 KB tensor spans 13 chunks of 64 KiB
+
+  auto loaded = client_->Load("team/run-1/model", {});
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  ExpectSameTree(b.tree(), loaded->tree);
+  for (size_t i = 0; i < b.tree().size(); ++i) {
+    EXPECT_EQ(loaded->data[i], b.data(i)) << "node " << i;
+  }
+  EXPECT_EQ(loaded->version.version, 1u);
+  EXPECT_EQ(loaded->version.metadata.at("run"), "exp-1");
+  EXPECT_EQ(loaded->version.epoch, 5);
+
+  // By tag, and the manifest alone.
+  LoadOptions by_tag;
+  by_tag.tag = "best";
+  EXPECT_EQ(client_->Load("team/run-1/model", by_tag)->version.version, 1u);
+  auto manifest = client_->GetManifest("team/run-1/model", 1, "");
+  ASSERT_TRUE(manifest.ok()) << manifest.status();
+  ExpectSameTree(b.tree(), manifest->tree);
+}
+
+TEST_F(ServiceTest, SurvivesRestart) {
+  TreeBuilder b = testing::StateDict(8, 50000, 1);
+  ASSERT_TRUE(client_->Save("a/model", b.Input(), {}).ok());
+  RestartServer();
+  auto loaded = client_->Load("a/model", {});
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  for (size_t i = 0; i < b.tree().size(); ++i) EXPECT_EQ(loaded->data[i], b.data(i));
+  // Numbering continues after the restart.
+  EXPECT_EQ(client_->Save("a/model", b.Input(), {})->version.version, 2u);
+}
+
+TEST_F(ServiceTest, VersionsTagsAndLatest) {
+  TreeBuilder b = testing::StateDict(2, 100, 1);
+  for (int i = 1; i <= 3; ++i) {
+    b.mutable_data(2)[0] = static_cast<char>(i);
+    auto saved = client_->Save("t/m", b.Input(), {});
+    ASSERT_TRUE(saved.ok());
+    EXPECT_EQ(saved->version.version, static_cast<uint64_t>(i));
+  }
+  auto versions = client_->ListVersions("t/m");
+  ASSERT_TRUE(versions.ok());
+  ASSERT_EQ(versions->size(), 3u);
+  EXPECT_EQ(versions->back().tags, std::vector<std::string>{"latest"});
+
+  ASSERT_TRUE(client_->SetTag("t/m", "best", 2).ok());
+  LoadOptions best;
+  best.tag = "best";
+  auto loaded = client_->Load("t/m", best);
+  ASSERT_TRUE(loaded.ok());
+  EXPECT_EQ(loaded->version.version, 2u);
+  EXPECT_EQ(loaded->data[2][0], 2);
+
+  // A tagged version is protected unless forced.
+  auto del = client_->DeleteVersion("t/m", 2, false);
+  EXPECT_EQ(del.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(del.status().message().find("best"), std::string::npos) << del.status();
+  ASSERT_TRUE(client_->DeleteTag("t/m", "best").ok());
+  EXPECT_EQ(client_->DeleteTag("t/m", "best").code(), absl::StatusCode::kNotFound);
+
+  // Deleting the newest moves latest back; numbers are never reused.
+  ASSERT_TRUE(client_->DeleteVersion("t/m", 3, false).ok());
+  EXPECT_EQ(client_->Load("t/m", {})->version.version, 2u);
+  EXPECT_EQ(client_->Save("t/m", b.Input(), {})->version.version, 4u);
+  EXPECT_EQ(client_->SetTag("t/m", "latest", 4).code(), absl::StatusCode::kInvalidArgument);
+
+  auto list = client_->ListCheckpoints("t/");
+  ASSERT_TRUE(list.ok());
+  ASSERT_EQ(list->size(), 1u);
+  EXPECT_EQ((*list)[0].name, "t/m");
+  EXPECT_EQ((*list)[0].latest_version, 4u);
+  EXPECT_EQ((*list)[0].num_versions, 3u);
+}
+
+TEST_F(ServiceTest, IncrementalSaveSendsOnlyChangedChunks) {
+  // 20 tensors of 256 KiB = 4 chunks each.
+  TreeBuilder b = testing::StateDict(20, 64 << 10, 7);
+  auto first = client_->Save("inc/m", b.Input(), {});
+  ASSERT_TRUE(first.ok());
+  EXPECT_EQ(first->bytes_sent, 20u * (256 << 10));
+  EXPECT_EQ(first->version.new_bytes, 20u * (256 << 10));
+
+  // Change 2 of 20 tensors (10 %), one byte in one chunk of each.
+  b.mutable_data(2)[5] ^= 1;
+  b.mutable_data(3)[(200 << 10)] ^= 1;
+  auto second = client_->Save("inc/m", b.Input(), {});
+  ASSERT_TRUE(second.ok());
+  EXPECT_EQ(second->chunks_sent, 2u);
+  EXPECT_EQ(second->bytes_sent, 2u * (64 << 10));
+  EXPECT_EQ(second->version.new_bytes, 2u * (64 << 10));
+
+  auto info = client_->GetServerInfo();
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->stats.versions, 2u);
+  EXPECT_EQ(info->stats.chunks, 82u);
+  EXPECT_EQ(info->stats.logical_bytes, 2u * 20 * (256 << 10));
+
+  // An identical save sends nothing at all.
+  auto third = client_->Save("inc/m", b.Input(), {});
+  EXPECT_EQ(third->bytes_sent, 0u);
+  EXPECT_EQ(third->version.new_bytes, 0u);
+  // Dedup is per namespace: another namespace stores its own copy.
+  auto other = client_->Save("other/m", b.Input(), {});
+  EXPECT_EQ(other->bytes_sent, 20u * (256 << 10));
+}
+
+TEST_F(ServiceTest, PatternsSelectKeysAndOnlyTheirBytes) {
+  TreeBuilder b = RichTree();
+  ASSERT_TRUE(client_->Save("p/m", b.Input(), {}).ok());
+  LoadOptions options;
+  options.patterns = {"model_state_dict/hidden.*", "epoch"};
+  auto loaded = client_->Load("p/m", options);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  std::vector<std::string> keys = FlattenedKeys(loaded->tree);
+  EXPECT_EQ(keys, (std::vector<std::string>{"", "epoch", "model_state_dict",
+                                            "model_state_dict/hidden.weight",
+                                            "model_state_dict/hidden.bias"}));
+  EXPECT_EQ(loaded->data[3], b.data(4));
+  EXPECT_EQ(loaded->data[4], b.data(5));
+  uint64_t bytes = 0;
+  for (const auto& d : loaded->data) bytes += d.size();
+  EXPECT_EQ(bytes, 24u + 8u);
+
+  options.patterns = {"nope/*"};
+  EXPECT_EQ(client_->Load("p/m", options).status().code(), absl::StatusCode::kNotFound);
+  options.patterns = {"bad[pattern"};
+  auto bad = client_->Load("p/m", options);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("unterminated '['"), std::string::npos);
+}
+
+TEST_F(ServiceTest, DeleteThenGcReclaimsOnlyUnreferencedChunks) {
+  TreeBuilder a = testing::StateDict(4, 16 << 10, 1);
+  TreeBuilder b = testing::StateDict(4, 16 << 10, 1);
+  b.mutable_data(2)[0] ^= 1;  // one tensor differs
+  ASSERT_TRUE(client_->Save("g/m", a.Input(), {}).ok());
+  ASSERT_TRUE(client_->Save("g/m", b.Input(), {}).ok());
+  auto released = client_->DeleteVersion("g/m", 1, false);
+  ASSERT_TRUE(released.ok()) << released.status();
+  EXPECT_EQ(*released, 1u);  // only the chunk version 2 does not share
+  auto gc = client_->GarbageCollect();
+  ASSERT_TRUE(gc.ok()) << gc.status();
+  EXPECT_EQ(gc->chunks_removed, 1u);
+  EXPECT_EQ(gc->bytes_removed, 64u << 10);
+  auto loaded = client_->Load("g/m", {});
+  ASSERT_TRUE(loaded.ok());
+  for (size_t i = 0; i < b.tree().size(); ++i) EXPECT_EQ(loaded->data[i], b.data(i));
+  EXPECT_EQ(client_->Load("g/m", LoadOptions{1}).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(ServiceTest, MultiPartSaveCommitsWhenAllRanksAreIn) {
+  constexpr int kRanks = 4;
+  std::vector<TreeBuilder> parts;
+  for (int r = 0; r < kRanks; ++r) {
+    TreeBuilder b;
+    b.Dict(2)
+        .Tensor(absl::StrCat("rank", r, ".weight"), DType::kFloat32, {1000}, 100 + r)
+        .Int(r, absl::StrCat("rank", r, ".step"));
+    parts.push_back(std::move(b));
+  }
+  std::vector<absl::StatusOr<client::SaveResult>> results(kRanks);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < kRanks; ++r) {
+    threads.emplace_back([&, r] {
+      SaveOptions options;
+      options.rank = r;
+      options.world_size = kRanks;
+      options.save_id = "step-100";
+      options.step = 100;
+      results[r] = client_->Save("dist/job", parts[r].Input(), options);
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int r = 0; r < kRanks; ++r) {
+    ASSERT_TRUE(results[r].ok()) << "rank " << r << ": " << results[r].status();
+    EXPECT_EQ(results[r]->version.version, 1u);
+    EXPECT_EQ(results[r]->version.world_size, 4u);
+  }
+  auto all = client_->Load("dist/job", {});
+  ASSERT_TRUE(all.ok());
+  EXPECT_EQ(all->tree.size(), 1u + 2 * kRanks);
+  // Each rank restores its own keys.
+  LoadOptions mine;
+  mine.patterns = {"rank2.*"};
+  auto rank2 = client_->Load("dist/job", mine);
+  ASSERT_TRUE(rank2.ok());
+  ASSERT_EQ(rank2->tree.size(), 3u);
+  EXPECT_EQ(rank2->data[1], parts[2].data(1));
+  EXPECT_EQ(rank2->tree[2].int_value, 2);
+}
+
+TEST_F(ServiceTest, MultiPartSaveWithCollidingKeysCommitsNothing) {
+  std::vector<absl::StatusOr<client::SaveResult>> results(2);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < 2; ++r) {
+    threads.emplace_back([&, r] {
+      TreeBuilder b;
+      b.Dict(1).Tensor(std::string("same.key"), DType::kFloat32, {10}, r);
+      SaveOptions options;
+      options.rank = r;
+      options.world_size = 2;
+      options.save_id = "s";
+      results[r] = client_->Save("dist/bad", b.Input(), options);
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(results[r].status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(results[r].status().message().find("duplicate dict key 'same.key'"),
+              std::string::npos)
+        << results[r].status();
+  }
+  EXPECT_EQ(client_->ListVersions("dist/bad").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(ServiceTest, ServerInfoAndHealth) {
+  EXPECT_TRUE(client_->Health().ok());
+  auto info = client_->GetServerInfo();
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->chunk_size, 64u << 10);
+  EXPECT_FALSE(info->server_version.empty());
+}
+
+}  // namespace
+}  // namespace ckpt

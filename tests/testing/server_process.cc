@@ -1,0 +1,140 @@
+#include "tests/testing/server_process.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <regex>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+
+namespace ckpt::testing {
+namespace {
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::vector<char*> Argv(std::vector<std::string>& args) {
+  std::vector<char*> out;
+  for (auto& a : args) out.push_back(a.data());
+  out.push_back(nullptr);
+  return out;
+}
+
+}  // namespace
+
+std::string ServerBinary() {
+  const char* env = std::getenv("CKPT_SERVER_BIN");
+  return env ? env : CKPT_SERVER_BIN;
+}
+
+std::string CliBinary() {
+  const char* env = std::getenv("CKPT_CLI_BIN");
+  return env ? env : CKPT_CLI_BIN;
+}
+
+absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
+    const std::string& data_dir, const std::vector<std::string>& extra_flags) {
+  std::unique_ptr<ServerProcess> p(new ServerProcess());
+  p->log_path_ = data_dir + ".server.log";
+  std::vector<std::string> args = {ServerBinary(), "--listen", "127.0.0.1:0", "--data-dir",
+                                   data_dir, "--shutdown-grace", "5"};
+  args.insert(args.end(), extra_flags.begin(), extra_flags.end());
+  const std::string log = p->log_path_;
+  // A fresh log per start, so that a restart's port line is the only one.
+  int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) return absl::InternalError("cannot create " + log);
+  pid_t pid = fork();
+  if (pid < 0) return absl::InternalError("fork failed");
+  if (pid == 0) {
+    dup2(fd, 2);
+    dup2(fd, 1);
+    auto argv = Argv(args);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  close(fd);
+  p->pid_ = pid;
+  const std::regex port_re("listening on port ([0-9]+)");
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (std::chrono::steady_clock::now() < deadline) {
+    std::smatch m;
+    std::string text = ReadFile(log);
+    if (std::regex_search(text, m, port_re)) {
+      p->port_ = std::stoi(m[1]);
+      return p;
+    }
+    int status = 0;
+    if (waitpid(pid, &status, WNOHANG) == pid) {
+      p->pid_ = -1;
+      return absl::InternalError(absl::StrCat("ckpt-server exited early:\n", text));
+    }
+    usleep(20000);
+  }
+  return absl::DeadlineExceededError("ckpt-server did not report its port within 30 s:\n" +
+                                     ReadFile(log));
+}
+
+ServerProcess::~ServerProcess() {
+  if (pid_ > 0) Kill();
+  unlink(log_path_.c_str());
+}
+
+void ServerProcess::Kill() {
+  if (pid_ <= 0) return;
+  kill(pid_, SIGKILL);
+  int status = 0;
+  waitpid(pid_, &status, 0);
+  pid_ = -1;
+}
+
+int ServerProcess::Terminate() {
+  if (pid_ <= 0) return -1;
+  kill(pid_, SIGTERM);
+  int status = 0;
+  waitpid(pid_, &status, 0);
+  pid_ = -1;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+std::string ServerProcess::Log() const { return ReadFile(log_path_); }
+
+CommandResult RunCommand(const std::vector<std::string>& argv_in,
+                         const std::vector<std::string>& env) {
+  CommandResult result;
+  char out_tmpl[] = "/tmp/ckpt-cmd-out-XXXXXX";
+  char err_tmpl[] = "/tmp/ckpt-cmd-err-XXXXXX";
+  int out_fd = mkstemp(out_tmpl);
+  int err_fd = mkstemp(err_tmpl);
+  std::vector<std::string> args = argv_in;
+  pid_t pid = fork();
+  if (pid == 0) {
+    dup2(out_fd, 1);
+    dup2(err_fd, 2);
+    for (const auto& e : env) putenv(strdup(e.c_str()));
+    auto argv = Argv(args);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  close(out_fd);
+  close(err_fd);
+  result.out = ReadFile(out_tmpl);
+  result.err = ReadFile(err_tmpl);
+  unlink(out_tmpl);
+  unlink(err_tmpl);
+  return result;
+}
+
+}  // namespace ckpt::testing
