@@ -1,0 +1,267 @@
+// Save/load throughput of the ckpt service over loopback, with SPEC §8's
+// workloads as raw tensors (no LibTorch): a GPT-2-small-shaped state_dict with
+// Adam state (592 tensors, ~1.5 GB) and 20,000 small tensors (~310 MB).
+//
+// Prints, per workload: full save GB/s, incremental save (10 % of tensors
+// changed) time and bytes on the wire, load GB/s into existing buffers, the
+// server's and this process's peak RSS, and ratios against the disk's
+// fsync'd sequential write speed measured in the same run.
+//
+//   bench_service [--scale F] [--workload gpt2|small|all] [--chunk-write ingest|wal]
+//                 [--server PATH] [--dir DIR]
+// The server is the real ckpt-server binary, started on a fresh directory.
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "client/raw_client.h"
+#include "tests/testing/server_process.h"
+#include "tests/testing/temp_dir.h"
+
+namespace ckpt::bench {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+// Peak resident set (VmHWM) of a process, in MiB.
+double PeakRssMiB(pid_t pid) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
+  }
+  return 0;
+}
+
+struct Workload {
+  std::string name;
+  std::vector<std::pair<std::string, std::vector<int64_t>>> tensors;  // float32
+};
+
+// GPT-2 small (124M params) + Adam's exp_avg, exp_avg_sq and step: 592 tensors.
+Workload Gpt2Adam(double scale) {
+  Workload w{"gpt2-small+adam", {}};
+  auto dim = [&](int64_t d) { return std::max<int64_t>(1, static_cast<int64_t>(d * scale)); };
+  std::vector<std::pair<std::string, std::vector<int64_t>>> params = {
+      {"wte.weight", {dim(50257), 768}}, {"wpe.weight", {dim(1024), 768}}};
+  for (int l = 0; l < 12; ++l) {
+    const std::string p = absl::StrCat("h.", l, ".");
+    params.push_back({p + "ln_1.weight", {768}});
+    params.push_back({p + "ln_1.bias", {768}});
+    params.push_back({p + "attn.c_attn.weight", {dim(768), 2304}});
+    params.push_back({p + "attn.c_attn.bias", {2304}});
+    params.push_back({p + "attn.c_proj.weight", {dim(768), 768}});
+    params.push_back({p + "attn.c_proj.bias", {768}});
+    params.push_back({p + "ln_2.weight", {768}});
+    params.push_back({p + "ln_2.bias", {768}});
+    params.push_back({p + "mlp.c_fc.weight", {dim(768), 3072}});
+    params.push_back({p + "mlp.c_fc.bias", {3072}});
+    params.push_back({p + "mlp.c_proj.weight", {dim(3072), 768}});
+    params.push_back({p + "mlp.c_proj.bias", {768}});
+  }
+  params.push_back({"ln_f.weight", {768}});
+  params.push_back({"ln_f.bias", {768}});
+  for (const auto& p : params) w.tensors.push_back({"model/" + p.first, p.second});
+  for (size_t i = 0; i < params.size(); ++i) {
+    const std::string s = absl::StrCat("optim/state/", i, "/");
+    w.tensors.push_back({s + "exp_avg", params[i].second});
+    w.tensors.push_back({s + "exp_avg_sq", params[i].second});
+    w.tensors.push_back({s + "step", {}});
+  }
+  return w;
+}
+
+// 20,000 tensors of ~15.5 KB (~310 MB).
+Workload ManySmall(double scale) {
+  Workload w{"20k-small", {}};
+  const int n = std::max(1, static_cast<int>(20000 * scale));
+  for (int i = 0; i < n; ++i) w.tensors.push_back({absl::StrCat("t", i), {3875}});
+  return w;
+}
+
+struct Data {
+  client::SaveInput input;
+  std::vector<std::string> bytes;  // per node
+  uint64_t total = 0;
+  std::vector<size_t> tensor_nodes;
+};
+
+Data Materialize(const Workload& w, uint64_t seed) {
+  Data d;
+  Node root;
+  root.kind = NodeKind::kDict;
+  root.size = static_cast<uint32_t>(w.tensors.size());
+  d.input.tree.push_back(root);
+  d.bytes.emplace_back();
+  std::mt19937_64 rng(seed);
+  for (const auto& [key, shape] : w.tensors) {
+    Node n;
+    n.kind = NodeKind::kTensor;
+    n.key = key;
+    n.tensor.dtype = DType::kFloat32;
+    n.tensor.shape = shape;
+    n.data.size = *n.tensor.NumBytes();
+    std::string b(n.data.size, '\0');
+    for (size_t i = 0; i + 8 <= b.size(); i += 8) {
+      uint64_t v = rng();
+      std::memcpy(&b[i], &v, 8);
+    }
+    d.total += b.size();
+    d.tensor_nodes.push_back(d.input.tree.size());
+    d.input.tree.push_back(std::move(n));
+    d.bytes.push_back(std::move(b));
+  }
+  for (const auto& b : d.bytes) {
+    d.input.bytes.emplace_back(reinterpret_cast<const uint8_t*>(b.data()), b.size());
+  }
+  return d;
+}
+
+// Restores into buffers that already exist (like loading into a module).
+class IntoBuffers : public client::LoadSink {
+ public:
+  explicit IntoBuffers(std::vector<std::string>* buffers) : buffers_(buffers) {}
+  absl::Status OnTree(const VersionInfo&, const Tree& tree) override {
+    if (tree.size() != buffers_->size()) return absl::InternalError("tree size mismatch");
+    return absl::OkStatus();
+  }
+  absl::Status OnData(size_t node, uint64_t offset, absl::string_view bytes) override {
+    std::memcpy((*buffers_)[node].data() + offset, bytes.data(), bytes.size());
+    return absl::OkStatus();
+  }
+
+ private:
+  std::vector<std::string>* buffers_;
+};
+
+// fsync'd sequential write of `bytes` in 4 MiB blocks: the disk's limit.
+double DiskWriteGBps(const std::string& dir, uint64_t bytes) {
+  const std::string path = dir + "/disk-probe";
+  std::string block(4 << 20, 'x');
+  std::mt19937_64 rng(1);
+  for (size_t i = 0; i + 8 <= block.size(); i += 8) {
+    uint64_t v = rng();
+    std::memcpy(&block[i], &v, 8);
+  }
+  int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  auto t0 = Clock::now();
+  for (uint64_t done = 0; done < bytes; done += block.size()) {
+    if (write(fd, block.data(), block.size()) != static_cast<ssize_t>(block.size())) break;
+  }
+  fsync(fd);
+  auto t1 = Clock::now();
+  close(fd);
+  unlink(path.c_str());
+  return bytes / Seconds(t0, t1) / 1e9;
+}
+
+int Run(int argc, char** argv) {
+  double scale = 1.0;
+  std::string which = "all";
+  std::string chunk_write = "ingest";
+  std::string dir_arg;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    std::string flag = argv[i];
+    if (flag == "--scale") scale = std::stod(argv[i + 1]);
+    if (flag == "--workload") which = argv[i + 1];
+    if (flag == "--chunk-write") chunk_write = argv[i + 1];
+    if (flag == "--dir") dir_arg = argv[i + 1];
+    if (flag == "--server") setenv("CKPT_SERVER_BIN", argv[i + 1], 1);
+  }
+  if (!dir_arg.empty()) setenv("TMPDIR", dir_arg.c_str(), 1);
+  testing::TempDir dir;
+  std::printf("ckpt service benchmark (raw tensors over loopback), scale %.3g, chunk write %s\n",
+              scale, chunk_write.c_str());
+  const double disk = DiskWriteGBps(dir.path(), 1ull << 30);
+  std::printf("disk fsync'd sequential write (1 GiB, 4 MiB blocks): %.2f GB/s\n\n", disk);
+
+  std::vector<Workload> workloads;
+  if (which == "all" || which == "gpt2") workloads.push_back(Gpt2Adam(scale));
+  if (which == "all" || which == "small") workloads.push_back(ManySmall(scale));
+
+  int index = 0;
+  for (const Workload& w : workloads) {
+    auto server = testing::ServerProcess::Start(absl::StrCat(dir.path(), "/db", index++),
+                                                {"--chunk-write", chunk_write});
+    if (!server.ok()) {
+      std::fprintf(stderr, "%s\n", server.status().ToString().c_str());
+      return 1;
+    }
+    auto client = client::RawClient::Connect((*server)->address(), {});
+    if (!client.ok()) return 1;
+    Data data = Materialize(w, 42);
+    std::printf("== %s: %zu tensors, %.1f MB\n", w.name.c_str(), w.tensors.size(),
+                data.total / 1e6);
+
+    auto t0 = Clock::now();
+    auto full = (*client)->Save("bench/" + w.name, data.input, {});
+    auto t1 = Clock::now();
+    if (!full.ok()) {
+      std::fprintf(stderr, "save: %s\n", full.status().ToString().c_str());
+      return 1;
+    }
+    const double save_s = Seconds(t0, t1);
+    const double save_gbps = data.total / save_s / 1e9;
+    std::printf("  save        %6.2f GB/s  %7.3f s  wire %.1f MB  (%.0f%% of disk)\n",
+                save_gbps, save_s, full->bytes_sent / 1e6, 100 * save_gbps / disk);
+
+    // Change 10 % of the tensors (one byte in the first chunk of each).
+    for (size_t i = 0; i < data.tensor_nodes.size(); i += 10) {
+      std::string& b = data.bytes[data.tensor_nodes[i]];
+      if (!b.empty()) b[0] ^= 1;
+    }
+    t0 = Clock::now();
+    auto inc = (*client)->Save("bench/" + w.name, data.input, {});
+    t1 = Clock::now();
+    if (!inc.ok()) return 1;
+    const double inc_s = Seconds(t0, t1);
+    std::printf("  incremental %7.3f s (%.0f%% of full)  wire %.1f MB (%.1f%% of full)\n", inc_s,
+                100 * inc_s / save_s, inc->bytes_sent / 1e6,
+                100.0 * inc->bytes_sent / std::max<uint64_t>(1, full->bytes_sent));
+
+    std::vector<std::string> buffers(data.bytes.size());
+    for (size_t i = 0; i < buffers.size(); ++i) buffers[i].resize(data.bytes[i].size());
+    IntoBuffers sink(&buffers);
+    double best_load = 0;
+    for (int rep = 0; rep < 2; ++rep) {
+      t0 = Clock::now();
+      absl::Status st = (*client)->Load("bench/" + w.name, {}, &sink);
+      t1 = Clock::now();
+      if (!st.ok()) {
+        std::fprintf(stderr, "load: %s\n", st.ToString().c_str());
+        return 1;
+      }
+      best_load = std::max(best_load, data.total / Seconds(t0, t1) / 1e9);
+    }
+    bool same = buffers == data.bytes;
+    std::printf("  load        %6.2f GB/s  (into existing buffers, best of 2)%s\n", best_load,
+                same ? "" : "  MISMATCH");
+    std::printf("  peak RSS    server %.0f MiB, client %.0f MiB (client holds %.0f MiB of data x2)\n",
+                PeakRssMiB((*server)->pid()), PeakRssMiB(getpid()), data.total / 1048576.0);
+    std::printf("  targets     save >= 80%% of disk: %s; incremental <= 15%% of full time: %s\n\n",
+                save_gbps >= 0.8 * disk ? "met" : "NOT met",
+                inc_s <= 0.15 * save_s ? "met" : "NOT met");
+    if (!same) return 1;
+    client->reset();
+    (*server)->Terminate();
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace ckpt::bench
+
+int main(int argc, char** argv) { return ckpt::bench::Run(argc, argv); }

@@ -1,0 +1,384 @@
+#include "cli/commands.h"
+
+#include <algorithm>
+#include <utility>
+
+#include <CLI/CLI.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/time.h"
+#include "cli/format.h"
+#include "common/status_macros.h"
+
+namespace ckpt::cli {
+namespace {
+
+using client::RawClient;
+
+// Tags the user sets or removes: valid, and not the automatic "latest".
+absl::Status CheckUserTag(const std::string& tag) {
+  CKPT_RETURN_IF_ERROR(ValidateTag(tag));
+  if (tag == kLatestTag) {
+    return absl::InvalidArgumentError("tag 'latest' is automatic: it cannot be set or removed");
+  }
+  return absl::OkStatus();
+}
+
+// ------------------------------------------------------------------ ls
+
+struct LsArgs {
+  std::string prefix;
+  bool json = false;
+};
+
+absl::Status RunLs(Context& ctx, const LsArgs& args) {
+  if (!args.prefix.empty()) CKPT_RETURN_IF_ERROR(ValidatePrefix(args.prefix));
+  CKPT_ASSIGN_OR_RETURN(RawClient * client, ctx.Client());
+  CKPT_ASSIGN_OR_RETURN(auto list, client->ListCheckpoints(args.prefix));
+  if (args.json) {
+    Json out = Json::array();
+    for (const auto& s : list) out.push_back(SummaryToJson(s));
+    PrintJson(ctx.out(), out);
+    return absl::OkStatus();
+  }
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& s : list) {
+    rows.push_back({s.name, absl::StrCat(s.latest_version), absl::StrCat(s.num_versions),
+                    FormatTime(s.latest_create_time_ms)});
+  }
+  PrintTable(ctx.out(), {"NAME", "LATEST", "VERSIONS", "UPDATED"}, rows);
+  return absl::OkStatus();
+}
+
+// ------------------------------------------------------------ versions
+
+struct VersionsArgs {
+  std::string name;
+  bool json = false;
+};
+
+absl::Status RunVersions(Context& ctx, const VersionsArgs& args) {
+  CKPT_RETURN_IF_ERROR(ValidateName(args.name));
+  CKPT_ASSIGN_OR_RETURN(RawClient * client, ctx.Client());
+  CKPT_ASSIGN_OR_RETURN(auto versions, client->ListVersions(args.name));
+  if (args.json) {
+    Json out = Json::array();
+    for (const auto& v : versions) out.push_back(VersionToJson(v));
+    PrintJson(ctx.out(), out);
+    return absl::OkStatus();
+  }
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& v : versions) {
+    rows.push_back({absl::StrCat(v.version), FormatTime(v.create_time_ms), absl::StrCat(v.step),
+                    absl::StrCat(v.epoch), absl::StrCat(v.num_tensors),
+                    HumanBytes(v.data_bytes), HumanBytes(v.new_bytes),
+                    v.tags.empty() ? "-" : absl::StrJoin(v.tags, ",")});
+  }
+  PrintTable(ctx.out(),
+             {"VERSION", "CREATED", "STEP", "EPOCH", "TENSORS", "SIZE", "NEW", "TAGS"}, rows);
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------- show
+
+struct ShowArgs {
+  std::string ref;
+  bool json = false;
+};
+
+absl::Status RunShow(Context& ctx, const ShowArgs& args) {
+  CKPT_ASSIGN_OR_RETURN(VersionRef ref, ParseVersionRef(args.ref));
+  CKPT_ASSIGN_OR_RETURN(RawClient * client, ctx.Client());
+  CKPT_ASSIGN_OR_RETURN(auto manifest, client->GetManifest(ref.name, ref.version, ref.tag));
+  if (args.json) {
+    Json out = VersionToJson(manifest.version);
+    CKPT_ASSIGN_OR_RETURN(out["tree"], TreeToJson(manifest.tree));
+    PrintJson(ctx.out(), out);
+    return absl::OkStatus();
+  }
+  PrintVersionHeader(ctx.out(), manifest.version);
+  ctx.out() << '\n';
+  PrintTree(ctx.out(), manifest.tree);
+  return absl::OkStatus();
+}
+
+// ------------------------------------------------------------------ rm
+
+struct RmArgs {
+  std::string ref;
+  bool force = false;
+};
+
+absl::Status RunRm(Context& ctx, const RmArgs& args) {
+  // Deleting is not undoable: never pick a version the user did not name.
+  if (args.ref.find('@') == std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "rm needs NAME@VERSION or NAME@TAG, got '", Printable(args.ref), "'"));
+  }
+  CKPT_ASSIGN_OR_RETURN(VersionRef ref, ParseVersionRef(args.ref));
+  CKPT_ASSIGN_OR_RETURN(RawClient * client, ctx.Client());
+  CKPT_ASSIGN_OR_RETURN(uint64_t version, ResolveVersion(*client, ref));
+  auto released = client->DeleteVersion(ref.name, version, args.force);
+  if (!released.ok()) {
+    absl::Status status =
+        Annotate(released.status(), absl::StrCat("cannot delete ", ref.name, "@", version));
+    if (status.code() == absl::StatusCode::kFailedPrecondition && !args.force) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(status.message(), " (--force deletes it and removes its tags)"));
+    }
+    return status;
+  }
+  ctx.out() << "deleted " << ref.name << "@" << version << " (" << *released
+            << " chunks released)\n";
+  return absl::OkStatus();
+}
+
+// ----------------------------------------------------------- tag, untag
+
+struct TagArgs {
+  std::string ref;
+  std::string tag;
+};
+
+absl::Status RunTag(Context& ctx, const TagArgs& args) {
+  CKPT_ASSIGN_OR_RETURN(VersionRef ref, ParseVersionRef(args.ref));
+  CKPT_RETURN_IF_ERROR(CheckUserTag(args.tag));
+  CKPT_ASSIGN_OR_RETURN(RawClient * client, ctx.Client());
+  // A tag is pinned to a number: NAME or NAME@TAG is resolved now, so the
+  // new tag does not follow the other one later.
+  CKPT_ASSIGN_OR_RETURN(uint64_t version, ResolveVersion(*client, ref));
+  CKPT_RETURN_IF_ERROR(client->SetTag(ref.name, args.tag, version));
+  ctx.out() << "tagged " << ref.name << "@" << version << " as " << args.tag << "\n";
+  return absl::OkStatus();
+}
+
+struct UntagArgs {
+  std::string name;
+  std::string tag;
+};
+
+absl::Status RunUntag(Context& ctx, const UntagArgs& args) {
+  CKPT_RETURN_IF_ERROR(ValidateName(args.name));
+  CKPT_RETURN_IF_ERROR(CheckUserTag(args.tag));
+  CKPT_ASSIGN_OR_RETURN(RawClient * client, ctx.Client());
+  CKPT_RETURN_IF_ERROR(client->DeleteTag(args.name, args.tag));
+  ctx.out() << "removed tag " << args.tag << " from " << args.name << "\n";
+  return absl::OkStatus();
+}
+
+// ------------------------------------------------------------------ gc
+
+struct JsonArgs {
+  bool json = false;
+};
+
+absl::Status RunGc(Context& ctx, const JsonArgs& args) {
+  CKPT_ASSIGN_OR_RETURN(RawClient * client, ctx.Client());
+  CKPT_ASSIGN_OR_RETURN(GcResult gc, client->GarbageCollect());
+  if (args.json) {
+    PrintJson(ctx.out(), GcResultToJson(gc));
+    return absl::OkStatus();
+  }
+  PrintFields(ctx.out(), {
+                             {"chunks removed", absl::StrCat(gc.chunks_removed)},
+                             {"bytes removed", HumanAndExactBytes(gc.bytes_removed)},
+                             {"orphan uploads removed", absl::StrCat(gc.orphan_uploads_removed)},
+                         });
+  return absl::OkStatus();
+}
+
+// -------------------------------------------------------------- health
+
+absl::Status RunHealth(Context& ctx) {
+  CKPT_ASSIGN_OR_RETURN(RawClient * client, ctx.Client());
+  CKPT_RETURN_IF_ERROR(client->Health());
+  ctx.out() << "SERVING\n";
+  return absl::OkStatus();
+}
+
+// --------------------------------------------------------------- stats
+
+absl::Status RunStats(Context& ctx, const JsonArgs& args) {
+  CKPT_ASSIGN_OR_RETURN(RawClient * client, ctx.Client());
+  CKPT_ASSIGN_OR_RETURN(client::ServerInfo info, client->GetServerInfo());
+  if (args.json) {
+    PrintJson(ctx.out(), ServerInfoToJson(info));
+    return absl::OkStatus();
+  }
+  const StoreStats& s = info.stats;
+  PrintFields(ctx.out(), {
+                             {"server version", info.server_version},
+                             {"chunk size", HumanAndExactBytes(info.chunk_size)},
+                             {"checkpoints", absl::StrCat(s.checkpoints)},
+                             {"versions", absl::StrCat(s.versions)},
+                             {"chunks", absl::StrCat(s.chunks)},
+                             {"stored bytes", HumanAndExactBytes(s.stored_bytes)},
+                             {"logical bytes", HumanAndExactBytes(s.logical_bytes)},
+                             {"dedup ratio", absl::StrFormat("%.2f", info.dedup_ratio)},
+                             {"disk bytes", HumanAndExactBytes(s.disk_bytes)},
+                             {"active uploads", absl::StrCat(s.active_uploads)},
+                         });
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+int ExitCodeFor(const absl::Status& status) {
+  switch (status.code()) {
+    case absl::StatusCode::kOk:
+      return kExitOk;
+    case absl::StatusCode::kInvalidArgument:
+      return kExitUsage;
+    case absl::StatusCode::kNotFound:
+      return kExitNotFound;
+    case absl::StatusCode::kUnavailable:
+      return kExitUnavailable;
+    case absl::StatusCode::kDeadlineExceeded:
+      return kExitDeadline;
+    case absl::StatusCode::kFailedPrecondition:
+    case absl::StatusCode::kAlreadyExists:
+      return kExitRefused;
+    case absl::StatusCode::kUnauthenticated:
+    case absl::StatusCode::kPermissionDenied:
+      return kExitDenied;
+    default:
+      return kExitError;
+  }
+}
+
+Context::Context(GlobalOptions options, std::ostream& out, std::ostream& err)
+    : options_(std::move(options)), out_(out), err_(err) {}
+
+absl::StatusOr<RawClient*> Context::Client() {
+  if (client_ != nullptr) return client_.get();
+  if (options_.server.empty()) {
+    return absl::InvalidArgumentError("empty server address: give --server HOST:PORT");
+  }
+  client::ClientOptions options;
+  options.connect_timeout = absl::Seconds(options_.timeout_seconds);
+  options.rpc_timeout = absl::Seconds(options_.timeout_seconds);
+  auto connected = RawClient::Connect(options_.server, options);
+  if (!connected.ok()) {
+    if (connected.status().code() == absl::StatusCode::kUnavailable) {
+      return absl::UnavailableError(absl::StrCat(
+          connected.status().message(),
+          " (is ckpt-server running there? set the address with --server HOST:PORT or the "
+          "CKPT_SERVER environment variable)"));
+    }
+    return connected.status();
+  }
+  client_ = *std::move(connected);
+  return client_.get();
+}
+
+void CommandTable::Add(const CLI::App* subcommand, Action action) {
+  actions_.emplace_back(subcommand, std::move(action));
+}
+
+const Action* CommandTable::Selected(const CLI::App& app) const {
+  for (const CLI::App* chosen : app.get_subcommands()) {
+    for (const auto& [subcommand, action] : actions_) {
+      if (subcommand == chosen) return &action;
+    }
+  }
+  return nullptr;
+}
+
+absl::StatusOr<uint64_t> ResolveVersion(RawClient& client, const VersionRef& ref) {
+  if (ref.version != 0) return ref.version;
+  const std::string tag = ref.tag.empty() ? std::string(kLatestTag) : ref.tag;
+  CKPT_ASSIGN_OR_RETURN(auto versions, client.ListVersions(ref.name));
+  for (const VersionInfo& v : versions) {
+    if (std::find(v.tags.begin(), v.tags.end(), tag) != v.tags.end()) return v.version;
+  }
+  // Versions come oldest first; do not rely on the server listing "latest".
+  if (tag == kLatestTag && !versions.empty()) return versions.back().version;
+  return absl::NotFoundError(absl::StrCat("checkpoint ", ref.name, " has no tag '", tag, "'"));
+}
+
+void AddLsCommand(CLI::App& app, CommandTable& table) {
+  auto args = std::make_shared<LsArgs>();
+  CLI::App* sub = app.add_subcommand(
+      "ls", "List checkpoints: name, latest version, number of versions, time of the latest");
+  sub->add_option("prefix", args->prefix, "Only names starting with PREFIX (e.g. team/)");
+  sub->add_flag("--json", args->json, "Print a JSON array");
+  table.Add(sub, [args](Context& ctx) { return RunLs(ctx, *args); });
+}
+
+void AddVersionsCommand(CLI::App& app, CommandTable& table) {
+  auto args = std::make_shared<VersionsArgs>();
+  CLI::App* sub = app.add_subcommand("versions", "List the versions of a checkpoint, oldest first");
+  sub->add_option("name", args->name, "Checkpoint name")->required();
+  sub->add_flag("--json", args->json, "Print a JSON array");
+  table.Add(sub, [args](Context& ctx) { return RunVersions(ctx, *args); });
+}
+
+void AddShowCommand(CLI::App& app, CommandTable& table) {
+  auto args = std::make_shared<ShowArgs>();
+  CLI::App* sub = app.add_subcommand(
+      "show", "Show a version's record and value tree (keys, dtypes, shapes, scalars)");
+  sub->add_option("ref", args->ref, "NAME, NAME@VERSION or NAME@TAG (default: latest)")
+      ->required();
+  sub->add_flag("--json", args->json, "Print a JSON object with the tree nested under \"tree\"");
+  table.Add(sub, [args](Context& ctx) { return RunShow(ctx, *args); });
+}
+
+void AddRmCommand(CLI::App& app, CommandTable& table) {
+  auto args = std::make_shared<RmArgs>();
+  CLI::App* sub = app.add_subcommand("rm", "Delete one version (chunks are freed by gc)");
+  sub->add_option("ref", args->ref, "NAME@VERSION, or NAME@TAG for the version TAG names")
+      ->required();
+  sub->add_flag("--force", args->force, "Delete even if user tags point at it (removes them)");
+  table.Add(sub, [args](Context& ctx) { return RunRm(ctx, *args); });
+}
+
+void AddTagCommands(CLI::App& app, CommandTable& table) {
+  auto tag_args = std::make_shared<TagArgs>();
+  CLI::App* tag = app.add_subcommand("tag", "Point TAG at a version (moves it if it exists)");
+  tag->add_option("ref", tag_args->ref, "NAME@VERSION (NAME or NAME@OTHER_TAG: resolved now)")
+      ->required();
+  tag->add_option("tag", tag_args->tag, "Tag to set: [A-Za-z0-9._-], not all digits")
+      ->required();
+  table.Add(tag, [tag_args](Context& ctx) { return RunTag(ctx, *tag_args); });
+
+  auto untag_args = std::make_shared<UntagArgs>();
+  CLI::App* untag = app.add_subcommand("untag", "Remove a tag from a checkpoint");
+  untag->add_option("name", untag_args->name, "Checkpoint name")->required();
+  untag->add_option("tag", untag_args->tag, "Tag to remove")->required();
+  table.Add(untag, [untag_args](Context& ctx) { return RunUntag(ctx, *untag_args); });
+}
+
+void AddGcCommand(CLI::App& app, CommandTable& table) {
+  auto args = std::make_shared<JsonArgs>();
+  CLI::App* sub = app.add_subcommand(
+      "gc", "Remove chunks no version references and leftovers of dead uploads");
+  sub->add_flag("--json", args->json, "Print a JSON object");
+  table.Add(sub, [args](Context& ctx) { return RunGc(ctx, *args); });
+}
+
+void AddHealthCommand(CLI::App& app, CommandTable& table) {
+  CLI::App* sub = app.add_subcommand("health", "Print SERVING and exit 0 if the server serves");
+  table.Add(sub, RunHealth);
+}
+
+void AddStatsCommand(CLI::App& app, CommandTable& table) {
+  auto args = std::make_shared<JsonArgs>();
+  CLI::App* sub = app.add_subcommand("stats", "Server version, chunk size and storage totals");
+  sub->add_flag("--json", args->json, "Print a JSON object");
+  table.Add(sub, [args](Context& ctx) { return RunStats(ctx, *args); });
+}
+
+void AddCommands(CLI::App& app, CommandTable& table) {
+  AddLsCommand(app, table);
+  AddVersionsCommand(app, table);
+  AddShowCommand(app, table);
+  AddRmCommand(app, table);
+  AddTagCommands(app, table);
+  AddGcCommand(app, table);
+  AddHealthCommand(app, table);
+  AddStatsCommand(app, table);
+}
+
+}  // namespace ckpt::cli

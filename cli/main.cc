@@ -1,0 +1,208 @@
+// ckpt: the command-line tool of the ckpt checkpoint store.
+//
+//   ckpt [--server HOST:PORT] [--timeout SECONDS] COMMAND [ARGS]
+//
+// --server defaults to $CKPT_SERVER, else localhost:50051. --timeout (default
+// 10 s) bounds the connect and each RPC. Global options may also follow the
+// command (`ckpt ls --server h:1`).
+//
+// OUTPUT FORMATS (stable; scripts and tests rely on them)
+//
+// General: results go to stdout, errors to stderr as one line
+//   ckpt: <CODE_NAME>: <message>        e.g. "ckpt: NOT_FOUND: no checkpoint a/b"
+// where CODE_NAME is the absl/gRPC status code name. Times are ISO-8601 UTC
+// with second precision ("2024-05-01T12:34:56Z"). Human sizes use binary
+// prefixes: "24 B" below 1 KiB, else one decimal ("1.0 KiB", "1.5 GiB").
+// Tables have one header line, columns left-aligned and separated by at
+// least two spaces, no trailing whitespace; an empty result prints nothing.
+// "Fields" blocks are "label:" padded to a common column, then the value;
+// a multi-line value continues at the same column. --json prints one JSON
+// document indented by two spaces, keys in the order listed here; numbers
+// are exact integers (versions, bytes, steps) unless stated.
+//
+// ls [PREFIX] [--json]
+//   table NAME  LATEST  VERSIONS  UPDATED  (UPDATED: time of the latest version)
+//   json: [{"name", "latest_version", "num_versions", "latest_created",
+//           "latest_create_time_ms"}, ...]
+//
+// versions NAME [--json]
+//   table VERSION  CREATED  STEP  EPOCH  TENSORS  SIZE  NEW  TAGS
+//   SIZE = data bytes, NEW = bytes this version added (both human); TAGS
+//   comma-separated without spaces ("best,latest"), "-" if none.
+//   json: [version object, ...] oldest first, where a version object is
+//     {"name", "version", "created", "create_time_ms", "step", "epoch",
+//      "metadata": {key: value}, "tags": [...], "num_tensors", "num_nodes",
+//      "data_bytes", "new_bytes", "world_size"}
+//
+// show NAME[@VERSION|@TAG] [--json]        (no suffix: latest)
+//   fields: name, version, created, step, epoch, tags ("best, latest" or
+//   "-"), metadata (one "key=value" per line, or "-"), tensors, nodes,
+//   data size, new bytes ("1.5 GiB (1610612736 bytes)", or "24 bytes"),
+//   parts; then an empty line and the tree, one line per node in pre-order,
+//   indented two spaces per depth:
+//     <indent><KEY>  <DESCRIPTION>     (the root has no KEY)
+//   KEY: a dict key as is (an integer key as its number; a string key that
+//   is empty, looks like an integer, starts with '"' or '[' or holds spaces
+//   or control characters is double-quoted with C escapes); list and tuple
+//   elements as "[i]".
+//   DESCRIPTION:
+//     containers  dict (3) | list (2) | tuple (2)      (number of children)
+//     tensor      float32 [2, 3]  24 B  cpu  [requires_grad]   ("[]": 0-dim)
+//     bytes       bytes 1.2 MiB
+//     scalars     5 | 0.25 | 1.0 | 1e-05 | nan | inf | True | False | None |
+//                 "text" (double quotes, C escapes)
+//     floats print the shortest decimal that reads back exactly, with ".0"
+//     added to integral values.
+//   json: the version object plus "tree": a node, where a node is
+//     {"type": "dict", "items": [{"key": "fc" | 0, "value": node}, ...]}
+//     {"type": "list" | "tuple", "items": [node, ...]}
+//     {"type": "none"}
+//     {"type": "bool" | "int" | "string", "value": ...}
+//     {"type": "float", "value": 0.25}  (non-finite: "nan", "inf", "-inf")
+//     {"type": "tensor", "dtype", "shape": [...], "device",
+//      "requires_grad", "bytes", "chunks"}    (chunks: number of chunks)
+//     {"type": "bytes", "bytes", "chunks"}
+//   Integer dict keys stay JSON numbers; string keys stay strings.
+//
+// rm NAME@VERSION|NAME@TAG [--force]
+//   "deleted NAME@V (N chunks released)"   (V: the number deleted, also when
+//   a tag was given; "chunks" is plural whatever N)
+//
+// tag NAME[@VERSION|@TAG] TAG    "tagged NAME@V as TAG"  (a ref without a
+//                                number is resolved to one first)
+// untag NAME TAG                 "removed tag TAG from NAME"
+//
+// gc [--json]
+//   fields: chunks removed, bytes removed, orphan uploads removed
+//   json: {"chunks_removed", "bytes_removed", "orphan_uploads_removed"}
+//
+// health
+//   "SERVING" and exit 0; otherwise the error and a non-zero exit code.
+//
+// stats [--json]
+//   fields: server version, chunk size, checkpoints, versions, chunks,
+//   stored bytes, logical bytes, dedup ratio ("%.2f"), disk bytes, active
+//   uploads
+//   json: {"server_version", "chunk_size", "max_message_bytes",
+//          "checkpoints", "versions", "chunks", "stored_bytes",
+//          "logical_bytes", "dedup_ratio" (a float), "disk_bytes",
+//          "active_uploads"}
+//
+// EXIT CODES (see kExit* in cli/commands.h)
+//   0 success
+//   1 other errors (INTERNAL, DATA_LOSS, RESOURCE_EXHAUSTED, UNKNOWN, ...)
+//   2 usage: bad command line, or INVALID_ARGUMENT (bad name, version, tag)
+//   3 NOT_FOUND            4 UNAVAILABLE (cannot connect, not serving)
+//   5 DEADLINE_EXCEEDED    6 FAILED_PRECONDITION / ALREADY_EXISTS
+//   7 UNAUTHENTICATED / PERMISSION_DENIED
+
+#include <cstdlib>
+#include <iostream>
+
+#include <CLI/CLI.hpp>
+
+#include "absl/status/status.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "cli/commands.h"
+
+#ifndef CKPT_VERSION
+#define CKPT_VERSION "unknown"
+#endif
+
+namespace ckpt::cli {
+namespace {
+
+// Longest --timeout: a day is plenty for a gc on a large store.
+constexpr double kMaxTimeout = 86400;
+
+constexpr const char* kFooter = R"(Exit codes:
+  0  success
+  1  other errors (INTERNAL, DATA_LOSS, RESOURCE_EXHAUSTED, ...)
+  2  usage error, or INVALID_ARGUMENT (bad name, version or tag)
+  3  NOT_FOUND (no such checkpoint, version or tag)
+  4  UNAVAILABLE (cannot reach the server, or it is not serving)
+  5  DEADLINE_EXCEEDED (an RPC took longer than --timeout)
+  6  FAILED_PRECONDITION or ALREADY_EXISTS (e.g. rm of a tagged version without --force)
+  7  UNAUTHENTICATED or PERMISSION_DENIED
+Errors are printed to stderr as "ckpt: <CODE_NAME>: <message>".
+
+Examples:
+  ckpt ls team/
+  ckpt show team/run-42/model@best
+  ckpt tag team/run-42/model@7 best
+  CKPT_SERVER=ckpt.internal:50051 ckpt stats --json
+)";
+
+void AddGlobalOptions(CLI::App& app, GlobalOptions& options) {
+  app.add_option("--server", options.server, "Server address HOST:PORT")
+      ->envname("CKPT_SERVER")
+      ->capture_default_str()
+      ->type_name("HOST:PORT");
+  app.add_option("--timeout", options.timeout_seconds,
+                 "Seconds to wait for the connection and for each RPC")
+      ->check(CLI::Validator(
+          [](std::string& text) -> std::string {
+            double seconds = 0;
+            if (absl::SimpleAtod(text, &seconds) && seconds > 0 && seconds <= kMaxTimeout) {
+              return "";
+            }
+            return absl::StrCat("must be a number of seconds in (0, ", kMaxTimeout, "], got '",
+                                text, "'");
+          },
+          "", "SECONDS"))
+      ->capture_default_str()
+      ->type_name("SECONDS");
+}
+
+void PrintError(const absl::Status& status) {
+  std::cerr << "ckpt: " << absl::StatusCodeToString(status.code()) << ": " << status.message()
+            << std::endl;
+}
+
+int Main(int argc, char** argv) {
+  CLI::App app("ckpt: inspect and manage checkpoints on a ckpt server", "ckpt");
+  app.set_version_flag("--version", "ckpt " CKPT_VERSION);
+  app.require_subcommand(1);
+  // Global options are accepted after the subcommand too.
+  app.fallthrough();
+
+  GlobalOptions options;
+  AddGlobalOptions(app, options);
+  CommandTable table;
+  AddCommands(app, table);
+  // Set after the subcommands exist so they do not inherit it: their --help
+  // stays short.
+  app.footer(kFooter);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // --help and --version are "errors" with exit code 0; every real parse
+    // error is a usage error.
+    const int code = app.exit(e);
+    return code == 0 ? kExitOk : kExitUsage;
+  }
+
+  const Action* action = table.Selected(app);
+  if (action == nullptr) {  // require_subcommand(1) makes this unreachable
+    std::cerr << app.help();
+    return kExitUsage;
+  }
+  Context context(options, std::cout, std::cerr);
+  absl::Status status = (*action)(context);
+  std::cout.flush();
+  if (status.ok() && !std::cout) {
+    status = absl::InternalError("cannot write to standard output");
+  }
+  if (!status.ok()) {
+    PrintError(status);
+    return ExitCodeFor(status);
+  }
+  return kExitOk;
+}
+
+}  // namespace
+}  // namespace ckpt::cli
+
+int main(int argc, char** argv) { return ckpt::cli::Main(argc, argv); }
