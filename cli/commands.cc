@@ -379,6 +379,7 @@ void AddCommands(CLI::App& app, CommandTable& table) {
   AddGcCommand(app, table);
   AddHealthCommand(app, table);
   AddStatsCommand(app, table);
+  AddFileCommands(app, table);
 }
 
 }  // namespace ckpt::cli

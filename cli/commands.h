@@ -104,6 +104,8 @@ void AddRmCommand(CLI::App& app, CommandTable& table);
 void AddTagCommands(CLI::App& app, CommandTable& table);  // tag, untag
 void AddGcCommand(CLI::App& app, CommandTable& table);
 void AddHealthCommand(CLI::App& app, CommandTable& table);
+/// put NAME FILE, get REF FILE (cli/files.cc).
+void AddFileCommands(CLI::App& app, CommandTable& table);
 void AddStatsCommand(CLI::App& app, CommandTable& table);
 
 /// Adds every subcommand above to `app`, in the order --help lists them.

@@ -45,15 +45,17 @@ class GrpcRawClient final : public RawClient {
     grpc::ClientContext context;
     SetDeadline(&context, options.timeout);
     auto stream = stub_->Save(&context);
-    absl::StatusOr<SaveResult> result = RunSave(stream.get(), name, input, options);
+    bool broken = false;
+    absl::StatusOr<SaveResult> result = RunSave(stream.get(), name, input, options, &broken);
     if (result.ok()) {
       stream->WritesDone();
       grpc::Status status = stream->Finish();
       if (!status.ok()) return rpc::FromGrpcStatus(status);
       return result;
     }
-    // The server's status explains a broken stream better than our side.
-    context.TryCancel();
+    // When the server ended the stream, its status says why; when we gave
+    // up on our own, cancel first.
+    if (!broken) context.TryCancel();
     grpc::Status status = stream->Finish();
     if (!status.ok() && status.error_code() != grpc::StatusCode::CANCELLED) {
       return rpc::FromGrpcStatus(status);
@@ -72,8 +74,9 @@ class GrpcRawClient final : public RawClient {
     for (const auto& p : options.patterns) request.add_patterns(p);
     request.set_skip_data(options.skip_data);
     auto stream = stub_->Load(&context, request);
-    absl::Status status = RunLoad(stream.get(), sink);
-    if (!status.ok()) context.TryCancel();
+    bool broken = false;
+    absl::Status status = RunLoad(stream.get(), sink, &broken);
+    if (!status.ok() && !broken) context.TryCancel();
     grpc::Status finish = stream->Finish();
     if (!finish.ok() && (status.ok() || finish.error_code() != grpc::StatusCode::CANCELLED)) {
       return rpc::FromGrpcStatus(finish);
@@ -248,16 +251,18 @@ class GrpcRawClient final : public RawClient {
 
   using SaveStream = grpc::ClientReaderWriter<v1::SaveRequest, v1::SaveResponse>;
 
-  absl::Status Write(SaveStream* stream, const v1::SaveRequest& request) {
+  absl::Status Write(SaveStream* stream, const v1::SaveRequest& request, bool* broken) {
     if (!stream->Write(request)) {
+      *broken = true;
       return absl::UnavailableError("save stream broken while writing");
     }
     return absl::OkStatus();
   }
 
   absl::Status Read(SaveStream* stream, v1::SaveResponse* response,
-                    v1::SaveResponse::MsgCase want) {
+                    v1::SaveResponse::MsgCase want, bool* broken) {
     if (!stream->Read(response)) {
+      *broken = true;
       return absl::UnavailableError("save stream ended unexpectedly");
     }
     if (response->msg_case() != want) {
@@ -268,7 +273,8 @@ class GrpcRawClient final : public RawClient {
   }
 
   absl::StatusOr<SaveResult> RunSave(SaveStream* stream, const std::string& name,
-                                     const SaveInput& input, const SaveOptions& options) {
+                                     const SaveInput& input, const SaveOptions& options,
+                                     bool* broken) {
     const Tree& tree = input.tree;
     if (tree.empty()) return absl::InvalidArgumentError("nothing to save: empty tree");
     if (input.bytes.size() != tree.size()) {
@@ -288,9 +294,9 @@ class GrpcRawClient final : public RawClient {
       begin->mutable_part()->set_world_size(options.world_size);
       begin->mutable_part()->set_save_id(options.save_id);
     }
-    CKPT_RETURN_IF_ERROR(Write(stream, request));
+    CKPT_RETURN_IF_ERROR(Write(stream, request, broken));
     v1::SaveResponse response;
-    CKPT_RETURN_IF_ERROR(Read(stream, &response, v1::SaveResponse::kAccepted));
+    CKPT_RETURN_IF_ERROR(Read(stream, &response, v1::SaveResponse::kAccepted, broken));
     uint32_t chunk_size = response.accepted().chunk_size();
     if (options_.chunk_size != 0) {
       chunk_size = std::min(options_.chunk_size, response.accepted().max_chunk_bytes());
@@ -334,30 +340,30 @@ class GrpcRawClient final : public RawClient {
         batch_proto += proto->ByteSizeLong() + 4;
         ++next;
       }
-      CKPT_RETURN_IF_ERROR(Write(stream, request));
-      CKPT_RETURN_IF_ERROR(Read(stream, &response, v1::SaveResponse::kNeed));
+      CKPT_RETURN_IF_ERROR(Write(stream, request, broken));
+      CKPT_RETURN_IF_ERROR(Read(stream, &response, v1::SaveResponse::kNeed, broken));
       if (response.need().batch() != batch_index++) {
         return absl::InternalError("server answered the wrong node batch");
       }
-      CKPT_RETURN_IF_ERROR(SendChunks(stream, response.need(), sources, &result));
+      CKPT_RETURN_IF_ERROR(SendChunks(stream, response.need(), sources, &result, broken));
     }
     request.Clear();
     request.mutable_commit();
-    CKPT_RETURN_IF_ERROR(Write(stream, request));
-    CKPT_RETURN_IF_ERROR(Read(stream, &response, v1::SaveResponse::kResult));
+    CKPT_RETURN_IF_ERROR(Write(stream, request, broken));
+    CKPT_RETURN_IF_ERROR(Read(stream, &response, v1::SaveResponse::kResult, broken));
     result.version = rpc::FromProto(response.result().version());
     return result;
   }
 
   absl::Status SendChunks(SaveStream* stream, const v1::NeedChunks& need,
                           const absl::flat_hash_map<Digest, ChunkSource>& sources,
-                          SaveResult* result) {
+                          SaveResult* result, bool* broken) {
     v1::SaveRequest request;
     v1::ChunkBatch* batch = request.mutable_chunks();
     size_t batch_bytes = 0;
     auto flush = [&]() -> absl::Status {
       if (batch->pieces_size() == 0) return absl::OkStatus();
-      CKPT_RETURN_IF_ERROR(Write(stream, request));
+      CKPT_RETURN_IF_ERROR(Write(stream, request, broken));
       batch->Clear();
       batch_bytes = 0;
       return absl::OkStatus();
@@ -386,16 +392,22 @@ class GrpcRawClient final : public RawClient {
     return flush();
   }
 
-  absl::Status RunLoad(grpc::ClientReader<v1::LoadResponse>* stream, LoadSink* sink) {
+  absl::Status RunLoad(grpc::ClientReader<v1::LoadResponse>* stream, LoadSink* sink,
+                       bool* broken) {
     v1::LoadResponse response;
-    if (!stream->Read(&response)) return absl::UnavailableError("load stream ended");
+    auto read = [&](const char* where) -> absl::Status {
+      if (stream->Read(&response)) return absl::OkStatus();
+      *broken = true;
+      return absl::UnavailableError(absl::StrCat("load stream ended ", where));
+    };
+    CKPT_RETURN_IF_ERROR(read("before the header"));
     if (!response.has_header()) return absl::InternalError("load stream without header");
     const VersionInfo version = rpc::FromProto(response.header().version());
     const uint64_t num_nodes = response.header().num_nodes();
     const uint64_t data_bytes = response.header().data_bytes();
     Tree tree;
     while (tree.size() < num_nodes) {
-      if (!stream->Read(&response)) return absl::UnavailableError("load stream ended in tree");
+      CKPT_RETURN_IF_ERROR(read("in the tree"));
       if (!response.has_nodes()) return absl::InternalError("expected nodes in load stream");
       for (const auto& n : response.nodes().nodes()) {
         CKPT_ASSIGN_OR_RETURN(Node node, rpc::FromProto(n));
@@ -409,7 +421,7 @@ class GrpcRawClient final : public RawClient {
     uint64_t offset = 0;
     uint64_t received = 0;
     while (received < data_bytes) {
-      if (!stream->Read(&response)) return absl::UnavailableError("load stream ended in data");
+      CKPT_RETURN_IF_ERROR(read("in the data"));
       if (!response.has_data()) return absl::InternalError("expected data in load stream");
       for (const auto& piece : response.data().pieces()) {
         if (piece.node() != node) {

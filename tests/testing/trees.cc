@@ -22,7 +22,6 @@ std::string RandomBytes(uint64_t size, uint64_t seed) {
 TreeBuilder& TreeBuilder::Add(Node node, std::string bytes) {
   tree_.push_back(std::move(node));
   owned_.push_back(std::move(bytes));
-  data_.push_back(&owned_.back());
   return *this;
 }
 
@@ -102,8 +101,8 @@ TreeBuilder& TreeBuilder::Bytes(NodeKey key, std::string bytes) {
 client::SaveInput TreeBuilder::Input() const {
   client::SaveInput input;
   input.tree = tree_;
-  for (const std::string* d : data_) {
-    input.bytes.emplace_back(reinterpret_cast<const uint8_t*>(d->data()), d->size());
+  for (const std::string& d : owned_) {
+    input.bytes.emplace_back(reinterpret_cast<const uint8_t*>(d.data()), d.size());
   }
   return input;
 }

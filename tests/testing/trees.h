@@ -4,7 +4,6 @@
 // Builds value trees with owned tensor bytes for tests and benchmarks.
 
 #include <cstdint>
-#include <deque>
 #include <random>
 #include <string>
 #include <vector>
@@ -36,15 +35,14 @@ class TreeBuilder {
   client::SaveInput Input() const;
   const Tree& tree() const { return tree_; }
   /// The bytes of node i.
-  const std::string& data(size_t i) const { return *data_[i]; }
+  const std::string& data(size_t i) const { return owned_[i]; }
   /// Mutable bytes of node i (to make "changed" versions).
-  std::string& mutable_data(size_t i) { return *data_[i]; }
+  std::string& mutable_data(size_t i) { return owned_[i]; }
 
  private:
   TreeBuilder& Add(Node node, std::string bytes = {});
   Tree tree_;
-  std::deque<std::string> owned_;
-  std::vector<std::string*> data_;
+  std::vector<std::string> owned_;  // bytes of node i
 };
 
 /// Pseudo-random bytes.
