@@ -62,31 +62,11 @@ struct VersionSelector {
   std::string tag;
 };
 
-/// Summary of one checkpoint name.
-struct CheckpointSummary {
-  std::string name;
-  uint64_t latest_version = 0;
-  uint64_t num_versions = 0;
-  int64_t latest_create_time_ms = 0;
-};
-
-/// Totals over the whole store.
-struct StoreStats {
-  uint64_t checkpoints = 0;
-  uint64_t versions = 0;
-  uint64_t chunks = 0;         ///< Distinct chunks referenced by versions.
-  uint64_t stored_bytes = 0;   ///< Their bytes.
-  uint64_t logical_bytes = 0;  ///< Sum of data_bytes over versions.
-  uint64_t disk_bytes = 0;     ///< Live SST + WAL bytes on disk.
-  uint64_t active_uploads = 0;
-};
-
-/// Result of CollectGarbage.
-struct GcResult {
-  uint64_t chunks_removed = 0;
-  uint64_t bytes_removed = 0;
-  uint64_t orphan_uploads_removed = 0;
-};
+// CheckpointSummary, StoreStats and GcResult are common value types (the
+// client reports them too).
+using ::ckpt::CheckpointSummary;
+using ::ckpt::GcResult;
+using ::ckpt::StoreStats;
 
 /// What Commit writes besides the chunks.
 struct CommitSpec {

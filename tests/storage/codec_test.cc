@@ -22,7 +22,7 @@ double FromBits(uint64_t b) {
   return v;
 }
 
-Digest D(std::string_view s) { return Digest::Of(s); }
+Digest D(absl::string_view s) { return Digest::Of(s); }
 
 // Field-by-field comparison; doubles by bit pattern.
 void ExpectSameTree(const Tree& a, const Tree& b) {
@@ -85,8 +85,8 @@ Tree SampleTree() {
   empty_tensor.tensor.device = "";
   t.push_back(empty_tensor);
 
-  for (double v : {-0.0, std::numeric_limits<double>::quiet_NaN(),
-                   FromBits(0x7ff0000000000123ull), std::numeric_limits<double>::infinity(),
+  for (double v : {-0.0, std::numeric_limits<double>::quiet_NaN(), FromBits(0x7ff0000000000123ull),
+                   std::numeric_limits<double>::infinity(),
                    std::numeric_limits<double>::denorm_min(), 0.001}) {
     Node f;
     f.kind = NodeKind::kFloat;
@@ -208,7 +208,8 @@ TEST(CodecTest, RefValueRoundTrip) {
 
 TEST(CodecTest, PendingRecordRoundTrip) {
   PendingRecord record;
-  record.ranges = {{1 << 20, (2 << 20) - 1}, {5 << 20, (6 << 20) - 1}, {~uint64_t{0}, ~uint64_t{0}}};
+  record.ranges = {
+      {1 << 20, (2 << 20) - 1}, {5 << 20, (6 << 20) - 1}, {~uint64_t{0}, ~uint64_t{0}}};
   record.chunks = 17;
   record.bytes = 123456789;
   auto decoded = DecodePendingRecord(EncodePendingRecord(record));
@@ -218,8 +219,7 @@ TEST(CodecTest, PendingRecordRoundTrip) {
 
   std::string good = EncodePendingRecord(record);
   for (size_t n = 0; n < good.size(); ++n) {
-    EXPECT_EQ(DecodePendingRecord(good.substr(0, n)).status().code(),
-              absl::StatusCode::kDataLoss);
+    EXPECT_EQ(DecodePendingRecord(good.substr(0, n)).status().code(), absl::StatusCode::kDataLoss);
   }
   // A range whose end overflows 64 bits.
   std::string overflow("\x01\x01\x02\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01\x00\x00", 15);
@@ -315,7 +315,7 @@ TEST(CodecTest, TreeRejectsEveryTruncation) {
 }
 
 TEST(CodecTest, TreeRejectsMalformedFields) {
-  auto expect_corrupt = [](const std::string& bytes, std::string_view what) {
+  auto expect_corrupt = [](const std::string& bytes, absl::string_view what) {
     auto r = DecodeTree(bytes);
     ASSERT_FALSE(r.ok()) << what;
     EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss) << what;
@@ -330,7 +330,10 @@ TEST(CodecTest, TreeRejectsMalformedFields) {
   expect_corrupt(std::string("\x01\x01\x08\x00\x20\x10", 6), "dtype past kMaxDType");
   expect_corrupt(std::string("\x01\x01\x00\x00\x01\x80\x80\x80\x80\x10", 10),
                  "container size past uint32");
-  expect_corrupt(std::string("\x01\x01\x03\x01\x05ab", 7), "string past the end");
+  expect_corrupt(std::string("\x01\x01\x03\x01\x05"
+                             "ab",
+                             7),
+                 "string past the end");
   // An 11-byte varint, and one overflowing 64 bits in its 10th byte.
   expect_corrupt(std::string("\x01\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", 12),
                  "overlong varint");
@@ -354,7 +357,9 @@ TEST(CodecTest, TreeSurvivesRandomCorruption) {
       bad[rng() % bad.size()] = static_cast<char>(rng());
     }
     auto r = DecodeTree(bad);
-    if (!r.ok()) EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss);
+    if (!r.ok()) {
+      EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss);
+    }
   }
 }
 

@@ -1,0 +1,101 @@
+#ifndef CKPT_STORAGE_ROCKSDB_STORE_H_
+#define CKPT_STORAGE_ROCKSDB_STORE_H_
+
+// The RocksDB implementation of Store (see store.h for the layout). Most code
+// uses it through Store::Open; this header adds what tests and tools need.
+//
+// Lifetime: an Upload keeps the database open until it is destroyed, so a
+// store may be destroyed before its uploads (the last one closes it). A store
+// directory is opened by one process at a time (RocksDB's LOCK file).
+//
+// Garbage collection (CollectGarbage):
+//  1. Under the commit mutex, in one synced batch: deletes refs entries with
+//     refcount 0 that no live Upload pins, and the pending records of dead
+//     uploads. Their chunks are unreachable from then on. kWal also writes
+//     tombstones for those chunks here and leaves the rest to RocksDB.
+//  2. kIngest, with commits running again: looks at each chunk file (each
+//     belongs to one upload's id block) outside the blocks of live uploads.
+//     A file with no referenced chunk is dropped whole (DeleteFilesInRanges);
+//     a file at least a quarter garbage is rewritten by range tombstones over
+//     its unreferenced ids, flushed alone, and a compaction of exactly its key
+//     range. Files with less garbage are left as they are (their dead chunks
+//     are unreachable; a later collection rewrites them once enough dies).
+//     No other file is ever rewritten. Chunks a committed upload wrote but the
+//     version did not keep (duplicates, unreferenced) are reclaimed the same
+//     way; kIngest writes no tombstones at commit.
+// GcResult counts what phase 1 made unreachable: the refs entries removed
+// plus, for dead uploads, the chunk and byte totals of their pending records
+// (exact for sealed uploads; for a kWal upload whose process died before
+// Seal, what it had recorded by then, possibly 0). It does not count the
+// unkept chunks of committed uploads.
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "storage/store.h"
+
+namespace ckpt::storage {
+
+/// Column family names.
+inline constexpr char kChunksFamily[] = "chunks";
+inline constexpr char kRefsFamily[] = "refs";
+inline constexpr char kManifestsFamily[] = "manifests";
+inline constexpr char kTagsFamily[] = "tags";
+
+/// Largest SST file one upload writes before starting the next (kIngest).
+inline constexpr uint64_t kMaxIngestFileBytes = uint64_t{256} << 20;
+
+namespace internal {
+struct StoreCore;
+}  // namespace internal
+
+/// Store backed by one RocksDB database. Thread-safe.
+class RocksDbStore final : public Store {
+ public:
+  /// What Store::Open does: opens or creates the database at options.path,
+  /// removes `<path>/ingest/` leftovers and recovers the chunk-id allocator.
+  /// InvalidArgument for an empty path or a zero max_chunk_bytes; errors of
+  /// RocksDB or the file system otherwise.
+  static absl::StatusOr<std::unique_ptr<RocksDbStore>> Open(const StoreOptions& options);
+
+  ~RocksDbStore() override;
+
+  absl::StatusOr<std::unique_ptr<Upload>> BeginUpload(absl::string_view name) override;
+  absl::StatusOr<VersionInfo> Commit(CommitSpec spec, absl::Span<Upload* const> uploads) override;
+  absl::StatusOr<VersionInfo> GetVersion(absl::string_view name,
+                                         const VersionSelector& selector) override;
+  absl::StatusOr<Tree> GetTree(absl::string_view name, uint64_t version) override;
+  absl::Status ReadChunk(absl::string_view name, const Digest& digest, std::string* out) override;
+  absl::StatusOr<std::vector<CheckpointSummary>> ListCheckpoints(absl::string_view prefix,
+                                                                 absl::string_view start_after,
+                                                                 size_t limit) override;
+  absl::StatusOr<std::vector<VersionInfo>> ListVersions(absl::string_view name) override;
+  absl::StatusOr<uint64_t> DeleteVersion(absl::string_view name, uint64_t version,
+                                         bool force) override;
+  absl::Status SetTag(absl::string_view name, absl::string_view tag, uint64_t version) override;
+  absl::Status DeleteTag(absl::string_view name, absl::string_view tag) override;
+  absl::StatusOr<GcResult> CollectGarbage() override;
+  absl::StatusOr<StoreStats> Stats() override;
+
+  /// For tests: the number of keys in the chunks column family (reads every
+  /// chunk; slow on a large store).
+  absl::StatusOr<uint64_t> CountChunkKeys();
+
+  /// For tests: the chunk id the refs entry of (namespace of `name`, digest)
+  /// points to. NotFound if there is no entry.
+  absl::StatusOr<uint64_t> ChunkIdOf(absl::string_view name, const Digest& digest);
+
+ private:
+  explicit RocksDbStore(std::shared_ptr<internal::StoreCore> core);
+
+  std::shared_ptr<internal::StoreCore> core_;
+};
+
+}  // namespace ckpt::storage
+
+#endif  // CKPT_STORAGE_ROCKSDB_STORE_H_

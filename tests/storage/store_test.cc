@@ -1,0 +1,859 @@
+// Store tests, run once per ChunkWriteMode.
+
+#include "storage/store.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <atomic>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "rocksdb/db.h"
+#include "storage/codec.h"
+#include "storage/rocksdb_store.h"
+
+namespace ckpt::storage {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+
+constexpr uint32_t kChunk = 1000;  // Small chunks keep the tests fast.
+
+#define ASSERT_OK(expr)                                       \
+  do {                                                        \
+    absl::Status assert_ok_status_ = (expr);                  \
+    ASSERT_TRUE(assert_ok_status_.ok()) << assert_ok_status_; \
+  } while (0)
+#define ASSERT_OK_AND_ASSIGN(lhs, expr)                \
+  auto CKPT_TEST_CAT(statusor_, __LINE__) = (expr);    \
+  ASSERT_TRUE(CKPT_TEST_CAT(statusor_, __LINE__).ok()) \
+      << CKPT_TEST_CAT(statusor_, __LINE__).status();  \
+  lhs = std::move(CKPT_TEST_CAT(statusor_, __LINE__)).value()
+#define CKPT_TEST_CAT(a, b) CKPT_TEST_CAT_(a, b)
+#define CKPT_TEST_CAT_(a, b) a##b
+
+std::string RandomBytes(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::string s(n, '\0');
+  for (char& c : s) c = static_cast<char>(rng());
+  return s;
+}
+
+// One uint8 tensor leaf of a flat dict.
+struct Blob {
+  std::string key;
+  std::string bytes;
+};
+
+// {key: uint8[len]} for each blob, chunked at kChunk.
+Tree MakeTree(const std::vector<Blob>& blobs) {
+  Tree tree(1);
+  tree[0].kind = NodeKind::kDict;
+  tree[0].size = blobs.size();
+  for (const Blob& b : blobs) {
+    Node n;
+    n.kind = NodeKind::kTensor;
+    n.key = b.key;
+    n.tensor.dtype = DType::kUInt8;
+    n.tensor.shape = {static_cast<int64_t>(b.bytes.size())};
+    n.data.size = b.bytes.size();
+    n.data.chunk_size = kChunk;
+    for (size_t off = 0; off < b.bytes.size(); off += kChunk) {
+      n.data.chunks.push_back(Digest::Of(absl::string_view(b.bytes).substr(off, kChunk)));
+    }
+    tree.push_back(std::move(n));
+  }
+  return tree;
+}
+
+absl::Span<const uint8_t> AsBytes(absl::string_view s) {
+  return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
+}
+
+// Sends the chunks of `blobs` that `up` reports missing.
+absl::Status UploadMissing(Upload& up, const std::vector<Blob>& blobs) {
+  for (const Blob& b : blobs) {
+    std::vector<absl::string_view> pieces;
+    std::vector<Digest> digests;
+    for (size_t off = 0; off < b.bytes.size(); off += kChunk) {
+      pieces.push_back(absl::string_view(b.bytes).substr(off, kChunk));
+      digests.push_back(Digest::Of(pieces.back()));
+    }
+    auto missing = up.FindMissing(digests);
+    if (!missing.ok()) return missing.status();
+    for (size_t i = 0; i < pieces.size(); ++i) {
+      if (!(*missing)[i]) continue;
+      absl::Status s = up.PutChunk(digests[i], AsBytes(pieces[i]));
+      if (!s.ok()) return s;
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Metadata of the chunks CF's SST files, read with a raw read-only DB.
+std::vector<rocksdb::LiveFileMetaData> ChunkFiles(const std::string& db_path) {
+  std::vector<rocksdb::ColumnFamilyDescriptor> families;
+  for (const char* name : {rocksdb::kDefaultColumnFamilyName.c_str(), kChunksFamily, kRefsFamily,
+                           kManifestsFamily, kTagsFamily}) {
+    families.emplace_back(name, rocksdb::ColumnFamilyOptions());
+  }
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  rocksdb::DB* raw = nullptr;
+  rocksdb::Status s =
+      rocksdb::DB::OpenForReadOnly(rocksdb::DBOptions(), db_path, families, &handles, &raw);
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  std::vector<rocksdb::LiveFileMetaData> all, chunks;
+  if (!s.ok()) return chunks;
+  raw->GetLiveFilesMetaData(&all);
+  for (auto& f : all) {
+    if (f.column_family_name == kChunksFamily) chunks.push_back(f);
+  }
+  for (auto* h : handles) raw->DestroyColumnFamilyHandle(h).PermitUncheckedError();
+  delete raw;
+  return chunks;
+}
+
+class StoreTest : public ::testing::TestWithParam<ChunkWriteMode> {
+ protected:
+  void SetUp() override {
+    std::string tmpl = (fs::temp_directory_path() / "ckpt-store-test-XXXXXX").string();
+    ASSERT_NE(mkdtemp(tmpl.data()), nullptr);
+    dir_ = tmpl;
+    Reopen();
+  }
+  void TearDown() override {
+    store_.reset();
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+  }
+
+  StoreOptions Options() const {
+    StoreOptions o;
+    o.path = (fs::path(dir_) / "db").string();
+    o.chunk_write_mode = GetParam();
+    o.max_chunk_bytes = 4 * kChunk;
+    return o;
+  }
+
+  void Reopen() {
+    store_.reset();
+    auto s = RocksDbStore::Open(Options());
+    ASSERT_TRUE(s.ok()) << s.status();
+    store_ = std::move(s).value();
+  }
+
+  void Close() { store_.reset(); }
+
+  // Uploads what is missing and commits a new version of `name`.
+  absl::StatusOr<VersionInfo> Save(const std::string& name, const std::vector<Blob>& blobs,
+                                   std::vector<std::string> tags = {}) {
+    auto up = store_->BeginUpload(name);
+    if (!up.ok()) return up.status();
+    absl::Status s = UploadMissing(**up, blobs);
+    if (!s.ok()) return s;
+    CommitSpec spec;
+    spec.name = name;
+    spec.tree = MakeTree(blobs);
+    spec.tags = std::move(tags);
+    Upload* ups[] = {up->get()};
+    return store_->Commit(std::move(spec), ups);
+  }
+
+  // Reads back every leaf of a committed version and compares.
+  void ExpectContents(const std::string& name, uint64_t version, const std::vector<Blob>& blobs) {
+    auto tree = store_->GetTree(name, version);
+    ASSERT_TRUE(tree.ok()) << tree.status();
+    ASSERT_EQ(tree->size(), blobs.size() + 1);
+    for (size_t i = 0; i < blobs.size(); ++i) {
+      const Node& n = (*tree)[i + 1];
+      EXPECT_EQ(std::get<std::string>(n.key), blobs[i].key);
+      std::string bytes, chunk;
+      for (const Digest& d : n.data.chunks) {
+        ASSERT_OK(store_->ReadChunk(name, d, &chunk));
+        bytes += chunk;
+      }
+      EXPECT_EQ(bytes, blobs[i].bytes) << blobs[i].key;
+    }
+  }
+
+  uint64_t ChunkKeys() {
+    auto n = store_->CountChunkKeys();
+    EXPECT_TRUE(n.ok()) << n.status();
+    return n.value_or(0);
+  }
+
+  std::string dir_;
+  std::unique_ptr<RocksDbStore> store_;
+};
+
+const std::vector<Blob>& Model() {
+  static const auto* blobs = new std::vector<Blob>{
+      {"fc.weight", RandomBytes(3500, 1)},  // 4 chunks, the last of 500 bytes.
+      {"fc.bias", RandomBytes(10, 2)},
+      {"empty", ""},
+  };
+  return *blobs;
+}
+
+TEST_P(StoreTest, CommitThenReadBack) {
+  ASSERT_OK_AND_ASSIGN(VersionInfo info, Save("team/run/model", Model()));
+  EXPECT_EQ(info.name, "team/run/model");
+  EXPECT_EQ(info.version, 1u);
+  EXPECT_EQ(info.num_tensors, 3u);
+  EXPECT_EQ(info.num_nodes, 4u);
+  EXPECT_EQ(info.data_bytes, 3510u);
+  EXPECT_EQ(info.new_bytes, 3510u);
+  EXPECT_THAT(info.tags, ElementsAre("latest"));
+  EXPECT_GT(info.create_time_ms, 1600000000000);
+
+  ASSERT_OK_AND_ASSIGN(VersionInfo got, store_->GetVersion("team/run/model", {}));
+  EXPECT_EQ(got.version, 1u);
+  EXPECT_EQ(got.create_time_ms, info.create_time_ms);
+  EXPECT_EQ(got.data_bytes, 3510u);
+  EXPECT_THAT(got.tags, ElementsAre("latest"));
+  ExpectContents("team/run/model", 1, Model());
+
+  ASSERT_OK_AND_ASSIGN(Tree tree, store_->GetTree("team/run/model", 1));
+  EXPECT_EQ(tree[1].tensor.dtype, DType::kUInt8);
+  EXPECT_EQ(tree[1].tensor.shape, std::vector<int64_t>{3500});
+  EXPECT_EQ(ChunkKeys(), 5u);
+}
+
+TEST_P(StoreTest, CommitStoresMetadata) {
+  auto up = store_->BeginUpload("a/b");
+  ASSERT_TRUE(up.ok());
+  ASSERT_OK(UploadMissing(**up, Model()));
+  CommitSpec spec;
+  spec.name = "a/b";
+  spec.step = 1000;
+  spec.epoch = 3;
+  spec.metadata = {{"loss", "0.25"}};
+  spec.world_size = 4;
+  spec.tree = MakeTree(Model());
+  Upload* ups[] = {up->get()};
+  ASSERT_TRUE(store_->Commit(spec, ups).ok());
+  ASSERT_OK_AND_ASSIGN(VersionInfo got, store_->GetVersion("a/b", {1, ""}));
+  EXPECT_EQ(got.step, 1000);
+  EXPECT_EQ(got.epoch, 3);
+  EXPECT_EQ(got.metadata, spec.metadata);
+  EXPECT_EQ(got.world_size, 4u);
+  // A committed upload cannot commit again.
+  spec.name = "a/c";
+  EXPECT_EQ(store_->Commit(spec, ups).status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_P(StoreTest, VersionNumbersAreNeverReused) {
+  for (uint64_t v = 1; v <= 3; ++v) {
+    ASSERT_OK_AND_ASSIGN(VersionInfo info, Save("a/b", {{"x", RandomBytes(100, v)}}));
+    EXPECT_EQ(info.version, v);
+  }
+  ASSERT_OK_AND_ASSIGN(uint64_t freed, store_->DeleteVersion("a/b", 3, false));
+  EXPECT_EQ(freed, 1u);
+  ASSERT_OK_AND_ASSIGN(VersionInfo latest, store_->GetVersion("a/b", {}));
+  EXPECT_EQ(latest.version, 2u);
+  EXPECT_THAT(latest.tags, ElementsAre("latest"));
+
+  ASSERT_OK_AND_ASSIGN(VersionInfo v4, Save("a/b", {{"x", RandomBytes(100, 4)}}));
+  EXPECT_EQ(v4.version, 4u);
+  // Even when every version is gone.
+  for (uint64_t v : {1, 2, 4}) ASSERT_TRUE(store_->DeleteVersion("a/b", v, false).ok());
+  EXPECT_EQ(store_->ListVersions("a/b").status().code(), absl::StatusCode::kNotFound);
+  ASSERT_OK_AND_ASSIGN(VersionInfo v5, Save("a/b", {{"x", RandomBytes(100, 5)}}));
+  EXPECT_EQ(v5.version, 5u);
+  ASSERT_OK_AND_ASSIGN(auto versions, store_->ListVersions("a/b"));
+  ASSERT_EQ(versions.size(), 1u);
+  EXPECT_EQ(versions[0].version, 5u);
+}
+
+TEST_P(StoreTest, NotFoundMessages) {
+  ASSERT_TRUE(Save("a/b", Model()).ok());
+  auto missing_name = store_->GetVersion("x/y", {});
+  EXPECT_EQ(missing_name.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(missing_name.status().message(), "checkpoint 'x/y' not found");
+  EXPECT_EQ(store_->GetVersion("x/y", {3, ""}).status().message(), "checkpoint 'x/y' not found");
+  auto missing_version = store_->GetVersion("a/b", {7, ""});
+  EXPECT_EQ(missing_version.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(missing_version.status().message(), "version 7 of 'a/b' not found");
+  auto missing_tag = store_->GetVersion("a/b", {0, "best"});
+  EXPECT_EQ(missing_tag.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(missing_tag.status().message(), "tag 'best' of 'a/b' not found");
+  EXPECT_EQ(store_->GetTree("a/b", 7).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->DeleteVersion("a/b", 7, true).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->ListVersions("x/y").status().message(), "checkpoint 'x/y' not found");
+  std::string out;
+  EXPECT_EQ(store_->ReadChunk("a/b", Digest::Of("nope"), &out).code(), absl::StatusCode::kNotFound);
+}
+
+TEST_P(StoreTest, InvalidNamesAndTags) {
+  for (const char* bad : {"", "a//b", "../x", "a b", "/abs"}) {
+    EXPECT_EQ(store_->BeginUpload(bad).status().code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_EQ(store_->GetVersion(bad, {}).status().code(), absl::StatusCode::kInvalidArgument)
+        << bad;
+  }
+  ASSERT_TRUE(Save("a/b", Model()).ok());
+  EXPECT_EQ(store_->SetTag("a/b", "bad tag", 1).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(store_->SetTag("a/b", "123", 1).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(store_->GetVersion("a/b", {0, "no/slash"}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Save("a/b", Model(), {"latest"}).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_P(StoreTest, TagsMoveAndNeedForceToDelete) {
+  ASSERT_OK_AND_ASSIGN(VersionInfo v1, Save("a/b", {{"x", RandomBytes(10, 1)}}, {"best"}));
+  EXPECT_THAT(v1.tags, ElementsAre("best", "latest"));
+  ASSERT_OK(store_->SetTag("a/b", "release", 1));
+  ASSERT_OK_AND_ASSIGN(VersionInfo v2, Save("a/b", {{"x", RandomBytes(10, 2)}}));
+  EXPECT_EQ(v2.version, 2u);
+
+  ASSERT_OK_AND_ASSIGN(VersionInfo by_tag, store_->GetVersion("a/b", {0, "best"}));
+  EXPECT_EQ(by_tag.version, 1u);
+  EXPECT_THAT(by_tag.tags, ElementsAre("best", "release"));
+  ASSERT_OK_AND_ASSIGN(VersionInfo latest, store_->GetVersion("a/b", {0, "latest"}));
+  EXPECT_EQ(latest.version, 2u);
+  EXPECT_THAT(latest.tags, ElementsAre("latest"));
+
+  ASSERT_OK_AND_ASSIGN(auto versions, store_->ListVersions("a/b"));
+  ASSERT_EQ(versions.size(), 2u);
+  EXPECT_THAT(versions[0].tags, ElementsAre("best", "release"));
+  EXPECT_THAT(versions[1].tags, ElementsAre("latest"));
+
+  // "latest" is automatic; tags need an existing version.
+  absl::Status s = store_->SetTag("a/b", "latest", 1);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.message(), "tag 'latest' is automatic");
+  EXPECT_EQ(store_->SetTag("a/b", "best", 9).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->SetTag("x/y", "best", 1).code(), absl::StatusCode::kNotFound);
+  s = store_->DeleteTag("a/b", "nope");
+  EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(s.message(), "tag 'nope' of 'a/b' not found");
+
+  // Moving a tag.
+  ASSERT_OK(store_->SetTag("a/b", "best", 2));
+  ASSERT_OK_AND_ASSIGN(by_tag, store_->GetVersion("a/b", {0, "best"}));
+  EXPECT_EQ(by_tag.version, 2u);
+
+  // Tagged versions need force.
+  auto refused = store_->DeleteVersion("a/b", 1, false);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(refused.status().message(), "version 1 of 'a/b' is tagged 'release'; use force");
+  ASSERT_OK(store_->DeleteTag("a/b", "release"));
+  ASSERT_TRUE(store_->DeleteVersion("a/b", 1, false).ok());
+  ASSERT_TRUE(store_->DeleteVersion("a/b", 2, true).ok());
+  EXPECT_EQ(store_->GetVersion("a/b", {0, "best"}).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->DeleteTag("a/b", "best").code(), absl::StatusCode::kNotFound);
+}
+
+TEST_P(StoreTest, IdenticalChunksAreStoredOnce) {
+  ASSERT_OK_AND_ASSIGN(VersionInfo v1, Save("team/a", Model()));
+  ASSERT_OK_AND_ASSIGN(StoreStats before, store_->Stats());
+  EXPECT_EQ(before.chunks, 5u);
+  EXPECT_EQ(before.stored_bytes, 3510u);
+
+  // The same bytes again, and under another name of the same namespace.
+  auto up = store_->BeginUpload("team/a");
+  ASSERT_TRUE(up.ok());
+  std::vector<Digest> digests;
+  for (const Node& n : MakeTree(Model())) {
+    digests.insert(digests.end(), n.data.chunks.begin(), n.data.chunks.end());
+  }
+  ASSERT_OK_AND_ASSIGN(std::vector<bool> missing, (*up)->FindMissing(digests));
+  EXPECT_THAT(missing, ::testing::Each(false));
+  EXPECT_TRUE((*up)->Has(digests[0]));
+  up->reset();
+  ASSERT_OK_AND_ASSIGN(VersionInfo v2, Save("team/a", Model()));
+  EXPECT_EQ(v2.new_bytes, 0u);
+  ASSERT_OK_AND_ASSIGN(VersionInfo other, Save("team/b", Model()));
+  EXPECT_EQ(other.new_bytes, 0u);
+
+  ASSERT_OK_AND_ASSIGN(StoreStats after, store_->Stats());
+  EXPECT_EQ(after.chunks, 5u);
+  EXPECT_EQ(after.stored_bytes, 3510u);
+  EXPECT_EQ(after.versions, 3u);
+  EXPECT_EQ(after.checkpoints, 2u);
+  EXPECT_EQ(after.logical_bytes, 3 * 3510u);
+  EXPECT_GT(after.disk_bytes, 0u);
+  EXPECT_EQ(ChunkKeys(), 5u);
+
+  // Another namespace does not share chunks.
+  ASSERT_OK_AND_ASSIGN(VersionInfo foreign, Save("other/a", Model()));
+  EXPECT_EQ(foreign.new_bytes, 3510u);
+  EXPECT_EQ(ChunkKeys(), 10u);
+
+  // Deleting one of three users keeps the chunks.
+  ASSERT_OK_AND_ASSIGN(uint64_t freed, store_->DeleteVersion("team/a", 1, false));
+  EXPECT_EQ(freed, 0u);
+  ASSERT_OK_AND_ASSIGN(GcResult gc, store_->CollectGarbage());
+  EXPECT_EQ(gc.chunks_removed, 0u);
+  ExpectContents("team/b", 1, Model());
+}
+
+TEST_P(StoreTest, DuplicateAndUnusedChunksOfAnUploadAreDropped) {
+  auto up = store_->BeginUpload("a/b");
+  ASSERT_TRUE(up.ok());
+  std::string extra = RandomBytes(300, 99);
+  ASSERT_OK((*up)->PutChunk(Digest::Of(extra), AsBytes(extra)));
+  ASSERT_OK((*up)->PutChunk(Digest::Of(extra), AsBytes(extra)));  // No-op.
+  EXPECT_EQ((*up)->bytes_written(), 300u);
+  ASSERT_OK_AND_ASSIGN(std::vector<bool> missing,
+                       (*up)->FindMissing({Digest::Of(extra), Digest::Of("other")}));
+  EXPECT_THAT(missing, ElementsAre(false, true));
+  ASSERT_OK(UploadMissing(**up, Model()));
+  CommitSpec spec;
+  spec.name = "a/b";
+  spec.tree = MakeTree(Model());
+  Upload* ups[] = {up->get()};
+  ASSERT_OK_AND_ASSIGN(VersionInfo info, store_->Commit(std::move(spec), ups));
+  EXPECT_EQ(info.new_bytes, 3510u);
+  // The unreferenced chunk is unreachable at once; kWal deletes it at
+  // commit, kIngest when garbage collection rewrites the upload's file.
+  std::string out;
+  EXPECT_EQ(store_->ReadChunk("a/b", Digest::Of(extra), &out).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(ChunkKeys(), GetParam() == ChunkWriteMode::kWal ? 5u : 6u);
+  ASSERT_OK_AND_ASSIGN(StoreStats stats, store_->Stats());
+  EXPECT_EQ(stats.chunks, 5u);
+  up->reset();
+  ASSERT_TRUE(store_->CollectGarbage().ok());
+  EXPECT_EQ(ChunkKeys(), 5u);
+  ExpectContents("a/b", 1, Model());
+}
+
+TEST_P(StoreTest, SeveralUploadsCommitOneVersion) {
+  // Two ranks, each writing its half, both writing one shared chunk.
+  std::string shared = RandomBytes(kChunk, 7);
+  std::vector<Blob> rank0 = {{"r0", RandomBytes(2000, 8)}, {"s0", shared}};
+  std::vector<Blob> rank1 = {{"r1", RandomBytes(1500, 9)}, {"s1", shared}};
+  auto up0 = store_->BeginUpload("a/b");
+  auto up1 = store_->BeginUpload("a/b");
+  ASSERT_TRUE(up0.ok() && up1.ok());
+  ASSERT_OK(UploadMissing(**up0, rank0));
+  ASSERT_OK(UploadMissing(**up1, rank1));
+  ASSERT_OK((*up0)->Seal());
+  ASSERT_OK((*up0)->Seal());  // Idempotent.
+  EXPECT_EQ((*up0)->PutChunk(Digest::Of("x"), AsBytes("x")).code(),
+            absl::StatusCode::kFailedPrecondition);
+  std::vector<Blob> all = {rank0[0], rank0[1], rank1[0], rank1[1]};
+  CommitSpec spec;
+  spec.name = "a/b";
+  spec.tree = MakeTree(all);
+  spec.world_size = 2;
+  Upload* ups[] = {up0->get(), up1->get()};
+  ASSERT_OK_AND_ASSIGN(VersionInfo info, store_->Commit(std::move(spec), ups));
+  EXPECT_EQ(info.new_bytes, 2000u + 1500 + kChunk);
+  ExpectContents("a/b", 1, all);
+  up0->reset();
+  up1->reset();
+  ASSERT_OK_AND_ASSIGN(GcResult gc, store_->CollectGarbage());
+  EXPECT_EQ(gc.orphan_uploads_removed, 0u);
+  EXPECT_EQ(gc.chunks_removed, 0u);
+  // The second copy of the shared chunk is gone.
+  EXPECT_EQ(ChunkKeys(), 2u + 2 + 1);
+  ExpectContents("a/b", 1, all);
+}
+
+TEST_P(StoreTest, RejectsBadChunks) {
+  auto up = store_->BeginUpload("a/b");
+  ASSERT_TRUE(up.ok());
+  std::string data = "some bytes";
+  Digest wrong = Digest::Of("other bytes");
+  absl::Status s = (*up)->PutChunk(wrong, AsBytes(data));
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("chunk digest mismatch: declared " + wrong.Hex() +
+                                                  ", computed " + Digest::Of(data).Hex()));
+  std::string big(4 * kChunk + 1, 'x');
+  EXPECT_EQ((*up)->PutChunk(Digest::Of(big), AsBytes(big)).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_FALSE((*up)->Has(wrong));
+  EXPECT_EQ((*up)->bytes_written(), 0u);
+}
+
+TEST_P(StoreTest, CommitOfNeverUploadedChunkChangesNothing) {
+  std::vector<Blob> blobs = {{"w", RandomBytes(1500, 3)}};
+  auto up = store_->BeginUpload("a/b");
+  ASSERT_TRUE(up.ok());
+  // Upload only the first chunk.
+  std::string first = blobs[0].bytes.substr(0, kChunk);
+  ASSERT_OK((*up)->PutChunk(Digest::Of(first), AsBytes(first)));
+  CommitSpec spec;
+  spec.name = "a/b";
+  spec.tree = MakeTree(blobs);
+  spec.tags = {"best"};
+  Upload* ups[] = {up->get()};
+  auto result = store_->Commit(std::move(spec), ups);
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(result.status().message(), "tensor 'w': chunk " +
+                                           Digest::Of(blobs[0].bytes.substr(kChunk)).Hex() +
+                                           " was never uploaded");
+  EXPECT_EQ(store_->GetVersion("a/b", {}).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->GetVersion("a/b", {0, "best"}).status().code(), absl::StatusCode::kNotFound);
+  ASSERT_OK_AND_ASSIGN(StoreStats stats, store_->Stats());
+  EXPECT_EQ(stats.versions, 0u);
+  EXPECT_EQ(stats.chunks, 0u);
+  EXPECT_EQ(stats.active_uploads, 1u);
+  std::string out;
+  EXPECT_EQ(store_->ReadChunk("a/b", Digest::Of(first), &out).code(), absl::StatusCode::kNotFound);
+  // The failed upload's chunk is reclaimed once it is gone.
+  up->reset();
+  ASSERT_OK_AND_ASSIGN(GcResult gc, store_->CollectGarbage());
+  EXPECT_EQ(gc.orphan_uploads_removed, 1u);
+  EXPECT_EQ(gc.chunks_removed, 1u);
+  EXPECT_EQ(gc.bytes_removed, kChunk);
+  EXPECT_EQ(ChunkKeys(), 0u);
+  // The next save is version 1.
+  ASSERT_OK_AND_ASSIGN(VersionInfo v, Save("a/b", blobs));
+  EXPECT_EQ(v.version, 1u);
+}
+
+TEST_P(StoreTest, PinsOfALiveUploadSurviveGarbageCollection) {
+  ASSERT_TRUE(Save("a/b", Model()).ok());
+  const Tree tree = MakeTree(Model());
+  const Digest pinned = tree[1].data.chunks[0];
+
+  auto up = store_->BeginUpload("a/c");  // Same namespace "a".
+  ASSERT_TRUE(up.ok());
+  ASSERT_OK_AND_ASSIGN(std::vector<bool> missing, (*up)->FindMissing({pinned}));
+  EXPECT_THAT(missing, ElementsAre(false));
+  ASSERT_OK_AND_ASSIGN(uint64_t freed, store_->DeleteVersion("a/b", 1, false));
+  EXPECT_EQ(freed, 5u);
+  ASSERT_OK_AND_ASSIGN(GcResult gc, store_->CollectGarbage());
+  EXPECT_EQ(gc.chunks_removed, 4u);  // All but the pinned one.
+  EXPECT_EQ(ChunkKeys(), 1u);
+
+  // The pinned chunk can still be committed and read.
+  Tree one(2);
+  one[0].kind = NodeKind::kList;
+  one[0].size = 1;
+  one[1].kind = NodeKind::kBytes;
+  one[1].data.size = kChunk;
+  one[1].data.chunk_size = kChunk;
+  one[1].data.chunks = {pinned};
+  CommitSpec spec;
+  spec.name = "a/c";
+  spec.tree = one;
+  Upload* ups[] = {up->get()};
+  ASSERT_OK_AND_ASSIGN(VersionInfo info, store_->Commit(std::move(spec), ups));
+  EXPECT_EQ(info.new_bytes, 0u);
+  std::string out;
+  ASSERT_OK(store_->ReadChunk("a/c", pinned, &out));
+  EXPECT_EQ(out, Model()[0].bytes.substr(0, kChunk));
+
+  // Once unreferenced and unpinned, it goes.
+  up->reset();
+  ASSERT_TRUE(store_->DeleteVersion("a/c", 1, false).ok());
+  ASSERT_OK_AND_ASSIGN(gc, store_->CollectGarbage());
+  EXPECT_EQ(gc.chunks_removed, 1u);
+  EXPECT_EQ(gc.bytes_removed, kChunk);
+  EXPECT_EQ(ChunkKeys(), 0u);
+  EXPECT_EQ(store_->ReadChunk("a/c", pinned, &out).code(), absl::StatusCode::kNotFound);
+}
+
+TEST_P(StoreTest, SealedUploadDestroyedIsCollected) {
+  ASSERT_TRUE(Save("a/b", Model()).ok());
+  std::vector<Blob> orphan = {{"o", RandomBytes(2500, 11)}};
+  {
+    auto up = store_->BeginUpload("a/b");
+    ASSERT_TRUE(up.ok());
+    ASSERT_OK(UploadMissing(**up, orphan));
+    ASSERT_OK((*up)->Seal());
+    EXPECT_EQ(ChunkKeys(), 5u + 3);
+    // A live upload's chunks are not garbage.
+    ASSERT_OK_AND_ASSIGN(GcResult gc, store_->CollectGarbage());
+    EXPECT_EQ(gc.orphan_uploads_removed, 0u);
+    EXPECT_EQ(ChunkKeys(), 5u + 3);
+  }
+  ASSERT_OK_AND_ASSIGN(GcResult gc, store_->CollectGarbage());
+  EXPECT_GE(gc.orphan_uploads_removed, 1u);
+  EXPECT_EQ(gc.chunks_removed, 3u);
+  EXPECT_EQ(gc.bytes_removed, 2500u);
+  EXPECT_EQ(ChunkKeys(), 5u);
+  ExpectContents("a/b", 1, Model());
+  ASSERT_OK_AND_ASSIGN(gc, store_->CollectGarbage());
+  EXPECT_EQ(gc.orphan_uploads_removed, 0u);
+}
+
+TEST_P(StoreTest, UnsealedUploadDestroyedLeavesNothing) {
+  {
+    auto up = store_->BeginUpload("a/b");
+    ASSERT_TRUE(up.ok());
+    ASSERT_OK(UploadMissing(**up, Model()));
+  }
+  ASSERT_OK_AND_ASSIGN(GcResult gc, store_->CollectGarbage());
+  // kIngest never wrote into the database; kWal did, and GC removes it.
+  EXPECT_EQ(gc.orphan_uploads_removed, GetParam() == ChunkWriteMode::kWal ? 1u : 0u);
+  EXPECT_EQ(ChunkKeys(), 0u);
+  EXPECT_TRUE(fs::is_empty(fs::path(Options().path) / "ingest"));
+}
+
+TEST_P(StoreTest, PendingUploadOfAPreviousProcessIsCollected) {
+  auto up = store_->BeginUpload("a/b");
+  ASSERT_TRUE(up.ok());
+  ASSERT_OK(UploadMissing(**up, Model()));
+  ASSERT_OK((*up)->Seal());
+  up->reset();
+  Reopen();
+  EXPECT_EQ(ChunkKeys(), 5u);
+  ASSERT_OK_AND_ASSIGN(GcResult gc, store_->CollectGarbage());
+  EXPECT_EQ(gc.orphan_uploads_removed, 1u);
+  EXPECT_EQ(gc.chunks_removed, 5u);
+  EXPECT_EQ(ChunkKeys(), 0u);
+}
+
+TEST_P(StoreTest, ReopenKeepsEverythingAndNeverReusesChunkIds) {
+  ASSERT_TRUE(Save("a/b", Model(), {"best"}).ok());
+  const Digest old_digest = MakeTree(Model())[1].data.chunks[0];
+  ASSERT_OK_AND_ASSIGN(uint64_t old_id, store_->ChunkIdOf("a/b", old_digest));
+  // The newest chunks are deleted and collected: their ids must not return.
+  std::vector<Blob> newer = {{"n", RandomBytes(1000, 21)}};
+  ASSERT_TRUE(Save("z/z", newer).ok());
+  ASSERT_OK_AND_ASSIGN(uint64_t newer_id, store_->ChunkIdOf("z/z", Digest::Of(newer[0].bytes)));
+  ASSERT_TRUE(store_->DeleteVersion("z/z", 1, false).ok());
+  ASSERT_TRUE(store_->CollectGarbage().ok());
+
+  Reopen();
+  ASSERT_OK_AND_ASSIGN(VersionInfo best, store_->GetVersion("a/b", {0, "best"}));
+  EXPECT_EQ(best.version, 1u);
+  EXPECT_THAT(best.tags, ElementsAre("best", "latest"));
+  ExpectContents("a/b", 1, Model());
+
+  std::vector<Blob> fresh = {{"f", RandomBytes(1000, 22)}};
+  ASSERT_OK_AND_ASSIGN(VersionInfo v2, Save("a/b", fresh));
+  EXPECT_EQ(v2.version, 2u);
+  EXPECT_EQ(v2.new_bytes, 1000u);
+  ASSERT_OK_AND_ASSIGN(uint64_t fresh_id, store_->ChunkIdOf("a/b", Digest::Of(fresh[0].bytes)));
+  EXPECT_GT(fresh_id, old_id);
+  EXPECT_GT(fresh_id, newer_id);
+  EXPECT_NE(fresh_id >> kChunkIdBlockBits, newer_id >> kChunkIdBlockBits);
+  ExpectContents("a/b", 1, Model());
+  ExpectContents("a/b", 2, fresh);
+
+  Reopen();
+  ExpectContents("a/b", 2, fresh);
+  ASSERT_OK_AND_ASSIGN(auto list, store_->ListCheckpoints("", "", 0));
+  ASSERT_EQ(list.size(), 1u);
+  EXPECT_EQ(list[0].name, "a/b");
+  EXPECT_EQ(list[0].latest_version, 2u);
+  EXPECT_EQ(list[0].num_versions, 2u);
+}
+
+TEST_P(StoreTest, CorruptChunkIsDataLoss) {
+  ASSERT_TRUE(Save("a/b", Model()).ok());
+  const Digest digest = MakeTree(Model())[1].data.chunks[1];
+  ASSERT_OK_AND_ASSIGN(uint64_t id, store_->ChunkIdOf("a/b", digest));
+  const std::string db_path = Options().path;
+  Close();
+  {
+    std::vector<rocksdb::ColumnFamilyDescriptor> families;
+    for (const char* name : {rocksdb::kDefaultColumnFamilyName.c_str(), kChunksFamily, kRefsFamily,
+                             kManifestsFamily, kTagsFamily}) {
+      families.emplace_back(name, rocksdb::ColumnFamilyOptions());
+    }
+    std::vector<rocksdb::ColumnFamilyHandle*> handles;
+    rocksdb::DB* raw = nullptr;
+    ASSERT_TRUE(rocksdb::DB::Open(rocksdb::DBOptions(), db_path, families, &handles, &raw).ok());
+    std::string flipped = Model()[0].bytes.substr(kChunk, kChunk);
+    flipped[17] ^= 1;
+    rocksdb::WriteOptions sync;
+    sync.sync = true;
+    ASSERT_TRUE(raw->Put(sync, handles[1], ChunkKey(id), flipped).ok());
+    for (auto* h : handles) ASSERT_TRUE(raw->DestroyColumnFamilyHandle(h).ok());
+    ASSERT_TRUE(raw->Close().ok());
+    delete raw;
+  }
+  Reopen();
+  std::string out;
+  absl::Status s = store_->ReadChunk("a/b", digest, &out);
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(s.message(), "chunk " + digest.Hex() + " checksum mismatch");
+  EXPECT_TRUE(out.empty());
+  // Other chunks still read.
+  ASSERT_OK(store_->ReadChunk("a/b", MakeTree(Model())[1].data.chunks[0], &out));
+}
+
+TEST_P(StoreTest, ListCheckpointsPagesInOrder) {
+  for (const char* name : {"b/z", "a/y", "a/x", "a/x/sub", "ab/w"}) {
+    ASSERT_TRUE(Save(name, {{"t", RandomBytes(10, 5)}}).ok()) << name;
+  }
+  ASSERT_TRUE(Save("a/x", {{"t", RandomBytes(10, 6)}}).ok());
+  auto names = [](const std::vector<CheckpointSummary>& list) {
+    std::vector<std::string> out;
+    for (const auto& c : list) out.push_back(c.name);
+    return out;
+  };
+  ASSERT_OK_AND_ASSIGN(auto all, store_->ListCheckpoints("", "", 0));
+  EXPECT_THAT(names(all), ElementsAre("a/x", "a/x/sub", "a/y", "ab/w", "b/z"));
+  EXPECT_EQ(all[0].num_versions, 2u);
+  EXPECT_EQ(all[0].latest_version, 2u);
+  EXPECT_GT(all[0].latest_create_time_ms, 0);
+  ASSERT_OK_AND_ASSIGN(auto a, store_->ListCheckpoints("a/", "", 0));
+  EXPECT_THAT(names(a), ElementsAre("a/x", "a/x/sub", "a/y"));
+  ASSERT_OK_AND_ASSIGN(auto page, store_->ListCheckpoints("a/", "a/x", 1));
+  EXPECT_THAT(names(page), ElementsAre("a/x/sub"));
+  ASSERT_OK_AND_ASSIGN(page, store_->ListCheckpoints("", "a/x/sub", 2));
+  EXPECT_THAT(names(page), ElementsAre("a/y", "ab/w"));
+  ASSERT_OK_AND_ASSIGN(auto none, store_->ListCheckpoints("c/", "", 0));
+  EXPECT_THAT(none, IsEmpty());
+}
+
+TEST_P(StoreTest, IngestedFilesLandInTheBottommostLevel) {
+  if (GetParam() != ChunkWriteMode::kIngest) GTEST_SKIP() << "kIngest only";
+  ASSERT_TRUE(Save("a/b", Model()).ok());
+  ASSERT_TRUE(Save("a/c", {{"other", RandomBytes(2500, 31)}}).ok());
+  EXPECT_TRUE(fs::is_empty(fs::path(Options().path) / "ingest"));
+  // A sealed orphan, to be collected below.
+  {
+    auto up = store_->BeginUpload("a/d");
+    ASSERT_TRUE(up.ok());
+    ASSERT_OK(UploadMissing(**up, {{"orphan", RandomBytes(3000, 32)}}));
+    ASSERT_OK((*up)->Seal());
+  }
+  Close();
+  auto files = ChunkFiles(Options().path);
+  ASSERT_EQ(files.size(), 3u);  // One per upload, none overlapping.
+  std::string model_file;
+  for (const auto& f : files) {
+    EXPECT_EQ(f.level, 6) << f.name;
+    if (f.num_entries == 5) model_file = f.name;
+  }
+
+  Reopen();
+  ASSERT_OK_AND_ASSIGN(GcResult gc, store_->CollectGarbage());
+  EXPECT_EQ(gc.orphan_uploads_removed, 1u);
+  EXPECT_EQ(gc.chunks_removed, 3u);
+  // Deleting a/c and collecting rewrites nothing but its own file.
+  ASSERT_TRUE(store_->DeleteVersion("a/c", 1, false).ok());
+  ASSERT_OK_AND_ASSIGN(gc, store_->CollectGarbage());
+  EXPECT_EQ(gc.chunks_removed, 3u);
+  Close();
+  files = ChunkFiles(Options().path);
+  ASSERT_EQ(files.size(), 1u);  // Only a/b's file is left, untouched.
+  EXPECT_EQ(files[0].level, 6);
+  EXPECT_EQ(files[0].name, model_file);
+  Reopen();
+  ExpectContents("a/b", 1, Model());
+}
+
+TEST_P(StoreTest, GcRewritesOnlyTheFileHoldingGarbage) {
+  if (GetParam() != ChunkWriteMode::kIngest) GTEST_SKIP() << "kIngest only";
+  const std::string p = RandomBytes(2000, 51), q = RandomBytes(2000, 52);
+  ASSERT_TRUE(Save("a/x", Model()).ok());                         // File A.
+  ASSERT_TRUE(Save("a/y", {{"p", p}, {"q", q}}).ok());            // File B.
+  ASSERT_TRUE(Save("a/w", {{"w", RandomBytes(3000, 53)}}).ok());  // File C.
+  ASSERT_OK_AND_ASSIGN(VersionInfo keep_q, Save("a/v", {{"q", q}}));
+  EXPECT_EQ(keep_q.new_bytes, 0u);
+  Close();
+  auto before = ChunkFiles(Options().path);
+  ASSERT_EQ(before.size(), 3u);
+  Reopen();
+
+  // Half of B becomes garbage.
+  ASSERT_OK_AND_ASSIGN(uint64_t freed, store_->DeleteVersion("a/y", 1, false));
+  EXPECT_EQ(freed, 2u);
+  ASSERT_OK_AND_ASSIGN(GcResult gc, store_->CollectGarbage());
+  EXPECT_EQ(gc.chunks_removed, 2u);
+  EXPECT_EQ(gc.bytes_removed, 2000u);
+  EXPECT_EQ(ChunkKeys(), 5u + 2 + 3);
+  ExpectContents("a/v", 1, {{"q", q}});
+  ExpectContents("a/x", 1, Model());
+  Close();
+
+  auto after = ChunkFiles(Options().path);
+  ASSERT_EQ(after.size(), 3u);
+  std::map<std::string, uint64_t> entries_before, entries_after;
+  for (const auto& f : before) entries_before[f.name] = f.num_entries;
+  for (const auto& f : after) {
+    EXPECT_EQ(f.level, 6) << f.name;
+    entries_after[f.name] = f.num_entries;
+  }
+  int kept = 0;
+  for (const auto& [name, n] : entries_after) {
+    if (entries_before.count(name)) {
+      ++kept;  // A (5 entries) and C (3) are untouched.
+      EXPECT_TRUE(n == 5 || n == 3) << name;
+    } else {
+      EXPECT_EQ(n, 2u) << name;  // B rewritten with q's chunks only.
+    }
+  }
+  EXPECT_EQ(kept, 2);
+  Reopen();
+}
+
+TEST_P(StoreTest, ConcurrentSavesDeletesAndGc) {
+  constexpr int kThreads = 4;
+  constexpr int kSaves = 8;
+  const std::string shared = RandomBytes(kChunk, 40);  // Deduplicated by all.
+  std::vector<std::thread> threads;
+  std::atomic<bool> failed{false};
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      const std::string name = "ns/run" + std::to_string(t);
+      for (int i = 0; i < kSaves; ++i) {
+        std::vector<Blob> blobs = {{"shared", shared}, {"own", RandomBytes(1500, 1000 * t + i)}};
+        auto v = Save(name, blobs);
+        if (!v.ok() || v->version != static_cast<uint64_t>(i + 1)) {
+          ADD_FAILURE() << name << ": " << v.status();
+          failed = true;
+          return;
+        }
+        // Keep only the newest version.
+        if (i > 0 && !store_->DeleteVersion(name, i, false).ok()) failed = true;
+      }
+    });
+  }
+  threads.emplace_back([&] {
+    for (int i = 0; i < 10; ++i) {
+      if (!store_->CollectGarbage().ok()) failed = true;
+    }
+  });
+  for (auto& th : threads) th.join();
+  ASSERT_FALSE(failed);
+  ASSERT_TRUE(store_->CollectGarbage().ok());
+  for (int t = 0; t < kThreads; ++t) {
+    ExpectContents("ns/run" + std::to_string(t), kSaves,
+                   {{"shared", shared}, {"own", RandomBytes(1500, 1000 * t + kSaves - 1)}});
+  }
+  ASSERT_OK_AND_ASSIGN(StoreStats stats, store_->Stats());
+  EXPECT_EQ(stats.versions, static_cast<uint64_t>(kThreads));
+  EXPECT_EQ(stats.chunks, 1u + kThreads * 2);
+  EXPECT_EQ(stats.active_uploads, 0u);
+  EXPECT_EQ(ChunkKeys(), 1u + kThreads * 2);
+}
+
+INSTANTIATE_TEST_SUITE_P(Modes, StoreTest,
+                         ::testing::Values(ChunkWriteMode::kIngest, ChunkWriteMode::kWal),
+                         [](const ::testing::TestParamInfo<ChunkWriteMode>& info) {
+                           return info.param == ChunkWriteMode::kIngest ? "Ingest" : "Wal";
+                         });
+
+TEST(StoreOpenTest, RejectsEmptyPathAndCleansIngestDir) {
+  EXPECT_EQ(Store::Open(StoreOptions{}).status().code(), absl::StatusCode::kInvalidArgument);
+  std::string tmpl = (fs::temp_directory_path() / "ckpt-store-test-XXXXXX").string();
+  ASSERT_NE(mkdtemp(tmpl.data()), nullptr);
+  StoreOptions options;
+  options.path = tmpl + "/nested/db";
+  {
+    auto store = Store::Open(options);
+    ASSERT_TRUE(store.ok()) << store.status();
+  }
+  std::string leftover = options.path + "/ingest/7-0.sst";
+  FILE* f = fopen(leftover.c_str(), "w");
+  ASSERT_NE(f, nullptr);
+  fclose(f);
+  {
+    auto store = Store::Open(options);
+    ASSERT_TRUE(store.ok()) << store.status();
+    EXPECT_FALSE(fs::exists(leftover));
+  }
+  fs::remove_all(tmpl);
+}
+
+}  // namespace
+}  // namespace ckpt::storage
