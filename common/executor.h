@@ -12,7 +12,8 @@ namespace ckpt {
 
 /// A fixed pool of threads running posted tasks in FIFO order. gRPC reactors
 /// post their blocking storage work here so that callbacks never block.
-/// Thread-safe. The destructor runs the tasks already posted, then joins.
+/// Thread-safe. Shutdown() (also run by the destructor) runs the tasks already
+/// posted, then joins; tasks posted after it run inline on the caller.
 class Executor {
  public:
   explicit Executor(int threads);
@@ -20,8 +21,11 @@ class Executor {
   Executor(const Executor&) = delete;
   Executor& operator=(const Executor&) = delete;
 
-  /// Queues `task` to run on a pool thread.
+  /// Queues `task` to run on a pool thread (inline once shut down).
   void Post(std::function<void()> task);
+
+  /// Runs what is queued, then stops the threads. Idempotent.
+  void Shutdown();
 
  private:
   void Loop();

@@ -12,7 +12,9 @@ PendingSaves::PendingSaves(storage::Store* store, uint32_t max_chunk_bytes,
   sweeper_ = std::thread([this] { SweepLoop(); });
 }
 
-PendingSaves::~PendingSaves() {
+PendingSaves::~PendingSaves() { Shutdown(); }
+
+void PendingSaves::Shutdown() {
   std::map<std::pair<std::string, std::string>, Entry> entries;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -20,7 +22,7 @@ PendingSaves::~PendingSaves() {
     entries.swap(entries_);
   }
   cv_.notify_all();
-  sweeper_.join();
+  if (sweeper_.joinable()) sweeper_.join();
   for (auto& [key, entry] : entries) {
     Fail(entry, absl::UnavailableError("server shutting down; multi-part save abandoned"));
   }

@@ -46,8 +46,12 @@ class PendingSaves {
  public:
   /// Parts wait at most `timeout` for the rest of their save.
   PendingSaves(storage::Store* store, uint32_t max_chunk_bytes, absl::Duration timeout);
-  /// Fails every waiting part with Unavailable.
+  /// Shutdown().
   ~PendingSaves();
+
+  /// Fails every waiting part with Unavailable and refuses new parts.
+  /// Idempotent.
+  void Shutdown();
 
   /// Adds a part of save (name, save_id) of `world_size` parts. The waiter
   /// gets the result once all parts are in (committed on the calling thread

@@ -23,6 +23,10 @@ Server::Server(std::unique_ptr<Impl> impl, int port) : impl_(std::move(impl)), p
 
 Server::~Server() {
   Shutdown(absl::ZeroDuration());
+  impl_->server->Wait();
+  // Reactors finish their calls from queued storage work: let it run while
+  // the gRPC server object still exists.
+  impl_->service->Stop();
   impl_->server.reset();
   impl_->service.reset();
   impl_->store.reset();
@@ -67,9 +71,14 @@ void Server::Shutdown(absl::Duration grace) {
     if (impl_->shut_down) return;
     impl_->shut_down = true;
   }
+  // Drain ourselves: gRPC's Shutdown(deadline) also waits for idle client
+  // connections to go away, which can take the whole deadline. New RPCs are
+  // refused; those in flight get `grace` to finish, the rest are cancelled
+  // (an uncommitted save then leaves nothing visible).
   impl_->server->GetHealthCheckService()->Shutdown();
+  impl_->service->Drain(grace);
   impl_->server->Shutdown(std::chrono::system_clock::now() +
-                          absl::ToChronoMilliseconds(grace));
+                          std::chrono::milliseconds(100));
 }
 
 void Server::Wait() { impl_->server->Wait(); }

@@ -51,8 +51,16 @@ class SaveReactor final : public grpc::ServerBidiReactor<v1::SaveRequest, v1::Sa
                           public RefCounted {
  public:
   SaveReactor(CheckpointService* service, grpc::CallbackServerContext* context)
-      : service_(service), context_(context) {
+      : service_(service), context_(context), counted_(service->Enter()) {
+    if (!counted_) {
+      FinishOnce(absl::UnavailableError("server shutting down"));
+      return;
+    }
     StartRead(&request_);
+  }
+  ~SaveReactor() override {
+    upload_.reset();  // discards what an uncommitted save wrote
+    if (counted_) service_->Leave();
   }
 
   void OnReadDone(bool ok) override {
@@ -105,7 +113,10 @@ class SaveReactor final : public grpc::ServerBidiReactor<v1::SaveRequest, v1::Sa
       FinishOnce(status);
       return;
     }
-    if (!done_reading_) StartRead(&request_);
+    // Under mu_: once Finish is requested (e.g. by OnCancel on another
+    // thread) the call may be gone, so no new read may start.
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!done_reading_ && !finish_requested_) StartRead(&request_);
   }
 
   void HandleEndOfStream() {
@@ -365,6 +376,7 @@ class SaveReactor final : public grpc::ServerBidiReactor<v1::SaveRequest, v1::Sa
 
   CheckpointService* service_;
   grpc::CallbackServerContext* context_;
+  const bool counted_;
   v1::SaveRequest request_;
 
   // Stream state, touched only by the (serialized) executor tasks.
@@ -401,8 +413,15 @@ class LoadReactor final : public grpc::ServerWriteReactor<v1::LoadResponse>,
                           public RefCounted {
  public:
   LoadReactor(CheckpointService* service, const v1::LoadRequest& request)
-      : service_(service), request_(request) {
+      : service_(service), request_(request), counted_(service->Enter()) {
+    if (!counted_) {
+      Done(absl::UnavailableError("server shutting down"));
+      return;
+    }
     Post();
+  }
+  ~LoadReactor() override {
+    if (counted_) service_->Leave();
   }
 
   void OnWriteDone(bool ok) override {
@@ -531,6 +550,7 @@ class LoadReactor final : public grpc::ServerWriteReactor<v1::LoadResponse>,
 
   CheckpointService* service_;
   const v1::LoadRequest request_;
+  const bool counted_;
   v1::LoadResponse response_;
   std::atomic<bool> cancelled_{false};
   std::atomic<bool> finished_{false};
@@ -565,19 +585,45 @@ CheckpointService::CheckpointService(storage::Store* store, const ServerOptions&
                                               options.part_timeout)),
       executor_(std::make_unique<Executor>(options.worker_threads)) {}
 
-CheckpointService::~CheckpointService() {
-  pending_.reset();   // fails waiting parts
-  executor_.reset();  // runs what is queued, then joins
+CheckpointService::~CheckpointService() { Stop(); }
+
+void CheckpointService::Stop() {
+  pending_->Shutdown();    // fails waiting parts
+  executor_->Shutdown();  // runs what is queued, then joins
 }
 
 template <typename Fn>
 grpc::ServerUnaryReactor* CheckpointService::RunUnary(grpc::CallbackServerContext* context,
                                                       Fn fn) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  executor_->Post([reactor, fn = std::move(fn)]() mutable {
+  if (!Enter()) {
+    reactor->Finish(rpc::ToGrpcStatus(absl::UnavailableError("server shutting down")));
+    return reactor;
+  }
+  executor_->Post([this, reactor, fn = std::move(fn)]() mutable {
     reactor->Finish(rpc::ToGrpcStatus(fn()));
+    Leave();
   });
   return reactor;
+}
+
+bool CheckpointService::Enter() {
+  std::lock_guard<std::mutex> lock(drain_mu_);
+  if (draining_) return false;
+  ++in_flight_;
+  return true;
+}
+
+void CheckpointService::Leave() {
+  std::lock_guard<std::mutex> lock(drain_mu_);
+  if (--in_flight_ == 0) drain_cv_.notify_all();
+}
+
+bool CheckpointService::Drain(absl::Duration grace) {
+  std::unique_lock<std::mutex> lock(drain_mu_);
+  draining_ = true;
+  return drain_cv_.wait_for(lock, absl::ToChronoMilliseconds(grace),
+                            [this] { return in_flight_ == 0; });
 }
 
 grpc::ServerBidiReactor<v1::SaveRequest, v1::SaveResponse>* CheckpointService::Save(

@@ -5,7 +5,11 @@
 // storage work runs on an Executor and the next read or write starts when
 // that work is done.
 
+#include <condition_variable>
 #include <memory>
+#include <mutex>
+
+#include "absl/time/time.h"
 
 #include "ckpt/v1/checkpoint.grpc.pb.h"
 #include "common/executor.h"
@@ -51,6 +55,20 @@ class CheckpointService final : public v1::CheckpointService::CallbackService {
                                            const v1::GarbageCollectRequest* request,
                                            v1::GarbageCollectResponse* response) override;
 
+  /// Refuses new RPCs with Unavailable from now on, then waits up to
+  /// `grace` for the RPCs in flight to finish. Returns whether they did.
+  bool Drain(absl::Duration grace);
+
+  /// Fails multi-part saves still waiting and finishes the storage work
+  /// already queued. Call after the gRPC server has shut down and before it
+  /// is destroyed: reactors finish their calls here.
+  void Stop();
+
+  /// Counts an RPC in flight; false (count unchanged) once draining.
+  bool Enter();
+  /// Ends an RPC counted by Enter().
+  void Leave();
+
   storage::Store* store() const { return store_; }
   const ServerOptions& options() const { return options_; }
   Executor& executor() { return *executor_; }
@@ -64,6 +82,11 @@ class CheckpointService final : public v1::CheckpointService::CallbackService {
   ServerOptions options_;
   std::unique_ptr<PendingSaves> pending_;
   std::unique_ptr<Executor> executor_;
+
+  std::mutex drain_mu_;
+  std::condition_variable drain_cv_;
+  bool draining_ = false;
+  int in_flight_ = 0;
 };
 
 }  // namespace ckpt::server

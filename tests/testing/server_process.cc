@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
@@ -47,7 +48,11 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
   std::unique_ptr<ServerProcess> p(new ServerProcess());
   p->log_path_ = data_dir + ".server.log";
   std::vector<std::string> args = {ServerBinary(), "--listen", "127.0.0.1:0", "--data-dir",
-                                   data_dir, "--shutdown-grace", "5"};
+                                   data_dir};
+  if (std::find(extra_flags.begin(), extra_flags.end(), "--shutdown-grace") ==
+      extra_flags.end()) {
+    args.insert(args.end(), {"--shutdown-grace", "5"});
+  }
   args.insert(args.end(), extra_flags.begin(), extra_flags.end());
   const std::string log = p->log_path_;
   // A fresh log per start, so that a restart's port line is the only one.
