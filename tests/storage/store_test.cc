@@ -703,8 +703,10 @@ TEST_P(StoreTest, ListCheckpointsPagesInOrder) {
   EXPECT_THAT(none, IsEmpty());
 }
 
-TEST_P(StoreTest, IngestedFilesLandInTheBottommostLevel) {
-  if (GetParam() != ChunkWriteMode::kIngest) GTEST_SKIP() << "kIngest only";
+// Tests of the SST-ingest layout itself: kIngest mode only.
+class IngestStoreTest : public StoreTest {};
+
+TEST_P(IngestStoreTest, IngestedFilesLandInTheBottommostLevel) {
   ASSERT_TRUE(Save("a/b", Model()).ok());
   ASSERT_TRUE(Save("a/c", {{"other", RandomBytes(2500, 31)}}).ok());
   EXPECT_TRUE(fs::is_empty(fs::path(Options().path) / "ingest"));
@@ -741,8 +743,7 @@ TEST_P(StoreTest, IngestedFilesLandInTheBottommostLevel) {
   ExpectContents("a/b", 1, Model());
 }
 
-TEST_P(StoreTest, GcRewritesOnlyTheFileHoldingGarbage) {
-  if (GetParam() != ChunkWriteMode::kIngest) GTEST_SKIP() << "kIngest only";
+TEST_P(IngestStoreTest, GcRewritesOnlyTheFileHoldingGarbage) {
   const std::string p = RandomBytes(2000, 51), q = RandomBytes(2000, 52);
   ASSERT_TRUE(Save("a/x", Model()).ok());                         // File A.
   ASSERT_TRUE(Save("a/y", {{"p", p}, {"q", q}}).ok());            // File B.
@@ -827,6 +828,7 @@ TEST_P(StoreTest, ConcurrentSavesDeletesAndGc) {
   EXPECT_EQ(ChunkKeys(), 1u + kThreads * 2);
 }
 
+INSTANTIATE_TEST_SUITE_P(Ingest, IngestStoreTest, ::testing::Values(ChunkWriteMode::kIngest));
 INSTANTIATE_TEST_SUITE_P(Modes, StoreTest,
                          ::testing::Values(ChunkWriteMode::kIngest, ChunkWriteMode::kWal),
                          [](const ::testing::TestParamInfo<ChunkWriteMode>& info) {

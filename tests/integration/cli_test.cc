@@ -1,0 +1,176 @@
+// The `ckpt` CLI and the example program, as a user runs them, against the
+// real ckpt-server process.
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "client/raw_client.h"
+#include "tests/testing/server_process.h"
+#include "tests/testing/temp_dir.h"
+#include "tests/testing/trees.h"
+
+namespace ckpt {
+namespace {
+
+using testing::CommandResult;
+using testing::RunCommand;
+
+class CliTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto server = testing::ServerProcess::Start(dir_.path() + "/db");
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+  }
+
+  CommandResult Ckpt(std::vector<std::string> args) {
+    args.insert(args.begin(), {testing::CliBinary(), "--server", server_->address()});
+    return RunCommand(args);
+  }
+
+  void SaveTree(const std::string& name) {
+    auto client = client::RawClient::Connect(server_->address(), {});
+    ASSERT_TRUE(client.ok());
+    testing::TreeBuilder b;
+    b.Dict(3)
+        .Int(5, std::string("epoch"))
+        .Dict(2, std::string("model_state_dict"))
+        .Tensor(std::string("hidden.weight"), DType::kFloat32, {2, 3}, 1)
+        .Tensor(std::string("bn.num_batches_tracked"), DType::kInt64, {}, 2, "cuda:1")
+        .Dict(1, std::string("optimizer_state_dict"))
+        .Dict(1, std::string("state"))
+        .Dict(1, int64_t{0})
+        .Tensor(std::string("momentum_buffer"), DType::kFloat32, {2, 3}, 3);
+    client::SaveOptions options;
+    options.step = 42;
+    ASSERT_TRUE((*client)->Save(name, b.Input(), options).ok());
+  }
+
+  testing::TempDir dir_;
+  std::unique_ptr<testing::ServerProcess> server_;
+};
+
+TEST_F(CliTest, PutGetRoundTripsAFile) {
+  const std::string in = dir_.path() + "/in.bin";
+  const std::string out = dir_.path() + "/out.bin";
+  const std::string data = testing::RandomBytes(9 << 20, 5);  // 3 chunks
+  std::ofstream(in, std::ios::binary) << data;
+
+  CommandResult put = Ckpt({"put", "team/files/blob", in, "--tag", "best"});
+  ASSERT_EQ(put.exit_code, 0) << put.err;
+  EXPECT_NE(put.out.find("saved team/files/blob@1"), std::string::npos) << put.out;
+  CommandResult get = Ckpt({"get", "team/files/blob@best", out});
+  ASSERT_EQ(get.exit_code, 0) << get.err;
+  std::ifstream f(out, std::ios::binary);
+  std::string back((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(back, data);
+
+  // Putting the same file again sends nothing.
+  CommandResult again = Ckpt({"put", "team/files/blob", in});
+  ASSERT_EQ(again.exit_code, 0);
+  EXPECT_NE(again.out.find("saved team/files/blob@2 (9.0 MiB, sent 0 B)"), std::string::npos)
+      << again.out;
+}
+
+TEST_F(CliTest, ShowListsKeysDtypesShapesSizesDevices) {
+  SaveTree("team/run/model");
+  CommandResult show = Ckpt({"show", "team/run/model"});
+  ASSERT_EQ(show.exit_code, 0) << show.err;
+  EXPECT_NE(show.out.find("version:    1"), std::string::npos) << show.out;
+  EXPECT_NE(show.out.find("step:       42"), std::string::npos) << show.out;
+  EXPECT_NE(show.out.find("  model_state_dict  dict (2)"), std::string::npos) << show.out;
+  EXPECT_NE(show.out.find("    hidden.weight  float32 [2, 3]  24 B  cpu"), std::string::npos)
+      << show.out;
+  EXPECT_NE(show.out.find("    bn.num_batches_tracked  int64 []  8 B  cuda:1"),
+            std::string::npos)
+      << show.out;
+  EXPECT_NE(show.out.find("  epoch  5"), std::string::npos) << show.out;
+
+  CommandResult json = Ckpt({"show", "team/run/model@1", "--json"});
+  ASSERT_EQ(json.exit_code, 0) << json.err;
+  auto doc = nlohmann::json::parse(json.out);
+  EXPECT_EQ(doc["version"], 1);
+  EXPECT_EQ(doc["step"], 42);
+  const auto& items = doc["tree"]["items"];
+  ASSERT_EQ(items.size(), 3u);
+  EXPECT_EQ(items[1]["key"], "model_state_dict");
+  const auto& weight = items[1]["value"]["items"][0]["value"];
+  EXPECT_EQ(weight["dtype"], "float32");
+  EXPECT_EQ(weight["shape"], nlohmann::json::array({2, 3}));
+  EXPECT_EQ(weight["bytes"], 24);
+  // Optimizer state keeps its int keys as JSON numbers.
+  EXPECT_EQ(items[2]["value"]["items"][0]["value"]["items"][0]["key"], 0);
+}
+
+TEST_F(CliTest, VersionsTagsRmGcStatsHealth) {
+  SaveTree("team/run/model");
+  SaveTree("team/run/model");
+  CommandResult tag = Ckpt({"tag", "team/run/model@1", "best"});
+  ASSERT_EQ(tag.exit_code, 0) << tag.err;
+  CommandResult versions = Ckpt({"versions", "team/run/model"});
+  ASSERT_EQ(versions.exit_code, 0);
+  EXPECT_NE(versions.out.find("best"), std::string::npos) << versions.out;
+  EXPECT_NE(versions.out.find("latest"), std::string::npos) << versions.out;
+
+  CommandResult ls = Ckpt({"ls", "team/"});
+  ASSERT_EQ(ls.exit_code, 0);
+  EXPECT_NE(ls.out.find("team/run/model  2       2"), std::string::npos) << ls.out;
+
+  CommandResult refused = Ckpt({"rm", "team/run/model@1"});
+  EXPECT_EQ(refused.exit_code, 6);
+  EXPECT_NE(refused.err.find("ckpt: FAILED_PRECONDITION:"), std::string::npos) << refused.err;
+  CommandResult untag = Ckpt({"untag", "team/run/model", "best"});
+  ASSERT_EQ(untag.exit_code, 0) << untag.err;
+  CommandResult rm = Ckpt({"rm", "team/run/model@1"});
+  ASSERT_EQ(rm.exit_code, 0) << rm.err;
+  EXPECT_NE(rm.out.find("deleted team/run/model@1 (0 chunks released)"), std::string::npos)
+      << rm.out;
+
+  CommandResult gc = Ckpt({"gc", "--json"});
+  ASSERT_EQ(gc.exit_code, 0) << gc.err;
+  EXPECT_TRUE(nlohmann::json::parse(gc.out).contains("chunks_removed"));
+  CommandResult stats = Ckpt({"stats", "--json"});
+  ASSERT_EQ(stats.exit_code, 0);
+  auto s = nlohmann::json::parse(stats.out);
+  EXPECT_EQ(s["versions"], 1);
+  EXPECT_EQ(s["checkpoints"], 1);
+  CommandResult health = Ckpt({"health"});
+  EXPECT_EQ(health.exit_code, 0);
+  EXPECT_EQ(health.out, "SERVING\n");
+}
+
+TEST_F(CliTest, ErrorsHaveCodesAndExitStatus) {
+  CommandResult missing = Ckpt({"show", "no/such"});
+  EXPECT_EQ(missing.exit_code, 3);
+  EXPECT_EQ(missing.err, "ckpt: NOT_FOUND: checkpoint 'no/such' not found\n");
+  CommandResult bad = Ckpt({"versions", "bad name"});
+  EXPECT_EQ(bad.exit_code, 2);
+  EXPECT_NE(bad.err.find("invalid name"), std::string::npos) << bad.err;
+
+  // A server that is not there: UNAVAILABLE within the timeout.
+  const auto start = std::chrono::steady_clock::now();
+  CommandResult down =
+      RunCommand({testing::CliBinary(), "--server", "127.0.0.1:1", "--timeout", "2", "ls"});
+  const double secs =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_EQ(down.exit_code, 4);
+  EXPECT_NE(down.err.find("ckpt: UNAVAILABLE: cannot reach ckpt server at 127.0.0.1:1"),
+            std::string::npos)
+      << down.err;
+  EXPECT_LT(secs, 10);
+}
+
+TEST_F(CliTest, ExampleProgramSavesAndRestores) {
+  CommandResult run = RunCommand({CKPT_EXAMPLE_BIN, server_->address()});
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  EXPECT_NE(run.out.find("saved examples/mlp version 1"), std::string::npos) << run.out;
+  EXPECT_NE(run.out.find("model_state_dict/hidden.weight = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]"),
+            std::string::npos)
+      << run.out;
+}
+
+}  // namespace
+}  // namespace ckpt
