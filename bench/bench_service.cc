@@ -53,7 +53,7 @@ struct Workload {
 
 // GPT-2 small (124M params) + Adam's exp_avg, exp_avg_sq and step: 592 tensors.
 Workload Gpt2Adam(double scale) {
-  Workload w{"gpt2-small+adam", {}};
+  Workload w{"gpt2-small-adam", {}};
   auto dim = [&](int64_t d) { return std::max<int64_t>(1, static_cast<int64_t>(d * scale)); };
   std::vector<std::pair<std::string, std::vector<int64_t>>> params = {
       {"wte.weight", {dim(50257), 768}}, {"wpe.weight", {dim(1024), 768}}};

@@ -415,9 +415,10 @@ class LoadReactor final : public grpc::ServerWriteReactor<v1::LoadResponse>,
   LoadReactor(CheckpointService* service, const v1::LoadRequest& request)
       : service_(service), request_(request), counted_(service->Enter()) {
     if (!counted_) {
-      Done(absl::UnavailableError("server shutting down"));
+      Finish(rpc::ToGrpcStatus(absl::UnavailableError("server shutting down")));
       return;
     }
+    producing_ = true;
     Post();
   }
   ~LoadReactor() override {
@@ -425,11 +426,22 @@ class LoadReactor final : public grpc::ServerWriteReactor<v1::LoadResponse>,
   }
 
   void OnWriteDone(bool ok) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    writing_ = -1;
     if (!ok) {
-      Done(absl::CancelledError("client went away"));
+      EndLocked(absl::CancelledError("client went away"));
       return;
     }
-    Post();
+    if (ready_ != -1) {
+      writing_ = ready_;
+      ready_ = -1;
+      StartWrite(&buffers_[writing_]);
+    }
+    if (!producing_ && !exhausted_) {
+      producing_ = true;
+      Post();
+    }
+    MaybeFinishLocked();
   }
 
   void OnCancel() override { cancelled_.store(true); }
@@ -439,38 +451,68 @@ class LoadReactor final : public grpc::ServerWriteReactor<v1::LoadResponse>,
   void Post() {
     Ref();
     service_->executor().Post([this] {
-      Step();
+      ProduceLoop();
       Unref();
     });
   }
 
-  // Produces and starts the next write, or finishes.
-  void Step() {
-    if (cancelled_.load()) {
-      Done(absl::CancelledError("load cancelled"));
-      return;
-    }
-    absl::StatusOr<bool> more = Produce();
-    if (!more.ok()) {
-      Done(more.status());
-    } else if (!*more) {
-      Done(absl::OkStatus());
-    } else {
-      StartWrite(&response_);
+  // Fills free buffers while gRPC writes the other one: producing the next
+  // message (chunk reads, checksums, copies) overlaps sending the last.
+  void ProduceLoop() {
+    for (;;) {
+      int slot;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (exhausted_ || ready_ != -1) {
+          producing_ = false;
+          return;
+        }
+        if (cancelled_.load()) {
+          producing_ = false;
+          EndLocked(absl::CancelledError("load cancelled"));
+          return;
+        }
+        slot = writing_ == 0 ? 1 : 0;
+      }
+      absl::StatusOr<bool> more = Produce(&buffers_[slot]);
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!more.ok() || !*more) {
+        producing_ = false;
+        EndLocked(more.status());
+        return;
+      }
+      if (writing_ == -1) {
+        writing_ = slot;
+        StartWrite(&buffers_[slot]);
+      } else {
+        ready_ = slot;
+      }
     }
   }
 
-  void Done(const absl::Status& status) {
-    if (finished_.exchange(true)) return;
-    Finish(rpc::ToGrpcStatus(status));
+  // No more messages: finish once the last write is done (an error drops
+  // what was produced but not yet sent).
+  void EndLocked(const absl::Status& status) {
+    if (exhausted_) return;
+    exhausted_ = true;
+    final_status_ = status;
+    if (!status.ok()) ready_ = -1;
+    MaybeFinishLocked();
   }
 
-  // Fills response_; false when the stream is complete.
-  absl::StatusOr<bool> Produce() {
+  void MaybeFinishLocked() {
+    if (!exhausted_ || writing_ != -1 || ready_ != -1 || finished_) return;
+    finished_ = true;
+    Finish(rpc::ToGrpcStatus(final_status_));
+  }
+
+  // Fills *response; false when the stream is complete.
+  absl::StatusOr<bool> Produce(v1::LoadResponse* response) {
+    v1::LoadResponse& response_ = *response;
     response_.Clear();
     if (!started_) {
       started_ = true;
-      CKPT_RETURN_IF_ERROR(Open());
+      CKPT_RETURN_IF_ERROR(Open(response));
       return true;
     }
     if (next_node_ < selection_.tree.size()) {
@@ -532,7 +574,7 @@ class LoadReactor final : public grpc::ServerWriteReactor<v1::LoadResponse>,
     return bytes > 0;
   }
 
-  absl::Status Open() {
+  absl::Status Open(v1::LoadResponse* response) {
     storage::VersionSelector selector{request_.version(), request_.tag()};
     CKPT_ASSIGN_OR_RETURN(version_, service_->store()->GetVersion(request_.name(), selector));
     CKPT_ASSIGN_OR_RETURN(tree_, service_->store()->GetTree(version_.name, version_.version));
@@ -541,7 +583,7 @@ class LoadReactor final : public grpc::ServerWriteReactor<v1::LoadResponse>,
     CKPT_ASSIGN_OR_RETURN(selection_, SelectTree(tree_, patterns));
     uint64_t data_bytes = 0;
     for (const Node& node : selection_.tree) data_bytes += node.data.size;
-    v1::LoadHeader* header = response_.mutable_header();
+    v1::LoadHeader* header = response->mutable_header();
     rpc::ToProto(version_, header->mutable_version());
     header->set_num_nodes(selection_.tree.size());
     header->set_data_bytes(request_.skip_data() ? 0 : data_bytes);
@@ -551,9 +593,17 @@ class LoadReactor final : public grpc::ServerWriteReactor<v1::LoadResponse>,
   CheckpointService* service_;
   const v1::LoadRequest request_;
   const bool counted_;
-  v1::LoadResponse response_;
   std::atomic<bool> cancelled_{false};
-  std::atomic<bool> finished_{false};
+
+  // Pipeline state, under mu_.
+  std::mutex mu_;
+  v1::LoadResponse buffers_[2];
+  int writing_ = -1;  // buffer gRPC is writing
+  int ready_ = -1;    // buffer produced, waiting for the write slot
+  bool producing_ = false;
+  bool exhausted_ = false;
+  bool finished_ = false;
+  absl::Status final_status_;
 
   bool started_ = false;
   VersionInfo version_;

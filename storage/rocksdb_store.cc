@@ -693,6 +693,9 @@ absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(const StoreOpti
   db_options.max_background_jobs = 2;  // The machines have 2 cores.
   db_options.bytes_per_sync = 1 << 20;
   db_options.keep_log_file_num = 4;
+  // Chunk reads then copy straight out of the page cache: no heap block
+  // per read (fresh pages cost ~1 GB/s here), no second copy.
+  db_options.allow_mmap_reads = true;
 
   // Metadata families: small values, point lookups, a shared block cache.
   auto cache = rocksdb::NewLRUCache(32 << 20);

@@ -1,0 +1,99 @@
+// The README's grpcurl commands, run for real through server reflection
+// (grpcurl has no .proto files here).
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+
+#include "client/raw_client.h"
+#include "tests/testing/server_process.h"
+#include "tests/testing/temp_dir.h"
+#include "tests/testing/trees.h"
+
+namespace ckpt {
+namespace {
+
+std::string Grpcurl() {
+  const char* env = std::getenv("CKPT_GRPCURL");
+  return env ? env : "/usr/local/bin/grpcurl";
+}
+
+class GrpcurlTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto server = testing::ServerProcess::Start(dir_.path() + "/db");
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+    auto client = client::RawClient::Connect(server_->address(), {});
+    ASSERT_TRUE(client.ok());
+    testing::TreeBuilder b;
+    b.Dict(2).Int(5, std::string("epoch"))
+        .Dict(1, std::string("model_state_dict"))
+        .Tensor(std::string("hidden.weight"), DType::kFloat32, {2, 3}, 1);
+    client::SaveOptions options;
+    options.tags = {"best"};
+    ASSERT_TRUE((*client)->Save("team/run-1/model", b.Input(), options).ok());
+  }
+
+  // grpcurl -plaintext [-d DATA] ADDRESS METHOD...
+  testing::CommandResult Call(const std::string& data, std::vector<std::string> rest) {
+    std::vector<std::string> args = {Grpcurl(), "-plaintext"};
+    if (!data.empty()) args.insert(args.end(), {"-d", data});
+    args.push_back(server_->address());
+    args.insert(args.end(), rest.begin(), rest.end());
+    return testing::RunCommand(args);
+  }
+
+  testing::TempDir dir_;
+  std::unique_ptr<testing::ServerProcess> server_;
+};
+
+TEST_F(GrpcurlTest, ListAndDescribeThroughReflection) {
+  auto list = Call("", {"list"});
+  ASSERT_EQ(list.exit_code, 0) << list.err;
+  EXPECT_NE(list.out.find("ckpt.v1.CheckpointService"), std::string::npos) << list.out;
+  EXPECT_NE(list.out.find("grpc.health.v1.Health"), std::string::npos) << list.out;
+
+  auto describe = Call("", {"describe", "ckpt.v1.CheckpointService"});
+  ASSERT_EQ(describe.exit_code, 0) << describe.err;
+  EXPECT_NE(describe.out.find("rpc Save ( stream .ckpt.v1.SaveRequest )"), std::string::npos)
+      << describe.out;
+  auto health_describe = Call("", {"describe", "grpc.health.v1.Health"});
+  ASSERT_EQ(health_describe.exit_code, 0) << health_describe.err;
+  EXPECT_NE(health_describe.out.find("rpc Check"), std::string::npos);
+}
+
+TEST_F(GrpcurlTest, QueriesFromTheReadme) {
+  auto ls = Call(R"({"prefix": "team/"})", {"ckpt.v1.CheckpointService/ListCheckpoints"});
+  ASSERT_EQ(ls.exit_code, 0) << ls.err;
+  EXPECT_NE(ls.out.find(R"("name": "team/run-1/model")"), std::string::npos) << ls.out;
+
+  auto versions =
+      Call(R"({"name": "team/run-1/model"})", {"ckpt.v1.CheckpointService/ListVersions"});
+  ASSERT_EQ(versions.exit_code, 0) << versions.err;
+  EXPECT_NE(versions.out.find(R"("best")"), std::string::npos) << versions.out;
+
+  auto manifest = Call(R"({"name": "team/run-1/model", "tag": "best"})",
+                       {"ckpt.v1.CheckpointService/GetManifest"});
+  ASSERT_EQ(manifest.exit_code, 0) << manifest.err;
+  EXPECT_NE(manifest.out.find(R"("str_key": "hidden.weight")"), std::string::npos)
+      << manifest.out;
+  EXPECT_NE(manifest.out.find(R"("dtype": "DTYPE_FLOAT32")"), std::string::npos)
+      << manifest.out;
+
+  auto info = Call("", {"ckpt.v1.CheckpointService/GetServerInfo"});
+  ASSERT_EQ(info.exit_code, 0) << info.err;
+  EXPECT_NE(info.out.find(R"("versions": "1")"), std::string::npos) << info.out;
+
+  auto health = Call("", {"grpc.health.v1.Health/Check"});
+  ASSERT_EQ(health.exit_code, 0) << health.err;
+  EXPECT_NE(health.out.find(R"("status": "SERVING")"), std::string::npos) << health.out;
+
+  // Errors come back with their gRPC code.
+  auto missing = Call(R"({"name": "no/such"})", {"ckpt.v1.CheckpointService/ListVersions"});
+  EXPECT_NE(missing.exit_code, 0);
+  EXPECT_NE(missing.err.find("Code: NotFound"), std::string::npos) << missing.err;
+}
+
+}  // namespace
+}  // namespace ckpt
