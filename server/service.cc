@@ -493,9 +493,10 @@ class LoadReactor final : public grpc::ServerWriteReactor<v1::LoadResponse>,
   // No more messages: finish once the last write is done (an error drops
   // what was produced but not yet sent).
   void EndLocked(const absl::Status& status) {
-    if (exhausted_) return;
-    exhausted_ = true;
-    final_status_ = status;
+    if (!exhausted_) {
+      exhausted_ = true;
+      final_status_ = status;
+    }
     if (!status.ok()) ready_ = -1;
     MaybeFinishLocked();
   }

@@ -49,6 +49,12 @@ class ServiceTest : public ::testing::Test {
   std::unique_ptr<RawClient> client_;
 };
 
+LoadOptions VersionOnly(uint64_t version) {
+  LoadOptions options;
+  options.version = version;
+  return options;
+}
+
 // Every field of every node but the chunk list (which depends on chunk size).
 void ExpectSameTree(const Tree& want, const Tree& got) {
   ASSERT_EQ(want.size(), got.size());
@@ -263,7 +269,7 @@ TEST_F(ServiceTest, DeleteThenGcReclaimsOnlyUnreferencedChunks) {
   auto loaded = client_->Load("g/m", {});
   ASSERT_TRUE(loaded.ok());
   for (size_t i = 0; i < b.tree().size(); ++i) EXPECT_EQ(loaded->data[i], b.data(i));
-  EXPECT_EQ(client_->Load("g/m", LoadOptions{1}).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(client_->Load("g/m", VersionOnly(1)).status().code(), absl::StatusCode::kNotFound);
 }
 
 TEST_F(ServiceTest, MultiPartSaveCommitsWhenAllRanksAreIn) {
@@ -337,6 +343,87 @@ TEST_F(ServiceTest, ServerInfoAndHealth) {
   ASSERT_TRUE(info.ok());
   EXPECT_EQ(info->chunk_size, 64u << 10);
   EXPECT_FALSE(info->server_version.empty());
+}
+
+}  // namespace
+}  // namespace ckpt
+
+#include "rocksdb/db.h"
+#include "storage/rocksdb_store.h"
+
+namespace ckpt {
+namespace {
+
+// A chunk corrupted on disk: the load fails with DATA_LOSS naming the
+// checkpoint, the version and the tensor key, and returns no bytes of it.
+TEST_F(ServiceTest, CorruptChunkIsDataLossNamingCheckpointVersionAndKey) {
+  TreeBuilder b;
+  b.Dict(2)
+      .Tensor(std::string("fine"), DType::kFloat32, {1000}, 1)
+      .Tensor(std::string("layer.weight"), DType::kFloat32, {1000}, 2);
+  ASSERT_TRUE(client_->Save("c/model", b.Input(), {}).ok());
+  client_.reset();
+  server_.reset();
+
+  const std::string path = dir_.path() + "/db";
+  const Digest digest = Digest::Of(b.data(2));
+  uint64_t id = 0;
+  {
+    auto store = storage::Store::Open({path});
+    ASSERT_TRUE(store.ok());
+    auto* rocks = dynamic_cast<storage::RocksDbStore*>(store->get());
+    ASSERT_NE(rocks, nullptr);
+    auto found = rocks->ChunkIdOf("c/model", digest);
+    ASSERT_TRUE(found.ok()) << found.status();
+    id = *found;
+  }
+  {
+    std::vector<rocksdb::ColumnFamilyDescriptor> families;
+    for (const char* name : {rocksdb::kDefaultColumnFamilyName.c_str(), storage::kChunksFamily,
+                             storage::kRefsFamily, storage::kManifestsFamily,
+                             storage::kTagsFamily}) {
+      families.emplace_back(name, rocksdb::ColumnFamilyOptions());
+    }
+    std::vector<rocksdb::ColumnFamilyHandle*> handles;
+    rocksdb::DB* raw = nullptr;
+    ASSERT_TRUE(rocksdb::DB::Open(rocksdb::DBOptions(), path, families, &handles, &raw).ok());
+    std::string flipped = b.data(2);
+    flipped[100] ^= 1;
+    std::string key(8, '\0');
+    for (int i = 0; i < 8; ++i) key[i] = static_cast<char>(id >> (56 - 8 * i));
+    rocksdb::WriteOptions sync;
+    sync.sync = true;
+    ASSERT_TRUE(raw->Put(sync, handles[1], key, flipped).ok());
+    for (auto* h : handles) ASSERT_TRUE(raw->DestroyColumnFamilyHandle(h).ok());
+    ASSERT_TRUE(raw->Close().ok());
+    delete raw;
+  }
+  StartServer();
+  auto loaded = client_->Load("c/model", {});
+  EXPECT_EQ(loaded.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(loaded.status().message(),
+            "checkpoint 'c/model' version 1 tensor 'layer.weight': chunk " + digest.Hex() +
+                " checksum mismatch");
+  // The intact tensor still loads on its own.
+  LoadOptions fine;
+  fine.patterns = {"fine"};
+  auto ok = client_->Load("c/model", fine);
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(ok->data[1], b.data(1));
+}
+
+// A deadline shorter than the save: DEADLINE_EXCEEDED and no version.
+TEST_F(ServiceTest, DeadlineIsHonoured) {
+  TreeBuilder b = testing::StateDict(64, 1 << 18, 3);  // 64 MiB
+  SaveOptions options;
+  options.timeout = absl::Milliseconds(5);
+  auto saved = client_->Save("d/model", b.Input(), options);
+  EXPECT_EQ(saved.status().code(), absl::StatusCode::kDeadlineExceeded) << saved.status();
+  EXPECT_EQ(client_->ListVersions("d/model").status().code(), absl::StatusCode::kNotFound);
+  ASSERT_TRUE(client_->Save("d/model", b.Input(), {}).ok());
+  LoadOptions load;
+  load.timeout = absl::Milliseconds(2);
+  EXPECT_EQ(client_->Load("d/model", load).status().code(), absl::StatusCode::kDeadlineExceeded);
 }
 
 }  // namespace
