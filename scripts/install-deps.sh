@@ -12,6 +12,7 @@ build_pkgs=(
   grpc-proto librocksdb-dev libabsl-dev libxxhash-dev libzstd-dev liblz4-dev
   libcli11-dev nlohmann-json3-dev libgtest-dev libgmock-dev googletest libbenchmark-dev
   procps
+  libtorch-dev
 )
 runtime_pkgs=(libgrpc++1.51 libprotobuf32 librocksdb7.8 libxxhash0 ca-certificates)
 
