@@ -1,0 +1,267 @@
+// SPEC §8's workloads through the LibTorch client library, side by side in
+// one run with the baselines: LibTorch torch::pickle_save to a local file
+// (+fsync) and torch::pickle_load, Python torch.save / torch.load of the same
+// shapes (if a Python with torch is found), and the disk's fsync'd write.
+//
+//   bench_torch [--scale F] [--workload gpt2|small|all] [--python PATH]
+//
+// The server is the real ckpt-server binary on a fresh directory next to the
+// baseline files (same disk).
+
+#include <fcntl.h>
+#include <torch/torch.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "client/client.h"
+#include "tests/testing/server_process.h"
+#include "tests/testing/temp_dir.h"
+
+namespace ckpt::bench {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+double PeakRssMiB(pid_t pid) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
+  }
+  return 0;
+}
+
+struct Workload {
+  std::string name;
+  std::vector<std::pair<std::string, std::vector<int64_t>>> shapes;
+};
+
+Workload Gpt2Adam(double scale) {
+  auto dim = [&](int64_t d) { return std::max<int64_t>(1, static_cast<int64_t>(d * scale)); };
+  std::vector<std::pair<std::string, std::vector<int64_t>>> params = {
+      {"wte.weight", {dim(50257), 768}}, {"wpe.weight", {dim(1024), 768}}};
+  for (int l = 0; l < 12; ++l) {
+    const std::string p = absl::StrCat("h.", l, ".");
+    for (const auto& [n, s] : std::vector<std::pair<std::string, std::vector<int64_t>>>{
+             {"ln_1.weight", {768}}, {"ln_1.bias", {768}},
+             {"attn.c_attn.weight", {dim(768), 2304}}, {"attn.c_attn.bias", {2304}},
+             {"attn.c_proj.weight", {dim(768), 768}}, {"attn.c_proj.bias", {768}},
+             {"ln_2.weight", {768}}, {"ln_2.bias", {768}},
+             {"mlp.c_fc.weight", {dim(768), 3072}}, {"mlp.c_fc.bias", {3072}},
+             {"mlp.c_proj.weight", {dim(3072), 768}}, {"mlp.c_proj.bias", {768}}}) {
+      params.push_back({p + n, s});
+    }
+  }
+  params.push_back({"ln_f.weight", {768}});
+  params.push_back({"ln_f.bias", {768}});
+  Workload w{"gpt2-small-adam", {}};
+  for (const auto& p : params) w.shapes.push_back({"model." + p.first, p.second});
+  for (size_t i = 0; i < params.size(); ++i) {
+    w.shapes.push_back({absl::StrCat("optim.", i, ".exp_avg"), params[i].second});
+    w.shapes.push_back({absl::StrCat("optim.", i, ".exp_avg_sq"), params[i].second});
+    w.shapes.push_back({absl::StrCat("optim.", i, ".step"), {}});
+  }
+  return w;
+}
+
+Workload ManySmall(double scale) {
+  Workload w{"20k-small", {}};
+  const int n = std::max(1, static_cast<int>(20000 * scale));
+  for (int i = 0; i < n; ++i) w.shapes.push_back({absl::StrCat("t", i), {3875}});
+  return w;
+}
+
+double DiskWriteGBps(const std::string& dir) {
+  const std::string path = dir + "/disk-probe";
+  std::string block(4 << 20, 'x');
+  for (size_t i = 0; i < block.size(); ++i) block[i] = static_cast<char>(i * 131 + 7);
+  const uint64_t bytes = 1ull << 30;
+  int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  auto t0 = Clock::now();
+  for (uint64_t done = 0; done < bytes; done += block.size()) {
+    if (write(fd, block.data(), block.size()) < 0) break;
+  }
+  fsync(fd);
+  const double s = Since(t0);
+  close(fd);
+  unlink(path.c_str());
+  return bytes / s / 1e9;
+}
+
+// Python torch.save (+fsync) and torch.load of the same shapes; returns
+// {save GB/s, load GB/s} or {0, 0} when no Python with torch is found.
+std::pair<double, double> PythonBaseline(const std::string& python, const Workload& w,
+                                         const std::string& dir) {
+  const std::string shapes = dir + "/shapes.txt";
+  {
+    std::ofstream out(shapes);
+    for (const auto& [k, s] : w.shapes) {
+      out << k;
+      for (int64_t d : s) out << " " << d;
+      out << "\n";
+    }
+  }
+  const std::string script = dir + "/baseline.py";
+  std::ofstream(script) << R"(import os, sys, time, torch
+shapes = [l.split() for l in open(sys.argv[1])]
+sd = {l[0]: torch.randn([int(d) for d in l[1:]]) for l in shapes}
+total = sum(t.numel() * t.element_size() for t in sd.values())
+path = sys.argv[2]
+t0 = time.perf_counter()
+with open(path, 'wb') as f:
+    torch.save(sd, f); f.flush(); os.fsync(f.fileno())
+save = time.perf_counter() - t0
+del sd
+t0 = time.perf_counter()
+sd = torch.load(path)
+load = time.perf_counter() - t0
+print(total / save / 1e9, total / load / 1e9)
+os.unlink(path)
+)";
+  auto run = testing::RunCommand({python, script, shapes, dir + "/py.pt"});
+  if (run.exit_code != 0) return {0, 0};
+  std::istringstream in(run.out);
+  double s = 0, l = 0;
+  in >> s >> l;
+  return {s, l};
+}
+
+int Run(int argc, char** argv) {
+  double scale = 1.0;
+  std::string which = "all";
+  std::string python = "/usr/bin/python3";
+  for (int i = 1; i + 1 < argc; i += 2) {
+    std::string flag = argv[i];
+    if (flag == "--scale") scale = std::stod(argv[i + 1]);
+    if (flag == "--workload") which = argv[i + 1];
+    if (flag == "--python") python = argv[i + 1];
+    if (flag == "--server") setenv("CKPT_SERVER_BIN", argv[i + 1], 1);
+  }
+  testing::TempDir dir;
+  const double disk = DiskWriteGBps(dir.path());
+  std::printf("ckpt LibTorch client benchmark, scale %.3g\n", scale);
+  std::printf("disk fsync'd sequential write: %.2f GB/s\n\n", disk);
+  std::vector<Workload> workloads;
+  if (which == "all" || which == "gpt2") workloads.push_back(Gpt2Adam(scale));
+  if (which == "all" || which == "small") workloads.push_back(ManySmall(scale));
+
+  int index = 0;
+  for (const Workload& w : workloads) {
+    auto server = testing::ServerProcess::Start(absl::StrCat(dir.path(), "/db", index++));
+    if (!server.ok()) return 1;
+    auto client = client::Client::Connect((*server)->address(), {});
+    if (!client.ok()) return 1;
+    torch::manual_seed(0);
+    c10::Dict<std::string, at::Tensor> sd;
+    uint64_t total = 0;
+    for (const auto& [k, s] : w.shapes) {
+      at::Tensor t = torch::randn(s);
+      total += t.numel() * t.element_size();
+      sd.insert(k, t);
+    }
+    std::printf("== %s: %zu tensors, %.1f MB\n", w.name.c_str(), w.shapes.size(), total / 1e6);
+
+    auto t0 = Clock::now();
+    auto full = (*client)->Save("bench/" + w.name, sd, {});
+    const double save_s = Since(t0);
+    if (!full.ok()) {
+      std::fprintf(stderr, "%s\n", full.status().ToString().c_str());
+      return 1;
+    }
+    const double save = total / save_s / 1e9;
+
+    {
+      torch::NoGradGuard no_grad;
+      int i = 0;
+      for (auto& e : sd) {
+        if (i++ % 10 == 0) e.value().add_(1.0);
+      }
+    }
+    t0 = Clock::now();
+    auto inc = (*client)->Save("bench/" + w.name, sd, {});
+    const double inc_s = Since(t0);
+
+    t0 = Clock::now();
+    auto future = (*client)->SaveAsync("bench/" + w.name + "-async", sd, {});
+    const double snapshot_s = Since(t0);
+    auto async_result = future.get();
+    const double async_total_s = Since(t0);
+
+    // Restore into the existing tensors, and as fresh tensors.
+    t0 = Clock::now();
+    auto into = (*client)->LoadInto("bench/" + w.name, sd, "", true, {});
+    const double into_s = Since(t0);
+    t0 = Clock::now();
+    auto fresh = (*client)->Load("bench/" + w.name, {});
+    const double fresh_s = Since(t0);
+    if (!inc.ok() || !async_result.ok() || !into.ok() || !fresh.ok()) {
+      std::fprintf(stderr, "a step failed\n");
+      return 1;
+    }
+    fresh = c10::IValue();  // free
+
+    // LibTorch pickle baselines.
+    const std::string file = dir.path() + "/pickle.pt";
+    t0 = Clock::now();
+    {
+      std::vector<char> bytes = torch::pickle_save(c10::IValue(sd));
+      int fd = open(file.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      if (write(fd, bytes.data(), bytes.size()) < 0) return 1;
+      fsync(fd);
+      close(fd);
+    }
+    const double pickle_save = total / Since(t0) / 1e9;
+    t0 = Clock::now();
+    {
+      std::ifstream in(file, std::ios::binary);
+      std::vector<char> bytes((std::istreambuf_iterator<char>(in)),
+                              std::istreambuf_iterator<char>());
+      c10::IValue back = torch::pickle_load(bytes);
+    }
+    const double pickle_load = total / Since(t0) / 1e9;
+    unlink(file.c_str());
+    auto [py_save, py_load] = PythonBaseline(python, w, dir.path());
+
+    const double load = total / into_s / 1e9;
+    std::printf("  %-34s %6.2f GB/s   (disk x%.2f, python x%.2f, pickle_save x%.2f)\n",
+                "save", save, save / disk, py_save > 0 ? save / py_save : 0,
+                save / pickle_save);
+    std::printf("  %-34s %6.3f s (%.0f%% of full), wire %.1f MB (%.1f%%)\n",
+                "incremental save (10% changed)", inc_s, 100 * inc_s / save_s,
+                inc->bytes_sent / 1e6, 100.0 * inc->bytes_sent / full->bytes_sent);
+    std::printf("  %-34s %6.3f s snapshot, %.3f s to commit\n", "async save", snapshot_s,
+                async_total_s);
+    std::printf("  %-34s %6.2f GB/s   (python x%.2f, pickle_load x%.2f)\n",
+                "load into existing tensors", load, py_load > 0 ? load / py_load : 0,
+                load / pickle_load);
+    std::printf("  %-34s %6.2f GB/s\n", "load as new tensors", total / fresh_s / 1e9);
+    std::printf("  %-34s save %.2f GB/s, load %.2f GB/s\n", "LibTorch pickle_save/load",
+                pickle_save, pickle_load);
+    if (py_save > 0) {
+      std::printf("  %-34s save %.2f GB/s, load %.2f GB/s (%s)\n", "Python torch.save/load",
+                  py_save, py_load, python.c_str());
+    } else {
+      std::printf("  %-34s unavailable (%s has no torch)\n", "Python torch.save/load",
+                  python.c_str());
+    }
+    std::printf("  %-34s client %.0f MiB (model %.0f MiB), server %.0f MiB\n\n", "peak RSS",
+                PeakRssMiB(getpid()), total / 1048576.0, PeakRssMiB((*server)->pid()));
+    client->reset();
+    (*server)->Terminate();
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace ckpt::bench
+
+int main(int argc, char** argv) { return ckpt::bench::Run(argc, argv); }

@@ -1,0 +1,479 @@
+#include "client/torch_tree.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/DeviceType.h>
+#include <torch/custom_class.h>
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/status_macros.h"
+
+namespace ckpt::client {
+namespace {
+
+// A raw byte leaf inside an IValue tree. Registered as a TorchScript custom
+// class so that it can live in IValue containers.
+struct BytesHolder : torch::CustomClassHolder {
+  explicit BytesHolder(std::string d) : data(std::move(d)) {}
+  std::string data;
+};
+
+const auto kBytesClass = torch::class_<BytesHolder>("ckpt", "Bytes");
+
+}  // namespace
+
+c10::IValue Bytes(std::string data) {
+  return c10::IValue(c10::make_intrusive<BytesHolder>(std::move(data)));
+}
+
+bool IsBytes(const c10::IValue& value) {
+  if (!value.isCustomClass()) return false;
+  return value.type()->str().find("ckpt.Bytes") != std::string::npos;
+}
+
+absl::StatusOr<std::string> GetBytes(const c10::IValue& value) {
+  if (!IsBytes(value)) return absl::InvalidArgumentError("value is not a byte leaf");
+  return value.toCustomClass<BytesHolder>()->data;
+}
+
+std::string MapLocation::Resolve(const std::string& saved) const {
+  if (!device.empty()) return device;
+  if (!mapping.empty()) {
+    auto it = mapping.find(saved);
+    return it == mapping.end() ? saved : it->second;
+  }
+  if (function) return function(saved);
+  return saved;
+}
+
+std::string RenameRules::Apply(const std::string& key) const {
+  std::string out = key;
+  if (!strip_prefix.empty() && out.compare(0, strip_prefix.size(), strip_prefix) == 0) {
+    out = out.substr(strip_prefix.size());
+  }
+  out = add_prefix + out;
+  auto it = map.find(out);
+  return it == map.end() ? out : it->second;
+}
+
+namespace internal {
+namespace {
+
+struct DTypePair {
+  c10::ScalarType scalar;
+  DType dtype;
+};
+
+constexpr DTypePair kDTypes[] = {
+    {c10::ScalarType::Float, DType::kFloat32},
+    {c10::ScalarType::Double, DType::kFloat64},
+    {c10::ScalarType::Half, DType::kFloat16},
+    {c10::ScalarType::BFloat16, DType::kBFloat16},
+    {c10::ScalarType::Char, DType::kInt8},
+    {c10::ScalarType::Short, DType::kInt16},
+    {c10::ScalarType::Int, DType::kInt32},
+    {c10::ScalarType::Long, DType::kInt64},
+    {c10::ScalarType::Byte, DType::kUInt8},
+    {c10::ScalarType::Bool, DType::kBool},
+    {c10::ScalarType::ComplexFloat, DType::kComplex64},
+    {c10::ScalarType::ComplexDouble, DType::kComplex128},
+};
+
+std::string KeyText(const NodeKey& key) {
+  if (auto* s = std::get_if<std::string>(&key)) return *s;
+  if (auto* i = std::get_if<int64_t>(&key)) return absl::StrCat(*i);
+  return "";
+}
+
+class Flattener {
+ public:
+  Flattener(bool snapshot, FlatValue* out) : snapshot_(snapshot), out_(out) {}
+
+  absl::Status Visit(const c10::IValue& v, NodeKey key, const std::string& path) {
+    Node node;
+    node.key = std::move(key);
+    if (v.isTensor()) return AddTensor(v.toTensor(), std::move(node), path);
+    if (IsBytes(v)) {
+      node.kind = NodeKind::kBytes;
+      out_->blobs.push_back(v.toCustomClass<BytesHolder>()->data);
+      node.data.size = out_->blobs.back().size();
+      return Add(std::move(node), -1, static_cast<int>(out_->blobs.size()) - 1);
+    }
+    if (v.isNone()) {
+      node.kind = NodeKind::kNone;
+    } else if (v.isBool()) {
+      node.kind = NodeKind::kBool;
+      node.bool_value = v.toBool();
+    } else if (v.isInt()) {
+      node.kind = NodeKind::kInt;
+      node.int_value = v.toInt();
+    } else if (v.isDouble()) {
+      node.kind = NodeKind::kFloat;
+      node.float_value = v.toDouble();
+    } else if (v.isString()) {
+      node.kind = NodeKind::kString;
+      node.string_value = v.toStringRef();
+    } else if (v.isGenericDict()) {
+      const c10::impl::GenericDict dict = v.toGenericDict();
+      node.kind = NodeKind::kDict;
+      node.size = static_cast<uint32_t>(dict.size());
+      CKPT_RETURN_IF_ERROR(Add(std::move(node)));
+      for (const auto& entry : dict) {
+        const c10::IValue& k = entry.key();
+        NodeKey child;
+        if (k.isString()) {
+          child = k.toStringRef();
+        } else if (k.isInt()) {
+          child = k.toInt();
+        } else {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "dict '", path, "' has a key of type ", k.tagKind(), " (only str and int keys)"));
+        }
+        const std::string child_path = Join(path, KeyText(child));
+        CKPT_RETURN_IF_ERROR(Visit(entry.value(), std::move(child), child_path));
+      }
+      return absl::OkStatus();
+    } else if (v.isList() || v.isTuple()) {
+      std::vector<c10::IValue> items;
+      if (v.isList()) {
+        for (const c10::IValue& item : v.toListRef()) items.push_back(item);
+        node.kind = NodeKind::kList;
+      } else {
+        for (const c10::IValue& item : v.toTupleRef().elements()) items.push_back(item);
+        node.kind = NodeKind::kTuple;
+      }
+      node.size = static_cast<uint32_t>(items.size());
+      CKPT_RETURN_IF_ERROR(Add(std::move(node)));
+      for (size_t i = 0; i < items.size(); ++i) {
+        CKPT_RETURN_IF_ERROR(Visit(items[i], {}, Join(path, absl::StrCat(i))));
+      }
+      return absl::OkStatus();
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat("'", path, "': cannot save a value of type ",
+                                                     v.tagKind()));
+    }
+    return Add(std::move(node));
+  }
+
+ private:
+  static std::string Join(const std::string& a, const std::string& b) {
+    return a.empty() ? b : absl::StrCat(a, "/", b);
+  }
+
+  absl::Status AddTensor(const at::Tensor& tensor, Node node, const std::string& path) {
+    if (!tensor.defined()) {
+      node.kind = NodeKind::kNone;  // an undefined tensor reads back as None
+      return Add(std::move(node));
+    }
+    if (tensor.is_sparse() || tensor.is_quantized() || tensor.is_meta() || tensor.is_mkldnn()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor '", path, "': only dense strided tensors can be saved"));
+    }
+    auto dtype = ToDType(tensor.scalar_type());
+    if (!dtype.ok()) return Annotate(dtype.status(), absl::StrCat("tensor '", path, "'"));
+    node.kind = NodeKind::kTensor;
+    node.tensor.dtype = *dtype;
+    node.tensor.shape.assign(tensor.sizes().begin(), tensor.sizes().end());
+    node.tensor.device = tensor.device().str();
+    node.tensor.requires_grad = tensor.requires_grad();
+    at::Tensor host;
+    try {
+      at::Tensor plain = tensor.detach();
+      if (snapshot_ || !plain.device().is_cpu()) {
+        // A host copy of its own: the caller may change the original now.
+        host = at::empty(plain.sizes(), plain.options().device(at::kCPU).requires_grad(false));
+        host.copy_(plain);
+      } else {
+        host = plain.contiguous();
+      }
+    } catch (const c10::Error& e) {
+      return absl::InternalError(
+          absl::StrCat("tensor '", path, "': ", e.what_without_backtrace()));
+    }
+    node.data.size = static_cast<uint64_t>(host.numel()) * host.element_size();
+    out_->tensors.push_back(host);
+    return Add(std::move(node), static_cast<int>(out_->tensors.size()) - 1, -1);
+  }
+
+  absl::Status Add(Node node, int tensor = -1, int blob = -1) {
+    absl::Span<const uint8_t> bytes;
+    if (tensor >= 0) {
+      const at::Tensor& t = out_->tensors[tensor];
+      bytes = {static_cast<const uint8_t*>(t.data_ptr()), node.data.size};
+    } else if (blob >= 0) {
+      const std::string& b = out_->blobs[blob];
+      bytes = {reinterpret_cast<const uint8_t*>(b.data()), b.size()};
+    }
+    out_->input.tree.push_back(std::move(node));
+    out_->input.bytes.push_back(bytes);
+    return absl::OkStatus();
+  }
+
+  bool snapshot_;
+  FlatValue* out_;
+};
+
+}  // namespace
+
+absl::StatusOr<DType> ToDType(c10::ScalarType type) {
+  for (const auto& p : kDTypes) {
+    if (p.scalar == type) return p.dtype;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("dtype ", c10::toString(type), " cannot be saved"));
+}
+
+absl::StatusOr<c10::ScalarType> ToScalarType(DType dtype) {
+  for (const auto& p : kDTypes) {
+    if (p.dtype == dtype) return p.scalar;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("dtype ", DTypeName(dtype), " is not supported by this LibTorch"));
+}
+
+absl::StatusOr<FlatValue> Flatten(const c10::IValue& value, bool snapshot) {
+  FlatValue out;
+  // Blobs and tensors are referenced by span: reserve nothing, but keep
+  // vectors from reallocating strings under the spans by building spans last.
+  Flattener flattener(snapshot, &out);
+  CKPT_RETURN_IF_ERROR(flattener.Visit(value, {}, ""));
+  // Spans into `blobs` were taken while the vector grew: rebuild them now.
+  size_t blob = 0, tensor = 0;
+  for (size_t i = 0; i < out.input.tree.size(); ++i) {
+    const Node& node = out.input.tree[i];
+    if (node.kind == NodeKind::kBytes) {
+      const std::string& b = out.blobs[blob++];
+      out.input.bytes[i] = {reinterpret_cast<const uint8_t*>(b.data()), b.size()};
+    } else if (node.kind == NodeKind::kTensor) {
+      const at::Tensor& t = out.tensors[tensor++];
+      out.input.bytes[i] = {static_cast<const uint8_t*>(t.data_ptr()), node.data.size};
+    }
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------- loading
+
+namespace {
+
+bool DeviceAvailable(const c10::Device& device) {
+  if (device.is_cpu()) return true;
+  if (device.is_cuda()) {
+    try {
+      return at::hasCUDA() && device.index() < static_cast<int>(at::detail::getCUDAHooks().getNumGPUs());
+    } catch (const c10::Error&) {
+      return false;
+    }
+  }
+  return false;
+}
+
+}  // namespace
+
+absl::Status IValueSink::OnTree(const VersionInfo& version, const Tree& tree) {
+  version_ = version;
+  tree_ = tree;
+  tensors_.assign(tree.size(), at::Tensor());
+  blobs_.assign(tree.size(), std::string());
+  host_direct_.assign(tree.size(), false);
+  const std::vector<std::string> keys = FlattenedKeys(tree);
+  std::vector<at::Tensor> chosen(tree.size());
+  if (choose_destinations) CKPT_RETURN_IF_ERROR(choose_destinations(tree, keys, &chosen));
+  for (size_t i = 0; i < tree.size(); ++i) {
+    const Node& node = tree[i];
+    if (node.kind == NodeKind::kBytes) {
+      blobs_[i].resize(node.data.size);
+      continue;
+    }
+    if (node.kind != NodeKind::kTensor) continue;
+    if (chosen[i].defined()) {
+      tensors_[i] = chosen[i];
+      host_direct_[i] = chosen[i].device().is_cpu() && chosen[i].is_contiguous();
+      continue;
+    }
+    if (skip_unchosen) continue;
+    const std::string target = map_location_.Resolve(node.tensor.device);
+    c10::Device device(c10::kCPU);
+    try {
+      device = c10::Device(target);
+    } catch (const c10::Error&) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor '", keys[i], "': invalid device '",
+                                                     target, "' from map_location"));
+    }
+    if (!DeviceAvailable(device)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "tensor '", keys[i], "' was saved on ", node.tensor.device, " but ", target,
+          " is not available here; pass a map_location (e.g. MapLocation::To(\"cpu\") or "
+          "{\"", node.tensor.device, "\": \"cpu\"})"));
+    }
+    CKPT_ASSIGN_OR_RETURN(c10::ScalarType scalar, ToScalarType(node.tensor.dtype));
+    try {
+      tensors_[i] = at::empty(node.tensor.shape, at::TensorOptions().dtype(scalar).device(device));
+    } catch (const c10::Error& e) {
+      return absl::ResourceExhaustedError(absl::StrCat("tensor '", keys[i], "': ",
+                                                       e.what_without_backtrace()));
+    }
+    host_direct_[i] = device.is_cpu();
+  }
+  return absl::OkStatus();
+}
+
+absl::Status IValueSink::OnData(size_t node, uint64_t offset, absl::string_view bytes) {
+  if (node >= tree_.size()) return absl::InternalError("piece for an unknown node");
+  if (tree_[node].kind == NodeKind::kBytes) {
+    std::memcpy(blobs_[node].data() + offset, bytes.data(), bytes.size());
+    return absl::OkStatus();
+  }
+  at::Tensor& dst = tensors_[node];
+  if (!dst.defined()) return absl::OkStatus();  // not wanted (in-place load skips it)
+  if (host_direct_[node]) {
+    std::memcpy(static_cast<char*>(dst.data_ptr()) + offset, bytes.data(), bytes.size());
+    return absl::OkStatus();
+  }
+  // A device (or non-contiguous) destination: copy the piece through a host
+  // tensor into the right byte range.
+  try {
+    at::Tensor src = at::from_blob(const_cast<char*>(bytes.data()),
+                                   {static_cast<int64_t>(bytes.size())}, at::kByte);
+    if (dst.is_contiguous()) {
+      at::Tensor flat = dst.view({-1}).view(at::kByte);
+      flat.narrow(0, static_cast<int64_t>(offset), static_cast<int64_t>(bytes.size()))
+          .copy_(src);
+    } else {
+      // Rare: stage the whole tensor once, copy on the last piece.
+      auto& staging = blobs_[node];
+      if (staging.empty()) staging.resize(tree_[node].data.size);
+      std::memcpy(staging.data() + offset, bytes.data(), bytes.size());
+      if (offset + bytes.size() == tree_[node].data.size) {
+        at::Tensor whole = at::from_blob(staging.data(), dst.sizes(), dst.scalar_type());
+        dst.copy_(whole);
+        std::string().swap(staging);
+      }
+    }
+  } catch (const c10::Error& e) {
+    return absl::InternalError(e.what_without_backtrace());
+  }
+  return absl::OkStatus();
+}
+
+namespace {
+
+// Builds IValues from the pre-order tree.
+class Builder {
+ public:
+  Builder(const Tree& tree, std::vector<at::Tensor>& tensors, std::vector<std::string>& blobs,
+          const RenameRules& rename)
+      : tree_(tree), tensors_(tensors), blobs_(blobs), rename_(rename) {}
+
+  absl::StatusOr<c10::IValue> Build(size_t* i, int depth) {
+    const Node& node = tree_[*i];
+    const size_t self = (*i)++;
+    switch (node.kind) {
+      case NodeKind::kNone: return c10::IValue();
+      case NodeKind::kBool: return c10::IValue(node.bool_value);
+      case NodeKind::kInt: return c10::IValue(node.int_value);
+      case NodeKind::kFloat: return c10::IValue(node.float_value);
+      case NodeKind::kString: return c10::IValue(node.string_value);
+      case NodeKind::kTensor: {
+        at::Tensor t = tensors_[self];
+        if (node.tensor.requires_grad && t.is_floating_point()) t.set_requires_grad(true);
+        return c10::IValue(t);
+      }
+      case NodeKind::kBytes: return Bytes(std::move(blobs_[self]));
+      case NodeKind::kList:
+      case NodeKind::kTuple: {
+        std::vector<c10::IValue> items;
+        for (uint32_t c = 0; c < node.size; ++c) {
+          CKPT_ASSIGN_OR_RETURN(c10::IValue item, Build(i, depth + 1));
+          items.push_back(std::move(item));
+        }
+        if (node.kind == NodeKind::kTuple) return c10::ivalue::Tuple::create(std::move(items));
+        return MakeList(std::move(items));
+      }
+      case NodeKind::kDict: {
+        std::vector<std::pair<c10::IValue, c10::IValue>> entries;
+        bool all_str = true, all_int = true, all_tensor = node.size > 0;
+        for (uint32_t c = 0; c < node.size; ++c) {
+          const Node& child = tree_[*i];
+          c10::IValue key;
+          if (auto* s = std::get_if<std::string>(&child.key)) {
+            key = c10::IValue(*s);
+            all_int = false;
+          } else {
+            key = c10::IValue(std::get<int64_t>(child.key));
+            all_str = false;
+          }
+          all_tensor = all_tensor && child.kind == NodeKind::kTensor;
+          CKPT_ASSIGN_OR_RETURN(c10::IValue value, Build(i, depth + 1));
+          entries.emplace_back(std::move(key), std::move(value));
+        }
+        if (!all_str && !all_int) {
+          return absl::InvalidArgumentError(
+              "a dict mixes str and int keys, which LibTorch dicts cannot hold");
+        }
+        // Rename the keys of state_dicts: the root, or dicts right under it.
+        const bool rename = all_str && all_tensor && depth <= 1 && !rename_.empty();
+        c10::TypePtr key_type = all_int ? c10::TypePtr(c10::IntType::get())
+                                        : c10::TypePtr(c10::StringType::get());
+        c10::TypePtr value_type = all_tensor ? c10::TypePtr(c10::TensorType::get())
+                                             : c10::TypePtr(c10::AnyType::get());
+        c10::impl::GenericDict dict(key_type, value_type);
+        for (auto& [k, v] : entries) {
+          if (rename) k = c10::IValue(rename_.Apply(k.toStringRef()));
+          dict.insert_or_assign(std::move(k), std::move(v));
+        }
+        return c10::IValue(dict);
+      }
+    }
+    return absl::InternalError("unknown node kind");
+  }
+
+ private:
+  static c10::IValue MakeList(std::vector<c10::IValue> items) {
+    auto all = [&](auto pred) {
+      return !items.empty() && std::all_of(items.begin(), items.end(), pred);
+    };
+    if (all([](const c10::IValue& v) { return v.isTensor(); })) {
+      c10::List<at::Tensor> list;
+      for (auto& v : items) list.push_back(v.toTensor());
+      return c10::IValue(list);
+    }
+    if (all([](const c10::IValue& v) { return v.isInt(); })) {
+      c10::List<int64_t> list;
+      for (auto& v : items) list.push_back(v.toInt());
+      return c10::IValue(list);
+    }
+    if (all([](const c10::IValue& v) { return v.isDouble(); })) {
+      c10::List<double> list;
+      for (auto& v : items) list.push_back(v.toDouble());
+      return c10::IValue(list);
+    }
+    if (all([](const c10::IValue& v) { return v.isBool(); })) {
+      c10::List<bool> list;
+      for (auto& v : items) list.push_back(v.toBool());
+      return c10::IValue(list);
+    }
+    c10::impl::GenericList list(c10::AnyType::get());
+    for (auto& v : items) list.push_back(std::move(v));
+    return c10::IValue(list);
+  }
+
+  const Tree& tree_;
+  std::vector<at::Tensor>& tensors_;
+  std::vector<std::string>& blobs_;
+  const RenameRules& rename_;
+};
+
+}  // namespace
+
+absl::StatusOr<c10::IValue> IValueSink::Build(const RenameRules& rename) {
+  if (tree_.empty()) return absl::InternalError("nothing was loaded");
+  Builder builder(tree_, tensors_, blobs_, rename);
+  size_t i = 0;
+  return builder.Build(&i, 0);
+}
+
+}  // namespace internal
+}  // namespace ckpt::client

@@ -1,0 +1,79 @@
+#ifndef CKPT_CLIENT_TORCH_TREE_H_
+#define CKPT_CLIENT_TORCH_TREE_H_
+
+// Internal: c10::IValue value trees <-> the flat pre-order Tree of the
+// protocol. Not part of the public API.
+
+#include <ATen/core/ivalue.h>
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "client/client.h"
+#include "client/raw_client.h"
+#include "common/types.h"
+
+namespace ckpt::client::internal {
+
+/// An IValue flattened for RawClient::Save. The spans of `input` point into
+/// `tensors` (contiguous host tensors) and `blobs`: keep this alive during
+/// the save.
+struct FlatValue {
+  SaveInput input;
+  std::vector<at::Tensor> tensors;
+  std::vector<std::string> blobs;
+};
+
+/// Flattens `value`. With `snapshot`, every tensor is copied to fresh host
+/// memory (so the caller may change its tensors right away); without it CPU
+/// contiguous tensors are referenced in place and others copied one by one.
+/// InvalidArgument naming the key for values that cannot be saved (sparse or
+/// quantized tensors, dict keys other than str/int, objects).
+absl::StatusOr<FlatValue> Flatten(const c10::IValue& value, bool snapshot);
+
+/// ckpt dtype of a LibTorch scalar type; InvalidArgument if none.
+absl::StatusOr<DType> ToDType(c10::ScalarType type);
+/// LibTorch scalar type of a ckpt dtype; InvalidArgument if LibTorch lacks it.
+absl::StatusOr<c10::ScalarType> ToScalarType(DType dtype);
+
+/// A LoadSink that builds the IValue tree: tensors are allocated on their
+/// mapped device and filled piece by piece (CPU tensors directly in their
+/// memory). `destinations`, when set, gives an existing tensor for some
+/// nodes (index -> tensor) to fill in place instead.
+class IValueSink : public LoadSink {
+ public:
+  explicit IValueSink(MapLocation map_location) : map_location_(std::move(map_location)) {}
+
+  absl::Status OnTree(const VersionInfo& version, const Tree& tree) override;
+  absl::Status OnData(size_t node, uint64_t offset, absl::string_view bytes) override;
+
+  /// After the load: the value (renaming keys of state_dict-like dicts).
+  absl::StatusOr<c10::IValue> Build(const RenameRules& rename);
+
+  /// For in-place loads: called from OnTree with the tree and flattened keys
+  /// before any tensor is allocated; fills the destination tensor of each
+  /// node (undefined: allocate as usual, or skip with skip_unchosen).
+  std::function<absl::Status(const Tree&, const std::vector<std::string>&,
+                             std::vector<at::Tensor>*)>
+      choose_destinations;
+
+  /// With choose_destinations: nodes it leaves undefined are not loaded at
+  /// all (no memory), instead of being allocated.
+  bool skip_unchosen = false;
+
+  const Tree& tree() const { return tree_; }
+  const VersionInfo& version() const { return version_; }
+
+ private:
+  MapLocation map_location_;
+  VersionInfo version_;
+  Tree tree_;
+  std::vector<at::Tensor> tensors_;  // per node
+  std::vector<std::string> blobs_;   // per node (byte leaves)
+  std::vector<bool> host_direct_;    // data written straight into tensors_[i]
+};
+
+}  // namespace ckpt::client::internal
+
+#endif  // CKPT_CLIENT_TORCH_TREE_H_
