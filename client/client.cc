@@ -155,7 +155,9 @@ absl::StatusOr<IncompatibleKeys> Client::LoadInto(const std::string& name,
   sink.skip_unchosen = true;  // unmatched tensors need no memory
   // In-place writes into parameters must not be recorded by autograd.
   torch::NoGradGuard no_grad;
-  CKPT_RETURN_IF_ERROR(raw_->Load(name, raw_options, &sink));
+  absl::Status status = raw_->Load(name, raw_options, &sink);
+  sink.FinishDeviceCopies();
+  CKPT_RETURN_IF_ERROR(status);
   return result;
 }
 

@@ -28,8 +28,10 @@ void SetDeadline(grpc::ClientContext* context, absl::Duration timeout) {
 
 // Where one chunk of the current batch lives in the caller's memory.
 struct ChunkSource {
-  const uint8_t* data;
+  const uint8_t* data;  // null: read from `source`
   size_t length;
+  DataSource* source = nullptr;
+  uint64_t offset = 0;  // within the node, for `source`
 };
 
 class GrpcRawClient final : public RawClient {
@@ -304,6 +306,7 @@ class GrpcRawClient final : public RawClient {
     if (chunk_size == 0) return absl::InternalError("server announced chunk size 0");
 
     SaveResult result;
+    std::string scratch;  // one pulled chunk (DataSource nodes)
     uint64_t batch_index = 0;
     size_t next = 0;
     while (next < tree.size()) {
@@ -318,16 +321,27 @@ class GrpcRawClient final : public RawClient {
              (batch->nodes_size() == 0 || batch_data < options_.batch_bytes)) {
         Node node = tree[next];
         if (node.has_data()) {
+          DataSource* source = next < input.sources.size() ? input.sources[next] : nullptr;
           absl::Span<const uint8_t> bytes = input.bytes[next];
-          if (bytes.size() != node.data.size) {
+          if (source == nullptr && bytes.size() != node.data.size) {
             return absl::InvalidArgumentError(absl::StrCat(
                 "node ", next, ": ", bytes.size(), " bytes given, ", node.data.size,
                 " declared"));
           }
           node.data.chunk_size = node.data.size ? chunk_size : 0;
           node.data.chunks.clear();
-          for (uint64_t off = 0; off < bytes.size(); off += chunk_size) {
-            const size_t len = std::min<uint64_t>(chunk_size, bytes.size() - off);
+          for (uint64_t off = 0; off < node.data.size; off += chunk_size) {
+            const size_t len = std::min<uint64_t>(chunk_size, node.data.size - off);
+            if (source != nullptr) {
+              // Pulled chunk by chunk; read again when sent.
+              scratch.resize(len);
+              CKPT_RETURN_IF_ERROR(source->Read(
+                  off, absl::Span<uint8_t>(reinterpret_cast<uint8_t*>(scratch.data()), len)));
+              Digest d = Digest::Of(scratch);
+              node.data.chunks.push_back(d);
+              sources.emplace(d, ChunkSource{nullptr, len, source, off});
+              continue;
+            }
             Digest d = Digest::Of(bytes.subspan(off, len));
             node.data.chunks.push_back(d);
             sources.emplace(d, ChunkSource{bytes.data() + off, len});
@@ -361,6 +375,7 @@ class GrpcRawClient final : public RawClient {
     v1::SaveRequest request;
     v1::ChunkBatch* batch = request.mutable_chunks();
     size_t batch_bytes = 0;
+    std::string scratch;  // one pulled chunk (DataSource nodes)
     auto flush = [&]() -> absl::Status {
       if (batch->pieces_size() == 0) return absl::OkStatus();
       CKPT_RETURN_IF_ERROR(Write(stream, request, broken));
@@ -375,7 +390,14 @@ class GrpcRawClient final : public RawClient {
         return absl::InternalError(
             absl::StrCat("server asked for chunk ", digest.Hex(), " not in this batch"));
       }
-      const ChunkSource& src = it->second;
+      ChunkSource src = it->second;
+      if (src.source != nullptr) {
+        scratch.resize(src.length);
+        CKPT_RETURN_IF_ERROR(src.source->Read(
+            src.offset,
+            absl::Span<uint8_t>(reinterpret_cast<uint8_t*>(scratch.data()), src.length)));
+        src.data = reinterpret_cast<const uint8_t*>(scratch.data());
+      }
       for (size_t off = 0; off < src.length;) {
         if (batch_bytes >= kPieceBytes) CKPT_RETURN_IF_ERROR(flush());
         const size_t len = std::min(src.length - off, kPieceBytes - batch_bytes);

@@ -60,6 +60,21 @@ struct SaveOptions {
 struct SaveInput {
   Tree tree;
   std::vector<absl::Span<const uint8_t>> bytes;
+  /// Optional: node i's bytes come from sources[i] (when set) instead of
+  /// bytes[i], read chunk by chunk as needed (e.g. GPU tensors through
+  /// staging buffers): memory stays bounded by a few chunks. Empty or null
+  /// entries use `bytes`.
+  std::vector<class DataSource*> sources;
+};
+
+/// Pull source of one node's bytes for Save. Called from the saving thread.
+class DataSource {
+ public:
+  virtual ~DataSource() = default;
+  /// Fills `out` with bytes [offset, offset + out.size()) of the node. Save
+  /// reads each chunk once to hash it and again to send it if the server
+  /// lacks it, in increasing offsets within each pass.
+  virtual absl::Status Read(uint64_t offset, absl::Span<uint8_t> out) = 0;
 };
 
 /// Outcome of a save.

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "client/staging.h"
 #include "common/status_macros.h"
 
 namespace ckpt::client {
@@ -65,6 +66,9 @@ struct DTypePair {
   c10::ScalarType scalar;
   DType dtype;
 };
+
+// Largest chunk a server accepts: the staging buffers hold one.
+constexpr size_t kMaxChunkBytes = 4 << 20;
 
 constexpr DTypePair kDTypes[] = {
     {c10::ScalarType::Float, DType::kFloat32},
@@ -178,6 +182,18 @@ class Flattener {
     node.tensor.shape.assign(tensor.sizes().begin(), tensor.sizes().end());
     node.tensor.device = tensor.device().str();
     node.tensor.requires_grad = tensor.requires_grad();
+    node.data.size = static_cast<uint64_t>(tensor.numel()) * tensor.element_size();
+    if (!snapshot_ && !tensor.device().is_cpu() && node.data.size > 0) {
+      // Streamed from the device through pinned buffers, chunk by chunk.
+      try {
+        out_->device_sources.push_back(
+            std::make_unique<DeviceSource>(tensor.detach().contiguous(), kMaxChunkBytes));
+      } catch (const c10::Error& e) {
+        return absl::InternalError(
+            absl::StrCat("tensor '", path, "': ", e.what_without_backtrace()));
+      }
+      return Add(std::move(node), -1, -1, out_->device_sources.back().get());
+    }
     at::Tensor host;
     try {
       at::Tensor plain = tensor.detach();
@@ -197,7 +213,8 @@ class Flattener {
     return Add(std::move(node), static_cast<int>(out_->tensors.size()) - 1, -1);
   }
 
-  absl::Status Add(Node node, int tensor = -1, int blob = -1) {
+  absl::Status Add(Node node, int tensor = -1, int blob = -1, DataSource* source = nullptr) {
+    out_->input.sources.push_back(source);
     absl::Span<const uint8_t> bytes;
     if (tensor >= 0) {
       const at::Tensor& t = out_->tensors[tensor];
@@ -246,9 +263,12 @@ absl::StatusOr<FlatValue> Flatten(const c10::IValue& value, bool snapshot) {
     if (node.kind == NodeKind::kBytes) {
       const std::string& b = out.blobs[blob++];
       out.input.bytes[i] = {reinterpret_cast<const uint8_t*>(b.data()), b.size()};
-    } else if (node.kind == NodeKind::kTensor) {
+    } else if (node.kind == NodeKind::kTensor && out.input.sources[i] == nullptr &&
+               node.data.size > 0) {
       const at::Tensor& t = out.tensors[tensor++];
       out.input.bytes[i] = {static_cast<const uint8_t*>(t.data_ptr()), node.data.size};
+    } else if (node.kind == NodeKind::kTensor && out.input.sources[i] == nullptr) {
+      ++tensor;
     }
   }
   return out;
@@ -332,8 +352,19 @@ absl::Status IValueSink::OnData(size_t node, uint64_t offset, absl::string_view 
     std::memcpy(static_cast<char*>(dst.data_ptr()) + offset, bytes.data(), bytes.size());
     return absl::OkStatus();
   }
-  // A device (or non-contiguous) destination: copy the piece through a host
-  // tensor into the right byte range.
+  if (!dst.device().is_cpu() && dst.is_contiguous()) {
+    auto& uploader = uploaders_[dst.device().str()];
+    if (!uploader) {
+      try {
+        uploader = std::make_unique<DeviceUploader>(dst.device());
+      } catch (const c10::Error& e) {
+        return absl::InternalError(e.what_without_backtrace());
+      }
+    }
+    return uploader->Write(dst, offset, bytes);
+  }
+  // A non-contiguous destination: copy the piece through a host tensor into
+  // the right byte range.
   try {
     at::Tensor src = at::from_blob(const_cast<char*>(bytes.data()),
                                    {static_cast<int64_t>(bytes.size())}, at::kByte);
@@ -468,8 +499,13 @@ class Builder {
 
 }  // namespace
 
+void IValueSink::FinishDeviceCopies() {
+  for (auto& [device, uploader] : uploaders_) uploader->Finish();
+}
+
 absl::StatusOr<c10::IValue> IValueSink::Build(const RenameRules& rename) {
   if (tree_.empty()) return absl::InternalError("nothing was loaded");
+  FinishDeviceCopies();
   Builder builder(tree_, tensors_, blobs_, rename);
   size_t i = 0;
   return builder.Build(&i, 0);

@@ -6,12 +6,15 @@
 
 #include <ATen/core/ivalue.h>
 
+#include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "client/client.h"
 #include "client/raw_client.h"
+#include "client/staging.h"
 #include "common/types.h"
 
 namespace ckpt::client::internal {
@@ -23,11 +26,15 @@ struct FlatValue {
   SaveInput input;
   std::vector<at::Tensor> tensors;
   std::vector<std::string> blobs;
+  /// Pull sources of device tensors (input.sources points at them).
+  std::vector<std::unique_ptr<DataSource>> device_sources;
 };
 
 /// Flattens `value`. With `snapshot`, every tensor is copied to fresh host
 /// memory (so the caller may change its tensors right away); without it CPU
-/// contiguous tensors are referenced in place and others copied one by one.
+/// contiguous tensors are referenced in place, non-contiguous ones copied one
+/// by one, and device tensors read chunk by chunk through pinned staging
+/// buffers (DeviceSource).
 /// InvalidArgument naming the key for values that cannot be saved (sparse or
 /// quantized tensors, dict keys other than str/int, objects).
 absl::StatusOr<FlatValue> Flatten(const c10::IValue& value, bool snapshot);
@@ -47,6 +54,9 @@ class IValueSink : public LoadSink {
 
   absl::Status OnTree(const VersionInfo& version, const Tree& tree) override;
   absl::Status OnData(size_t node, uint64_t offset, absl::string_view bytes) override;
+
+  /// Waits for the asynchronous host-to-device copies. Build() calls it.
+  void FinishDeviceCopies();
 
   /// After the load: the value (renaming keys of state_dict-like dicts).
   absl::StatusOr<c10::IValue> Build(const RenameRules& rename);
@@ -72,6 +82,7 @@ class IValueSink : public LoadSink {
   std::vector<at::Tensor> tensors_;  // per node
   std::vector<std::string> blobs_;   // per node (byte leaves)
   std::vector<bool> host_direct_;    // data written straight into tensors_[i]
+  std::map<std::string, std::unique_ptr<DeviceUploader>> uploaders_;  // by device
 };
 
 }  // namespace ckpt::client::internal
