@@ -1,10 +1,13 @@
 #include "cli/commands.h"
 
 #include <algorithm>
+#include <fstream>
+#include <sstream>
 #include <utility>
 
 #include <CLI/CLI.hpp>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -259,6 +262,23 @@ absl::StatusOr<RawClient*> Context::Client() {
   client::ClientOptions options;
   options.connect_timeout = absl::Seconds(options_.timeout_seconds);
   options.rpc_timeout = absl::Seconds(options_.timeout_seconds);
+  options.token = options_.token;
+  if (options.token.empty() && !options_.token_file.empty()) {
+    std::ifstream in(options_.token_file, std::ios::binary);
+    if (!in) {
+      return absl::NotFoundError(
+          absl::StrCat("cannot read token file '", options_.token_file, "' (--token-file)"));
+    }
+    std::stringstream text;
+    text << in.rdbuf();
+    options.token = std::string(absl::StripAsciiWhitespace(text.str()));
+  }
+  options.tls = options_.tls || !options_.ca_cert.empty() || !options_.cert.empty() ||
+                !options_.tls_server_name.empty();
+  options.tls_ca_file = options_.ca_cert;
+  options.tls_cert_file = options_.cert;
+  options.tls_key_file = options_.key;
+  options.tls_server_name = options_.tls_server_name;
   auto connected = RawClient::Connect(options_.server, options);
   if (!connected.ok()) {
     if (connected.status().code() == absl::StatusCode::kUnavailable) {

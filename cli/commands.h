@@ -57,6 +57,23 @@ struct GlobalOptions {
   std::string server = "localhost:50051";
   /// Connect timeout and deadline of each RPC, in seconds. Default: 10.
   double timeout_seconds = 10;
+  /// Bearer token for servers with access control. Default: $CKPT_TOKEN,
+  /// else none.
+  std::string token;
+  /// File whose content (surrounding whitespace removed) is the token; used
+  /// when `token` is empty. Default: $CKPT_TOKEN_FILE, else none.
+  std::string token_file;
+  /// Connect with TLS. Default: $CKPT_TLS, else off; on when any of the
+  /// files below is given.
+  bool tls = false;
+  /// PEM CA certificates that verify the server (default: system roots),
+  /// client certificate and key (mTLS), and the name the server's
+  /// certificate must carry if not the host of `server`. Default: $CKPT_CA_CERT,
+  /// $CKPT_CERT, $CKPT_KEY, $CKPT_TLS_SERVER_NAME, else none.
+  std::string ca_cert;
+  std::string cert;
+  std::string key;
+  std::string tls_server_name;
 };
 
 /// What a subcommand runs with: the global options, where to print, and the

@@ -3,7 +3,10 @@
 //   ckpt [--server HOST:PORT] [--timeout SECONDS] COMMAND [ARGS]
 //
 // --server defaults to $CKPT_SERVER, else localhost:50051. --timeout (default
-// 10 s) bounds the connect and each RPC. Global options may also follow the
+// 10 s) bounds the connect and each RPC. Access control and TLS: --token
+// ($CKPT_TOKEN) or --token-file ($CKPT_TOKEN_FILE); --tls ($CKPT_TLS),
+// --ca-cert, --cert, --key, --tls-server-name ($CKPT_CA_CERT, $CKPT_CERT,
+// $CKPT_KEY, $CKPT_TLS_SERVER_NAME). Global options may also follow the
 // command (`ckpt ls --server h:1`).
 //
 // OUTPUT FORMATS (stable; scripts and tests rely on them)
@@ -132,6 +135,7 @@ Examples:
   ckpt show team/run-42/model@best
   ckpt tag team/run-42/model@7 best
   CKPT_SERVER=ckpt.internal:50051 ckpt stats --json
+  CKPT_TOKEN_FILE=~/.ckpt-token ckpt --tls --ca-cert ca.pem --server ckpt.internal:50051 ls
 )";
 
 void AddGlobalOptions(CLI::App& app, GlobalOptions& options) {
@@ -153,6 +157,29 @@ void AddGlobalOptions(CLI::App& app, GlobalOptions& options) {
           "", "SECONDS"))
       ->capture_default_str()
       ->type_name("SECONDS");
+  app.add_option("--token", options.token,
+                 "Bearer token (prefer CKPT_TOKEN or --token-file: flags show in ps)")
+      ->envname("CKPT_TOKEN")
+      ->type_name("TOKEN");
+  app.add_option("--token-file", options.token_file, "File holding the bearer token")
+      ->envname("CKPT_TOKEN_FILE")
+      ->type_name("PATH");
+  app.add_flag("--tls", options.tls, "Connect with TLS (implied by --ca-cert and --cert)")
+      ->envname("CKPT_TLS");
+  app.add_option("--ca-cert", options.ca_cert,
+                 "PEM CA certificates that verify the server (default: system roots)")
+      ->envname("CKPT_CA_CERT")
+      ->type_name("PATH");
+  app.add_option("--cert", options.cert, "PEM client certificate, for servers requiring one")
+      ->envname("CKPT_CERT")
+      ->type_name("PATH");
+  app.add_option("--key", options.key, "PEM private key of --cert")
+      ->envname("CKPT_KEY")
+      ->type_name("PATH");
+  app.add_option("--tls-server-name", options.tls_server_name,
+                 "Name the server certificate must carry, if not the --server host")
+      ->envname("CKPT_TLS_SERVER_NAME")
+      ->type_name("NAME");
 }
 
 void PrintError(const absl::Status& status) {

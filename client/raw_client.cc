@@ -2,6 +2,9 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <fstream>
+#include <sstream>
+
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "ckpt/v1/checkpoint.grpc.pb.h"
@@ -45,7 +48,7 @@ class GrpcRawClient final : public RawClient {
   absl::StatusOr<SaveResult> Save(const std::string& name, const SaveInput& input,
                                   const SaveOptions& options) override {
     grpc::ClientContext context;
-    SetDeadline(&context, options.timeout);
+    Prepare(&context, options.timeout);
     auto stream = stub_->Save(&context);
     bool broken = false;
     absl::StatusOr<SaveResult> result = RunSave(stream.get(), name, input, options, &broken);
@@ -68,7 +71,7 @@ class GrpcRawClient final : public RawClient {
   absl::Status Load(const std::string& name, const LoadOptions& options,
                     LoadSink* sink) override {
     grpc::ClientContext context;
-    SetDeadline(&context, options.timeout);
+    Prepare(&context, options.timeout);
     v1::LoadRequest request;
     request.set_name(name);
     request.set_version(options.version);
@@ -231,7 +234,7 @@ class GrpcRawClient final : public RawClient {
 
   absl::Status Health() override {
     grpc::ClientContext context;
-    SetDeadline(&context, options_.rpc_timeout);
+    Prepare(&context, options_.rpc_timeout);
     grpc::health::v1::HealthCheckRequest request;
     grpc::health::v1::HealthCheckResponse response;
     CKPT_RETURN_IF_ERROR(rpc::FromGrpcStatus(health_->Check(&context, request, &response)));
@@ -244,10 +247,18 @@ class GrpcRawClient final : public RawClient {
   }
 
  private:
+  // Every call carries the deadline and the bearer token.
+  void Prepare(grpc::ClientContext* context, absl::Duration timeout) const {
+    SetDeadline(context, timeout);
+    if (!options_.token.empty()) {
+      context->AddMetadata("authorization", absl::StrCat("Bearer ", options_.token));
+    }
+  }
+
   template <typename Method, typename Request, typename Response>
   absl::Status Unary(Method method, const Request& request, Response* response) {
     grpc::ClientContext context;
-    SetDeadline(&context, options_.rpc_timeout);
+    Prepare(&context, options_.rpc_timeout);
     return rpc::FromGrpcStatus(((*stub_).*method)(&context, request, response));
   }
 
@@ -476,18 +487,61 @@ class GrpcRawClient final : public RawClient {
   ClientOptions options_;
 };
 
+absl::StatusOr<std::string> ReadPem(const std::string& path, absl::string_view what) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", what, " '", path, "'"));
+  std::stringstream text;
+  text << in.rdbuf();
+  if (text.str().find("-----BEGIN") == std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat(what, " '", path, "' is not PEM"));
+  }
+  return text.str();
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> Credentials(
+    const ClientOptions& options) {
+  const bool files = !options.tls_ca_file.empty() || !options.tls_cert_file.empty() ||
+                     !options.tls_key_file.empty() || !options.tls_server_name.empty();
+  if (!options.tls) {
+    if (files) {
+      return absl::InvalidArgumentError(
+          "TLS settings (CA, client certificate, server name) given without TLS enabled");
+    }
+    return grpc::InsecureChannelCredentials();
+  }
+  if (options.tls_cert_file.empty() != options.tls_key_file.empty()) {
+    return absl::InvalidArgumentError("a client certificate needs its key, and a key its certificate");
+  }
+  grpc::SslCredentialsOptions ssl;
+  if (!options.tls_ca_file.empty()) {
+    CKPT_ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadPem(options.tls_ca_file, "CA certificate"));
+  }
+  if (!options.tls_cert_file.empty()) {
+    CKPT_ASSIGN_OR_RETURN(ssl.pem_cert_chain,
+                          ReadPem(options.tls_cert_file, "client certificate"));
+    CKPT_ASSIGN_OR_RETURN(ssl.pem_private_key, ReadPem(options.tls_key_file, "client key"));
+  }
+  return grpc::SslCredentials(ssl);
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<RawClient>> RawClient::Connect(const std::string& target,
                                                               const ClientOptions& options) {
+  CKPT_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ChannelCredentials> credentials,
+                        Credentials(options));
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(kMaxReceiveBytes);
   args.SetMaxSendMessageSize(4 << 20);
-  auto channel = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+  if (!options.tls_server_name.empty()) args.SetSslTargetNameOverride(options.tls_server_name);
+  auto channel = grpc::CreateCustomChannel(target, credentials, args);
   if (!channel->WaitForConnected(absl::ToChronoTime(absl::Now() + options.connect_timeout))) {
-    return absl::UnavailableError(absl::StrCat("cannot reach ckpt server at ", target,
-                                               " within ",
-                                               absl::FormatDuration(options.connect_timeout)));
+    return absl::UnavailableError(absl::StrCat(
+        "cannot reach ckpt server at ", target, " within ",
+        absl::FormatDuration(options.connect_timeout),
+        options.tls ? " (TLS: check the address, the CA, the server name and the client "
+                      "certificate)"
+                    : ""));
   }
   return std::unique_ptr<RawClient>(new GrpcRawClient(std::move(channel), options));
 }

@@ -35,6 +35,22 @@ struct ClientOptions {
   /// Data bytes hashed and announced per node batch before the server says
   /// which chunks it needs: bounds the work done ahead. Default: 64 MiB.
   uint64_t batch_bytes = 64ull << 20;
+
+  /// Bearer token sent with every call as `authorization: Bearer <token>`
+  /// (servers with a tokens file require one). Empty: none. Default: "".
+  std::string token;
+  /// Connect with TLS. Default: false (plaintext).
+  bool tls = false;
+  /// PEM CA certificates that verify the server's certificate (TLS only).
+  /// Empty: the system's roots. Default: "".
+  std::string tls_ca_file;
+  /// PEM client certificate chain and its key, for servers that require
+  /// client certificates (mTLS); both or neither. Default: "".
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  /// Name to verify the server's certificate against instead of the host
+  /// of the target (TLS only). Default: "".
+  std::string tls_server_name;
 };
 
 /// Per-save options.
@@ -133,7 +149,9 @@ struct ServerInfo {
 class RawClient {
  public:
   /// Connects to `target` (HOST:PORT). Unavailable if the server does not
-  /// answer within options.connect_timeout.
+  /// answer within options.connect_timeout (with TLS also when the handshake
+  /// fails: wrong CA, server name or client certificate). InvalidArgument or
+  /// NotFound for unusable TLS settings or files.
   static absl::StatusOr<std::unique_ptr<RawClient>> Connect(const std::string& target,
                                                             const ClientOptions& options);
   virtual ~RawClient() = default;

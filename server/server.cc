@@ -3,6 +3,11 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/security/server_credentials.h>
+#include <prometheus/exposer.h>
+
+#include <fstream>
+#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
@@ -15,13 +20,59 @@ struct Server::Impl {
   std::unique_ptr<storage::Store> store;
   std::unique_ptr<CheckpointService> service;
   std::unique_ptr<grpc::Server> server;
+  std::unique_ptr<prometheus::Exposer> exposer;
+  int metrics_port = 0;
   std::mutex mu;
   bool shut_down = false;
 };
 
+namespace {
+
+absl::StatusOr<std::string> ReadPem(const std::string& path, absl::string_view what) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", what, " '", path, "'"));
+  std::stringstream text;
+  text << in.rdbuf();
+  if (text.str().find("-----BEGIN") == std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat(what, " '", path, "' is not PEM"));
+  }
+  return text.str();
+}
+
+// Plaintext, TLS, or TLS that requires and verifies client certificates.
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(
+    const ServerOptions& options) {
+  const bool cert = !options.tls_cert_file.empty(), key = !options.tls_key_file.empty();
+  if (cert != key) {
+    return absl::InvalidArgumentError("TLS needs both a certificate and a key (--tls-cert, --tls-key)");
+  }
+  if (!cert) {
+    if (!options.tls_client_ca_file.empty()) {
+      return absl::InvalidArgumentError(
+          "client certificate verification (--tls-client-ca) needs TLS (--tls-cert, --tls-key)");
+    }
+    return grpc::InsecureServerCredentials();
+  }
+  grpc::SslServerCredentialsOptions ssl;
+  grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
+  CKPT_ASSIGN_OR_RETURN(pair.cert_chain, ReadPem(options.tls_cert_file, "TLS certificate"));
+  CKPT_ASSIGN_OR_RETURN(pair.private_key, ReadPem(options.tls_key_file, "TLS key"));
+  ssl.pem_key_cert_pairs.push_back(std::move(pair));
+  if (!options.tls_client_ca_file.empty()) {
+    CKPT_ASSIGN_OR_RETURN(ssl.pem_root_certs,
+                          ReadPem(options.tls_client_ca_file, "client CA certificate"));
+    ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+  }
+  return grpc::SslServerCredentials(ssl);
+}
+
+}  // namespace
+
 Server::Server(std::unique_ptr<Impl> impl, int port) : impl_(std::move(impl)), port_(port) {}
 
 Server::~Server() {
+  // Scrapes read the store: stop them first.
+  impl_->exposer.reset();
   Shutdown(absl::ZeroDuration());
   impl_->server->Wait();
   // Reactors finish their calls from queued storage work: let it run while
@@ -45,15 +96,35 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   // reflection can describe grpc.health.v1.Health.
   (void)grpc::health::v1::HealthCheckRequest::descriptor();
 
+  CKPT_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials,
+                        Credentials(options));
+  CKPT_ASSIGN_OR_RETURN(std::unique_ptr<Authenticator> auth,
+                        Authenticator::FromFile(options.tokens_file));
+
   auto impl = std::make_unique<Impl>();
   CKPT_ASSIGN_OR_RETURN(impl->store, storage::Store::Open(options.store));
-  impl->service = std::make_unique<CheckpointService>(impl->store.get(), options);
+  impl->service =
+      std::make_unique<CheckpointService>(impl->store.get(), options, std::move(auth));
+
+  if (!options.metrics_listen.empty()) {
+    try {
+      impl->exposer = std::make_unique<prometheus::Exposer>(options.metrics_listen);
+    } catch (const std::exception& e) {
+      return absl::UnavailableError(
+          absl::StrCat("cannot serve metrics on ", options.metrics_listen, ": ", e.what()));
+    }
+    for (const auto& c : impl->service->telemetry().collectables()) {
+      impl->exposer->RegisterCollectable(c);
+    }
+    const std::vector<int> ports = impl->exposer->GetListeningPorts();
+    impl->metrics_port = ports.empty() ? 0 : ports[0];
+  }
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(options.listen, credentials, &port);
   builder.RegisterService(impl->service.get());
   builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
@@ -82,5 +153,13 @@ void Server::Shutdown(absl::Duration grace) {
 }
 
 void Server::Wait() { impl_->server->Wait(); }
+
+int Server::metrics_port() const { return impl_->metrics_port; }
+
+bool Server::development_mode() const { return impl_->service->auth().development_mode(); }
+
+absl::Status Server::ReloadTokens() { return impl_->service->auth().Reload(); }
+
+std::string Server::ScrapeMetrics() const { return impl_->service->telemetry().Scrape(); }
 
 }  // namespace ckpt::server

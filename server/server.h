@@ -10,12 +10,15 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "server/telemetry.h"
 #include "storage/store.h"
 
 namespace ckpt::server {
 
-/// Options of Server::Start. Every field has a ckpt-server flag.
+/// Options of Server::Start. Every field has a ckpt-server flag (quotas are
+/// in store: StoreOptions::namespace_quota_bytes and namespace_quotas).
 struct ServerOptions {
   /// Address to listen on, HOST:PORT. Default: "0.0.0.0:50051".
   std::string listen = "0.0.0.0:50051";
@@ -35,6 +38,34 @@ struct ServerOptions {
   absl::Duration part_timeout = absl::Minutes(10);
   /// Threads running storage work for RPCs. Default: 4.
   int worker_threads = 4;
+
+  /// Tokens file (format in server/auth.h). Empty: development mode, every
+  /// caller may do everything. Default: "".
+  std::string tokens_file;
+  /// PEM server certificate chain and private key: both set serves TLS
+  /// only; both empty serves plaintext. Default: "".
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  /// PEM CA certificates: when set (with TLS), clients must present a
+  /// certificate signed by one of them (mTLS). Default: "".
+  std::string tls_client_ca_file;
+
+  /// HOST:PORT of the Prometheus endpoint (http://HOST:PORT/metrics); port
+  /// 0 picks a free one. Empty: no endpoint. Default: "" (ckpt-server's
+  /// flag defaults to 0.0.0.0:9464).
+  std::string metrics_listen;
+  /// Least severe per-RPC and server log lines written to stderr.
+  /// Default: kInfo.
+  LogLevel log_level = LogLevel::kInfo;
+
+  /// Most Save and Load streams open at once; one more is refused with
+  /// ResourceExhausted. 0: no limit. Default: 256.
+  int max_streams = 256;
+  /// A Save waiting this long for the client's next message, or a Load
+  /// waiting this long for the client to take the next one, is cancelled
+  /// (DeadlineExceeded for a Save; the upload is discarded). Zero: never.
+  /// Default: 5 minutes.
+  absl::Duration idle_timeout = absl::Minutes(5);
 };
 
 class CheckpointService;
@@ -50,6 +81,15 @@ class Server {
 
   /// The bound port.
   int port() const { return port_; }
+  /// The bound port of the metrics endpoint; 0 when there is none.
+  int metrics_port() const;
+  /// Whether no tokens file is in use (everyone may do everything).
+  bool development_mode() const;
+  /// Re-reads the tokens file (ckpt-server does on SIGHUP); on error the
+  /// tokens in use stay. FailedPrecondition in development mode.
+  absl::Status ReloadTokens();
+  /// The metrics text a scrape of the endpoint returns.
+  std::string ScrapeMetrics() const;
 
   /// Stops accepting RPCs, lets in-flight ones finish for up to `grace`, then
   /// cancels the rest (uncommitted saves leave nothing visible).

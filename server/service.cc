@@ -1,8 +1,10 @@
 #include "server/service.h"
 
+#include <algorithm>
 #include <atomic>
 #include <deque>
 #include <mutex>
+#include <optional>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
@@ -48,22 +50,44 @@ class RefCounted {
 
 class SaveReactor final : public grpc::ServerBidiReactor<v1::SaveRequest, v1::SaveResponse>,
                           public SaveWaiter,
-                          public RefCounted {
+                          public RefCounted,
+                          public IdleWatched {
  public:
   SaveReactor(CheckpointService* service, grpc::CallbackServerContext* context)
-      : service_(service), context_(context), counted_(service->Enter()) {
+      : service_(service),
+        context_(context),
+        counted_(service->Enter()),
+        record_(&service->telemetry(), "Save", context->peer()) {
     if (!counted_) {
       FinishOnce(absl::UnavailableError("server shutting down"));
       return;
     }
+    // Unauthenticated before anything is read; the right is checked on
+    // SaveBegin, which names the checkpoint.
+    auto principal = service->Authenticate(*context);
+    if (!principal.ok()) {
+      FinishOnce(principal.status());
+      return;
+    }
+    principal_ = *std::move(principal);
+    record_.set_principal(principal_->name());
+    stream_counted_ = service->EnterStream("Save");
+    if (!stream_counted_) {
+      FinishOnce(service->TooManyStreams());
+      return;
+    }
+    service->watchdog().Add(this);
+    StartWaiting();
     StartRead(&request_);
   }
   ~SaveReactor() override {
     upload_.reset();  // discards what an uncommitted save wrote
+    if (stream_counted_) service_->LeaveStream("Save");
     if (counted_) service_->Leave();
   }
 
   void OnReadDone(bool ok) override {
+    StopWaiting();
     Ref();
     service_->executor().Post([this, ok] {
       if (ok) {
@@ -88,11 +112,32 @@ class SaveReactor final : public grpc::ServerBidiReactor<v1::SaveRequest, v1::Sa
     FinishOnce(absl::CancelledError("save cancelled; nothing was saved"));
   }
 
-  void OnDone() override { Unref(); }
+  void OnDone() override {
+    service_->watchdog().Remove(this);
+    Unref();
+  }
+
+  // IdleWatched: the client sent nothing for --idle-timeout.
+  void OnIdle(absl::Duration waited) override {
+    bool write_stuck;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      write_stuck = writing_;
+    }
+    FinishOnce(absl::DeadlineExceededError(absl::StrCat(
+        "save stream idle: no message from the client for ",
+        absl::FormatDuration(absl::Trunc(waited, absl::Milliseconds(1))), " (--idle-timeout ",
+        absl::FormatDuration(service_->options().idle_timeout), "); nothing was saved")));
+    // A client that reads nothing either: its pending write would hold the
+    // Finish back forever.
+    if (write_stuck) context_->TryCancel();
+  }
 
   // SaveWaiter
   void Deliver(const absl::StatusOr<VersionInfo>& result) override {
     if (result.ok()) {
+      record_.set_version(result->version);
+      if (begin_.part().rank() == 0) service_->telemetry().AddSavedLogical(result->data_bytes);
       v1::SaveResponse response;
       rpc::ToProto(*result, response.mutable_result()->mutable_version());
       response.mutable_result()->set_bytes_received(bytes_received_);
@@ -116,7 +161,10 @@ class SaveReactor final : public grpc::ServerBidiReactor<v1::SaveRequest, v1::Sa
     // Under mu_: once Finish is requested (e.g. by OnCancel on another
     // thread) the call may be gone, so no new read may start.
     std::lock_guard<std::mutex> lock(mu_);
-    if (!done_reading_ && !finish_requested_) StartRead(&request_);
+    if (!done_reading_ && !finish_requested_) {
+      StartWaiting();
+      StartRead(&request_);
+    }
   }
 
   void HandleEndOfStream() {
@@ -145,6 +193,8 @@ class SaveReactor final : public grpc::ServerBidiReactor<v1::SaveRequest, v1::Sa
   absl::Status OnBegin(const v1::SaveBegin& begin) {
     if (upload_) return absl::FailedPreconditionError("SaveBegin sent twice");
     CKPT_RETURN_IF_ERROR(ValidateName(begin.name()));
+    record_.set_checkpoint(begin.name());
+    CKPT_RETURN_IF_ERROR(principal_->Check(Right::kWrite, begin.name()));
     for (const std::string& tag : begin.tags()) {
       CKPT_RETURN_IF_ERROR(ValidateTag(tag));
       if (tag == kLatestTag) {
@@ -224,6 +274,10 @@ class SaveReactor final : public grpc::ServerBidiReactor<v1::SaveRequest, v1::Sa
       tree_.push_back(*std::move(node));
     }
     CKPT_ASSIGN_OR_RETURN(std::vector<bool> missing, upload_->FindMissing(fresh));
+    for (size_t i = 0; i < fresh.size(); ++i) {
+      if (missing[i]) new_bytes_ += chunk_length_.at(fresh[i]);
+    }
+    CKPT_RETURN_IF_ERROR(CheckQuota());
     v1::SaveResponse response;
     v1::NeedChunks* need = response.mutable_need();
     need->set_batch(batches_++);
@@ -239,6 +293,7 @@ class SaveReactor final : public grpc::ServerBidiReactor<v1::SaveRequest, v1::Sa
   absl::Status OnChunks(const v1::ChunkBatch& batch) {
     if (!upload_) return absl::FailedPreconditionError("SaveBegin must come first");
     for (const v1::ChunkPiece& piece : batch.pieces()) {
+      record_.AddBytesIn(piece.data().size());
       CKPT_ASSIGN_OR_RETURN(Digest digest, Digest::FromBytes(piece.digest()));
       if (assembling_ && digest != current_) {
         return absl::InvalidArgumentError(
@@ -329,6 +384,20 @@ class SaveReactor final : public grpc::ServerBidiReactor<v1::SaveRequest, v1::Sa
                                        std::move(save_part));
   }
 
+  // Fails early, before any chunk is sent, when the chunks this save adds
+  // would take its namespace past its quota. Commit checks again,
+  // atomically (concurrent saves, chunks freed meanwhile).
+  absl::Status CheckQuota() const {
+    const absl::string_view ns = NamespaceOf(begin_.name());
+    const uint64_t quota = storage::NamespaceQuota(service_->options().store, ns);
+    if (quota == 0) return absl::OkStatus();
+    const uint64_t used = service_->store()->NamespaceBytes(ns);
+    if (new_bytes_ <= quota && used <= quota - new_bytes_) return absl::OkStatus();
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "namespace '", ns, "' quota exceeded: it holds ", used, " bytes, '", begin_.name(),
+        "' would add ", new_bytes_, ", the quota is ", quota, " bytes; nothing was saved"));
+  }
+
   void FillSpec(storage::CommitSpec* spec) const {
     spec->name = begin_.name();
     spec->step = begin_.step();
@@ -370,6 +439,8 @@ class SaveReactor final : public grpc::ServerBidiReactor<v1::SaveRequest, v1::Sa
     }
     if (finish_requested_) {
       finished_ = true;
+      // Recorded before the client can see the status.
+      record_.End(finish_status_);
       Finish(rpc::ToGrpcStatus(finish_status_));
     }
   }
@@ -377,6 +448,9 @@ class SaveReactor final : public grpc::ServerBidiReactor<v1::SaveRequest, v1::Sa
   CheckpointService* service_;
   grpc::CallbackServerContext* context_;
   const bool counted_;
+  bool stream_counted_ = false;
+  CallRecord record_;
+  std::shared_ptr<const Principal> principal_;
   v1::SaveRequest request_;
 
   // Stream state, touched only by the (serialized) executor tasks.
@@ -386,6 +460,7 @@ class SaveReactor final : public grpc::ServerBidiReactor<v1::SaveRequest, v1::Sa
   uint64_t tree_bytes_ = 0;
   uint64_t batches_ = 0;
   uint64_t bytes_received_ = 0;
+  uint64_t new_bytes_ = 0;  // bytes of the chunks the store lacked
   bool done_reading_ = false;
   absl::flat_hash_map<Digest, uint64_t> chunk_length_;  // every chunk of the tree
   absl::flat_hash_set<Digest> needed_;                  // asked for, not yet received
@@ -410,22 +485,50 @@ class SaveReactor final : public grpc::ServerBidiReactor<v1::SaveRequest, v1::Sa
 // ---------------------------------------------------------------- Load
 
 class LoadReactor final : public grpc::ServerWriteReactor<v1::LoadResponse>,
-                          public RefCounted {
+                          public RefCounted,
+                          public IdleWatched {
  public:
-  LoadReactor(CheckpointService* service, const v1::LoadRequest& request)
-      : service_(service), request_(request), counted_(service->Enter()) {
+  LoadReactor(CheckpointService* service, grpc::CallbackServerContext* context,
+              const v1::LoadRequest& request)
+      : service_(service),
+        context_(context),
+        request_(request),
+        counted_(service->Enter()),
+        record_(&service->telemetry(), "Load", context->peer()) {
+    record_.set_checkpoint(request.name());
+    record_.set_version(request.version());
     if (!counted_) {
-      Finish(rpc::ToGrpcStatus(absl::UnavailableError("server shutting down")));
+      FinishEarly(absl::UnavailableError("server shutting down"));
       return;
     }
+    auto principal = service->Authenticate(*context);
+    if (!principal.ok()) {
+      FinishEarly(principal.status());
+      return;
+    }
+    record_.set_principal((*principal)->name());
+    absl::Status allowed = ValidateName(request.name());
+    if (allowed.ok()) allowed = (*principal)->Check(Right::kRead, request.name());
+    if (!allowed.ok()) {
+      FinishEarly(allowed);
+      return;
+    }
+    stream_counted_ = service->EnterStream("Load");
+    if (!stream_counted_) {
+      FinishEarly(service->TooManyStreams());
+      return;
+    }
+    service->watchdog().Add(this);
     producing_ = true;
     Post();
   }
   ~LoadReactor() override {
+    if (stream_counted_) service_->LeaveStream("Load");
     if (counted_) service_->Leave();
   }
 
   void OnWriteDone(bool ok) override {
+    StopWaiting();
     std::lock_guard<std::mutex> lock(mu_);
     writing_ = -1;
     if (!ok) {
@@ -435,6 +538,7 @@ class LoadReactor final : public grpc::ServerWriteReactor<v1::LoadResponse>,
     if (ready_ != -1) {
       writing_ = ready_;
       ready_ = -1;
+      StartWaiting();
       StartWrite(&buffers_[writing_]);
     }
     if (!producing_ && !exhausted_) {
@@ -445,9 +549,34 @@ class LoadReactor final : public grpc::ServerWriteReactor<v1::LoadResponse>,
   }
 
   void OnCancel() override { cancelled_.store(true); }
-  void OnDone() override { Unref(); }
+  void OnDone() override {
+    service_->watchdog().Remove(this);
+    Unref();
+  }
+
+  // IdleWatched: the client took no message for --idle-timeout. Its write
+  // is pending, so Finish cannot be sent: cancel the call.
+  void OnIdle(absl::Duration waited) override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      idle_status_ = absl::DeadlineExceededError(absl::StrCat(
+          "load stream idle: the client took no message for ",
+          absl::FormatDuration(absl::Trunc(waited, absl::Milliseconds(1))), " (--idle-timeout ",
+          absl::FormatDuration(service_->options().idle_timeout), "); cancelled"));
+    }
+    context_->TryCancel();
+  }
 
  private:
+  // Ends a call refused before any work started.
+  void FinishEarly(const absl::Status& status) {
+    finished_ = true;
+    exhausted_ = true;
+    final_status_ = status;
+    record_.End(status);
+    Finish(rpc::ToGrpcStatus(status));
+  }
+
   void Post() {
     Ref();
     service_->executor().Post([this] {
@@ -483,6 +612,7 @@ class LoadReactor final : public grpc::ServerWriteReactor<v1::LoadResponse>,
       }
       if (writing_ == -1) {
         writing_ = slot;
+        StartWaiting();
         StartWrite(&buffers_[slot]);
       } else {
         ready_ = slot;
@@ -504,6 +634,15 @@ class LoadReactor final : public grpc::ServerWriteReactor<v1::LoadResponse>,
   void MaybeFinishLocked() {
     if (!exhausted_ || writing_ != -1 || ready_ != -1 || finished_) return;
     finished_ = true;
+    // Recorded before the client can see the status; the log says why the
+    // watchdog cancelled an idle stream.
+    absl::Status status = final_status_;
+    if (!idle_status_.ok()) {
+      status = idle_status_;
+    } else if (cancelled_.load() && status.ok()) {
+      status = absl::CancelledError("load cancelled");
+    }
+    record_.End(status);
     Finish(rpc::ToGrpcStatus(final_status_));
   }
 
@@ -565,6 +704,7 @@ class LoadReactor final : public grpc::ServerWriteReactor<v1::LoadResponse>,
       piece->set_node(static_cast<uint32_t>(data_node_));
       piece->set_offset(uint64_t{chunk_index_} * node.data.chunk_size + chunk_offset_);
       piece->set_data(chunk_.data() + chunk_offset_, take);
+      record_.AddBytesOut(take);
       chunk_offset_ += take;
       bytes += take;
       if (chunk_offset_ == chunk_.size()) {
@@ -578,6 +718,7 @@ class LoadReactor final : public grpc::ServerWriteReactor<v1::LoadResponse>,
   absl::Status Open(v1::LoadResponse* response) {
     storage::VersionSelector selector{request_.version(), request_.tag()};
     CKPT_ASSIGN_OR_RETURN(version_, service_->store()->GetVersion(request_.name(), selector));
+    record_.set_version(version_.version);
     CKPT_ASSIGN_OR_RETURN(tree_, service_->store()->GetTree(version_.name, version_.version));
     std::vector<std::string> texts(request_.patterns().begin(), request_.patterns().end());
     CKPT_ASSIGN_OR_RETURN(std::vector<KeyPattern> patterns, CompilePatterns(texts));
@@ -592,9 +733,13 @@ class LoadReactor final : public grpc::ServerWriteReactor<v1::LoadResponse>,
   }
 
   CheckpointService* service_;
+  grpc::CallbackServerContext* context_;
   const v1::LoadRequest request_;
   const bool counted_;
+  bool stream_counted_ = false;
+  CallRecord record_;
   std::atomic<bool> cancelled_{false};
+  absl::Status idle_status_;  // under mu_; why the watchdog cancelled
 
   // Pipeline state, under mu_.
   std::mutex mu_;
@@ -627,11 +772,21 @@ absl::StatusOr<uint64_t> ParsePageToken(const std::string& token) {
   return value;
 }
 
+// OK if `name` is valid and `principal` has `right` on it.
+absl::Status CheckName(const Principal& principal, Right right, absl::string_view name) {
+  CKPT_RETURN_IF_ERROR(ValidateName(name));
+  return principal.Check(right, name);
+}
+
 }  // namespace
 
-CheckpointService::CheckpointService(storage::Store* store, const ServerOptions& options)
+CheckpointService::CheckpointService(storage::Store* store, const ServerOptions& options,
+                                     std::unique_ptr<Authenticator> auth)
     : store_(store),
       options_(options),
+      auth_(auth ? std::move(auth) : std::make_unique<Authenticator>()),
+      telemetry_(std::make_unique<Telemetry>(store, options.log_level)),
+      watchdog_(std::make_unique<IdleWatchdog>(options.idle_timeout)),
       pending_(std::make_unique<PendingSaves>(store, options.store.max_chunk_bytes,
                                               options.part_timeout)),
       executor_(std::make_unique<Executor>(options.worker_threads)) {}
@@ -645,17 +800,64 @@ void CheckpointService::Stop() {
 
 template <typename Fn>
 grpc::ServerUnaryReactor* CheckpointService::RunUnary(grpc::CallbackServerContext* context,
-                                                      Fn fn) {
+                                                      absl::string_view method,
+                                                      absl::string_view checkpoint, Fn fn) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  auto record = std::make_shared<CallRecord>(telemetry_.get(), method, context->peer());
+  record->set_checkpoint(checkpoint);
   if (!Enter()) {
-    reactor->Finish(rpc::ToGrpcStatus(absl::UnavailableError("server shutting down")));
+    absl::Status status = absl::UnavailableError("server shutting down");
+    record->End(status);
+    reactor->Finish(rpc::ToGrpcStatus(status));
     return reactor;
   }
-  executor_->Post([this, reactor, fn = std::move(fn)]() mutable {
-    reactor->Finish(rpc::ToGrpcStatus(fn()));
+  auto principal = Authenticate(*context);
+  if (!principal.ok()) {
+    record->End(principal.status());
+    reactor->Finish(rpc::ToGrpcStatus(principal.status()));
+    Leave();
+    return reactor;
+  }
+  record->set_principal((*principal)->name());
+  executor_->Post([this, reactor, record, principal = *std::move(principal),
+                   fn = std::move(fn)]() mutable {
+    absl::Status status = fn(*principal, *record);
+    record->End(status);
+    reactor->Finish(rpc::ToGrpcStatus(status));
     Leave();
   });
   return reactor;
+}
+
+absl::StatusOr<std::shared_ptr<const Principal>> CheckpointService::Authenticate(
+    const grpc::CallbackServerContext& context) const {
+  std::vector<absl::string_view> values;
+  auto range = context.client_metadata().equal_range("authorization");
+  for (auto it = range.first; it != range.second; ++it) {
+    values.emplace_back(it->second.data(), it->second.size());
+  }
+  return auth_->Authenticate(values);
+}
+
+bool CheckpointService::EnterStream(absl::string_view method) {
+  const int before = streams_.fetch_add(1);
+  if (options_.max_streams > 0 && before >= options_.max_streams) {
+    streams_.fetch_sub(1);
+    return false;
+  }
+  telemetry_->StreamOpened(method);
+  return true;
+}
+
+void CheckpointService::LeaveStream(absl::string_view method) {
+  telemetry_->StreamClosed(method);
+  streams_.fetch_sub(1);
+}
+
+absl::Status CheckpointService::TooManyStreams() const {
+  return absl::ResourceExhaustedError(
+      absl::StrCat("too many streams: ", options_.max_streams,
+                   " Save and Load streams are open (--max-streams); retry later"));
 }
 
 bool CheckpointService::Enter() {
@@ -684,19 +886,53 @@ grpc::ServerBidiReactor<v1::SaveRequest, v1::SaveResponse>* CheckpointService::S
 
 grpc::ServerWriteReactor<v1::LoadResponse>* CheckpointService::Load(
     grpc::CallbackServerContext* context, const v1::LoadRequest* request) {
-  return new LoadReactor(this, *request);
+  return new LoadReactor(this, context, *request);
 }
 
 grpc::ServerUnaryReactor* CheckpointService::ListCheckpoints(
     grpc::CallbackServerContext* context, const v1::ListCheckpointsRequest* request,
     v1::ListCheckpointsResponse* response) {
-  return RunUnary(context, [this, request, response]() -> absl::Status {
-    CKPT_RETURN_IF_ERROR(ValidatePrefix(request->prefix()));
+  return RunUnary(context, "ListCheckpoints", "",
+                  [this, request, response](const Principal& principal,
+                                            CallRecord&) -> absl::Status {
+    const std::string& prefix = request->prefix();
+    CKPT_RETURN_IF_ERROR(ValidatePrefix(prefix));
     const uint32_t limit = request->page_size() == 0
                                ? kMaxListPage
                                : std::min(request->page_size(), kMaxListPage);
-    CKPT_ASSIGN_OR_RETURN(
-        auto list, store_->ListCheckpoints(request->prefix(), request->page_token(), limit + 1));
+    std::vector<CheckpointSummary> list;
+    std::optional<std::vector<std::string>> scopes = principal.ReadableUnder(prefix);
+    if (!scopes.has_value()) {
+      CKPT_ASSIGN_OR_RETURN(list,
+                            store_->ListCheckpoints(prefix, request->page_token(), limit + 1));
+    } else {
+      if (scopes->empty()) {
+        return absl::PermissionDeniedError(absl::StrCat(
+            "token '", principal.name(), "' has no read right on any name under '", prefix, "'"));
+      }
+      // The readable names are those of each grant prefix: list each, keep
+      // the first limit + 1 of their union in order.
+      for (const std::string& scope : *scopes) {
+        std::string after = request->page_token();
+        size_t found = 0;
+        while (found <= limit) {
+          CKPT_ASSIGN_OR_RETURN(auto page, store_->ListCheckpoints(scope, after, limit + 1));
+          for (auto& c : page) {
+            if (!PrefixCovers(scope, c.name)) continue;
+            list.push_back(std::move(c));
+            ++found;
+          }
+          if (page.size() < limit + 1) break;
+          after = page.back().name;
+        }
+      }
+      std::sort(list.begin(), list.end(),
+                [](const auto& a, const auto& b) { return a.name < b.name; });
+      list.erase(std::unique(list.begin(), list.end(),
+                             [](const auto& a, const auto& b) { return a.name == b.name; }),
+                 list.end());
+      if (list.size() > limit + 1) list.resize(limit + 1);
+    }
     for (size_t i = 0; i < list.size() && i < limit; ++i) {
       v1::CheckpointSummary* out = response->add_checkpoints();
       out->set_name(list[i].name);
@@ -716,7 +952,10 @@ grpc::ServerUnaryReactor* CheckpointService::ListCheckpoints(
 grpc::ServerUnaryReactor* CheckpointService::ListVersions(
     grpc::CallbackServerContext* context, const v1::ListVersionsRequest* request,
     v1::ListVersionsResponse* response) {
-  return RunUnary(context, [this, request, response]() -> absl::Status {
+  return RunUnary(context, "ListVersions", request->name(),
+                  [this, request, response](const Principal& principal,
+                                            CallRecord&) -> absl::Status {
+    CKPT_RETURN_IF_ERROR(CheckName(principal, Right::kRead, request->name()));
     CKPT_ASSIGN_OR_RETURN(auto versions, store_->ListVersions(request->name()));
     for (const VersionInfo& v : versions) rpc::ToProto(v, response->add_versions());
     return absl::OkStatus();
@@ -726,10 +965,14 @@ grpc::ServerUnaryReactor* CheckpointService::ListVersions(
 grpc::ServerUnaryReactor* CheckpointService::GetManifest(
     grpc::CallbackServerContext* context, const v1::GetManifestRequest* request,
     v1::GetManifestResponse* response) {
-  return RunUnary(context, [this, request, response]() -> absl::Status {
+  return RunUnary(context, "GetManifest", request->name(),
+                  [this, request, response](const Principal& principal,
+                                            CallRecord& record) -> absl::Status {
+    CKPT_RETURN_IF_ERROR(CheckName(principal, Right::kRead, request->name()));
     CKPT_ASSIGN_OR_RETURN(uint64_t first, ParsePageToken(request->page_token()));
     storage::VersionSelector selector{request->version(), request->tag()};
     CKPT_ASSIGN_OR_RETURN(VersionInfo version, store_->GetVersion(request->name(), selector));
+    record.set_version(version.version);
     CKPT_ASSIGN_OR_RETURN(Tree tree, store_->GetTree(version.name, version.version));
     if (first > tree.size()) {
       return absl::InvalidArgumentError(absl::StrCat("page_token ", first, " past the ",
@@ -755,7 +998,11 @@ grpc::ServerUnaryReactor* CheckpointService::GetManifest(
 grpc::ServerUnaryReactor* CheckpointService::DeleteVersion(
     grpc::CallbackServerContext* context, const v1::DeleteVersionRequest* request,
     v1::DeleteVersionResponse* response) {
-  return RunUnary(context, [this, request, response]() -> absl::Status {
+  return RunUnary(context, "DeleteVersion", request->name(),
+                  [this, request, response](const Principal& principal,
+                                            CallRecord& record) -> absl::Status {
+    record.set_version(request->version());
+    CKPT_RETURN_IF_ERROR(CheckName(principal, Right::kAdmin, request->name()));
     if (request->version() == 0) {
       return absl::InvalidArgumentError("DeleteVersion needs a version number");
     }
@@ -770,7 +1017,11 @@ grpc::ServerUnaryReactor* CheckpointService::DeleteVersion(
 grpc::ServerUnaryReactor* CheckpointService::SetTag(grpc::CallbackServerContext* context,
                                                     const v1::SetTagRequest* request,
                                                     v1::SetTagResponse* response) {
-  return RunUnary(context, [this, request]() -> absl::Status {
+  return RunUnary(context, "SetTag", request->name(),
+                  [this, request](const Principal& principal,
+                                  CallRecord& record) -> absl::Status {
+    record.set_version(request->version());
+    CKPT_RETURN_IF_ERROR(CheckName(principal, Right::kWrite, request->name()));
     if (request->version() == 0) return absl::InvalidArgumentError("SetTag needs a version");
     return store_->SetTag(request->name(), request->tag(), request->version());
   });
@@ -779,7 +1030,9 @@ grpc::ServerUnaryReactor* CheckpointService::SetTag(grpc::CallbackServerContext*
 grpc::ServerUnaryReactor* CheckpointService::DeleteTag(grpc::CallbackServerContext* context,
                                                        const v1::DeleteTagRequest* request,
                                                        v1::DeleteTagResponse* response) {
-  return RunUnary(context, [this, request]() -> absl::Status {
+  return RunUnary(context, "DeleteTag", request->name(),
+                  [this, request](const Principal& principal, CallRecord&) -> absl::Status {
+    CKPT_RETURN_IF_ERROR(CheckName(principal, Right::kWrite, request->name()));
     return store_->DeleteTag(request->name(), request->tag());
   });
 }
@@ -787,7 +1040,9 @@ grpc::ServerUnaryReactor* CheckpointService::DeleteTag(grpc::CallbackServerConte
 grpc::ServerUnaryReactor* CheckpointService::GetServerInfo(
     grpc::CallbackServerContext* context, const v1::GetServerInfoRequest* request,
     v1::GetServerInfoResponse* response) {
-  return RunUnary(context, [this, response]() -> absl::Status {
+  // Any valid token: store-wide totals, no names.
+  return RunUnary(context, "GetServerInfo", "",
+                  [this, response](const Principal&, CallRecord&) -> absl::Status {
     CKPT_ASSIGN_OR_RETURN(storage::StoreStats stats, store_->Stats());
     response->set_server_version(CKPT_VERSION);
     response->set_chunk_size(options_.chunk_size);
@@ -810,7 +1065,9 @@ grpc::ServerUnaryReactor* CheckpointService::GetServerInfo(
 grpc::ServerUnaryReactor* CheckpointService::GarbageCollect(
     grpc::CallbackServerContext* context, const v1::GarbageCollectRequest* request,
     v1::GarbageCollectResponse* response) {
-  return RunUnary(context, [this, response]() -> absl::Status {
+  return RunUnary(context, "GarbageCollect", "",
+                  [this, response](const Principal& principal, CallRecord&) -> absl::Status {
+    CKPT_RETURN_IF_ERROR(principal.CheckGlobal(Right::kAdmin, "collect garbage"));
     CKPT_ASSIGN_OR_RETURN(storage::GcResult gc, store_->CollectGarbage());
     response->set_chunks_removed(gc.chunks_removed);
     response->set_bytes_removed(gc.bytes_removed);

@@ -5,15 +5,21 @@
 // storage work runs on an Executor and the next read or write starts when
 // that work is done.
 
+#include <atomic>
 #include <condition_variable>
 #include <memory>
 #include <mutex>
 
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 
 #include "ckpt/v1/checkpoint.grpc.pb.h"
 #include "common/executor.h"
+#include "server/auth.h"
+#include "server/idle_watchdog.h"
 #include "server/server.h"
+#include "server/telemetry.h"
 #include "storage/store.h"
 
 namespace ckpt::server {
@@ -22,8 +28,10 @@ class PendingSaves;
 
 class CheckpointService final : public v1::CheckpointService::CallbackService {
  public:
-  /// `store` must outlive the service.
-  CheckpointService(storage::Store* store, const ServerOptions& options);
+  /// `store` must outlive the service. `auth` null: development mode (no
+  /// token needed).
+  CheckpointService(storage::Store* store, const ServerOptions& options,
+                    std::unique_ptr<Authenticator> auth = nullptr);
   ~CheckpointService() override;
 
   grpc::ServerBidiReactor<v1::SaveRequest, v1::SaveResponse>* Save(
@@ -69,19 +77,44 @@ class CheckpointService final : public v1::CheckpointService::CallbackService {
   /// Ends an RPC counted by Enter().
   void Leave();
 
+  /// Counts a Save or Load stream; false (count unchanged) when
+  /// options.max_streams are open already.
+  bool EnterStream(absl::string_view method);
+  /// Ends a stream counted by EnterStream().
+  void LeaveStream(absl::string_view method);
+  /// ResourceExhausted saying that --max-streams streams are open.
+  absl::Status TooManyStreams() const;
+
+  /// The principal of the call's `authorization` metadata (Unauthenticated
+  /// if missing or invalid; "anonymous" in development mode).
+  absl::StatusOr<std::shared_ptr<const Principal>> Authenticate(
+      const grpc::CallbackServerContext& context) const;
+
   storage::Store* store() const { return store_; }
   const ServerOptions& options() const { return options_; }
   Executor& executor() { return *executor_; }
   PendingSaves& pending() { return *pending_; }
+  Telemetry& telemetry() { return *telemetry_; }
+  Authenticator& auth() { return *auth_; }
+  IdleWatchdog& watchdog() { return *watchdog_; }
 
  private:
+  // Runs `fn(principal, record)` on the executor once the caller is
+  // authenticated, and finishes the call with its status. `fn` checks the
+  // right it needs.
   template <typename Fn>
-  grpc::ServerUnaryReactor* RunUnary(grpc::CallbackServerContext* context, Fn fn);
+  grpc::ServerUnaryReactor* RunUnary(grpc::CallbackServerContext* context,
+                                     absl::string_view method, absl::string_view checkpoint,
+                                     Fn fn);
 
   storage::Store* store_;
   ServerOptions options_;
+  std::unique_ptr<Authenticator> auth_;
+  std::unique_ptr<Telemetry> telemetry_;
+  std::unique_ptr<IdleWatchdog> watchdog_;
   std::unique_ptr<PendingSaves> pending_;
   std::unique_ptr<Executor> executor_;
+  std::atomic<int> streams_{0};
 
   std::mutex drain_mu_;
   std::condition_variable drain_cv_;

@@ -77,6 +77,25 @@ struct StoreCore {
   std::mutex pin_mu;
   absl::flat_hash_map<std::string, uint64_t> pins;
 
+  // Bytes each namespace holds (distinct chunks with refcount > 0): what its
+  // quota limits. Computed by Open, changed only by Commit and DeleteVersion
+  // under commit_mu (so a check and its update are atomic); usage_mu lets
+  // NamespaceBytes read without waiting for a commit's fsync.
+  std::mutex usage_mu;
+  absl::flat_hash_map<std::string, uint64_t> ns_bytes;
+
+  uint64_t UsageOf(absl::string_view ns) {
+    std::lock_guard<std::mutex> lock(usage_mu);
+    auto it = ns_bytes.find(ns);
+    return it == ns_bytes.end() ? 0 : it->second;
+  }
+  void AddUsage(const std::string& ns, uint64_t add, uint64_t sub) {
+    std::lock_guard<std::mutex> lock(usage_mu);
+    uint64_t& bytes = ns_bytes[ns];
+    bytes = bytes + add - std::min(sub, bytes + add);
+    if (bytes == 0) ns_bytes.erase(ns);
+  }
+
   ~StoreCore() {
     if (db == nullptr) return;
     for (rocksdb::ColumnFamilyHandle* h : handles) {
@@ -793,6 +812,18 @@ absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(const StoreOpti
     }
     CKPT_RETURN_IF_ERROR(FromRocksDb(it->status(), "reading pending uploads"));
   }
+  // Per-namespace usage: one pass over the refs (small values, one per
+  // distinct chunk), so that quota checks never scan.
+  {
+    std::unique_ptr<rocksdb::Iterator> it(core->db->NewIterator(ro, core->refs_cf));
+    for (it->SeekToFirst(); it->Valid(); it->Next()) {
+      auto key = ParseRefKey(View(it->key()));
+      auto value = DecodeRefValue(View(it->value()));
+      if (!key.ok() || !value.ok() || value->refcount == 0) continue;
+      core->ns_bytes[key->first] += value->length;
+    }
+    CKPT_RETURN_IF_ERROR(FromRocksDb(it->status(), "reading chunk refs"));
+  }
   core->next_block = next_block;
   core->persisted_block = next_block;  // Nothing past it is reserved yet.
   core->next_upload_id = next_upload_id;
@@ -861,6 +892,7 @@ absl::StatusOr<VersionInfo> RocksDbStore::Commit(CommitSpec spec,
 
   rocksdb::WriteBatch batch;
   uint64_t new_bytes = 0;
+  uint64_t added_bytes = 0;  // new_bytes plus unreferenced chunks referenced again
   absl::flat_hash_map<Digest, uint64_t> lengths;  // Each digest's stored length.
   // Written chunks that become the stored copy; every other one is garbage.
   absl::flat_hash_set<std::pair<const RocksDbUpload*, Digest>> kept;
@@ -874,6 +906,7 @@ absl::StatusOr<VersionInfo> RocksDbStore::Commit(CommitSpec spec,
     RefValue value;
     if (refs[i].has_value()) {
       value = *refs[i];
+      if (value.refcount == 0) added_bytes += value.length;
       ++value.refcount;
     } else {
       const RocksDbUpload* owner = nullptr;
@@ -891,6 +924,7 @@ absl::StatusOr<VersionInfo> RocksDbStore::Commit(CommitSpec spec,
       }
       kept.insert({owner, d});
       new_bytes += value.length;
+      added_bytes += value.length;
     }
     lengths[d] = value.length;
     batch.Put(core_->refs_cf, keys[i], EncodeRefValue(value));
@@ -905,6 +939,15 @@ absl::StatusOr<VersionInfo> RocksDbStore::Commit(CommitSpec spec,
             absl::StrCat("tensor ", Quote(tensor_key(n)), ": chunk ", c, " (", data.chunks[c].Hex(),
                          ") has ", stored, " bytes, expected ", data.ChunkLength(c)));
       }
+    }
+  }
+  if (const uint64_t quota = NamespaceQuota(core_->options, ns); quota > 0) {
+    const uint64_t used = core_->UsageOf(ns);
+    if (added_bytes > quota || used > quota - added_bytes) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "namespace ", Quote(ns), " quota exceeded: it holds ", used, " bytes, ",
+          Quote(name), " would add ", added_bytes, ", the quota is ", quota,
+          " bytes; nothing was saved"));
     }
   }
   // Chunks the uploads wrote that the version does not keep are garbage:
@@ -962,6 +1005,7 @@ absl::StatusOr<VersionInfo> RocksDbStore::Commit(CommitSpec spec,
   CKPT_RETURN_IF_ERROR(FromRocksDb(core_->db->Write(core_->CommitWriteOptions(), &batch),
                                    VersionContext(name, version)));
   CrashPoint("commit.after_write");
+  core_->AddUsage(ns, added_bytes, 0);
   for (RocksDbUpload* up : ups) up->MarkCommitted();
   info.tags = WithLatest(std::move(spec.tags), /*is_latest=*/true);
   return info;
@@ -1154,12 +1198,16 @@ absl::StatusOr<uint64_t> RocksDbStore::DeleteVersion(absl::string_view name, uin
 
   rocksdb::WriteBatch batch;
   uint64_t unreferenced = 0;
+  uint64_t released_bytes = 0;
   for (size_t i = 0; i < keys.size(); ++i) {
     // A missing entry means a damaged store; deleting the version must
     // still work, so it is skipped.
     if (!refs[i].has_value() || refs[i]->refcount == 0) continue;
     RefValue value = *refs[i];
-    if (--value.refcount == 0) ++unreferenced;
+    if (--value.refcount == 0) {
+      ++unreferenced;
+      released_bytes += value.length;
+    }
     batch.Put(core_->refs_cf, keys[i], EncodeRefValue(value));
   }
   batch.Delete(core_->manifests_cf, VersionKey(name, version));
@@ -1167,6 +1215,7 @@ absl::StatusOr<uint64_t> RocksDbStore::DeleteVersion(absl::string_view name, uin
   for (const std::string& tag : own_tags) batch.Delete(core_->tags_cf, TagKey(name, tag));
   CKPT_RETURN_IF_ERROR(FromRocksDb(core_->db->Write(core_->CommitWriteOptions(), &batch),
                                    absl::StrCat("deleting ", VersionContext(name, version))));
+  core_->AddUsage(ns, 0, released_bytes);
   return unreferenced;
 }
 
@@ -1367,6 +1416,8 @@ absl::StatusOr<StoreStats> RocksDbStore::Stats() {
   stats.active_uploads = core_->live_uploads.size();
   return stats;
 }
+
+uint64_t RocksDbStore::NamespaceBytes(absl::string_view ns) { return core_->UsageOf(ns); }
 
 absl::StatusOr<uint64_t> RocksDbStore::CountChunkKeys() {
   rocksdb::ReadOptions ro;

@@ -81,6 +81,7 @@ class RocksDbStore final : public Store {
   absl::Status DeleteTag(absl::string_view name, absl::string_view tag) override;
   absl::StatusOr<GcResult> CollectGarbage() override;
   absl::StatusOr<StoreStats> Stats() override;
+  uint64_t NamespaceBytes(absl::string_view ns) override;
 
   /// For tests: the number of keys in the chunks column family (reads every
   /// chunk; slow on a large store).

@@ -54,7 +54,21 @@ struct StoreOptions {
   uint32_t max_chunk_bytes = 4 << 20;
   /// Sync the WAL on every commit (turn off only in benchmarks). Default: true.
   bool sync_commits = true;
+  /// Most bytes the versions of one namespace may reference: the sum of the
+  /// lengths of the distinct chunks (after deduplication) its committed
+  /// versions use. A commit that would go past it fails with
+  /// ResourceExhausted and writes nothing. 0: no limit. Default: 0.
+  uint64_t namespace_quota_bytes = 0;
+  /// Per-namespace overrides of namespace_quota_bytes (0: no limit for that
+  /// namespace). Default: none.
+  std::map<std::string, uint64_t> namespace_quotas;
 };
+
+/// The quota of namespace `ns` under `options` (0: no limit).
+inline uint64_t NamespaceQuota(const StoreOptions& options, absl::string_view ns) {
+  auto it = options.namespace_quotas.find(std::string(ns));
+  return it != options.namespace_quotas.end() ? it->second : options.namespace_quota_bytes;
+}
 
 /// Version selector: a number, or a tag (empty tag and version 0: latest).
 struct VersionSelector {
@@ -130,7 +144,10 @@ class Store {
   /// sealed here if not yet) and chunks they pinned. Every chunk the tree
   /// references must be in one of them (FailedPrecondition naming the tensor
   /// key otherwise). Assigns the next version number, moves `latest`, applies
-  /// spec.tags, and returns once the commit is durable.
+  /// spec.tags, and returns once the commit is durable. ResourceExhausted,
+  /// with nothing written, if the namespace would exceed its quota
+  /// (StoreOptions::namespace_quota_bytes); the uploads' chunks are then
+  /// garbage once the uploads are destroyed.
   virtual absl::StatusOr<VersionInfo> Commit(CommitSpec spec,
                                              absl::Span<Upload* const> uploads) = 0;
 
@@ -173,6 +190,12 @@ class Store {
   virtual absl::StatusOr<GcResult> CollectGarbage() = 0;
 
   virtual absl::StatusOr<StoreStats> Stats() = 0;
+
+  /// Bytes namespace `ns` holds: the sum of the lengths of the distinct
+  /// chunks its committed versions reference (what its quota limits). 0 for
+  /// a namespace without versions. Cheap: kept up to date in memory by
+  /// Commit and DeleteVersion (computed once when the store opens).
+  virtual uint64_t NamespaceBytes(absl::string_view ns) = 0;
 };
 
 }  // namespace ckpt::storage

@@ -142,6 +142,8 @@ class StoreTest : public ::testing::TestWithParam<ChunkWriteMode> {
     o.path = (fs::path(dir_) / "db").string();
     o.chunk_write_mode = GetParam();
     o.max_chunk_bytes = 4 * kChunk;
+    o.namespace_quota_bytes = quota_;
+    o.namespace_quotas = quotas_;
     return o;
   }
 
@@ -194,6 +196,8 @@ class StoreTest : public ::testing::TestWithParam<ChunkWriteMode> {
 
   std::string dir_;
   std::unique_ptr<RocksDbStore> store_;
+  uint64_t quota_ = 0;                       // namespace_quota_bytes of Reopen()
+  std::map<std::string, uint64_t> quotas_;   // namespace_quotas of Reopen()
 };
 
 const std::vector<Blob>& Model() {
@@ -701,6 +705,73 @@ TEST_P(StoreTest, ListCheckpointsPagesInOrder) {
   EXPECT_THAT(names(page), ElementsAre("a/y", "ab/w"));
   ASSERT_OK_AND_ASSIGN(auto none, store_->ListCheckpoints("c/", "", 0));
   EXPECT_THAT(none, IsEmpty());
+}
+
+TEST_P(StoreTest, NamespaceBytesCountDistinctReferencedChunks) {
+  EXPECT_EQ(store_->NamespaceBytes("a"), 0u);
+  ASSERT_TRUE(Save("a/b", Model()).ok());
+  EXPECT_EQ(store_->NamespaceBytes("a"), 3510u);
+  // The same bytes under another name of the namespace cost nothing more;
+  // another namespace pays for its own copy.
+  ASSERT_TRUE(Save("a/c", Model()).ok());
+  EXPECT_EQ(store_->NamespaceBytes("a"), 3510u);
+  ASSERT_TRUE(Save("z/c", Model()).ok());
+  EXPECT_EQ(store_->NamespaceBytes("z"), 3510u);
+  // A new tensor adds its chunks.
+  ASSERT_TRUE(Save("a/b", {{"x", RandomBytes(1500, 40)}}).ok());
+  EXPECT_EQ(store_->NamespaceBytes("a"), 5010u);
+  // Deleting releases only what no other version references.
+  ASSERT_TRUE(store_->DeleteVersion("a/b", 1, false).ok());
+  EXPECT_EQ(store_->NamespaceBytes("a"), 5010u);  // a/c@1 still uses Model()
+  ASSERT_TRUE(store_->DeleteVersion("a/c", 1, false).ok());
+  EXPECT_EQ(store_->NamespaceBytes("a"), 1500u);
+  // Released chunks referenced again before GC count again.
+  ASSERT_TRUE(Save("a/d", Model()).ok());
+  EXPECT_EQ(store_->NamespaceBytes("a"), 5010u);
+  // Recomputed identically when the store opens.
+  Reopen();
+  EXPECT_EQ(store_->NamespaceBytes("a"), 5010u);
+  EXPECT_EQ(store_->NamespaceBytes("z"), 3510u);
+  EXPECT_EQ(store_->NamespaceBytes("ab"), 0u);
+  ASSERT_TRUE(store_->CollectGarbage().ok());
+  EXPECT_EQ(store_->NamespaceBytes("a"), 5010u);
+}
+
+TEST_P(StoreTest, QuotaRefusesTheCommitAndLeavesNothing) {
+  quota_ = 5000;
+  quotas_ = {{"big", 0}, {"small", 100}};
+  Reopen();
+  ASSERT_TRUE(Save("a/b", Model()).ok());  // 3510 of 5000
+  const uint64_t chunks_before = ChunkKeys();
+  // 3510 + 2000 > 5000: refused, nothing visible, nothing counted.
+  auto over = Save("a/b", {{"x", RandomBytes(2000, 41)}});
+  ASSERT_EQ(over.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(over.status().message(),
+            "namespace 'a' quota exceeded: it holds 3510 bytes, 'a/b' would add 2000, the "
+            "quota is 5000 bytes; nothing was saved");
+  ASSERT_OK_AND_ASSIGN(auto versions, store_->ListVersions("a/b"));
+  EXPECT_EQ(versions.size(), 1u);
+  EXPECT_EQ(store_->NamespaceBytes("a"), 3510u);
+  // The refused upload's chunks are garbage: GC removes every one of them.
+  ASSERT_TRUE(store_->CollectGarbage().ok());
+  EXPECT_EQ(ChunkKeys(), chunks_before);
+  ExpectContents("a/b", 1, Model());
+  // Deduplicated bytes are free: the same model again fits.
+  ASSERT_TRUE(Save("a/c", Model()).ok());
+  // Exactly up to the quota is allowed.
+  ASSERT_TRUE(Save("a/b", {{"x", RandomBytes(1490, 42)}}).ok());
+  EXPECT_EQ(store_->NamespaceBytes("a"), 5000u);
+  EXPECT_EQ(Save("a/b", {{"y", RandomBytes(1, 43)}}).status().code(),
+            absl::StatusCode::kResourceExhausted);
+  // Deleting frees room.
+  ASSERT_TRUE(store_->DeleteVersion("a/b", 2, false).ok());
+  ASSERT_TRUE(Save("a/b", {{"y", RandomBytes(1, 43)}}).ok());
+  // Per-namespace overrides: 0 lifts the limit, others replace it.
+  ASSERT_TRUE(Save("big/m", {{"x", RandomBytes(3 * kChunk, 44)},
+                             {"y", RandomBytes(3 * kChunk, 45)}}).ok());
+  EXPECT_EQ(Save("small/m", {{"x", RandomBytes(101, 46)}}).status().code(),
+            absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(Save("small/m", {{"x", RandomBytes(100, 46)}}).ok());
 }
 
 // Tests of the SST-ingest layout itself: kIngest mode only.

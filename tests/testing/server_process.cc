@@ -53,6 +53,11 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
       extra_flags.end()) {
     args.insert(args.end(), {"--shutdown-grace", "5"});
   }
+  // Tests run in parallel: never the fixed default metrics port.
+  if (std::find(extra_flags.begin(), extra_flags.end(), "--metrics-listen") ==
+      extra_flags.end()) {
+    args.insert(args.end(), {"--metrics-listen", "127.0.0.1:0"});
+  }
   args.insert(args.end(), extra_flags.begin(), extra_flags.end());
   const std::string log = p->log_path_;
   // A fresh log per start, so that a restart's port line is the only one.
@@ -76,6 +81,10 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
     std::string text = ReadFile(log);
     if (std::regex_search(text, m, port_re)) {
       p->port_ = std::stoi(m[1]);
+      // Printed before the port line when there is an endpoint.
+      if (std::regex_search(text, m, std::regex("metrics on port ([0-9]+)"))) {
+        p->metrics_port_ = std::stoi(m[1]);
+      }
       return p;
     }
     int status = 0;

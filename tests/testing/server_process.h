@@ -28,6 +28,9 @@ class ServerProcess {
   ~ServerProcess();  ///< SIGKILLs the server if still running.
 
   int port() const { return port_; }
+  /// Port of the Prometheus endpoint (127.0.0.1:0 unless the flags say
+  /// otherwise); 0 if the server has none.
+  int metrics_port() const { return metrics_port_; }
   std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
   pid_t pid() const { return pid_; }
 
@@ -42,6 +45,7 @@ class ServerProcess {
   ServerProcess() = default;
   pid_t pid_ = -1;
   int port_ = 0;
+  int metrics_port_ = 0;
   std::string log_path_;
 };
 

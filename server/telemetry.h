@@ -1,0 +1,143 @@
+#ifndef CKPT_SERVER_TELEMETRY_H_
+#define CKPT_SERVER_TELEMETRY_H_
+
+// What the server tells operators: one structured log line per RPC (logfmt
+// on stderr) and Prometheus metrics.
+//
+// Log line (one per RPC, at its end):
+//   time=2024-05-01T12:34:56.789Z level=info msg=rpc method=Save
+//   checkpoint=team/run-1/model version=3 bytes_in=4194304 bytes_out=0
+//   duration_ms=12.345 status=OK peer=ipv4:127.0.0.1:51234 principal=trainer
+//   [error="..."]
+// `checkpoint`/`version` are empty when the RPC has none; `bytes_in` counts
+// tensor bytes received (Save chunks), `bytes_out` tensor bytes sent (Load).
+// Level: info for OK and ordinary client errors, warn for UNAUTHENTICATED,
+// PERMISSION_DENIED, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED and UNAVAILABLE,
+// error for INTERNAL, DATA_LOSS and UNKNOWN.
+//
+// Metrics (names are stable; see README "Metrics"):
+//   ckpt_requests_total{method,code}          counter   finished RPCs
+//   ckpt_request_duration_seconds{method}     histogram RPC latency
+//   ckpt_received_bytes_total{method}         counter   tensor bytes received
+//   ckpt_sent_bytes_total{method}             counter   tensor bytes sent
+//   ckpt_saved_logical_bytes_total            counter   tensor bytes of committed
+//                                                       saves, sent or deduplicated
+//   ckpt_streams_in_flight{method}            gauge     Save and Load streams open
+//   ckpt_stored_bytes, ckpt_logical_bytes, ckpt_dedup_ratio, ckpt_checkpoints,
+//   ckpt_versions, ckpt_chunks, ckpt_disk_bytes, ckpt_active_uploads
+//                                             gauges    store totals, read at scrape
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "storage/store.h"
+
+namespace prometheus {
+class Collectable;
+class Counter;
+class Gauge;
+class Histogram;
+template <typename T>
+class Family;
+class Registry;
+}  // namespace prometheus
+
+namespace ckpt::server {
+
+enum class LogLevel { kDebug = 0, kInfo = 1, kWarn = 2, kError = 3, kOff = 4 };
+
+/// "debug", "info", "warn", "error" or "off" -> LogLevel; InvalidArgument
+/// otherwise.
+absl::StatusOr<LogLevel> ParseLogLevel(absl::string_view text);
+
+/// Writes logfmt lines to stderr, one write per line. Thread-safe.
+class Logger {
+ public:
+  using Fields = std::vector<std::pair<absl::string_view, std::string>>;
+
+  explicit Logger(LogLevel level) : level_(level) {}
+
+  bool Enabled(LogLevel level) const { return level >= level_ && level != LogLevel::kOff; }
+
+  /// "time=... level=... msg=MSG k=v ...": values quoted when they hold
+  /// spaces, quotes, '=' or control characters, or are empty.
+  void Log(LogLevel level, absl::string_view msg, const Fields& fields) const;
+
+  /// The line Log() would write, without the time and the newline.
+  static std::string Format(LogLevel level, absl::string_view msg, const Fields& fields);
+
+ private:
+  LogLevel level_;
+};
+
+/// The service's Prometheus metrics and logger. Thread-safe.
+class Telemetry {
+ public:
+  /// `store` (for the totals read at scrape time) must outlive the
+  /// collectables this returns being scraped.
+  Telemetry(storage::Store* store, LogLevel level);
+  ~Telemetry();
+
+  const Logger& logger() const { return logger_; }
+
+  /// What an exposer serves: the registry and the store totals.
+  std::vector<std::shared_ptr<prometheus::Collectable>> collectables() const;
+
+  /// The metrics text a scrape returns (for tests and tools).
+  std::string Scrape() const;
+
+  void RecordRpc(absl::string_view method, absl::StatusCode code, absl::Duration duration);
+  void AddReceived(absl::string_view method, uint64_t bytes);
+  void AddSent(absl::string_view method, uint64_t bytes);
+  void AddSavedLogical(uint64_t bytes);
+  void StreamOpened(absl::string_view method);
+  void StreamClosed(absl::string_view method);
+
+ private:
+  struct Families;
+  Logger logger_;
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::shared_ptr<prometheus::Collectable> store_collector_;
+  std::unique_ptr<Families> families_;
+};
+
+/// One RPC's record: collects what the log line needs and, on End(), logs
+/// it and updates the metrics. Not thread-safe: the RPC's owner serializes
+/// access (the byte counters are atomic).
+class CallRecord {
+ public:
+  CallRecord(Telemetry* telemetry, absl::string_view method, std::string peer);
+
+  void set_checkpoint(absl::string_view name) { checkpoint_ = std::string(name); }
+  void set_version(uint64_t version) { version_ = version; }
+  void set_principal(absl::string_view principal) { principal_ = std::string(principal); }
+  void AddBytesIn(uint64_t n) { bytes_in_.fetch_add(n, std::memory_order_relaxed); }
+  void AddBytesOut(uint64_t n) { bytes_out_.fetch_add(n, std::memory_order_relaxed); }
+
+  /// Logs the line and records the metrics; later calls do nothing.
+  void End(const absl::Status& status);
+
+ private:
+  Telemetry* telemetry_;
+  std::string method_;
+  std::string peer_;
+  absl::Time start_;
+  std::string checkpoint_;
+  uint64_t version_ = 0;
+  std::string principal_;
+  std::atomic<uint64_t> bytes_in_{0};
+  std::atomic<uint64_t> bytes_out_{0};
+  bool ended_ = false;
+};
+
+}  // namespace ckpt::server
+
+#endif  // CKPT_SERVER_TELEMETRY_H_
