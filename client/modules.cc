@@ -10,6 +10,8 @@
 #include <torch/utils.h>
 
 #include <set>
+#include <sstream>
+#include <type_traits>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -111,8 +113,24 @@ using torch::optim::Optimizer;
 using torch::optim::OptimizerOptions;
 using torch::optim::OptimizerParamState;
 
-std::string StateKey(const at::Tensor& param) {
-  return c10::guts::to_string(param.unsafeGetTensorImpl());
+// LibTorch keys optimizer state by the parameter's TensorImpl: as a string
+// of its address up to 1.13, as the pointer itself in 2.x.
+using StateMap = std::remove_reference_t<decltype(std::declval<Optimizer&>().state())>;
+using StateKeyType = typename StateMap::key_type;
+
+template <typename K>
+K MakeStateKey(void* impl) {
+  if constexpr (std::is_same_v<K, std::string>) {
+    std::ostringstream out;  // what c10::guts::to_string(ptr) printed
+    out << impl;
+    return out.str();
+  } else {
+    return impl;
+  }
+}
+
+StateKeyType StateKey(const at::Tensor& param) {
+  return MakeStateKey<StateKeyType>(param.unsafeGetTensorImpl());
 }
 
 // A float32 0-dim tensor holding a step count: how PyTorch >= 1.12 stores
@@ -431,7 +449,7 @@ absl::Status LoadOptimizerStateDict(Optimizer& optimizer, const c10::IValue& val
                                                    groups.size()));
   }
   // Validate everything before changing anything.
-  std::vector<std::pair<std::string, std::unique_ptr<OptimizerParamState>>> new_state;
+  std::vector<std::pair<StateKeyType, std::unique_ptr<OptimizerParamState>>> new_state;
   const c10::impl::GenericDict saved_state = state_v.toGenericDict();
   int64_t index = 0;
   for (size_t g = 0; g < groups.size(); ++g) {

@@ -2,6 +2,8 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <future>
+
 #include <fstream>
 #include <sstream>
 
@@ -317,19 +319,26 @@ class GrpcRawClient final : public RawClient {
     if (chunk_size == 0) return absl::InternalError("server announced chunk size 0");
 
     SaveResult result;
-    std::string scratch;  // one pulled chunk (DataSource nodes)
-    uint64_t batch_index = 0;
-    size_t next = 0;
-    while (next < tree.size()) {
-      // One batch: nodes up to batch_bytes of data (at least one node).
-      request.Clear();
-      v1::NodeBatch* batch = request.mutable_nodes();
+    uint64_t data_done = 0, data_total = 0;
+    for (const Node& n : tree) data_total += n.has_data() ? n.data.size : 0;
+    // Batches are hashed one ahead on another thread, so that hashing (and
+    // device-to-host copies) of batch k+1 overlap sending batch k's chunks.
+    struct Batch {
+      v1::SaveRequest request;
       absl::flat_hash_map<Digest, ChunkSource> sources;
-      uint64_t batch_data = 0;
+      uint64_t data = 0;
+      uint64_t chunks = 0;
+      size_t next = 0;  // first node of the following batch
+    };
+    auto prepare = [&input, &tree, this, chunk_size](size_t next) -> absl::StatusOr<Batch> {
+      Batch out;
+      std::string scratch;  // one pulled chunk (DataSource nodes)
+      v1::NodeBatch* batch = out.request.mutable_nodes();
       size_t batch_proto = 0;
+      // Nodes up to batch_bytes of data (at least one node).
       while (next < tree.size() && batch->nodes_size() < static_cast<int>(kMaxBatchNodes) &&
              batch_proto < kPieceBytes &&
-             (batch->nodes_size() == 0 || batch_data < options_.batch_bytes)) {
+             (batch->nodes_size() == 0 || out.data < options_.batch_bytes)) {
         Node node = tree[next];
         if (node.has_data()) {
           DataSource* source = next < input.sources.size() ? input.sources[next] : nullptr;
@@ -350,27 +359,45 @@ class GrpcRawClient final : public RawClient {
                   off, absl::Span<uint8_t>(reinterpret_cast<uint8_t*>(scratch.data()), len)));
               Digest d = Digest::Of(scratch);
               node.data.chunks.push_back(d);
-              sources.emplace(d, ChunkSource{nullptr, len, source, off});
+              out.sources.emplace(d, ChunkSource{nullptr, len, source, off});
               continue;
             }
             Digest d = Digest::Of(bytes.subspan(off, len));
             node.data.chunks.push_back(d);
-            sources.emplace(d, ChunkSource{bytes.data() + off, len});
+            out.sources.emplace(d, ChunkSource{bytes.data() + off, len});
           }
-          result.chunks_total += node.data.chunks.size();
-          batch_data += node.data.size;
+          out.chunks += node.data.chunks.size();
+          out.data += node.data.size;
         }
         v1::Node* proto = batch->add_nodes();
         rpc::ToProto(node, proto);
         batch_proto += proto->ByteSizeLong() + 4;
         ++next;
       }
-      CKPT_RETURN_IF_ERROR(Write(stream, request, broken));
+      out.next = next;
+      return out;
+    };
+    uint64_t batch_index = 0;
+    // A pending future's destructor waits for it: an early return below
+    // never leaves the hashing thread using `input`.
+    std::future<absl::StatusOr<Batch>> ahead =
+        std::async(std::launch::async, prepare, size_t{0});
+    for (;;) {
+      absl::StatusOr<Batch> current = ahead.get();
+      if (!current.ok()) return current.status();
+      const bool more = current->next < tree.size();
+      if (more) ahead = std::async(std::launch::async, prepare, current->next);
+      CKPT_RETURN_IF_ERROR(Write(stream, current->request, broken));
       CKPT_RETURN_IF_ERROR(Read(stream, &response, v1::SaveResponse::kNeed, broken));
       if (response.need().batch() != batch_index++) {
         return absl::InternalError("server answered the wrong node batch");
       }
-      CKPT_RETURN_IF_ERROR(SendChunks(stream, response.need(), sources, &result, broken));
+      CKPT_RETURN_IF_ERROR(
+          SendChunks(stream, response.need(), current->sources, &result, broken));
+      result.chunks_total += current->chunks;
+      data_done += current->data;
+      if (options.progress) options.progress(data_done, data_total);
+      if (!more) break;
     }
     request.Clear();
     request.mutable_commit();

@@ -11,6 +11,7 @@
 //   auto loaded = (*client)->Load("team/run/model", {});
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -67,6 +68,10 @@ struct SaveOptions {
   std::string save_id;
   /// Deadline of the whole save; zero: none. Default: none.
   absl::Duration timeout = absl::ZeroDuration();
+  /// Called from the saving thread after each node batch has been hashed and
+  /// its missing chunks sent, with the data bytes done so far and the total
+  /// (e.g. for a progress bar). Default: none.
+  std::function<void(uint64_t done, uint64_t total)> progress;
 };
 
 /// A value tree to save. `tree` holds every node; for tensor and byte nodes
