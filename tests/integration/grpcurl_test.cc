@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <fstream>
 
 #include "client/raw_client.h"
 #include "tests/testing/server_process.h"
@@ -93,6 +94,94 @@ TEST_F(GrpcurlTest, QueriesFromTheReadme) {
   auto missing = Call(R"({"name": "no/such"})", {"ckpt.v1.CheckpointService/ListVersions"});
   EXPECT_NE(missing.exit_code, 0);
   EXPECT_NE(missing.err.find("Code: NotFound"), std::string::npos) << missing.err;
+}
+
+// The README's commands against a server with a tokens file: reflection and
+// health stay open, the checkpoint service wants `-H 'authorization: Bearer
+// ...'`.
+class GrpcurlTokenTest : public ::testing::Test {
+ protected:
+  static constexpr char kToken[] = "grpcurl-reader-6f1e2d3c4b5a";
+  static constexpr char kAdmin[] = "grpcurl-admin-0a9b8c7d6e5f";
+
+  void SetUp() override {
+    const std::string tokens = dir_.path() + "/tokens";
+    std::ofstream(tokens) << "reader " << kToken << " read team\n"
+                          << "admin " << kAdmin << " admin *\n";
+    auto server =
+        testing::ServerProcess::Start(dir_.path() + "/db", {"--tokens-file", tokens});
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+    client::ClientOptions options;
+    options.token = kAdmin;
+    auto client = client::RawClient::Connect(server_->address(), options);
+    ASSERT_TRUE(client.ok());
+    testing::TreeBuilder b;
+    b.Dict(1).Tensor(std::string("hidden.weight"), DType::kFloat32, {2, 3}, 1);
+    ASSERT_TRUE((*client)->Save("team/run-1/model", b.Input(), {}).ok());
+    ASSERT_TRUE((*client)->Save("other/model", b.Input(), {}).ok());
+  }
+
+  // grpcurl -plaintext [-H 'authorization: Bearer TOKEN'] [-d DATA] ADDRESS ...
+  testing::CommandResult Call(const std::string& token, const std::string& data,
+                              std::vector<std::string> rest) {
+    std::vector<std::string> args = {Grpcurl(), "-plaintext"};
+    if (!token.empty()) args.insert(args.end(), {"-H", "authorization: Bearer " + token});
+    if (!data.empty()) args.insert(args.end(), {"-d", data});
+    args.push_back(server_->address());
+    args.insert(args.end(), rest.begin(), rest.end());
+    return testing::RunCommand(args);
+  }
+
+  testing::TempDir dir_;
+  std::unique_ptr<testing::ServerProcess> server_;
+};
+
+TEST_F(GrpcurlTokenTest, ReflectionAndHealthNeedNoToken) {
+  auto list = Call("", "", {"list"});
+  ASSERT_EQ(list.exit_code, 0) << list.err;
+  EXPECT_NE(list.out.find("ckpt.v1.CheckpointService"), std::string::npos) << list.out;
+  auto describe = Call("", "", {"describe", "ckpt.v1.CheckpointService"});
+  ASSERT_EQ(describe.exit_code, 0) << describe.err;
+  EXPECT_NE(describe.out.find("rpc GetManifest ( .ckpt.v1.GetManifestRequest )"),
+            std::string::npos)
+      << describe.out;
+  auto health = Call("", "", {"grpc.health.v1.Health/Check"});
+  ASSERT_EQ(health.exit_code, 0) << health.err;
+  EXPECT_NE(health.out.find(R"("status": "SERVING")"), std::string::npos) << health.out;
+}
+
+TEST_F(GrpcurlTokenTest, CheckpointServiceNeedsTheBearerToken) {
+  auto anonymous = Call("", R"({"prefix": "team/"})", {"ckpt.v1.CheckpointService/ListCheckpoints"});
+  EXPECT_NE(anonymous.exit_code, 0);
+  EXPECT_NE(anonymous.err.find("Code: Unauthenticated"), std::string::npos) << anonymous.err;
+  EXPECT_NE(anonymous.err.find("missing bearer token"), std::string::npos) << anonymous.err;
+
+  auto ls = Call(kToken, R"({"prefix": "team/"})", {"ckpt.v1.CheckpointService/ListCheckpoints"});
+  ASSERT_EQ(ls.exit_code, 0) << ls.err;
+  EXPECT_NE(ls.out.find(R"("name": "team/run-1/model")"), std::string::npos) << ls.out;
+  // Only what the token may read is listed.
+  auto all = Call(kToken, "", {"ckpt.v1.CheckpointService/ListCheckpoints"});
+  ASSERT_EQ(all.exit_code, 0) << all.err;
+  EXPECT_EQ(all.out.find("other/model"), std::string::npos) << all.out;
+
+  auto manifest = Call(kToken, R"({"name": "team/run-1/model"})",
+                       {"ckpt.v1.CheckpointService/GetManifest"});
+  ASSERT_EQ(manifest.exit_code, 0) << manifest.err;
+  EXPECT_NE(manifest.out.find(R"("str_key": "hidden.weight")"), std::string::npos)
+      << manifest.out;
+
+  auto denied = Call(kToken, R"({"name": "other/model"})",
+                     {"ckpt.v1.CheckpointService/GetManifest"});
+  EXPECT_NE(denied.exit_code, 0);
+  EXPECT_NE(denied.err.find("Code: PermissionDenied"), std::string::npos) << denied.err;
+  EXPECT_NE(denied.err.find("token 'reader' has no read right on 'other/model'"),
+            std::string::npos)
+      << denied.err;
+
+  auto info = Call(kToken, "", {"ckpt.v1.CheckpointService/GetServerInfo"});
+  ASSERT_EQ(info.exit_code, 0) << info.err;
+  EXPECT_NE(info.out.find(R"("versions": "2")"), std::string::npos) << info.out;
 }
 
 }  // namespace
