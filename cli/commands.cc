@@ -400,6 +400,7 @@ void AddCommands(CLI::App& app, CommandTable& table) {
   AddHealthCommand(app, table);
   AddStatsCommand(app, table);
   AddFileCommands(app, table);
+  AddInteropCommands(app, table);
 }
 
 }  // namespace ckpt::cli

@@ -123,6 +123,11 @@ void AddGcCommand(CLI::App& app, CommandTable& table);
 void AddHealthCommand(CLI::App& app, CommandTable& table);
 /// put NAME FILE, get REF FILE (cli/files.cc).
 void AddFileCommands(CLI::App& app, CommandTable& table);
+/// import FILE NAME, export REF FILE: PyTorch .pt and .safetensors files
+/// (cli/interop.cc). Import prints "imported FILE as NAME@V (FORMAT, N
+/// tensors, SIZE, sent SIZE)", export "exported NAME@V to FILE (FORMAT, N
+/// tensors, SIZE)"; a progress bar goes to stderr.
+void AddInteropCommands(CLI::App& app, CommandTable& table);
 void AddStatsCommand(CLI::App& app, CommandTable& table);
 
 /// Adds every subcommand above to `app`, in the order --help lists them.

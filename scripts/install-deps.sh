@@ -19,6 +19,9 @@ build_pkgs=(
   procps
   prometheus-cpp-dev libssl-dev openssl
   libtorch-dev
+  zlib1g-dev
+  clang libclang-rt-14-dev
+  python3-torch
 )
 # RocksDB is linked statically: only its compression libraries are loaded.
 runtime_pkgs=(libgrpc++1.51 libprotobuf32 libxxhash0 libsnappy1v5 liblz4-1 libzstd1 libbz2-1.0
@@ -57,6 +60,26 @@ install_grpcurl() {
   ln -sf "$bin" /usr/local/bin/grpcurl
 }
 
+install_python_torch() {
+  # Interop tests (tests/interop) run against two PyTorch versions: Debian's
+  # 1.13 for /usr/bin/python3 (python3-torch above) and the current 2.x from
+  # PyPI for the python3 first on PATH, with PyPI's reference safetensors.
+  # The Linux torch wheel is the CUDA build (several GB of nvidia-* wheels):
+  # installed once, skipped when it imports.
+  local py=python3
+  if [[ "$(command -v "$py")" == /usr/bin/python3 ]]; then return; fi
+  if ! "$py" -c 'import torch' >/dev/null 2>&1; then
+    echo "install-deps: installing torch from PyPI into $(command -v "$py") (large download)" >&2
+    "$py" -m pip install -q --disable-pip-version-check --root-user-action=ignore \
+      "torch==2.15.0" >/dev/null
+  fi
+  if ! "$py" -c 'import safetensors, numpy' >/dev/null 2>&1; then
+    echo "install-deps: installing safetensors and numpy from PyPI" >&2
+    "$py" -m pip install -q --disable-pip-version-check --root-user-action=ignore \
+      "safetensors==0.8.0" numpy >/dev/null
+  fi
+}
+
 missing=()
 for p in "${pkgs[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
@@ -75,4 +98,5 @@ fi
 
 if [[ "$mode" == default ]]; then
   install_grpcurl
+  install_python_torch
 fi
