@@ -256,7 +256,7 @@ absl::Status RunExport(Context& ctx, const ExportArgs& args) {
     if (format == interop::Format::kUnknown) {
       return absl::InvalidArgumentError(absl::StrCat(
           "cannot tell the format from the name '", Printable(args.file),
-          "' (.pt, .pth, .bin or .safetensors); pass --format pt|safetensors"));
+          "' (.pt, .pth, .bin, .ckpt, .tar or .safetensors); pass --format pt|safetensors"));
     }
   }
   client::LoadOptions options;
@@ -279,9 +279,8 @@ void AddInteropCommands(CLI::App& app, CommandTable& table) {
   auto imp = std::make_shared<ImportArgs>();
   CLI::App* sub = app.add_subcommand(
       "import",
-      "Save a PyTorch .pt file (torch.save, zip format) or a .safetensors file as a new "
-      "version of NAME; the format comes from the file's content. Pickle code is never run: "
-      "only tensors, containers and scalars are read");
+      "Save a PyTorch .pt (torch.save) or .safetensors file as a new version of NAME "
+      "(format from the content; no pickle code is run)");
   sub->add_option("FILE", imp->file, "file to import")->required();
   sub->add_option("NAME", imp->name, "checkpoint name")->required();
   sub->add_option("--keys", imp->keys,
@@ -299,8 +298,8 @@ void AddInteropCommands(CLI::App& app, CommandTable& table) {
   auto exp = std::make_shared<ExportArgs>();
   sub = app.add_subcommand(
       "export",
-      "Write a version as a .pt file that torch.load opens (also with weights_only=True) or "
-      "as .safetensors (tensors only; nested keys joined with '/')");
+      "Write a version as a .pt file for torch.load, or as .safetensors (tensors only, "
+      "nested keys joined with '/')");
   sub->add_option("REF", exp->ref, "NAME[@VERSION|@TAG]")->required();
   sub->add_option("FILE", exp->file, "file to write (.pt, .pth, .bin, .safetensors)")
       ->required();

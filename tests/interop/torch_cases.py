@@ -180,6 +180,28 @@ def same(a, b, path="", counts=None):
             counts["scalars"] += 1
 
 
+def locations(path):
+    """The devices the file's storages were saved on (map_location sees them)."""
+    seen = []
+
+    def record(storage, location):
+        seen.append(location)
+        return storage
+
+    torch.load(path, map_location=record, weights_only=False)
+    return sorted(set(seen))
+
+
+def save_on_device(value, path, location):
+    """torch.save as on a GPU machine: storages tagged with `location`."""
+    original = torch.serialization.location_tag
+    torch.serialization.location_tag = lambda storage: location
+    try:
+        torch.save(value, path)
+    finally:
+        torch.serialization.location_tag = original
+
+
 def load(path, weights_only):
     if weights_only:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -220,6 +242,8 @@ def compare(pairs):
         except AssertionError as e:
             raise AssertionError(f"{name}: {e}") from None
         check_usable(name, b)
+        if locations(orig) != locations(exported):
+            raise AssertionError(f"{name}: devices {locations(exported)} != {locations(orig)}")
         for k in total:
             total[k] += counts[k]
         try:
@@ -243,6 +267,11 @@ def main():
         for name, value in cases().items():
             torch.save(value, os.path.join(out, name + ".pt"))
             names.append(name)
+        # Saved as on GPUs (the location string is all a file records).
+        torch.manual_seed(5)
+        save_on_device({"w": torch.randn(3), "b": torch.zeros(2)},
+                       os.path.join(out, "cuda_tensors.pt"), "cuda:1")
+        names.append("cuda_tensors")
         # The legacy (pre-1.6) format, for the refusal test.
         torch.save({"a": torch.ones(1)}, os.path.join(out, "legacy.pt.old"),
                    _use_new_zipfile_serialization=False)
