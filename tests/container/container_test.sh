@@ -11,7 +11,8 @@
 #    what changed);
 # 3. `podman-compose up -d` with a tokens file of its own and free host
 #    ports, waits until the image's HEALTHCHECK passes;
-# 4. from the host: saves and loads with the CLI (and a token), checks the
+# 4. from the host: saves and loads with the CLI (and a token), imports and
+#    exports a .safetensors file, checks the
 #    refusals (no token, wrong namespace), queries with grpcurl, scrapes the
 #    metrics, checks the server runs as a non-root user;
 # 5. restarts the container, then recreates it (down, up): the data is still
@@ -124,14 +125,49 @@ name="$(container_name)"
 step "the server runs as a non-root user and logs no token"
 uid="$(podman exec "$name" id -u)"
 [[ "$uid" == 10001 ]] || fail "server runs as uid $uid"
-podman logs "$name" 2>&1 | grep -q "listening on port 50051" || fail "no listening line in the log"
-if podman logs "$name" 2>&1 | grep -q "DEVELOPMENT MODE"; then fail "server runs without tokens"; fi
+# (Outputs are captured before grep: with pipefail, `grep -q` closing a pipe
+# early would fail the writer with SIGPIPE.)
+logs="$(podman logs "$name" 2>&1)"
+grep -q "listening on port 50051" <<<"$logs" || fail "no listening line in the log"
+if grep -q "DEVELOPMENT MODE" <<<"$logs"; then fail "server runs without tokens"; fi
 
 step "save and load through the container with the CLI"
 head -c $((5 * 1024 * 1024 + 123)) /dev/urandom >"$work/model.bin"
 CKPT_TOKEN="$writer_token" ckpt put ctest/run-1/model "$work/model.bin" --tag best
 CKPT_TOKEN="$writer_token" ckpt get ctest/run-1/model@best "$work/restored.bin"
 cmp "$work/model.bin" "$work/restored.bin" || fail "restored bytes differ"
+
+step "import and export a .safetensors file through the container"
+python3 - "$work/weights.safetensors" <<'EOF'
+import json, random, struct, sys
+random.seed(7)
+tensors = {"fc.weight": [64, 32], "fc.bias": [32]}
+header, data = {}, b""
+for name, shape in tensors.items():
+    n = 4
+    for d in shape:
+        n *= d
+    header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [len(data), len(data) + n]}
+    data += bytes(random.getrandbits(8) for _ in range(n))
+text = json.dumps(header).encode()
+text += b" " * (-len(text) % 8)
+open(sys.argv[1], "wb").write(struct.pack("<Q", len(text)) + text + data)
+EOF
+CKPT_TOKEN="$writer_token" ckpt import "$work/weights.safetensors" ctest/run-1/weights --no-progress
+CKPT_TOKEN="$writer_token" ckpt export ctest/run-1/weights "$work/exported.safetensors" --no-progress
+python3 - "$work/weights.safetensors" "$work/exported.safetensors" <<'EOF' || fail "exported tensors differ"
+import json, struct, sys
+def read(path):
+    raw = open(path, "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    header.pop("__metadata__", None)
+    body = raw[8 + n:]
+    return {k: (v["dtype"], v["shape"], body[v["data_offsets"][0]:v["data_offsets"][1]])
+            for k, v in header.items()}
+a, b = read(sys.argv[1]), read(sys.argv[2])
+sys.exit(0 if a == b and len(a) == 2 else 1)
+EOF
 
 step "refusals: no token, another namespace, deleting without admin"
 set +e
@@ -149,15 +185,17 @@ set -e
 [[ $rc == 7 && "$out" == *"no admin right"* ]] || fail "rm without admin: rc=$rc $out"
 
 step "grpcurl through reflection, with and without the token"
-grpcurl -plaintext "$address" list | grep -q ckpt.v1.CheckpointService || fail "grpcurl list"
-grpcurl -plaintext "$address" grpc.health.v1.Health/Check | grep -q SERVING || fail "grpcurl health"
+out="$(grpcurl -plaintext "$address" list)"
+grep -q ckpt.v1.CheckpointService <<<"$out" || fail "grpcurl list: $out"
+out="$(grpcurl -plaintext "$address" grpc.health.v1.Health/Check)"
+grep -q SERVING <<<"$out" || fail "grpcurl health: $out"
 set +e
 out="$(grpcurl -plaintext -d '{"prefix": "ctest/"}' "$address" ckpt.v1.CheckpointService/ListCheckpoints 2>&1)"
 set -e
 [[ "$out" == *"Unauthenticated"* ]] || fail "grpcurl without token: $out"
-grpcurl -plaintext -H "authorization: Bearer $admin_token" -d '{"prefix": "ctest/"}' "$address" \
-  ckpt.v1.CheckpointService/ListCheckpoints | grep -q '"name": "ctest/run-1/model"' ||
-  fail "grpcurl ListCheckpoints with token"
+out="$(grpcurl -plaintext -H "authorization: Bearer $admin_token" -d '{"prefix": "ctest/"}' \
+  "$address" ckpt.v1.CheckpointService/ListCheckpoints)"
+grep -q '"name": "ctest/run-1/model"' <<<"$out" || fail "grpcurl ListCheckpoints with token: $out"
 
 step "metrics on http://127.0.0.1:$metrics_port/metrics"
 scrape() {
@@ -167,10 +205,10 @@ print(urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=
 EOF
 }
 metrics="$(scrape)"
-grep -q '^ckpt_requests_total{code="OK",method="Save"} 1$' <<<"$metrics" || fail "Save count: $(grep Save <<<"$metrics")"
+grep -q '^ckpt_requests_total{code="OK",method="Save"} 2$' <<<"$metrics" || fail "Save count: $(grep Save <<<"$metrics")"
 grep -q '^ckpt_requests_total{code="UNAUTHENTICATED",method="ListCheckpoints"} [1-9]' <<<"$metrics" ||
   fail "UNAUTHENTICATED count"
-grep -q "^ckpt_received_bytes_total{method=\"Save\"} $((5 * 1024 * 1024 + 123))\$" <<<"$metrics" ||
+grep -q "^ckpt_received_bytes_total{method=\"Save\"} $((5 * 1024 * 1024 + 123 + 4 * (64 * 32 + 32)))\$" <<<"$metrics" ||
   fail "received bytes: $(grep received <<<"$metrics")"
 grep -q '^ckpt_stored_bytes ' <<<"$metrics" || fail "no ckpt_stored_bytes"
 
