@@ -53,8 +53,8 @@ absl::StatusOr<std::string> ParseHexDigest(absl::string_view hex) {
 bool ValidPrincipalName(absl::string_view name) {
   if (name.empty() || name.size() > 64) return false;
   return std::all_of(name.begin(), name.end(), [](char c) {
-    return absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' ||
-           c == '@' || c == '-';
+    return absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '@' ||
+           c == '-';
   });
 }
 
@@ -71,9 +71,8 @@ absl::StatusOr<std::string> NormalizePrefix(absl::string_view prefix) {
   absl::ConsumeSuffix(&stripped, "/");
   absl::Status valid = ValidateName(stripped);
   if (!valid.ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("prefix '", prefix, "' is neither '*' nor a checkpoint name: ",
-                     valid.message()));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "prefix '", prefix, "' is neither '*' nor a checkpoint name: ", valid.message()));
   }
   return std::string(stripped);
 }
@@ -107,8 +106,8 @@ bool Principal::Has(Right right, absl::string_view name) const {
 
 absl::Status Principal::Check(Right right, absl::string_view name) const {
   if (Has(right, name)) return absl::OkStatus();
-  return absl::PermissionDeniedError(absl::StrCat("token '", name_, "' has no ",
-                                                  RightName(right), " right on '", name, "'"));
+  return absl::PermissionDeniedError(
+      absl::StrCat("token '", name_, "' has no ", RightName(right), " right on '", name, "'"));
 }
 
 absl::Status Principal::CheckGlobal(Right right, absl::string_view what) const {
@@ -116,8 +115,7 @@ absl::Status Principal::CheckGlobal(Right right, absl::string_view what) const {
     if (g.right >= right && g.prefix == "*") return absl::OkStatus();
   }
   return absl::PermissionDeniedError(absl::StrCat("token '", name_, "' may not ", what,
-                                                  ": that needs ", RightName(right),
-                                                  " on '*'"));
+                                                  ": that needs ", RightName(right), " on '*'"));
 }
 
 std::optional<std::vector<std::string>> Principal::ReadableUnder(absl::string_view prefix) const {
@@ -153,8 +151,8 @@ absl::StatusOr<std::shared_ptr<const TokenTable>> TokenTable::Parse(absl::string
       return absl::InvalidArgumentError(absl::StrCat("tokens file line ", line_number, ": ", why));
     };
     if (fields.size() != 4) {
-      return error(absl::StrCat("expected 4 fields (NAME TOKEN RIGHT PREFIXES), found ",
-                                fields.size()));
+      return error(
+          absl::StrCat("expected 4 fields (NAME TOKEN RIGHT PREFIXES), found ", fields.size()));
     }
     const absl::string_view name = fields[0], token = fields[1];
     if (!ValidPrincipalName(name)) {
@@ -167,13 +165,14 @@ absl::StatusOr<std::shared_ptr<const TokenTable>> TokenTable::Parse(absl::string
       digest = *std::move(parsed);
     } else {
       if (token.size() < kMinTokenLength) {
-        return error(absl::StrCat("token of '", name, "' is shorter than ", kMinTokenLength,
-                                  " characters"));
+        return error(
+            absl::StrCat("token of '", name, "' is shorter than ", kMinTokenLength, " characters"));
       }
       digest = Sha256(token);
     }
     std::optional<Right> right = ParseRight(fields[2]);
-    if (!right) return error(absl::StrCat("RIGHT must be read, write or admin, not '", fields[2], "'"));
+    if (!right)
+      return error(absl::StrCat("RIGHT must be read, write or admin, not '", fields[2], "'"));
     std::vector<Grant> grants;
     for (absl::string_view prefix : absl::StrSplit(fields[3], ',', absl::SkipEmpty())) {
       auto normalized = NormalizePrefix(prefix);
@@ -185,8 +184,8 @@ absl::StatusOr<std::shared_ptr<const TokenTable>> TokenTable::Parse(absl::string
     auto [it, inserted] = name_of.emplace(digest, std::string(name));
     if (!inserted) {
       if (it->second != name) {
-        return error(absl::StrCat("the token of '", name, "' is already the token of '",
-                                  it->second, "'"));
+        return error(
+            absl::StrCat("the token of '", name, "' is already the token of '", it->second, "'"));
       }
       Entry& entry = table->entries_[index_of[digest]];
       std::vector<Grant> all = entry.principal.grants();

@@ -34,8 +34,7 @@ void IdleWatchdog::Remove(IdleWatched* stream) {
 void IdleWatchdog::Loop() {
   // A few checks per timeout: a stream is cancelled between 1 and 1.25
   // timeouts after it started waiting.
-  const absl::Duration period =
-      std::clamp(timeout_ / 4, absl::Milliseconds(10), absl::Seconds(1));
+  const absl::Duration period = std::clamp(timeout_ / 4, absl::Milliseconds(10), absl::Seconds(1));
   std::unique_lock<std::mutex> lock(mu_);
   while (!stopping_) {
     cv_.wait_for(lock, absl::ToChronoMilliseconds(period));

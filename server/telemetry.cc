@@ -125,8 +125,7 @@ class StoreCollector final : public prometheus::Collectable {
           static_cast<double>(stats->chunks));
     gauge("ckpt_disk_bytes", "Bytes of the RocksDB files (SST and WAL)",
           static_cast<double>(stats->disk_bytes));
-    gauge("ckpt_active_uploads", "Uploads in progress",
-          static_cast<double>(stats->active_uploads));
+    gauge("ckpt_active_uploads", "Uploads in progress", static_cast<double>(stats->active_uploads));
     return out;
   }
 
@@ -137,8 +136,8 @@ class StoreCollector final : public prometheus::Collectable {
 }  // namespace
 
 absl::StatusOr<LogLevel> ParseLogLevel(absl::string_view text) {
-  for (LogLevel level : {LogLevel::kDebug, LogLevel::kInfo, LogLevel::kWarn, LogLevel::kError,
-                         LogLevel::kOff}) {
+  for (LogLevel level :
+       {LogLevel::kDebug, LogLevel::kInfo, LogLevel::kWarn, LogLevel::kError, LogLevel::kOff}) {
     if (text == LevelName(level)) return level;
   }
   return absl::InvalidArgumentError(
@@ -228,7 +227,7 @@ void Telemetry::RecordRpc(absl::string_view method, absl::StatusCode code,
                           absl::Duration duration) {
   static const prometheus::Histogram::BucketBoundaries kBuckets = {
       0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-      1,     2.5,    5,     10,   30,    60,   120, 300, 600};
+      1,     2.5,    5,     10,   30,    60,   120, 300,  600};
   const std::string m(method);
   families_->requests.Add({{"method", m}, {"code", absl::StatusCodeToString(code)}}).Increment();
   families_->duration.Add({{"method", m}}, kBuckets).Observe(absl::ToDoubleSeconds(duration));

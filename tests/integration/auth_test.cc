@@ -37,9 +37,9 @@ constexpr char kOps[] = "ops-a4f09e3c71b25d68";
 
 std::string TokensText() {
   return absl::StrCat("# NAME  TOKEN  RIGHT  PREFIXES\n",         //
-                      "reader  ", kReader, "  read   team-a\n",    //
-                      "writer  ", kWriter, "  write  team-a/\n",   //
-                      "admin-a ", kAdminA, "  admin  team-a\n",    //
+                      "reader  ", kReader, "  read   team-a\n",   //
+                      "writer  ", kWriter, "  write  team-a/\n",  //
+                      "admin-a ", kAdminA, "  admin  team-a\n",   //
                       "ops     ", kOps, "  admin  *\n");
 }
 
@@ -142,7 +142,7 @@ class AuthTest : public ::testing::Test {
 
 // Every RPC of the service, each returning its status.
 std::vector<std::pair<std::string, absl::Status>> CallEveryRpc(RawClient& c,
-                                                                const client::SaveInput& input) {
+                                                               const client::SaveInput& input) {
   return {
       {"ListCheckpoints", c.ListCheckpoints("").status()},
       {"ListVersions", c.ListVersions("team-a/m").status()},
@@ -192,8 +192,7 @@ TEST_F(AuthTest, EachRpcNeedsItsRightOnTheName) {
   EXPECT_TRUE(reader->GetManifest("team-a/m", 1, "").ok());
   EXPECT_TRUE(reader->GetServerInfo().ok());
   denied(reader->Load("other/m", {}).status(), "token 'reader' has no read right on 'other/m'");
-  denied(reader->ListVersions("other/m").status(),
-         "token 'reader' has no read right on 'other/m'");
+  denied(reader->ListVersions("other/m").status(), "token 'reader' has no read right on 'other/m'");
   denied(reader->GetManifest("other/m", 0, "").status(),
          "token 'reader' has no read right on 'other/m'");
   denied(reader->Save("team-a/new", tree_.Input(), {}).status(),
@@ -420,8 +419,8 @@ TEST_F(TlsTest, CliTakesTokenAndTlsFromFlagsAndEnvironment) {
   WriteFile(input, "weights");
 
   // Flags.
-  auto put = testing::RunCommand({cli, "--server", address, "--ca-cert", certs_->ca,
-                                  "--token-file", token_file, "put", "team-a/file", input});
+  auto put = testing::RunCommand({cli, "--server", address, "--ca-cert", certs_->ca, "--token-file",
+                                  token_file, "put", "team-a/file", input});
   EXPECT_EQ(put.exit_code, 0) << put.err;
   // Environment variables.
   const std::vector<std::string> env = {absl::StrCat("CKPT_SERVER=", address),
@@ -435,8 +434,8 @@ TEST_F(TlsTest, CliTakesTokenAndTlsFromFlagsAndEnvironment) {
   EXPECT_THAT(ls.out, HasSubstr("team-a/file"));
 
   // Refusals: exit code 7, the server's code and message.
-  auto no_token = testing::RunCommand({cli, "--server", address, "--tls", "--ca-cert",
-                                       certs_->ca, "ls"});
+  auto no_token =
+      testing::RunCommand({cli, "--server", address, "--tls", "--ca-cert", certs_->ca, "ls"});
   EXPECT_EQ(no_token.exit_code, 7);
   EXPECT_EQ(no_token.err,
             "ckpt: UNAUTHENTICATED: missing bearer token: send the metadata 'authorization: "
@@ -444,8 +443,9 @@ TEST_F(TlsTest, CliTakesTokenAndTlsFromFlagsAndEnvironment) {
   auto wrong_ns = testing::RunCommand({cli, "--server", address, "--ca-cert", certs_->ca,
                                        "--token-file", token_file, "put", "other/file", input});
   EXPECT_EQ(wrong_ns.exit_code, 7);
-  EXPECT_EQ(wrong_ns.err, "ckpt: PERMISSION_DENIED: token 'writer' has no write right on "
-                          "'other/file'\n");
+  EXPECT_EQ(wrong_ns.err,
+            "ckpt: PERMISSION_DENIED: token 'writer' has no write right on "
+            "'other/file'\n");
   auto missing_file = testing::RunCommand({cli, "--server", address, "--ca-cert", certs_->ca,
                                            "--token-file", dir_.path() + "/nope", "ls"});
   EXPECT_EQ(missing_file.exit_code, 3);
@@ -478,8 +478,8 @@ TEST(ServerProcessAuthTest, SighupReloadsTheTokensFile) {
   auto server = testing::ServerProcess::Start(dir.path() + "/db", {"--tokens-file", tokens});
   ASSERT_TRUE(server.ok()) << server.status();
   auto ls = [&](const char* token) {
-    return testing::RunCommand({testing::CliBinary(), "--server", (*server)->address(),
-                                "--token", token, "ls"});
+    return testing::RunCommand(
+        {testing::CliBinary(), "--server", (*server)->address(), "--token", token, "ls"});
   };
   EXPECT_EQ(ls(kReader).exit_code, 0);
   EXPECT_EQ(ls(kWriter).exit_code, 7);

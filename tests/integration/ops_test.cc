@@ -25,9 +25,9 @@ namespace {
 
 using client::RawClient;
 using ::testing::HasSubstr;
+using testing::MetricValue;
 using ::testing::Not;
 using ::testing::StartsWith;
-using testing::MetricValue;
 
 class OpsTest : public ::testing::Test {
  protected:
@@ -191,9 +191,9 @@ TEST_F(OpsTest, IdleSaveIsCancelledAndLeavesNothing) {
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   grpc::Status status = stream->Finish();
   EXPECT_EQ(status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
-  EXPECT_THAT(status.error_message(), StartsWith("save stream idle: no message from the client for 1"));
   EXPECT_THAT(status.error_message(),
-              HasSubstr(" (--idle-timeout 1s); nothing was saved"));
+              StartsWith("save stream idle: no message from the client for 1"));
+  EXPECT_THAT(status.error_message(), HasSubstr(" (--idle-timeout 1s); nothing was saved"));
   EXPECT_GE(waited, 1.0);
   EXPECT_TRUE(WaitForMetric(kSaveStreams, 0));
   EXPECT_EQ(client_->ListVersions("team/idle").status().code(), absl::StatusCode::kNotFound);
@@ -262,8 +262,8 @@ TEST_F(OpsTest, QuotaRefusesSavesBeforeTheirChunksAreSent) {
     o.store.namespace_quota_bytes = 100000;
     o.store.namespace_quotas = {{"big", 0}};
   });
-  auto small = testing::StateDict(1, 10000, 1);   // 40000 bytes
-  auto large = testing::StateDict(2, 20000, 2);   // 160000 bytes
+  auto small = testing::StateDict(1, 10000, 1);  // 40000 bytes
+  auto large = testing::StateDict(2, 20000, 2);  // 160000 bytes
   ASSERT_TRUE(client_->Save("q/m", small.Input(), {}).ok());
   auto refused = client_->Save("q/m", large.Input(), {});
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted);
@@ -292,11 +292,11 @@ TEST(ServerLogTest, OneStructuredLinePerRpc) {
   const std::string cli = testing::CliBinary();
   const std::string file = dir.path() + "/f.bin";
   std::ofstream(file) << "weights";
-  ASSERT_EQ(testing::RunCommand({cli, "--server", (*server)->address(), "put", "a/f", file})
-                .exit_code,
-            0);
-  ASSERT_EQ(testing::RunCommand({cli, "--server", (*server)->address(), "get", "a/missing",
-                                 dir.path() + "/out"})
+  ASSERT_EQ(
+      testing::RunCommand({cli, "--server", (*server)->address(), "put", "a/f", file}).exit_code,
+      0);
+  ASSERT_EQ(testing::RunCommand(
+                {cli, "--server", (*server)->address(), "get", "a/missing", dir.path() + "/out"})
                 .exit_code,
             3);
   const std::string log = (*server)->Log();
@@ -321,8 +321,8 @@ TEST(ServerLogTest, OneStructuredLinePerRpc) {
 TEST(ServerLogTest, LogLevelAndQuotaFlags) {
   testing::TempDir dir;
   auto server = testing::ServerProcess::Start(
-      dir.path() + "/db", {"--log-level", "warn", "--namespace-quota", "1KiB", "--quota",
-                           "free=0"});
+      dir.path() + "/db",
+      {"--log-level", "warn", "--namespace-quota", "1KiB", "--quota", "free=0"});
   ASSERT_TRUE(server.ok()) << server.status();
   const std::string cli = testing::CliBinary();
   const std::string file = dir.path() + "/f.bin";

@@ -27,14 +27,15 @@ constexpr char kOps[] = "ops-token-0123456789abcdef";
 constexpr char kHashed[] = "hashed-token-0123456789";
 
 std::string TableText() {
-  return std::string("# comment line\n") +
-         "reader  " + kReader + "  read   team-a/,shared\n" +
-         "writer  " + kWriter + "  write  team-a   # trailing comment\n" +
-         "writer  " + kWriter + "  read   team-b/run-1\n" +
+  return std::string("# comment line\n") + "reader  " + kReader + "  read   team-a/,shared\n" +
+         "writer  " + kWriter + "  write  team-a   # trailing comment\n" + "writer  " + kWriter +
+         "  read   team-b/run-1\n" +
          "\n"
-         "ops     " + kOps + "  admin  *\n" +
+         "ops     " +
+         kOps + "  admin  *\n" +
          // printf hashed-token-0123456789 | sha256sum
-         "hashed  sha256:b22fd458dbe2426bebe59cfafe4c46e013df3efd439e4d91cda767ac3052ddd0  read  x\n";
+         "hashed  sha256:b22fd458dbe2426bebe59cfafe4c46e013df3efd439e4d91cda767ac3052ddd0  read  "
+         "x\n";
 }
 
 std::shared_ptr<const TokenTable> Table() {
@@ -134,13 +135,16 @@ TEST(TokenTableTest, ErrorsNameTheLineAndNeverTheToken) {
   };
   const std::string secret = "s3cret-token-never-shown";
   const Case cases[] = {
-      {"a " + secret + " read\n", "tokens file line 1: expected 4 fields (NAME TOKEN RIGHT PREFIXES), found 3"},
+      {"a " + secret + " read\n",
+       "tokens file line 1: expected 4 fields (NAME TOKEN RIGHT PREFIXES), found 3"},
       {"# c\nn short read x\n", "tokens file line 2: token of 'n' is shorter than 16 characters"},
-      {"n " + secret + " owner x\n", "tokens file line 1: RIGHT must be read, write or admin, not 'owner'"},
+      {"n " + secret + " owner x\n",
+       "tokens file line 1: RIGHT must be read, write or admin, not 'owner'"},
       {"n " + secret + " read bad//name\n",
        "tokens file line 1: prefix 'bad//name' is neither '*' nor a checkpoint name: "},
       {"n " + secret + " read ,\n", "tokens file line 1: no prefix"},
-      {"n!x " + secret + " read x\n", "tokens file line 1: NAME must be 1 to 64 characters of [A-Za-z0-9._@-]"},
+      {"n!x " + secret + " read x\n",
+       "tokens file line 1: NAME must be 1 to 64 characters of [A-Za-z0-9._@-]"},
       {"n sha256:abcd read x\n", "tokens file line 1: sha256: token needs 64 hex digits"},
       {"a " + secret + " read x\nb " + secret + " read y\n",
        "tokens file line 2: the token of 'b' is already the token of 'a'"},
@@ -171,7 +175,8 @@ TEST(AuthenticatorTest, BearerTokens) {
   const Case cases[] = {
       {{}, "missing bearer token: send the metadata 'authorization: Bearer <token>'"},
       {{kWriter}, "malformed authorization metadata: expected 'Bearer <token>'"},
-      {{std::string("Basic ") + kWriter}, "malformed authorization metadata: expected 'Bearer <token>'"},
+      {{std::string("Basic ") + kWriter},
+       "malformed authorization metadata: expected 'Bearer <token>'"},
       {{"Bearer wrong-token-0123456789"}, "invalid token"},
       {{"Bearer "}, "invalid token"},
       {{std::string("Bearer ") + kWriter, std::string("Bearer ") + kOps},
