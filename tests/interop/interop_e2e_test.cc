@@ -94,7 +94,7 @@ class InteropE2E : public ::testing::Test {
       pairs.push_back(in + "/" + name + ".pt");
       pairs.push_back(out + "/" + name + ".pt");
     }
-    EXPECT_EQ(pairs.size(), 2 * 12u);
+    EXPECT_EQ(pairs.size(), 2 * 13u);
     return pairs;
   }
 
@@ -109,10 +109,10 @@ TEST_F(InteropE2E, Torch113CheckpointsRoundTrip) {
   args.insert(args.begin(), {Script("torch_cases.py"), "compare"});
   const std::string out = Py(kTorch1, args);
   EXPECT_THAT(out, HasSubstr("torch 1.13"));
-  EXPECT_THAT(out, HasSubstr("12 files equal"));
+  EXPECT_THAT(out, HasSubstr("13 files equal"));
   const std::string cross = Py(kTorch2, args);
   EXPECT_THAT(cross, HasSubstr("torch 2."));
-  EXPECT_THAT(cross, HasSubstr("12 files equal"));
+  EXPECT_THAT(cross, HasSubstr("13 files equal"));
 }
 
 TEST_F(InteropE2E, Torch2CheckpointsRoundTrip) {
@@ -120,7 +120,7 @@ TEST_F(InteropE2E, Torch2CheckpointsRoundTrip) {
   args.insert(args.begin(), {Script("torch_cases.py"), "compare"});
   const std::string out = Py(kTorch2, args);
   EXPECT_THAT(out, HasSubstr("torch 2."));
-  EXPECT_THAT(out, HasSubstr("12 files equal"));
+  EXPECT_THAT(out, HasSubstr("13 files equal"));
   EXPECT_THAT(out, HasSubstr("also with weights_only=True"));
 }
 

@@ -267,6 +267,13 @@ def main():
         for name, value in cases().items():
             torch.save(value, os.path.join(out, name + ".pt"))
             names.append(name)
+        # Pickle protocol 4 (FRAME, SHORT_BINUNICODE, MEMOIZE, STACK_GLOBAL,
+        # BINBYTES).
+        torch.manual_seed(6)
+        torch.save({"w": torch.randn(2, 2), "b": b"\x01\x02", "n": [1, (2.5, "s")],
+                    "sd": mlp().state_dict()},
+                   os.path.join(out, "protocol4.pt"), pickle_protocol=4)
+        names.append("protocol4")
         # Saved as on GPUs (the location string is all a file records).
         torch.manual_seed(5)
         save_on_device({"w": torch.randn(3), "b": torch.zeros(2)},
