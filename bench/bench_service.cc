@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "bench/bench_util.h"
 #include "client/raw_client.h"
 #include "tests/testing/server_process.h"
 #include "tests/testing/temp_dir.h"
@@ -36,61 +37,10 @@ double Seconds(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
 }
 
-// Peak resident set (VmHWM) of a process, in MiB.
-double PeakRssMiB(pid_t pid) {
-  std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
-  }
-  return 0;
-}
-
 struct Workload {
   std::string name;
-  std::vector<std::pair<std::string, std::vector<int64_t>>> tensors;  // float32
+  Shapes tensors;  // float32
 };
-
-// GPT-2 small (124M params) + Adam's exp_avg, exp_avg_sq and step: 592 tensors.
-Workload Gpt2Adam(double scale) {
-  Workload w{"gpt2-small-adam", {}};
-  auto dim = [&](int64_t d) { return std::max<int64_t>(1, static_cast<int64_t>(d * scale)); };
-  std::vector<std::pair<std::string, std::vector<int64_t>>> params = {
-      {"wte.weight", {dim(50257), 768}}, {"wpe.weight", {dim(1024), 768}}};
-  for (int l = 0; l < 12; ++l) {
-    const std::string p = absl::StrCat("h.", l, ".");
-    params.push_back({p + "ln_1.weight", {768}});
-    params.push_back({p + "ln_1.bias", {768}});
-    params.push_back({p + "attn.c_attn.weight", {dim(768), 2304}});
-    params.push_back({p + "attn.c_attn.bias", {2304}});
-    params.push_back({p + "attn.c_proj.weight", {dim(768), 768}});
-    params.push_back({p + "attn.c_proj.bias", {768}});
-    params.push_back({p + "ln_2.weight", {768}});
-    params.push_back({p + "ln_2.bias", {768}});
-    params.push_back({p + "mlp.c_fc.weight", {dim(768), 3072}});
-    params.push_back({p + "mlp.c_fc.bias", {3072}});
-    params.push_back({p + "mlp.c_proj.weight", {dim(3072), 768}});
-    params.push_back({p + "mlp.c_proj.bias", {768}});
-  }
-  params.push_back({"ln_f.weight", {768}});
-  params.push_back({"ln_f.bias", {768}});
-  for (const auto& p : params) w.tensors.push_back({"model/" + p.first, p.second});
-  for (size_t i = 0; i < params.size(); ++i) {
-    const std::string s = absl::StrCat("optim/state/", i, "/");
-    w.tensors.push_back({s + "exp_avg", params[i].second});
-    w.tensors.push_back({s + "exp_avg_sq", params[i].second});
-    w.tensors.push_back({s + "step", {}});
-  }
-  return w;
-}
-
-// 20,000 tensors of ~15.5 KB (~310 MB).
-Workload ManySmall(double scale) {
-  Workload w{"20k-small", {}};
-  const int n = std::max(1, static_cast<int>(20000 * scale));
-  for (int i = 0; i < n; ++i) w.tensors.push_back({absl::StrCat("t", i), {3875}});
-  return w;
-}
 
 struct Data {
   client::SaveInput input;
@@ -147,27 +97,6 @@ class IntoBuffers : public client::LoadSink {
   std::vector<std::string>* buffers_;
 };
 
-// fsync'd sequential write of `bytes` in 4 MiB blocks: the disk's limit.
-double DiskWriteGBps(const std::string& dir, uint64_t bytes) {
-  const std::string path = dir + "/disk-probe";
-  std::string block(4 << 20, 'x');
-  std::mt19937_64 rng(1);
-  for (size_t i = 0; i + 8 <= block.size(); i += 8) {
-    uint64_t v = rng();
-    std::memcpy(&block[i], &v, 8);
-  }
-  int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  auto t0 = Clock::now();
-  for (uint64_t done = 0; done < bytes; done += block.size()) {
-    if (write(fd, block.data(), block.size()) != static_cast<ssize_t>(block.size())) break;
-  }
-  fsync(fd);
-  auto t1 = Clock::now();
-  close(fd);
-  unlink(path.c_str());
-  return bytes / Seconds(t0, t1) / 1e9;
-}
-
 int Run(int argc, char** argv) {
   double scale = 1.0;
   std::string which = "all";
@@ -189,8 +118,8 @@ int Run(int argc, char** argv) {
   std::printf("disk fsync'd sequential write (1 GiB, 4 MiB blocks): %.2f GB/s\n\n", disk);
 
   std::vector<Workload> workloads;
-  if (which == "all" || which == "gpt2") workloads.push_back(Gpt2Adam(scale));
-  if (which == "all" || which == "small") workloads.push_back(ManySmall(scale));
+  if (which == "all" || which == "gpt2") workloads.push_back({"gpt2-small-adam", Gpt2Adam(scale)});
+  if (which == "all" || which == "small") workloads.push_back({"20k-small", ManySmall(scale)});
 
   int index = 0;
   for (const Workload& w : workloads) {

@@ -18,6 +18,7 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "bench/bench_util.h"
 #include "client/client.h"
 #include "tests/testing/server_process.h"
 #include "tests/testing/temp_dir.h"
@@ -31,71 +32,10 @@ double Since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-double PeakRssMiB(pid_t pid) {
-  std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
-  }
-  return 0;
-}
-
 struct Workload {
   std::string name;
-  std::vector<std::pair<std::string, std::vector<int64_t>>> shapes;
+  Shapes shapes;
 };
-
-Workload Gpt2Adam(double scale) {
-  auto dim = [&](int64_t d) { return std::max<int64_t>(1, static_cast<int64_t>(d * scale)); };
-  std::vector<std::pair<std::string, std::vector<int64_t>>> params = {
-      {"wte.weight", {dim(50257), 768}}, {"wpe.weight", {dim(1024), 768}}};
-  for (int l = 0; l < 12; ++l) {
-    const std::string p = absl::StrCat("h.", l, ".");
-    for (const auto& [n, s] : std::vector<std::pair<std::string, std::vector<int64_t>>>{
-             {"ln_1.weight", {768}}, {"ln_1.bias", {768}},
-             {"attn.c_attn.weight", {dim(768), 2304}}, {"attn.c_attn.bias", {2304}},
-             {"attn.c_proj.weight", {dim(768), 768}}, {"attn.c_proj.bias", {768}},
-             {"ln_2.weight", {768}}, {"ln_2.bias", {768}},
-             {"mlp.c_fc.weight", {dim(768), 3072}}, {"mlp.c_fc.bias", {3072}},
-             {"mlp.c_proj.weight", {dim(3072), 768}}, {"mlp.c_proj.bias", {768}}}) {
-      params.push_back({p + n, s});
-    }
-  }
-  params.push_back({"ln_f.weight", {768}});
-  params.push_back({"ln_f.bias", {768}});
-  Workload w{"gpt2-small-adam", {}};
-  for (const auto& p : params) w.shapes.push_back({"model." + p.first, p.second});
-  for (size_t i = 0; i < params.size(); ++i) {
-    w.shapes.push_back({absl::StrCat("optim.", i, ".exp_avg"), params[i].second});
-    w.shapes.push_back({absl::StrCat("optim.", i, ".exp_avg_sq"), params[i].second});
-    w.shapes.push_back({absl::StrCat("optim.", i, ".step"), {}});
-  }
-  return w;
-}
-
-Workload ManySmall(double scale) {
-  Workload w{"20k-small", {}};
-  const int n = std::max(1, static_cast<int>(20000 * scale));
-  for (int i = 0; i < n; ++i) w.shapes.push_back({absl::StrCat("t", i), {3875}});
-  return w;
-}
-
-double DiskWriteGBps(const std::string& dir) {
-  const std::string path = dir + "/disk-probe";
-  std::string block(4 << 20, 'x');
-  for (size_t i = 0; i < block.size(); ++i) block[i] = static_cast<char>(i * 131 + 7);
-  const uint64_t bytes = 1ull << 30;
-  int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  auto t0 = Clock::now();
-  for (uint64_t done = 0; done < bytes; done += block.size()) {
-    if (write(fd, block.data(), block.size()) < 0) break;
-  }
-  fsync(fd);
-  const double s = Since(t0);
-  close(fd);
-  unlink(path.c_str());
-  return bytes / s / 1e9;
-}
 
 // Python torch.save (+fsync) and torch.load of the same shapes; returns
 // {save GB/s, load GB/s} or {0, 0} when no Python with torch is found.
@@ -151,8 +91,8 @@ int Run(int argc, char** argv) {
   std::printf("ckpt LibTorch client benchmark, scale %.3g\n", scale);
   std::printf("disk fsync'd sequential write: %.2f GB/s\n\n", disk);
   std::vector<Workload> workloads;
-  if (which == "all" || which == "gpt2") workloads.push_back(Gpt2Adam(scale));
-  if (which == "all" || which == "small") workloads.push_back(ManySmall(scale));
+  if (which == "all" || which == "gpt2") workloads.push_back({"gpt2-small-adam", Gpt2Adam(scale)});
+  if (which == "all" || which == "small") workloads.push_back({"20k-small", ManySmall(scale)});
 
   int index = 0;
   for (const Workload& w : workloads) {

@@ -144,13 +144,7 @@ absl::Status RunGet(Context& ctx, const GetArgs& args) {
   options.version = ref.version;
   options.tag = ref.tag;
   if (!args.key.empty()) {
-    // Escape glob characters: the key is literal.
-    std::string pattern;
-    for (char c : args.key) {
-      if (c == '*' || c == '?' || c == '[' || c == '\\') pattern.push_back('\\');
-      pattern.push_back(c);
-    }
-    options.patterns = {pattern};
+    options.patterns = {EscapeGlob(args.key)};  // the key is literal
   }
   FileSink sink(args.file, args.key);
   CKPT_ASSIGN_OR_RETURN(client::RawClient * client, ctx.Client());

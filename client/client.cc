@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "client/torch_tree.h"
+#include "common/names.h"
 #include "common/status_macros.h"
 
 namespace ckpt::client {
@@ -59,16 +60,6 @@ absl::StatusOr<c10::IValue> Client::Load(const std::string& name,
 }
 
 namespace {
-
-// "a.b*" -> "a\.b\*": a literal key as a glob.
-std::string EscapeGlob(const std::string& text) {
-  std::string out;
-  for (char c : text) {
-    if (c == '*' || c == '?' || c == '[' || c == '\\') out.push_back('\\');
-    out.push_back(c);
-  }
-  return out;
-}
 
 std::string ShapeText(c10::IntArrayRef sizes) { return absl::StrCat("[", absl::StrJoin(sizes, ", "), "]"); }
 

@@ -17,6 +17,7 @@
 #include "absl/strings/str_join.h"
 #include "client/client.h"
 #include "client/torch_tree.h"
+#include "common/names.h"
 #include "common/status_macros.h"
 
 namespace ckpt::client {
@@ -532,12 +533,7 @@ absl::Status LoadTrainingCheckpoint(Client& client, const std::string& name,
     for (size_t i = 1; i < keys.size(); ++i) {
       if (keys[i].find('/') != std::string::npos) continue;
       if (models.count(keys[i])) continue;
-      std::string escaped;
-      for (char c : keys[i]) {
-        if (c == '*' || c == '?' || c == '[' || c == '\\') escaped.push_back('\\');
-        escaped.push_back(c);
-      }
-      rest.patterns.push_back(escaped);
+      rest.patterns.push_back(EscapeGlob(keys[i]));
     }
     if (rest.patterns.empty()) {
       return c10::IValue(c10::impl::GenericDict(c10::StringType::get(), c10::AnyType::get()));

@@ -14,6 +14,7 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "rpc/convert.h"
 #include "rpc/grpc_status.h"
+#include "rpc/pem.h"
 
 namespace ckpt::client {
 namespace {
@@ -514,17 +515,6 @@ class GrpcRawClient final : public RawClient {
   ClientOptions options_;
 };
 
-absl::StatusOr<std::string> ReadPem(const std::string& path, absl::string_view what) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", what, " '", path, "'"));
-  std::stringstream text;
-  text << in.rdbuf();
-  if (text.str().find("-----BEGIN") == std::string::npos) {
-    return absl::InvalidArgumentError(absl::StrCat(what, " '", path, "' is not PEM"));
-  }
-  return text.str();
-}
-
 absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> Credentials(
     const ClientOptions& options) {
   const bool files = !options.tls_ca_file.empty() || !options.tls_cert_file.empty() ||
@@ -541,12 +531,12 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> Credentials(
   }
   grpc::SslCredentialsOptions ssl;
   if (!options.tls_ca_file.empty()) {
-    CKPT_ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadPem(options.tls_ca_file, "CA certificate"));
+    CKPT_ASSIGN_OR_RETURN(ssl.pem_root_certs, rpc::ReadPem(options.tls_ca_file, "CA certificate"));
   }
   if (!options.tls_cert_file.empty()) {
     CKPT_ASSIGN_OR_RETURN(ssl.pem_cert_chain,
-                          ReadPem(options.tls_cert_file, "client certificate"));
-    CKPT_ASSIGN_OR_RETURN(ssl.pem_private_key, ReadPem(options.tls_key_file, "client key"));
+                          rpc::ReadPem(options.tls_cert_file, "client certificate"));
+    CKPT_ASSIGN_OR_RETURN(ssl.pem_private_key, rpc::ReadPem(options.tls_key_file, "client key"));
   }
   return grpc::SslCredentials(ssl);
 }

@@ -214,6 +214,15 @@ bool KeyPattern::Matches(absl::string_view key) const {
   return pi == p.size();
 }
 
+std::string EscapeGlob(absl::string_view text) {
+  std::string out;
+  for (char c : text) {
+    if (c == '*' || c == '?' || c == '[' || c == '\\') out.push_back('\\');
+    out.push_back(c);
+  }
+  return out;
+}
+
 absl::StatusOr<std::vector<KeyPattern>> CompilePatterns(
     const std::vector<std::string>& patterns) {
   if (patterns.size() > kMaxPatterns) {

@@ -55,6 +55,9 @@ class KeyPattern {
   std::string pattern_;
 };
 
+/// `text` as a pattern that matches exactly `text` ("a.b*" -> "a.b\\*").
+std::string EscapeGlob(absl::string_view text);
+
 /// Compiles each pattern (at most kMaxPatterns); the first error names it.
 absl::StatusOr<std::vector<KeyPattern>> CompilePatterns(
     const std::vector<std::string>& patterns);

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "grpc/health/v1/health.pb.h"
+#include "rpc/pem.h"
 #include "server/service.h"
 
 namespace ckpt::server {
@@ -27,17 +28,6 @@ struct Server::Impl {
 };
 
 namespace {
-
-absl::StatusOr<std::string> ReadPem(const std::string& path, absl::string_view what) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", what, " '", path, "'"));
-  std::stringstream text;
-  text << in.rdbuf();
-  if (text.str().find("-----BEGIN") == std::string::npos) {
-    return absl::InvalidArgumentError(absl::StrCat(what, " '", path, "' is not PEM"));
-  }
-  return text.str();
-}
 
 // Plaintext, TLS, or TLS that requires and verifies client certificates.
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(
@@ -55,12 +45,12 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(
   }
   grpc::SslServerCredentialsOptions ssl;
   grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
-  CKPT_ASSIGN_OR_RETURN(pair.cert_chain, ReadPem(options.tls_cert_file, "TLS certificate"));
-  CKPT_ASSIGN_OR_RETURN(pair.private_key, ReadPem(options.tls_key_file, "TLS key"));
+  CKPT_ASSIGN_OR_RETURN(pair.cert_chain, rpc::ReadPem(options.tls_cert_file, "TLS certificate"));
+  CKPT_ASSIGN_OR_RETURN(pair.private_key, rpc::ReadPem(options.tls_key_file, "TLS key"));
   ssl.pem_key_cert_pairs.push_back(std::move(pair));
   if (!options.tls_client_ca_file.empty()) {
     CKPT_ASSIGN_OR_RETURN(ssl.pem_root_certs,
-                          ReadPem(options.tls_client_ca_file, "client CA certificate"));
+                          rpc::ReadPem(options.tls_client_ca_file, "client CA certificate"));
     ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
   }
   return grpc::SslServerCredentials(ssl);

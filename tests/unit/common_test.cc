@@ -196,3 +196,19 @@ TEST(ValidateTreeTest, RejectsDeepNesting) {
 
 }  // namespace
 }  // namespace ckpt
+
+namespace ckpt {
+namespace {
+
+TEST(KeyPatternTest, EscapedKeysMatchOnlyThemselves) {
+  for (const char* key : {"a.b*", "w[0]", "odd?key", "back\\slash", "plain"}) {
+    auto p = KeyPattern::Compile(EscapeGlob(key));
+    ASSERT_TRUE(p.ok()) << key;
+    EXPECT_TRUE(p->Matches(key)) << key;
+  }
+  EXPECT_FALSE(KeyPattern::Compile(EscapeGlob("a.b*"))->Matches("a.bc"));
+  EXPECT_FALSE(KeyPattern::Compile(EscapeGlob("w[0]"))->Matches("w0"));
+}
+
+}  // namespace
+}  // namespace ckpt

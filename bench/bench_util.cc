@@ -1,0 +1,85 @@
+#include "bench/bench_util.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+
+namespace ckpt::bench {
+
+Shapes Gpt2Adam(double scale) {
+  auto dim = [&](int64_t d) { return std::max<int64_t>(1, static_cast<int64_t>(d * scale)); };
+  Shapes params = {{"wte.weight", {dim(50257), 768}}, {"wpe.weight", {dim(1024), 768}}};
+  for (int l = 0; l < 12; ++l) {
+    const std::string p = absl::StrCat("h.", l, ".");
+    const Shapes layer = {{"ln_1.weight", {768}},
+                          {"ln_1.bias", {768}},
+                          {"attn.c_attn.weight", {dim(768), 2304}},
+                          {"attn.c_attn.bias", {2304}},
+                          {"attn.c_proj.weight", {dim(768), 768}},
+                          {"attn.c_proj.bias", {768}},
+                          {"ln_2.weight", {768}},
+                          {"ln_2.bias", {768}},
+                          {"mlp.c_fc.weight", {dim(768), 3072}},
+                          {"mlp.c_fc.bias", {3072}},
+                          {"mlp.c_proj.weight", {dim(3072), 768}},
+                          {"mlp.c_proj.bias", {768}}};
+    for (const auto& [name, shape] : layer) params.push_back({p + name, shape});
+  }
+  params.push_back({"ln_f.weight", {768}});
+  params.push_back({"ln_f.bias", {768}});
+  Shapes out;
+  for (const auto& p : params) out.push_back({"model/" + p.first, p.second});
+  for (size_t i = 0; i < params.size(); ++i) {
+    const std::string s = absl::StrCat("optim/state/", i, "/");
+    out.push_back({s + "exp_avg", params[i].second});
+    out.push_back({s + "exp_avg_sq", params[i].second});
+    out.push_back({s + "step", {}});
+  }
+  return out;
+}
+
+Shapes ManySmall(double scale) {
+  Shapes out;
+  const int n = std::max(1, static_cast<int>(20000 * scale));
+  for (int i = 0; i < n; ++i) out.push_back({absl::StrCat("t", i), {3875}});
+  return out;
+}
+
+double PeakRssMiB(pid_t pid) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
+  }
+  return 0;
+}
+
+double DiskWriteGBps(const std::string& dir, uint64_t bytes) {
+  const std::string path = dir + "/disk-probe";
+  std::string block(4 << 20, 'x');
+  std::mt19937_64 rng(1);
+  for (size_t i = 0; i + 8 <= block.size(); i += 8) {
+    uint64_t v = rng();
+    std::memcpy(&block[i], &v, 8);
+  }
+  int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) return 0;
+  const auto t0 = std::chrono::steady_clock::now();
+  for (uint64_t done = 0; done < bytes; done += block.size()) {
+    if (write(fd, block.data(), block.size()) != static_cast<ssize_t>(block.size())) break;
+  }
+  fsync(fd);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  close(fd);
+  unlink(path.c_str());
+  return bytes / secs / 1e9;
+}
+
+}  // namespace ckpt::bench

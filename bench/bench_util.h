@@ -1,0 +1,34 @@
+#ifndef CKPT_BENCH_BENCH_UTIL_H_
+#define CKPT_BENCH_BENCH_UTIL_H_
+
+// Shared by the benchmarks: SPEC §8's workload shapes and machine limits.
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace ckpt::bench {
+
+/// Named float32 tensor shapes.
+using Shapes = std::vector<std::pair<std::string, std::vector<int64_t>>>;
+
+/// GPT-2 small (124M parameters) with Adam's exp_avg, exp_avg_sq and step:
+/// 592 tensors, ~1.5 GB at scale 1 (large dimensions scaled by `scale`).
+Shapes Gpt2Adam(double scale);
+
+/// 20,000 tensors of 3,875 floats (~310 MB) at scale 1.
+Shapes ManySmall(double scale);
+
+/// Peak resident set (VmHWM) of a process, in MiB.
+double PeakRssMiB(pid_t pid);
+
+/// The disk's fsync'd sequential write speed in GB/s: `bytes` written in
+/// 4 MiB blocks to a file in `dir`, then fsync.
+double DiskWriteGBps(const std::string& dir, uint64_t bytes = 1ull << 30);
+
+}  // namespace ckpt::bench
+
+#endif  // CKPT_BENCH_BENCH_UTIL_H_
