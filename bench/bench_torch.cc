@@ -12,6 +12,7 @@
 #include <torch/torch.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -106,7 +107,10 @@ int Run(int argc, char** argv) {
     for (const auto& [k, s] : w.shapes) {
       at::Tensor t = torch::randn(s);
       total += t.numel() * t.element_size();
-      sd.insert(k, t);
+      // state_dict-style dotted keys (LoadInto treats '/' as nesting).
+      std::string key = k;
+      std::replace(key.begin(), key.end(), '/', '.');
+      sd.insert(key, t);
     }
     std::printf("== %s: %zu tensors, %.1f MB\n", w.name.c_str(), w.shapes.size(), total / 1e6);
 
