@@ -514,36 +514,37 @@ absl::StatusOr<SaveResult> SaveTrainingCheckpoint(Client& client, const std::str
 absl::Status LoadTrainingCheckpoint(Client& client, const std::string& name,
                                     TrainingCheckpoint& checkpoint, bool strict,
                                     const TorchLoadOptions& options) {
+  // Resolve the version once, so that models, optimizers and extras all come
+  // from the same one even if `latest` moves meanwhile.
+  CKPT_ASSIGN_OR_RETURN(LoadedValue manifest,
+                        client.raw().GetManifest(name, options.version, options.tag));
+  TorchLoadOptions pinned = options;
+  pinned.version = manifest.version.version;
+  pinned.tag.clear();
   // Models straight into their tensors; the rest (small) as values.
+  std::set<std::string> models;
   for (const auto& [key, module] : checkpoint.models) {
-    auto result = client.LoadInto(name, *module, key, strict, options);
+    models.insert(key);
+    auto result = client.LoadInto(name, *module, key, strict, pinned);
     if (!result.ok()) return Annotate(result.status(), absl::StrCat("'", key, "'"));
   }
-  TorchLoadOptions rest = options;
-  std::set<std::string> models;
-  for (const auto& [key, module] : checkpoint.models) models.insert(key);
-  CKPT_ASSIGN_OR_RETURN(c10::IValue manifest_free, [&]() -> absl::StatusOr<c10::IValue> {
-    // Select every top-level key but the models.
-    auto manifest = client.raw().GetManifest(name, options.version, options.tag);
-    if (!manifest.ok()) return manifest.status();
-    rest.version = manifest->version.version;
-    rest.tag.clear();
-    rest.patterns.clear();
-    std::vector<std::string> keys = FlattenedKeys(manifest->tree);
-    for (size_t i = 1; i < keys.size(); ++i) {
-      if (keys[i].find('/') != std::string::npos) continue;
-      if (models.count(keys[i])) continue;
+  // Every other top-level key.
+  TorchLoadOptions rest = pinned;
+  rest.patterns.clear();
+  const std::vector<std::string> keys = FlattenedKeys(manifest.tree);
+  for (size_t i = 1; i < keys.size(); ++i) {
+    if (keys[i].find('/') == std::string::npos && !models.count(keys[i])) {
       rest.patterns.push_back(EscapeGlob(keys[i]));
     }
-    if (rest.patterns.empty()) {
-      return c10::IValue(c10::impl::GenericDict(c10::StringType::get(), c10::AnyType::get()));
-    }
-    return client.Load(name, rest);
-  }());
-  if (!manifest_free.isGenericDict()) {
+  }
+  c10::IValue others(c10::impl::GenericDict(c10::StringType::get(), c10::AnyType::get()));
+  if (!rest.patterns.empty()) {
+    CKPT_ASSIGN_OR_RETURN(others, client.Load(name, rest));
+  }
+  if (!others.isGenericDict()) {
     return absl::InvalidArgumentError("training checkpoint root is not a dict");
   }
-  const c10::impl::GenericDict dict = manifest_free.toGenericDict();
+  const c10::impl::GenericDict dict = others.toGenericDict();
   for (const auto& [key, optimizer] : checkpoint.optimizers) {
     auto it = dict.find(key);
     if (it == dict.end()) {
