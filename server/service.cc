@@ -605,6 +605,13 @@ class LoadReactor final : public grpc::ServerWriteReactor<v1::LoadResponse>,
       }
       absl::StatusOr<bool> more = Produce(&buffers_[slot]);
       std::lock_guard<std::mutex> lock(mu_);
+      if (exhausted_) {
+        // The stream ended while this message was produced (the client
+        // went away, or Finish is already sent): no write may start now.
+        producing_ = false;
+        MaybeFinishLocked();
+        return;
+      }
       if (!more.ok() || !*more) {
         producing_ = false;
         EndLocked(more.status());

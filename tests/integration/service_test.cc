@@ -426,5 +426,25 @@ TEST_F(ServiceTest, DeadlineIsHonoured) {
   EXPECT_EQ(client_->Load("d/model", load).status().code(), absl::StatusCode::kDeadlineExceeded);
 }
 
+// Loads cut off at every point of the stream (deadlines from 1 to 40 ms
+// over a 64 MiB checkpoint): each ends DEADLINE_EXCEEDED or completes, and
+// the server keeps serving whole, correct loads.
+TEST_F(ServiceTest, LoadsCutOffMidStreamLeaveTheServerServing) {
+  TreeBuilder b = testing::StateDict(64, 1 << 18, 5);  // 64 MiB
+  ASSERT_TRUE(client_->Save("cut/model", b.Input(), {}).ok());
+  for (int round = 0; round < 80; ++round) {
+    LoadOptions load;
+    load.timeout = absl::Milliseconds(1 + round % 40);
+    auto loaded = client_->Load("cut/model", load);
+    if (!loaded.ok()) {
+      EXPECT_EQ(loaded.status().code(), absl::StatusCode::kDeadlineExceeded) << loaded.status();
+    }
+  }
+  auto whole = client_->Load("cut/model", {});
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  ASSERT_EQ(whole->data.size(), b.tree().size());
+  for (size_t i = 0; i < b.tree().size(); ++i) EXPECT_EQ(whole->data[i], b.data(i)) << i;
+}
+
 }  // namespace
 }  // namespace ckpt
