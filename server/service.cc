@@ -380,8 +380,13 @@ class SaveReactor final : public grpc::ServerBidiReactor<v1::SaveRequest, v1::Sa
     save_part.waiter = this;
     waiting_.store(true);
     if (cancelled_.load()) return absl::CancelledError("save cancelled");
-    return service_->pending().AddPart(begin_.name(), part.save_id(), part.world_size(),
-                                       std::move(save_part));
+    CKPT_RETURN_IF_ERROR(service_->pending().AddPart(begin_.name(), part.save_id(),
+                                                     part.world_size(), std::move(save_part)));
+    // OnCancel may have run between the check above and AddPart, finding no
+    // waiter to remove: remove it now, or it would be held until the save
+    // resolves.
+    if (cancelled_.load()) service_->pending().RemoveWaiter(this);
+    return absl::OkStatus();
   }
 
   // Fails early, before any chunk is sent, when the chunks this save adds
@@ -529,23 +534,26 @@ class LoadReactor final : public grpc::ServerWriteReactor<v1::LoadResponse>,
 
   void OnWriteDone(bool ok) override {
     StopWaiting();
-    std::lock_guard<std::mutex> lock(mu_);
-    writing_ = -1;
-    if (!ok) {
-      EndLocked(absl::CancelledError("client went away"));
-      return;
+    bool produce = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      writing_ = -1;
+      if (!ok) {
+        EndLocked(absl::CancelledError("client went away"));
+        return;
+      }
+      if (ready_ != -1) {
+        writing_ = ready_;
+        ready_ = -1;
+        StartWaiting();
+        StartWrite(&buffers_[writing_]);
+      }
+      if (!producing_ && !exhausted_) produce = producing_ = true;
+      MaybeFinishLocked();
     }
-    if (ready_ != -1) {
-      writing_ = ready_;
-      ready_ = -1;
-      StartWaiting();
-      StartWrite(&buffers_[writing_]);
-    }
-    if (!producing_ && !exhausted_) {
-      producing_ = true;
-      Post();
-    }
-    MaybeFinishLocked();
+    // Outside mu_: a stopped executor runs the task inline, and the task
+    // takes mu_.
+    if (produce) Post();
   }
 
   void OnCancel() override { cancelled_.store(true); }

@@ -257,6 +257,7 @@ CallRecord::CallRecord(Telemetry* telemetry, absl::string_view method, std::stri
     : telemetry_(telemetry), method_(method), peer_(std::move(peer)), start_(absl::Now()) {}
 
 void CallRecord::End(const absl::Status& status) {
+  std::lock_guard<std::mutex> lock(mu_);
   if (ended_) return;
   ended_ = true;
   const absl::Duration duration = absl::Now() - start_;

@@ -30,6 +30,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -110,15 +111,24 @@ class Telemetry {
 };
 
 /// One RPC's record: collects what the log line needs and, on End(), logs
-/// it and updates the metrics. Not thread-safe: the RPC's owner serializes
-/// access (the byte counters are atomic).
+/// it and updates the metrics. Thread-safe: a streaming call's reactor sets
+/// fields on executor threads while gRPC's cancellation may end it.
 class CallRecord {
  public:
   CallRecord(Telemetry* telemetry, absl::string_view method, std::string peer);
 
-  void set_checkpoint(absl::string_view name) { checkpoint_ = std::string(name); }
-  void set_version(uint64_t version) { version_ = version; }
-  void set_principal(absl::string_view principal) { principal_ = std::string(principal); }
+  void set_checkpoint(absl::string_view name) {
+    std::lock_guard<std::mutex> lock(mu_);
+    checkpoint_ = std::string(name);
+  }
+  void set_version(uint64_t version) {
+    std::lock_guard<std::mutex> lock(mu_);
+    version_ = version;
+  }
+  void set_principal(absl::string_view principal) {
+    std::lock_guard<std::mutex> lock(mu_);
+    principal_ = std::string(principal);
+  }
   void AddBytesIn(uint64_t n) { bytes_in_.fetch_add(n, std::memory_order_relaxed); }
   void AddBytesOut(uint64_t n) { bytes_out_.fetch_add(n, std::memory_order_relaxed); }
 
@@ -127,9 +137,10 @@ class CallRecord {
 
  private:
   Telemetry* telemetry_;
-  std::string method_;
-  std::string peer_;
-  absl::Time start_;
+  const std::string method_;
+  const std::string peer_;
+  const absl::Time start_;
+  std::mutex mu_;  // guards the fields below but the counters
   std::string checkpoint_;
   uint64_t version_ = 0;
   std::string principal_;

@@ -1079,6 +1079,9 @@ absl::Status RocksDbStore::ReadChunk(absl::string_view name, const Digest& diges
   if (!ref.ok()) return Annotate(ref.status(), absl::StrCat("chunk ", digest.Hex()));
 
   ro.fill_cache = false;
+  // The digest check below covers every byte with a stronger checksum than
+  // the block's: checking both would read each chunk twice.
+  ro.verify_checksums = false;
   s = core_->db->Get(ro, core_->chunks_cf, ChunkKey(ref->chunk_id), out);
   if (s.IsNotFound()) {
     // A collection may have removed it since the snapshot if the last
