@@ -165,7 +165,6 @@ int Run(int argc, char** argv) {
     for (size_t i = 0; i < buffers.size(); ++i) buffers[i].resize(data.bytes[i].size());
     IntoBuffers sink(&buffers);
     double best_load = 0;
-    if (getenv("LOAD_REPEAT")) { fprintf(stderr, "READY\n"); sleep(2); for (int r = 0; r < atoi(getenv("LOAD_REPEAT")); ++r) { auto t = Clock::now(); (void)(*client)->Load("bench/" + w.name, {}, &sink); fprintf(stderr, "load %.3f GB/s\n", data.total / Seconds(t, Clock::now()) / 1e9); } }
     for (int rep = 0; rep < 2; ++rep) {
       t0 = Clock::now();
       absl::Status st = (*client)->Load("bench/" + w.name, {}, &sink);
