@@ -16,6 +16,7 @@
 #include "common/status_macros.h"
 #include "rpc/convert.h"
 #include "rpc/grpc_status.h"
+#include "rpc/wire.h"
 #include "server/pending_saves.h"
 
 namespace ckpt::server {
@@ -489,21 +490,26 @@ class SaveReactor final : public grpc::ServerBidiReactor<v1::SaveRequest, v1::Sa
 
 // ---------------------------------------------------------------- Load
 
-class LoadReactor final : public grpc::ServerWriteReactor<v1::LoadResponse>,
+class LoadReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
                           public RefCounted,
                           public IdleWatched {
  public:
   LoadReactor(CheckpointService* service, grpc::CallbackServerContext* context,
-              const v1::LoadRequest& request)
+              const grpc::ByteBuffer& raw_request)
       : service_(service),
         context_(context),
-        request_(request),
         counted_(service->Enter()),
         record_(&service->telemetry(), "Load", context->peer()) {
+    absl::Status parsed = rpc::FromByteBuffer(raw_request, &request_, "LoadRequest");
+    const v1::LoadRequest& request = request_;
     record_.set_checkpoint(request.name());
     record_.set_version(request.version());
     if (!counted_) {
       FinishEarly(absl::UnavailableError("server shutting down"));
+      return;
+    }
+    if (!parsed.ok()) {
+      FinishEarly(parsed);
       return;
     }
     auto principal = service->Authenticate(*context);
@@ -661,27 +667,31 @@ class LoadReactor final : public grpc::ServerWriteReactor<v1::LoadResponse>,
     Finish(rpc::ToGrpcStatus(final_status_));
   }
 
-  // Fills *response; false when the stream is complete.
-  absl::StatusOr<bool> Produce(v1::LoadResponse* response) {
-    v1::LoadResponse& response_ = *response;
-    response_.Clear();
+  // Fills *out with the next message; false when the stream is complete.
+  absl::StatusOr<bool> Produce(grpc::ByteBuffer* out) {
     if (!started_) {
       started_ = true;
-      CKPT_RETURN_IF_ERROR(Open(response));
+      v1::LoadResponse response;
+      CKPT_RETURN_IF_ERROR(Open(&response));
+      *out = rpc::ToByteBuffer(response);
       return true;
     }
     if (next_node_ < selection_.tree.size()) {
-      v1::NodeBatch* batch = response_.mutable_nodes();
+      v1::LoadResponse response;
+      v1::NodeBatch* batch = response.mutable_nodes();
       size_t bytes = 0;
       while (next_node_ < selection_.tree.size() && bytes < kNodeBatchBytes) {
         v1::Node* node = batch->add_nodes();
         rpc::ToProto(selection_.tree[next_node_++], node);
         bytes += node->ByteSizeLong() + 4;
       }
+      *out = rpc::ToByteBuffer(response);
       return true;
     }
     if (request_.skip_data()) return false;
-    v1::DataBatch* batch = response_.mutable_data();
+    // Pieces reference the chunks read (one copy, out of RocksDB); gRPC
+    // sends them from there.
+    std::vector<rpc::SharedPiece> pieces;
     size_t bytes = 0;
     while (bytes < kPieceBytes) {
       // Advance to the next chunk with bytes left.
@@ -697,7 +707,9 @@ class LoadReactor final : public grpc::ServerWriteReactor<v1::LoadResponse>,
       const Node& node = selection_.tree[data_node_];
       if (!chunk_loaded_) {
         const Digest& digest = node.data.chunks[chunk_index_];
-        absl::Status status = service_->store()->ReadChunk(version_.name, digest, &chunk_);
+        auto chunk = std::make_shared<std::string>();
+        absl::Status status = service_->store()->ReadChunk(version_.name, digest, chunk.get());
+        chunk_ = std::move(chunk);
         if (!status.ok()) {
           const std::vector<std::string> keys = FlattenedKeys(tree_);
           return Annotate(status,
@@ -705,29 +717,32 @@ class LoadReactor final : public grpc::ServerWriteReactor<v1::LoadResponse>,
                                        version_.version, " ", NodeKindName(node.kind), " '",
                                        keys[selection_.source[data_node_]], "'"));
         }
-        if (chunk_.size() != node.data.ChunkLength(chunk_index_)) {
+        if (chunk_->size() != node.data.ChunkLength(chunk_index_)) {
           return absl::DataLossError(absl::StrCat(
               "checkpoint '", version_.name, "' version ", version_.version, ": chunk ",
-              Hex(digest), " has ", chunk_.size(), " bytes, manifest says ",
+              Hex(digest), " has ", chunk_->size(), " bytes, manifest says ",
               node.data.ChunkLength(chunk_index_)));
         }
         chunk_loaded_ = true;
         chunk_offset_ = 0;
       }
-      const size_t take = std::min(chunk_.size() - chunk_offset_, kPieceBytes - bytes);
-      v1::DataPiece* piece = batch->add_pieces();
-      piece->set_node(static_cast<uint32_t>(data_node_));
-      piece->set_offset(uint64_t{chunk_index_} * node.data.chunk_size + chunk_offset_);
-      piece->set_data(chunk_.data() + chunk_offset_, take);
+      const size_t take = std::min(chunk_->size() - chunk_offset_, kPieceBytes - bytes);
+      rpc::SharedPiece& piece = pieces.emplace_back();
+      piece.node = static_cast<uint32_t>(data_node_);
+      piece.offset = uint64_t{chunk_index_} * node.data.chunk_size + chunk_offset_;
+      piece.owner = chunk_;
+      piece.bytes = absl::string_view(*chunk_).substr(chunk_offset_, take);
       record_.AddBytesOut(take);
       chunk_offset_ += take;
       bytes += take;
-      if (chunk_offset_ == chunk_.size()) {
+      if (chunk_offset_ == chunk_->size()) {
         ++chunk_index_;
         chunk_loaded_ = false;
       }
     }
-    return bytes > 0;
+    if (bytes == 0) return false;
+    *out = rpc::EncodeDataBatch(pieces);
+    return true;
   }
 
   absl::Status Open(v1::LoadResponse* response) {
@@ -749,7 +764,7 @@ class LoadReactor final : public grpc::ServerWriteReactor<v1::LoadResponse>,
 
   CheckpointService* service_;
   grpc::CallbackServerContext* context_;
-  const v1::LoadRequest request_;
+  v1::LoadRequest request_;  // parsed by the constructor, then constant
   const bool counted_;
   bool stream_counted_ = false;
   CallRecord record_;
@@ -758,7 +773,7 @@ class LoadReactor final : public grpc::ServerWriteReactor<v1::LoadResponse>,
 
   // Pipeline state, under mu_.
   std::mutex mu_;
-  v1::LoadResponse buffers_[2];
+  grpc::ByteBuffer buffers_[2];
   int writing_ = -1;  // buffer gRPC is writing
   int ready_ = -1;    // buffer produced, waiting for the write slot
   bool producing_ = false;
@@ -775,7 +790,7 @@ class LoadReactor final : public grpc::ServerWriteReactor<v1::LoadResponse>,
   size_t chunk_index_ = 0;
   size_t chunk_offset_ = 0;
   bool chunk_loaded_ = false;
-  std::string chunk_;
+  std::shared_ptr<const std::string> chunk_;
 };
 
 absl::StatusOr<uint64_t> ParsePageToken(const std::string& token) {
@@ -899,8 +914,8 @@ grpc::ServerBidiReactor<v1::SaveRequest, v1::SaveResponse>* CheckpointService::S
   return new SaveReactor(this, context);
 }
 
-grpc::ServerWriteReactor<v1::LoadResponse>* CheckpointService::Load(
-    grpc::CallbackServerContext* context, const v1::LoadRequest* request) {
+grpc::ServerWriteReactor<grpc::ByteBuffer>* CheckpointService::Load(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) {
   return new LoadReactor(this, context, *request);
 }
 

@@ -26,7 +26,12 @@ namespace ckpt::server {
 
 class PendingSaves;
 
-class CheckpointService final : public v1::CheckpointService::CallbackService {
+/// Load is registered raw (grpc::ByteBuffer in and out) so that its data
+/// messages reference chunk bytes rather than copy them twice; the wire
+/// format is the same LoadRequest / LoadResponse.
+class CheckpointService final
+    : public v1::CheckpointService::WithRawCallbackMethod_Load<
+          v1::CheckpointService::CallbackService> {
  public:
   /// `store` must outlive the service. `auth` null: development mode (no
   /// token needed).
@@ -36,8 +41,8 @@ class CheckpointService final : public v1::CheckpointService::CallbackService {
 
   grpc::ServerBidiReactor<v1::SaveRequest, v1::SaveResponse>* Save(
       grpc::CallbackServerContext* context) override;
-  grpc::ServerWriteReactor<v1::LoadResponse>* Load(grpc::CallbackServerContext* context,
-                                                   const v1::LoadRequest* request) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* Load(grpc::CallbackServerContext* context,
+                                                   const grpc::ByteBuffer* request) override;
   grpc::ServerUnaryReactor* ListCheckpoints(grpc::CallbackServerContext* context,
                                             const v1::ListCheckpointsRequest* request,
                                             v1::ListCheckpointsResponse* response) override;

@@ -1,6 +1,7 @@
 // Bad input through the generated stub: each case checks the exact status
 // code, a useful message, and that nothing changed in the store.
 
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
@@ -338,6 +339,37 @@ TEST_F(BadInputTest, OversizeMessageIsRejected) {
   }
   EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   ExpectNoVersion("bad/huge");
+}
+
+// Load is served raw: bytes that are no LoadRequest are INVALID_ARGUMENT
+// with the message's name, not a transport error.
+TEST_F(BadInputTest, MalformedLoadRequestIsInvalidArgument) {
+  grpc::GenericStub generic(channel_);
+  const std::string garbage = "\x0a\xff\xff\xff\xff\x0f";  // field 1, length past the end
+  grpc::Slice slice(garbage.data(), garbage.size());
+  grpc::ByteBuffer request(&slice, 1);
+  grpc::ClientContext context;
+  grpc::CompletionQueue cq;
+  auto call = generic.PrepareCall(&context, "/ckpt.v1.CheckpointService/Load", &cq);
+  void* tag = nullptr;
+  bool ok = false;
+  call->StartCall(reinterpret_cast<void*>(1));
+  ASSERT_TRUE(cq.Next(&tag, &ok) && ok);
+  call->Write(request, reinterpret_cast<void*>(2));
+  ASSERT_TRUE(cq.Next(&tag, &ok));
+  call->WritesDone(reinterpret_cast<void*>(3));
+  ASSERT_TRUE(cq.Next(&tag, &ok));
+  grpc::ByteBuffer response;
+  call->Read(&response, reinterpret_cast<void*>(4));
+  ASSERT_TRUE(cq.Next(&tag, &ok));
+  EXPECT_FALSE(ok);  // no message: the call ends with an error
+  grpc::Status status;
+  call->Finish(&status, reinterpret_cast<void*>(5));
+  ASSERT_TRUE(cq.Next(&tag, &ok) && ok);
+  EXPECT_STATUS(status, INVALID_ARGUMENT, "malformed LoadRequest");
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
 }
 
 }  // namespace

@@ -1,0 +1,44 @@
+#ifndef CKPT_RPC_WIRE_H_
+#define CKPT_RPC_WIRE_H_
+
+// Messages as grpc::ByteBuffer, for methods registered raw: Load's data
+// messages reference chunk bytes instead of copying them into a protobuf
+// message and again into gRPC's buffer. Internal to server/.
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+#include "absl/types/span.h"
+#include "ckpt/v1/checkpoint.pb.h"
+#include "grpcpp/support/byte_buffer.h"
+
+namespace ckpt::rpc {
+
+/// One DataPiece whose bytes are shared, not copied: `bytes` lies inside
+/// `*owner`, which the returned buffer keeps alive until gRPC has sent it.
+struct SharedPiece {
+  uint32_t node = 0;
+  uint64_t offset = 0;
+  std::shared_ptr<const std::string> owner;
+  absl::string_view bytes;
+};
+
+/// LoadResponse{data: DataBatch{pieces}} as gRPC message bytes, identical to
+/// what serializing that message would produce; each piece's bytes are a
+/// slice of its owner.
+grpc::ByteBuffer EncodeDataBatch(absl::Span<const SharedPiece> pieces);
+
+/// Serializes `message` (copying) into a ByteBuffer.
+grpc::ByteBuffer ToByteBuffer(const google::protobuf::MessageLite& message);
+
+/// Parses `buffer` into `message`. InvalidArgument("malformed <what>") if the
+/// bytes are not a valid message.
+absl::Status FromByteBuffer(const grpc::ByteBuffer& buffer, google::protobuf::MessageLite* message,
+                            absl::string_view what);
+
+}  // namespace ckpt::rpc
+
+#endif  // CKPT_RPC_WIRE_H_
