@@ -16,6 +16,7 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <memory>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
@@ -114,9 +115,33 @@ int Run(int argc, char** argv) {
     }
     std::printf("== %s: %zu tensors, %.1f MB\n", w.name.c_str(), w.shapes.size(), total / 1e6);
 
+    // Memory each operation adds on top of the model (client) and on top
+    // of the idle server: the peak resident set is reset before each.
+    const pid_t server_pid = (*server)->pid();
+    // The server's resident set also counts the pages of the chunk files it
+    // maps (page cache, reclaimable); its heap is reported apart.
+    struct Peak {
+      double client = 0, server = 0, server_heap = 0;
+    };
+    double client_base = 0, server_base = 0;
+    std::unique_ptr<AnonPeakSampler> server_heap;
+    auto start_peak = [&] {
+      client_base = RssMiB(getpid());
+      server_base = RssMiB(server_pid);
+      ResetPeakRss(getpid());
+      ResetPeakRss(server_pid);
+      server_heap = std::make_unique<AnonPeakSampler>(server_pid);
+    };
+    auto end_peak = [&] {
+      return Peak{std::max(0.0, PeakRssMiB(getpid()) - client_base),
+                  std::max(0.0, PeakRssMiB(server_pid) - server_base), server_heap->Stop()};
+    };
+
+    start_peak();
     auto t0 = Clock::now();
     auto full = (*client)->Save("bench/" + w.name, sd, {});
     const double save_s = Since(t0);
+    const Peak save_peak = end_peak();
     if (!full.ok()) {
       std::fprintf(stderr, "%s\n", full.status().ToString().c_str());
       return 1;
@@ -141,9 +166,11 @@ int Run(int argc, char** argv) {
     const double async_total_s = Since(t0);
 
     // Restore into the existing tensors, and as fresh tensors.
+    start_peak();
     t0 = Clock::now();
     auto into = (*client)->LoadInto("bench/" + w.name, sd, "", true, {});
     const double into_s = Since(t0);
+    const Peak load_peak = end_peak();
     t0 = Clock::now();
     auto fresh = (*client)->Load("bench/" + w.name, {});
     const double fresh_s = Since(t0);
@@ -197,8 +224,15 @@ int Run(int argc, char** argv) {
       std::printf("  %-34s unavailable (%s has no torch)\n", "Python torch.save/load",
                   python.c_str());
     }
-    std::printf("  %-34s client %.0f MiB (model %.0f MiB), server %.0f MiB\n\n", "peak RSS",
-                PeakRssMiB(getpid()), total / 1048576.0, PeakRssMiB((*server)->pid()));
+    const double model_mib = total / 1048576.0;
+    std::printf("  %-34s client +%.0f MiB (model %.0f MiB); server +%.0f MiB (heap +%.0f)\n",
+                "peak memory added by save", save_peak.client, model_mib, save_peak.server,
+                save_peak.server_heap);
+    std::printf("  %-34s client +%.0f MiB; server +%.0f MiB (heap +%.0f)\n",
+                "peak memory added by load into", load_peak.client, load_peak.server,
+                load_peak.server_heap);
+    std::printf("  %-34s client <= model + 64 MiB: %s\n\n", "target",
+                std::max(save_peak.client, load_peak.client) <= 64 ? "met" : "NOT met");
     client->reset();
     (*server)->Terminate();
   }

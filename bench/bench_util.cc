@@ -52,13 +52,50 @@ Shapes ManySmall(double scale) {
   return out;
 }
 
-double PeakRssMiB(pid_t pid) {
+namespace {
+
+// A "Vm...:   N kB" line of /proc/PID/status, in MiB.
+double StatusMiB(pid_t pid, const std::string& field) {
   std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
   std::string line;
   while (std::getline(in, line)) {
-    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
+    if (line.rfind(field, 0) == 0) return std::stod(line.substr(field.size())) / 1024.0;
   }
   return 0;
+}
+
+}  // namespace
+
+double PeakRssMiB(pid_t pid) { return StatusMiB(pid, "VmHWM:"); }
+
+double RssMiB(pid_t pid) { return StatusMiB(pid, "VmRSS:"); }
+
+double RssAnonMiB(pid_t pid) { return StatusMiB(pid, "RssAnon:"); }
+
+AnonPeakSampler::AnonPeakSampler(pid_t pid)
+    : pid_(pid), base_(RssAnonMiB(pid)), peak_(base_), thread_([this] {
+        while (!stop_.load()) {
+          peak_ = std::max(peak_, RssAnonMiB(pid_));
+          std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        }
+      }) {}
+
+AnonPeakSampler::~AnonPeakSampler() { Stop(); }
+
+double AnonPeakSampler::Stop() {
+  if (thread_.joinable()) {
+    stop_.store(true);
+    thread_.join();
+    peak_ = std::max(peak_, RssAnonMiB(pid_));
+  }
+  return peak_ - base_;
+}
+
+bool ResetPeakRss(pid_t pid) {
+  std::ofstream out(absl::StrCat("/proc/", pid, "/clear_refs"));
+  out << "5";
+  out.flush();
+  return static_cast<bool>(out);
 }
 
 double DiskWriteGBps(const std::string& dir, uint64_t bytes) {

@@ -5,8 +5,10 @@
 
 #include <sys/types.h>
 
+#include <atomic>
 #include <cstdint>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -24,6 +26,33 @@ Shapes ManySmall(double scale);
 
 /// Peak resident set (VmHWM) of a process, in MiB.
 double PeakRssMiB(pid_t pid);
+
+/// Current resident set (VmRSS) of a process, in MiB.
+double RssMiB(pid_t pid);
+
+/// Anonymous (heap, not file-backed) resident memory (RssAnon), in MiB.
+double RssAnonMiB(pid_t pid);
+
+/// Samples a process's anonymous resident memory every 5 ms on a thread
+/// until Stop(), which returns the peak above the value at construction.
+class AnonPeakSampler {
+ public:
+  explicit AnonPeakSampler(pid_t pid);
+  ~AnonPeakSampler();
+  double Stop();
+
+ private:
+  pid_t pid_;
+  double base_;
+  std::atomic<bool> stop_{false};
+  double peak_;
+  std::thread thread_;
+};
+
+/// Resets a process's peak resident set to its current one (Linux
+/// /proc/PID/clear_refs), so that PeakRssMiB then measures one operation.
+/// False where the kernel refuses.
+bool ResetPeakRss(pid_t pid);
 
 /// The disk's fsync'd sequential write speed in GB/s: `bytes` written in
 /// 4 MiB blocks to a file in `dir`, then fsync.
