@@ -149,8 +149,8 @@ int Run(int argc, char** argv) {
     }
     const double save_s = Seconds(t0, t1);
     const double save_gbps = data.total / save_s / 1e9;
-    std::printf("  save        %6.2f GB/s  %7.3f s  wire %.1f MB  (%.0f%% of disk)\n",
-                save_gbps, save_s, full->bytes_sent / 1e6, 100 * save_gbps / disk);
+    std::printf("  save        %6.2f GB/s  %7.3f s  wire %.1f MB  (%.0f%% of disk)\n", save_gbps,
+                save_s, full->bytes_sent / 1e6, 100 * save_gbps / disk);
 
     // Change 10 % of the tensors (one byte in the first chunk of each).
     for (size_t i = 0; i < data.tensor_nodes.size(); i += 10) {
@@ -185,8 +185,9 @@ int Run(int argc, char** argv) {
     bool same = buffers == data.bytes;
     std::printf("  load        %6.2f GB/s  (into existing buffers, best of 2)%s\n", best_load,
                 same ? "" : "  MISMATCH");
-    std::printf("  peak RSS    server %.0f MiB, client %.0f MiB (client holds %.0f MiB of data x2)\n",
-                PeakRssMiB((*server)->pid()), PeakRssMiB(getpid()), data.total / 1048576.0);
+    std::printf(
+        "  peak RSS    server %.0f MiB, client %.0f MiB (client holds %.0f MiB of data x2)\n",
+        PeakRssMiB((*server)->pid()), PeakRssMiB(getpid()), data.total / 1048576.0);
     std::printf("  server heap +%.0f MiB during save, +%.0f MiB during loads\n", save_heap_mib,
                 load_heap_mib);
     std::printf("  targets     save >= 80%% of disk: %s; incremental <= 15%% of full time: %s\n\n",

@@ -203,9 +203,8 @@ int Run(int argc, char** argv) {
     auto [py_save, py_load] = PythonBaseline(python, w, dir.path());
 
     const double load = total / into_s / 1e9;
-    std::printf("  %-34s %6.2f GB/s   (disk x%.2f, python x%.2f, pickle_save x%.2f)\n",
-                "save", save, save / disk, py_save > 0 ? save / py_save : 0,
-                save / pickle_save);
+    std::printf("  %-34s %6.2f GB/s   (disk x%.2f, python x%.2f, pickle_save x%.2f)\n", "save",
+                save, save / disk, py_save > 0 ? save / py_save : 0, save / pickle_save);
     std::printf("  %-34s %6.3f s (%.0f%% of full), wire %.1f MB (%.1f%%)\n",
                 "incremental save (10% changed)", inc_s, 100 * inc_s / save_s,
                 inc->bytes_sent / 1e6, 100.0 * inc->bytes_sent / full->bytes_sent);

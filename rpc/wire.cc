@@ -85,8 +85,8 @@ grpc::ByteBuffer ToByteBuffer(const google::protobuf::MessageLite& message) {
   grpc::ByteBuffer buffer;
   bool own_buffer = false;
   // Cannot fail for a message that is initialized (proto3 always is).
-  grpc::GenericSerialize<grpc::ProtoBufferWriter, google::protobuf::MessageLite>(
-      message, &buffer, &own_buffer)
+  grpc::GenericSerialize<grpc::ProtoBufferWriter, google::protobuf::MessageLite>(message, &buffer,
+                                                                                 &own_buffer)
       .IgnoreError();
   return buffer;
 }

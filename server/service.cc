@@ -170,9 +170,9 @@ class SaveReactor final : public grpc::ServerBidiReactor<v1::SaveRequest, v1::Sa
 
   void HandleEndOfStream() {
     if (finish_requested()) return;
-    FinishOnce(absl::AbortedError(
-        cancelled_.load() ? "save cancelled; nothing was saved"
-                          : "save stream ended before SaveCommit; nothing was saved"));
+    FinishOnce(absl::AbortedError(cancelled_.load()
+                                      ? "save cancelled; nothing was saved"
+                                      : "save stream ended before SaveCommit; nothing was saved"));
   }
 
   absl::Status Dispatch() {
@@ -211,13 +211,11 @@ class SaveReactor final : public grpc::ServerBidiReactor<v1::SaveRequest, v1::Sa
     const v1::PartInfo& part = begin.part();
     if (part.world_size() > 1) {
       if (part.rank() >= part.world_size()) {
-        return absl::InvalidArgumentError(absl::StrCat("rank ", part.rank(),
-                                                       " not in [0, world_size ",
-                                                       part.world_size(), ")"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("rank ", part.rank(), " not in [0, world_size ", part.world_size(), ")"));
       }
       if (part.save_id().empty() || part.save_id().size() > 256) {
-        return absl::InvalidArgumentError(
-            "a multi-part save needs a save_id of 1 to 256 bytes");
+        return absl::InvalidArgumentError("a multi-part save needs a save_id of 1 to 256 bytes");
       }
       if (part.world_size() > 65536) {
         return absl::InvalidArgumentError("world_size above 65536");
@@ -243,12 +241,12 @@ class SaveReactor final : public grpc::ServerBidiReactor<v1::SaveRequest, v1::Sa
     const ServerOptions& options = service_->options();
     tree_bytes_ += batch.ByteSizeLong();
     if (tree_bytes_ > options.max_tree_bytes) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "tree exceeds ", options.max_tree_bytes, " bytes (--max-tree-bytes)"));
+      return absl::ResourceExhaustedError(
+          absl::StrCat("tree exceeds ", options.max_tree_bytes, " bytes (--max-tree-bytes)"));
     }
     if (tree_.size() + batch.nodes_size() > options.max_tree_nodes) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "tree exceeds ", options.max_tree_nodes, " nodes (--max-tree-nodes)"));
+      return absl::ResourceExhaustedError(
+          absl::StrCat("tree exceeds ", options.max_tree_nodes, " nodes (--max-tree-nodes)"));
     }
     std::vector<Digest> fresh;
     for (const v1::Node& proto : batch.nodes()) {
@@ -258,8 +256,7 @@ class SaveReactor final : public grpc::ServerBidiReactor<v1::SaveRequest, v1::Sa
       if (node->has_data()) {
         std::string label = absl::StrCat("node ", index);
         if (auto* s = std::get_if<std::string>(&node->key)) label = *s;
-        CKPT_RETURN_IF_ERROR(
-            ValidateNodeData(*node, label, options.store.max_chunk_bytes));
+        CKPT_RETURN_IF_ERROR(ValidateNodeData(*node, label, options.store.max_chunk_bytes));
         for (size_t i = 0; i < node->data.chunks.size(); ++i) {
           const Digest& d = node->data.chunks[i];
           const uint64_t length = node->data.ChunkLength(i);
@@ -303,8 +300,8 @@ class SaveReactor final : public grpc::ServerBidiReactor<v1::SaveRequest, v1::Sa
       }
       if (!assembling_) {
         if (needed_.count(digest) == 0) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "chunk ", Hex(digest), " was not requested or was already received"));
+          return absl::InvalidArgumentError(
+              absl::StrCat("chunk ", Hex(digest), " was not requested or was already received"));
         }
         assembling_ = true;
         current_ = digest;
@@ -349,9 +346,8 @@ class SaveReactor final : public grpc::ServerBidiReactor<v1::SaveRequest, v1::Sa
                                                      " bytes) at SaveCommit"));
     }
     if (!needed_.empty()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(needed_.size(), " requested chunks were never sent (e.g. ",
-                       Hex(*needed_.begin()), ")"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          needed_.size(), " requested chunks were never sent (e.g. ", Hex(*needed_.begin()), ")"));
     }
     const uint32_t max_chunk = service_->options().store.max_chunk_bytes;
     CKPT_RETURN_IF_ERROR(ValidateTree(tree_, max_chunk));
@@ -712,16 +708,15 @@ class LoadReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
         chunk_ = std::move(chunk);
         if (!status.ok()) {
           const std::vector<std::string> keys = FlattenedKeys(tree_);
-          return Annotate(status,
-                          absl::StrCat("checkpoint '", version_.name, "' version ",
-                                       version_.version, " ", NodeKindName(node.kind), " '",
-                                       keys[selection_.source[data_node_]], "'"));
+          return Annotate(status, absl::StrCat("checkpoint '", version_.name, "' version ",
+                                               version_.version, " ", NodeKindName(node.kind), " '",
+                                               keys[selection_.source[data_node_]], "'"));
         }
         if (chunk_->size() != node.data.ChunkLength(chunk_index_)) {
-          return absl::DataLossError(absl::StrCat(
-              "checkpoint '", version_.name, "' version ", version_.version, ": chunk ",
-              Hex(digest), " has ", chunk_->size(), " bytes, manifest says ",
-              node.data.ChunkLength(chunk_index_)));
+          return absl::DataLossError(absl::StrCat("checkpoint '", version_.name, "' version ",
+                                                  version_.version, ": chunk ", Hex(digest),
+                                                  " has ", chunk_->size(), " bytes, manifest says ",
+                                                  node.data.ChunkLength(chunk_index_)));
         }
         chunk_loaded_ = true;
         chunk_offset_ = 0;
@@ -824,7 +819,7 @@ CheckpointService::CheckpointService(storage::Store* store, const ServerOptions&
 CheckpointService::~CheckpointService() { Stop(); }
 
 void CheckpointService::Stop() {
-  pending_->Shutdown();    // fails waiting parts
+  pending_->Shutdown();   // fails waiting parts
   executor_->Shutdown();  // runs what is queued, then joins
 }
 
@@ -849,13 +844,13 @@ grpc::ServerUnaryReactor* CheckpointService::RunUnary(grpc::CallbackServerContex
     return reactor;
   }
   record->set_principal((*principal)->name());
-  executor_->Post([this, reactor, record, principal = *std::move(principal),
-                   fn = std::move(fn)]() mutable {
-    absl::Status status = fn(*principal, *record);
-    record->End(status);
-    reactor->Finish(rpc::ToGrpcStatus(status));
-    Leave();
-  });
+  executor_->Post(
+      [this, reactor, record, principal = *std::move(principal), fn = std::move(fn)]() mutable {
+        absl::Status status = fn(*principal, *record);
+        record->End(status);
+        reactor->Finish(rpc::ToGrpcStatus(status));
+        Leave();
+      });
   return reactor;
 }
 
@@ -922,139 +917,139 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* CheckpointService::Load(
 grpc::ServerUnaryReactor* CheckpointService::ListCheckpoints(
     grpc::CallbackServerContext* context, const v1::ListCheckpointsRequest* request,
     v1::ListCheckpointsResponse* response) {
-  return RunUnary(context, "ListCheckpoints", "",
-                  [this, request, response](const Principal& principal,
-                                            CallRecord&) -> absl::Status {
-    const std::string& prefix = request->prefix();
-    CKPT_RETURN_IF_ERROR(ValidatePrefix(prefix));
-    const uint32_t limit = request->page_size() == 0
-                               ? kMaxListPage
-                               : std::min(request->page_size(), kMaxListPage);
-    std::vector<CheckpointSummary> list;
-    std::optional<std::vector<std::string>> scopes = principal.ReadableUnder(prefix);
-    if (!scopes.has_value()) {
-      CKPT_ASSIGN_OR_RETURN(list,
-                            store_->ListCheckpoints(prefix, request->page_token(), limit + 1));
-    } else {
-      if (scopes->empty()) {
-        return absl::PermissionDeniedError(absl::StrCat(
-            "token '", principal.name(), "' has no read right on any name under '", prefix, "'"));
-      }
-      // The readable names are those of each grant prefix: list each, keep
-      // the first limit + 1 of their union in order.
-      for (const std::string& scope : *scopes) {
-        std::string after = request->page_token();
-        size_t found = 0;
-        while (found <= limit) {
-          CKPT_ASSIGN_OR_RETURN(auto page, store_->ListCheckpoints(scope, after, limit + 1));
-          for (auto& c : page) {
-            if (!PrefixCovers(scope, c.name)) continue;
-            list.push_back(std::move(c));
-            ++found;
+  return RunUnary(
+      context, "ListCheckpoints", "",
+      [this, request, response](const Principal& principal, CallRecord&) -> absl::Status {
+        const std::string& prefix = request->prefix();
+        CKPT_RETURN_IF_ERROR(ValidatePrefix(prefix));
+        const uint32_t limit =
+            request->page_size() == 0 ? kMaxListPage : std::min(request->page_size(), kMaxListPage);
+        std::vector<CheckpointSummary> list;
+        std::optional<std::vector<std::string>> scopes = principal.ReadableUnder(prefix);
+        if (!scopes.has_value()) {
+          CKPT_ASSIGN_OR_RETURN(list,
+                                store_->ListCheckpoints(prefix, request->page_token(), limit + 1));
+        } else {
+          if (scopes->empty()) {
+            return absl::PermissionDeniedError(
+                absl::StrCat("token '", principal.name(), "' has no read right on any name under '",
+                             prefix, "'"));
           }
-          if (page.size() < limit + 1) break;
-          after = page.back().name;
+          // The readable names are those of each grant prefix: list each, keep
+          // the first limit + 1 of their union in order.
+          for (const std::string& scope : *scopes) {
+            std::string after = request->page_token();
+            size_t found = 0;
+            while (found <= limit) {
+              CKPT_ASSIGN_OR_RETURN(auto page, store_->ListCheckpoints(scope, after, limit + 1));
+              for (auto& c : page) {
+                if (!PrefixCovers(scope, c.name)) continue;
+                list.push_back(std::move(c));
+                ++found;
+              }
+              if (page.size() < limit + 1) break;
+              after = page.back().name;
+            }
+          }
+          std::sort(list.begin(), list.end(),
+                    [](const auto& a, const auto& b) { return a.name < b.name; });
+          list.erase(std::unique(list.begin(), list.end(),
+                                 [](const auto& a, const auto& b) { return a.name == b.name; }),
+                     list.end());
+          if (list.size() > limit + 1) list.resize(limit + 1);
         }
-      }
-      std::sort(list.begin(), list.end(),
-                [](const auto& a, const auto& b) { return a.name < b.name; });
-      list.erase(std::unique(list.begin(), list.end(),
-                             [](const auto& a, const auto& b) { return a.name == b.name; }),
-                 list.end());
-      if (list.size() > limit + 1) list.resize(limit + 1);
-    }
-    for (size_t i = 0; i < list.size() && i < limit; ++i) {
-      v1::CheckpointSummary* out = response->add_checkpoints();
-      out->set_name(list[i].name);
-      out->set_latest_version(list[i].latest_version);
-      out->set_num_versions(list[i].num_versions);
-      VersionInfo t;
-      t.create_time_ms = list[i].latest_create_time_ms;
-      v1::VersionInfo tmp;
-      rpc::ToProto(t, &tmp);
-      *out->mutable_latest_create_time() = tmp.create_time();
-    }
-    if (list.size() > limit) response->set_next_page_token(list[limit - 1].name);
-    return absl::OkStatus();
-  });
+        for (size_t i = 0; i < list.size() && i < limit; ++i) {
+          v1::CheckpointSummary* out = response->add_checkpoints();
+          out->set_name(list[i].name);
+          out->set_latest_version(list[i].latest_version);
+          out->set_num_versions(list[i].num_versions);
+          VersionInfo t;
+          t.create_time_ms = list[i].latest_create_time_ms;
+          v1::VersionInfo tmp;
+          rpc::ToProto(t, &tmp);
+          *out->mutable_latest_create_time() = tmp.create_time();
+        }
+        if (list.size() > limit) response->set_next_page_token(list[limit - 1].name);
+        return absl::OkStatus();
+      });
 }
 
-grpc::ServerUnaryReactor* CheckpointService::ListVersions(
-    grpc::CallbackServerContext* context, const v1::ListVersionsRequest* request,
-    v1::ListVersionsResponse* response) {
-  return RunUnary(context, "ListVersions", request->name(),
-                  [this, request, response](const Principal& principal,
-                                            CallRecord&) -> absl::Status {
-    CKPT_RETURN_IF_ERROR(CheckName(principal, Right::kRead, request->name()));
-    CKPT_ASSIGN_OR_RETURN(auto versions, store_->ListVersions(request->name()));
-    for (const VersionInfo& v : versions) rpc::ToProto(v, response->add_versions());
-    return absl::OkStatus();
-  });
+grpc::ServerUnaryReactor* CheckpointService::ListVersions(grpc::CallbackServerContext* context,
+                                                          const v1::ListVersionsRequest* request,
+                                                          v1::ListVersionsResponse* response) {
+  return RunUnary(
+      context, "ListVersions", request->name(),
+      [this, request, response](const Principal& principal, CallRecord&) -> absl::Status {
+        CKPT_RETURN_IF_ERROR(CheckName(principal, Right::kRead, request->name()));
+        CKPT_ASSIGN_OR_RETURN(auto versions, store_->ListVersions(request->name()));
+        for (const VersionInfo& v : versions) rpc::ToProto(v, response->add_versions());
+        return absl::OkStatus();
+      });
 }
 
-grpc::ServerUnaryReactor* CheckpointService::GetManifest(
-    grpc::CallbackServerContext* context, const v1::GetManifestRequest* request,
-    v1::GetManifestResponse* response) {
-  return RunUnary(context, "GetManifest", request->name(),
-                  [this, request, response](const Principal& principal,
-                                            CallRecord& record) -> absl::Status {
-    CKPT_RETURN_IF_ERROR(CheckName(principal, Right::kRead, request->name()));
-    CKPT_ASSIGN_OR_RETURN(uint64_t first, ParsePageToken(request->page_token()));
-    storage::VersionSelector selector{request->version(), request->tag()};
-    CKPT_ASSIGN_OR_RETURN(VersionInfo version, store_->GetVersion(request->name(), selector));
-    record.set_version(version.version);
-    CKPT_ASSIGN_OR_RETURN(Tree tree, store_->GetTree(version.name, version.version));
-    if (first > tree.size()) {
-      return absl::InvalidArgumentError(absl::StrCat("page_token ", first, " past the ",
-                                                     tree.size(), " nodes"));
-    }
-    const uint32_t limit = request->page_size() == 0
-                               ? kMaxManifestPage
-                               : std::min(request->page_size(), kMaxManifestPage);
-    rpc::ToProto(version, response->mutable_version());
-    response->set_first_node(first);
-    size_t bytes = 0;
-    size_t i = first;
-    for (; i < tree.size() && i - first < limit && bytes < 3 * kNodeBatchBytes; ++i) {
-      v1::Node* node = response->add_nodes();
-      rpc::ToProto(tree[i], node);
-      bytes += node->ByteSizeLong() + 4;
-    }
-    if (i < tree.size()) response->set_next_page_token(absl::StrCat(i));
-    return absl::OkStatus();
-  });
+grpc::ServerUnaryReactor* CheckpointService::GetManifest(grpc::CallbackServerContext* context,
+                                                         const v1::GetManifestRequest* request,
+                                                         v1::GetManifestResponse* response) {
+  return RunUnary(
+      context, "GetManifest", request->name(),
+      [this, request, response](const Principal& principal, CallRecord& record) -> absl::Status {
+        CKPT_RETURN_IF_ERROR(CheckName(principal, Right::kRead, request->name()));
+        CKPT_ASSIGN_OR_RETURN(uint64_t first, ParsePageToken(request->page_token()));
+        storage::VersionSelector selector{request->version(), request->tag()};
+        CKPT_ASSIGN_OR_RETURN(VersionInfo version, store_->GetVersion(request->name(), selector));
+        record.set_version(version.version);
+        CKPT_ASSIGN_OR_RETURN(Tree tree, store_->GetTree(version.name, version.version));
+        if (first > tree.size()) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("page_token ", first, " past the ", tree.size(), " nodes"));
+        }
+        const uint32_t limit = request->page_size() == 0
+                                   ? kMaxManifestPage
+                                   : std::min(request->page_size(), kMaxManifestPage);
+        rpc::ToProto(version, response->mutable_version());
+        response->set_first_node(first);
+        size_t bytes = 0;
+        size_t i = first;
+        for (; i < tree.size() && i - first < limit && bytes < 3 * kNodeBatchBytes; ++i) {
+          v1::Node* node = response->add_nodes();
+          rpc::ToProto(tree[i], node);
+          bytes += node->ByteSizeLong() + 4;
+        }
+        if (i < tree.size()) response->set_next_page_token(absl::StrCat(i));
+        return absl::OkStatus();
+      });
 }
 
-grpc::ServerUnaryReactor* CheckpointService::DeleteVersion(
-    grpc::CallbackServerContext* context, const v1::DeleteVersionRequest* request,
-    v1::DeleteVersionResponse* response) {
-  return RunUnary(context, "DeleteVersion", request->name(),
-                  [this, request, response](const Principal& principal,
-                                            CallRecord& record) -> absl::Status {
-    record.set_version(request->version());
-    CKPT_RETURN_IF_ERROR(CheckName(principal, Right::kAdmin, request->name()));
-    if (request->version() == 0) {
-      return absl::InvalidArgumentError("DeleteVersion needs a version number");
-    }
-    CKPT_ASSIGN_OR_RETURN(uint64_t released,
-                          store_->DeleteVersion(request->name(), request->version(),
-                                                request->force()));
-    response->set_released_chunks(released);
-    return absl::OkStatus();
-  });
+grpc::ServerUnaryReactor* CheckpointService::DeleteVersion(grpc::CallbackServerContext* context,
+                                                           const v1::DeleteVersionRequest* request,
+                                                           v1::DeleteVersionResponse* response) {
+  return RunUnary(
+      context, "DeleteVersion", request->name(),
+      [this, request, response](const Principal& principal, CallRecord& record) -> absl::Status {
+        record.set_version(request->version());
+        CKPT_RETURN_IF_ERROR(CheckName(principal, Right::kAdmin, request->name()));
+        if (request->version() == 0) {
+          return absl::InvalidArgumentError("DeleteVersion needs a version number");
+        }
+        CKPT_ASSIGN_OR_RETURN(
+            uint64_t released,
+            store_->DeleteVersion(request->name(), request->version(), request->force()));
+        response->set_released_chunks(released);
+        return absl::OkStatus();
+      });
 }
 
 grpc::ServerUnaryReactor* CheckpointService::SetTag(grpc::CallbackServerContext* context,
                                                     const v1::SetTagRequest* request,
                                                     v1::SetTagResponse* response) {
   return RunUnary(context, "SetTag", request->name(),
-                  [this, request](const Principal& principal,
-                                  CallRecord& record) -> absl::Status {
-    record.set_version(request->version());
-    CKPT_RETURN_IF_ERROR(CheckName(principal, Right::kWrite, request->name()));
-    if (request->version() == 0) return absl::InvalidArgumentError("SetTag needs a version");
-    return store_->SetTag(request->name(), request->tag(), request->version());
-  });
+                  [this, request](const Principal& principal, CallRecord& record) -> absl::Status {
+                    record.set_version(request->version());
+                    CKPT_RETURN_IF_ERROR(CheckName(principal, Right::kWrite, request->name()));
+                    if (request->version() == 0)
+                      return absl::InvalidArgumentError("SetTag needs a version");
+                    return store_->SetTag(request->name(), request->tag(), request->version());
+                  });
 }
 
 grpc::ServerUnaryReactor* CheckpointService::DeleteTag(grpc::CallbackServerContext* context,
@@ -1062,34 +1057,35 @@ grpc::ServerUnaryReactor* CheckpointService::DeleteTag(grpc::CallbackServerConte
                                                        v1::DeleteTagResponse* response) {
   return RunUnary(context, "DeleteTag", request->name(),
                   [this, request](const Principal& principal, CallRecord&) -> absl::Status {
-    CKPT_RETURN_IF_ERROR(CheckName(principal, Right::kWrite, request->name()));
-    return store_->DeleteTag(request->name(), request->tag());
-  });
+                    CKPT_RETURN_IF_ERROR(CheckName(principal, Right::kWrite, request->name()));
+                    return store_->DeleteTag(request->name(), request->tag());
+                  });
 }
 
-grpc::ServerUnaryReactor* CheckpointService::GetServerInfo(
-    grpc::CallbackServerContext* context, const v1::GetServerInfoRequest* request,
-    v1::GetServerInfoResponse* response) {
+grpc::ServerUnaryReactor* CheckpointService::GetServerInfo(grpc::CallbackServerContext* context,
+                                                           const v1::GetServerInfoRequest* request,
+                                                           v1::GetServerInfoResponse* response) {
   // Any valid token: store-wide totals, no names.
   return RunUnary(context, "GetServerInfo", "",
                   [this, response](const Principal&, CallRecord&) -> absl::Status {
-    CKPT_ASSIGN_OR_RETURN(storage::StoreStats stats, store_->Stats());
-    response->set_server_version(CKPT_VERSION);
-    response->set_chunk_size(options_.chunk_size);
-    response->set_max_message_bytes(options_.max_message_bytes);
-    v1::StorageStats* out = response->mutable_stats();
-    out->set_checkpoints(stats.checkpoints);
-    out->set_versions(stats.versions);
-    out->set_chunks(stats.chunks);
-    out->set_stored_bytes(stats.stored_bytes);
-    out->set_logical_bytes(stats.logical_bytes);
-    out->set_dedup_ratio(stats.stored_bytes ? static_cast<double>(stats.logical_bytes) /
-                                                  static_cast<double>(stats.stored_bytes)
-                                            : 1.0);
-    out->set_disk_bytes(stats.disk_bytes);
-    out->set_active_uploads(stats.active_uploads);
-    return absl::OkStatus();
-  });
+                    CKPT_ASSIGN_OR_RETURN(storage::StoreStats stats, store_->Stats());
+                    response->set_server_version(CKPT_VERSION);
+                    response->set_chunk_size(options_.chunk_size);
+                    response->set_max_message_bytes(options_.max_message_bytes);
+                    v1::StorageStats* out = response->mutable_stats();
+                    out->set_checkpoints(stats.checkpoints);
+                    out->set_versions(stats.versions);
+                    out->set_chunks(stats.chunks);
+                    out->set_stored_bytes(stats.stored_bytes);
+                    out->set_logical_bytes(stats.logical_bytes);
+                    out->set_dedup_ratio(stats.stored_bytes
+                                             ? static_cast<double>(stats.logical_bytes) /
+                                                   static_cast<double>(stats.stored_bytes)
+                                             : 1.0);
+                    out->set_disk_bytes(stats.disk_bytes);
+                    out->set_active_uploads(stats.active_uploads);
+                    return absl::OkStatus();
+                  });
 }
 
 grpc::ServerUnaryReactor* CheckpointService::GarbageCollect(
@@ -1097,13 +1093,13 @@ grpc::ServerUnaryReactor* CheckpointService::GarbageCollect(
     v1::GarbageCollectResponse* response) {
   return RunUnary(context, "GarbageCollect", "",
                   [this, response](const Principal& principal, CallRecord&) -> absl::Status {
-    CKPT_RETURN_IF_ERROR(principal.CheckGlobal(Right::kAdmin, "collect garbage"));
-    CKPT_ASSIGN_OR_RETURN(storage::GcResult gc, store_->CollectGarbage());
-    response->set_chunks_removed(gc.chunks_removed);
-    response->set_bytes_removed(gc.bytes_removed);
-    response->set_orphan_uploads_removed(gc.orphan_uploads_removed);
-    return absl::OkStatus();
-  });
+                    CKPT_RETURN_IF_ERROR(principal.CheckGlobal(Right::kAdmin, "collect garbage"));
+                    CKPT_ASSIGN_OR_RETURN(storage::GcResult gc, store_->CollectGarbage());
+                    response->set_chunks_removed(gc.chunks_removed);
+                    response->set_bytes_removed(gc.bytes_removed);
+                    response->set_orphan_uploads_removed(gc.orphan_uploads_removed);
+                    return absl::OkStatus();
+                  });
 }
 
 }  // namespace ckpt::server

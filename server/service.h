@@ -13,7 +13,6 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
-
 #include "ckpt/v1/checkpoint.grpc.pb.h"
 #include "common/executor.h"
 #include "server/auth.h"
@@ -29,9 +28,8 @@ class PendingSaves;
 /// Load is registered raw (grpc::ByteBuffer in and out) so that its data
 /// messages reference chunk bytes rather than copy them twice; the wire
 /// format is the same LoadRequest / LoadResponse.
-class CheckpointService final
-    : public v1::CheckpointService::WithRawCallbackMethod_Load<
-          v1::CheckpointService::CallbackService> {
+class CheckpointService final : public v1::CheckpointService::WithRawCallbackMethod_Load<
+                                    v1::CheckpointService::CallbackService> {
  public:
   /// `store` must outlive the service. `auth` null: development mode (no
   /// token needed).
@@ -108,9 +106,8 @@ class CheckpointService final
   // authenticated, and finishes the call with its status. `fn` checks the
   // right it needs.
   template <typename Fn>
-  grpc::ServerUnaryReactor* RunUnary(grpc::CallbackServerContext* context,
-                                     absl::string_view method, absl::string_view checkpoint,
-                                     Fn fn);
+  grpc::ServerUnaryReactor* RunUnary(grpc::CallbackServerContext* context, absl::string_view method,
+                                     absl::string_view checkpoint, Fn fn);
 
   storage::Store* store_;
   ServerOptions options_;

@@ -15,8 +15,8 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "common/names.h"
 #include "common/crash_point.h"
+#include "common/names.h"
 #include "common/status_macros.h"
 #include "rocksdb/cache.h"
 #include "rocksdb/convenience.h"
@@ -945,9 +945,8 @@ absl::StatusOr<VersionInfo> RocksDbStore::Commit(CommitSpec spec,
     const uint64_t used = core_->UsageOf(ns);
     if (added_bytes > quota || used > quota - added_bytes) {
       return absl::ResourceExhaustedError(absl::StrCat(
-          "namespace ", Quote(ns), " quota exceeded: it holds ", used, " bytes, ",
-          Quote(name), " would add ", added_bytes, ", the quota is ", quota,
-          " bytes; nothing was saved"));
+          "namespace ", Quote(ns), " quota exceeded: it holds ", used, " bytes, ", Quote(name),
+          " would add ", added_bytes, ", the quota is ", quota, " bytes; nothing was saved"));
     }
   }
   // Chunks the uploads wrote that the version does not keep are garbage:

@@ -135,8 +135,7 @@ class BadInputTest : public ::testing::Test {
     };
   }
 
-  Script OneTensor(const std::string& name, std::vector<int64_t> shape,
-                   const std::string& data) {
+  Script OneTensor(const std::string& name, std::vector<int64_t> shape, const std::string& data) {
     Script s;
     s.begin.set_name(name);
     s.nodes = {DictNode(1), TensorNode("w", std::move(shape), data)};
@@ -158,12 +157,12 @@ class BadInputTest : public ::testing::Test {
   StoreStats stats_before_;
 };
 
-#define EXPECT_STATUS(status, code, text)                                   \
-  do {                                                                      \
-    grpc::Status s_ = (status);                                             \
+#define EXPECT_STATUS(status, code, text)                                     \
+  do {                                                                        \
+    grpc::Status s_ = (status);                                               \
     EXPECT_EQ(s_.error_code(), grpc::StatusCode::code) << s_.error_message(); \
-    EXPECT_NE(s_.error_message().find(text), std::string::npos)             \
-        << "message: " << s_.error_message();                               \
+    EXPECT_NE(s_.error_message().find(text), std::string::npos)               \
+        << "message: " << s_.error_message();                                 \
   } while (0)
 
 TEST_F(BadInputTest, UnknownNameVersionTagAreNotFound) {
@@ -248,8 +247,7 @@ TEST_F(BadInputTest, NegativeDimension) {
 }
 
 TEST_F(BadInputTest, ElementCountOverflow) {
-  Script s = OneTensor("bad/overflow", {int64_t{1} << 40, int64_t{1} << 40},
-                       std::string(16, 'x'));
+  Script s = OneTensor("bad/overflow", {int64_t{1} << 40, int64_t{1} << 40}, std::string(16, 'x'));
   EXPECT_STATUS(Run(s), INVALID_ARGUMENT, "overflows");
   ExpectNoVersion("bad/overflow");
 }

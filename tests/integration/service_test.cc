@@ -379,9 +379,9 @@ TEST_F(ServiceTest, CorruptChunkIsDataLossNamingCheckpointVersionAndKey) {
   }
   {
     std::vector<rocksdb::ColumnFamilyDescriptor> families;
-    for (const char* name : {rocksdb::kDefaultColumnFamilyName.c_str(), storage::kChunksFamily,
-                             storage::kRefsFamily, storage::kManifestsFamily,
-                             storage::kTagsFamily}) {
+    for (const char* name :
+         {rocksdb::kDefaultColumnFamilyName.c_str(), storage::kChunksFamily, storage::kRefsFamily,
+          storage::kManifestsFamily, storage::kTagsFamily}) {
       families.emplace_back(name, rocksdb::ColumnFamilyOptions());
     }
     std::vector<rocksdb::ColumnFamilyHandle*> handles;

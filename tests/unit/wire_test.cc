@@ -16,7 +16,8 @@ std::string Flatten(const grpc::ByteBuffer& buffer) {
   std::vector<grpc::Slice> slices;
   EXPECT_TRUE(buffer.Dump(&slices).ok());
   std::string out;
-  for (const grpc::Slice& s : slices) out.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  for (const grpc::Slice& s : slices)
+    out.append(reinterpret_cast<const char*>(s.begin()), s.size());
   return out;
 }
 
@@ -24,10 +25,10 @@ TEST(WireTest, DataBatchIsByteIdenticalToProtobuf) {
   auto a = std::make_shared<const std::string>(std::string(300000, 'a') + "tail");
   auto b = std::make_shared<const std::string>("xyz");
   std::vector<SharedPiece> pieces = {
-      {0, 0, a, absl::string_view(*a).substr(0, 200000)},          // default node and offset
-      {7, 200000, a, absl::string_view(*a).substr(200000)},        // rest of the same chunk
-      {300, (uint64_t{1} << 40) + 5, b, absl::string_view(*b)},    // multi-byte varints
-      {9, 0, b, absl::string_view()},                              // empty data
+      {0, 0, a, absl::string_view(*a).substr(0, 200000)},        // default node and offset
+      {7, 200000, a, absl::string_view(*a).substr(200000)},      // rest of the same chunk
+      {300, (uint64_t{1} << 40) + 5, b, absl::string_view(*b)},  // multi-byte varints
+      {9, 0, b, absl::string_view()},                            // empty data
   };
   v1::LoadResponse expected;
   for (const SharedPiece& p : pieces) {
