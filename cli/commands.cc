@@ -1,11 +1,10 @@
 #include "cli/commands.h"
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <fstream>
 #include <sstream>
 #include <utility>
-
-#include <CLI/CLI.hpp>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -13,6 +12,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
 #include "cli/format.h"
+#include "common/retention.h"
 #include "common/status_macros.h"
 
 namespace ckpt::cli {
@@ -75,12 +75,11 @@ absl::Status RunVersions(Context& ctx, const VersionsArgs& args) {
   std::vector<std::vector<std::string>> rows;
   for (const auto& v : versions) {
     rows.push_back({absl::StrCat(v.version), FormatTime(v.create_time_ms), absl::StrCat(v.step),
-                    absl::StrCat(v.epoch), absl::StrCat(v.num_tensors),
-                    HumanBytes(v.data_bytes), HumanBytes(v.new_bytes),
-                    v.tags.empty() ? "-" : absl::StrJoin(v.tags, ",")});
+                    absl::StrCat(v.epoch), absl::StrCat(v.num_tensors), HumanBytes(v.data_bytes),
+                    HumanBytes(v.new_bytes), v.tags.empty() ? "-" : absl::StrJoin(v.tags, ",")});
   }
-  PrintTable(ctx.out(),
-             {"VERSION", "CREATED", "STEP", "EPOCH", "TENSORS", "SIZE", "NEW", "TAGS"}, rows);
+  PrintTable(ctx.out(), {"VERSION", "CREATED", "STEP", "EPOCH", "TENSORS", "SIZE", "NEW", "TAGS"},
+             rows);
   return absl::OkStatus();
 }
 
@@ -117,8 +116,8 @@ struct RmArgs {
 absl::Status RunRm(Context& ctx, const RmArgs& args) {
   // Deleting is not undoable: never pick a version the user did not name.
   if (args.ref.find('@') == std::string::npos) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "rm needs NAME@VERSION or NAME@TAG, got '", Printable(args.ref), "'"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("rm needs NAME@VERSION or NAME@TAG, got '", Printable(args.ref), "'"));
   }
   CKPT_ASSIGN_OR_RETURN(VersionRef ref, ParseVersionRef(args.ref));
   CKPT_ASSIGN_OR_RETURN(RawClient * client, ctx.Client());
@@ -189,6 +188,58 @@ absl::Status RunGc(Context& ctx, const JsonArgs& args) {
                              {"bytes removed", HumanAndExactBytes(gc.bytes_removed)},
                              {"orphan uploads removed", absl::StrCat(gc.orphan_uploads_removed)},
                          });
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------- retention, prune
+
+struct RetentionArgs {
+  std::string name;
+  RetentionPolicy policy;
+  bool clear = false;
+};
+
+std::string VersionList(const std::vector<uint64_t>& versions) {
+  return versions.empty() ? "none" : absl::StrJoin(versions, ", ");
+}
+
+absl::Status RunRetention(Context& ctx, const RetentionArgs& args, bool setting) {
+  CKPT_RETURN_IF_ERROR(ValidateName(args.name));
+  CKPT_ASSIGN_OR_RETURN(RawClient * client, ctx.Client());
+  if (!setting) {
+    CKPT_ASSIGN_OR_RETURN(RetentionPolicy policy, client->GetRetention(args.name));
+    ctx.out() << "retention of " << args.name << ": " << DescribeRetentionPolicy(policy) << "\n";
+    return absl::OkStatus();
+  }
+  if (args.clear && !(args.policy == RetentionPolicy{})) {
+    return absl::InvalidArgumentError("--clear takes no other retention option");
+  }
+  // Checked here too, so a bad command line fails before connecting.
+  CKPT_RETURN_IF_ERROR(ValidateRetentionPolicy(args.policy));
+  if (!args.clear && !args.policy.enabled()) {
+    return absl::InvalidArgumentError(
+        "give --keep-last or --keep-best (or --clear to remove the policy)");
+  }
+  CKPT_ASSIGN_OR_RETURN(std::vector<uint64_t> would, client->SetRetention(args.name, args.policy));
+  ctx.out() << "retention of " << args.name << ": " << DescribeRetentionPolicy(args.policy) << "\n";
+  if (!args.clear) {
+    ctx.out() << "applied after each save; versions it would delete now: " << VersionList(would)
+              << "\n";
+  }
+  return absl::OkStatus();
+}
+
+struct PruneArgs {
+  std::string name;
+  bool dry_run = false;
+};
+
+absl::Status RunPrune(Context& ctx, const PruneArgs& args) {
+  CKPT_RETURN_IF_ERROR(ValidateName(args.name));
+  CKPT_ASSIGN_OR_RETURN(RawClient * client, ctx.Client());
+  CKPT_ASSIGN_OR_RETURN(std::vector<uint64_t> versions, client->Prune(args.name, args.dry_run));
+  ctx.out() << (args.dry_run ? "would delete " : "deleted ") << args.name
+            << " versions: " << VersionList(versions) << "\n";
   return absl::OkStatus();
 }
 
@@ -339,8 +390,7 @@ void AddShowCommand(CLI::App& app, CommandTable& table) {
   auto args = std::make_shared<ShowArgs>();
   CLI::App* sub = app.add_subcommand(
       "show", "Show a version's record and value tree (keys, dtypes, shapes, scalars)");
-  sub->add_option("ref", args->ref, "NAME, NAME@VERSION or NAME@TAG (default: latest)")
-      ->required();
+  sub->add_option("ref", args->ref, "NAME, NAME@VERSION or NAME@TAG (default: latest)")->required();
   sub->add_flag("--json", args->json, "Print a JSON object with the tree nested under \"tree\"");
   table.Add(sub, [args](Context& ctx) { return RunShow(ctx, *args); });
 }
@@ -359,8 +409,7 @@ void AddTagCommands(CLI::App& app, CommandTable& table) {
   CLI::App* tag = app.add_subcommand("tag", "Point TAG at a version (moves it if it exists)");
   tag->add_option("ref", tag_args->ref, "NAME@VERSION (NAME or NAME@OTHER_TAG: resolved now)")
       ->required();
-  tag->add_option("tag", tag_args->tag, "Tag to set: [A-Za-z0-9._-], not all digits")
-      ->required();
+  tag->add_option("tag", tag_args->tag, "Tag to set: [A-Za-z0-9._-], not all digits")->required();
   table.Add(tag, [tag_args](Context& ctx) { return RunTag(ctx, *tag_args); });
 
   auto untag_args = std::make_shared<UntagArgs>();
@@ -370,10 +419,42 @@ void AddTagCommands(CLI::App& app, CommandTable& table) {
   table.Add(untag, [untag_args](Context& ctx) { return RunUntag(ctx, *untag_args); });
 }
 
+void AddRetentionCommands(CLI::App& app, CommandTable& table) {
+  auto args = std::make_shared<RetentionArgs>();
+  CLI::App* sub = app.add_subcommand(
+      "retention",
+      "Show or set which versions of a name to keep (applied after each save): a version is "
+      "kept if any rule keeps it; tagged versions and the newest are always kept");
+  sub->add_option("name", args->name, "Checkpoint name")->required();
+  sub->add_option("--keep-last", args->policy.keep_last, "Keep the newest N versions");
+  sub->add_option("--keep-every-steps", args->policy.keep_every_steps,
+                  "Also keep versions whose step is a multiple of K");
+  sub->add_option("--keep-best", args->policy.keep_best, "Keep the N best versions by --metric");
+  sub->add_option("--metric", args->policy.metric,
+                  "Metadata key holding a number, e.g. loss (lower is better)");
+  sub->add_flag("--higher-is-better", args->policy.higher_is_better,
+                "For --metric: higher values are better (e.g. accuracy)");
+  sub->add_flag("--clear", args->clear, "Remove the policy (keep every version)");
+  table.Add(sub, [args, sub](Context& ctx) {
+    const bool setting = sub->count("--keep-last") + sub->count("--keep-every-steps") +
+                             sub->count("--keep-best") + sub->count("--metric") +
+                             sub->count("--higher-is-better") + sub->count("--clear") >
+                         0;
+    return RunRetention(ctx, *args, setting);
+  });
+
+  auto prune_args = std::make_shared<PruneArgs>();
+  CLI::App* prune =
+      app.add_subcommand("prune", "Apply a name's retention policy now (chunks are freed by gc)");
+  prune->add_option("name", prune_args->name, "Checkpoint name")->required();
+  prune->add_flag("--dry-run", prune_args->dry_run, "Only list what would be deleted");
+  table.Add(prune, [prune_args](Context& ctx) { return RunPrune(ctx, *prune_args); });
+}
+
 void AddGcCommand(CLI::App& app, CommandTable& table) {
   auto args = std::make_shared<JsonArgs>();
-  CLI::App* sub = app.add_subcommand(
-      "gc", "Remove chunks no version references and leftovers of dead uploads");
+  CLI::App* sub =
+      app.add_subcommand("gc", "Remove chunks no version references and leftovers of dead uploads");
   sub->add_flag("--json", args->json, "Print a JSON object");
   table.Add(sub, [args](Context& ctx) { return RunGc(ctx, *args); });
 }
@@ -396,6 +477,7 @@ void AddCommands(CLI::App& app, CommandTable& table) {
   AddShowCommand(app, table);
   AddRmCommand(app, table);
   AddTagCommands(app, table);
+  AddRetentionCommands(app, table);
   AddGcCommand(app, table);
   AddHealthCommand(app, table);
   AddStatsCommand(app, table);

@@ -75,6 +75,15 @@
 //                                number is resolved to one first)
 // untag NAME TAG                 "removed tag TAG from NAME"
 //
+// retention NAME                 "retention of NAME: POLICY" (POLICY as
+//   DescribeRetentionPolicy writes it, "none" when unset)
+// retention NAME [--keep-last N] [--keep-every-steps K] [--keep-best N
+//   --metric KEY [--higher-is-better]] | --clear
+//   "retention of NAME: POLICY" and, unless --clear, "applied after each
+//   save; versions it would delete now: 1, 4" (or "none")
+// prune NAME [--dry-run]         "deleted NAME versions: 1, 4" ("would
+//   delete ..." with --dry-run; "none" when nothing goes)
+//
 // gc [--json]
 //   fields: chunks removed, bytes removed, orphan uploads removed
 //   json: {"chunks_removed", "bytes_removed", "orphan_uploads_removed"}
@@ -99,10 +108,9 @@
 //   5 DEADLINE_EXCEEDED    6 FAILED_PRECONDITION / ALREADY_EXISTS
 //   7 UNAUTHENTICATED / PERMISSION_DENIED
 
+#include <CLI/CLI.hpp>
 #include <cstdlib>
 #include <iostream>
-
-#include <CLI/CLI.hpp>
 
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
@@ -134,6 +142,7 @@ Examples:
   ckpt ls team/
   ckpt show team/run-42/model@best
   ckpt tag team/run-42/model@7 best
+  ckpt retention team/run-42/model --keep-last 3 --keep-best 1 --metric loss
   CKPT_SERVER=ckpt.internal:50051 ckpt stats --json
   CKPT_TOKEN_FILE=~/.ckpt-token ckpt --tls --ca-cert ca.pem --server ckpt.internal:50051 ls
 )";

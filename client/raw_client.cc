@@ -2,9 +2,8 @@
 
 #include <grpcpp/grpcpp.h>
 
-#include <future>
-
 #include <fstream>
+#include <future>
 #include <sstream>
 
 #include "absl/container/flat_hash_map.h"
@@ -71,8 +70,7 @@ class GrpcRawClient final : public RawClient {
     return result.status();
   }
 
-  absl::Status Load(const std::string& name, const LoadOptions& options,
-                    LoadSink* sink) override {
+  absl::Status Load(const std::string& name, const LoadOptions& options, LoadSink* sink) override {
     grpc::ClientContext context;
     Prepare(&context, options.timeout);
     v1::LoadRequest request;
@@ -92,8 +90,7 @@ class GrpcRawClient final : public RawClient {
     return status;
   }
 
-  absl::StatusOr<LoadedValue> Load(const std::string& name,
-                                   const LoadOptions& options) override {
+  absl::StatusOr<LoadedValue> Load(const std::string& name, const LoadOptions& options) override {
     struct Collect : LoadSink {
       LoadedValue value;
       absl::Status OnTree(const VersionInfo& version, const Tree& tree) override {
@@ -120,15 +117,15 @@ class GrpcRawClient final : public RawClient {
     request.set_prefix(prefix);
     for (;;) {
       v1::ListCheckpointsResponse response;
-      CKPT_RETURN_IF_ERROR(Unary(&v1::CheckpointService::Stub::ListCheckpoints, request,
-                                 &response));
+      CKPT_RETURN_IF_ERROR(
+          Unary(&v1::CheckpointService::Stub::ListCheckpoints, request, &response));
       for (const auto& c : response.checkpoints()) {
         CheckpointSummary s;
         s.name = c.name();
         s.latest_version = c.latest_version();
         s.num_versions = c.num_versions();
-        s.latest_create_time_ms = c.latest_create_time().seconds() * 1000 +
-                                  c.latest_create_time().nanos() / 1000000;
+        s.latest_create_time_ms =
+            c.latest_create_time().seconds() * 1000 + c.latest_create_time().nanos() / 1000000;
         out.push_back(std::move(s));
       }
       if (response.next_page_token().empty()) return out;
@@ -155,8 +152,7 @@ class GrpcRawClient final : public RawClient {
     request.set_tag(tag);
     for (;;) {
       v1::GetManifestResponse response;
-      CKPT_RETURN_IF_ERROR(
-          Unary(&v1::CheckpointService::Stub::GetManifest, request, &response));
+      CKPT_RETURN_IF_ERROR(Unary(&v1::CheckpointService::Stub::GetManifest, request, &response));
       out.version = rpc::FromProto(response.version());
       // Later pages must come from the same version even if `latest` moves.
       request.set_version(out.version.version);
@@ -179,13 +175,11 @@ class GrpcRawClient final : public RawClient {
     request.set_version(version);
     request.set_force(force);
     v1::DeleteVersionResponse response;
-    CKPT_RETURN_IF_ERROR(
-        Unary(&v1::CheckpointService::Stub::DeleteVersion, request, &response));
+    CKPT_RETURN_IF_ERROR(Unary(&v1::CheckpointService::Stub::DeleteVersion, request, &response));
     return response.released_chunks();
   }
 
-  absl::Status SetTag(const std::string& name, const std::string& tag,
-                      uint64_t version) override {
+  absl::Status SetTag(const std::string& name, const std::string& tag, uint64_t version) override {
     v1::SetTagRequest request;
     request.set_name(name);
     request.set_tag(tag);
@@ -205,8 +199,7 @@ class GrpcRawClient final : public RawClient {
   absl::StatusOr<ServerInfo> GetServerInfo() override {
     v1::GetServerInfoRequest request;
     v1::GetServerInfoResponse response;
-    CKPT_RETURN_IF_ERROR(
-        Unary(&v1::CheckpointService::Stub::GetServerInfo, request, &response));
+    CKPT_RETURN_IF_ERROR(Unary(&v1::CheckpointService::Stub::GetServerInfo, request, &response));
     ServerInfo info;
     info.server_version = response.server_version();
     info.chunk_size = response.chunk_size();
@@ -226,13 +219,41 @@ class GrpcRawClient final : public RawClient {
   absl::StatusOr<GcResult> GarbageCollect() override {
     v1::GarbageCollectRequest request;
     v1::GarbageCollectResponse response;
-    CKPT_RETURN_IF_ERROR(
-        Unary(&v1::CheckpointService::Stub::GarbageCollect, request, &response));
+    CKPT_RETURN_IF_ERROR(Unary(&v1::CheckpointService::Stub::GarbageCollect, request, &response));
     GcResult gc;
     gc.chunks_removed = response.chunks_removed();
     gc.bytes_removed = response.bytes_removed();
     gc.orphan_uploads_removed = response.orphan_uploads_removed();
     return gc;
+  }
+
+  absl::StatusOr<std::vector<uint64_t>> SetRetention(const std::string& name,
+                                                     const RetentionPolicy& policy) override {
+    v1::SetRetentionRequest request;
+    request.set_name(name);
+    if (policy.enabled() || policy.keep_every_steps != 0 || !policy.metric.empty()) {
+      rpc::ToProto(policy, request.mutable_policy());
+    }
+    v1::SetRetentionResponse response;
+    CKPT_RETURN_IF_ERROR(Unary(&v1::CheckpointService::Stub::SetRetention, request, &response));
+    return std::vector<uint64_t>(response.would_delete().begin(), response.would_delete().end());
+  }
+
+  absl::StatusOr<RetentionPolicy> GetRetention(const std::string& name) override {
+    v1::GetRetentionRequest request;
+    request.set_name(name);
+    v1::GetRetentionResponse response;
+    CKPT_RETURN_IF_ERROR(Unary(&v1::CheckpointService::Stub::GetRetention, request, &response));
+    return rpc::FromProto(response.policy());
+  }
+
+  absl::StatusOr<std::vector<uint64_t>> Prune(const std::string& name, bool dry_run) override {
+    v1::PruneRequest request;
+    request.set_name(name);
+    request.set_dry_run(dry_run);
+    v1::PruneResponse response;
+    CKPT_RETURN_IF_ERROR(Unary(&v1::CheckpointService::Stub::Prune, request, &response));
+    return std::vector<uint64_t>(response.deleted().begin(), response.deleted().end());
   }
 
   absl::Status Health() override {
@@ -275,15 +296,14 @@ class GrpcRawClient final : public RawClient {
     return absl::OkStatus();
   }
 
-  absl::Status Read(SaveStream* stream, v1::SaveResponse* response,
-                    v1::SaveResponse::MsgCase want, bool* broken) {
+  absl::Status Read(SaveStream* stream, v1::SaveResponse* response, v1::SaveResponse::MsgCase want,
+                    bool* broken) {
     if (!stream->Read(response)) {
       *broken = true;
       return absl::UnavailableError("save stream ended unexpectedly");
     }
     if (response->msg_case() != want) {
-      return absl::InternalError(
-          absl::StrCat("unexpected save response ", response->msg_case()));
+      return absl::InternalError(absl::StrCat("unexpected save response ", response->msg_case()));
     }
     return absl::OkStatus();
   }
@@ -294,9 +314,8 @@ class GrpcRawClient final : public RawClient {
     const Tree& tree = input.tree;
     if (tree.empty()) return absl::InvalidArgumentError("nothing to save: empty tree");
     if (input.bytes.size() != tree.size()) {
-      return absl::InvalidArgumentError(absl::StrCat("SaveInput has ", tree.size(),
-                                                     " nodes but ", input.bytes.size(),
-                                                     " byte spans"));
+      return absl::InvalidArgumentError(absl::StrCat("SaveInput has ", tree.size(), " nodes but ",
+                                                     input.bytes.size(), " byte spans"));
     }
     v1::SaveRequest request;
     v1::SaveBegin* begin = request.mutable_begin();
@@ -346,8 +365,7 @@ class GrpcRawClient final : public RawClient {
           absl::Span<const uint8_t> bytes = input.bytes[next];
           if (source == nullptr && bytes.size() != node.data.size) {
             return absl::InvalidArgumentError(absl::StrCat(
-                "node ", next, ": ", bytes.size(), " bytes given, ", node.data.size,
-                " declared"));
+                "node ", next, ": ", bytes.size(), " bytes given, ", node.data.size, " declared"));
           }
           node.data.chunk_size = node.data.size ? chunk_size : 0;
           node.data.chunks.clear();
@@ -381,8 +399,7 @@ class GrpcRawClient final : public RawClient {
     uint64_t batch_index = 0;
     // A pending future's destructor waits for it: an early return below
     // never leaves the hashing thread using `input`.
-    std::future<absl::StatusOr<Batch>> ahead =
-        std::async(std::launch::async, prepare, size_t{0});
+    std::future<absl::StatusOr<Batch>> ahead = std::async(std::launch::async, prepare, size_t{0});
     for (;;) {
       absl::StatusOr<Batch> current = ahead.get();
       if (!current.ok()) return current.status();
@@ -393,8 +410,7 @@ class GrpcRawClient final : public RawClient {
       if (response.need().batch() != batch_index++) {
         return absl::InternalError("server answered the wrong node batch");
       }
-      CKPT_RETURN_IF_ERROR(
-          SendChunks(stream, response.need(), current->sources, &result, broken));
+      CKPT_RETURN_IF_ERROR(SendChunks(stream, response.need(), current->sources, &result, broken));
       result.chunks_total += current->chunks;
       data_done += current->data;
       if (options.progress) options.progress(data_done, data_total);
@@ -453,8 +469,7 @@ class GrpcRawClient final : public RawClient {
     return flush();
   }
 
-  absl::Status RunLoad(grpc::ClientReader<v1::LoadResponse>* stream, LoadSink* sink,
-                       bool* broken) {
+  absl::Status RunLoad(grpc::ClientReader<v1::LoadResponse>* stream, LoadSink* sink, bool* broken) {
     v1::LoadResponse response;
     auto read = [&](const char* where) -> absl::Status {
       if (stream->Read(&response)) return absl::OkStatus();
@@ -527,7 +542,8 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> Credentials(
     return grpc::InsecureChannelCredentials();
   }
   if (options.tls_cert_file.empty() != options.tls_key_file.empty()) {
-    return absl::InvalidArgumentError("a client certificate needs its key, and a key its certificate");
+    return absl::InvalidArgumentError(
+        "a client certificate needs its key, and a key its certificate");
   }
   grpc::SslCredentialsOptions ssl;
   if (!options.tls_ca_file.empty()) {

@@ -21,6 +21,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "common/retention.h"
 #include "common/types.h"
 
 namespace ckpt::client {
@@ -171,8 +172,7 @@ class RawClient {
   virtual absl::Status Load(const std::string& name, const LoadOptions& options,
                             LoadSink* sink) = 0;
   /// Loads a version into memory.
-  virtual absl::StatusOr<LoadedValue> Load(const std::string& name,
-                                           const LoadOptions& options) = 0;
+  virtual absl::StatusOr<LoadedValue> Load(const std::string& name, const LoadOptions& options) = 0;
 
   /// All checkpoint names starting with `prefix`.
   virtual absl::StatusOr<std::vector<CheckpointSummary>> ListCheckpoints(
@@ -190,6 +190,17 @@ class RawClient {
   virtual absl::Status DeleteTag(const std::string& name, const std::string& tag) = 0;
   virtual absl::StatusOr<ServerInfo> GetServerInfo() = 0;
   virtual absl::StatusOr<GcResult> GarbageCollect() = 0;
+  /// Sets `name`'s retention policy (RetentionPolicy{} removes it); the
+  /// server applies it after each save of `name`. Returns the versions it
+  /// would delete now, oldest first. InvalidArgument for a bad policy
+  /// (e.g. keep_best without a metric); needs the admin right on `name`.
+  virtual absl::StatusOr<std::vector<uint64_t>> SetRetention(const std::string& name,
+                                                             const RetentionPolicy& policy) = 0;
+  /// `name`'s retention policy (off if none is set).
+  virtual absl::StatusOr<RetentionPolicy> GetRetention(const std::string& name) = 0;
+  /// Applies `name`'s retention policy now (with `dry_run`, only lists what
+  /// it would delete). Returns the versions deleted, oldest first.
+  virtual absl::StatusOr<std::vector<uint64_t>> Prune(const std::string& name, bool dry_run) = 0;
   /// grpc.health.v1 Check of the whole server: OK when serving.
   virtual absl::Status Health() = 0;
 };

@@ -30,9 +30,14 @@ void DataToProto(const DataRef& data, v1::DataRef* proto) {
 absl::StatusOr<Node> FromProto(const v1::Node& proto) {
   Node node;
   switch (proto.key_case()) {
-    case v1::Node::kStrKey: node.key = proto.str_key(); break;
-    case v1::Node::kIntKey: node.key = proto.int_key(); break;
-    case v1::Node::KEY_NOT_SET: break;
+    case v1::Node::kStrKey:
+      node.key = proto.str_key();
+      break;
+    case v1::Node::kIntKey:
+      node.key = proto.int_key();
+      break;
+    case v1::Node::KEY_NOT_SET:
+      break;
   }
   switch (proto.value_case()) {
     case v1::Node::kDict:
@@ -47,7 +52,9 @@ absl::StatusOr<Node> FromProto(const v1::Node& proto) {
       node.kind = NodeKind::kTuple;
       node.size = proto.tuple().size();
       break;
-    case v1::Node::kNone: node.kind = NodeKind::kNone; break;
+    case v1::Node::kNone:
+      node.kind = NodeKind::kNone;
+      break;
     case v1::Node::kBoolValue:
       node.kind = NodeKind::kBool;
       node.bool_value = proto.bool_value();
@@ -94,14 +101,30 @@ void ToProto(const Node& node, v1::Node* proto) {
   if (auto* s = std::get_if<std::string>(&node.key)) proto->set_str_key(*s);
   if (auto* i = std::get_if<int64_t>(&node.key)) proto->set_int_key(*i);
   switch (node.kind) {
-    case NodeKind::kDict: proto->mutable_dict()->set_size(node.size); break;
-    case NodeKind::kList: proto->mutable_list()->set_size(node.size); break;
-    case NodeKind::kTuple: proto->mutable_tuple()->set_size(node.size); break;
-    case NodeKind::kNone: proto->mutable_none(); break;
-    case NodeKind::kBool: proto->set_bool_value(node.bool_value); break;
-    case NodeKind::kInt: proto->set_int_value(node.int_value); break;
-    case NodeKind::kFloat: proto->set_float_value(node.float_value); break;
-    case NodeKind::kString: proto->set_string_value(node.string_value); break;
+    case NodeKind::kDict:
+      proto->mutable_dict()->set_size(node.size);
+      break;
+    case NodeKind::kList:
+      proto->mutable_list()->set_size(node.size);
+      break;
+    case NodeKind::kTuple:
+      proto->mutable_tuple()->set_size(node.size);
+      break;
+    case NodeKind::kNone:
+      proto->mutable_none();
+      break;
+    case NodeKind::kBool:
+      proto->set_bool_value(node.bool_value);
+      break;
+    case NodeKind::kInt:
+      proto->set_int_value(node.int_value);
+      break;
+    case NodeKind::kFloat:
+      proto->set_float_value(node.float_value);
+      break;
+    case NodeKind::kString:
+      proto->set_string_value(node.string_value);
+      break;
     case NodeKind::kTensor: {
       v1::TensorMeta* t = proto->mutable_tensor();
       t->set_dtype(static_cast<v1::DType>(node.tensor.dtype));
@@ -111,7 +134,9 @@ void ToProto(const Node& node, v1::Node* proto) {
       DataToProto(node.data, t->mutable_data());
       break;
     }
-    case NodeKind::kBytes: DataToProto(node.data, proto->mutable_bytes()->mutable_data()); break;
+    case NodeKind::kBytes:
+      DataToProto(node.data, proto->mutable_bytes()->mutable_data());
+      break;
   }
 }
 
@@ -149,6 +174,24 @@ void ToProto(const VersionInfo& info, v1::VersionInfo* proto) {
   proto->set_data_bytes(info.data_bytes);
   proto->set_new_bytes(info.new_bytes);
   proto->set_world_size(info.world_size);
+}
+
+RetentionPolicy FromProto(const v1::RetentionPolicy& proto) {
+  RetentionPolicy policy;
+  policy.keep_last = proto.keep_last();
+  policy.keep_every_steps = proto.keep_every_steps();
+  policy.keep_best = proto.keep_best();
+  policy.metric = proto.metric();
+  policy.higher_is_better = proto.higher_is_better();
+  return policy;
+}
+
+void ToProto(const RetentionPolicy& policy, v1::RetentionPolicy* proto) {
+  proto->set_keep_last(policy.keep_last);
+  proto->set_keep_every_steps(policy.keep_every_steps);
+  proto->set_keep_best(policy.keep_best);
+  proto->set_metric(policy.metric);
+  proto->set_higher_is_better(policy.higher_is_better);
 }
 
 }  // namespace ckpt::rpc

@@ -6,6 +6,7 @@
 
 #include "absl/status/statusor.h"
 #include "ckpt/v1/checkpoint.pb.h"
+#include "common/retention.h"
 #include "common/types.h"
 
 namespace ckpt::rpc {
@@ -17,6 +18,9 @@ void ToProto(const Node& node, v1::Node* proto);
 
 VersionInfo FromProto(const v1::VersionInfo& proto);
 void ToProto(const VersionInfo& info, v1::VersionInfo* proto);
+
+RetentionPolicy FromProto(const v1::RetentionPolicy& proto);
+void ToProto(const RetentionPolicy& policy, v1::RetentionPolicy* proto);
 
 }  // namespace ckpt::rpc
 

@@ -10,8 +10,10 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/crash_point.h"
 #include "common/names.h"
+#include "common/retention.h"
 #include "common/select.h"
 #include "common/status_macros.h"
 #include "rpc/convert.h"
@@ -138,7 +140,10 @@ class SaveReactor final : public grpc::ServerBidiReactor<v1::SaveRequest, v1::Sa
   void Deliver(const absl::StatusOr<VersionInfo>& result) override {
     if (result.ok()) {
       record_.set_version(result->version);
-      if (begin_.part().rank() == 0) service_->telemetry().AddSavedLogical(result->data_bytes);
+      if (begin_.part().rank() == 0) {
+        service_->telemetry().AddSavedLogical(result->data_bytes);
+        ApplyRetention(result->name);
+      }
       v1::SaveResponse response;
       rpc::ToProto(*result, response.mutable_result()->mutable_version());
       response.mutable_result()->set_bytes_received(bytes_received_);
@@ -165,6 +170,26 @@ class SaveReactor final : public grpc::ServerBidiReactor<v1::SaveRequest, v1::Sa
     if (!done_reading_ && !finish_requested_) {
       StartWaiting();
       StartRead(&request_);
+    }
+  }
+
+  // Applies the name's retention policy, if it has one, before the client
+  // hears "committed": once Save returns, the old versions are gone. A
+  // failure here does not undo the save; it is logged.
+  void ApplyRetention(const std::string& name) {
+    auto policy = service_->store()->GetRetention(name);
+    absl::StatusOr<std::vector<uint64_t>> pruned =
+        policy.ok() ? service_->store()->Prune(name, /*dry_run=*/false) : policy.status();
+    if (policy.ok() && !policy->enabled()) return;
+    const Logger& logger = service_->telemetry().logger();
+    if (!pruned.ok()) {
+      logger.Log(LogLevel::kWarn, "retention",
+                 {{"checkpoint", name}, {"error", std::string(pruned.status().message())}});
+    } else if (!pruned->empty()) {
+      logger.Log(LogLevel::kInfo, "retention",
+                 {{"checkpoint", name},
+                  {"deleted_versions", absl::StrJoin(*pruned, ",")},
+                  {"policy", DescribeRetentionPolicy(*policy)}});
     }
   }
 
@@ -1100,6 +1125,52 @@ grpc::ServerUnaryReactor* CheckpointService::GarbageCollect(
                     response->set_orphan_uploads_removed(gc.orphan_uploads_removed);
                     return absl::OkStatus();
                   });
+}
+
+grpc::ServerUnaryReactor* CheckpointService::SetRetention(grpc::CallbackServerContext* context,
+                                                          const v1::SetRetentionRequest* request,
+                                                          v1::SetRetentionResponse* response) {
+  return RunUnary(
+      context, "SetRetention", request->name(),
+      [this, request, response](const Principal& principal, CallRecord&) -> absl::Status {
+        // Deleting versions is an admin's right; so is choosing which go.
+        CKPT_RETURN_IF_ERROR(CheckName(principal, Right::kAdmin, request->name()));
+        CKPT_RETURN_IF_ERROR(
+            store_->SetRetention(request->name(), rpc::FromProto(request->policy())));
+        auto would = store_->Prune(request->name(), /*dry_run=*/true);
+        if (!would.ok() && would.status().code() != absl::StatusCode::kNotFound) {
+          return would.status();
+        }
+        if (would.ok()) response->mutable_would_delete()->Add(would->begin(), would->end());
+        return absl::OkStatus();
+      });
+}
+
+grpc::ServerUnaryReactor* CheckpointService::GetRetention(grpc::CallbackServerContext* context,
+                                                          const v1::GetRetentionRequest* request,
+                                                          v1::GetRetentionResponse* response) {
+  return RunUnary(
+      context, "GetRetention", request->name(),
+      [this, request, response](const Principal& principal, CallRecord&) -> absl::Status {
+        CKPT_RETURN_IF_ERROR(CheckName(principal, Right::kRead, request->name()));
+        CKPT_ASSIGN_OR_RETURN(RetentionPolicy policy, store_->GetRetention(request->name()));
+        if (policy.enabled()) rpc::ToProto(policy, response->mutable_policy());
+        return absl::OkStatus();
+      });
+}
+
+grpc::ServerUnaryReactor* CheckpointService::Prune(grpc::CallbackServerContext* context,
+                                                   const v1::PruneRequest* request,
+                                                   v1::PruneResponse* response) {
+  return RunUnary(
+      context, "Prune", request->name(),
+      [this, request, response](const Principal& principal, CallRecord&) -> absl::Status {
+        CKPT_RETURN_IF_ERROR(CheckName(principal, Right::kAdmin, request->name()));
+        CKPT_ASSIGN_OR_RETURN(std::vector<uint64_t> deleted,
+                              store_->Prune(request->name(), request->dry_run()));
+        response->mutable_deleted()->Add(deleted.begin(), deleted.end());
+        return absl::OkStatus();
+      });
 }
 
 }  // namespace ckpt::server

@@ -62,6 +62,15 @@ class CheckpointService final : public v1::CheckpointService::WithRawCallbackMet
   grpc::ServerUnaryReactor* GetServerInfo(grpc::CallbackServerContext* context,
                                           const v1::GetServerInfoRequest* request,
                                           v1::GetServerInfoResponse* response) override;
+  grpc::ServerUnaryReactor* SetRetention(grpc::CallbackServerContext* context,
+                                         const v1::SetRetentionRequest* request,
+                                         v1::SetRetentionResponse* response) override;
+  grpc::ServerUnaryReactor* GetRetention(grpc::CallbackServerContext* context,
+                                         const v1::GetRetentionRequest* request,
+                                         v1::GetRetentionResponse* response) override;
+  grpc::ServerUnaryReactor* Prune(grpc::CallbackServerContext* context,
+                                  const v1::PruneRequest* request,
+                                  v1::PruneResponse* response) override;
   grpc::ServerUnaryReactor* GarbageCollect(grpc::CallbackServerContext* context,
                                            const v1::GarbageCollectRequest* request,
                                            v1::GarbageCollectResponse* response) override;

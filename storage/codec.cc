@@ -13,6 +13,7 @@ namespace {
 // ones rather than guess.
 constexpr uint8_t kRefValueFormat = 1;
 constexpr uint8_t kPendingFormat = 1;
+constexpr uint8_t kRetentionFormat = 1;
 constexpr uint8_t kVersionFormat = 1;
 constexpr uint8_t kTreeFormat = 1;
 
@@ -246,6 +247,8 @@ std::string ManifestKey(absl::string_view name, uint64_t version) {
 
 std::string CounterKey(absl::string_view name) { return absl::StrCat("n", name); }
 
+std::string RetentionKey(absl::string_view name) { return absl::StrCat("r", name); }
+
 absl::StatusOr<std::pair<std::string, uint64_t>> ParseVersionKey(absl::string_view key) {
   // "v" + name (>= 1 byte) + "\0" + 8 bytes.
   if (key.size() < 11 || key[0] != 'v' || key[key.size() - 9] != '\0') {
@@ -312,6 +315,34 @@ absl::StatusOr<RefValue> DecodeRefValue(absl::string_view bytes) {
   CKPT_ASSIGN_OR_RETURN(v.refcount, r.Varint());
   CKPT_RETURN_IF_ERROR(r.Finish());
   return v;
+}
+
+// --- Retention policy ----------------------------------------------------------
+
+std::string EncodeRetentionPolicy(const RetentionPolicy& policy) {
+  Writer w;
+  w.Byte(kRetentionFormat);
+  w.Varint(policy.keep_last);
+  w.Varint(policy.keep_best);
+  w.Signed(policy.keep_every_steps);
+  w.String(policy.metric);
+  w.Byte(policy.higher_is_better ? 1 : 0);
+  return w.Take();
+}
+
+absl::StatusOr<RetentionPolicy> DecodeRetentionPolicy(absl::string_view bytes) {
+  Reader r(bytes, "corrupt retention policy");
+  CKPT_RETURN_IF_ERROR(r.Format(kRetentionFormat));
+  RetentionPolicy p;
+  CKPT_ASSIGN_OR_RETURN(p.keep_last, r.Varint32("keep_last"));
+  CKPT_ASSIGN_OR_RETURN(p.keep_best, r.Varint32("keep_best"));
+  CKPT_ASSIGN_OR_RETURN(p.keep_every_steps, r.Signed());
+  CKPT_ASSIGN_OR_RETURN(p.metric, r.String());
+  CKPT_ASSIGN_OR_RETURN(uint8_t higher, r.Byte());
+  if (higher > 1) return r.Error("higher_is_better is not 0 or 1");
+  p.higher_is_better = higher == 1;
+  CKPT_RETURN_IF_ERROR(r.Finish());
+  return p;
 }
 
 // --- Pending record ------------------------------------------------------------

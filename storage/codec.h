@@ -17,6 +17,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "common/retention.h"
 #include "common/types.h"
 
 namespace ckpt::storage {
@@ -58,6 +59,8 @@ std::string VersionPrefix(absl::string_view name);
 std::string ManifestKey(absl::string_view name, uint64_t version);
 /// manifests CF: "n" name -> be64(next version number).
 std::string CounterKey(absl::string_view name);
+/// manifests CF: "r" name -> retention policy of `name`.
+std::string RetentionKey(absl::string_view name);
 /// Inverse of VersionKey (the key must start with "v"); DataLoss otherwise.
 absl::StatusOr<std::pair<std::string, uint64_t>> ParseVersionKey(absl::string_view key);
 
@@ -137,6 +140,13 @@ std::string EncodeVersionRecord(const VersionInfo& info);
 /// DataLoss("corrupt version record: ...") on malformed input. `tags` is
 /// left empty.
 absl::StatusOr<VersionInfo> DecodeVersionRecord(absl::string_view bytes);
+
+/// Retention policy: format byte 1, then varints keep_last, keep_best,
+/// zigzag keep_every_steps, the metric as a length-prefixed string and a
+/// byte for higher_is_better.
+std::string EncodeRetentionPolicy(const RetentionPolicy& policy);
+/// DataLoss("corrupt retention policy: ...") on malformed input.
+absl::StatusOr<RetentionPolicy> DecodeRetentionPolicy(absl::string_view bytes);
 
 /// Manifest: a compact binary encoding of a Tree (format byte 1, then a
 /// varint node count, then per node its kind, key and the fields that differ

@@ -79,6 +79,9 @@ class RocksDbStore final : public Store {
                                          bool force) override;
   absl::Status SetTag(absl::string_view name, absl::string_view tag, uint64_t version) override;
   absl::Status DeleteTag(absl::string_view name, absl::string_view tag) override;
+  absl::Status SetRetention(absl::string_view name, const RetentionPolicy& policy) override;
+  absl::StatusOr<RetentionPolicy> GetRetention(absl::string_view name) override;
+  absl::StatusOr<std::vector<uint64_t>> Prune(absl::string_view name, bool dry_run) override;
   absl::StatusOr<GcResult> CollectGarbage() override;
   absl::StatusOr<StoreStats> Stats() override;
   uint64_t NamespaceBytes(absl::string_view ns) override;

@@ -26,12 +26,13 @@
 #include <map>
 #include <memory>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/types/span.h"
+#include "common/retention.h"
 #include "common/types.h"
 
 namespace ckpt::storage {
@@ -109,8 +110,7 @@ class Upload {
   /// in this namespace (false). Digests held are pinned until this Upload is
   /// destroyed: garbage collection will not remove them. A digest already
   /// written by this Upload counts as held.
-  virtual absl::StatusOr<std::vector<bool>> FindMissing(
-      absl::Span<const Digest> digests) = 0;
+  virtual absl::StatusOr<std::vector<bool>> FindMissing(absl::Span<const Digest> digests) = 0;
 
   /// Writes one chunk. Verifies that Digest::Of(data) == digest
   /// (InvalidArgument on mismatch) and its size (<= max_chunk_bytes). Writing
@@ -179,11 +179,24 @@ class Store {
                                                  bool force) = 0;
 
   /// Points `tag` at an existing version. InvalidArgument for "latest".
-  virtual absl::Status SetTag(absl::string_view name, absl::string_view tag,
-                              uint64_t version) = 0;
+  virtual absl::Status SetTag(absl::string_view name, absl::string_view tag, uint64_t version) = 0;
 
   /// Removes a tag. NotFound if it does not exist.
   virtual absl::Status DeleteTag(absl::string_view name, absl::string_view tag) = 0;
+
+  /// Sets `name`'s retention policy; an off policy (RetentionPolicy{})
+  /// removes it. `name` need not have versions yet. InvalidArgument for a bad
+  /// name or policy (ValidateRetentionPolicy says why).
+  virtual absl::Status SetRetention(absl::string_view name, const RetentionPolicy& policy) = 0;
+
+  /// `name`'s retention policy; an off policy if none is set.
+  virtual absl::StatusOr<RetentionPolicy> GetRetention(absl::string_view name) = 0;
+
+  /// Applies `name`'s retention policy: deletes the versions VersionsToPrune
+  /// picks, or with `dry_run` only lists them. Returns them, oldest first; a
+  /// version that is tagged or deleted meanwhile is kept out of the list.
+  /// NotFound if `name` has no versions.
+  virtual absl::StatusOr<std::vector<uint64_t>> Prune(absl::string_view name, bool dry_run) = 0;
 
   /// Removes unreferenced chunks and the chunks of dead uploads. Never removes
   /// a chunk a committed version references or a live Upload wrote or pinned.

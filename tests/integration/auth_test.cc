@@ -154,6 +154,9 @@ std::vector<std::pair<std::string, absl::Status>> CallEveryRpc(RawClient& c,
       {"DeleteVersion", c.DeleteVersion("team-a/m", 1, false).status()},
       {"GetServerInfo", c.GetServerInfo().status()},
       {"GarbageCollect", c.GarbageCollect().status()},
+      {"SetRetention", c.SetRetention("team-a/m", {}).status()},
+      {"GetRetention", c.GetRetention("team-a/m").status()},
+      {"Prune", c.Prune("team-a/m", true).status()},
   };
 }
 
@@ -198,6 +201,8 @@ TEST_F(AuthTest, EachRpcNeedsItsRightOnTheName) {
   denied(reader->Save("team-a/new", tree_.Input(), {}).status(),
          "token 'reader' has no write right on 'team-a/new'");
   denied(reader->SetTag("team-a/m", "best", 1), "token 'reader' has no write right on 'team-a/m'");
+  EXPECT_TRUE(reader->GetRetention("team-a/m").ok());
+  denied(reader->GetRetention("other/m").status(), "token 'reader' has no read right on 'other/m'");
 
   // write: Save, SetTag, DeleteTag; not DeleteVersion (admin).
   auto saved = writer->Save("team-a/m", SmallTree(2).Input(), {});
@@ -207,6 +212,13 @@ TEST_F(AuthTest, EachRpcNeedsItsRightOnTheName) {
   EXPECT_TRUE(writer->DeleteTag("team-a/m", "best").ok());
   denied(writer->DeleteVersion("team-a/m", 1, false).status(),
          "token 'writer' has no admin right on 'team-a/m'");
+  // Retention deletes versions: admin, like DeleteVersion.
+  RetentionPolicy keep_one;
+  keep_one.keep_last = 1;
+  denied(writer->SetRetention("team-a/m", keep_one).status(),
+         "token 'writer' has no admin right on 'team-a/m'");
+  denied(writer->Prune("team-a/m", true).status(),
+         "token 'writer' has no admin right on 'team-a/m'");
   denied(writer->Save("other/x", tree_.Input(), {}).status(),
          "token 'writer' has no write right on 'other/x'");
   // "team-a" does not cover "team-ab".
@@ -215,6 +227,8 @@ TEST_F(AuthTest, EachRpcNeedsItsRightOnTheName) {
 
   // admin on the namespace: DeleteVersion there; GarbageCollect needs "*".
   EXPECT_TRUE(admin->DeleteVersion("team-a/m", 1, false).ok());
+  EXPECT_TRUE(admin->SetRetention("team-a/m", {}).ok());
+  EXPECT_TRUE(admin->Prune("team-a/m", true).ok());
   denied(admin->DeleteVersion("other/m", 1, false).status(),
          "token 'admin-a' has no admin right on 'other/m'");
   denied(admin->GarbageCollect().status(),

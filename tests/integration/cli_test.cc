@@ -84,8 +84,7 @@ TEST_F(CliTest, ShowListsKeysDtypesShapesSizesDevices) {
   EXPECT_NE(show.out.find("  model_state_dict  dict (2)"), std::string::npos) << show.out;
   EXPECT_NE(show.out.find("    hidden.weight  float32 [2, 3]  24 B  cpu"), std::string::npos)
       << show.out;
-  EXPECT_NE(show.out.find("    bn.num_batches_tracked  int64 []  8 B  cuda:1"),
-            std::string::npos)
+  EXPECT_NE(show.out.find("    bn.num_batches_tracked  int64 []  8 B  cuda:1"), std::string::npos)
       << show.out;
   EXPECT_NE(show.out.find("  epoch  5"), std::string::npos) << show.out;
 
@@ -140,6 +139,41 @@ TEST_F(CliTest, VersionsTagsRmGcStatsHealth) {
   CommandResult health = Ckpt({"health"});
   EXPECT_EQ(health.exit_code, 0);
   EXPECT_EQ(health.out, "SERVING\n");
+}
+
+TEST_F(CliTest, RetentionAndPrune) {
+  for (int i = 0; i < 4; ++i) SaveTree("team/ret/model");
+  CommandResult shown = Ckpt({"retention", "team/ret/model"});
+  ASSERT_EQ(shown.exit_code, 0) << shown.err;
+  EXPECT_EQ(shown.out, "retention of team/ret/model: none\n");
+
+  CommandResult set = Ckpt({"retention", "team/ret/model", "--keep-last", "2"});
+  ASSERT_EQ(set.exit_code, 0) << set.err;
+  EXPECT_EQ(set.out,
+            "retention of team/ret/model: keep_last=2\n"
+            "applied after each save; versions it would delete now: 1, 2\n");
+  CommandResult dry = Ckpt({"prune", "team/ret/model", "--dry-run"});
+  ASSERT_EQ(dry.exit_code, 0) << dry.err;
+  EXPECT_EQ(dry.out, "would delete team/ret/model versions: 1, 2\n");
+  CommandResult prune = Ckpt({"prune", "team/ret/model"});
+  ASSERT_EQ(prune.exit_code, 0) << prune.err;
+  EXPECT_EQ(prune.out, "deleted team/ret/model versions: 1, 2\n");
+  // The next save applies it by itself.
+  SaveTree("team/ret/model");
+  CommandResult versions = Ckpt({"versions", "team/ret/model", "--json"});
+  ASSERT_EQ(versions.exit_code, 0);
+  auto list = nlohmann::json::parse(versions.out);
+  ASSERT_EQ(list.size(), 2u);
+  EXPECT_EQ(list[0]["version"], 4);
+  EXPECT_EQ(list[1]["version"], 5);
+
+  CommandResult bad = Ckpt({"retention", "team/ret/model", "--keep-best", "1"});
+  EXPECT_EQ(bad.exit_code, 2);
+  EXPECT_EQ(bad.err,
+            "ckpt: INVALID_ARGUMENT: keep_best needs a metric (a metadata key such as 'loss')\n");
+  CommandResult clear = Ckpt({"retention", "team/ret/model", "--clear"});
+  ASSERT_EQ(clear.exit_code, 0) << clear.err;
+  EXPECT_EQ(clear.out, "retention of team/ret/model: none\n");
 }
 
 TEST_F(CliTest, ErrorsHaveCodesAndExitStatus) {

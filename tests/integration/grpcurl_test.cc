@@ -28,7 +28,8 @@ class GrpcurlTest : public ::testing::Test {
     auto client = client::RawClient::Connect(server_->address(), {});
     ASSERT_TRUE(client.ok());
     testing::TreeBuilder b;
-    b.Dict(2).Int(5, std::string("epoch"))
+    b.Dict(2)
+        .Int(5, std::string("epoch"))
         .Dict(1, std::string("model_state_dict"))
         .Tensor(std::string("hidden.weight"), DType::kFloat32, {2, 3}, 1);
     client::SaveOptions options;
@@ -77,10 +78,23 @@ TEST_F(GrpcurlTest, QueriesFromTheReadme) {
   auto manifest = Call(R"({"name": "team/run-1/model", "tag": "best"})",
                        {"ckpt.v1.CheckpointService/GetManifest"});
   ASSERT_EQ(manifest.exit_code, 0) << manifest.err;
-  EXPECT_NE(manifest.out.find(R"("str_key": "hidden.weight")"), std::string::npos)
-      << manifest.out;
-  EXPECT_NE(manifest.out.find(R"("dtype": "DTYPE_FLOAT32")"), std::string::npos)
-      << manifest.out;
+  EXPECT_NE(manifest.out.find(R"("str_key": "hidden.weight")"), std::string::npos) << manifest.out;
+  EXPECT_NE(manifest.out.find(R"("dtype": "DTYPE_FLOAT32")"), std::string::npos) << manifest.out;
+
+  // Load streams JSON messages; skip_data leaves the tensor bytes out.
+  auto tree = Call(R"({"name": "team/run-1/model", "skip_data": true})",
+                   {"ckpt.v1.CheckpointService/Load"});
+  ASSERT_EQ(tree.exit_code, 0) << tree.err;
+  EXPECT_NE(tree.out.find(R"("header")"), std::string::npos) << tree.out;
+  EXPECT_NE(tree.out.find(R"("str_key": "hidden.weight")"), std::string::npos) << tree.out;
+  EXPECT_EQ(tree.out.find(R"("pieces")"), std::string::npos) << tree.out;
+
+  auto set = Call(R"({"name": "team/run-1/model", "policy": {"keep_last": 3}})",
+                  {"ckpt.v1.CheckpointService/SetRetention"});
+  ASSERT_EQ(set.exit_code, 0) << set.err;
+  auto get = Call(R"({"name": "team/run-1/model"})", {"ckpt.v1.CheckpointService/GetRetention"});
+  ASSERT_EQ(get.exit_code, 0) << get.err;
+  EXPECT_NE(get.out.find(R"("keep_last": 3)"), std::string::npos) << get.out;
 
   auto info = Call("", {"ckpt.v1.CheckpointService/GetServerInfo"});
   ASSERT_EQ(info.exit_code, 0) << info.err;
@@ -108,8 +122,7 @@ class GrpcurlTokenTest : public ::testing::Test {
     const std::string tokens = dir_.path() + "/tokens";
     std::ofstream(tokens) << "reader " << kToken << " read team\n"
                           << "admin " << kAdmin << " admin *\n";
-    auto server =
-        testing::ServerProcess::Start(dir_.path() + "/db", {"--tokens-file", tokens});
+    auto server = testing::ServerProcess::Start(dir_.path() + "/db", {"--tokens-file", tokens});
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
     client::ClientOptions options;
@@ -143,8 +156,7 @@ TEST_F(GrpcurlTokenTest, ReflectionAndHealthNeedNoToken) {
   EXPECT_NE(list.out.find("ckpt.v1.CheckpointService"), std::string::npos) << list.out;
   auto describe = Call("", "", {"describe", "ckpt.v1.CheckpointService"});
   ASSERT_EQ(describe.exit_code, 0) << describe.err;
-  EXPECT_NE(describe.out.find("rpc GetManifest ( .ckpt.v1.GetManifestRequest )"),
-            std::string::npos)
+  EXPECT_NE(describe.out.find("rpc GetManifest ( .ckpt.v1.GetManifestRequest )"), std::string::npos)
       << describe.out;
   auto health = Call("", "", {"grpc.health.v1.Health/Check"});
   ASSERT_EQ(health.exit_code, 0) << health.err;
@@ -152,7 +164,8 @@ TEST_F(GrpcurlTokenTest, ReflectionAndHealthNeedNoToken) {
 }
 
 TEST_F(GrpcurlTokenTest, CheckpointServiceNeedsTheBearerToken) {
-  auto anonymous = Call("", R"({"prefix": "team/"})", {"ckpt.v1.CheckpointService/ListCheckpoints"});
+  auto anonymous =
+      Call("", R"({"prefix": "team/"})", {"ckpt.v1.CheckpointService/ListCheckpoints"});
   EXPECT_NE(anonymous.exit_code, 0);
   EXPECT_NE(anonymous.err.find("Code: Unauthenticated"), std::string::npos) << anonymous.err;
   EXPECT_NE(anonymous.err.find("missing bearer token"), std::string::npos) << anonymous.err;
@@ -165,18 +178,16 @@ TEST_F(GrpcurlTokenTest, CheckpointServiceNeedsTheBearerToken) {
   ASSERT_EQ(all.exit_code, 0) << all.err;
   EXPECT_EQ(all.out.find("other/model"), std::string::npos) << all.out;
 
-  auto manifest = Call(kToken, R"({"name": "team/run-1/model"})",
-                       {"ckpt.v1.CheckpointService/GetManifest"});
+  auto manifest =
+      Call(kToken, R"({"name": "team/run-1/model"})", {"ckpt.v1.CheckpointService/GetManifest"});
   ASSERT_EQ(manifest.exit_code, 0) << manifest.err;
-  EXPECT_NE(manifest.out.find(R"("str_key": "hidden.weight")"), std::string::npos)
-      << manifest.out;
+  EXPECT_NE(manifest.out.find(R"("str_key": "hidden.weight")"), std::string::npos) << manifest.out;
 
-  auto denied = Call(kToken, R"({"name": "other/model"})",
-                     {"ckpt.v1.CheckpointService/GetManifest"});
+  auto denied =
+      Call(kToken, R"({"name": "other/model"})", {"ckpt.v1.CheckpointService/GetManifest"});
   EXPECT_NE(denied.exit_code, 0);
   EXPECT_NE(denied.err.find("Code: PermissionDenied"), std::string::npos) << denied.err;
-  EXPECT_NE(denied.err.find("token 'reader' has no read right on 'other/model'"),
-            std::string::npos)
+  EXPECT_NE(denied.err.find("token 'reader' has no read right on 'other/model'"), std::string::npos)
       << denied.err;
 
   auto info = Call(kToken, "", {"ckpt.v1.CheckpointService/GetServerInfo"});

@@ -426,6 +426,70 @@ TEST_F(ServiceTest, DeadlineIsHonoured) {
   EXPECT_EQ(client_->Load("d/model", load).status().code(), absl::StatusCode::kDeadlineExceeded);
 }
 
+// Retention: a policy set before the first save is applied after each
+// save, before Save returns; tagged, best and newest versions stay.
+TEST_F(ServiceTest, RetentionPolicyIsAppliedAfterEachSave) {
+  RetentionPolicy policy;
+  policy.keep_last = 2;
+  policy.keep_best = 1;
+  policy.metric = "loss";
+  auto would = client_->SetRetention("ret/model", policy);
+  ASSERT_TRUE(would.ok()) << would.status();
+  EXPECT_TRUE(would->empty());
+  auto stored = client_->GetRetention("ret/model");
+  ASSERT_TRUE(stored.ok());
+  EXPECT_EQ(*stored, policy);
+
+  const char* losses[] = {"0.5", "0.1", "0.4", "0.3", "0.2"};
+  std::vector<TreeBuilder> saved;
+  for (int i = 0; i < 5; ++i) {
+    saved.push_back(testing::StateDict(2, 100, 40 + i));
+    SaveOptions options;
+    options.metadata = {{"loss", losses[i]}};
+    if (i == 0) options.tags = {"release"};
+    auto result = client_->Save("ret/model", saved.back().Input(), options);
+    ASSERT_TRUE(result.ok()) << result.status();
+  }
+  // v1 tagged, v2 the best loss, v4 and v5 the last two: v3 went when v5
+  // was saved.
+  auto versions = client_->ListVersions("ret/model");
+  ASSERT_TRUE(versions.ok());
+  std::vector<uint64_t> left;
+  for (const VersionInfo& v : *versions) left.push_back(v.version);
+  EXPECT_EQ(left, (std::vector<uint64_t>{1, 2, 4, 5}));
+  for (uint64_t v : left) {
+    LoadOptions load;
+    load.version = v;
+    auto loaded = client_->Load("ret/model", load);
+    ASSERT_TRUE(loaded.ok()) << loaded.status();
+    EXPECT_EQ(loaded->data[2], saved[v - 1].data(2)) << v;
+  }
+  auto pruned = client_->Prune("ret/model", /*dry_run=*/false);
+  ASSERT_TRUE(pruned.ok());
+  EXPECT_TRUE(pruned->empty());
+
+  // A tighter policy reports what it would delete, and Prune deletes it.
+  policy.keep_last = 1;
+  would = client_->SetRetention("ret/model", policy);
+  ASSERT_TRUE(would.ok());
+  EXPECT_EQ(*would, (std::vector<uint64_t>{4}));
+  pruned = client_->Prune("ret/model", false);
+  ASSERT_TRUE(pruned.ok());
+  EXPECT_EQ(*pruned, (std::vector<uint64_t>{4}));
+
+  // Bad policies and names are refused with the reason.
+  RetentionPolicy bad;
+  bad.keep_best = 1;
+  auto refused = client_->SetRetention("ret/model", bad);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(refused.status().message(), "keep_best needs a metric (a metadata key such as 'loss')");
+  EXPECT_EQ(client_->Prune("ret/none", true).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(client_->GetRetention("bad//name").status().code(), absl::StatusCode::kInvalidArgument);
+  // Clearing the policy keeps everything from then on.
+  ASSERT_TRUE(client_->SetRetention("ret/model", {}).ok());
+  EXPECT_FALSE(client_->GetRetention("ret/model")->enabled());
+}
+
 // Loads cut off at every point of the stream (deadlines from 1 to 40 ms
 // over a 64 MiB checkpoint): each ends DEADLINE_EXCEEDED or completes, and
 // the server keeps serving whole, correct loads.

@@ -206,6 +206,31 @@ TEST(CodecTest, RefValueRoundTrip) {
   EXPECT_NE(r.status().message().find("corrupt refs entry"), std::string::npos);
 }
 
+TEST(CodecTest, RetentionPolicyRoundTrip) {
+  RetentionPolicy policy;
+  policy.keep_last = 5;
+  policy.keep_every_steps = 1000;
+  policy.keep_best = 2;
+  policy.metric = "val/acc";
+  policy.higher_is_better = true;
+  for (const RetentionPolicy& p : {policy, RetentionPolicy{}}) {
+    auto decoded = DecodeRetentionPolicy(EncodeRetentionPolicy(p));
+    ASSERT_TRUE(decoded.ok()) << decoded.status();
+    EXPECT_EQ(*decoded, p);
+  }
+  std::string good = EncodeRetentionPolicy(policy);
+  for (size_t n = 0; n < good.size(); ++n) {
+    EXPECT_EQ(DecodeRetentionPolicy(good.substr(0, n)).status().code(),
+              absl::StatusCode::kDataLoss);
+  }
+  std::string bad_flag = good;
+  bad_flag.back() = 7;
+  auto r = DecodeRetentionPolicy(bad_flag);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(r.status().message().find("corrupt retention policy"), std::string::npos);
+  EXPECT_EQ(DecodeRetentionPolicy(good + "x").status().code(), absl::StatusCode::kDataLoss);
+}
+
 TEST(CodecTest, PendingRecordRoundTrip) {
   PendingRecord record;
   record.ranges = {

@@ -15,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/status_macros.h"
 #include "rocksdb/db.h"
 #include "storage/codec.h"
 #include "storage/rocksdb_store.h"
@@ -196,8 +197,8 @@ class StoreTest : public ::testing::TestWithParam<ChunkWriteMode> {
 
   std::string dir_;
   std::unique_ptr<RocksDbStore> store_;
-  uint64_t quota_ = 0;                       // namespace_quota_bytes of Reopen()
-  std::map<std::string, uint64_t> quotas_;   // namespace_quotas of Reopen()
+  uint64_t quota_ = 0;                      // namespace_quota_bytes of Reopen()
+  std::map<std::string, uint64_t> quotas_;  // namespace_quotas of Reopen()
 };
 
 const std::vector<Blob>& Model() {
@@ -648,6 +649,67 @@ TEST_P(StoreTest, ReopenKeepsEverythingAndNeverReusesChunkIds) {
   EXPECT_EQ(list[0].num_versions, 2u);
 }
 
+// Retention: the policy persists, Prune deletes what it picks (never a
+// tagged or the newest version), frees the chunks only those versions used,
+// and a dry run deletes nothing.
+TEST_P(StoreTest, RetentionPolicyPersistsAndPruneDeletesWhatItPicks) {
+  ASSERT_OK_AND_ASSIGN(RetentionPolicy none, store_->GetRetention("r/model"));
+  EXPECT_FALSE(none.enabled());
+  RetentionPolicy policy;
+  policy.keep_last = 2;
+  policy.keep_every_steps = 300;
+  ASSERT_OK(store_->SetRetention("r/model", policy));  // before any version
+  auto save = [&](int64_t step, std::vector<std::string> tags = {}) -> absl::Status {
+    auto up = store_->BeginUpload("r/model");
+    if (!up.ok()) return up.status();
+    std::vector<Blob> blobs = {{"w", RandomBytes(2000, static_cast<uint32_t>(step))}};
+    CKPT_RETURN_IF_ERROR(UploadMissing(**up, blobs));
+    CommitSpec spec;
+    spec.name = "r/model";
+    spec.step = step;
+    spec.tags = std::move(tags);
+    spec.tree = MakeTree(blobs);
+    Upload* ups[] = {up->get()};
+    return store_->Commit(std::move(spec), ups).status();
+  };
+  ASSERT_OK(save(100));
+  ASSERT_OK(save(200, {"best"}));
+  ASSERT_OK(save(300));
+  ASSERT_OK(save(400));
+  ASSERT_OK(save(500));
+  ASSERT_OK(save(600));
+  Reopen();
+  ASSERT_OK_AND_ASSIGN(RetentionPolicy stored, store_->GetRetention("r/model"));
+  EXPECT_EQ(stored, policy);
+  const uint64_t bytes_before = store_->NamespaceBytes("r");
+  EXPECT_EQ(bytes_before, 6 * 2000u);
+
+  // v2 tagged, v3 step 300, v5 and v6 the last two (v6 also step 600).
+  ASSERT_OK_AND_ASSIGN(auto would, store_->Prune("r/model", /*dry_run=*/true));
+  EXPECT_THAT(would, ElementsAre(1, 4));
+  ASSERT_OK_AND_ASSIGN(auto listed, store_->ListVersions("r/model"));
+  EXPECT_EQ(listed.size(), 6u);
+  ASSERT_OK_AND_ASSIGN(auto deleted, store_->Prune("r/model", false));
+  EXPECT_THAT(deleted, ElementsAre(1, 4));
+  ASSERT_OK_AND_ASSIGN(listed, store_->ListVersions("r/model"));
+  std::vector<uint64_t> left;
+  for (const VersionInfo& v : listed) left.push_back(v.version);
+  EXPECT_THAT(left, ElementsAre(2, 3, 5, 6));
+  EXPECT_EQ(store_->NamespaceBytes("r"), bytes_before - 2 * 2000);
+  ASSERT_OK_AND_ASSIGN(auto again, store_->Prune("r/model", false));
+  EXPECT_THAT(again, IsEmpty());
+
+  // An off policy removes it; bad names and policies are refused.
+  ASSERT_OK(store_->SetRetention("r/model", RetentionPolicy{}));
+  ASSERT_OK_AND_ASSIGN(none, store_->GetRetention("r/model"));
+  EXPECT_FALSE(none.enabled());
+  RetentionPolicy bad;
+  bad.keep_best = 1;
+  EXPECT_EQ(store_->SetRetention("r/model", bad).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(store_->SetRetention("../x", policy).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(store_->Prune("r/none", false).status().code(), absl::StatusCode::kNotFound);
+}
+
 TEST_P(StoreTest, CorruptChunkIsDataLoss) {
   ASSERT_TRUE(Save("a/b", Model()).ok());
   const Digest digest = MakeTree(Model())[1].data.chunks[1];
@@ -767,8 +829,8 @@ TEST_P(StoreTest, QuotaRefusesTheCommitAndLeavesNothing) {
   ASSERT_TRUE(store_->DeleteVersion("a/b", 2, false).ok());
   ASSERT_TRUE(Save("a/b", {{"y", RandomBytes(1, 43)}}).ok());
   // Per-namespace overrides: 0 lifts the limit, others replace it.
-  ASSERT_TRUE(Save("big/m", {{"x", RandomBytes(3 * kChunk, 44)},
-                             {"y", RandomBytes(3 * kChunk, 45)}}).ok());
+  ASSERT_TRUE(
+      Save("big/m", {{"x", RandomBytes(3 * kChunk, 44)}, {"y", RandomBytes(3 * kChunk, 45)}}).ok());
   EXPECT_EQ(Save("small/m", {{"x", RandomBytes(101, 46)}}).status().code(),
             absl::StatusCode::kResourceExhausted);
   EXPECT_TRUE(Save("small/m", {{"x", RandomBytes(100, 46)}}).ok());
