@@ -421,6 +421,8 @@ class GrpcRawClient final : public RawClient {
     CKPT_RETURN_IF_ERROR(Write(stream, request, broken));
     CKPT_RETURN_IF_ERROR(Read(stream, &response, v1::SaveResponse::kResult, broken));
     result.version = rpc::FromProto(response.result().version());
+    result.pruned_versions.assign(response.result().pruned_versions().begin(),
+                                  response.result().pruned_versions().end());
     return result;
   }
 

@@ -107,6 +107,9 @@ struct SaveResult {
   /// Chunks of the tree, and how many of them were sent.
   uint64_t chunks_total = 0;
   uint64_t chunks_sent = 0;
+  /// Versions the name's retention policy deleted once this one committed,
+  /// oldest first (rank 0 of a multi-part save only).
+  std::vector<uint64_t> pruned_versions;
 };
 
 /// Per-load options.

@@ -140,13 +140,15 @@ class SaveReactor final : public grpc::ServerBidiReactor<v1::SaveRequest, v1::Sa
   void Deliver(const absl::StatusOr<VersionInfo>& result) override {
     if (result.ok()) {
       record_.set_version(result->version);
+      std::vector<uint64_t> pruned;
       if (begin_.part().rank() == 0) {
         service_->telemetry().AddSavedLogical(result->data_bytes);
-        ApplyRetention(result->name);
+        pruned = ApplyRetention(result->name);
       }
       v1::SaveResponse response;
       rpc::ToProto(*result, response.mutable_result()->mutable_version());
       response.mutable_result()->set_bytes_received(bytes_received_);
+      response.mutable_result()->mutable_pruned_versions()->Add(pruned.begin(), pruned.end());
       Send(std::move(response));
       FinishOnce(absl::OkStatus());
     } else {
@@ -175,22 +177,25 @@ class SaveReactor final : public grpc::ServerBidiReactor<v1::SaveRequest, v1::Sa
 
   // Applies the name's retention policy, if it has one, before the client
   // hears "committed": once Save returns, the old versions are gone. A
-  // failure here does not undo the save; it is logged.
-  void ApplyRetention(const std::string& name) {
+  // failure here does not undo the save; it is logged. Returns what it deleted.
+  std::vector<uint64_t> ApplyRetention(const std::string& name) {
+    const Logger& logger = service_->telemetry().logger();
     auto policy = service_->store()->GetRetention(name);
+    if (policy.ok() && !policy->enabled()) return {};
     absl::StatusOr<std::vector<uint64_t>> pruned =
         policy.ok() ? service_->store()->Prune(name, /*dry_run=*/false) : policy.status();
-    if (policy.ok() && !policy->enabled()) return;
-    const Logger& logger = service_->telemetry().logger();
     if (!pruned.ok()) {
       logger.Log(LogLevel::kWarn, "retention",
                  {{"checkpoint", name}, {"error", std::string(pruned.status().message())}});
-    } else if (!pruned->empty()) {
+      return {};
+    }
+    if (!pruned->empty()) {
       logger.Log(LogLevel::kInfo, "retention",
                  {{"checkpoint", name},
                   {"deleted_versions", absl::StrJoin(*pruned, ",")},
                   {"policy", DescribeRetentionPolicy(*policy)}});
     }
+    return *std::move(pruned);
   }
 
   void HandleEndOfStream() {

@@ -449,6 +449,8 @@ TEST_F(ServiceTest, RetentionPolicyIsAppliedAfterEachSave) {
     if (i == 0) options.tags = {"release"};
     auto result = client_->Save("ret/model", saved.back().Input(), options);
     ASSERT_TRUE(result.ok()) << result.status();
+    EXPECT_EQ(result->pruned_versions, i == 4 ? std::vector<uint64_t>{3} : std::vector<uint64_t>{})
+        << i;
   }
   // v1 tagged, v2 the best loss, v4 and v5 the last two: v3 went when v5
   // was saved.
