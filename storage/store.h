@@ -10,6 +10,7 @@
 //   manifests  "v" name \0 version(be64)           -> version record
 //              "m" name \0 version(be64)           -> manifest (encoded Tree)
 //              "n" name                            -> next version number
+//              "r" name                            -> retention policy
 //   tags       name \0 tag                         -> version
 //   default    "p" upload id                       -> chunk id ranges of an upload
 //                                                     not committed yet
