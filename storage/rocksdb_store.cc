@@ -1,6 +1,7 @@
 #include "storage/rocksdb_store.h"
 
 #include <algorithm>
+#include <atomic>
 #include <filesystem>
 #include <limits>
 #include <map>
@@ -56,6 +57,11 @@ struct StoreCore {
   // Serializes every read-modify-write of refs, manifests and tags (Commit,
   // DeleteVersion, SetTag, DeleteTag, CollectGarbage). Readers take none.
   std::mutex commit_mu;
+  // Bumped under commit_mu after every batch that writes the refs CF. An
+  // upload that read it before its refs lookups, and finds it unchanged at
+  // its commit, knows those lookups are still exact: no refs write landed
+  // since, so the commit need not read the same entries again.
+  std::atomic<uint64_t> refs_generation{0};
 
   // Guards the allocators and the set of live uploads.
   std::mutex mu;
@@ -482,8 +488,14 @@ class RocksDbUpload final : public Upload {
     // these; one that already did has written its batch, and the lookup
     // below sees the entry gone.
     for (const std::string& key : keys) core_->Pin(key);
+    // Read before the lookups (see StoreCore::refs_generation).
+    const uint64_t generation = core_->refs_generation.load(std::memory_order_acquire);
+    if (!looked_up_generation_.has_value()) looked_up_generation_ = generation;
     std::vector<std::optional<RefValue>> values;
     absl::Status s = MultiGetRefs(*core_, rocksdb::ReadOptions(), keys, &values);
+    if (s.ok()) {
+      for (size_t j = 0; j < asked.size(); ++j) looked_up_[digests[asked[j]]] = values[j];
+    }
     for (size_t j = 0; j < asked.size(); ++j) {
       const Digest& d = digests[asked[j]];
       if (s.ok() && values[j].has_value() && pinned_.insert(d).second) continue;
@@ -562,6 +574,13 @@ class RocksDbUpload final : public Upload {
   }
 
   uint64_t bytes_written() const override { return bytes_written_; }
+
+  // For the store's Commit: the refs entries FindMissing read, if no refs
+  // write has landed since (generation unchanged), else null.
+  const absl::flat_hash_map<Digest, std::optional<RefValue>>* LookupsValidAt(
+      uint64_t generation) const {
+    return looked_up_generation_ == generation ? &looked_up_ : nullptr;
+  }
 
   // For the store's Commit.
   const StoreCore* core() const { return core_.get(); }
@@ -669,6 +688,10 @@ class RocksDbUpload final : public Upload {
   absl::flat_hash_map<Digest, Written> written_;
   // Digests this upload holds a pin on (found by FindMissing or written).
   absl::flat_hash_set<Digest> pinned_;
+  // What FindMissing read for each digest it looked up (nullopt: absent), and
+  // the refs generation before its first lookup.
+  absl::flat_hash_map<Digest, std::optional<RefValue>> looked_up_;
+  std::optional<uint64_t> looked_up_generation_;
   uint64_t bytes_written_ = 0;
 
   // Chunk-id blocks taken, each recorded whole as one range.
@@ -886,9 +909,35 @@ absl::StatusOr<VersionInfo> RocksDbStore::Commit(CommitSpec spec,
   for (const auto& [d, node] : digests) keys.push_back(RefKey(ns, d));
 
   std::lock_guard<std::mutex> commit_lock(core_->commit_mu);
-  std::vector<std::optional<RefValue>> refs;
-  CKPT_RETURN_IF_ERROR(Annotate(MultiGetRefs(*core_, rocksdb::ReadOptions(), keys, &refs),
-                                absl::StrCat("checkpoint ", Quote(name))));
+  // The uploads' own lookups answer for the digests they asked about when
+  // no refs write landed since; only the rest is read here.
+  std::vector<std::optional<RefValue>> refs(digests.size());
+  {
+    const uint64_t generation = core_->refs_generation.load(std::memory_order_acquire);
+    std::vector<const absl::flat_hash_map<Digest, std::optional<RefValue>>*> cached;
+    for (const RocksDbUpload* up : ups) {
+      if (const auto* lookups = up->LookupsValidAt(generation)) cached.push_back(lookups);
+    }
+    std::vector<size_t> unknown;
+    for (size_t i = 0; i < digests.size(); ++i) {
+      bool known = false;
+      for (const auto* lookups : cached) {
+        auto it = lookups->find(digests[i].first);
+        if (it == lookups->end()) continue;
+        refs[i] = it->second;
+        known = true;
+        break;
+      }
+      if (!known) unknown.push_back(i);
+    }
+    std::vector<std::string> unknown_keys;
+    unknown_keys.reserve(unknown.size());
+    for (size_t i : unknown) unknown_keys.push_back(keys[i]);
+    std::vector<std::optional<RefValue>> read;
+    CKPT_RETURN_IF_ERROR(Annotate(MultiGetRefs(*core_, rocksdb::ReadOptions(), unknown_keys, &read),
+                                  absl::StrCat("checkpoint ", Quote(name))));
+    for (size_t j = 0; j < unknown.size(); ++j) refs[unknown[j]] = std::move(read[j]);
+  }
 
   rocksdb::WriteBatch batch;
   uint64_t new_bytes = 0;
@@ -1001,8 +1050,11 @@ absl::StatusOr<VersionInfo> RocksDbStore::Commit(CommitSpec spec,
     batch.Put(core_->tags_cf, TagKey(name, tag), EncodeBigEndian64(version));
   }
   CrashPoint("commit.before_write");
-  CKPT_RETURN_IF_ERROR(FromRocksDb(core_->db->Write(core_->CommitWriteOptions(), &batch),
-                                   VersionContext(name, version)));
+  const rocksdb::Status written = core_->db->Write(core_->CommitWriteOptions(), &batch);
+  // After the write, whether or not it landed: lookups made before it are
+  // no longer trusted.
+  core_->refs_generation.fetch_add(1, std::memory_order_acq_rel);
+  CKPT_RETURN_IF_ERROR(FromRocksDb(written, VersionContext(name, version)));
   CrashPoint("commit.after_write");
   core_->AddUsage(ns, added_bytes, 0);
   for (RocksDbUpload* up : ups) up->MarkCommitted();
@@ -1215,8 +1267,10 @@ absl::StatusOr<uint64_t> RocksDbStore::DeleteVersion(absl::string_view name, uin
   batch.Delete(core_->manifests_cf, VersionKey(name, version));
   batch.Delete(core_->manifests_cf, ManifestKey(name, version));
   for (const std::string& tag : own_tags) batch.Delete(core_->tags_cf, TagKey(name, tag));
-  CKPT_RETURN_IF_ERROR(FromRocksDb(core_->db->Write(core_->CommitWriteOptions(), &batch),
-                                   absl::StrCat("deleting ", VersionContext(name, version))));
+  const rocksdb::Status written = core_->db->Write(core_->CommitWriteOptions(), &batch);
+  core_->refs_generation.fetch_add(1, std::memory_order_acq_rel);
+  CKPT_RETURN_IF_ERROR(
+      FromRocksDb(written, absl::StrCat("deleting ", VersionContext(name, version))));
   core_->AddUsage(ns, 0, released_bytes);
   return unreferenced;
 }
@@ -1404,7 +1458,9 @@ absl::StatusOr<GcResult> RocksDbStore::CollectGarbage() {
     if (batch.Count() > 0) {
       rocksdb::WriteOptions sync;
       sync.sync = true;
-      CKPT_RETURN_IF_ERROR(FromRocksDb(core_->db->Write(sync, &batch), "collecting garbage"));
+      const rocksdb::Status written = core_->db->Write(sync, &batch);
+      core_->refs_generation.fetch_add(1, std::memory_order_acq_rel);
+      CKPT_RETURN_IF_ERROR(FromRocksDb(written, "collecting garbage"));
     }
   }
 

@@ -799,6 +799,53 @@ TEST_P(StoreTest, NamespaceBytesCountDistinctReferencedChunks) {
   EXPECT_EQ(store_->NamespaceBytes("a"), 5010u);
 }
 
+// A commit reuses its upload's FindMissing lookups only while no refs write
+// landed since; here one did (the only version holding the chunks was
+// deleted, dropping their refcounts to 0), so the commit must see the new
+// counts: the chunks count again, and deleting the new version releases them
+// for GC exactly once.
+TEST_P(StoreTest, CommitSeesRefcountChangesSinceItsLookups) {
+  const std::vector<Blob> blobs = {{"w", RandomBytes(2500, 50)}};  // 3 chunks
+  ASSERT_TRUE(Save("s/a", blobs).ok());
+  ASSERT_OK_AND_ASSIGN(auto up, store_->BeginUpload("s/b"));
+  ASSERT_OK(UploadMissing(*up, blobs));  // finds all 3 (refcount 1), uploads nothing
+  EXPECT_EQ(up->bytes_written(), 0u);
+  ASSERT_OK_AND_ASSIGN(uint64_t released, store_->DeleteVersion("s/a", 1, false));
+  EXPECT_EQ(released, 3u);
+  EXPECT_EQ(store_->NamespaceBytes("s"), 0u);
+
+  CommitSpec spec;
+  spec.name = "s/b";
+  spec.tree = MakeTree(blobs);
+  Upload* ups[] = {up.get()};
+  ASSERT_TRUE(store_->Commit(std::move(spec), ups).ok());
+  up.reset();
+  EXPECT_EQ(store_->NamespaceBytes("s"), 2500u);
+  ExpectContents("s/b", 1, blobs);
+
+  ASSERT_OK_AND_ASSIGN(released, store_->DeleteVersion("s/b", 1, false));
+  EXPECT_EQ(released, 3u);  // refcount 1 -> 0, not 2 -> 1
+  ASSERT_OK_AND_ASSIGN(GcResult gc, store_->CollectGarbage());
+  EXPECT_EQ(gc.chunks_removed, 3u);
+  EXPECT_EQ(store_->NamespaceBytes("s"), 0u);
+}
+
+// Without refs writes in between, the lookups are reused and counts stay
+// exact across saves that share every chunk.
+TEST_P(StoreTest, RepeatedSavesOfTheSameChunksKeepExactCounts) {
+  const std::vector<Blob> blobs = {{"w", RandomBytes(2500, 51)}};
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(Save("t/a", blobs).ok());
+  EXPECT_EQ(store_->NamespaceBytes("t"), 2500u);
+  for (uint64_t v = 1; v <= 3; ++v) {
+    ASSERT_OK_AND_ASSIGN(uint64_t released, store_->DeleteVersion("t/a", v, false));
+    EXPECT_EQ(released, 0u) << v;
+  }
+  ASSERT_OK_AND_ASSIGN(uint64_t released, store_->DeleteVersion("t/a", 4, false));
+  EXPECT_EQ(released, 3u);
+  ASSERT_OK_AND_ASSIGN(GcResult gc, store_->CollectGarbage());
+  EXPECT_EQ(gc.chunks_removed, 3u);
+}
+
 TEST_P(StoreTest, QuotaRefusesTheCommitAndLeavesNothing) {
   quota_ = 5000;
   quotas_ = {{"big", 0}, {"small", 100}};
