@@ -764,10 +764,18 @@ absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(const StoreOpti
   chunk_options.periodic_compaction_seconds = 0;
   chunk_options.table_factory.reset(rocksdb::NewBlockBasedTableFactory(chunk_table));
 
+  // refs: every save writes one entry per chunk, so a big memtable fills
+  // with stale copies of the same keys and every lookup walks a deeper
+  // skiplist (20k-tensor saves slowed from 0.22 to 0.31 s over 20 saves with
+  // the 64 MiB default; flat at ~0.18 s with 4 MiB). Flushed entries are
+  // found through bloom filters and the block cache.
+  rocksdb::ColumnFamilyOptions refs_options = meta_options;
+  refs_options.write_buffer_size = 4 << 20;
+
   std::vector<rocksdb::ColumnFamilyDescriptor> families = {
       {rocksdb::kDefaultColumnFamilyName, meta_options},
       {kChunksFamily, chunk_options},
-      {kRefsFamily, meta_options},
+      {kRefsFamily, refs_options},
       {kManifestsFamily, meta_options},
       {kTagsFamily, meta_options},
   };
