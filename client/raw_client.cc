@@ -231,9 +231,7 @@ class GrpcRawClient final : public RawClient {
                                                      const RetentionPolicy& policy) override {
     v1::SetRetentionRequest request;
     request.set_name(name);
-    if (policy.enabled() || policy.keep_every_steps != 0 || !policy.metric.empty()) {
-      rpc::ToProto(policy, request.mutable_policy());
-    }
+    rpc::ToProto(policy, request.mutable_policy());
     v1::SetRetentionResponse response;
     CKPT_RETURN_IF_ERROR(Unary(&v1::CheckpointService::Stub::SetRetention, request, &response));
     return std::vector<uint64_t>(response.would_delete().begin(), response.would_delete().end());

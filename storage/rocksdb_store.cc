@@ -63,6 +63,16 @@ struct StoreCore {
   // since, so the commit need not read the same entries again.
   std::atomic<uint64_t> refs_generation{0};
 
+  // Writes a batch that touches the refs CF, then bumps refs_generation
+  // (whether or not it landed). Every refs write goes through here, under
+  // commit_mu.
+  rocksdb::Status WriteRefs(const rocksdb::WriteOptions& write_options,
+                            rocksdb::WriteBatch* batch) {
+    rocksdb::Status s = db->Write(write_options, batch);
+    refs_generation.fetch_add(1, std::memory_order_acq_rel);
+    return s;
+  }
+
   // Guards the allocators and the set of live uploads.
   std::mutex mu;
   uint64_t next_block = 1;       // Next chunk-id block to hand out.
@@ -1058,11 +1068,8 @@ absl::StatusOr<VersionInfo> RocksDbStore::Commit(CommitSpec spec,
     batch.Put(core_->tags_cf, TagKey(name, tag), EncodeBigEndian64(version));
   }
   CrashPoint("commit.before_write");
-  const rocksdb::Status written = core_->db->Write(core_->CommitWriteOptions(), &batch);
-  // After the write, whether or not it landed: lookups made before it are
-  // no longer trusted.
-  core_->refs_generation.fetch_add(1, std::memory_order_acq_rel);
-  CKPT_RETURN_IF_ERROR(FromRocksDb(written, VersionContext(name, version)));
+  CKPT_RETURN_IF_ERROR(FromRocksDb(core_->WriteRefs(core_->CommitWriteOptions(), &batch),
+                                   VersionContext(name, version)));
   CrashPoint("commit.after_write");
   core_->AddUsage(ns, added_bytes, 0);
   for (RocksDbUpload* up : ups) up->MarkCommitted();
@@ -1275,10 +1282,8 @@ absl::StatusOr<uint64_t> RocksDbStore::DeleteVersion(absl::string_view name, uin
   batch.Delete(core_->manifests_cf, VersionKey(name, version));
   batch.Delete(core_->manifests_cf, ManifestKey(name, version));
   for (const std::string& tag : own_tags) batch.Delete(core_->tags_cf, TagKey(name, tag));
-  const rocksdb::Status written = core_->db->Write(core_->CommitWriteOptions(), &batch);
-  core_->refs_generation.fetch_add(1, std::memory_order_acq_rel);
-  CKPT_RETURN_IF_ERROR(
-      FromRocksDb(written, absl::StrCat("deleting ", VersionContext(name, version))));
+  CKPT_RETURN_IF_ERROR(FromRocksDb(core_->WriteRefs(core_->CommitWriteOptions(), &batch),
+                                   absl::StrCat("deleting ", VersionContext(name, version))));
   core_->AddUsage(ns, 0, released_bytes);
   return unreferenced;
 }
@@ -1466,9 +1471,7 @@ absl::StatusOr<GcResult> RocksDbStore::CollectGarbage() {
     if (batch.Count() > 0) {
       rocksdb::WriteOptions sync;
       sync.sync = true;
-      const rocksdb::Status written = core_->db->Write(sync, &batch);
-      core_->refs_generation.fetch_add(1, std::memory_order_acq_rel);
-      CKPT_RETURN_IF_ERROR(FromRocksDb(written, "collecting garbage"));
+      CKPT_RETURN_IF_ERROR(FromRocksDb(core_->WriteRefs(sync, &batch), "collecting garbage"));
     }
   }
 
