@@ -1,0 +1,358 @@
+"""Python values <-> the flat pre-order value tree of ckpt.v1 (internal).
+
+The encoding is the C++ client's (client/torch_tree.cc) and the CLI's
+(interop/torch_pt.cc), so versions move freely between Python, C++ and .pt files:
+
+- a tensor (or ``nn.Parameter``) is a TensorMeta: dtype, shape, the device it was
+  saved on (``str(tensor.device)``), ``requires_grad``; its bytes contiguous,
+  row-major, in the machine's (little-endian) byte order;
+- dict and OrderedDict (str or int keys, order kept), list, tuple (and
+  ``torch.Size``), None, bool, int (64-bit), float, str, bytes.
+
+On load a dict is an ``OrderedDict`` when every value is a tensor (a state_dict,
+which is what ``torch.load`` returns for ``module.state_dict()``) and a plain
+``dict`` otherwise (``ckpt export`` writes the same); a tensor saved with
+``requires_grad`` comes back as an ``nn.Parameter``.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+
+from ckpt.v1 import checkpoint_pb2 as pb
+
+# torch dtype <-> ckpt.v1.DType. uint16/32/64 exist in torch >= 2.3 only.
+_DTYPES: List[Tuple[str, int]] = [
+    ("float32", pb.DTYPE_FLOAT32),
+    ("float64", pb.DTYPE_FLOAT64),
+    ("float16", pb.DTYPE_FLOAT16),
+    ("bfloat16", pb.DTYPE_BFLOAT16),
+    ("int8", pb.DTYPE_INT8),
+    ("int16", pb.DTYPE_INT16),
+    ("int32", pb.DTYPE_INT32),
+    ("int64", pb.DTYPE_INT64),
+    ("uint8", pb.DTYPE_UINT8),
+    ("bool", pb.DTYPE_BOOL),
+    ("complex64", pb.DTYPE_COMPLEX64),
+    ("complex128", pb.DTYPE_COMPLEX128),
+    ("uint16", pb.DTYPE_UINT16),
+    ("uint32", pb.DTYPE_UINT32),
+    ("uint64", pb.DTYPE_UINT64),
+]
+TO_PB: Dict[torch.dtype, int] = {}
+FROM_PB: Dict[int, torch.dtype] = {}
+for _name, _code in _DTYPES:
+    _dt = getattr(torch, _name, None)
+    if isinstance(_dt, torch.dtype):
+        TO_PB[_dt] = _code
+        FROM_PB[_code] = _dt
+
+MAX_DEPTH = 128
+MAX_INLINE_STRING = 64 * 1024
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+#: Data of a node: ready bytes (memoryview of uint8) or a CPU tensor made
+#: contiguous only when its batch is sent (bounds the memory of copies).
+Data = Union[memoryview, torch.Tensor, None]
+
+
+def key_text(key: Union[str, int, None], index: int) -> str:
+    if key is None:
+        return str(index)
+    return str(key)
+
+
+def join(path: str, part: str) -> str:
+    return part if not path else f"{path}/{part}"
+
+
+def tensor_bytes(tensor: torch.Tensor) -> Tuple[memoryview, torch.Tensor]:
+    """A uint8 memoryview of a CPU tensor's elements (contiguous; copied only if it
+    is not), and the tensor that owns that memory (keep it alive)."""
+    t = tensor.detach()
+    if t.is_conj():
+        t = t.resolve_conj()
+    if t.is_neg():
+        t = t.resolve_neg()
+    if not t.is_contiguous():
+        t = t.contiguous()
+    if t.numel() == 0:
+        return memoryview(b""), t
+    flat = t.reshape(-1).view(torch.uint8)
+    return memoryview(flat.numpy()), t
+
+
+class Flat:
+    """A value flattened for a save: pre-order nodes and each node's data."""
+
+    def __init__(self) -> None:
+        self.nodes: List[pb.Node] = []
+        self.data: List[Data] = []
+
+    @property
+    def data_bytes(self) -> int:
+        total = 0
+        for node in self.nodes:
+            which = node.WhichOneof("value")
+            if which == "tensor":
+                total += node.tensor.data.size
+            elif which == "bytes":
+                total += node.bytes.data.size
+        return total
+
+
+def flatten(value: Any, snapshot: bool = False) -> Flat:
+    """Flattens ``value`` for a save.
+
+    Tensors on the CPU are referenced in place (made contiguous when sent) unless
+    ``snapshot``; then every tensor is copied to fresh host memory now, so the
+    caller may change its tensors as soon as this returns. Device tensors are
+    always copied to the host (one at a time unless ``snapshot``).
+
+    Raises TypeError naming the key path for a value ckpt cannot store (an
+    object, a lambda, a dict key other than str/int, a sparse tensor) and
+    ValueError for out-of-range values; nothing is sent then.
+    """
+    out = Flat()
+    _visit(value, None, "", 0, snapshot, out)
+    return out
+
+
+def _where(path: str) -> str:
+    return f"'{path}'" if path else "the root value"
+
+
+def _visit(v: Any, key: Union[str, int, None], path: str, depth: int, snapshot: bool,
+           out: Flat) -> None:
+    if depth > MAX_DEPTH:
+        raise ValueError(f"{_where(path)} is nested deeper than {MAX_DEPTH} levels")
+    node = pb.Node()
+    if isinstance(key, str):
+        node.str_key = key
+    elif key is not None:
+        node.int_key = key
+    data: Data = None
+    if isinstance(v, torch.Tensor):
+        data = _tensor_node(v, path, snapshot, node)
+    elif v is None:
+        node.none.SetInParent()
+    elif isinstance(v, bool):
+        node.bool_value = v
+    elif isinstance(v, int):
+        if not _INT64_MIN <= v <= _INT64_MAX:
+            raise ValueError(f"{_where(path)}: int {v} does not fit in 64 bits")
+        node.int_value = v
+    elif isinstance(v, float):
+        node.float_value = v
+    elif isinstance(v, str):
+        if len(v) > MAX_INLINE_STRING // 4 and len(v.encode("utf-8")) > MAX_INLINE_STRING:
+            raise ValueError(f"{_where(path)}: strings are limited to 64 KiB; store larger "
+                             "text as bytes")
+        node.string_value = v
+    elif isinstance(v, (bytes, bytearray, memoryview)):
+        blob = memoryview(bytes(v) if not isinstance(v, bytes) else v).cast("B")
+        node.bytes.data.size = len(blob)
+        data = blob
+    elif type(v) in (dict, collections.OrderedDict):
+        node.dict.size = len(v)
+        out.nodes.append(node)
+        out.data.append(None)
+        for k, item in v.items():
+            if isinstance(k, bool) or not isinstance(k, (str, int)):
+                raise TypeError(f"dict {_where(path)} has a key {k!r} of type "
+                                f"{type(k).__name__}; ckpt stores only str and int keys")
+            if isinstance(k, int) and not _INT64_MIN <= k <= _INT64_MAX:
+                raise ValueError(f"dict {_where(path)}: key {k} does not fit in 64 bits")
+            _visit(item, k, join(path, str(k)), depth + 1, snapshot, out)
+        return
+    elif type(v) is list or type(v) is tuple or type(v) is torch.Size:
+        container = node.list if type(v) is list else node.tuple
+        container.size = len(v)
+        out.nodes.append(node)
+        out.data.append(None)
+        for i, item in enumerate(v):
+            _visit(item, None, join(path, str(i)), depth + 1, snapshot, out)
+        return
+    else:
+        raise TypeError(
+            f"cannot save {_where(path)}: a value of type {type(v).__module__}."
+            f"{type(v).__qualname__}; ckpt stores tensors, dicts (str or int keys), lists, "
+            "tuples, int, float, bool, str, bytes and None (no pickled objects)")
+    out.nodes.append(node)
+    out.data.append(data)
+
+
+def _tensor_node(t: torch.Tensor, path: str, snapshot: bool, node: pb.Node) -> Data:
+    if t.layout != torch.strided or t.is_quantized or t.device.type == "meta" or (
+            hasattr(t, "is_mkldnn") and t.is_mkldnn):
+        raise TypeError(f"cannot save tensor {_where(path)}: only dense strided tensors "
+                        f"(layout {t.layout})")
+    if type(t) not in (torch.Tensor, torch.nn.Parameter):
+        raise TypeError(f"cannot save {_where(path)}: tensor subclass "
+                        f"{type(t).__module__}.{type(t).__qualname__} (save a plain tensor, "
+                        "e.g. a DTensor through ckpt.dcp)")
+    code = TO_PB.get(t.dtype)
+    if code is None:
+        raise TypeError(f"cannot save tensor {_where(path)}: dtype {t.dtype} is not supported")
+    meta = node.tensor
+    meta.dtype = code
+    meta.shape.extend(t.shape)
+    meta.device = str(t.device)
+    meta.requires_grad = bool(t.requires_grad)
+    meta.data.size = t.numel() * t.element_size()
+    if snapshot or t.device.type != "cpu":
+        if snapshot:
+            host = torch.empty(t.shape, dtype=t.dtype)
+            host.copy_(t.detach())
+            return tensor_bytes(host)[0]
+        return t.detach()  # copied to the host when its batch is sent
+    return t.detach()
+
+
+def data_view(data: Data) -> Tuple[memoryview, Any]:
+    """The bytes of a node as a uint8 memoryview, and an owner to keep alive."""
+    if isinstance(data, memoryview):
+        return data, None
+    assert isinstance(data, torch.Tensor)
+    t = data if data.device.type == "cpu" else data.to("cpu")
+    return tensor_bytes(t)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def flattened_keys(nodes: Sequence[pb.Node]) -> List[str]:
+    """Each node's key path ("model_state_dict/fc.weight", list indices as
+    numbers), like the server's glob patterns see them."""
+    keys = [""] * len(nodes)
+    stack: List[List[int]] = []  # [node, remaining, next_index]
+    for i, node in enumerate(nodes):
+        if stack:
+            parent = stack[-1]
+            which = node.WhichOneof("key")
+            k = node.str_key if which == "str_key" else (
+                str(node.int_key) if which == "int_key" else str(parent[2]))
+            keys[i] = join(keys[parent[0]], k)
+            parent[2] += 1
+            parent[1] -= 1
+        which = node.WhichOneof("value")
+        if which in ("dict", "list", "tuple") and getattr(node, which).size > 0:
+            stack.append([i, getattr(node, which).size, 0])
+        else:
+            while stack and stack[-1][1] == 0:
+                stack.pop()
+    return keys
+
+
+MapLocation = Union[None, str, torch.device, Dict[str, Any], Callable[..., Any]]
+
+
+def device_available(device: torch.device) -> bool:
+    if device.type in ("cpu", "meta"):
+        return True
+    if device.type == "cuda":
+        try:
+            return torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()
+        except Exception:  # noqa: BLE001 - any CUDA failure means no device
+            return False
+    try:
+        torch.empty(0, device=device)
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def target_device(map_location: MapLocation, saved: str) -> Optional[torch.device]:
+    """Where a tensor saved on ``saved`` goes; None for a callable map_location
+    (decided once its bytes are in)."""
+    if map_location is None:
+        return torch.device(saved)
+    if isinstance(map_location, (str, torch.device)):
+        return torch.device(map_location)
+    if isinstance(map_location, dict):
+        mapped = map_location.get(saved, saved)
+        return torch.device(mapped)
+    if callable(map_location):
+        return None
+    raise TypeError(f"map_location must be a str, torch.device, dict or callable, "
+                    f"not {type(map_location).__name__}")
+
+
+def unavailable_message(key: str, saved: str, target: torch.device) -> str:
+    return (f"tensor '{key}' was saved on {saved} but {target} is not available here; "
+            f"pass map_location (e.g. map_location='cpu' or {{'{saved}': 'cpu'}}), "
+            "like torch.load")
+
+
+def apply_callable(map_location: Callable[..., Any], tensor: torch.Tensor, saved: str,
+                   key: str) -> torch.Tensor:
+    """torch.load's callable form: ``map_location(storage, location)`` returns a
+    storage (its device is where the tensor goes) or None (the saved device)."""
+    result = map_location(tensor.untyped_storage(), saved)
+    if result is None:
+        device = torch.device(saved)
+        if not device_available(device):
+            raise RuntimeError(unavailable_message(key, saved, device))
+        return tensor.to(device)
+    if isinstance(result, (str, torch.device)):
+        return tensor.to(result)
+    if isinstance(result, torch.TypedStorage):
+        result = result.untyped_storage()
+    if isinstance(result, torch.UntypedStorage):
+        out = torch.empty(0, dtype=tensor.dtype, device=result.device)
+        out.set_(result, 0, tensor.shape)
+        return out
+    raise TypeError(f"map_location returned {type(result).__name__}; expected a storage, "
+                    "a device or None")
+
+
+def build(nodes: Sequence[pb.Node], leaves: Sequence[Any], strip_prefix: str = "") -> Any:
+    """The Python value of a pre-order tree whose data leaves (tensors, bytes)
+    are given per node index in ``leaves``."""
+    pos = [0]
+
+    def one(depth: int) -> Any:
+        i = pos[0]
+        pos[0] += 1
+        node = nodes[i]
+        which = node.WhichOneof("value")
+        if which == "tensor" or which == "bytes":
+            return leaves[i]
+        if which == "none":
+            return None
+        if which == "bool_value":
+            return node.bool_value
+        if which == "int_value":
+            return node.int_value
+        if which == "float_value":
+            return node.float_value
+        if which == "string_value":
+            return node.string_value
+        if which in ("list", "tuple"):
+            items = [one(depth + 1) for _ in range(getattr(node, which).size)]
+            return items if which == "list" else tuple(items)
+        if which == "dict":
+            entries = []
+            all_tensor = node.dict.size > 0
+            all_str = True
+            for _ in range(node.dict.size):
+                child = nodes[pos[0]]
+                kw = child.WhichOneof("key")
+                key: Union[str, int] = child.str_key if kw == "str_key" else child.int_key
+                all_str = all_str and kw == "str_key"
+                all_tensor = all_tensor and child.WhichOneof("value") == "tensor"
+                entries.append((key, one(depth + 1)))
+            if all_tensor:
+                if strip_prefix and all_str and depth <= 1:
+                    entries = [(k[len(strip_prefix):] if k.startswith(strip_prefix) else k, t)
+                               for k, t in entries]
+                return collections.OrderedDict(entries)
+            return dict(entries)
+        raise ValueError(f"node {i} has no value")
+
+    if not nodes:
+        raise ValueError("empty tree")
+    return one(0)
