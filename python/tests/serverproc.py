@@ -49,6 +49,8 @@ class ServerProcess:
             m = re.search(r"listening on port ([0-9]+)", text)
             if m:
                 self.port = int(m.group(1))
+                mm = re.search(r"metrics on port ([0-9]+)", text)
+                self.metrics_port = int(mm.group(1)) if mm else 0
                 break
             if self.proc.poll() is not None:
                 raise RuntimeError(f"ckpt-server exited early:\n{text}")
@@ -57,6 +59,19 @@ class ServerProcess:
                 raise RuntimeError(f"ckpt-server did not report its port in 30 s:\n{text}")
             time.sleep(0.02)
         self.address = f"127.0.0.1:{self.port}"
+
+    def metric(self, name: str, labels: str = "") -> float:
+        """A value from the server's Prometheus endpoint (0 if absent)."""
+        import urllib.request
+        text = urllib.request.urlopen(
+            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).read().decode()
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(name) and (not labels or labels in line):
+                rest = line[len(name):]
+                if rest[:1] in ("{", " "):
+                    total += float(line.rsplit(" ", 1)[1])
+        return total
 
     def log(self) -> str:
         return Path(self.log_path).read_text(errors="replace")

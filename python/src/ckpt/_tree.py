@@ -176,6 +176,10 @@ def _visit(v: Any, key: Union[str, int, None], path: str, depth: int, snapshot: 
         for i, item in enumerate(v):
             _visit(item, None, join(path, str(i)), depth + 1, snapshot, out)
         return
+    elif isinstance(v, torch.nn.Module):
+        raise TypeError(
+            f"cannot save {_where(path)}: a {type(v).__qualname__} module object; save its "
+            "state_dict() (or a TorchScript archive as bytes: torch.jit.save to io.BytesIO)")
     else:
         raise TypeError(
             f"cannot save {_where(path)}: a value of type {type(v).__module__}."

@@ -875,13 +875,14 @@ class Client:
         self._load_stream(name, sink, version, tag, keys, timeout=timeout)
         return sink.build(strip_prefix)
 
-    def load_state_dict(self, module: torch.nn.Module, name: str, version: int = 0,
+    def load_state_dict(self, module: Union[torch.nn.Module, Dict[str, torch.Tensor]], name: str, version: int = 0,
                         tag: str = "", *, prefix: str = "", strict: bool = True,
                         strip_prefix: str = "", rename: Optional[Dict[str, str]] = None,
                         timeout: Optional[float] = None) -> Any:
         """``module.load_state_dict(torch.load(...), strict)`` without a second copy of
         the model: the stored tensors stream straight into the module's existing
-        parameters and buffers.
+        parameters and buffers. ``module`` may also be a dict of tensors (a
+        state_dict), filled in place the same way.
 
         Args:
             prefix: where the state_dict is in the saved value: ``""`` when the
@@ -903,7 +904,10 @@ class Client:
                 nothing is copied), even with strict=False.
         """
         name, version, tag = _parse_ref(name, version, tag)
-        targets = module.state_dict(keep_vars=True)
+        if isinstance(module, torch.nn.Module):
+            targets = module.state_dict(keep_vars=True)
+        else:
+            targets = module  # a state_dict's tensors, filled in place
         sink = _InPlaceSink(targets, prefix, strip_prefix, rename, strict,
                             module.__class__.__name__)
         patterns = [escape_glob(prefix)] if prefix else []
