@@ -937,8 +937,14 @@ class Client:
 
     def versions(self, name: str) -> List[VersionInfo]:
         """Versions of ``name``, oldest first. ckpt.NotFound if none."""
-        response = self._unary("ListVersions", pb.ListVersionsRequest(name=name))
-        return [VersionInfo.from_proto(v) for v in response.versions]
+        out: List[VersionInfo] = []
+        request = pb.ListVersionsRequest(name=name)
+        while True:
+            response = self._unary("ListVersions", request)
+            out.extend(VersionInfo.from_proto(v) for v in response.versions)
+            if not getattr(response, "next_page_token", ""):
+                return out
+            request.page_token = response.next_page_token
 
     def show(self, name: str, version: int = 0, tag: str = "") -> Manifest:
         """A version's record and tree (keys, dtypes, shapes, sizes, devices,
