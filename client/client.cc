@@ -2,6 +2,9 @@
 
 #include <torch/nn/module.h>
 
+#include <atomic>
+#include <list>
+#include <mutex>
 #include <set>
 #include <thread>
 
@@ -13,8 +16,32 @@
 
 namespace ckpt::client {
 
-Client::Client(std::unique_ptr<RawClient> raw) : raw_(std::move(raw)) {}
-Client::~Client() = default;
+// Every SaveAsync upload runs on a thread kept here: finished ones are
+// joined by the next SaveAsync, the others by Close().
+struct Client::AsyncSaves {
+  struct Task {
+    std::thread thread;
+    std::shared_ptr<std::atomic<bool>> done;
+  };
+  std::mutex mu;
+  bool closed = false;
+  std::list<Task> tasks;
+};
+
+Client::Client(std::unique_ptr<RawClient> raw)
+    : raw_(std::move(raw)), async_(std::make_unique<AsyncSaves>()) {}
+
+Client::~Client() { Close(); }
+
+void Client::Close() {
+  std::list<AsyncSaves::Task> tasks;
+  {
+    std::lock_guard<std::mutex> lock(async_->mu);
+    async_->closed = true;
+    tasks.swap(async_->tasks);
+  }
+  for (AsyncSaves::Task& task : tasks) task.thread.join();
+}
 
 absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& target,
                                                         const ClientOptions& options) {
@@ -41,9 +68,31 @@ std::future<absl::StatusOr<SaveResult>> Client::SaveAsync(const std::string& nam
     promise.set_value(flat->status());
     return future;
   }
-  std::thread([this, name, options, flat, promise = std::move(promise)]() mutable {
-    promise.set_value(raw_->Save(name, (*flat)->input, options));
-  }).detach();
+  std::list<AsyncSaves::Task> finished;
+  {
+    std::lock_guard<std::mutex> lock(async_->mu);
+    if (async_->closed) {
+      promise.set_value(absl::FailedPreconditionError(
+          absl::StrCat("cannot save '", name, "' asynchronously: the client is closed")));
+      return future;
+    }
+    for (auto it = async_->tasks.begin(); it != async_->tasks.end();) {
+      auto next = std::next(it);
+      if (it->done->load()) finished.splice(finished.end(), async_->tasks, it);
+      it = next;
+    }
+    auto done = std::make_shared<std::atomic<bool>>(false);
+    // The thread uses raw_, which outlives it: Close() joins it first.
+    std::thread thread([raw = raw_.get(), name, options, flat, done,
+                        promise = std::move(promise)]() mutable {
+      absl::StatusOr<SaveResult> result = raw->Save(name, (*flat)->input, options);
+      flat.reset();  // the snapshot's memory goes before the future is ready
+      promise.set_value(std::move(result));
+      done->store(true);
+    });
+    async_->tasks.push_back({std::move(thread), std::move(done)});
+  }
+  for (AsyncSaves::Task& task : finished) task.thread.join();
   return future;
 }
 
@@ -147,7 +196,8 @@ absl::StatusOr<IncompatibleKeys> Client::LoadInto(const std::string& name,
   // In-place writes into parameters must not be recorded by autograd.
   torch::NoGradGuard no_grad;
   absl::Status status = raw_->Load(name, raw_options, &sink);
-  sink.FinishDeviceCopies();
+  // Also after a failure: no copy may still be writing the caller's tensors.
+  status.Update(sink.FinishDeviceCopies());
   CKPT_RETURN_IF_ERROR(status);
   return result;
 }

@@ -15,6 +15,12 @@
 // int keys, int, double, bool, string, None, and raw byte leaves (Bytes()).
 // No protobuf or gRPC type appears here; errors are absl::Status with the
 // server's gRPC code. Thread-safe: calls may run concurrently.
+//
+// GPU tensors: Save reads them after the work queued on the calling thread's
+// current stream (e.g. optimizer.step()) has finished; Load and LoadInto
+// write them after that work and return once every copy has landed. The
+// Client owns the work SaveAsync leaves running: destroying it (or calling
+// Close()) waits for those saves to finish.
 
 #include <ATen/core/ivalue.h>
 
@@ -107,7 +113,16 @@ class Client {
   /// answer within options.connect_timeout.
   static absl::StatusOr<std::unique_ptr<Client>> Connect(const std::string& target,
                                                          const ClientOptions& options);
+  /// Waits for the async saves still in flight (Close()), then closes the
+  /// connection. Must not run on a thread that SaveAsync started (e.g. from
+  /// a progress callback).
   ~Client();
+
+  /// Waits until every async save in flight has finished (its future is
+  /// ready). Later SaveAsync calls resolve at once with FailedPrecondition
+  /// ("client is closed"); the other calls keep working until the client is
+  /// destroyed. Idempotent; thread-safe.
+  void Close();
 
   /// torch.save: saves `value` as the next version of `name`. CPU tensors
   /// stream straight from their memory (non-contiguous ones are made
@@ -118,7 +133,10 @@ class Client {
 
   /// Saves asynchronously: returns once every tensor has been copied to host
   /// memory (the snapshot), so the caller may change them; the future gives
-  /// the commit result.
+  /// the commit result. The upload runs on a thread the Client owns: the
+  /// Client may be destroyed before the future is ready (its destructor
+  /// waits for the upload, so the version is not lost), and the future stays
+  /// valid after that. After Close(): FailedPrecondition.
   std::future<absl::StatusOr<SaveResult>> SaveAsync(const std::string& name,
                                                     const c10::IValue& value,
                                                     const SaveOptions& options);
@@ -149,7 +167,12 @@ class Client {
 
  private:
   explicit Client(std::unique_ptr<RawClient> raw);
+  struct AsyncSaves;  // the threads of SaveAsync in flight
+
   std::unique_ptr<RawClient> raw_;
+  // Declared after raw_ (destroyed first); the destructor joins its threads
+  // before either goes away.
+  std::unique_ptr<AsyncSaves> async_;
 };
 
 // ---------------------------------------------------------------- modules

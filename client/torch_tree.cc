@@ -67,9 +67,6 @@ struct DTypePair {
   DType dtype;
 };
 
-// Largest chunk a server accepts: the staging buffers hold one.
-constexpr size_t kMaxChunkBytes = 4 << 20;
-
 constexpr DTypePair kDTypes[] = {
     {c10::ScalarType::Float, DType::kFloat32},
     {c10::ScalarType::Double, DType::kFloat64},
@@ -185,14 +182,17 @@ class Flattener {
     node.data.size = static_cast<uint64_t>(tensor.numel()) * tensor.element_size();
     if (!snapshot_ && !tensor.device().is_cpu() && node.data.size > 0) {
       // Streamed from the device through pinned buffers, chunk by chunk.
+      // The .contiguous() copy (if any) is queued on this thread's current
+      // stream; the staging is ordered after it in Flatten, once every
+      // tensor has been visited.
       try {
-        out_->device_sources.push_back(
-            std::make_unique<DeviceSource>(tensor.detach().contiguous(), kMaxChunkBytes));
+        out_->pending.push_back({tensor.detach().contiguous(), path,
+                                 out_->input.tree.size()});
       } catch (const c10::Error& e) {
         return absl::InternalError(
             absl::StrCat("tensor '", path, "': ", e.what_without_backtrace()));
       }
-      return Add(std::move(node), -1, -1, out_->device_sources.back().get());
+      return Add(std::move(node));
     }
     at::Tensor host;
     try {
@@ -252,10 +252,31 @@ absl::StatusOr<c10::ScalarType> ToScalarType(DType dtype) {
 
 absl::StatusOr<FlatValue> Flatten(const c10::IValue& value, bool snapshot) {
   FlatValue out;
+  // Captured before anything is queued: the caller's current streams.
+  const CallerStreams caller;
   // Blobs and tensors are referenced by span: reserve nothing, but keep
   // vectors from reallocating strings under the spans by building spans last.
   Flattener flattener(snapshot, &out);
   CKPT_RETURN_IF_ERROR(flattener.Visit(value, {}, ""));
+  // Device tensors: one staging per device, ordered after the caller's
+  // queued work and the .contiguous() copies just queued.
+  std::map<std::string, std::shared_ptr<SaveStaging>> by_device;
+  for (FlatValue::PendingSource& p : out.pending) {
+    const c10::Device device = p.tensor.device();
+    std::shared_ptr<SaveStaging>& staging = by_device[device.str()];
+    if (!staging) {
+      auto created = SaveStaging::Create(device, caller.Get(device));
+      if (!created.ok()) {
+        return Annotate(created.status(), absl::StrCat("tensor '", p.name, "'"));
+      }
+      staging = *std::move(created);
+      out.stagings.push_back(staging);
+    }
+    out.device_sources.push_back(
+        std::make_unique<DeviceSource>(std::move(p.tensor), p.name, staging));
+    out.input.sources[p.node] = out.device_sources.back().get();
+  }
+  out.pending.clear();
   // Spans into `blobs` were taken while the vector grew: rebuild them now.
   size_t blob = 0, tensor = 0;
   for (size_t i = 0; i < out.input.tree.size(); ++i) {
@@ -298,7 +319,8 @@ absl::Status IValueSink::OnTree(const VersionInfo& version, const Tree& tree) {
   tensors_.assign(tree.size(), at::Tensor());
   blobs_.assign(tree.size(), std::string());
   host_direct_.assign(tree.size(), false);
-  const std::vector<std::string> keys = FlattenedKeys(tree);
+  keys_ = FlattenedKeys(tree);
+  const std::vector<std::string>& keys = keys_;
   std::vector<at::Tensor> chosen(tree.size());
   if (choose_destinations) CKPT_RETURN_IF_ERROR(choose_destinations(tree, keys, &chosen));
   for (size_t i = 0; i < tree.size(); ++i) {
@@ -355,13 +377,13 @@ absl::Status IValueSink::OnData(size_t node, uint64_t offset, absl::string_view 
   if (!dst.device().is_cpu() && dst.is_contiguous()) {
     auto& uploader = uploaders_[dst.device().str()];
     if (!uploader) {
-      try {
-        uploader = std::make_unique<DeviceUploader>(dst.device());
-      } catch (const c10::Error& e) {
-        return absl::InternalError(e.what_without_backtrace());
-      }
+      // Created on the loading thread, after OnTree's allocations; its
+      // stream waits for the caller's stream captured at construction.
+      auto created = DeviceUploader::Create(dst.device(), caller_streams_.Get(dst.device()));
+      if (!created.ok()) return Annotate(created.status(), absl::StrCat("tensor '", keys_[node], "'"));
+      uploader = *std::move(created);
     }
-    return uploader->Write(dst, offset, bytes);
+    return uploader->Write(dst, keys_[node], offset, bytes);
   }
   // A non-contiguous destination: copy the piece through a host tensor into
   // the right byte range.
@@ -384,7 +406,8 @@ absl::Status IValueSink::OnData(size_t node, uint64_t offset, absl::string_view 
       }
     }
   } catch (const c10::Error& e) {
-    return absl::InternalError(e.what_without_backtrace());
+    return absl::InternalError(
+        absl::StrCat("tensor '", keys_[node], "': ", e.what_without_backtrace()));
   }
   return absl::OkStatus();
 }
@@ -499,13 +522,15 @@ class Builder {
 
 }  // namespace
 
-void IValueSink::FinishDeviceCopies() {
-  for (auto& [device, uploader] : uploaders_) uploader->Finish();
+absl::Status IValueSink::FinishDeviceCopies() {
+  absl::Status status;
+  for (auto& [device, uploader] : uploaders_) status.Update(uploader->Finish());
+  return status;
 }
 
 absl::StatusOr<c10::IValue> IValueSink::Build(const RenameRules& rename) {
   if (tree_.empty()) return absl::InternalError("nothing was loaded");
-  FinishDeviceCopies();
+  CKPT_RETURN_IF_ERROR(FinishDeviceCopies());
   Builder builder(tree_, tensors_, blobs_, rename);
   size_t i = 0;
   return builder.Build(&i, 0);

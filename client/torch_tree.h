@@ -26,15 +26,30 @@ struct FlatValue {
   SaveInput input;
   std::vector<at::Tensor> tensors;
   std::vector<std::string> blobs;
-  /// Pull sources of device tensors (input.sources points at them).
+  /// Staging of device tensors, one per device, shared by its tensors: the
+  /// pinned memory of a save is bounded by SaveStaging::kSlots chunks per
+  /// device whatever the number of tensors.
+  std::vector<std::shared_ptr<SaveStaging>> stagings;
+  /// Pull sources of device tensors (input.sources points at them); each
+  /// waits for its copies in flight when destroyed.
   std::vector<std::unique_ptr<DataSource>> device_sources;
+  /// While flattening: device tensors (made contiguous) waiting for their
+  /// device's staging.
+  struct PendingSource {
+    at::Tensor tensor;
+    std::string name;
+    size_t node;
+  };
+  std::vector<PendingSource> pending;
 };
 
 /// Flattens `value`. With `snapshot`, every tensor is copied to fresh host
 /// memory (so the caller may change its tensors right away); without it CPU
 /// contiguous tensors are referenced in place, non-contiguous ones copied one
 /// by one, and device tensors read chunk by chunk through pinned staging
-/// buffers (DeviceSource).
+/// buffers (DeviceSource). Call it on the thread that saves: device reads
+/// are ordered after the work queued on that thread's current streams (and
+/// after the .contiguous() copies it queues there).
 /// InvalidArgument naming the key for values that cannot be saved (sparse or
 /// quantized tensors, dict keys other than str/int, objects).
 absl::StatusOr<FlatValue> Flatten(const c10::IValue& value, bool snapshot);
@@ -48,6 +63,10 @@ absl::StatusOr<c10::ScalarType> ToScalarType(DType dtype);
 /// mapped device and filled piece by piece (CPU tensors directly in their
 /// memory). `destinations`, when set, gives an existing tensor for some
 /// nodes (index -> tensor) to fill in place instead.
+///
+/// Construct it on the thread that calls the load: copies into device
+/// tensors start after the work queued on that thread's current streams at
+/// construction (CallerStreams).
 class IValueSink : public LoadSink {
  public:
   explicit IValueSink(MapLocation map_location) : map_location_(std::move(map_location)) {}
@@ -55,8 +74,10 @@ class IValueSink : public LoadSink {
   absl::Status OnTree(const VersionInfo& version, const Tree& tree) override;
   absl::Status OnData(size_t node, uint64_t offset, absl::string_view bytes) override;
 
-  /// Waits for the asynchronous host-to-device copies. Build() calls it.
-  void FinishDeviceCopies();
+  /// Waits for the asynchronous host-to-device copies (host
+  /// synchronisation: the tensors are ready for whatever the caller queues
+  /// next). Build() calls it. Internal naming the tensor on a CUDA error.
+  absl::Status FinishDeviceCopies();
 
   /// After the load: the value (renaming keys of state_dict-like dicts).
   absl::StatusOr<c10::IValue> Build(const RenameRules& rename);
@@ -77,11 +98,16 @@ class IValueSink : public LoadSink {
 
  private:
   MapLocation map_location_;
+  const CallerStreams caller_streams_;  // captured at construction
   VersionInfo version_;
   Tree tree_;
+  std::vector<std::string> keys_;    // flattened key per node, for errors
   std::vector<at::Tensor> tensors_;  // per node
   std::vector<std::string> blobs_;   // per node (byte leaves)
   std::vector<bool> host_direct_;    // data written straight into tensors_[i]
+  // Declared after tensors_, so destroyed before them: each uploader's
+  // destructor waits for its copies before the tensors they write are freed
+  // (a failed load must not leave copies into freed memory).
   std::map<std::string, std::unique_ptr<DeviceUploader>> uploaders_;  // by device
 };
 
