@@ -80,6 +80,38 @@ install_python_torch() {
   fi
 }
 
+install_python_package() {
+  # The ckpt Python package (python/, editable: it imports from this checkout)
+  # and what it and its tests need, into the python3 first on PATH. Skipped
+  # when the pinned versions are there and ckpt already imports from here.
+  local py=python3 root
+  root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+  if [[ "$(command -v "$py")" == /usr/bin/python3 ]]; then return; fi
+  if ! "$py" - <<'PYEOF' >/dev/null 2>&1; then
+import importlib.metadata as m
+def v(name):
+    return tuple(int(x) for x in m.version(name).split(".")[:3] if x.isdigit())
+assert v("grpcio") >= (1, 85, 1) and v("protobuf") >= (7, 35, 1) and v("protobuf") < (8,)
+assert v("xxhash") >= (3, 0) and v("pytest") >= (7, 0)
+assert m.version("grpcio-tools") == "1.85.1"
+import grpc, google.protobuf, xxhash, pytest, numpy
+PYEOF
+    echo "install-deps: installing grpcio, protobuf, xxhash, pytest, grpcio-tools from PyPI" >&2
+    "$py" -m pip install -q --disable-pip-version-check --root-user-action=ignore \
+      "grpcio>=1.85.1,<2" "protobuf>=7.35.1,<8" "xxhash>=3" "pytest>=7" \
+      "grpcio-tools==1.85.1" numpy >/dev/null
+  fi
+  local where
+  where="$("$py" -c 'import os, ckpt; print(os.path.realpath(ckpt.__file__))' 2>/dev/null || true)"
+  if [[ "$where" != "$(realpath "$root/python/src/ckpt/__init__.py")" ]]; then
+    echo "install-deps: installing the ckpt Python package (pip install -e python)" >&2
+    local isolation=()
+    if "$py" -c 'import setuptools' >/dev/null 2>&1; then isolation=(--no-build-isolation); fi
+    "$py" -m pip install -q --disable-pip-version-check --root-user-action=ignore \
+      --no-deps "${isolation[@]}" -e "$root/python" >/dev/null
+  fi
+}
+
 missing=()
 for p in "${pkgs[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
@@ -99,4 +131,5 @@ fi
 if [[ "$mode" == default ]]; then
   install_grpcurl
   install_python_torch
+  install_python_package
 fi
