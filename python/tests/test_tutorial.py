@@ -226,7 +226,7 @@ def test_data_parallel_prefix(client, name):
 def save_on_fake_device(client, name, device):
     """Saves {"w": tensor} recorded as living on `device` (no such device here)."""
     flat = _tree.flatten({"w": torch.arange(6, dtype=torch.float32).reshape(2, 3)})
-    flat.nodes[1].tensor.device = device
+    flat.entries[1].device = device
     client._save_flat(name, flat)
 
 

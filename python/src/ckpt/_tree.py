@@ -69,39 +69,95 @@ def join(path: str, part: str) -> str:
     return part if not path else f"{path}/{part}"
 
 
+# dtypes whose numpy arrays memoryview can cast to bytes directly (fast path).
+_NUMPY_NATIVE = {torch.float32, torch.float64, torch.float16, torch.int8, torch.int16,
+                 torch.int32, torch.int64, torch.uint8, torch.bool}
+
+
 def tensor_bytes(tensor: torch.Tensor) -> Tuple[memoryview, torch.Tensor]:
     """A uint8 memoryview of a CPU tensor's elements (contiguous; copied only if it
     is not), and the tensor that owns that memory (keep it alive)."""
     t = tensor.detach()
-    if t.is_conj():
-        t = t.resolve_conj()
-    if t.is_neg():
-        t = t.resolve_neg()
+    if t.is_complex() or t.is_neg():
+        t = t.resolve_conj().resolve_neg()
     if not t.is_contiguous():
         t = t.contiguous()
     if t.numel() == 0:
         return memoryview(b""), t
+    if t.dtype in _NUMPY_NATIVE and t.dim():
+        return memoryview(t.numpy()).cast("B"), t
     flat = t.reshape(-1).view(torch.uint8)
     return memoryview(flat.numpy()), t
 
 
+class Entry:
+    """One node of a flattened value: what its protobuf Node will say, and its data."""
+
+    __slots__ = ("key", "kind", "value", "size", "dtype", "shape", "device", "requires_grad",
+                 "data")
+
+    def __init__(self, key: Union[str, int, None], kind: str, value: Any = None) -> None:
+        self.key = key
+        self.kind = kind  # dict list tuple none bool int float str tensor bytes
+        self.value = value  # scalar value, or the number of children of a container
+        self.size = 0  # data bytes (tensor, bytes)
+        self.dtype = 0
+        self.shape: Sequence[int] = ()
+        self.device = ""
+        self.requires_grad = False
+        self.data: Data = None
+
+    def fill(self, node: pb.Node) -> Optional[pb.DataRef]:
+        """Writes this entry into ``node``; returns its DataRef (tensor, bytes) or None."""
+        key = self.key
+        if key is not None:
+            if type(key) is str:
+                node.str_key = key
+            else:
+                node.int_key = key
+        kind = self.kind
+        if kind == "tensor":
+            meta = node.tensor
+            meta.dtype = self.dtype
+            meta.shape.extend(self.shape)
+            meta.device = self.device
+            if self.requires_grad:
+                meta.requires_grad = True
+            ref = meta.data
+            ref.size = self.size
+            return ref
+        if kind == "bytes":
+            ref = node.bytes.data
+            ref.size = self.size
+            return ref
+        if kind == "dict":
+            node.dict.size = self.value
+        elif kind == "list":
+            node.list.size = self.value
+        elif kind == "tuple":
+            node.tuple.size = self.value
+        elif kind == "none":
+            node.none.SetInParent()
+        elif kind == "bool":
+            node.bool_value = self.value
+        elif kind == "int":
+            node.int_value = self.value
+        elif kind == "float":
+            node.float_value = self.value
+        else:
+            node.string_value = self.value
+        return None
+
+
 class Flat:
-    """A value flattened for a save: pre-order nodes and each node's data."""
+    """A value flattened for a save: its nodes in pre-order."""
 
     def __init__(self) -> None:
-        self.nodes: List[pb.Node] = []
-        self.data: List[Data] = []
+        self.entries: List[Entry] = []
 
     @property
     def data_bytes(self) -> int:
-        total = 0
-        for node in self.nodes:
-            which = node.WhichOneof("value")
-            if which == "tensor":
-                total += node.tensor.data.size
-            elif which == "bytes":
-                total += node.bytes.data.size
-        return total
+        return sum(e.size for e in self.entries)
 
 
 def flatten(value: Any, snapshot: bool = False) -> Flat:
@@ -117,7 +173,7 @@ def flatten(value: Any, snapshot: bool = False) -> Flat:
     ValueError for out-of-range values; nothing is sent then.
     """
     out = Flat()
-    _visit(value, None, "", 0, snapshot, out)
+    _visit(value, None, "", 0, snapshot, out.entries)
     return out
 
 
@@ -125,41 +181,39 @@ def _where(path: str) -> str:
     return f"'{path}'" if path else "the root value"
 
 
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+
+
 def _visit(v: Any, key: Union[str, int, None], path: str, depth: int, snapshot: bool,
-           out: Flat) -> None:
+           out: List[Entry]) -> None:
     if depth > MAX_DEPTH:
         raise ValueError(f"{_where(path)} is nested deeper than {MAX_DEPTH} levels")
-    node = pb.Node()
-    if isinstance(key, str):
-        node.str_key = key
-    elif key is not None:
-        node.int_key = key
-    data: Data = None
-    if isinstance(v, torch.Tensor):
-        data = _tensor_node(v, path, snapshot, node)
+    t = type(v)
+    if t in _PLAIN_TENSORS or isinstance(v, torch.Tensor):
+        out.append(_tensor_entry(v, key, path, snapshot))
     elif v is None:
-        node.none.SetInParent()
-    elif isinstance(v, bool):
-        node.bool_value = v
-    elif isinstance(v, int):
+        out.append(Entry(key, "none"))
+    elif t is bool:
+        out.append(Entry(key, "bool", v))
+    elif t is int or (isinstance(v, int) and not isinstance(v, bool)):
         if not _INT64_MIN <= v <= _INT64_MAX:
             raise ValueError(f"{_where(path)}: int {v} does not fit in 64 bits")
-        node.int_value = v
+        out.append(Entry(key, "int", int(v)))
     elif isinstance(v, float):
-        node.float_value = v
+        out.append(Entry(key, "float", float(v)))
     elif isinstance(v, str):
         if len(v) > MAX_INLINE_STRING // 4 and len(v.encode("utf-8")) > MAX_INLINE_STRING:
             raise ValueError(f"{_where(path)}: strings are limited to 64 KiB; store larger "
                              "text as bytes")
-        node.string_value = v
+        out.append(Entry(key, "str", str(v)))
     elif isinstance(v, (bytes, bytearray, memoryview)):
         blob = memoryview(bytes(v) if not isinstance(v, bytes) else v).cast("B")
-        node.bytes.data.size = len(blob)
-        data = blob
-    elif type(v) in (dict, collections.OrderedDict):
-        node.dict.size = len(v)
-        out.nodes.append(node)
-        out.data.append(None)
+        e = Entry(key, "bytes")
+        e.size = len(blob)
+        e.data = blob
+        out.append(e)
+    elif t is dict or t is collections.OrderedDict:
+        out.append(Entry(key, "dict", len(v)))
         for k, item in v.items():
             if isinstance(k, bool) or not isinstance(k, (str, int)):
                 raise TypeError(f"dict {_where(path)} has a key {k!r} of type "
@@ -167,15 +221,10 @@ def _visit(v: Any, key: Union[str, int, None], path: str, depth: int, snapshot: 
             if isinstance(k, int) and not _INT64_MIN <= k <= _INT64_MAX:
                 raise ValueError(f"dict {_where(path)}: key {k} does not fit in 64 bits")
             _visit(item, k, join(path, str(k)), depth + 1, snapshot, out)
-        return
-    elif type(v) is list or type(v) is tuple or type(v) is torch.Size:
-        container = node.list if type(v) is list else node.tuple
-        container.size = len(v)
-        out.nodes.append(node)
-        out.data.append(None)
+    elif t is list or t is tuple or t is torch.Size:
+        out.append(Entry(key, "list" if t is list else "tuple", len(v)))
         for i, item in enumerate(v):
             _visit(item, None, join(path, str(i)), depth + 1, snapshot, out)
-        return
     elif isinstance(v, torch.nn.Module):
         raise TypeError(
             f"cannot save {_where(path)}: a {type(v).__qualname__} module object; save its "
@@ -185,35 +234,34 @@ def _visit(v: Any, key: Union[str, int, None], path: str, depth: int, snapshot: 
             f"cannot save {_where(path)}: a value of type {type(v).__module__}."
             f"{type(v).__qualname__}; ckpt stores tensors, dicts (str or int keys), lists, "
             "tuples, int, float, bool, str, bytes and None (no pickled objects)")
-    out.nodes.append(node)
-    out.data.append(data)
 
 
-def _tensor_node(t: torch.Tensor, path: str, snapshot: bool, node: pb.Node) -> Data:
-    if t.layout != torch.strided or t.is_quantized or t.device.type == "meta" or (
-            hasattr(t, "is_mkldnn") and t.is_mkldnn):
-        raise TypeError(f"cannot save tensor {_where(path)}: only dense strided tensors "
-                        f"(layout {t.layout})")
-    if type(t) not in (torch.Tensor, torch.nn.Parameter):
+def _tensor_entry(t: torch.Tensor, key: Union[str, int, None], path: str,
+                  snapshot: bool) -> Entry:
+    if type(t) not in _PLAIN_TENSORS:
         raise TypeError(f"cannot save {_where(path)}: tensor subclass "
                         f"{type(t).__module__}.{type(t).__qualname__} (save a plain tensor, "
                         "e.g. a DTensor through ckpt.dcp)")
-    code = TO_PB.get(t.dtype)
+    device = t.device
+    if t.layout is not torch.strided or device.type == "meta":
+        raise TypeError(f"cannot save tensor {_where(path)}: only dense strided tensors with "
+                        f"data (layout {t.layout}, device {device})")
+    code = TO_PB.get(t.dtype)  # quantized dtypes are not there either
     if code is None:
         raise TypeError(f"cannot save tensor {_where(path)}: dtype {t.dtype} is not supported")
-    meta = node.tensor
-    meta.dtype = code
-    meta.shape.extend(t.shape)
-    meta.device = str(t.device)
-    meta.requires_grad = bool(t.requires_grad)
-    meta.data.size = t.numel() * t.element_size()
-    if snapshot or t.device.type != "cpu":
-        if snapshot:
-            host = torch.empty(t.shape, dtype=t.dtype)
-            host.copy_(t.detach())
-            return tensor_bytes(host)[0]
-        return t.detach()  # copied to the host when its batch is sent
-    return t.detach()
+    e = Entry(key, "tensor")
+    e.dtype = code
+    e.shape = tuple(t.shape)
+    e.device = "cpu" if device.type == "cpu" else str(device)
+    e.requires_grad = t.requires_grad
+    e.size = t.nbytes
+    if snapshot:
+        host = torch.empty(t.shape, dtype=t.dtype)
+        host.copy_(t.detach())
+        e.data = tensor_bytes(host)[0]
+    else:
+        e.data = t.detach()  # made contiguous (and copied to the host) when sent
+    return e
 
 
 def data_view(data: Data) -> Tuple[memoryview, Any]:

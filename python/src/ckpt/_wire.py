@@ -67,8 +67,16 @@ class ChunkFrames:
 
     def add_chunk(self, digest: bytes, data: memoryview) -> Iterator[bytes]:
         """Adds one chunk (split into pieces as needed); yields complete frames."""
-        off = 0
         n = len(data)
+        if n <= self.limit - self._data:  # the common case: one piece, no frame yet
+            head = _PIECE_DIGEST + digest + _PIECE_DATA + varint(n)
+            lead = _CHUNK_BATCH_PIECES + varint(len(head) + n) + head
+            self._parts.append(lead)
+            self._parts.append(data)
+            self._body += len(lead) + n
+            self._data += n
+            return
+        off = 0
         while off < n:
             if self._data >= self.limit:
                 yield self.flush()

@@ -286,42 +286,51 @@ class _SaveCall:
     def _prepare(self, start: int, chunk_size: int) -> _Batch:
         """Hashes the nodes of the next batch (runs ahead on a worker thread;
         xxhash releases the GIL)."""
-        flat = self.flat
+        entries = self.flat.entries
         batch = pb.SaveRequest()
         nodes = batch.nodes.nodes
+        add = nodes.add
         sources: Dict[bytes, memoryview] = {}
         owners: List[Any] = []
-        data = chunks = proto = 0
+        data = chunks = proto = count = 0
         i = start
         limit = self.client._batch_bytes
-        n = len(flat.nodes)
-        while i < n and len(nodes) < _MAX_BATCH_NODES and proto < _NODE_BATCH_PROTO and (
-                not len(nodes) or data < limit):
-            node = flat.nodes[i]
-            d = flat.data[i]
-            if d is not None:
-                mv, owner = _tree.data_view(d)
-                owners.append(owner)
-                ref = node.tensor.data if node.WhichOneof("value") == "tensor" else node.bytes.data
-                size = len(mv)
-                if size != ref.size:
-                    raise InvalidArgument(f"node {i}: {size} bytes given, {ref.size} declared")
-                del ref.chunks[:]
-                ref.chunk_size = chunk_size if size else 0
+        n = len(entries)
+        hasher = xxhash.xxh3_128
+        while i < n and count < _MAX_BATCH_NODES and proto < _NODE_BATCH_PROTO and (
+                not count or data < limit):
+            e = entries[i]
+            ref = e.fill(add())
+            count += 1
+            i += 1
+            if ref is None:
+                proto += 32
+                continue
+            size = e.size
+            if not size:
+                proto += 64
+                continue
+            mv, owner = _tree.data_view(e.data)
+            owners.append(owner)
+            if len(mv) != size:
+                raise InvalidArgument(f"node {i - 1}: {len(mv)} bytes given, {size} declared")
+            ref.chunk_size = chunk_size
+            if size <= chunk_size:
+                digest = hasher(mv).digest()
+                ref.chunks.append(digest)
+                sources[digest] = mv
+                chunks += 1
+            else:
                 digests = []
                 for off in range(0, size, chunk_size):
                     piece = mv[off:off + chunk_size]
-                    digest = xxhash.xxh3_128(piece).digest()
+                    digest = hasher(piece).digest()
                     digests.append(digest)
                     sources[digest] = piece
                 ref.chunks.extend(digests)
                 chunks += len(digests)
-                data += size
-                proto += 64 + 18 * len(digests)
-            else:
-                proto += 32
-            nodes.append(node)
-            i += 1
+            data += size
+            proto += 64 + 18 * ((size + chunk_size - 1) // chunk_size)
         return _Batch(batch.SerializeToString(), sources, owners, data, chunks, i)
 
     def send(self) -> None:
@@ -338,7 +347,7 @@ class _SaveCall:
                 chunk_size = min(client._chunk_size, accepted.max_chunk_bytes)
             if chunk_size <= 0:
                 raise Internal("server announced chunk size 0")
-            n = len(self.flat.nodes)
+            n = len(self.flat.entries)
             if n == 0:
                 raise InvalidArgument("nothing to save: empty tree")
             index = 0
