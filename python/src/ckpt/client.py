@@ -738,7 +738,8 @@ class Client:
 
     def save(self, obj: Any, name: str, *, tags: Sequence[str] = (), step: int = 0,
              epoch: int = 0, metadata: Optional[Dict[str, Any]] = None,
-             timeout: Optional[float] = None) -> SaveResult:
+             timeout: Optional[float] = None, rank: int = 0, world_size: int = 1,
+             save_id: str = "") -> SaveResult:
         """``torch.save(obj, ...)`` as the next version of ``name``.
 
         ``obj`` is anything ``torch.save`` takes in the PyTorch tutorial: tensors of
@@ -751,10 +752,16 @@ class Client:
                 path. Nothing is sent.
             ckpt.Error: the server refused (InvalidArgument for a bad name,
                 PermissionDenied, ResourceExhausted for a quota, ...).
+
+        Several ranks can save parts of one version (like the C++ client's
+        SaveOptions): each passes its ``rank``, the ``world_size`` and a ``save_id``
+        all share, with a dict as ``obj`` (the version is the union of the dicts);
+        each call returns once every part is in and the version committed.
         """
         flat = _tree.flatten(obj, snapshot=False)
+        part = Part(rank, world_size, save_id) if world_size > 1 else None
         return self._save_flat(name, flat, step=step, epoch=epoch, metadata=metadata,
-                               tags=tags, timeout=timeout)
+                               tags=tags, part=part, timeout=timeout)
 
     def save_async(self, obj: Any, name: str, *, tags: Sequence[str] = (), step: int = 0,
                    epoch: int = 0, metadata: Optional[Dict[str, Any]] = None,
