@@ -17,6 +17,7 @@ import datetime
 import fnmatch
 import os
 import queue
+import sys
 import threading
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -446,6 +447,38 @@ def _alloc_host(nbytes: int) -> Tuple[torch.Tensor, memoryview]:
     return buf, (memoryview(buf.numpy()) if nbytes else memoryview(bytearray()))
 
 
+def _writable_bytes(t: torch.Tensor) -> memoryview:
+    """A writable uint8 memoryview of a fresh contiguous CPU tensor's memory."""
+    if t.numel() == 0:
+        return memoryview(bytearray())
+    if t.dtype in _tree._NUMPY_NATIVE and t.dim():
+        return memoryview(t.numpy()).cast("B")
+    return memoryview(t.reshape(-1).view(torch.uint8).numpy())
+
+
+_malloc_tuned = False
+
+
+def _tune_malloc() -> None:
+    """Keeps glibc from returning freed message buffers to the kernel between
+    messages (each 1 MiB message would otherwise fault fresh pages in: SPEC
+    measured loads 1.5-2x slower). Sets M_MMAP_THRESHOLD to 8 MiB and
+    M_TRIM_THRESHOLD to 64 MiB once per process; CKPT_MALLOC_TUNING=0 skips it."""
+    global _malloc_tuned
+    if _malloc_tuned:
+        return
+    _malloc_tuned = True
+    if os.environ.get("CKPT_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 8 << 20)   # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 64 << 20)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+
+
 class _ValueSink(_Sink):
     """Builds the value torch.load would return."""
 
@@ -454,7 +487,7 @@ class _ValueSink(_Sink):
         self.version: Optional[VersionInfo] = None
         self.nodes: List[pb.Node] = []
         self.keys: List[str] = []
-        self.buffers: Dict[int, torch.Tensor] = {}
+        self.tensors: Dict[int, torch.Tensor] = {}
         self.views: Dict[int, memoryview] = {}
 
     def on_tree(self, version: VersionInfo, nodes: List[pb.Node]) -> None:
@@ -471,11 +504,14 @@ class _ValueSink(_Sink):
                     raise InvalidArgument(f"tensor '{self.keys[i]}': dtype "
                                           f"{pb.DType.Name(meta.dtype)} is not supported by "
                                           f"torch {torch.__version__}")
-                target = _tree.target_device(self.map_location, meta.device)
-                if target is not None and not _tree.device_available(target):
-                    raise FailedPrecondition(
-                        _tree.unavailable_message(self.keys[i], meta.device, target))
-                self.buffers[i], self.views[i] = _alloc_host(meta.data.size)
+                if meta.device != "cpu" or self.map_location is not None:
+                    target = _tree.target_device(self.map_location, meta.device)
+                    if target is not None and not _tree.device_available(target):
+                        raise FailedPrecondition(
+                            _tree.unavailable_message(self.keys[i], meta.device, target))
+                t = torch.empty(tuple(meta.shape), dtype=_tree.FROM_PB[meta.dtype])
+                self.tensors[i] = t
+                self.views[i] = _writable_bytes(t)
 
     def on_data(self, node: int, offset: int, data: memoryview) -> None:
         self.views[node][offset:offset + len(data)] = data
@@ -489,15 +525,14 @@ class _ValueSink(_Sink):
             elif which == "tensor":
                 leaves[i] = self._tensor(i, node.tensor)
         self.views.clear()
-        self.buffers.clear()
+        self.tensors.clear()
         return _tree.build(self.nodes, leaves, strip_prefix)
 
     def _tensor(self, i: int, meta: pb.TensorMeta) -> torch.Tensor:
-        dtype = _tree.FROM_PB[meta.dtype]
-        t = self.buffers[i].view(dtype).reshape(tuple(meta.shape))
+        t = self.tensors[i]
         if callable(self.map_location) and not isinstance(self.map_location, dict):
             t = _tree.apply_callable(self.map_location, t, meta.device, self.keys[i])
-        else:
+        elif meta.device != "cpu" or self.map_location is not None:
             target = _tree.target_device(self.map_location, meta.device)
             if target is not None and target.type != "cpu":
                 t = t.to(target)
@@ -697,6 +732,7 @@ class Client:
         with self._lock:
             if self._channel is not None:
                 return
+            _tune_malloc()
             options = [("grpc.max_receive_message_length", _MAX_RECEIVE),
                        ("grpc.max_send_message_length", 4 << 20)]
             if self._tls:
