@@ -251,3 +251,25 @@ def test_client_pickles_and_reconnects(client, name):
     client.save({"x": 1}, name)
     other = pickle.loads(pickle.dumps(client))
     assert other.target == client.target and other.versions(name)[0].version == 1
+
+
+def test_tls_with_ca_cert_and_tls_server_name(tmp_path, monkeypatch):
+    cert, key = tmp_path / "server.pem", tmp_path / "server.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                    str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=ckpt-test",
+                    "-addext", "subjectAltName=DNS:ckpt-test"], check=True,
+                   capture_output=True, timeout=60)
+    server = ServerProcess(["--tls-cert", str(cert), "--tls-key", str(key)])
+    try:
+        tls = ckpt.Client(server.address, ca_cert=cert, tls_server_name="ckpt-test")
+        assert tls.save({"x": torch.ones(2)}, "pytest/tls").version == 1
+        assert tls.load("pytest/tls")["x"].equal(torch.ones(2))
+        with pytest.raises(ckpt.Unavailable):
+            ckpt.Client(server.address, timeout=5).versions("pytest/tls")  # plaintext
+        monkeypatch.setenv("CKPT_CA_CERT", str(cert))
+        monkeypatch.setenv("CKPT_TLS_SERVER_NAME", "ckpt-test")
+        assert ckpt.Client(server.address).versions("pytest/tls")[0].version == 1
+        with pytest.raises(ValueError, match="key"):
+            ckpt.Client(server.address, cert=cert)
+    finally:
+        server.close()

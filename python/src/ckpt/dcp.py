@@ -263,6 +263,9 @@ class CkptStorageWriter(StorageWriter):
         return plan
 
     def prepare_global_plan(self, plans: List[SavePlan]) -> List[SavePlan]:
+        # A fresh id per save, sent to every rank with its plan (a writer reused
+        # without reset() must not reuse the previous save's id).
+        self.save_id = uuid.uuid4().hex
         n = len(plans)
         return [dataclasses.replace(p, storage_data=_PartPlan(self.save_id, i, n))
                 for i, p in enumerate(plans)]
@@ -275,6 +278,8 @@ class CkptStorageWriter(StorageWriter):
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> "Future[List[WriteResult]]":
         part_plan: _PartPlan = plan.storage_data
         self._part = part_plan
+        self.save_id = part_plan.save_id
+        self.result = None
         leaves: Dict[str, Any] = {}
         results: List[WriteResult] = []
         for item in plan.items:
@@ -303,14 +308,17 @@ class CkptStorageWriter(StorageWriter):
         errors = self._part_error = []
 
         # The stream stays open until the version commits (the coordinator's
-        # metadata part completes it); a non-daemon thread waits for it.
+        # metadata part completes it, in finish, before dcp.save returns on any
+        # rank); a thread reads its result. A daemon: if the coordinator never
+        # commits, exiting cancels the stream instead of waiting for the
+        # server's --part-timeout.
         def wait() -> None:
             try:
                 call.result()
             except BaseException as e:  # noqa: BLE001 - reported by finish
                 errors.append(e)
 
-        self._waiter = threading.Thread(target=wait, name="ckpt-dcp-part", daemon=False)
+        self._waiter = threading.Thread(target=wait, name="ckpt-dcp-part", daemon=True)
         self._waiter.start()
         future: Future = Future()
         future.set_result(results)
