@@ -7,7 +7,7 @@
 // server's and this process's peak RSS, and ratios against the disk's
 // fsync'd sequential write speed measured in the same run.
 //
-//   bench_service [--scale F] [--workload gpt2|small|all] [--chunk-write ingest|wal]
+//   bench_service [--scale F] [--workload gpt2|small|all]
 //                 [--server PATH] [--dir DIR]
 // The server is the real ckpt-server binary, started on a fresh directory.
 
@@ -101,20 +101,17 @@ class IntoBuffers : public client::LoadSink {
 int Run(int argc, char** argv) {
   double scale = 1.0;
   std::string which = "all";
-  std::string chunk_write = "ingest";
   std::string dir_arg;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string flag = argv[i];
     if (flag == "--scale") scale = std::stod(argv[i + 1]);
     if (flag == "--workload") which = argv[i + 1];
-    if (flag == "--chunk-write") chunk_write = argv[i + 1];
     if (flag == "--dir") dir_arg = argv[i + 1];
     if (flag == "--server") setenv("CKPT_SERVER_BIN", argv[i + 1], 1);
   }
   if (!dir_arg.empty()) setenv("TMPDIR", dir_arg.c_str(), 1);
   testing::TempDir dir;
-  std::printf("ckpt service benchmark (raw tensors over loopback), scale %.3g, chunk write %s\n",
-              scale, chunk_write.c_str());
+  std::printf("ckpt service benchmark (raw tensors over loopback), scale %.3g\n", scale);
   const double disk = DiskWriteGBps(dir.path(), 1ull << 30);
   std::printf("disk fsync'd sequential write (1 GiB, 4 MiB blocks): %.2f GB/s\n\n", disk);
 
@@ -124,8 +121,7 @@ int Run(int argc, char** argv) {
 
   int index = 0;
   for (const Workload& w : workloads) {
-    auto server = testing::ServerProcess::Start(absl::StrCat(dir.path(), "/db", index++),
-                                                {"--chunk-write", chunk_write});
+    auto server = testing::ServerProcess::Start(absl::StrCat(dir.path(), "/db", index++));
     if (!server.ok()) {
       std::fprintf(stderr, "%s\n", server.status().ToString().c_str());
       return 1;

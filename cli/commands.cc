@@ -20,15 +20,6 @@ namespace {
 
 using client::RawClient;
 
-// Tags the user sets or removes: valid, and not the automatic "latest".
-absl::Status CheckUserTag(const std::string& tag) {
-  CKPT_RETURN_IF_ERROR(ValidateTag(tag));
-  if (tag == kLatestTag) {
-    return absl::InvalidArgumentError("tag 'latest' is automatic: it cannot be set or removed");
-  }
-  return absl::OkStatus();
-}
-
 // ------------------------------------------------------------------ ls
 
 struct LsArgs {
@@ -146,7 +137,7 @@ struct TagArgs {
 
 absl::Status RunTag(Context& ctx, const TagArgs& args) {
   CKPT_ASSIGN_OR_RETURN(VersionRef ref, ParseVersionRef(args.ref));
-  CKPT_RETURN_IF_ERROR(CheckUserTag(args.tag));
+  CKPT_RETURN_IF_ERROR(ValidateUserTag(args.tag));
   CKPT_ASSIGN_OR_RETURN(RawClient * client, ctx.Client());
   // A tag is pinned to a number: NAME or NAME@TAG is resolved now, so the
   // new tag does not follow the other one later.
@@ -163,7 +154,7 @@ struct UntagArgs {
 
 absl::Status RunUntag(Context& ctx, const UntagArgs& args) {
   CKPT_RETURN_IF_ERROR(ValidateName(args.name));
-  CKPT_RETURN_IF_ERROR(CheckUserTag(args.tag));
+  CKPT_RETURN_IF_ERROR(ValidateUserTag(args.tag));
   CKPT_ASSIGN_OR_RETURN(RawClient * client, ctx.Client());
   CKPT_RETURN_IF_ERROR(client->DeleteTag(args.name, args.tag));
   ctx.out() << "removed tag " << args.tag << " from " << args.name << "\n";

@@ -136,10 +136,13 @@ class GrpcRawClient final : public RawClient {
   absl::StatusOr<std::vector<VersionInfo>> ListVersions(const std::string& name) override {
     v1::ListVersionsRequest request;
     request.set_name(name);
-    v1::ListVersionsResponse response;
-    CKPT_RETURN_IF_ERROR(Unary(&v1::CheckpointService::Stub::ListVersions, request, &response));
     std::vector<VersionInfo> out;
-    for (const auto& v : response.versions()) out.push_back(rpc::FromProto(v));
+    do {  // Page by page: a name's versions may not fit one message.
+      v1::ListVersionsResponse response;
+      CKPT_RETURN_IF_ERROR(Unary(&v1::CheckpointService::Stub::ListVersions, request, &response));
+      for (const auto& v : response.versions()) out.push_back(rpc::FromProto(v));
+      request.set_page_token(response.next_page_token());
+    } while (!request.page_token().empty());
     return out;
   }
 

@@ -1,5 +1,7 @@
 #include "common/select.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 
@@ -8,8 +10,9 @@ namespace {
 
 class Selector {
  public:
-  Selector(const Tree& tree, const std::vector<KeyPattern>& patterns)
-      : tree_(tree), patterns_(patterns), keys_(FlattenedKeys(tree)) {}
+  Selector(const Tree& tree, const std::vector<KeyPattern>& patterns,
+           std::vector<std::string> keys, const std::atomic<bool>* cancelled)
+      : tree_(tree), patterns_(patterns), keys_(std::move(keys)), cancelled_(cancelled) {}
 
   // Appends the selected part of the subtree at `i` to out_; returns the
   // index after the subtree. `forced`: an ancestor matched. Sets *kept when
@@ -17,7 +20,10 @@ class Selector {
   // kMaxDepth (trees are validated before they are stored).
   size_t Visit(size_t i, bool forced, bool* kept) {
     const Node& node = tree_[i];
-    const bool matched = forced || (i > 0 && Matches(keys_[i]));
+    if (cancelled_ != nullptr && (i & 255) == 0 && cancelled_->load(std::memory_order_relaxed)) {
+      stopped_ = true;
+    }
+    const bool matched = !stopped_ && (forced || (i > 0 && Matches(keys_[i])));
     if (!node.is_container()) {
       if (matched) {
         Emit(i);
@@ -47,6 +53,7 @@ class Selector {
   }
 
   Selection Take() { return std::move(out_); }
+  bool stopped() const { return stopped_; }
 
  private:
   bool Matches(const std::string& key) const {
@@ -63,13 +70,15 @@ class Selector {
   const Tree& tree_;
   const std::vector<KeyPattern>& patterns_;
   std::vector<std::string> keys_;
+  const std::atomic<bool>* cancelled_;
+  bool stopped_ = false;  // cancelled: the rest is skipped
   Selection out_;
 };
 
 }  // namespace
 
-absl::StatusOr<Selection> SelectTree(const Tree& tree,
-                                     const std::vector<KeyPattern>& patterns) {
+absl::StatusOr<Selection> SelectTree(const Tree& tree, const std::vector<KeyPattern>& patterns,
+                                     const std::atomic<bool>* cancelled) {
   Selection all;
   if (patterns.empty()) {
     all.tree = tree;
@@ -78,13 +87,35 @@ absl::StatusOr<Selection> SelectTree(const Tree& tree,
     return all;
   }
   if (tree.empty()) return absl::InvalidArgumentError("empty tree");
-  Selector selector(tree, patterns);
+  std::vector<std::string> keys = FlattenedKeys(tree);
+  uint64_t key_bytes = 0, cost_per_byte = 0, cost_per_key = 0;
+  for (const std::string& key : keys) key_bytes += key.size();
+  for (const KeyPattern& p : patterns) {
+    cost_per_byte += std::max<uint64_t>(p.cost_per_byte(), 1);
+    cost_per_key += p.cost_per_key();
+  }
+  const uint64_t work = key_bytes * cost_per_byte + keys.size() * cost_per_key;
+  if (work > kMaxSelectWork) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        patterns.size(), " key patterns over ", keys.size(), " keys of ", key_bytes,
+        " bytes would take ", work, " steps (max ", kMaxSelectWork,
+        "): use fewer or shorter patterns"));
+  }
+  Selector selector(tree, patterns, std::move(keys), cancelled);
   bool kept = false;
   // A leaf root has no key to match: the patterns cannot select it.
   selector.Visit(0, /*forced=*/false, &kept);
+  if (selector.stopped()) return absl::CancelledError("selection cancelled");
   if (!kept) {
     std::vector<std::string> texts;
-    for (const auto& p : patterns) texts.push_back(p.pattern());
+    size_t shown = 0;
+    for (const auto& p : patterns) {
+      if (shown++ == 8) {
+        texts.push_back(absl::StrCat("... ", patterns.size() - 8, " more"));
+        break;
+      }
+      texts.push_back(Excerpt(p.pattern(), 64));
+    }
     return absl::NotFoundError(
         absl::StrCat("no key matches the patterns [", absl::StrJoin(texts, ", "), "]"));
   }

@@ -9,6 +9,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/names.h"
 
 namespace ckpt {
 namespace {
@@ -47,7 +48,8 @@ std::string Join(const std::string& parent, const std::string& child) {
   return parent.empty() ? child : absl::StrCat(parent, "/", child);
 }
 
-std::string Quoted(const std::string& key) { return absl::StrCat("'", key, "'"); }
+// Keys in messages are cut (a hostile key may be megabytes long).
+std::string Quoted(absl::string_view key) { return absl::StrCat("'", Excerpt(key, 256), "'"); }
 
 }  // namespace
 
@@ -230,9 +232,33 @@ absl::Status ValidateNodeData(const Node& node, absl::string_view key_view,
 absl::Status ValidateTree(const Tree& tree, uint32_t max_chunk_bytes) {
   if (tree.empty()) return absl::InvalidArgumentError("empty tree: no root node");
   std::vector<Frame> stack;
+  uint64_t total_key_bytes = 0;
   for (size_t i = 0; i < tree.size(); ++i) {
     const Node& node = tree[i];
     std::string key;
+    if (!stack.empty()) {
+      // Sizes first, so that no long key is ever built: each key is its
+      // parent's plus one segment, and the total bounds all of them.
+      const Frame& parent = stack.back();
+      const std::string text = KeyText(node.key, parent.next_index);
+      if (text.size() > kMaxKeyLength) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "key ", Quoted(text), " under ", Quoted(parent.key), " is ", text.size(),
+            " bytes (max ", kMaxKeyLength, ")"));
+      }
+      const size_t length = parent.key.size() + (parent.key.empty() ? 0 : 1) + text.size();
+      if (length > kMaxKeyLength) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "key ", Quoted(text), " under ", Quoted(parent.key), ": the flattened key is ", length,
+            " bytes (max ", kMaxKeyLength, ")"));
+      }
+      total_key_bytes += length;
+      if (total_key_bytes > kMaxTotalKeyBytes) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "the tree's flattened keys exceed ", kMaxTotalKeyBytes, " bytes in all (at node ", i,
+            ")"));
+      }
+    }
     if (stack.empty()) {
       if (i != 0) {
         return absl::InvalidArgumentError(
@@ -297,6 +323,27 @@ absl::Status ValidateTree(const Tree& tree, uint32_t max_chunk_bytes) {
     return absl::InvalidArgumentError(absl::StrCat(
         NodeKindName(stack.back().node->kind), " ", Quoted(stack.back().key), " is missing ",
         stack.back().remaining, " children"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateMetadata(const std::map<std::string, std::string>& metadata) {
+  if (metadata.size() > kMaxMetadataEntries) {
+    return absl::InvalidArgumentError(absl::StrCat("metadata has ", metadata.size(),
+                                                   " entries (max ", kMaxMetadataEntries, ")"));
+  }
+  size_t total = 0;
+  for (const auto& [key, value] : metadata) {
+    if (key.size() > kMaxMetadataKey || value.size() > kMaxMetadataValue) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "metadata ", Quoted(key), ": key of ", key.size(), " bytes (max ", kMaxMetadataKey,
+          "), value of ", value.size(), " bytes (max ", kMaxMetadataValue, ")"));
+    }
+    total += key.size() + value.size();
+  }
+  if (total > kMaxMetadataBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("metadata of ", total, " bytes in all (max ",
+                                                   kMaxMetadataBytes, ")"));
   }
   return absl::OkStatus();
 }

@@ -154,6 +154,13 @@ inline constexpr size_t kMaxInlineString = 64 * 1024;
 inline constexpr size_t kMaxDims = 64;
 /// Deepest nesting of containers.
 inline constexpr size_t kMaxDepth = 128;
+/// Longest flattened key of a node ("model_state_dict/fc.weight": dict keys
+/// and list indices joined by "/"), and so of any one dict key.
+inline constexpr size_t kMaxKeyLength = 64 * 1024;
+/// Most bytes of flattened keys in one tree, summed over its nodes: what
+/// listing every key of it costs (a long key shared by many children counts
+/// once per child).
+inline constexpr size_t kMaxTotalKeyBytes = 64 << 20;
 
 /// Checks one tensor or byte leaf on its own: dtype x shape agree with the
 /// data size (no negative dims, no overflow), the chunk list agrees with size
@@ -166,12 +173,27 @@ absl::Status ValidateNodeData(const Node& node, absl::string_view key,
 /// children have keys and no duplicates, other nodes' children have none,
 /// tensor dtype/shape agree with the data size, chunk lists agree with size
 /// and chunk_size (<= max_chunk_bytes), strings fit, nesting is at most
-/// kMaxDepth. InvalidArgument naming the offending key otherwise.
+/// kMaxDepth, flattened keys fit kMaxKeyLength each and kMaxTotalKeyBytes
+/// in all. InvalidArgument naming the offending key otherwise. Time and
+/// memory are linear in the tree's size plus its keys' bytes.
 absl::Status ValidateTree(const Tree& tree, uint32_t max_chunk_bytes);
 
 /// Flattened key of every node ("model_state_dict/fc.weight"; list indices as
-/// numbers; the root is ""). Assumes a valid tree.
+/// numbers; the root is ""). Assumes a valid tree (whose keys ValidateTree
+/// bounds to kMaxTotalKeyBytes in all).
 std::vector<std::string> FlattenedKeys(const Tree& tree);
+
+/// Limits of a version's user metadata: each key, each value, the number of
+/// entries and the bytes of keys and values in all (so that a version, and
+/// a page of ListVersions, always fits a message).
+inline constexpr size_t kMaxMetadataKey = 1024;
+inline constexpr size_t kMaxMetadataValue = 64 * 1024;
+inline constexpr size_t kMaxMetadataEntries = 1024;
+inline constexpr size_t kMaxMetadataBytes = 256 * 1024;
+
+/// OK if `metadata` is within the limits above; InvalidArgument saying which
+/// otherwise.
+absl::Status ValidateMetadata(const std::map<std::string, std::string>& metadata);
 
 /// Record of a committed version.
 struct VersionInfo {

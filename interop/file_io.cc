@@ -10,13 +10,13 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "common/errno_status.h"
 
 namespace ckpt::interop {
 namespace {
 
 absl::Status Errno(absl::string_view what, const std::string& path) {
-  const std::string message = absl::StrCat(what, " ", path, ": ", std::strerror(errno));
-  return errno == ENOENT ? absl::NotFoundError(message) : absl::UnavailableError(message);
+  return ErrnoStatus(errno, absl::StrCat(what, " ", path));
 }
 
 }  // namespace
@@ -88,9 +88,7 @@ absl::Status AtomicFileOutput::WriteAt(uint64_t offset, absl::string_view bytes)
     const ssize_t n = pwrite(fd_, bytes.data(), bytes.size(), static_cast<off_t>(offset));
     if (n < 0) {
       if (errno == EINTR) continue;
-      const std::string message = absl::StrCat("writing ", temp_, ": ", std::strerror(errno));
-      return errno == ENOSPC ? absl::ResourceExhaustedError(message)
-                             : absl::UnavailableError(message);
+      return ErrnoStatus(errno, absl::StrCat("writing ", temp_));
     }
     bytes.remove_prefix(static_cast<size_t>(n));
     offset += static_cast<uint64_t>(n);

@@ -2,6 +2,8 @@
 
 #include <string>
 
+#include "absl/strings/str_cat.h"
+
 namespace ckpt::rpc {
 
 // The numeric values of both enums are the canonical gRPC codes.
@@ -41,8 +43,13 @@ static_assert(static_cast<int>(absl::StatusCode::kUnauthenticated) ==
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
+  absl::string_view message = status.message();
+  if (message.size() <= kMaxStatusMessage) {
+    return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(message));
+  }
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
-                      std::string(status.message()));
+                      absl::StrCat(message.substr(0, kMaxStatusMessage), "... (message of ",
+                                   message.size(), " bytes cut)"));
 }
 
 absl::Status FromGrpcStatus(const grpc::Status& status) {

@@ -9,7 +9,13 @@
 
 namespace ckpt::rpc {
 
-/// Same code and message.
+/// Longest status message sent: gRPC carries it in a trailer, and a trailer
+/// past the peer's metadata limit (8 KiB by default) turns any status into
+/// RESOURCE_EXHAUSTED "received metadata size exceeds limit".
+inline constexpr size_t kMaxStatusMessage = 4096;
+
+/// Same code and message; a message longer than kMaxStatusMessage is cut,
+/// saying how long it was.
 grpc::Status ToGrpcStatus(const absl::Status& status);
 /// Same code and message.
 absl::Status FromGrpcStatus(const grpc::Status& status);

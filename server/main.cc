@@ -55,7 +55,7 @@ int main(int argc, char** argv) {
   ckpt::server::ServerOptions options;
   std::string data_dir = "./ckpt-data";
   uint32_t chunk_mib = 4;
-  std::string write_mode = "ingest";
+  uint64_t reserved_disk_mib = 64;
   double part_timeout_s = 600;
   double grace_s = 30;
   bool no_sync = false;
@@ -87,6 +87,11 @@ int main(int argc, char** argv) {
                  "most encoded tree bytes in one save")
       ->envname("CKPT_MAX_TREE_BYTES")
       ->capture_default_str();
+  app.add_option("--max-tree-memory", options.max_tree_memory,
+                 "most bytes of checkpoint trees held in memory at once, server-wide: saves in "
+                 "flight and multi-part parts waiting (0: no limit)")
+      ->envname("CKPT_MAX_TREE_MEMORY")
+      ->capture_default_str();
   app.add_option("--part-timeout", part_timeout_s,
                  "seconds a multi-part save waits for all its parts")
       ->envname("CKPT_PART_TIMEOUT")
@@ -95,10 +100,10 @@ int main(int argc, char** argv) {
       ->envname("CKPT_WORKER_THREADS")
       ->check(CLI::Range(1, 256))
       ->capture_default_str();
-  app.add_option("--chunk-write", write_mode,
-                 "how chunk bytes are written: ingest (SST files, written once) or wal")
-      ->envname("CKPT_CHUNK_WRITE")
-      ->check(CLI::IsMember({"ingest", "wal"}))
+  app.add_option("--reserved-disk-mib", reserved_disk_mib,
+                 "free disk space (MiB) saves leave for deletes, gc and restarts: a save that "
+                 "would leave less is refused with RESOURCE_EXHAUSTED (0: off)")
+      ->envname("CKPT_RESERVED_DISK_MIB")
       ->capture_default_str();
   app.add_flag("--no-sync", no_sync,
                "do not fsync commits (benchmarks only: a crash may lose versions)")
@@ -167,8 +172,7 @@ int main(int argc, char** argv) {
   options.idle_timeout = absl::Seconds(idle_timeout_s);
 
   options.store.path = data_dir;
-  options.store.chunk_write_mode = write_mode == "wal" ? ckpt::storage::ChunkWriteMode::kWal
-                                                       : ckpt::storage::ChunkWriteMode::kIngest;
+  options.store.reserved_disk_bytes = reserved_disk_mib << 20;
   options.store.sync_commits = !no_sync;
   options.chunk_size = chunk_mib << 20;
   options.part_timeout = absl::Seconds(part_timeout_s);

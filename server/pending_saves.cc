@@ -3,6 +3,7 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "common/names.h"
 
 namespace ckpt::server {
 
@@ -118,17 +119,30 @@ void PendingSaves::Fail(Entry& entry, const absl::Status& status) {
   }
 }
 
-void PendingSaves::RemoveWaiter(SaveWaiter* waiter) {
-  std::lock_guard<std::mutex> lock(mu_);
-  for (auto& [key, entry] : entries_) {
-    for (auto& [rank, part] : entry.parts) {
-      if (part.waiter == waiter) {
+void PendingSaves::CancelPart(SaveWaiter* waiter) {
+  Entry abandoned;
+  uint32_t cancelled_rank = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto found = entries_.end();
+    for (auto it = entries_.begin(); it != entries_.end() && found == entries_.end(); ++it) {
+      for (auto& [rank, part] : it->second.parts) {
+        if (part.waiter != waiter) continue;
         part.waiter = nullptr;
-        waiter->Unref();
-        return;
+        cancelled_rank = rank;
+        found = it;
+        break;
       }
     }
+    if (found == entries_.end()) return;
+    abandoned = std::move(found->second);
+    entries_.erase(found);
   }
+  waiter->Unref();
+  Fail(abandoned, absl::AbortedError(absl::StrCat(
+                      "rank ", cancelled_rank, " of a ", abandoned.world_size,
+                      "-part save of '", Excerpt(abandoned.name), "' was cancelled; the save is "
+                      "abandoned and nothing was saved")));
 }
 
 void PendingSaves::SweepLoop() {

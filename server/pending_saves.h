@@ -14,6 +14,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/types.h"
+#include "server/memory_budget.h"
 #include "storage/store.h"
 
 namespace ckpt::server {
@@ -39,6 +40,8 @@ struct SavePart {
   std::map<std::string, std::string> metadata;
   std::vector<std::string> tags;
   SaveWaiter* waiter = nullptr;  ///< Ref'd by AddPart.
+  /// The tree's share of the server's memory budget, released with the part.
+  MemoryReservation memory;
 };
 
 /// Registry of multi-part saves in progress. Thread-safe.
@@ -60,8 +63,11 @@ class PendingSaves {
   absl::Status AddPart(const std::string& name, const std::string& save_id,
                        uint32_t world_size, SavePart part);
 
-  /// Stops delivering to `waiter` (its stream was cancelled); its part stays.
-  void RemoveWaiter(SaveWaiter* waiter);
+  /// The stream of `waiter`'s part was cancelled: its rank is gone, so the
+  /// whole save is abandoned at once. Every part of it is dropped (their
+  /// memory and uploads released) and the other ranks get Aborted. No-op if
+  /// `waiter` waits for nothing (its save already resolved).
+  void CancelPart(SaveWaiter* waiter);
 
   /// Number of saves waiting for parts.
   size_t size();

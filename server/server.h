@@ -33,6 +33,12 @@ struct ServerOptions {
   uint64_t max_tree_nodes = 1'000'000;
   /// Most encoded tree bytes in one save. Default: 256 MiB.
   uint64_t max_tree_bytes = 256ull << 20;
+  /// Most bytes of value trees held in memory at once, server-wide: the
+  /// trees of saves in flight and of multi-part parts waiting for the rest
+  /// of their save (a tree costs ~100-300 bytes a node in memory). A save
+  /// whose tree would go past it gets ResourceExhausted. 0: no limit.
+  /// Default: 1 GiB.
+  uint64_t max_tree_memory = 1ull << 30;
   /// How long the first part of a multi-part save waits for the others.
   /// Default: 10 minutes.
   absl::Duration part_timeout = absl::Minutes(10);

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <deque>
+#include <filesystem>
 #include <mutex>
 #include <optional>
 
@@ -11,6 +12,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
 #include "common/crash_point.h"
 #include "common/names.h"
 #include "common/retention.h"
@@ -51,7 +53,7 @@ class RefCounted {
 
 // ---------------------------------------------------------------- Save
 
-class SaveReactor final : public grpc::ServerBidiReactor<v1::SaveRequest, v1::SaveResponse>,
+class SaveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>,
                           public SaveWaiter,
                           public RefCounted,
                           public IdleWatched {
@@ -60,7 +62,8 @@ class SaveReactor final : public grpc::ServerBidiReactor<v1::SaveRequest, v1::Sa
       : service_(service),
         context_(context),
         counted_(service->Enter()),
-        record_(&service->telemetry(), "Save", context->peer()) {
+        record_(&service->telemetry(), "Save", context->peer()),
+        memory_(&service->tree_memory()) {
     if (!counted_) {
       FinishOnce(absl::UnavailableError("server shutting down"));
       return;
@@ -81,7 +84,7 @@ class SaveReactor final : public grpc::ServerBidiReactor<v1::SaveRequest, v1::Sa
     }
     service->watchdog().Add(this);
     StartWaiting();
-    StartRead(&request_);
+    StartRead(&raw_request_);
   }
   ~SaveReactor() override {
     upload_.reset();  // discards what an uncommitted save wrote
@@ -111,7 +114,7 @@ class SaveReactor final : public grpc::ServerBidiReactor<v1::SaveRequest, v1::Sa
 
   void OnCancel() override {
     cancelled_.store(true);
-    if (waiting_.load()) service_->pending().RemoveWaiter(this);
+    if (waiting_.load()) service_->pending().CancelPart(this);
     FinishOnce(absl::CancelledError("save cancelled; nothing was saved"));
   }
 
@@ -171,7 +174,7 @@ class SaveReactor final : public grpc::ServerBidiReactor<v1::SaveRequest, v1::Sa
     std::lock_guard<std::mutex> lock(mu_);
     if (!done_reading_ && !finish_requested_) {
       StartWaiting();
-      StartRead(&request_);
+      StartRead(&raw_request_);
     }
   }
 
@@ -206,6 +209,8 @@ class SaveReactor final : public grpc::ServerBidiReactor<v1::SaveRequest, v1::Sa
   }
 
   absl::Status Dispatch() {
+    CKPT_RETURN_IF_ERROR(rpc::FromByteBuffer(raw_request_, &request_, "SaveRequest"));
+    raw_request_.Clear();
     switch (request_.msg_case()) {
       case v1::SaveRequest::kBegin:
         return OnBegin(request_.begin());
@@ -226,18 +231,9 @@ class SaveReactor final : public grpc::ServerBidiReactor<v1::SaveRequest, v1::Sa
     CKPT_RETURN_IF_ERROR(ValidateName(begin.name()));
     record_.set_checkpoint(begin.name());
     CKPT_RETURN_IF_ERROR(principal_->Check(Right::kWrite, begin.name()));
-    for (const std::string& tag : begin.tags()) {
-      CKPT_RETURN_IF_ERROR(ValidateTag(tag));
-      if (tag == kLatestTag) {
-        return absl::InvalidArgumentError("tag 'latest' is automatic and cannot be set");
-      }
-    }
-    for (const auto& [k, v] : begin.metadata()) {
-      if (k.size() > 1024 || v.size() > kMaxInlineString) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("metadata key or value too long (key '", k.substr(0, 64), "')"));
-      }
-    }
+    for (const std::string& tag : begin.tags()) CKPT_RETURN_IF_ERROR(ValidateUserTag(tag));
+    CKPT_RETURN_IF_ERROR(ValidateMetadata(
+        std::map<std::string, std::string>(begin.metadata().begin(), begin.metadata().end())));
     const v1::PartInfo& part = begin.part();
     if (part.world_size() > 1) {
       if (part.rank() >= part.world_size()) {
@@ -256,7 +252,7 @@ class SaveReactor final : public grpc::ServerBidiReactor<v1::SaveRequest, v1::Sa
     }
     CKPT_ASSIGN_OR_RETURN(upload_, service_->store()->BeginUpload(begin.name()));
     begin_ = begin;
-    CrashPoint("save.begin");
+    CKPT_CRASH_POINT("save.begin");
     v1::SaveResponse response;
     v1::SaveAccepted* accepted = response.mutable_accepted();
     accepted->set_chunk_size(service_->options().chunk_size);
@@ -279,10 +275,17 @@ class SaveReactor final : public grpc::ServerBidiReactor<v1::SaveRequest, v1::Sa
           absl::StrCat("tree exceeds ", options.max_tree_nodes, " nodes (--max-tree-nodes)"));
     }
     std::vector<Digest> fresh;
+    uint64_t memory = 0;
     for (const v1::Node& proto : batch.nodes()) {
       const size_t index = tree_.size();
+      if (const std::string& key = proto.str_key(); key.size() > kMaxKeyLength) {
+        return absl::InvalidArgumentError(absl::StrCat("node ", index, ": key '", Excerpt(key),
+                                                       "' is ", key.size(), " bytes (max ",
+                                                       kMaxKeyLength, ")"));
+      }
       auto node = rpc::FromProto(proto);
       if (!node.ok()) return Annotate(node.status(), absl::StrCat("node ", index));
+      memory += NodeMemory(*node);
       if (node->has_data()) {
         std::string label = absl::StrCat("node ", index);
         if (auto* s = std::get_if<std::string>(&node->key)) label = *s;
@@ -300,6 +303,13 @@ class SaveReactor final : public grpc::ServerBidiReactor<v1::SaveRequest, v1::Sa
         }
       }
       tree_.push_back(*std::move(node));
+    }
+    if (!memory_.Grow(memory)) {
+      const MemoryBudget& budget = service_->tree_memory();
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "server busy: checkpoint trees in flight hold ", budget.used(), " bytes of memory and "
+          "this save's would take ", memory_.bytes() + memory, " (--max-tree-memory ",
+          budget.limit(), "); nothing was saved, retry later"));
     }
     CKPT_ASSIGN_OR_RETURN(std::vector<bool> missing, upload_->FindMissing(fresh));
     for (size_t i = 0; i < fresh.size(); ++i) {
@@ -359,7 +369,7 @@ class SaveReactor final : public grpc::ServerBidiReactor<v1::SaveRequest, v1::Sa
         bytes = {reinterpret_cast<const uint8_t*>(buffer_.data()), buffer_.size()};
       }
       CKPT_RETURN_IF_ERROR(upload_->PutChunk(digest, bytes));
-      CrashPoint("save.chunk");
+      CKPT_CRASH_POINT("save.chunk");
       bytes_received_ += bytes.size();
       needed_.erase(digest);
       assembling_ = false;
@@ -405,14 +415,15 @@ class SaveReactor final : public grpc::ServerBidiReactor<v1::SaveRequest, v1::Sa
     save_part.metadata.insert(begin_.metadata().begin(), begin_.metadata().end());
     save_part.tags.assign(begin_.tags().begin(), begin_.tags().end());
     save_part.waiter = this;
+    save_part.memory = std::move(memory_);
     waiting_.store(true);
     if (cancelled_.load()) return absl::CancelledError("save cancelled");
     CKPT_RETURN_IF_ERROR(service_->pending().AddPart(begin_.name(), part.save_id(),
                                                      part.world_size(), std::move(save_part)));
     // OnCancel may have run between the check above and AddPart, finding no
-    // waiter to remove: remove it now, or it would be held until the save
+    // part to cancel: cancel it now, or it would be held until the save
     // resolves.
-    if (cancelled_.load()) service_->pending().RemoveWaiter(this);
+    if (cancelled_.load()) service_->pending().CancelPart(this);
     return absl::OkStatus();
   }
 
@@ -439,10 +450,11 @@ class SaveReactor final : public grpc::ServerBidiReactor<v1::SaveRequest, v1::Sa
     spec->world_size = 1;
   }
 
-  void Send(v1::SaveResponse response) {
+  void Send(const v1::SaveResponse& response) {
+    grpc::ByteBuffer raw = rpc::ToByteBuffer(response);
     std::lock_guard<std::mutex> lock(mu_);
     if (finish_requested_) return;
-    queue_.push_back(std::move(response));
+    queue_.push_back(std::move(raw));
     PumpLocked();
   }
 
@@ -473,7 +485,7 @@ class SaveReactor final : public grpc::ServerBidiReactor<v1::SaveRequest, v1::Sa
       finished_ = true;
       // Recorded before the client can see the status.
       record_.End(finish_status_);
-      Finish(rpc::ToGrpcStatus(finish_status_));
+      Finish(service_->ToClient(finish_status_));
     }
   }
 
@@ -483,10 +495,12 @@ class SaveReactor final : public grpc::ServerBidiReactor<v1::SaveRequest, v1::Sa
   bool stream_counted_ = false;
   CallRecord record_;
   std::shared_ptr<const Principal> principal_;
-  v1::SaveRequest request_;
+  grpc::ByteBuffer raw_request_;  // the message being read
+  v1::SaveRequest request_;       // ... parsed by Dispatch
 
   // Stream state, touched only by the (serialized) executor tasks.
   v1::SaveBegin begin_;
+  MemoryReservation memory_;  // tree_'s share of the server's budget
   std::unique_ptr<storage::Upload> upload_;
   Tree tree_;
   uint64_t tree_bytes_ = 0;
@@ -506,8 +520,8 @@ class SaveReactor final : public grpc::ServerBidiReactor<v1::SaveRequest, v1::Sa
 
   // Write queue.
   std::mutex mu_;
-  std::deque<v1::SaveResponse> queue_;
-  v1::SaveResponse in_flight_;
+  std::deque<grpc::ByteBuffer> queue_;
+  grpc::ByteBuffer in_flight_;
   bool writing_ = false;
   bool finish_requested_ = false;
   bool finished_ = false;
@@ -614,7 +628,7 @@ class LoadReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
     exhausted_ = true;
     final_status_ = status;
     record_.End(status);
-    Finish(rpc::ToGrpcStatus(status));
+    Finish(service_->ToClient(status));
   }
 
   void Post() {
@@ -690,7 +704,7 @@ class LoadReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
       status = absl::CancelledError("load cancelled");
     }
     record_.End(status);
-    Finish(rpc::ToGrpcStatus(final_status_));
+    Finish(service_->ToClient(final_status_));
   }
 
   // Fills *out with the next message; false when the stream is complete.
@@ -777,7 +791,7 @@ class LoadReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
     CKPT_ASSIGN_OR_RETURN(tree_, service_->store()->GetTree(version_.name, version_.version));
     std::vector<std::string> texts(request_.patterns().begin(), request_.patterns().end());
     CKPT_ASSIGN_OR_RETURN(std::vector<KeyPattern> patterns, CompilePatterns(texts));
-    CKPT_ASSIGN_OR_RETURN(selection_, SelectTree(tree_, patterns));
+    CKPT_ASSIGN_OR_RETURN(selection_, SelectTree(tree_, patterns, &cancelled_));
     uint64_t data_bytes = 0;
     for (const Node& node : selection_.tree) data_bytes += node.data.size;
     v1::LoadHeader* header = response->mutable_header();
@@ -818,11 +832,25 @@ class LoadReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
   std::shared_ptr<const std::string> chunk_;
 };
 
+// The checkpoint a request names, for its log line ("" if none).
+template <typename Req>
+auto NameOf(const Req& request, int) -> decltype(request.name(), std::string()) {
+  return request.name();
+}
+template <typename Req>
+std::string NameOf(const Req&, long) {
+  return "";
+}
+template <typename Req>
+std::string NameOf(const Req& request) {
+  return NameOf(request, 0);
+}
+
 absl::StatusOr<uint64_t> ParsePageToken(const std::string& token) {
   uint64_t value = 0;
   if (token.empty()) return value;
   if (!absl::SimpleAtoi(token, &value)) {
-    return absl::InvalidArgumentError(absl::StrCat("invalid page_token '", token, "'"));
+    return absl::InvalidArgumentError(absl::StrCat("invalid page_token '", Excerpt(token), "'"));
   }
   return value;
 }
@@ -842,6 +870,7 @@ CheckpointService::CheckpointService(storage::Store* store, const ServerOptions&
       auth_(auth ? std::move(auth) : std::make_unique<Authenticator>()),
       telemetry_(std::make_unique<Telemetry>(store, options.log_level)),
       watchdog_(std::make_unique<IdleWatchdog>(options.idle_timeout)),
+      tree_memory_(options.max_tree_memory),
       pending_(std::make_unique<PendingSaves>(store, options.store.max_chunk_bytes,
                                               options.part_timeout)),
       executor_(std::make_unique<Executor>(options.worker_threads)) {}
@@ -853,35 +882,56 @@ void CheckpointService::Stop() {
   executor_->Shutdown();  // runs what is queued, then joins
 }
 
-template <typename Fn>
+template <typename Req, typename Resp, typename Fn>
 grpc::ServerUnaryReactor* CheckpointService::RunUnary(grpc::CallbackServerContext* context,
-                                                      absl::string_view method,
-                                                      absl::string_view checkpoint, Fn fn) {
+                                                      const grpc::ByteBuffer* raw_request,
+                                                      grpc::ByteBuffer* raw_response,
+                                                      absl::string_view method, Fn fn) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   auto record = std::make_shared<CallRecord>(telemetry_.get(), method, context->peer());
-  record->set_checkpoint(checkpoint);
+  auto request = std::make_shared<Req>();
+  absl::Status parsed = rpc::FromByteBuffer(*raw_request, request.get(), Req::descriptor()->name());
+  if (parsed.ok()) record->set_checkpoint(NameOf(*request));
   if (!Enter()) {
     absl::Status status = absl::UnavailableError("server shutting down");
     record->End(status);
-    reactor->Finish(rpc::ToGrpcStatus(status));
+    reactor->Finish(ToClient(status));
     return reactor;
   }
   auto principal = Authenticate(*context);
-  if (!principal.ok()) {
-    record->End(principal.status());
-    reactor->Finish(rpc::ToGrpcStatus(principal.status()));
+  if (!principal.ok() || !parsed.ok()) {
+    const absl::Status status = principal.ok() ? parsed : principal.status();
+    record->End(status);
+    reactor->Finish(ToClient(status));
     Leave();
     return reactor;
   }
   record->set_principal((*principal)->name());
-  executor_->Post(
-      [this, reactor, record, principal = *std::move(principal), fn = std::move(fn)]() mutable {
-        absl::Status status = fn(*principal, *record);
-        record->End(status);
-        reactor->Finish(rpc::ToGrpcStatus(status));
-        Leave();
-      });
+  executor_->Post([this, reactor, record, request, raw_response,
+                   principal = *std::move(principal), fn = std::move(fn)]() mutable {
+    Resp response;
+    absl::Status status = fn(*principal, *record, *request, &response);
+    if (status.ok()) *raw_response = rpc::ToByteBuffer(response);
+    record->End(status);
+    reactor->Finish(ToClient(status));
+    Leave();
+  });
   return reactor;
+}
+
+grpc::Status CheckpointService::ToClient(const absl::Status& status) const {
+  if (status.ok() || options_.store.path.empty()) return rpc::ToGrpcStatus(status);
+  // Paths of the store's files say where the server keeps its data: not a
+  // client's business.
+  std::string message(status.message());
+  std::string dir = options_.store.path;
+  while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+  std::error_code ec;
+  const std::string absolute = std::filesystem::absolute(dir, ec).lexically_normal().string();
+  for (const std::string& path : {absolute, dir}) {
+    if (path.size() > 1) message = absl::StrReplaceAll(message, {{path, "<data-dir>"}});
+  }
+  return rpc::ToGrpcStatus(absl::Status(status.code(), message));
 }
 
 absl::StatusOr<std::shared_ptr<const Principal>> CheckpointService::Authenticate(
@@ -934,7 +984,7 @@ bool CheckpointService::Drain(absl::Duration grace) {
                             [this] { return in_flight_ == 0; });
 }
 
-grpc::ServerBidiReactor<v1::SaveRequest, v1::SaveResponse>* CheckpointService::Save(
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* CheckpointService::Save(
     grpc::CallbackServerContext* context) {
   return new SaveReactor(this, context);
 }
@@ -944,21 +994,21 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* CheckpointService::Load(
   return new LoadReactor(this, context, *request);
 }
 
-grpc::ServerUnaryReactor* CheckpointService::ListCheckpoints(
-    grpc::CallbackServerContext* context, const v1::ListCheckpointsRequest* request,
-    v1::ListCheckpointsResponse* response) {
-  return RunUnary(
-      context, "ListCheckpoints", "",
-      [this, request, response](const Principal& principal, CallRecord&) -> absl::Status {
-        const std::string& prefix = request->prefix();
+grpc::ServerUnaryReactor* CheckpointService::ListCheckpoints(grpc::CallbackServerContext* context,
+    const grpc::ByteBuffer* raw_request, grpc::ByteBuffer* raw_response) {
+  return RunUnary<v1::ListCheckpointsRequest, v1::ListCheckpointsResponse>(
+      context, raw_request, raw_response, "ListCheckpoints",
+      [this](const Principal& principal, CallRecord&, const v1::ListCheckpointsRequest& request,
+             v1::ListCheckpointsResponse* response) -> absl::Status {
+        const std::string& prefix = request.prefix();
         CKPT_RETURN_IF_ERROR(ValidatePrefix(prefix));
         const uint32_t limit =
-            request->page_size() == 0 ? kMaxListPage : std::min(request->page_size(), kMaxListPage);
+            request.page_size() == 0 ? kMaxListPage : std::min(request.page_size(), kMaxListPage);
         std::vector<CheckpointSummary> list;
         std::optional<std::vector<std::string>> scopes = principal.ReadableUnder(prefix);
         if (!scopes.has_value()) {
           CKPT_ASSIGN_OR_RETURN(list,
-                                store_->ListCheckpoints(prefix, request->page_token(), limit + 1));
+                                store_->ListCheckpoints(prefix, request.page_token(), limit + 1));
         } else {
           if (scopes->empty()) {
             return absl::PermissionDeniedError(
@@ -968,7 +1018,7 @@ grpc::ServerUnaryReactor* CheckpointService::ListCheckpoints(
           // The readable names are those of each grant prefix: list each, keep
           // the first limit + 1 of their union in order.
           for (const std::string& scope : *scopes) {
-            std::string after = request->page_token();
+            std::string after = request.page_token();
             size_t found = 0;
             while (found <= limit) {
               CKPT_ASSIGN_OR_RETURN(auto page, store_->ListCheckpoints(scope, after, limit + 1));
@@ -1005,37 +1055,50 @@ grpc::ServerUnaryReactor* CheckpointService::ListCheckpoints(
 }
 
 grpc::ServerUnaryReactor* CheckpointService::ListVersions(grpc::CallbackServerContext* context,
-                                                          const v1::ListVersionsRequest* request,
-                                                          v1::ListVersionsResponse* response) {
-  return RunUnary(
-      context, "ListVersions", request->name(),
-      [this, request, response](const Principal& principal, CallRecord&) -> absl::Status {
-        CKPT_RETURN_IF_ERROR(CheckName(principal, Right::kRead, request->name()));
-        CKPT_ASSIGN_OR_RETURN(auto versions, store_->ListVersions(request->name()));
-        for (const VersionInfo& v : versions) rpc::ToProto(v, response->add_versions());
+    const grpc::ByteBuffer* raw_request, grpc::ByteBuffer* raw_response) {
+  return RunUnary<v1::ListVersionsRequest, v1::ListVersionsResponse>(
+      context, raw_request, raw_response, "ListVersions",
+      [this](const Principal& principal, CallRecord&, const v1::ListVersionsRequest& request,
+             v1::ListVersionsResponse* response) -> absl::Status {
+        CKPT_RETURN_IF_ERROR(CheckName(principal, Right::kRead, request.name()));
+        CKPT_ASSIGN_OR_RETURN(uint64_t after, ParsePageToken(request.page_token()));
+        const uint32_t limit =
+            request.page_size() == 0 ? kMaxListPage : std::min(request.page_size(), kMaxListPage);
+        CKPT_ASSIGN_OR_RETURN(auto versions,
+                              store_->ListVersions(request.name(), after, limit + 1));
+        // Pages stop at a size that always fits a message: one version is
+        // bounded (metadata and tag limits), many are not.
+        size_t bytes = 0;
+        size_t i = 0;
+        for (; i < versions.size() && i < limit && bytes < 3 * kNodeBatchBytes; ++i) {
+          v1::VersionInfo* out = response->add_versions();
+          rpc::ToProto(versions[i], out);
+          bytes += out->ByteSizeLong() + 4;
+        }
+        if (i < versions.size()) response->set_next_page_token(absl::StrCat(versions[i - 1].version));
         return absl::OkStatus();
       });
 }
 
 grpc::ServerUnaryReactor* CheckpointService::GetManifest(grpc::CallbackServerContext* context,
-                                                         const v1::GetManifestRequest* request,
-                                                         v1::GetManifestResponse* response) {
-  return RunUnary(
-      context, "GetManifest", request->name(),
-      [this, request, response](const Principal& principal, CallRecord& record) -> absl::Status {
-        CKPT_RETURN_IF_ERROR(CheckName(principal, Right::kRead, request->name()));
-        CKPT_ASSIGN_OR_RETURN(uint64_t first, ParsePageToken(request->page_token()));
-        storage::VersionSelector selector{request->version(), request->tag()};
-        CKPT_ASSIGN_OR_RETURN(VersionInfo version, store_->GetVersion(request->name(), selector));
+    const grpc::ByteBuffer* raw_request, grpc::ByteBuffer* raw_response) {
+  return RunUnary<v1::GetManifestRequest, v1::GetManifestResponse>(
+      context, raw_request, raw_response, "GetManifest",
+      [this](const Principal& principal, CallRecord& record, const v1::GetManifestRequest& request,
+             v1::GetManifestResponse* response) -> absl::Status {
+        CKPT_RETURN_IF_ERROR(CheckName(principal, Right::kRead, request.name()));
+        CKPT_ASSIGN_OR_RETURN(uint64_t first, ParsePageToken(request.page_token()));
+        storage::VersionSelector selector{request.version(), request.tag()};
+        CKPT_ASSIGN_OR_RETURN(VersionInfo version, store_->GetVersion(request.name(), selector));
         record.set_version(version.version);
         CKPT_ASSIGN_OR_RETURN(Tree tree, store_->GetTree(version.name, version.version));
         if (first > tree.size()) {
           return absl::InvalidArgumentError(
               absl::StrCat("page_token ", first, " past the ", tree.size(), " nodes"));
         }
-        const uint32_t limit = request->page_size() == 0
+        const uint32_t limit = request.page_size() == 0
                                    ? kMaxManifestPage
-                                   : std::min(request->page_size(), kMaxManifestPage);
+                                   : std::min(request.page_size(), kMaxManifestPage);
         rpc::ToProto(version, response->mutable_version());
         response->set_first_node(first);
         size_t bytes = 0;
@@ -1051,53 +1114,56 @@ grpc::ServerUnaryReactor* CheckpointService::GetManifest(grpc::CallbackServerCon
 }
 
 grpc::ServerUnaryReactor* CheckpointService::DeleteVersion(grpc::CallbackServerContext* context,
-                                                           const v1::DeleteVersionRequest* request,
-                                                           v1::DeleteVersionResponse* response) {
-  return RunUnary(
-      context, "DeleteVersion", request->name(),
-      [this, request, response](const Principal& principal, CallRecord& record) -> absl::Status {
-        record.set_version(request->version());
-        CKPT_RETURN_IF_ERROR(CheckName(principal, Right::kAdmin, request->name()));
-        if (request->version() == 0) {
+    const grpc::ByteBuffer* raw_request, grpc::ByteBuffer* raw_response) {
+  return RunUnary<v1::DeleteVersionRequest, v1::DeleteVersionResponse>(
+      context, raw_request, raw_response, "DeleteVersion",
+      [this](const Principal& principal, CallRecord& record, const v1::DeleteVersionRequest& request,
+             v1::DeleteVersionResponse* response) -> absl::Status {
+        record.set_version(request.version());
+        CKPT_RETURN_IF_ERROR(CheckName(principal, Right::kAdmin, request.name()));
+        if (request.version() == 0) {
           return absl::InvalidArgumentError("DeleteVersion needs a version number");
         }
         CKPT_ASSIGN_OR_RETURN(
             uint64_t released,
-            store_->DeleteVersion(request->name(), request->version(), request->force()));
+            store_->DeleteVersion(request.name(), request.version(), request.force()));
         response->set_released_chunks(released);
         return absl::OkStatus();
       });
 }
 
 grpc::ServerUnaryReactor* CheckpointService::SetTag(grpc::CallbackServerContext* context,
-                                                    const v1::SetTagRequest* request,
-                                                    v1::SetTagResponse* response) {
-  return RunUnary(context, "SetTag", request->name(),
-                  [this, request](const Principal& principal, CallRecord& record) -> absl::Status {
-                    record.set_version(request->version());
-                    CKPT_RETURN_IF_ERROR(CheckName(principal, Right::kWrite, request->name()));
-                    if (request->version() == 0)
+    const grpc::ByteBuffer* raw_request, grpc::ByteBuffer* raw_response) {
+  return RunUnary<v1::SetTagRequest, v1::SetTagResponse>(
+      context, raw_request, raw_response, "SetTag",
+      [this](const Principal& principal, CallRecord& record, const v1::SetTagRequest& request,
+             v1::SetTagResponse* response) -> absl::Status {
+                    record.set_version(request.version());
+                    CKPT_RETURN_IF_ERROR(CheckName(principal, Right::kWrite, request.name()));
+                    if (request.version() == 0)
                       return absl::InvalidArgumentError("SetTag needs a version");
-                    return store_->SetTag(request->name(), request->tag(), request->version());
+                    return store_->SetTag(request.name(), request.tag(), request.version());
                   });
 }
 
 grpc::ServerUnaryReactor* CheckpointService::DeleteTag(grpc::CallbackServerContext* context,
-                                                       const v1::DeleteTagRequest* request,
-                                                       v1::DeleteTagResponse* response) {
-  return RunUnary(context, "DeleteTag", request->name(),
-                  [this, request](const Principal& principal, CallRecord&) -> absl::Status {
-                    CKPT_RETURN_IF_ERROR(CheckName(principal, Right::kWrite, request->name()));
-                    return store_->DeleteTag(request->name(), request->tag());
+    const grpc::ByteBuffer* raw_request, grpc::ByteBuffer* raw_response) {
+  return RunUnary<v1::DeleteTagRequest, v1::DeleteTagResponse>(
+      context, raw_request, raw_response, "DeleteTag",
+      [this](const Principal& principal, CallRecord&, const v1::DeleteTagRequest& request,
+             v1::DeleteTagResponse* response) -> absl::Status {
+                    CKPT_RETURN_IF_ERROR(CheckName(principal, Right::kWrite, request.name()));
+                    return store_->DeleteTag(request.name(), request.tag());
                   });
 }
 
 grpc::ServerUnaryReactor* CheckpointService::GetServerInfo(grpc::CallbackServerContext* context,
-                                                           const v1::GetServerInfoRequest* request,
-                                                           v1::GetServerInfoResponse* response) {
+    const grpc::ByteBuffer* raw_request, grpc::ByteBuffer* raw_response) {
   // Any valid token: store-wide totals, no names.
-  return RunUnary(context, "GetServerInfo", "",
-                  [this, response](const Principal&, CallRecord&) -> absl::Status {
+  return RunUnary<v1::GetServerInfoRequest, v1::GetServerInfoResponse>(
+      context, raw_request, raw_response, "GetServerInfo",
+      [this](const Principal&, CallRecord&, const v1::GetServerInfoRequest& request,
+             v1::GetServerInfoResponse* response) -> absl::Status {
                     CKPT_ASSIGN_OR_RETURN(storage::StoreStats stats, store_->Stats());
                     response->set_server_version(CKPT_VERSION);
                     response->set_chunk_size(options_.chunk_size);
@@ -1118,11 +1184,12 @@ grpc::ServerUnaryReactor* CheckpointService::GetServerInfo(grpc::CallbackServerC
                   });
 }
 
-grpc::ServerUnaryReactor* CheckpointService::GarbageCollect(
-    grpc::CallbackServerContext* context, const v1::GarbageCollectRequest* request,
-    v1::GarbageCollectResponse* response) {
-  return RunUnary(context, "GarbageCollect", "",
-                  [this, response](const Principal& principal, CallRecord&) -> absl::Status {
+grpc::ServerUnaryReactor* CheckpointService::GarbageCollect(grpc::CallbackServerContext* context,
+    const grpc::ByteBuffer* raw_request, grpc::ByteBuffer* raw_response) {
+  return RunUnary<v1::GarbageCollectRequest, v1::GarbageCollectResponse>(
+      context, raw_request, raw_response, "GarbageCollect",
+      [this](const Principal& principal, CallRecord&, const v1::GarbageCollectRequest& request,
+             v1::GarbageCollectResponse* response) -> absl::Status {
                     CKPT_RETURN_IF_ERROR(principal.CheckGlobal(Right::kAdmin, "collect garbage"));
                     CKPT_ASSIGN_OR_RETURN(storage::GcResult gc, store_->CollectGarbage());
                     response->set_chunks_removed(gc.chunks_removed);
@@ -1133,16 +1200,16 @@ grpc::ServerUnaryReactor* CheckpointService::GarbageCollect(
 }
 
 grpc::ServerUnaryReactor* CheckpointService::SetRetention(grpc::CallbackServerContext* context,
-                                                          const v1::SetRetentionRequest* request,
-                                                          v1::SetRetentionResponse* response) {
-  return RunUnary(
-      context, "SetRetention", request->name(),
-      [this, request, response](const Principal& principal, CallRecord&) -> absl::Status {
+    const grpc::ByteBuffer* raw_request, grpc::ByteBuffer* raw_response) {
+  return RunUnary<v1::SetRetentionRequest, v1::SetRetentionResponse>(
+      context, raw_request, raw_response, "SetRetention",
+      [this](const Principal& principal, CallRecord&, const v1::SetRetentionRequest& request,
+             v1::SetRetentionResponse* response) -> absl::Status {
         // Deleting versions is an admin's right; so is choosing which go.
-        CKPT_RETURN_IF_ERROR(CheckName(principal, Right::kAdmin, request->name()));
+        CKPT_RETURN_IF_ERROR(CheckName(principal, Right::kAdmin, request.name()));
         CKPT_RETURN_IF_ERROR(
-            store_->SetRetention(request->name(), rpc::FromProto(request->policy())));
-        auto would = store_->Prune(request->name(), /*dry_run=*/true);
+            store_->SetRetention(request.name(), rpc::FromProto(request.policy())));
+        auto would = store_->Prune(request.name(), /*dry_run=*/true);
         if (!would.ok() && would.status().code() != absl::StatusCode::kNotFound) {
           return would.status();
         }
@@ -1152,27 +1219,27 @@ grpc::ServerUnaryReactor* CheckpointService::SetRetention(grpc::CallbackServerCo
 }
 
 grpc::ServerUnaryReactor* CheckpointService::GetRetention(grpc::CallbackServerContext* context,
-                                                          const v1::GetRetentionRequest* request,
-                                                          v1::GetRetentionResponse* response) {
-  return RunUnary(
-      context, "GetRetention", request->name(),
-      [this, request, response](const Principal& principal, CallRecord&) -> absl::Status {
-        CKPT_RETURN_IF_ERROR(CheckName(principal, Right::kRead, request->name()));
-        CKPT_ASSIGN_OR_RETURN(RetentionPolicy policy, store_->GetRetention(request->name()));
+    const grpc::ByteBuffer* raw_request, grpc::ByteBuffer* raw_response) {
+  return RunUnary<v1::GetRetentionRequest, v1::GetRetentionResponse>(
+      context, raw_request, raw_response, "GetRetention",
+      [this](const Principal& principal, CallRecord&, const v1::GetRetentionRequest& request,
+             v1::GetRetentionResponse* response) -> absl::Status {
+        CKPT_RETURN_IF_ERROR(CheckName(principal, Right::kRead, request.name()));
+        CKPT_ASSIGN_OR_RETURN(RetentionPolicy policy, store_->GetRetention(request.name()));
         if (policy.enabled()) rpc::ToProto(policy, response->mutable_policy());
         return absl::OkStatus();
       });
 }
 
 grpc::ServerUnaryReactor* CheckpointService::Prune(grpc::CallbackServerContext* context,
-                                                   const v1::PruneRequest* request,
-                                                   v1::PruneResponse* response) {
-  return RunUnary(
-      context, "Prune", request->name(),
-      [this, request, response](const Principal& principal, CallRecord&) -> absl::Status {
-        CKPT_RETURN_IF_ERROR(CheckName(principal, Right::kAdmin, request->name()));
+    const grpc::ByteBuffer* raw_request, grpc::ByteBuffer* raw_response) {
+  return RunUnary<v1::PruneRequest, v1::PruneResponse>(
+      context, raw_request, raw_response, "Prune",
+      [this](const Principal& principal, CallRecord&, const v1::PruneRequest& request,
+             v1::PruneResponse* response) -> absl::Status {
+        CKPT_RETURN_IF_ERROR(CheckName(principal, Right::kAdmin, request.name()));
         CKPT_ASSIGN_OR_RETURN(std::vector<uint64_t> deleted,
-                              store_->Prune(request->name(), request->dry_run()));
+                              store_->Prune(request.name(), request.dry_run()));
         response->mutable_deleted()->Add(deleted.begin(), deleted.end());
         return absl::OkStatus();
       });

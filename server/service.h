@@ -17,6 +17,7 @@
 #include "common/executor.h"
 #include "server/auth.h"
 #include "server/idle_watchdog.h"
+#include "server/memory_budget.h"
 #include "server/server.h"
 #include "server/telemetry.h"
 #include "storage/store.h"
@@ -25,11 +26,15 @@ namespace ckpt::server {
 
 class PendingSaves;
 
-/// Load is registered raw (grpc::ByteBuffer in and out) so that its data
-/// messages reference chunk bytes rather than copy them twice; the wire
-/// format is the same LoadRequest / LoadResponse.
-class CheckpointService final : public v1::CheckpointService::WithRawCallbackMethod_Load<
-                                    v1::CheckpointService::CallbackService> {
+/// Every method is registered raw (grpc::ByteBuffer in and out), with the
+/// same wire format as the generated messages: requests are parsed here, so
+/// that bytes that are no valid message get INVALID_ARGUMENT "malformed
+/// <Request>" (gRPC's own parsing would answer UNIMPLEMENTED or end a Save
+/// stream as if the client had gone), and Load's data messages reference
+/// chunk bytes rather than copy them twice.
+using RawCheckpointService = v1::CheckpointService::WithRawCallbackMethod_Save<v1::CheckpointService::WithRawCallbackMethod_Load<v1::CheckpointService::WithRawCallbackMethod_ListCheckpoints<v1::CheckpointService::WithRawCallbackMethod_ListVersions<v1::CheckpointService::WithRawCallbackMethod_GetManifest<v1::CheckpointService::WithRawCallbackMethod_DeleteVersion<v1::CheckpointService::WithRawCallbackMethod_SetTag<v1::CheckpointService::WithRawCallbackMethod_DeleteTag<v1::CheckpointService::WithRawCallbackMethod_GetServerInfo<v1::CheckpointService::WithRawCallbackMethod_GarbageCollect<v1::CheckpointService::WithRawCallbackMethod_SetRetention<v1::CheckpointService::WithRawCallbackMethod_GetRetention<v1::CheckpointService::WithRawCallbackMethod_Prune<v1::CheckpointService::Service>>>>>>>>>>>>>;
+
+class CheckpointService final : public RawCheckpointService {
  public:
   /// `store` must outlive the service. `auth` null: development mode (no
   /// token needed).
@@ -37,43 +42,32 @@ class CheckpointService final : public v1::CheckpointService::WithRawCallbackMet
                     std::unique_ptr<Authenticator> auth = nullptr);
   ~CheckpointService() override;
 
-  grpc::ServerBidiReactor<v1::SaveRequest, v1::SaveResponse>* Save(
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Save(
       grpc::CallbackServerContext* context) override;
   grpc::ServerWriteReactor<grpc::ByteBuffer>* Load(grpc::CallbackServerContext* context,
                                                    const grpc::ByteBuffer* request) override;
   grpc::ServerUnaryReactor* ListCheckpoints(grpc::CallbackServerContext* context,
-                                            const v1::ListCheckpointsRequest* request,
-                                            v1::ListCheckpointsResponse* response) override;
+      const grpc::ByteBuffer* request, grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* ListVersions(grpc::CallbackServerContext* context,
-                                         const v1::ListVersionsRequest* request,
-                                         v1::ListVersionsResponse* response) override;
+      const grpc::ByteBuffer* request, grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* GetManifest(grpc::CallbackServerContext* context,
-                                        const v1::GetManifestRequest* request,
-                                        v1::GetManifestResponse* response) override;
+      const grpc::ByteBuffer* request, grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* DeleteVersion(grpc::CallbackServerContext* context,
-                                          const v1::DeleteVersionRequest* request,
-                                          v1::DeleteVersionResponse* response) override;
+      const grpc::ByteBuffer* request, grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* SetTag(grpc::CallbackServerContext* context,
-                                   const v1::SetTagRequest* request,
-                                   v1::SetTagResponse* response) override;
+      const grpc::ByteBuffer* request, grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* DeleteTag(grpc::CallbackServerContext* context,
-                                      const v1::DeleteTagRequest* request,
-                                      v1::DeleteTagResponse* response) override;
+      const grpc::ByteBuffer* request, grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* GetServerInfo(grpc::CallbackServerContext* context,
-                                          const v1::GetServerInfoRequest* request,
-                                          v1::GetServerInfoResponse* response) override;
-  grpc::ServerUnaryReactor* SetRetention(grpc::CallbackServerContext* context,
-                                         const v1::SetRetentionRequest* request,
-                                         v1::SetRetentionResponse* response) override;
-  grpc::ServerUnaryReactor* GetRetention(grpc::CallbackServerContext* context,
-                                         const v1::GetRetentionRequest* request,
-                                         v1::GetRetentionResponse* response) override;
-  grpc::ServerUnaryReactor* Prune(grpc::CallbackServerContext* context,
-                                  const v1::PruneRequest* request,
-                                  v1::PruneResponse* response) override;
+      const grpc::ByteBuffer* request, grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* GarbageCollect(grpc::CallbackServerContext* context,
-                                           const v1::GarbageCollectRequest* request,
-                                           v1::GarbageCollectResponse* response) override;
+      const grpc::ByteBuffer* request, grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* SetRetention(grpc::CallbackServerContext* context,
+      const grpc::ByteBuffer* request, grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* GetRetention(grpc::CallbackServerContext* context,
+      const grpc::ByteBuffer* request, grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* Prune(grpc::CallbackServerContext* context,
+      const grpc::ByteBuffer* request, grpc::ByteBuffer* response) override;
 
   /// Refuses new RPCs with Unavailable from now on, then waits up to
   /// `grace` for the RPCs in flight to finish. Returns whether they did.
@@ -97,6 +91,11 @@ class CheckpointService final : public v1::CheckpointService::WithRawCallbackMet
   /// ResourceExhausted saying that --max-streams streams are open.
   absl::Status TooManyStreams() const;
 
+  /// `status` as the client sees it: the store's directory is not named
+  /// (it stays in the server's log), the message is cut at
+  /// rpc::kMaxStatusMessage bytes.
+  grpc::Status ToClient(const absl::Status& status) const;
+
   /// The principal of the call's `authorization` metadata (Unauthenticated
   /// if missing or invalid; "anonymous" in development mode).
   absl::StatusOr<std::shared_ptr<const Principal>> Authenticate(
@@ -106,23 +105,28 @@ class CheckpointService final : public v1::CheckpointService::WithRawCallbackMet
   const ServerOptions& options() const { return options_; }
   Executor& executor() { return *executor_; }
   PendingSaves& pending() { return *pending_; }
+  MemoryBudget& tree_memory() { return tree_memory_; }
   Telemetry& telemetry() { return *telemetry_; }
   Authenticator& auth() { return *auth_; }
   IdleWatchdog& watchdog() { return *watchdog_; }
 
  private:
-  // Runs `fn(principal, record)` on the executor once the caller is
-  // authenticated, and finishes the call with its status. `fn` checks the
-  // right it needs.
-  template <typename Fn>
-  grpc::ServerUnaryReactor* RunUnary(grpc::CallbackServerContext* context, absl::string_view method,
-                                     absl::string_view checkpoint, Fn fn);
+  // Parses the request (INVALID_ARGUMENT if it is no valid Req), then runs
+  // `fn(principal, record, request, &response)` on the executor once the
+  // caller is authenticated, and finishes the call with its status (the
+  // response serialized on success). `fn` checks the right it needs.
+  template <typename Req, typename Resp, typename Fn>
+  grpc::ServerUnaryReactor* RunUnary(grpc::CallbackServerContext* context,
+                                     const grpc::ByteBuffer* raw_request,
+                                     grpc::ByteBuffer* raw_response, absl::string_view method,
+                                     Fn fn);
 
   storage::Store* store_;
   ServerOptions options_;
   std::unique_ptr<Authenticator> auth_;
   std::unique_ptr<Telemetry> telemetry_;
   std::unique_ptr<IdleWatchdog> watchdog_;
+  MemoryBudget tree_memory_;  // before pending_: parts hold reservations
   std::unique_ptr<PendingSaves> pending_;
   std::unique_ptr<Executor> executor_;
   std::atomic<int> streams_{0};

@@ -149,7 +149,14 @@ std::string Logger::Format(LogLevel level, absl::string_view msg, const Fields& 
   AppendValue(&line, msg);
   for (const auto& [key, value] : fields) {
     absl::StrAppend(&line, " ", key, "=");
-    AppendValue(&line, value);
+    // Values carry user strings (names, keys, error messages): cut, so a
+    // hostile request cannot write megabyte log lines.
+    if (value.size() <= kMaxLogValue) {
+      AppendValue(&line, value);
+    } else {
+      AppendValue(&line, absl::StrCat(absl::string_view(value).substr(0, kMaxLogValue), "... (",
+                                      value.size(), " bytes)"));
+    }
   }
   return line;
 }

@@ -68,8 +68,12 @@ class Logger {
 
   bool Enabled(LogLevel level) const { return level >= level_ && level != LogLevel::kOff; }
 
+  /// Longest value written; longer ones are cut, with their length noted.
+  static constexpr size_t kMaxLogValue = 1024;
+
   /// "time=... level=... msg=MSG k=v ...": values quoted when they hold
-  /// spaces, quotes, '=' or control characters, or are empty.
+  /// spaces, quotes, '=' or control characters, or are empty; cut past
+  /// kMaxLogValue bytes.
   void Log(LogLevel level, absl::string_view msg, const Fields& fields) const;
 
   /// The line Log() would write, without the time and the newline.

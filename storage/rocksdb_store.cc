@@ -1,5 +1,9 @@
 #include "storage/rocksdb_store.h"
 
+#include <fcntl.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <filesystem>
@@ -17,6 +21,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/crash_point.h"
+#include "common/errno_status.h"
 #include "common/names.h"
 #include "common/status_macros.h"
 #include "rocksdb/cache.h"
@@ -63,14 +68,92 @@ struct StoreCore {
   // since, so the commit need not read the same entries again.
   std::atomic<uint64_t> refs_generation{0};
 
+  // Whether a metadata write may use the reserved disk space: only writes
+  // that lead to freeing space (deletes, gc) do.
+  enum class Room { kNormal, kMayUseReserve };
+
+  // Every metadata write goes through here. A write error (a full disk)
+  // stops RocksDB's writes until it recovers: its SstFileManager resumes by
+  // itself once the largest memtable fits in the free space, looking every
+  // few seconds, and a manual Resume() answers Busy meanwhile. A write that
+  // may use the reserve drops the reserve file and waits for that recovery
+  // (up to kRecoveryWait); others try one Resume() and give up.
+  rocksdb::Status Write(const rocksdb::WriteOptions& write_options, rocksdb::WriteBatch* batch,
+                        Room room = Room::kNormal) {
+    rocksdb::Status s = db->Write(write_options, batch);
+    if (s.ok() || !(s.IsNoSpace() || s.IsIOError())) return s;
+    if (room == Room::kNormal) {
+      return db->Resume().ok() ? db->Write(write_options, batch) : s;
+    }
+    DropReserve();
+    const absl::Time deadline = absl::Now() + kRecoveryWait;
+    do {
+      if (db->Resume().ok()) {
+        rocksdb::Status again = db->Write(write_options, batch);
+        if (again.ok() || !(again.IsNoSpace() || again.IsIOError())) return again;
+        s = again;
+      }
+      absl::SleepFor(absl::Milliseconds(100));
+    } while (absl::Now() < deadline);
+    return s;
+  }
+  static constexpr absl::Duration kRecoveryWait = absl::Seconds(15);
+
   // Writes a batch that touches the refs CF, then bumps refs_generation
   // (whether or not it landed). Every refs write goes through here, under
   // commit_mu.
-  rocksdb::Status WriteRefs(const rocksdb::WriteOptions& write_options,
-                            rocksdb::WriteBatch* batch) {
-    rocksdb::Status s = db->Write(write_options, batch);
+  rocksdb::Status WriteRefs(const rocksdb::WriteOptions& write_options, rocksdb::WriteBatch* batch,
+                            Room room = Room::kNormal) {
+    rocksdb::Status s = Write(write_options, batch, room);
     refs_generation.fetch_add(1, std::memory_order_acq_rel);
     return s;
+  }
+
+  // --- Disk space (StoreOptions::reserved_disk_bytes).
+  std::string reserve_path;  // <path>/RESERVED
+  std::mutex reserve_mu;     // guards the reserve file
+
+  // Free bytes of the store's file system for an unprivileged writer.
+  uint64_t FreeSpace() const { return FreeBytes(options.path); }
+  static uint64_t FreeBytes(const std::string& path) {
+    struct statvfs st;
+    if (statvfs(path.c_str(), &st) != 0) return std::numeric_limits<uint64_t>::max();
+    return static_cast<uint64_t>(st.f_bavail) * st.f_frsize;
+  }
+
+  // ResourceExhausted if writing `bytes` of chunks would leave less than
+  // the reserved space free.
+  absl::Status CheckDiskSpace(uint64_t bytes) const {
+    const uint64_t reserved = options.reserved_disk_bytes;
+    if (reserved == 0) return absl::OkStatus();
+    const uint64_t free = FreeSpace();
+    if (free >= reserved && free - reserved >= bytes) return absl::OkStatus();
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "disk full: ", free, " bytes free where the store lives, a save needs ", bytes,
+        " more and ", reserved,
+        " stay reserved for deletes and gc; nothing was saved (delete versions and run gc, or "
+        "add space)"));
+  }
+
+  void DropReserve() {
+    std::lock_guard<std::mutex> lock(reserve_mu);
+    std::error_code ec;
+    fs::remove(reserve_path, ec);
+  }
+
+  // Makes the reserve file if it is missing and the disk has room for it
+  // with the same again to spare.
+  void RestoreReserve() {
+    const uint64_t reserved = options.reserved_disk_bytes;
+    if (reserved == 0) return;
+    std::lock_guard<std::mutex> lock(reserve_mu);
+    std::error_code ec;
+    if (fs::exists(reserve_path, ec) || FreeSpace() / 2 < reserved) return;
+    const int fd = open(reserve_path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) return;
+    const bool ok = posix_fallocate(fd, 0, static_cast<off_t>(reserved)) == 0 && fsync(fd) == 0;
+    close(fd);
+    if (!ok) fs::remove(reserve_path, ec);
   }
 
   // Guards the allocators and the set of live uploads.
@@ -138,12 +221,26 @@ struct StoreCore {
       rocksdb::WriteOptions w;
       w.sync = true;
       CKPT_RETURN_IF_ERROR(
-          FromRocksDb(db->Put(w, default_cf, kNextBlockKey, EncodeBigEndian64(reserved)),
+          FromRocksDb(PutOne(w, default_cf, kNextBlockKey, EncodeBigEndian64(reserved)),
                       "reserving chunk ids"));
       persisted_block = reserved;
     }
     live_blocks[upload_id].push_back(next_block);
     return next_block++;
+  }
+
+  rocksdb::Status PutOne(const rocksdb::WriteOptions& w, rocksdb::ColumnFamilyHandle* cf,
+                         const std::string& key, const std::string& value,
+                         Room room = Room::kNormal) {
+    rocksdb::WriteBatch batch;
+    batch.Put(cf, key, value);
+    return Write(w, &batch, room);
+  }
+  rocksdb::Status DeleteOne(const rocksdb::WriteOptions& w, rocksdb::ColumnFamilyHandle* cf,
+                            const std::string& key, Room room = Room::kNormal) {
+    rocksdb::WriteBatch batch;
+    batch.Delete(cf, key);
+    return Write(w, &batch, room);
   }
 
   void Pin(const std::string& ref_key) {
@@ -232,6 +329,26 @@ absl::StatusOr<std::map<uint64_t, std::vector<std::string>>> TagsByVersion(
   }
   CKPT_RETURN_IF_ERROR(FromRocksDb(it->status(), "reading tags"));
   return tags;
+}
+
+// ResourceExhausted if adding `tags` would give `name` more than
+// kMaxTagsPerName tags.
+absl::Status CheckTagCount(StoreCore& core, const rocksdb::ReadOptions& ro, absl::string_view name,
+                           const std::vector<std::string>& tags) {
+  absl::flat_hash_set<std::string> all(tags.begin(), tags.end());
+  std::string prefix = TagPrefix(name);
+  ScanIterator it(core.db, core.tags_cf, ro, prefix, PrefixSuccessor(prefix));
+  for (it->SeekToFirst(); it->Valid() && all.size() <= kMaxTagsPerName; it->Next()) {
+    CKPT_ASSIGN_OR_RETURN(auto key, ParseTagKey(View(it->key())));
+    all.insert(std::move(key.second));
+  }
+  CKPT_RETURN_IF_ERROR(FromRocksDb(it->status(), "reading tags"));
+  if (all.size() > kMaxTagsPerName) {
+    return absl::ResourceExhaustedError(absl::StrCat(Quote(name), " would have more than ",
+                                                     kMaxTagsPerName,
+                                                     " tags; remove some first"));
+  }
+  return absl::OkStatus();
 }
 
 // Sorted user tags plus "latest" where it applies.
@@ -407,7 +524,12 @@ absl::Status ReclaimChunkFiles(StoreCore& core, const ChunkUse& use) {
     }
     const uint64_t entries = f.num_entries - std::min(f.num_entries, f.num_deletions);
     const uint64_t garbage_bytes = f.size - std::min<uint64_t>(f.size, live_bytes);
-    if (entries > live && garbage_bytes * 4 >= f.size) rewrite.push_back({*lo, *hi});
+    // A rewrite first writes the live part anew: skipped while the disk
+    // lacks the room (the file's dead chunks are unreachable already).
+    if (entries > live && garbage_bytes * 4 >= f.size &&
+        core.CheckDiskSpace(live_bytes + (live_bytes >> 4)).ok()) {
+      rewrite.push_back({*lo, *hi});
+    }
   }
 
   drop = MergeRanges(std::move(drop));
@@ -437,7 +559,8 @@ absl::Status ReclaimChunkFiles(StoreCore& core, const ChunkUse& use) {
     // Not synced: tombstones lost in a crash are simply written again by
     // the next collection.
     CKPT_RETURN_IF_ERROR(
-        FromRocksDb(core.db->Write(rocksdb::WriteOptions(), &batch), "deleting dead chunks"));
+        FromRocksDb(core.Write(rocksdb::WriteOptions(), &batch, StoreCore::Room::kMayUseReserve),
+                    "deleting dead chunks"));
     // Flushed alone, the tombstones form a file confined to this range.
     rocksdb::FlushOptions flush;
     flush.wait = true;
@@ -452,9 +575,7 @@ absl::Status ReclaimChunkFiles(StoreCore& core, const ChunkUse& use) {
 }
 
 absl::Status FsError(const std::error_code& ec, absl::string_view context) {
-  std::string message = absl::StrCat(context, ": ", ec.message());
-  if (ec == std::errc::no_space_on_device) return absl::ResourceExhaustedError(message);
-  return absl::InternalError(message);
+  return ErrnoStatus(ec.value(), context);
 }
 
 }  // namespace
@@ -543,19 +664,15 @@ class RocksDbUpload final : public Upload {
     }
     const uint64_t id = next_id_;
     rocksdb::Slice value(reinterpret_cast<const char*>(data.data()), data.size());
+    // Free space is looked at every MiB or so (statvfs per small chunk
+    // would cost more than the chunk).
     absl::Status s;
-    if (core_->options.chunk_write_mode == ChunkWriteMode::kIngest) {
-      s = AppendToFile(new_block, id, value);
-    } else {
-      // The pending record must be durable before any chunk of a new block
-      // is, so that GC can always find what a dead upload wrote.
-      if (new_block) s = WritePending(/*sync=*/true);
-      if (s.ok()) {
-        s = FromRocksDb(
-            core_->db->Put(rocksdb::WriteOptions(), core_->chunks_cf, ChunkKey(id), value),
-            absl::StrCat("writing chunk ", digest.Hex()));
-      }
+    unchecked_bytes_ += data.size();
+    if (unchecked_bytes_ >= kDiskCheckBytes || written_.empty()) {
+      s = core_->CheckDiskSpace(std::max<uint64_t>(unchecked_bytes_, kDiskCheckBytes));
+      unchecked_bytes_ = 0;
     }
+    if (s.ok()) s = AppendToFile(new_block, id, value);
     if (!s.ok()) {
       broken_ = s;  // The file or range is in an unknown state now.
       return s;
@@ -610,7 +727,7 @@ class RocksDbUpload final : public Upload {
     rocksdb::WriteOptions w;
     w.sync = sync;
     CKPT_RETURN_IF_ERROR(FromRocksDb(
-        core_->db->Put(w, core_->default_cf, PendingKey(id_), EncodePendingRecord(record)),
+        core_->PutOne(w, core_->default_cf, PendingKey(id_), EncodePendingRecord(record)),
         "recording pending upload"));
     pending_written_ = true;
     return absl::OkStatus();
@@ -651,10 +768,6 @@ class RocksDbUpload final : public Upload {
 
   absl::Status SealImpl() {
     if (written_.empty()) return absl::OkStatus();
-    if (core_->options.chunk_write_mode == ChunkWriteMode::kWal) {
-      // Final totals; the sync also makes the chunks' WAL records durable.
-      return WritePending(/*sync=*/true);
-    }
     // Recorded before the chunks enter the database: after a crash in
     // between, GC finds and removes them.
     CKPT_RETURN_IF_ERROR(WritePending(/*sync=*/true));
@@ -662,11 +775,11 @@ class RocksDbUpload final : public Upload {
     rocksdb::IngestExternalFileOptions ingest;
     ingest.move_files = true;
     ingest.write_global_seqno = false;  // Keep files immutable (new DBs only).
-    CrashPoint("upload.before_ingest");
+    CKPT_CRASH_POINT("upload.before_ingest");
     rocksdb::Status s = core_->db->IngestExternalFile(core_->chunks_cf, files_, ingest);
     RemoveFiles();  // Moved on success; leftovers on failure.
     CKPT_RETURN_IF_ERROR(FromRocksDb(s, "ingesting chunk files"));
-    CrashPoint("upload.after_ingest");
+    CKPT_CRASH_POINT("upload.after_ingest");
     return absl::OkStatus();
   }
 
@@ -683,10 +796,6 @@ class RocksDbUpload final : public Upload {
   void Abandon() {
     writer_.reset();  // Abandons an unfinished file.
     RemoveFiles();
-    if (state_ == State::kOpen && pending_written_ && broken_.ok()) {
-      // kWal: record the final totals for GC's report; best effort.
-      WritePending(/*sync=*/false).IgnoreError();
-    }
   }
 
   std::shared_ptr<StoreCore> core_;
@@ -703,6 +812,9 @@ class RocksDbUpload final : public Upload {
   absl::flat_hash_map<Digest, std::optional<RefValue>> looked_up_;
   std::optional<uint64_t> looked_up_generation_;
   uint64_t bytes_written_ = 0;
+  // Bytes written since free space was last checked.
+  static constexpr uint64_t kDiskCheckBytes = 1 << 20;
+  uint64_t unchecked_bytes_ = 0;
 
   // Chunk-id blocks taken, each recorded whole as one range.
   std::vector<ChunkIdRange> ranges_;
@@ -738,6 +850,13 @@ absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(const StoreOpti
 
   auto core = std::make_shared<StoreCore>();
   core->options = options;
+  core->reserve_path = (fs::path(options.path) / "RESERVED").string();
+  // Opening writes (a new MANIFEST, OPTIONS, WAL): on a full disk the
+  // reserve makes room for it.
+  if (options.reserved_disk_bytes > 0 &&
+      StoreCore::FreeBytes(options.path) < options.reserved_disk_bytes) {
+    core->DropReserve();
+  }
 
   rocksdb::DBOptions db_options;
   db_options.create_if_missing = true;
@@ -745,6 +864,12 @@ absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(const StoreOpti
   db_options.max_background_jobs = 2;  // The machines have 2 cores.
   db_options.bytes_per_sync = 1 << 20;
   db_options.keep_log_file_num = 4;
+  // Recovered WAL records stay in the memtables rather than being flushed
+  // while opening: a restart on a full disk needs no room for new files.
+  db_options.avoid_flush_during_recovery = true;
+  // No preallocation: a WAL would otherwise take 1.1x a memtable (70 MiB) of
+  // the disk up front, space the free-space checks cannot see.
+  db_options.allow_fallocate = false;
   // Chunk reads then copy straight out of the page cache: no heap block
   // per read (fresh pages cost ~1 GB/s here), no second copy.
   db_options.allow_mmap_reads = true;
@@ -757,6 +882,10 @@ absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(const StoreOpti
   meta_table.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
   rocksdb::ColumnFamilyOptions meta_options;
   meta_options.table_factory.reset(rocksdb::NewBlockBasedTableFactory(meta_table));
+  // Small memtables: after a write error on a full disk RocksDB resumes only
+  // once its largest memtable fits in the free space (kMaxMemtableBytes, well
+  // under the reserved space), and flushes stay short.
+  meta_options.write_buffer_size = 4 << 20;
 
   // Chunks: incompressible tensor bytes read once per restore, so no
   // compression and no block cache (reads go to the page cache).
@@ -773,6 +902,7 @@ absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(const StoreOpti
   chunk_options.ttl = 0;
   chunk_options.periodic_compaction_seconds = 0;
   chunk_options.table_factory.reset(rocksdb::NewBlockBasedTableFactory(chunk_table));
+  chunk_options.write_buffer_size = 4 << 20;  // only GC's tombstones go through it
 
   // refs: every save writes one entry per chunk, so a big memtable fills
   // with stale copies of the same keys and every lookup walks a deeper
@@ -781,12 +911,15 @@ absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(const StoreOpti
   // found through bloom filters and the block cache.
   rocksdb::ColumnFamilyOptions refs_options = meta_options;
   refs_options.write_buffer_size = 4 << 20;
+  // Manifests: a 20k-tensor version writes several MB at once.
+  rocksdb::ColumnFamilyOptions manifest_options = meta_options;
+  manifest_options.write_buffer_size = kMaxMemtableBytes;
 
   std::vector<rocksdb::ColumnFamilyDescriptor> families = {
       {rocksdb::kDefaultColumnFamilyName, meta_options},
       {kChunksFamily, chunk_options},
       {kRefsFamily, refs_options},
-      {kManifestsFamily, meta_options},
+      {kManifestsFamily, manifest_options},
       {kTagsFamily, meta_options},
   };
   CKPT_RETURN_IF_ERROR(
@@ -802,13 +935,11 @@ absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(const StoreOpti
 
   // The LOCK is ours now: files left in ingest/ belong to a dead process and
   // were never ingested (ingestion moves them out).
-  if (options.chunk_write_mode == ChunkWriteMode::kIngest) {
-    // Tombstones of a collection cut short by a crash come back from the
-    // WAL; flushed now, they cannot join those of the next collection into
-    // one file spanning unrelated chunk files.
-    CKPT_RETURN_IF_ERROR(FromRocksDb(core->db->Flush(rocksdb::FlushOptions(), core->chunks_cf),
-                                     "flushing chunk tombstones"));
-  }
+  // Tombstones of a collection cut short by a crash come back from the
+  // WAL; flushed now, they cannot join those of the next collection into one
+  // file spanning unrelated chunk files.
+  CKPT_RETURN_IF_ERROR(FromRocksDb(core->db->Flush(rocksdb::FlushOptions(), core->chunks_cf),
+                                   "flushing chunk tombstones"));
   core->ingest_dir = (fs::path(options.path) / "ingest").string();
   fs::remove_all(core->ingest_dir, ec);
   if (ec) return FsError(ec, absl::StrCat("cleaning ", core->ingest_dir));
@@ -868,6 +999,7 @@ absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(const StoreOpti
   core->next_block = next_block;
   core->persisted_block = next_block;  // Nothing past it is reserved yet.
   core->next_upload_id = next_upload_id;
+  core->RestoreReserve();
   return std::unique_ptr<RocksDbStore>(new RocksDbStore(std::move(core)));
 }
 
@@ -894,10 +1026,9 @@ absl::StatusOr<VersionInfo> RocksDbStore::Commit(CommitSpec spec,
                                                  absl::Span<Upload* const> uploads) {
   const std::string& name = spec.name;
   CKPT_RETURN_IF_ERROR(ValidateName(name));
-  for (const std::string& tag : spec.tags) {
-    CKPT_RETURN_IF_ERROR(ValidateTag(tag));
-    if (tag == kLatestTag) return absl::InvalidArgumentError("tag 'latest' is automatic");
-  }
+  for (const std::string& tag : spec.tags) CKPT_RETURN_IF_ERROR(ValidateUserTag(tag));
+  CKPT_RETURN_IF_ERROR(
+      Annotate(ValidateMetadata(spec.metadata), absl::StrCat("checkpoint ", Quote(name))));
   CKPT_RETURN_IF_ERROR(Annotate(ValidateTree(spec.tree, core_->options.max_chunk_bytes),
                                 absl::StrCat("checkpoint ", Quote(name))));
   const std::string ns(NamespaceOf(name));
@@ -1017,17 +1148,16 @@ absl::StatusOr<VersionInfo> RocksDbStore::Commit(CommitSpec spec,
     }
   }
   // Chunks the uploads wrote that the version does not keep are garbage:
-  // unreachable once the pending records go. kIngest leaves them in their
-  // files for CollectGarbage (a tombstone here would later drag unrelated
-  // chunk files into a compaction); kWal deletes them now.
-  const bool wal = core_->options.chunk_write_mode == ChunkWriteMode::kWal;
+  // unreachable once the pending records go. They stay in their files for
+  // CollectGarbage (a tombstone here would later drag unrelated chunk files
+  // into a compaction).
   for (const RocksDbUpload* up : ups) {
-    for (const auto& [d, w] : up->written()) {
-      if (wal && !kept.contains({up, d})) batch.Delete(core_->chunks_cf, ChunkKey(w.chunk_id));
-    }
     if (up->pending_written()) batch.Delete(core_->default_cf, PendingKey(up->id()));
   }
 
+  if (!spec.tags.empty()) {
+    CKPT_RETURN_IF_ERROR(CheckTagCount(*core_, rocksdb::ReadOptions(), name, spec.tags));
+  }
   // The version number: never reused, even after deletes.
   uint64_t version = 1;
   {
@@ -1067,10 +1197,10 @@ absl::StatusOr<VersionInfo> RocksDbStore::Commit(CommitSpec spec,
   for (const std::string& tag : spec.tags) {
     batch.Put(core_->tags_cf, TagKey(name, tag), EncodeBigEndian64(version));
   }
-  CrashPoint("commit.before_write");
+  CKPT_CRASH_POINT("commit.before_write");
   CKPT_RETURN_IF_ERROR(FromRocksDb(core_->WriteRefs(core_->CommitWriteOptions(), &batch),
                                    VersionContext(name, version)));
-  CrashPoint("commit.after_write");
+  CKPT_CRASH_POINT("commit.after_write");
   core_->AddUsage(ns, added_bytes, 0);
   for (RocksDbUpload* up : ups) up->MarkCommitted();
   info.tags = WithLatest(std::move(spec.tags), /*is_latest=*/true);
@@ -1214,29 +1344,30 @@ absl::StatusOr<std::vector<CheckpointSummary>> RocksDbStore::ListCheckpoints(
   return out;
 }
 
-absl::StatusOr<std::vector<VersionInfo>> RocksDbStore::ListVersions(absl::string_view name) {
+absl::StatusOr<std::vector<VersionInfo>> RocksDbStore::ListVersions(absl::string_view name,
+                                                                    uint64_t after, size_t limit) {
   CKPT_RETURN_IF_ERROR(ValidateName(name));
   rocksdb::ManagedSnapshot snapshot(core_->db);
   rocksdb::ReadOptions ro;
   ro.snapshot = snapshot.snapshot();
+  CKPT_ASSIGN_OR_RETURN(uint64_t latest, LatestVersion(*core_, ro, name));
+  if (latest == 0) return CheckpointNotFound(name);
   CKPT_ASSIGN_OR_RETURN(auto tags, TagsByVersion(*core_, ro, name));
   std::vector<VersionInfo> out;
+  if (after == std::numeric_limits<uint64_t>::max()) return out;
   std::string prefix = VersionPrefix(name);
-  ScanIterator it(core_->db, core_->manifests_cf, ro, prefix, PrefixSuccessor(prefix));
-  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+  ScanIterator it(core_->db, core_->manifests_cf, ro, VersionKey(name, after + 1),
+                  PrefixSuccessor(prefix));
+  for (it->SeekToFirst(); it->Valid() && out.size() < limit; it->Next()) {
     CKPT_ASSIGN_OR_RETURN(auto key, ParseVersionKey(View(it->key())));
     auto info = DecodeVersionRecord(View(it->value()));
     if (!info.ok()) return Annotate(info.status(), VersionContext(name, key.second));
     info->name = std::string(name);
     info->version = key.second;
-    info->tags = std::move(tags[key.second]);
+    info->tags = WithLatest(std::move(tags[key.second]), key.second == latest);
     out.push_back(std::move(*info));
   }
   CKPT_RETURN_IF_ERROR(FromRocksDb(it->status(), "listing versions"));
-  if (out.empty()) return CheckpointNotFound(name);
-  for (VersionInfo& info : out) {
-    info.tags = WithLatest(std::move(info.tags), &info == &out.back());
-  }
   return out;
 }
 
@@ -1282,24 +1413,25 @@ absl::StatusOr<uint64_t> RocksDbStore::DeleteVersion(absl::string_view name, uin
   batch.Delete(core_->manifests_cf, VersionKey(name, version));
   batch.Delete(core_->manifests_cf, ManifestKey(name, version));
   for (const std::string& tag : own_tags) batch.Delete(core_->tags_cf, TagKey(name, tag));
-  CKPT_RETURN_IF_ERROR(FromRocksDb(core_->WriteRefs(core_->CommitWriteOptions(), &batch),
-                                   absl::StrCat("deleting ", VersionContext(name, version))));
+  CKPT_RETURN_IF_ERROR(FromRocksDb(
+      core_->WriteRefs(core_->CommitWriteOptions(), &batch, StoreCore::Room::kMayUseReserve),
+      absl::StrCat("deleting ", VersionContext(name, version))));
   core_->AddUsage(ns, 0, released_bytes);
   return unreferenced;
 }
 
 absl::Status RocksDbStore::SetTag(absl::string_view name, absl::string_view tag, uint64_t version) {
   CKPT_RETURN_IF_ERROR(ValidateName(name));
-  CKPT_RETURN_IF_ERROR(ValidateTag(tag));
-  if (tag == kLatestTag) return absl::InvalidArgumentError("tag 'latest' is automatic");
+  CKPT_RETURN_IF_ERROR(ValidateUserTag(tag));
   std::lock_guard<std::mutex> commit_lock(core_->commit_mu);
   rocksdb::ReadOptions ro;
   std::string value;
   rocksdb::Status s = core_->db->Get(ro, core_->manifests_cf, VersionKey(name, version), &value);
   if (s.IsNotFound()) return VersionNotFound(*core_, ro, name, version);
   CKPT_RETURN_IF_ERROR(FromRocksDb(s, VersionContext(name, version)));
-  return FromRocksDb(core_->db->Put(core_->CommitWriteOptions(), core_->tags_cf, TagKey(name, tag),
-                                    EncodeBigEndian64(version)),
+  CKPT_RETURN_IF_ERROR(CheckTagCount(*core_, ro, name, {std::string(tag)}));
+  return FromRocksDb(core_->PutOne(core_->CommitWriteOptions(), core_->tags_cf, TagKey(name, tag),
+                                   EncodeBigEndian64(version)),
                      absl::StrCat("setting tag ", Quote(tag), " of ", Quote(name)));
 }
 
@@ -1309,11 +1441,11 @@ absl::Status RocksDbStore::SetRetention(absl::string_view name, const RetentionP
   const std::string key = RetentionKey(name);
   const absl::string_view what = "setting the retention policy of ";
   if (!policy.enabled()) {
-    return FromRocksDb(core_->db->Delete(core_->CommitWriteOptions(), core_->manifests_cf, key),
+    return FromRocksDb(core_->DeleteOne(core_->CommitWriteOptions(), core_->manifests_cf, key),
                        absl::StrCat(what, Quote(name)));
   }
-  return FromRocksDb(core_->db->Put(core_->CommitWriteOptions(), core_->manifests_cf, key,
-                                    EncodeRetentionPolicy(policy)),
+  return FromRocksDb(core_->PutOne(core_->CommitWriteOptions(), core_->manifests_cf, key,
+                                   EncodeRetentionPolicy(policy)),
                      absl::StrCat(what, Quote(name)));
 }
 
@@ -1353,8 +1485,7 @@ absl::StatusOr<std::vector<uint64_t>> RocksDbStore::Prune(absl::string_view name
 
 absl::Status RocksDbStore::DeleteTag(absl::string_view name, absl::string_view tag) {
   CKPT_RETURN_IF_ERROR(ValidateName(name));
-  CKPT_RETURN_IF_ERROR(ValidateTag(tag));
-  if (tag == kLatestTag) return absl::InvalidArgumentError("tag 'latest' is automatic");
+  CKPT_RETURN_IF_ERROR(ValidateUserTag(tag));
   std::lock_guard<std::mutex> commit_lock(core_->commit_mu);
   std::string value;
   rocksdb::Status s =
@@ -1364,7 +1495,8 @@ absl::Status RocksDbStore::DeleteTag(absl::string_view name, absl::string_view t
   }
   CKPT_RETURN_IF_ERROR(FromRocksDb(s, absl::StrCat("reading tag ", Quote(tag))));
   return FromRocksDb(
-      core_->db->Delete(core_->CommitWriteOptions(), core_->tags_cf, TagKey(name, tag)),
+      core_->DeleteOne(core_->CommitWriteOptions(), core_->tags_cf, TagKey(name, tag),
+                       StoreCore::Room::kMayUseReserve),
       absl::StrCat("deleting tag ", Quote(tag), " of ", Quote(name)));
 }
 
@@ -1373,7 +1505,6 @@ absl::Status RocksDbStore::DeleteTag(absl::string_view name, absl::string_view t
 
 absl::StatusOr<GcResult> RocksDbStore::CollectGarbage() {
   std::lock_guard<std::mutex> gc_lock(core_->gc_mu);
-  const bool wal = core_->options.chunk_write_mode == ChunkWriteMode::kWal;
   GcResult result;
   ChunkUse use;
 
@@ -1420,7 +1551,6 @@ absl::StatusOr<GcResult> RocksDbStore::CollectGarbage() {
     }
 
     rocksdb::WriteBatch batch;
-    std::vector<ChunkIdRange> dead_ranges;
     {
       // Uploads begun after this copy have ids >= first_unseen: live too.
       absl::flat_hash_set<uint64_t> live;
@@ -1439,9 +1569,18 @@ absl::StatusOr<GcResult> RocksDbStore::CollectGarbage() {
         ++result.orphan_uploads_removed;
         auto record = DecodePendingRecord(View(it->value()));
         if (!id.ok() || !record.ok()) continue;  // Unreadable: nothing to count.
-        result.chunks_removed += record->chunks;
-        result.bytes_removed += record->bytes;
-        dead_ranges.insert(dead_ranges.end(), record->ranges.begin(), record->ranges.end());
+        // What is really on disk: an upload whose ingest failed (a full
+        // disk) recorded chunks it never wrote.
+        for (const ChunkIdRange& r : record->ranges) {
+          ScanIterator chunks(core_->db, core_->chunks_cf, ro, ChunkKey(r.lo),
+                              r.hi == std::numeric_limits<uint64_t>::max() ? std::string()
+                                                                           : ChunkKey(r.hi + 1));
+          for (chunks->SeekToFirst(); chunks->Valid(); chunks->Next()) {
+            ++result.chunks_removed;
+            result.bytes_removed += chunks->value().size();
+          }
+          CKPT_RETURN_IF_ERROR(FromRocksDb(chunks->status(), "scanning a dead upload's chunks"));
+        }
       }
       CKPT_RETURN_IF_ERROR(FromRocksDb(it->status(), "scanning pending uploads"));
     }
@@ -1454,32 +1593,24 @@ absl::StatusOr<GcResult> RocksDbStore::CollectGarbage() {
         continue;
       }
       batch.Delete(core_->refs_cf, c.key);
-      if (wal) batch.Delete(core_->chunks_cf, ChunkKey(c.value.chunk_id));
       ++result.chunks_removed;
       result.bytes_removed += c.value.length;
     }
     std::sort(use.referenced.begin(), use.referenced.end());
-    if (wal && !use.damaged) {
-      // kWal chunks sit in the memtable and in files shared by many uploads;
-      // tombstones let RocksDB's own compactions reclaim them.
-      for (const ChunkIdRange& r : dead_ranges) {
-        for (const ChunkIdRange& gap : use.Unreferenced(r.lo, r.hi)) {
-          batch.DeleteRange(core_->chunks_cf, ChunkKey(gap.lo), ChunkKey(gap.hi + 1));
-        }
-      }
-    }
     if (batch.Count() > 0) {
       rocksdb::WriteOptions sync;
       sync.sync = true;
-      CKPT_RETURN_IF_ERROR(FromRocksDb(core_->WriteRefs(sync, &batch), "collecting garbage"));
+      CKPT_RETURN_IF_ERROR(FromRocksDb(
+          core_->WriteRefs(sync, &batch, StoreCore::Room::kMayUseReserve), "collecting garbage"));
     }
   }
 
-  // Phase 2 (kIngest), with commits running again: reclaim the space of
-  // chunk files. A file without one referenced chunk is dropped whole; a
-  // file with enough garbage is rewritten by a compaction of its own key
-  // range only, so other chunk files are never rewritten.
-  if (!wal) CKPT_RETURN_IF_ERROR(ReclaimChunkFiles(*core_, use));
+  // Phase 2, with commits running again: reclaim the space of chunk files.
+  // A file without one referenced chunk is dropped whole; a file with enough
+  // garbage is rewritten by a compaction of its own key range only, so other
+  // chunk files are never rewritten.
+  CKPT_RETURN_IF_ERROR(ReclaimChunkFiles(*core_, use));
+  core_->RestoreReserve();
   return result;
 }
 

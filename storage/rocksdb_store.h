@@ -11,9 +11,8 @@
 // Garbage collection (CollectGarbage):
 //  1. Under the commit mutex, in one synced batch: deletes refs entries with
 //     refcount 0 that no live Upload pins, and the pending records of dead
-//     uploads. Their chunks are unreachable from then on. kWal also writes
-//     tombstones for those chunks here and leaves the rest to RocksDB.
-//  2. kIngest, with commits running again: looks at each chunk file (each
+//     uploads. Their chunks are unreachable from then on.
+//  2. With commits running again: looks at each chunk file (each
 //     belongs to one upload's id block) outside the blocks of live uploads.
 //     A file with no referenced chunk is dropped whole (DeleteFilesInRanges);
 //     a file at least a quarter garbage is rewritten by range tombstones over
@@ -22,12 +21,19 @@
 //     are unreachable; a later collection rewrites them once enough dies).
 //     No other file is ever rewritten. Chunks a committed upload wrote but the
 //     version did not keep (duplicates, unreferenced) are reclaimed the same
-//     way; kIngest writes no tombstones at commit.
+//     way; commits write no tombstones.
+//     A rewrite needs room for the file's live part: on a nearly full disk
+//     it waits (StoreOptions::reserved_disk_bytes), dropping whole files
+//     does not.
 // GcResult counts what phase 1 made unreachable: the refs entries removed
-// plus, for dead uploads, the chunk and byte totals of their pending records
-// (exact for sealed uploads; for a kWal upload whose process died before
-// Seal, what it had recorded by then, possibly 0). It does not count the
-// unkept chunks of committed uploads.
+// plus, for dead uploads, the chunks of theirs really in the database (an
+// upload whose ingest failed wrote none). It does not count the unkept
+// chunks of committed uploads.
+//
+// Disk space: saves stop short of the last reserved_disk_bytes of free
+// space; metadata writes that hit a full disk anyway resume RocksDB (which
+// stops writing after a write error) and retry, deletes and gc after
+// dropping the RESERVED file; a restart on a full disk drops it too.
 
 #include <cstdint>
 #include <memory>
@@ -47,7 +53,12 @@ inline constexpr char kRefsFamily[] = "refs";
 inline constexpr char kManifestsFamily[] = "manifests";
 inline constexpr char kTagsFamily[] = "tags";
 
-/// Largest SST file one upload writes before starting the next (kIngest).
+/// Largest memtable of any column family. After a write error on a full
+/// disk, RocksDB writes again only once this much is free: keep
+/// StoreOptions::reserved_disk_bytes above it.
+inline constexpr uint64_t kMaxMemtableBytes = uint64_t{16} << 20;
+
+/// Largest SST file one upload writes before starting the next.
 inline constexpr uint64_t kMaxIngestFileBytes = uint64_t{256} << 20;
 
 namespace internal {
@@ -74,7 +85,9 @@ class RocksDbStore final : public Store {
   absl::StatusOr<std::vector<CheckpointSummary>> ListCheckpoints(absl::string_view prefix,
                                                                  absl::string_view start_after,
                                                                  size_t limit) override;
-  absl::StatusOr<std::vector<VersionInfo>> ListVersions(absl::string_view name) override;
+  absl::StatusOr<std::vector<VersionInfo>> ListVersions(
+      absl::string_view name, uint64_t after = 0,
+      size_t limit = std::numeric_limits<size_t>::max()) override;
   absl::StatusOr<uint64_t> DeleteVersion(absl::string_view name, uint64_t version,
                                          bool force) override;
   absl::Status SetTag(absl::string_view name, absl::string_view tag, uint64_t version) override;

@@ -24,6 +24,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <map>
 #include <memory>
 #include <string>
@@ -38,20 +39,23 @@
 
 namespace ckpt::storage {
 
-/// How new chunk bytes reach the disk.
-enum class ChunkWriteMode {
-  /// SstFileWriter + IngestExternalFile: written once, no WAL (default).
-  kIngest,
-  /// Plain Put through the WAL (written twice); kept for benchmarks.
-  kWal,
-};
+/// Most user tags one checkpoint name may have (all its versions together):
+/// a version's record, and so a page of versions, stays small.
+inline constexpr size_t kMaxTagsPerName = 1000;
 
 /// Options of Store::Open.
 struct StoreOptions {
   /// Directory of the RocksDB database; created if missing. Required.
   std::string path;
-  /// How chunk bytes are written. Default: kIngest.
-  ChunkWriteMode chunk_write_mode = ChunkWriteMode::kIngest;
+  /// Free disk space that saves leave to the store's metadata, so that on a
+  /// full disk deleting versions, gc and a restart still work: a chunk write
+  /// that would leave less free space than this fails with
+  /// ResourceExhausted (and the save leaves nothing). The store also keeps a
+  /// file of this size, `<path>/RESERVED`: when the disk fills up anyway
+  /// (another process), deletes and gc drop it to make room for their
+  /// metadata writes, and it is made again once there is space. 0: neither.
+  /// Default: 64 MiB.
+  uint64_t reserved_disk_bytes = uint64_t{64} << 20;
   /// Largest chunk accepted. Default: 4 MiB.
   uint32_t max_chunk_bytes = 4 << 20;
   /// Sync the WAL on every commit (turn off only in benchmarks). Default: true.
@@ -170,8 +174,12 @@ class Store {
   virtual absl::StatusOr<std::vector<CheckpointSummary>> ListCheckpoints(
       absl::string_view prefix, absl::string_view start_after, size_t limit) = 0;
 
-  /// Versions of `name`, oldest first, with their tags. NotFound if none.
-  virtual absl::StatusOr<std::vector<VersionInfo>> ListVersions(absl::string_view name) = 0;
+  /// Versions of `name` after version `after` (0: from the first), oldest
+  /// first, at most `limit`, with their tags. NotFound if `name` has no
+  /// version at all (an empty list past its last one).
+  virtual absl::StatusOr<std::vector<VersionInfo>> ListVersions(
+      absl::string_view name, uint64_t after = 0,
+      size_t limit = std::numeric_limits<size_t>::max()) = 0;
 
   /// Deletes a version and decrements its chunks' refcounts. NotFound if it
   /// does not exist; FailedPrecondition if user tags point at it and !force
@@ -179,7 +187,9 @@ class Store {
   virtual absl::StatusOr<uint64_t> DeleteVersion(absl::string_view name, uint64_t version,
                                                  bool force) = 0;
 
-  /// Points `tag` at an existing version. InvalidArgument for "latest".
+  /// Points `tag` at an existing version. InvalidArgument for "latest" or
+  /// an invalid tag (ValidateUserTag); ResourceExhausted if `name` would
+  /// have more than kMaxTagsPerName tags.
   virtual absl::Status SetTag(absl::string_view name, absl::string_view tag, uint64_t version) = 0;
 
   /// Removes a tag. NotFound if it does not exist.

@@ -3,12 +3,15 @@
 
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include "absl/strings/str_cat.h"
 #include "ckpt/v1/checkpoint.grpc.pb.h"
 #include "client/raw_client.h"
 #include "server/server.h"
+#include "server/service.h"
+#include "storage/store.h"
 #include "tests/testing/temp_dir.h"
 #include "tests/testing/trees.h"
 
@@ -368,6 +371,143 @@ TEST_F(BadInputTest, MalformedLoadRequestIsInvalidArgument) {
   cq.Shutdown();
   while (cq.Next(&tag, &ok)) {
   }
+}
+
+// A call through the generic stub with raw request bytes: the status.
+grpc::Status RawCall(const std::shared_ptr<grpc::Channel>& channel, const std::string& method,
+                     const std::string& bytes) {
+  grpc::GenericStub generic(channel);
+  grpc::Slice slice(bytes.data(), bytes.size());
+  grpc::ByteBuffer request(&slice, 1);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  grpc::CompletionQueue cq;
+  auto call = generic.PrepareCall(&context, "/ckpt.v1.CheckpointService/" + method, &cq);
+  void* tag = nullptr;
+  bool ok = false;
+  call->StartCall(reinterpret_cast<void*>(1));
+  cq.Next(&tag, &ok);
+  call->Write(request, reinterpret_cast<void*>(2));
+  cq.Next(&tag, &ok);
+  call->WritesDone(reinterpret_cast<void*>(3));
+  cq.Next(&tag, &ok);
+  grpc::ByteBuffer response;
+  do {
+    call->Read(&response, reinterpret_cast<void*>(4));
+    cq.Next(&tag, &ok);
+  } while (ok);
+  grpc::Status status;
+  call->Finish(&status, reinterpret_cast<void*>(5));
+  cq.Next(&tag, &ok);
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
+  return status;
+}
+
+// Every method parses its own requests: bytes that are no valid message are
+// INVALID_ARGUMENT naming the message (not UNIMPLEMENTED, and for Save not
+// ABORTED, which clients retry).
+TEST_F(BadInputTest, UndecodableMessagesAreInvalidArgumentEverywhere) {
+  const std::string garbage = "\x0a\xff\xff\xff\xff\x0f";  // field 1, length past the end
+  for (const char* method :
+       {"Save", "Load", "ListCheckpoints", "ListVersions", "GetManifest", "DeleteVersion",
+        "SetTag", "DeleteTag", "GetServerInfo", "GarbageCollect", "SetRetention",
+        "GetRetention", "Prune"}) {
+    SCOPED_TRACE(method);
+    grpc::Status status = RawCall(channel_, method, garbage);
+    EXPECT_STATUS(status, INVALID_ARGUMENT, absl::StrCat("malformed ", method, "Request"));
+  }
+}
+
+// One rule for tags everywhere: "." and ".." are no tags, and "latest" is
+// refused with the same message by SetTag, DeleteTag and a save's tags.
+TEST_F(BadInputTest, TagRulesAreTheSameEverywhere) {
+  for (const std::string tag : {"..", ".", "-x"}) {
+    grpc::ClientContext context;
+    v1::SetTagRequest request;
+    request.set_name("base/model");
+    request.set_version(1);
+    request.set_tag(tag);
+    v1::SetTagResponse response;
+    EXPECT_STATUS(stub_->SetTag(&context, request, &response), INVALID_ARGUMENT,
+                  "must start with a letter, a digit or '_'");
+  }
+  const std::string latest = "tag 'latest' is automatic";
+  grpc::ClientContext c1;
+  v1::SetTagRequest set;
+  set.set_name("base/model");
+  set.set_version(1);
+  set.set_tag("latest");
+  v1::SetTagResponse set_response;
+  EXPECT_STATUS(stub_->SetTag(&c1, set, &set_response), INVALID_ARGUMENT, latest);
+  grpc::ClientContext c2;
+  v1::DeleteTagRequest del;
+  del.set_name("base/model");
+  del.set_tag("latest");
+  v1::DeleteTagResponse del_response;
+  EXPECT_STATUS(stub_->DeleteTag(&c2, del, &del_response), INVALID_ARGUMENT, latest);
+  Script save = OneTensor("tags/model", {4}, std::string(16, 'a'));
+  save.begin.add_tags("latest");
+  EXPECT_STATUS(Run(save), INVALID_ARGUMENT, latest);
+  save.begin.clear_tags();
+  save.begin.add_tags("..");
+  EXPECT_STATUS(Run(save), INVALID_ARGUMENT, "must start with a letter");
+  ExpectNoVersion("tags/model");
+}
+
+// A version's metadata is bounded in total, and ListVersions pages, so that
+// no name can make its listing exceed a message.
+TEST_F(BadInputTest, MetadataIsBoundedAndListVersionsPages) {
+  Script save = OneTensor("meta/model", {4}, std::string(16, 'm'));
+  for (int i = 0; i < 300; ++i) {
+    (*save.begin.mutable_metadata())[absl::StrCat("key", i)] = std::string(1000, 'v');
+  }
+  EXPECT_STATUS(Run(save), INVALID_ARGUMENT, "bytes in all (max 262144)");
+  ExpectNoVersion("meta/model");
+
+  // 24 versions with ~250 KB of metadata each: 6 MB in all.
+  client::SaveOptions options;
+  for (int i = 0; i < 250; ++i) options.metadata[absl::StrCat("key", i)] = std::string(1000, 'v');
+  testing::TreeBuilder b = testing::StateDict(1, 4, 5);
+  for (int v = 0; v < 24; ++v) ASSERT_TRUE(client_->Save("meta/listed", b.Input(), options).ok());
+  auto versions = client_->ListVersions("meta/listed");
+  ASSERT_TRUE(versions.ok()) << versions.status();
+  ASSERT_EQ(versions->size(), 24u);
+  for (size_t i = 0; i < versions->size(); ++i) {
+    EXPECT_EQ((*versions)[i].version, i + 1);
+    EXPECT_EQ((*versions)[i].metadata.size(), 250u);
+  }
+  EXPECT_THAT((*versions).back().tags, ::testing::ElementsAre("latest"));
+  // One page stays under the message limit and says where to go on.
+  grpc::ClientContext context;
+  v1::ListVersionsRequest request;
+  request.set_name("meta/listed");
+  v1::ListVersionsResponse response;
+  ASSERT_TRUE(stub_->ListVersions(&context, request, &response).ok());
+  EXPECT_LT(response.versions_size(), 24);
+  EXPECT_EQ(response.next_page_token(), absl::StrCat(response.versions_size()));
+  EXPECT_LT(response.ByteSizeLong(), 4u << 20);
+  // Clean up: the fixture checks the totals.
+  for (int v = 1; v <= 24; ++v) ASSERT_TRUE(client_->DeleteVersion("meta/listed", v, true).ok());
+  ASSERT_TRUE(client_->GarbageCollect().ok());
+}
+
+// Errors never name the store's directory.
+TEST_F(BadInputTest, ClientsNeverSeeTheStorePath) {
+  server::ServerOptions options;
+  options.store.path = dir_.path() + "/other";
+  options.store.reserved_disk_bytes = 0;
+  auto store = storage::Store::Open(options.store);
+  ASSERT_TRUE(store.ok()) << store.status();
+  server::CheckpointService service(store->get(), options);
+  const std::string dir = options.store.path;
+  grpc::Status s = service.ToClient(
+      absl::InternalError(absl::StrCat("IO error: While appending to file: ", dir,
+                                       "/000012.log: Input/output error")));
+  EXPECT_EQ(s.error_message().find(dir_.path()), std::string::npos) << s.error_message();
+  EXPECT_NE(s.error_message().find("<data-dir>/000012.log"), std::string::npos)
+      << s.error_message();
 }
 
 }  // namespace

@@ -74,10 +74,13 @@ class CrashTest : public ::testing::Test {
  protected:
   std::string db() const { return dir_.path() + "/db"; }
 
+  // The test build of the server: crash points are compiled into it only.
   std::unique_ptr<testing::ServerProcess> StartServer(const std::string& crash_at) {
     std::vector<std::string> flags = {"--chunk-size-mib", "1"};
     if (!crash_at.empty()) setenv("CKPT_TEST_CRASH_AT", crash_at.c_str(), 1);
+    setenv("CKPT_SERVER_BIN", CKPT_CRASHTEST_SERVER_BIN, 1);
     auto server = testing::ServerProcess::Start(db(), flags);
+    unsetenv("CKPT_SERVER_BIN");
     unsetenv("CKPT_TEST_CRASH_AT");
     EXPECT_TRUE(server.ok()) << server.status();
     return server.ok() ? *std::move(server) : nullptr;
@@ -85,6 +88,22 @@ class CrashTest : public ::testing::Test {
 
   testing::TempDir dir_;
 };
+
+// The ckpt-server users run has no crash points: armed, it saves as usual.
+TEST_F(CrashTest, ReleaseServerHasNoCrashPoints) {
+  for (const char* point : {"save.begin:1", "save.chunk:1", "commit.before_write:1"}) {
+    SCOPED_TRACE(point);
+    setenv("CKPT_TEST_CRASH_AT", point, 1);
+    auto server = testing::ServerProcess::Start(db(), {"--chunk-size-mib", "1"});
+    unsetenv("CKPT_TEST_CRASH_AT");
+    ASSERT_TRUE(server.ok()) << server.status();
+    auto client = client::RawClient::Connect((*server)->address(), {});
+    ASSERT_TRUE(client.ok()) << client.status();
+    auto result = (*client)->Save("release/model", Checkpoint(1).Input(), {});
+    EXPECT_TRUE(result.ok()) << result.status();
+    EXPECT_EQ((*server)->Terminate(), 0);
+  }
+}
 
 TEST_F(CrashTest, KilledServerNeverExposesPartialVersionsNorLosesCommittedOnes) {
   std::vector<Scenario> scenarios = {

@@ -1,4 +1,5 @@
-// Store tests, run once per ChunkWriteMode.
+// Store tests, run once per backend (today: RocksDB; the conformance suite
+// of every Store backend).
 
 #include "storage/store.h"
 
@@ -124,7 +125,10 @@ std::vector<rocksdb::LiveFileMetaData> ChunkFiles(const std::string& db_path) {
   return chunks;
 }
 
-class StoreTest : public ::testing::TestWithParam<ChunkWriteMode> {
+// The Store backends the suite runs over.
+enum class Backend { kRocksDb };
+
+class StoreTest : public ::testing::TestWithParam<Backend> {
  protected:
   void SetUp() override {
     std::string tmpl = (fs::temp_directory_path() / "ckpt-store-test-XXXXXX").string();
@@ -141,7 +145,7 @@ class StoreTest : public ::testing::TestWithParam<ChunkWriteMode> {
   StoreOptions Options() const {
     StoreOptions o;
     o.path = (fs::path(dir_) / "db").string();
-    o.chunk_write_mode = GetParam();
+    o.reserved_disk_bytes = 0;  // temp dirs may sit on a nearly full disk
     o.max_chunk_bytes = 4 * kChunk;
     o.namespace_quota_bytes = quota_;
     o.namespace_quotas = quotas_;
@@ -335,7 +339,15 @@ TEST_P(StoreTest, TagsMoveAndNeedForceToDelete) {
   // "latest" is automatic; tags need an existing version.
   absl::Status s = store_->SetTag("a/b", "latest", 1);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(s.message(), "tag 'latest' is automatic");
+  EXPECT_EQ(s.message(),
+            "tag 'latest' is automatic (it follows the newest version) and cannot be set or "
+            "removed");
+  // Tags start with a letter, digit or '_': "." and ".." are never tags.
+  for (const char* bad : {"..", ".", ".hidden", "-rf"}) {
+    s = store_->SetTag("a/b", bad, 1);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_THAT(std::string(s.message()), HasSubstr("must start with a letter")) << bad;
+  }
   EXPECT_EQ(store_->SetTag("a/b", "best", 9).code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(store_->SetTag("x/y", "best", 1).code(), absl::StatusCode::kNotFound);
   s = store_->DeleteTag("a/b", "nope");
@@ -419,11 +431,11 @@ TEST_P(StoreTest, DuplicateAndUnusedChunksOfAnUploadAreDropped) {
   Upload* ups[] = {up->get()};
   ASSERT_OK_AND_ASSIGN(VersionInfo info, store_->Commit(std::move(spec), ups));
   EXPECT_EQ(info.new_bytes, 3510u);
-  // The unreferenced chunk is unreachable at once; kWal deletes it at
-  // commit, kIngest when garbage collection rewrites the upload's file.
+  // The unreferenced chunk is unreachable at once, and gone from disk when
+  // garbage collection rewrites the upload's file.
   std::string out;
   EXPECT_EQ(store_->ReadChunk("a/b", Digest::Of(extra), &out).code(), absl::StatusCode::kNotFound);
-  EXPECT_EQ(ChunkKeys(), GetParam() == ChunkWriteMode::kWal ? 5u : 6u);
+  EXPECT_EQ(ChunkKeys(), 6u);
   ASSERT_OK_AND_ASSIGN(StoreStats stats, store_->Stats());
   EXPECT_EQ(stats.chunks, 5u);
   up->reset();
@@ -592,8 +604,8 @@ TEST_P(StoreTest, UnsealedUploadDestroyedLeavesNothing) {
     ASSERT_OK(UploadMissing(**up, Model()));
   }
   ASSERT_OK_AND_ASSIGN(GcResult gc, store_->CollectGarbage());
-  // kIngest never wrote into the database; kWal did, and GC removes it.
-  EXPECT_EQ(gc.orphan_uploads_removed, GetParam() == ChunkWriteMode::kWal ? 1u : 0u);
+  // An unsealed upload never wrote into the database.
+  EXPECT_EQ(gc.orphan_uploads_removed, 0u);
   EXPECT_EQ(ChunkKeys(), 0u);
   EXPECT_TRUE(fs::is_empty(fs::path(Options().path) / "ingest"));
 }
@@ -883,7 +895,7 @@ TEST_P(StoreTest, QuotaRefusesTheCommitAndLeavesNothing) {
   EXPECT_TRUE(Save("small/m", {{"x", RandomBytes(100, 46)}}).ok());
 }
 
-// Tests of the SST-ingest layout itself: kIngest mode only.
+// Tests of the RocksDB backend's SST-ingest layout itself.
 class IngestStoreTest : public StoreTest {};
 
 TEST_P(IngestStoreTest, IngestedFilesLandInTheBottommostLevel) {
@@ -1008,12 +1020,9 @@ TEST_P(StoreTest, ConcurrentSavesDeletesAndGc) {
   EXPECT_EQ(ChunkKeys(), 1u + kThreads * 2);
 }
 
-INSTANTIATE_TEST_SUITE_P(Ingest, IngestStoreTest, ::testing::Values(ChunkWriteMode::kIngest));
-INSTANTIATE_TEST_SUITE_P(Modes, StoreTest,
-                         ::testing::Values(ChunkWriteMode::kIngest, ChunkWriteMode::kWal),
-                         [](const ::testing::TestParamInfo<ChunkWriteMode>& info) {
-                           return info.param == ChunkWriteMode::kIngest ? "Ingest" : "Wal";
-                         });
+INSTANTIATE_TEST_SUITE_P(RocksDb, IngestStoreTest, ::testing::Values(Backend::kRocksDb));
+INSTANTIATE_TEST_SUITE_P(Backends, StoreTest, ::testing::Values(Backend::kRocksDb),
+                         [](const ::testing::TestParamInfo<Backend>&) { return "RocksDb"; });
 
 TEST(StoreOpenTest, RejectsEmptyPathAndCleansIngestDir) {
   EXPECT_EQ(Store::Open(StoreOptions{}).status().code(), absl::StatusCode::kInvalidArgument);

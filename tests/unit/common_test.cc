@@ -212,3 +212,134 @@ TEST(KeyPatternTest, EscapedKeysMatchOnlyThemselves) {
 
 }  // namespace
 }  // namespace ckpt
+
+#include <cerrno>
+#include <chrono>
+#include <random>
+
+#include "common/errno_status.h"
+
+namespace ckpt {
+namespace {
+
+// A reference matcher by recursion (exponential, for short inputs only).
+bool Reference(const std::string& p, size_t pi, const std::string& k, size_t ki) {
+  if (pi == p.size()) return ki == k.size();
+  if (p[pi] == '*') {
+    for (size_t j = ki; j <= k.size(); ++j) {
+      if (Reference(p, pi + 1, k, j)) return true;
+    }
+    return false;
+  }
+  if (ki == k.size()) return false;
+  if (p[pi] == '?') return Reference(p, pi + 1, k, ki + 1);
+  if (p[pi] == '\\') return p[pi + 1] == k[ki] && Reference(p, pi + 2, k, ki + 1);
+  return p[pi] == k[ki] && Reference(p, pi + 1, k, ki + 1);
+}
+
+TEST(KeyPatternTest, AgreesWithAReferenceMatcherOnRandomInputs) {
+  std::mt19937 rng(7);
+  const std::string pattern_chars = "ab*?\\";
+  const std::string key_chars = "ab*";
+  for (int round = 0; round < 20000; ++round) {
+    std::string p, k;
+    const int plen = 1 + rng() % 8, klen = rng() % 10;
+    for (int i = 0; i < plen; ++i) p += pattern_chars[rng() % pattern_chars.size()];
+    if (p.back() == '\\') p.back() = 'a';
+    for (int i = 0; i < klen; ++i) k += key_chars[rng() % key_chars.size()];
+    auto compiled = KeyPattern::Compile(p);
+    ASSERT_TRUE(compiled.ok()) << p;
+    ASSERT_EQ(compiled->Matches(k), Reference(p, 0, k, 0)) << "pattern '" << p << "' key '" << k
+                                                           << "'";
+  }
+  // Long segments take the bit-parallel path.
+  const std::string seg(100, 'x');
+  EXPECT_TRUE(KeyPattern::Compile("*" + seg + "?" + seg + "*")
+                  ->Matches("aa" + seg + "b" + seg + "cc"));
+  EXPECT_FALSE(KeyPattern::Compile("*" + seg + "?" + seg + "*")->Matches("aa" + seg + seg));
+  EXPECT_TRUE(KeyPattern::Compile("a*[xy]" + seg + "*b")->Matches("a" + seg + "y" + seg + "b"));
+}
+
+// What made a worker spin for minutes: O(key x pattern) backtracking.
+TEST(KeyPatternTest, BacktrackingPatternsTakeLinearTime) {
+  auto p = KeyPattern::Compile("*" + std::string(1021, 'a') + "b*");
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ(p->cost_per_byte(), 16u);
+  const std::string key(60000, 'a');
+  const auto start = std::chrono::steady_clock::now();
+  for (int i = 0; i < 16; ++i) EXPECT_FALSE(p->Matches(key));
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  // 16 x 60,000 bytes x 16 words: milliseconds; backtracking took ~1 s each.
+  EXPECT_LT(seconds, 2.0);
+}
+
+TEST(SelectTreeTest, RefusesPatternsTooCostlyForTheTreeAndStopsWhenCancelled) {
+  Tree tree(1);
+  tree[0].kind = NodeKind::kDict;
+  tree[0].size = 16;
+  for (int i = 0; i < 16; ++i) {
+    Node n;
+    n.kind = NodeKind::kInt;
+    n.key = std::string(60000, 'a') + std::to_string(i);
+    tree.push_back(n);
+  }
+  std::vector<std::string> texts(16, "*" + std::string(1000, 'a') + "b*");
+  auto patterns = CompilePatterns(texts);
+  ASSERT_TRUE(patterns.ok());
+  auto selected = SelectTree(tree, *patterns);
+  EXPECT_EQ(selected.status().code(), absl::StatusCode::kResourceExhausted) << selected.status();
+  patterns = CompilePatterns({"*a1*"});
+  std::atomic<bool> cancelled{true};
+  EXPECT_EQ(SelectTree(tree, *patterns, &cancelled).status().code(), absl::StatusCode::kCancelled);
+  cancelled = false;
+  EXPECT_TRUE(SelectTree(tree, *patterns, &cancelled).ok());
+  // Pattern bytes per request are bounded too.
+  EXPECT_EQ(CompilePatterns(std::vector<std::string>(65, std::string(1024, 'x'))).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(ValidateTreeTest, BoundsKeyLengthsAndTheirTotal) {
+  Tree tree(2);
+  tree[0].kind = NodeKind::kDict;
+  tree[0].size = 1;
+  tree[1].kind = NodeKind::kInt;
+  tree[1].key = std::string(kMaxKeyLength + 1, 'k');
+  absl::Status s = ValidateTree(tree, 1 << 20);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("(65537 bytes)"), std::string::npos) << s.message();
+  EXPECT_LT(s.message().size(), 1000u);
+}
+
+TEST(ValidateMetadataTest, Limits) {
+  EXPECT_TRUE(ValidateMetadata({{"loss", "0.25"}}).ok());
+  EXPECT_EQ(ValidateMetadata({{std::string(1025, 'k'), "v"}}).code(),
+            absl::StatusCode::kInvalidArgument);
+  std::map<std::string, std::string> many;
+  for (int i = 0; i < 5; ++i) many[std::to_string(i)] = std::string(60000, 'v');
+  EXPECT_EQ(ValidateMetadata(many).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(ErrnoStatusTest, OneMappingForEveryLayer) {
+  EXPECT_EQ(ErrnoStatus(ENOSPC, "writing x").code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(ErrnoStatus(EDQUOT, "writing x").code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(ErrnoStatus(ENOENT, "opening x").code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(ErrnoStatus(EACCES, "opening x").code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(ErrnoStatus(EIO, "reading x").code(), absl::StatusCode::kInternal);
+  EXPECT_EQ(ErrnoStatus(ENOSPC, "writing x").message(), "writing x: No space left on device");
+}
+
+TEST(NamesTest, UserTagsAndExcerpts) {
+  EXPECT_TRUE(ValidateUserTag("best").ok());
+  EXPECT_TRUE(ValidateUserTag("_v1.0-rc").ok());
+  for (const char* bad : {"latest", "..", ".", ".x", "-x", "123", ""}) {
+    EXPECT_EQ(ValidateUserTag(bad).code(), absl::StatusCode::kInvalidArgument) << bad;
+  }
+  EXPECT_TRUE(ValidateTag("latest").ok());
+  EXPECT_EQ(Excerpt("short"), "short");
+  EXPECT_EQ(Excerpt(std::string(1000, 'x'), 4), "xxxx... (1000 bytes)");
+  EXPECT_EQ(Excerpt("a\nb"), "a\\x0ab");
+}
+
+}  // namespace
+}  // namespace ckpt
