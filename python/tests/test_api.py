@@ -202,8 +202,10 @@ def test_other_threads_progress_during_a_large_save(client, name):
         stop.set()
         spinner.join()
     # With the GIL held while bytes move (hashing, copying, sending), the spinner
-    # would stall for the whole save; it keeps a large share of its solo speed.
-    assert busy_rate > 0.3 * solo_rate, (busy_rate, solo_rate)
+    # would stall for the whole save; it keeps a large share of its solo speed
+    # (0.3-0.65 measured on 2 busy cores; a save holding the GIL gives ~0).
+    print(f"spinner: {busy_rate / solo_rate:.2f} of its solo rate during the save")
+    assert busy_rate > 0.2 * solo_rate, (busy_rate, solo_rate)
 
 
 def test_generated_stubs_are_up_to_date(tmp_path):
