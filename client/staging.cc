@@ -38,7 +38,14 @@ at::Tensor PinnedBytes(size_t bytes) {
                    at::TensorOptions().dtype(at::kByte).pinned_memory(true));
 }
 
-std::string ErrorText(const c10::Error& e) { return e.what_without_backtrace(); }
+// c10::Error (CUDA errors included) without its C++ backtrace; anything
+// else LibTorch or the standard library throws, as is.
+std::string ErrorText(const std::exception& e) {
+  if (const auto* error = dynamic_cast<const c10::Error*>(&e)) {
+    return error->what_without_backtrace();
+  }
+  return e.what();
+}
 
 }  // namespace
 
@@ -52,7 +59,7 @@ CallerStreams::CallerStreams() {
     for (int i = 0; i < n; ++i) {
       cuda_.push_back(impl.getStream(c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(i))));
     }
-  } catch (const c10::Error&) {
+  } catch (const std::exception&) {
     cuda_.clear();  // no usable CUDA: nothing to order against
   }
 }
@@ -84,7 +91,7 @@ absl::StatusOr<std::shared_ptr<SaveStaging>> SaveStaging::Create(c10::Device dev
     staging->caller_ready_->block(staging->stream_);
     for (Slot& slot : staging->slots_) slot.done.emplace(device.type());
     return staging;
-  } catch (const c10::Error& e) {
+  } catch (const std::exception& e) {
     return absl::InternalError(
         absl::StrCat("staging for ", device.str(), ": ", ErrorText(e)));
   }
@@ -163,7 +170,7 @@ absl::Status SaveStaging::Read(const void* owner, const at::Tensor& bytes,
       }
       if (!have) Start(Victim(hit), owner, bytes, ahead, length);
     }
-  } catch (const c10::Error& e) {
+  } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("tensor '", name, "': device to host copy of bytes [",
                                             offset, ", +", out.size(), ") on ", device_.str(),
                                             ": ", ErrorText(e)));
@@ -233,7 +240,7 @@ absl::StatusOr<std::unique_ptr<DeviceUploader>> DeviceUploader::Create(c10::Devi
     uploader->caller_ready_->record(caller);
     uploader->caller_ready_->block(uploader->stream_);
     return uploader;
-  } catch (const c10::Error& e) {
+  } catch (const std::exception& e) {
     return absl::InternalError(
         absl::StrCat("staging for ", device.str(), ": ", ErrorText(e)));
   }
@@ -274,7 +281,7 @@ absl::Status DeviceUploader::Write(const at::Tensor& dst, const std::string& nam
       slot.busy = true;
       written += len;
     }
-  } catch (const c10::Error& e) {
+  } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("tensor '", name, "': host to device copy at byte ",
                                             offset, " on ", device_.str(), ": ", ErrorText(e)));
   }
@@ -285,7 +292,7 @@ absl::Status DeviceUploader::Finish() {
   try {
     Wait(slots_[0]);
     Wait(slots_[1]);
-  } catch (const c10::Error& e) {
+  } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("tensor '", last_name_, "': host to device copy on ",
                                             device_.str(), ": ", ErrorText(e)));
   }

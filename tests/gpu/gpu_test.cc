@@ -233,9 +233,11 @@ TEST_F(GpuTest, LoadIntoWhileTheStreamIsBusyKeepsTheCheckpointValues) {
     into.insert("w", dst);
     auto keys = client_->LoadInto("gpu/busy-load", into, "", true, {});
     ASSERT_TRUE(keys.ok()) << keys.status();
-    at::Tensor sum = dst.sum();  // the caller's next kernel sees the values
+    // The caller's next kernel (queued right after, on its stream) sees the
+    // values too.
+    at::Tensor same = dst.eq(values.to(dst.device())).all();
+    EXPECT_TRUE(same.item<bool>());
     EXPECT_TRUE(dst.cpu().equal(values));
-    EXPECT_EQ(sum.item<double>(), values.sum().item<double>());
 
     auto gpu_model = torch::nn::Linear(256, 256);
     gpu_model->to(torch::kCUDA);
@@ -543,6 +545,28 @@ TEST_F(GpuTest, LoadAbortedByItsDeadlineThenNewAllocationsStayIntact) {
     for (const at::Tensor& t : fresh) EXPECT_TRUE(t.eq(7).all().item<bool>());
   }
   EXPECT_TRUE(aborted) << "no load hit its deadline: the test did not test anything";
+}
+
+// Issue 14, fix 4: a CUDA failure in the staging is a status, not a
+// c10::Error escaping the client. Without a usable device (here: a CPU-only
+// LibTorch, or a CUDA one without a driver) creating the staging fails, and
+// must say so as an Internal status naming the device.
+TEST(GpuStagingErrorTest, StagingWithoutAUsableDeviceIsAStatusNotAnException) {
+  if (NoGpuReason().empty()) GTEST_SKIP() << "a CUDA device is present: nothing fails here";
+  const c10::Device device(c10::kCUDA, 0);
+  const c10::Stream stream(c10::Stream::DEFAULT, device);
+  absl::StatusOr<std::shared_ptr<internal::SaveStaging>> staging;
+  absl::StatusOr<std::unique_ptr<internal::DeviceUploader>> uploader;
+  EXPECT_NO_THROW(staging = internal::SaveStaging::Create(device, stream));
+  EXPECT_NO_THROW(uploader = internal::DeviceUploader::Create(device, stream));
+  ASSERT_FALSE(staging.ok());
+  EXPECT_EQ(staging.status().code(), absl::StatusCode::kInternal);
+  EXPECT_NE(staging.status().message().find("staging for cuda:0"), std::string::npos)
+      << staging.status();
+  ASSERT_FALSE(uploader.ok());
+  EXPECT_EQ(uploader.status().code(), absl::StatusCode::kInternal);
+  EXPECT_NE(uploader.status().message().find("staging for cuda:0"), std::string::npos)
+      << uploader.status();
 }
 
 }  // namespace
