@@ -187,7 +187,8 @@ def bench_workload(args, label, shapes, workdir):
         print(f"  {text:36} {py[key]:8.2f} {c:8.2f} {ratio(py[key], c):>8}")
     cinc = f"{cpp['incremental']:.3f} s" if cpp else "n/a"
     print(f"  {'incremental save (10% changed)':36} {best['inc']:7.3f}s {cinc:>9}  "
-          f"({100 * best['inc'] / best['save']:.0f}% of full, wire {best['inc_wire'] / 1e6:.1f} MB)")
+          f"({100 * best['inc'] / best['save']:.0f}% of full, "
+          f"wire {best['inc_wire'] / 1e6:.1f} MB)")
     print(f"  {'async save':36} {best['snapshot']:7.3f}s snapshot, {best['async']:.3f} s to "
           "commit")
     print(f"  {'torch.save+fsync / torch.load GB/s':36} {gbps(ts_s):8.2f} {gbps(tl_s):8.2f}")

@@ -51,8 +51,10 @@ def test_python_save_exports_to_pt_equal_under_torch_load(client, server, name, 
     value = {"epoch": 5, "loss": 0.25, "model_state_dict": model.state_dict(),
              "optimizer_state_dict": opt.state_dict(),
              "dtypes": {"bf16": torch.randn(3, 2).to(torch.bfloat16),
-                        "bool": torch.tensor([True, False]), "c64": torch.randn(2, dtype=torch.complex64),
-                        "i8": torch.tensor([-3, 4], dtype=torch.int8), "half": torch.randn(2).half(),
+                        "bool": torch.tensor([True, False]),
+                        "c64": torch.randn(2, dtype=torch.complex64),
+                        "i8": torch.tensor([-3, 4], dtype=torch.int8),
+                        "half": torch.randn(2).half(),
                         "empty": torch.zeros(0, 5), "scalar": torch.tensor(7)},
              "misc": [None, "s", (1, 2.5), b"raw", True]}
     client.save(value, name)

@@ -14,20 +14,19 @@ import collections
 import concurrent.futures
 import dataclasses
 import datetime
-import fnmatch
 import os
 import queue
 import sys
 import threading
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import grpc
 import torch
 import xxhash
 
 from ckpt import _tree, _wire
-from ckpt.errors import (Error, FailedPrecondition, Internal, InvalidArgument, Unavailable,
-                         from_rpc_error)
+from ckpt.errors import (Error, FailedPrecondition, Internal, InvalidArgument, NotFound,
+                         Unavailable, from_rpc_error)
 from ckpt.v1 import checkpoint_pb2 as pb
 from ckpt.v1 import checkpoint_pb2_grpc as pb_grpc
 
@@ -927,7 +926,8 @@ class Client:
         self._load_stream(name, sink, version, tag, keys, timeout=timeout)
         return sink.build(strip_prefix)
 
-    def load_state_dict(self, module: Union[torch.nn.Module, Dict[str, torch.Tensor]], name: str, version: int = 0,
+    def load_state_dict(self, module: Union[torch.nn.Module, Dict[str, torch.Tensor]],
+                        name: str, version: int = 0,
                         tag: str = "", *, prefix: str = "", strict: bool = True,
                         strip_prefix: str = "", rename: Optional[Dict[str, str]] = None,
                         timeout: Optional[float] = None) -> Any:
@@ -1066,7 +1066,7 @@ class Client:
                 return v.version
         if tag == "latest" and versions:
             return versions[-1].version
-        raise error_not_found(f"checkpoint {name} has no tag '{tag}'")
+        raise NotFound(f"checkpoint {name} has no tag '{tag}'")
 
     def retention(self, name: str, policy: Optional[RetentionPolicy] = None, *,
                   clear: bool = False) -> Union[RetentionPolicy, List[int]]:
@@ -1100,11 +1100,6 @@ class Client:
         return ServerInfo(r.server_version, r.chunk_size, r.max_message_bytes, s.checkpoints,
                           s.versions, s.chunks, s.stored_bytes, s.logical_bytes, s.dedup_ratio,
                           s.disk_bytes, s.active_uploads)
-
-
-def error_not_found(message: str) -> Error:
-    from ckpt.errors import NotFound
-    return NotFound(message)
 
 
 # ---------------------------------------------------------------- default client

@@ -33,14 +33,13 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import os
 import pickle
 import threading
 import uuid
-from torch.futures import Future
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
+from torch.futures import Future
 from torch.distributed.checkpoint import metadata as _md
 from torch.distributed.checkpoint.metadata import Metadata, MetadataIndex, StorageMeta
 from torch.distributed.checkpoint.planner import (LoadItemType, LoadPlan, LoadPlanner,
