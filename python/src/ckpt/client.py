@@ -149,6 +149,8 @@ class ServerInfo:
     dedup_ratio: float
     disk_bytes: int
     active_uploads: int
+    #: Bytes gc would reclaim now (0 from servers that do not report it).
+    garbage_bytes: int = 0
 
 
 # ---------------------------------------------------------------- helpers
@@ -1099,7 +1101,7 @@ class Client:
         s = r.stats
         return ServerInfo(r.server_version, r.chunk_size, r.max_message_bytes, s.checkpoints,
                           s.versions, s.chunks, s.stored_bytes, s.logical_bytes, s.dedup_ratio,
-                          s.disk_bytes, s.active_uploads)
+                          s.disk_bytes, s.active_uploads, getattr(s, "garbage_bytes", 0))
 
 
 # ---------------------------------------------------------------- default client

@@ -428,7 +428,7 @@ class GetServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StorageStats(_message.Message):
-    __slots__ = ("checkpoints", "versions", "chunks", "stored_bytes", "logical_bytes", "dedup_ratio", "disk_bytes", "active_uploads")
+    __slots__ = ("checkpoints", "versions", "chunks", "stored_bytes", "logical_bytes", "dedup_ratio", "disk_bytes", "active_uploads", "garbage_bytes")
     CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
@@ -437,6 +437,7 @@ class StorageStats(_message.Message):
     DEDUP_RATIO_FIELD_NUMBER: _ClassVar[int]
     DISK_BYTES_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_UPLOADS_FIELD_NUMBER: _ClassVar[int]
+    GARBAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     checkpoints: int
     versions: int
     chunks: int
@@ -445,7 +446,8 @@ class StorageStats(_message.Message):
     dedup_ratio: float
     disk_bytes: int
     active_uploads: int
-    def __init__(self, checkpoints: _Optional[int] = ..., versions: _Optional[int] = ..., chunks: _Optional[int] = ..., stored_bytes: _Optional[int] = ..., logical_bytes: _Optional[int] = ..., dedup_ratio: _Optional[float] = ..., disk_bytes: _Optional[int] = ..., active_uploads: _Optional[int] = ...) -> None: ...
+    garbage_bytes: int
+    def __init__(self, checkpoints: _Optional[int] = ..., versions: _Optional[int] = ..., chunks: _Optional[int] = ..., stored_bytes: _Optional[int] = ..., logical_bytes: _Optional[int] = ..., dedup_ratio: _Optional[float] = ..., disk_bytes: _Optional[int] = ..., active_uploads: _Optional[int] = ..., garbage_bytes: _Optional[int] = ...) -> None: ...
 
 class GetServerInfoResponse(_message.Message):
     __slots__ = ("server_version", "chunk_size", "max_message_bytes", "stats")
