@@ -106,7 +106,11 @@ PYEOF
   if [[ "$where" != "$(realpath "$root/python/src/ckpt/__init__.py")" ]]; then
     echo "install-deps: installing the ckpt Python package (pip install -e python)" >&2
     local isolation=()
-    if "$py" -c 'import setuptools' >/dev/null 2>&1; then isolation=(--no-build-isolation); fi
+    # Editable installs need setuptools >= 64; an older one builds in isolation (PyPI).
+    if "$py" -c 'import setuptools, sys; sys.exit(int(setuptools.__version__.split(".")[0]) < 64)' \
+        >/dev/null 2>&1; then
+      isolation=(--no-build-isolation)
+    fi
     "$py" -m pip install -q --disable-pip-version-check --root-user-action=ignore \
       --no-deps "${isolation[@]}" -e "$root/python" >/dev/null
   fi
