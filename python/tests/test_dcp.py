@@ -129,7 +129,9 @@ def load_worker(rank, world, port, cid, shard_dim, step, out_dir, extra_cid):
 
 
 class DyingWriter(CkptStorageWriter):
-    """Rank 2 is SIGKILLed after streaming its part, before DCP's metadata exists."""
+    """Rank 1 is SIGKILLed in the middle of streaming its part (after some of its
+    chunks went out); rank 2 after streaming its whole part, before DCP's metadata
+    exists."""
 
     def write_data(self, plan, planner):
         future = super().write_data(plan, planner)
@@ -140,7 +142,20 @@ class DyingWriter(CkptStorageWriter):
 
 def dying_worker(rank, world, port, cid):
     mesh = init(rank, world, port)
-    dcp.save(sharded(full_state(1), mesh, 0), checkpoint_id=cid, storage_writer=DyingWriter())
+    if rank == 1:
+        from ckpt import _tree
+        real = _tree.data_view
+        calls = [0]
+
+        def data_view(data):
+            calls[0] += 1
+            if calls[0] == 12:  # batches of 1 KiB: earlier ones were sent already
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(data)
+
+        _tree.data_view = data_view
+    writer = DyingWriter(block_bytes=1024, batch_bytes=1024)
+    dcp.save(sharded(full_state(1), mesh, 0), checkpoint_id=cid, storage_writer=writer)
 
 
 def reports(out_dir, prefix):
