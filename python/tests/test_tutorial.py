@@ -307,3 +307,21 @@ def test_non_contiguous_destination_is_filled(client, name):
     dst = torch.zeros(6, 4).t()
     client.load_state_dict({"w": dst}, name)
     assert torch.equal(dst, w)
+
+
+def test_failed_loads_leave_no_reader_threads(client, name):
+    import threading
+    import time
+    client.save({"w": torch.randn(512, 1024), "b": torch.randn(3)}, name)
+    client.load(name)
+    before = threading.active_count()
+    for _ in range(5):
+        with pytest.raises(ckpt.FailedPrecondition):
+            client.load_state_dict({"x": torch.zeros(1)}, name)  # strict: refused at the tree
+        with pytest.raises(ckpt.InvalidArgument):
+            client.load_state_dict({"w": torch.zeros(2, 2), "b": torch.zeros(3)}, name)
+    deadline = time.monotonic() + 10
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert threading.active_count() <= before
+    assert torch.equal(client.load(name)["b"], client.load(name, keys=["b"])["b"])

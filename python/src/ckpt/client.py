@@ -432,6 +432,62 @@ class _SaveCall:
 
 # ---------------------------------------------------------------- load sinks
 
+_PREFETCH = os.environ.get("CKPT_LOAD_PREFETCH", "1") != "0"
+
+
+class _Prefetch:
+    """Reads a response stream on a helper thread, a few messages ahead.
+
+    grpcio asks for the next message only when the caller calls next(); reading
+    ahead lets the network and the server work while this thread copies the
+    previous message's pieces into tensors. At most ``depth`` messages (<= 1 MiB
+    each) wait. Errors (grpc.RpcError) surface from next() in order."""
+
+    _END = object()
+
+    def __init__(self, call: Any, depth: int = 4) -> None:
+        self._call = call
+        self._q: "queue.Queue[Any]" = queue.Queue(depth)
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="ckpt-load-read", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for message in self._call:
+                while True:
+                    if self._stop:
+                        return
+                    try:
+                        self._q.put((message, None), timeout=0.05)
+                        break
+                    except queue.Full:
+                        continue
+            item: Any = (self._END, None)
+        except BaseException as e:  # noqa: BLE001 - re-raised by next()
+            item = (None, e)
+        while not self._stop:
+            try:
+                self._q.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                continue
+
+    def __iter__(self) -> "_Prefetch":
+        return self
+
+    def __next__(self) -> bytes:
+        message, error = self._q.get()
+        if error is not None:
+            raise error
+        if message is self._END:
+            self._q.put((self._END, None))
+            raise StopIteration
+        return message
+
+    def close(self) -> None:
+        self._stop = True
+
 
 class _Sink:
     """Receives a Load stream: the selected tree, then data pieces in order."""
@@ -848,11 +904,18 @@ class Client:
         except grpc.RpcError as e:
             raise from_rpc_error(e, self.target) from None
         except BaseException:
-            call.cancel()
+            call.cancel()  # also ends a prefetching thread's iteration
             raise
 
     def _run_load(self, call: Any, sink: _Sink) -> VersionInfo:
-        stream = iter(call)
+        stream = _Prefetch(call) if _PREFETCH else iter(call)
+        try:
+            return self._read_load(stream, sink)
+        finally:
+            if isinstance(stream, _Prefetch):
+                stream.close()
+
+    def _read_load(self, stream: Any, sink: _Sink) -> VersionInfo:
 
         def read(where: str) -> Tuple[int, memoryview]:
             try:
