@@ -301,3 +301,23 @@ def test_metadata_reader_refuses_other_globals():
 
     with pytest.raises(p.UnpicklingError, match="refusing global"):
         decode_metadata(p.dumps(Evil()))
+
+
+class Opaque:
+    """A picklable object: DCP stores it as torch.save bytes."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+def test_reader_refuses_pickled_objects_unless_allowed(server):
+    cid = f"ckpt://{server.address}/pytest-dcp/objects"
+    dcp.save({"w": torch.ones(2), "obj": Opaque(3), "n": 4}, checkpoint_id=cid,
+             storage_writer=CkptStorageWriter(), no_dist=True)
+    target = {"w": torch.zeros(2), "obj": None, "n": 0}
+    with pytest.raises(BaseException, match="allow_pickle"):  # DCP: CheckpointException
+        dcp.load(target, checkpoint_id=cid, storage_reader=CkptStorageReader(), no_dist=True)
+    target = {"w": torch.zeros(2), "obj": None, "n": 0}
+    dcp.load(target, checkpoint_id=cid, storage_reader=CkptStorageReader(allow_pickle=True),
+             no_dist=True)
+    assert target["obj"].value == 3 and target["n"] == 4 and torch.equal(target["w"], torch.ones(2))

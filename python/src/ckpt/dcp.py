@@ -23,10 +23,11 @@ How a DCP save maps onto ckpt:
 - The Metadata is stored as a pickle byte leaf (key ``__dcp_metadata__``) and
   read back with a restricted unpickler that only accepts DCP's metadata
   classes, torch.Size and torch dtypes/layouts/memory formats, and Python's
-  plain containers: loading never runs arbitrary pickle code. (Byte items of
-  the state_dict, e.g. non-tensor values, are DCP's own ``torch.save`` bytes and
-  are handed to DCP's planner, which decides how to read them, exactly as with
-  ``FileSystemReader``.)
+  plain containers: loading never runs arbitrary pickle code. Non-tensor values
+  of the state_dict are DCP's own ``torch.save`` byte items, which DCP's planner
+  unpickles with ``weights_only=False``; the reader first checks each with
+  ``torch.load(weights_only=True)`` and refuses what that refuses (objects of
+  your classes) unless ``CkptStorageReader(allow_pickle=True)``.
 """
 
 from __future__ import annotations
@@ -397,10 +398,12 @@ class CkptStorageReader(StorageReader):
     """
 
     def __init__(self, checkpoint_id: Optional[str] = None, *,
-                 timeout: Optional[float] = None, **client_kwargs: Any) -> None:
+                 timeout: Optional[float] = None, allow_pickle: bool = False,
+                 **client_kwargs: Any) -> None:
         super().__init__()
         self._endpoint = _Endpoint(checkpoint_id, client_kwargs)
         self.timeout = timeout
+        self.allow_pickle = allow_pickle
         self.version = 0
         self.bytes_received = 0
         self.storage_data: Dict[MetadataIndex, Any] = {}
@@ -460,6 +463,19 @@ class CkptStorageReader(StorageReader):
                 return tuple(chunk.sizes)
         raise InvalidArgument(f"DCP metadata has no shard of {index.fqn} at {index.offset}")
 
+    @staticmethod
+    def _check_plain(fqn: str, value: bytes) -> None:
+        """DCP's planner unpickles byte items with torch.load(weights_only=False):
+        let through only what the weights-only unpickler accepts (tensors,
+        containers, numbers, strings), so a stored object cannot run code."""
+        try:
+            torch.load(io.BytesIO(value), weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any refusal
+            raise FailedPrecondition(
+                f"DCP value '{fqn}' is not plain data: torch.load(weights_only=True) refused "
+                f"it ({str(e).splitlines()[0][:200]}); pass CkptStorageReader(allow_pickle=True) "
+                "to trust this checkpoint's pickles") from None
+
     def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> "Future[None]":
         ep = self._endpoint
         version = plan.storage_data or self.version
@@ -505,6 +521,8 @@ class CkptStorageReader(StorageReader):
         def on_block(key: str, value: Any) -> None:
             for want in wants.get(key, ()):
                 if want[0] == "bytes":
+                    if not self.allow_pickle:
+                        self._check_plain(want[1].storage_index.fqn, value)
                     planner.load_bytes(want[1], io.BytesIO(value))
                     continue
                 _, entry, start = want
