@@ -45,6 +45,12 @@
 # in the stamp (checked on the device); a device compiler older than GCC 12
 # gets Debian's libstdc++ from lib/compat (checked by symbol version).
 #
+# A session lent a GPU machine: first `scripts/gpu-check.sh bundle` here (a
+# few seconds once ./build is built), then one call of the device tool:
+#   command: scripts/gpu-check.sh run "$OUT"   carry: ["build-gpu-bundle"]
+#   timeout_s: 540 (about 1-2 min of compiling on 16 cores, 1-3 min of tests)
+# and read $OUT/gpu-check.txt.
+#
 # Environment: CKPT_BUILD_DIR (default ./build), PYTHON (python3 with torch),
 # CXX (c++), CUDA_HOME (/usr/local/cuda), CKPT_GPU_TEST_TIMEOUT (480 s),
 # CKPT_GPU_WORK (where `run` builds; default build-gpu-check/).
