@@ -140,7 +140,7 @@ class DyingWriter(CkptStorageWriter):
         return future
 
 
-def dying_worker(rank, world, port, cid):
+def dying_worker(rank, world, port, cid, out_dir):
     mesh = init(rank, world, port)
     if rank == 1:
         from ckpt import _tree
@@ -149,7 +149,9 @@ def dying_worker(rank, world, port, cid):
 
         def data_view(data):
             calls[0] += 1
-            if calls[0] == 12:  # batches of 1 KiB: earlier ones were sent already
+            if calls[0] == 5:  # batches of ~1 KiB: the first ones went out already
+                with open(os.path.join(out_dir, "rank1-killed"), "w") as f:
+                    f.write("mid-stream")
                 os.kill(os.getpid(), signal.SIGKILL)
             return real(data)
 
@@ -235,7 +237,9 @@ def test_rank_killed_mid_save_leaves_no_version(tmp_path):
         name = "pytest-dcp/killed"
         cid = f"ckpt://{server.address}/{name}"
         with pytest.raises(Exception):
-            mp.spawn(dying_worker, args=(4, free_port(), cid), nprocs=4, join=True)
+            mp.spawn(dying_worker, args=(4, free_port(), cid, str(tmp_path)), nprocs=4,
+                     join=True)
+        assert (tmp_path / "rank1-killed").read_text() == "mid-stream"
         with pytest.raises(ckpt.NotFound):
             client.versions(name)
         # The parts that were in expire (--part-timeout 2): gc reclaims their chunks.
