@@ -23,9 +23,12 @@ struct Client::AsyncSaves {
     std::thread thread;
     std::shared_ptr<std::atomic<bool>> done;
   };
-  std::mutex mu;
+  std::mutex mu;  // guards closed and tasks
   bool closed = false;
   std::list<Task> tasks;
+  // Held for the whole of Close(): a second Close() returns only once the
+  // first has joined every thread.
+  std::mutex closing;
 };
 
 Client::Client(std::unique_ptr<RawClient> raw)
@@ -34,6 +37,7 @@ Client::Client(std::unique_ptr<RawClient> raw)
 Client::~Client() { Close(); }
 
 void Client::Close() {
+  std::lock_guard<std::mutex> closing(async_->closing);
   std::list<AsyncSaves::Task> tasks;
   {
     std::lock_guard<std::mutex> lock(async_->mu);

@@ -38,8 +38,10 @@
 # refuses to go on if our headers changed since (rebuild the bundle).
 # Rehearsal here (no GPU): `bundle`, then `run` with the wheel's torch: every
 # test fails with "CKPT_REQUIRE_GPU=1 but no CUDA device here", which proves
-# the bundle compiles, links and loads. GPU benchmark: none exists yet (issue
-# 12, point 7); `run` says so in the results.
+# the bundle compiles, links and loads. GPU benchmark (issue
+# 12, point 7): tests/gpu/gpu_bench (GPT-2 + Adam from/to the GPU beside a
+# bare pinned copy and the CPU figures) runs after the tests, output in the
+# same file.
 #
 # Risks noted: the bundle's shared libraries need glibc >= the version printed
 # in the stamp (checked on the device); a device compiler older than GCC 12
@@ -52,7 +54,7 @@
 # and read $OUT/gpu-check.txt.
 #
 # Environment: CKPT_BUILD_DIR (default ./build), PYTHON (python3 with torch),
-# CXX (c++), CUDA_HOME (/usr/local/cuda), CKPT_GPU_TEST_TIMEOUT (480 s),
+# CXX (c++), CUDA_HOME (/usr/local/cuda), CKPT_GPU_TEST_TIMEOUT (300 s), CKPT_GPU_BENCH_TIMEOUT (150 s), CKPT_GPU_BENCH_SCALE (1),
 # CKPT_GPU_WORK (where `run` builds; default build-gpu-check/).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -71,7 +73,7 @@ case "$mode" in
 bundle)
   build="${CKPT_BUILD_DIR:-$root/build}"
   [[ -f "$build/build.ninja" ]] || { echo "gpu-check: no $build (run scripts/build.sh)" >&2; exit 1; }
-  ninja -C "$build" gpu_test >/dev/null
+  ninja -C "$build" gpu_test gpu_bench >/dev/null
   rm -rf "$bundle_dir"
   mkdir -p "$bundle_dir/stage/lib/compat" "$bundle_dir/stage/include"
   ninja -C "$build" -t commands tests/gpu/gpu_test | tail -1 >"$bundle_dir/link-debian.txt"
@@ -143,6 +145,10 @@ for a in args:
     else:
         print("gpu-check: unexpected link argument kept:", a, file=sys.stderr)
         link.append(a)
+# gpu_bench: the same libraries plus the benchmarks' helpers.
+subprocess.run(["strip", "--strip-debug", "-o", os.path.join(lib, "libckpt_bench_util.a"),
+                os.path.join(build, "bench/libckpt_bench_util.a")], check=True)
+link.insert(0, "lib/libckpt_bench_util.a")
 if "lib/libgtest.a" not in link:  # gtest_main needs gtest
     subprocess.run(["strip", "--strip-debug", "-o", os.path.join(lib, "libgtest.a"),
                     "/usr/lib/x86_64-linux-gnu/libgtest.a"], check=True)
@@ -268,7 +274,8 @@ PY
          -isystem "$TORCH_DIR/include/torch/csrc/api/include" -isystem "$cuda_inc")
   launcher="$(command -v ccache || true)"  # rehearsals here; the device has none
   pids=()
-  for src in client/client.cc client/modules.cc client/staging.cc client/torch_tree.cc tests/gpu/gpu_test.cc; do
+  for src in client/client.cc client/modules.cc client/staging.cc client/torch_tree.cc \
+             tests/gpu/gpu_test.cc tests/gpu/gpu_bench.cc; do
     obj="$work/obj/$(basename "$src" .cc).o"
     $launcher "$cxx" "${flags[@]}" -MD -MF "$obj.d" -c "$root/$src" -o "$obj" >"$obj.log" 2>&1 &
     pids+=("$!:$src:$obj")
@@ -293,16 +300,19 @@ PY
   [[ -n "$cudart" ]] || { say "gpu-check: no libcudart.so (set CUDA_HOME)"; exit 2; }
   say "CUDA runtime: $cudart"
   rpath="$compat_rpath$work/lib:$TORCH_DIR/lib:$(dirname "$cudart")${NVIDIA_LIBS:+:$NVIDIA_LIBS}"
-  if ! "$cxx" "$std" -O2 -pthread "$work"/obj/*.o -o "$work/gpu_test" \
-      -Wl,--start-group "${bundle_link[@]}" -Wl,--end-group \
-      -Wl,--no-as-needed "$TORCH_DIR/lib/libtorch.so" "$TORCH_DIR/lib/libtorch_cpu.so" \
-      "$TORCH_DIR/lib/libtorch_cuda.so" "$TORCH_DIR/lib/libc10_cuda.so" "$TORCH_DIR/lib/libc10.so" \
-      -Wl,--as-needed "$cudart" -ldl -lm -lrt \
-      "-Wl,-rpath-link,$work/lib:$TORCH_DIR/lib:$NVIDIA_LIBS" "-Wl,-rpath,$rpath" \
-      >"$work/link.log" 2>&1; then
-    say "FAILED to link gpu_test:"; tail -40 "$work/link.log" | tee -a "$report"; exit 3
-  fi
-  say "linked gpu_test ($(( $(date +%s) - t0 )) s so far)"
+  client_objs=("$work"/obj/client.o "$work"/obj/modules.o "$work"/obj/staging.o "$work"/obj/torch_tree.o)
+  for exe in gpu_test gpu_bench; do
+    if ! "$cxx" "$std" -O2 -pthread "$work/obj/$exe.o" "${client_objs[@]}" -o "$work/$exe" \
+        -Wl,--start-group "${bundle_link[@]}" -Wl,--end-group \
+        -Wl,--no-as-needed "$TORCH_DIR/lib/libtorch.so" "$TORCH_DIR/lib/libtorch_cpu.so" \
+        "$TORCH_DIR/lib/libtorch_cuda.so" "$TORCH_DIR/lib/libc10_cuda.so" "$TORCH_DIR/lib/libc10.so" \
+        -Wl,--as-needed "$cudart" -ldl -lm -lrt \
+        "-Wl,-rpath-link,$work/lib:$TORCH_DIR/lib:$NVIDIA_LIBS" "-Wl,-rpath,$rpath" \
+        >"$work/link-$exe.log" 2>&1; then
+      say "FAILED to link $exe:"; tail -40 "$work/link-$exe.log" | tee -a "$report"; exit 3
+    fi
+  done
+  say "linked gpu_test and gpu_bench ($(( $(date +%s) - t0 )) s so far)"
 
   section "libraries (ldd)"
   export LD_LIBRARY_PATH="$rpath${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
@@ -314,13 +324,18 @@ PY
 
   section "gpu_test (CKPT_REQUIRE_GPU=1)"
   set +e
-  CKPT_REQUIRE_GPU=1 timeout "${CKPT_GPU_TEST_TIMEOUT:-480}" "$work/gpu_test" \
+  CKPT_REQUIRE_GPU=1 timeout "${CKPT_GPU_TEST_TIMEOUT:-300}" "$work/gpu_test" \
     --gtest_output="xml:$out/gpu_test.xml" 2>&1 | grep -v ' level=info ' | tee -a "$report"
   rc=${PIPESTATUS[0]}
   set -e
+  section "gpu_bench (issue 12, point 7)"
+  set +e
+  timeout "${CKPT_GPU_BENCH_TIMEOUT:-150}" "$work/gpu_bench" --scale "${CKPT_GPU_BENCH_SCALE:-1}" 2>&1 |
+    grep -v ' level=info ' | tee -a "$report"
+  say "gpu_bench exit status: ${PIPESTATUS[0]}"
+  set -e
   section "summary"
   say "gpu_test exit status: $rc$([[ $rc == 124 ]] && echo ' (timed out)')"
-  say "GPU benchmark: none yet (issue 12, point 7 asks for one); not run"
   say "total: $(( $(date +%s) - t0 )) s"
   exit "$rc"
   ;;
