@@ -114,8 +114,10 @@ class Client {
   static absl::StatusOr<std::unique_ptr<Client>> Connect(const std::string& target,
                                                          const ClientOptions& options);
   /// Waits for the async saves still in flight (Close()), then closes the
-  /// connection. Must not run on a thread that SaveAsync started (e.g. from
-  /// a progress callback).
+  /// connection. A save against an unreachable server waits as long as its
+  /// SaveOptions::timeout allows (none by default: set one to bound this).
+  /// Must not run on a thread that SaveAsync started (e.g. from a progress
+  /// callback).
   ~Client();
 
   /// Waits until every async save in flight has finished (its future is
