@@ -264,6 +264,7 @@ absl::Status RunStats(Context& ctx, const JsonArgs& args) {
                              {"dedup ratio", absl::StrFormat("%.2f", info.dedup_ratio)},
                              {"disk bytes", HumanAndExactBytes(s.disk_bytes)},
                              {"active uploads", absl::StrCat(s.active_uploads)},
+                             {"garbage bytes", HumanAndExactBytes(s.garbage_bytes)},
                          });
   return absl::OkStatus();
 }

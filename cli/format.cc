@@ -366,6 +366,7 @@ Json ServerInfoToJson(const client::ServerInfo& info) {
   out["dedup_ratio"] = FloatToJson(info.dedup_ratio);
   out["disk_bytes"] = info.stats.disk_bytes;
   out["active_uploads"] = info.stats.active_uploads;
+  out["garbage_bytes"] = info.stats.garbage_bytes;
   return out;
 }
 

@@ -215,6 +215,7 @@ class GrpcRawClient final : public RawClient {
     info.stats.logical_bytes = s.logical_bytes();
     info.stats.disk_bytes = s.disk_bytes();
     info.stats.active_uploads = s.active_uploads();
+    info.stats.garbage_bytes = s.garbage_bytes();
     info.dedup_ratio = s.dedup_ratio();
     return info;
   }

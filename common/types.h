@@ -228,6 +228,9 @@ struct StoreStats {
   uint64_t logical_bytes = 0;  ///< Sum of data_bytes over versions.
   uint64_t disk_bytes = 0;     ///< Live SST + WAL bytes on disk.
   uint64_t active_uploads = 0;
+  /// Bytes garbage collection would reclaim now: unreferenced chunks and
+  /// those of uploads that died before their commit (not in stored_bytes).
+  uint64_t garbage_bytes = 0;
 };
 
 /// Result of a garbage collection.

@@ -29,7 +29,7 @@ if [[ "${CKPT_SKIP_TORCH2:-0}" != 1 && $# -eq 0 ]]; then
       "-DCMAKE_EXE_LINKER_FLAGS=-Wl,-rpath-link,$nvidia_libs" \
       -DCMAKE_BUILD_TYPE="${CKPT_BUILD_TYPE:-RelWithDebInfo}"
   fi
-  ninja -C "$build2" -j"$jobs" ckpt-server client_test optimizer_test examples_test gpu_test
+  ninja -C "$build2" -j"$jobs" ckpt-server client_test optimizer_test examples_test gpu_test save_async_test
   echo "== LibTorch client tests against LibTorch $(python3 -c 'import torch; print(torch.__version__)')"
   (cd "$build2" && ctest --output-on-failure -j"${CKPT_TEST_JOBS:-2}" --timeout 900 -L 'client|gpu')
 fi

@@ -1180,6 +1180,7 @@ grpc::ServerUnaryReactor* CheckpointService::GetServerInfo(grpc::CallbackServerC
                                              : 1.0);
                     out->set_disk_bytes(stats.disk_bytes);
                     out->set_active_uploads(stats.active_uploads);
+                    out->set_garbage_bytes(stats.garbage_bytes);
                     return absl::OkStatus();
                   });
 }

@@ -126,6 +126,8 @@ class StoreCollector final : public prometheus::Collectable {
     gauge("ckpt_disk_bytes", "Bytes of the RocksDB files (SST and WAL)",
           static_cast<double>(stats->disk_bytes));
     gauge("ckpt_active_uploads", "Uploads in progress", static_cast<double>(stats->active_uploads));
+    gauge("ckpt_garbage_bytes", "Bytes gc would reclaim now (not in ckpt_stored_bytes)",
+          static_cast<double>(stats->garbage_bytes));
     return out;
   }
 

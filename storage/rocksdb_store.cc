@@ -1644,7 +1644,10 @@ absl::StatusOr<StoreStats> RocksDbStore::Stats() {
     for (it->SeekToFirst(); it->Valid(); it->Next()) {
       auto value = DecodeRefValue(View(it->value()));
       if (!value.ok()) return Annotate(value.status(), "scanning chunk refs");
-      if (value->refcount == 0) continue;
+      if (value->refcount == 0) {
+        stats.garbage_bytes += value->length;
+        continue;
+      }
       ++stats.chunks;
       stats.stored_bytes += value->length;
     }
@@ -1660,8 +1663,22 @@ absl::StatusOr<StoreStats> RocksDbStore::Stats() {
   if (core_->db->GetSortedWalFiles(wals).ok()) {
     for (const auto& wal : wals) stats.disk_bytes += wal->SizeFileBytes();
   }
-  std::lock_guard<std::mutex> lock(core_->mu);
-  stats.active_uploads = core_->live_uploads.size();
+  absl::flat_hash_set<uint64_t> live;
+  {
+    std::lock_guard<std::mutex> lock(core_->mu);
+    stats.active_uploads = core_->live_uploads.size();
+    live = core_->live_uploads;
+  }
+  // Uploads that died before their commit: what their pending records say
+  // they wrote (live ones may still commit).
+  ScanIterator it(core_->db, core_->default_cf, ro, std::string(kPendingPrefix),
+                  PrefixSuccessor(kPendingPrefix));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    auto id = ParsePendingKey(View(it->key()));
+    auto record = DecodePendingRecord(View(it->value()));
+    if (id.ok() && record.ok() && !live.contains(*id)) stats.garbage_bytes += record->bytes;
+  }
+  CKPT_RETURN_IF_ERROR(FromRocksDb(it->status(), "scanning pending uploads"));
   return stats;
 }
 

@@ -586,8 +586,16 @@ TEST_P(StoreTest, SealedUploadDestroyedIsCollected) {
     ASSERT_OK_AND_ASSIGN(GcResult gc, store_->CollectGarbage());
     EXPECT_EQ(gc.orphan_uploads_removed, 0u);
     EXPECT_EQ(ChunkKeys(), 5u + 3);
+    ASSERT_OK_AND_ASSIGN(StoreStats live, store_->Stats());
+    EXPECT_EQ(live.garbage_bytes, 0u);
   }
+  // Dead, its chunks are garbage, never stored bytes.
+  ASSERT_OK_AND_ASSIGN(StoreStats before, store_->Stats());
+  EXPECT_EQ(before.garbage_bytes, 2500u);
   ASSERT_OK_AND_ASSIGN(GcResult gc, store_->CollectGarbage());
+  ASSERT_OK_AND_ASSIGN(StoreStats after, store_->Stats());
+  EXPECT_EQ(after.stored_bytes, before.stored_bytes);
+  EXPECT_EQ(after.garbage_bytes, 0u);
   EXPECT_GE(gc.orphan_uploads_removed, 1u);
   EXPECT_EQ(gc.chunks_removed, 3u);
   EXPECT_EQ(gc.bytes_removed, 2500u);
@@ -595,6 +603,26 @@ TEST_P(StoreTest, SealedUploadDestroyedIsCollected) {
   ExpectContents("a/b", 1, Model());
   ASSERT_OK_AND_ASSIGN(gc, store_->CollectGarbage());
   EXPECT_EQ(gc.orphan_uploads_removed, 0u);
+}
+
+// An upload whose chunk files never made it into the database (its ingest
+// failed) leaves a pending record: gc drops it and reports no bytes, since
+// none were written.
+TEST_P(StoreTest, GcCountsOnlyChunksReallyWritten) {
+  {
+    auto up = store_->BeginUpload("a/b");
+    ASSERT_TRUE(up.ok());
+    ASSERT_OK(UploadMissing(**up, {{"o", RandomBytes(2500, 12)}}));
+    // The chunk file vanishes before the ingest.
+    for (const auto& f : fs::directory_iterator(fs::path(Options().path) / "ingest")) {
+      fs::remove(f.path());
+    }
+    EXPECT_FALSE((*up)->Seal().ok());
+  }
+  ASSERT_OK_AND_ASSIGN(GcResult gc, store_->CollectGarbage());
+  EXPECT_EQ(gc.orphan_uploads_removed, 1u);
+  EXPECT_EQ(gc.chunks_removed, 0u);
+  EXPECT_EQ(gc.bytes_removed, 0u);
 }
 
 TEST_P(StoreTest, UnsealedUploadDestroyedLeavesNothing) {
