@@ -10,6 +10,7 @@
 #include <random>
 
 #include "absl/strings/str_cat.h"
+#include "tests/testing/server_process.h"
 
 namespace ckpt::bench {
 
@@ -52,25 +53,11 @@ Shapes ManySmall(double scale) {
   return out;
 }
 
-namespace {
+double PeakRssMiB(pid_t pid) { return testing::ProcStatusMiB(pid, "VmHWM:"); }
 
-// A "Vm...:   N kB" line of /proc/PID/status, in MiB.
-double StatusMiB(pid_t pid, const std::string& field) {
-  std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind(field, 0) == 0) return std::stod(line.substr(field.size())) / 1024.0;
-  }
-  return 0;
-}
+double RssMiB(pid_t pid) { return testing::ProcStatusMiB(pid, "VmRSS:"); }
 
-}  // namespace
-
-double PeakRssMiB(pid_t pid) { return StatusMiB(pid, "VmHWM:"); }
-
-double RssMiB(pid_t pid) { return StatusMiB(pid, "VmRSS:"); }
-
-double RssAnonMiB(pid_t pid) { return StatusMiB(pid, "RssAnon:"); }
+double RssAnonMiB(pid_t pid) { return testing::ProcStatusMiB(pid, "RssAnon:"); }
 
 AnonPeakSampler::AnonPeakSampler(pid_t pid)
     : pid_(pid), base_(RssAnonMiB(pid)), peak_(base_), thread_([this] {

@@ -26,15 +26,7 @@
 namespace ckpt {
 namespace {
 
-// A /proc/PID/status field in MiB.
-double StatusMiB(pid_t pid, const std::string& field) {
-  std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind(field, 0) == 0) return std::stod(line.substr(field.size())) / 1024.0;
-  }
-  return 0;
-}
+using testing::ProcStatusMiB;
 
 class HostileTest : public ::testing::Test {
  protected:
@@ -204,7 +196,7 @@ TEST_F(HostileTest, BacktrackingPatternsNeitherStallWorkersNorOutliveTheirCalls)
 // flight are bounded server-wide, not per stream.
 TEST_F(HostileTest, AbandonedPartsAreDroppedAndTreeMemoryIsBoundedServerWide) {
   Start({"--max-tree-memory", absl::StrCat(72 << 20)});
-  const double rss_before = StatusMiB(server_->pid(), "VmRSS:");
+  const double rss_before = ProcStatusMiB(server_->pid(), "VmRSS:");
   // A list of 250,000 None: ~1 MB on the wire, tens of MB in memory.
   std::vector<v1::Node> nodes = {Dict(1)};
   v1::Node list;
@@ -233,7 +225,7 @@ TEST_F(HostileTest, AbandonedPartsAreDroppedAndTreeMemoryIsBoundedServerWide) {
     ASSERT_TRUE(WaitForActiveUploads(0)) << "the cancelled part " << i << " is still held";
   }
   EXPECT_EQ(refused, 0);
-  const double held = StatusMiB(server_->pid(), "VmRSS:") - rss_before;
+  const double held = ProcStatusMiB(server_->pid(), "VmRSS:") - rss_before;
   EXPECT_LT(held, 300.0) << "cancelled parts still hold memory";
 
   // Two parts waiting at once (not cancelled) are past the budget: the
@@ -264,7 +256,7 @@ TEST_F(HostileTest, AbandonedPartsAreDroppedAndTreeMemoryIsBoundedServerWide) {
 // children costs memory once per child only within the flattened-key total.
 TEST_F(HostileTest, LongKeysAreRefusedAndFlattenedKeysStayLinear) {
   Start({});
-  const double hwm_before = StatusMiB(server_->pid(), "VmHWM:");
+  const double hwm_before = ProcStatusMiB(server_->pid(), "VmHWM:");
   // 16 nested dicts with 3.9 MB keys: refused at once.
   std::vector<v1::Node> deep;
   for (int i = 0; i < 16; ++i) deep.push_back(Dict(1, i == 0 ? "" : std::string(3900000, 'k')));
@@ -295,7 +287,7 @@ TEST_F(HostileTest, LongKeysAreRefusedAndFlattenedKeysStayLinear) {
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_NE(s.error_message().find("flattened keys exceed"), std::string::npos)
       << s.error_message();
-  EXPECT_LT(StatusMiB(server_->pid(), "VmHWM:") - hwm_before, 400.0);
+  EXPECT_LT(ProcStatusMiB(server_->pid(), "VmHWM:") - hwm_before, 400.0);
 }
 
 // Point 8: user strings are cut in statuses and in log lines.

@@ -33,6 +33,15 @@ std::vector<char*> Argv(std::vector<std::string>& args) {
 
 }  // namespace
 
+double ProcStatusMiB(pid_t pid, const std::string& field) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(field, 0) == 0) return std::stod(line.substr(field.size())) / 1024.0;
+  }
+  return 0;
+}
+
 std::string ServerBinary() {
   const char* env = std::getenv("CKPT_SERVER_BIN");
   return env ? env : CKPT_SERVER_BIN;

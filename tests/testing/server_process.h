@@ -49,6 +49,10 @@ class ServerProcess {
   std::string log_path_;
 };
 
+/// A "Vm...:   N kB" field of /proc/PID/status (e.g. "VmRSS:", "VmHWM:"),
+/// in MiB; 0 if absent.
+double ProcStatusMiB(pid_t pid, const std::string& field);
+
 /// Runs `argv` to completion, capturing stdout and stderr. Returns the exit
 /// code (or 128+signal).
 struct CommandResult {
