@@ -231,6 +231,18 @@ class GrpcRawClient final : public RawClient {
     return gc;
   }
 
+  absl::StatusOr<NamespaceUsage> GetUsage(const std::string& name_or_prefix) override {
+    v1::GetUsageRequest request;
+    request.set_namespace_(name_or_prefix);
+    v1::GetUsageResponse response;
+    CKPT_RETURN_IF_ERROR(Unary(&v1::CheckpointService::Stub::GetUsage, request, &response));
+    NamespaceUsage usage;
+    usage.ns = response.namespace_();
+    usage.used_bytes = response.used_bytes();
+    usage.quota_bytes = response.quota_bytes();
+    return usage;
+  }
+
   absl::StatusOr<std::vector<uint64_t>> SetRetention(const std::string& name,
                                                      const RetentionPolicy& policy) override {
     v1::SetRetentionRequest request;

@@ -153,6 +153,16 @@ struct ServerInfo {
   double dedup_ratio = 1;
 };
 
+/// One namespace's usage (RawClient::GetUsage).
+struct NamespaceUsage {
+  std::string ns;
+  /// Bytes of the distinct chunks its committed versions reference: what
+  /// its quota limits.
+  uint64_t used_bytes = 0;
+  /// Its quota; 0: no limit.
+  uint64_t quota_bytes = 0;
+};
+
 /// A connection to a ckpt server. Thread-safe: calls may run concurrently.
 /// Errors carry the server's gRPC status code and message.
 class RawClient {
@@ -192,6 +202,10 @@ class RawClient {
                               uint64_t version) = 0;
   virtual absl::Status DeleteTag(const std::string& name, const std::string& tag) = 0;
   virtual absl::StatusOr<ServerInfo> GetServerInfo() = 0;
+  /// The namespace of `name_or_prefix` ("team", "team/", "team/run-1/m":
+  /// team), with the bytes it holds against its quota. Needs the read
+  /// right on the whole namespace.
+  virtual absl::StatusOr<NamespaceUsage> GetUsage(const std::string& name_or_prefix) = 0;
   virtual absl::StatusOr<GcResult> GarbageCollect() = 0;
   /// Sets `name`'s retention policy (RetentionPolicy{} removes it); the
   /// server applies it after each save of `name`. Returns the versions it

@@ -1185,6 +1185,27 @@ grpc::ServerUnaryReactor* CheckpointService::GetServerInfo(grpc::CallbackServerC
                   });
 }
 
+grpc::ServerUnaryReactor* CheckpointService::GetUsage(grpc::CallbackServerContext* context,
+    const grpc::ByteBuffer* raw_request, grpc::ByteBuffer* raw_response) {
+  return RunUnary<v1::GetUsageRequest, v1::GetUsageResponse>(
+      context, raw_request, raw_response, "GetUsage",
+      [this](const Principal& principal, CallRecord&, const v1::GetUsageRequest& request,
+             v1::GetUsageResponse* response) -> absl::Status {
+        // "team", "team/" and "team/run-1/model" all mean the namespace team.
+        const absl::string_view ns =
+            absl::string_view(request.namespace_()).substr(0, request.namespace_().find('/'));
+        if (ns.empty()) {
+          return absl::InvalidArgumentError("GetUsage needs a namespace (e.g. \"team\")");
+        }
+        // The whole namespace's bytes: a right on part of it is not enough.
+        CKPT_RETURN_IF_ERROR(CheckName(principal, Right::kRead, ns));
+        response->set_namespace_(std::string(ns));
+        response->set_used_bytes(store_->NamespaceBytes(ns));
+        response->set_quota_bytes(storage::NamespaceQuota(options_.store, ns));
+        return absl::OkStatus();
+      });
+}
+
 grpc::ServerUnaryReactor* CheckpointService::GarbageCollect(grpc::CallbackServerContext* context,
     const grpc::ByteBuffer* raw_request, grpc::ByteBuffer* raw_response) {
   return RunUnary<v1::GarbageCollectRequest, v1::GarbageCollectResponse>(
