@@ -66,6 +66,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> quotas;
 
   CLI::App app{"ckpt-server: a gRPC checkpoint store for PyTorch training"};
+  app.set_version_flag("--version", std::string("ckpt-server ") + CKPT_VERSION);
   app.add_option("--listen", options.listen, "HOST:PORT to listen on")
       ->envname("CKPT_LISTEN")
       ->capture_default_str();
@@ -208,9 +209,18 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "ckpt-server: metrics on port %d (http://%s:%d/metrics)\n",
                  (*server)->metrics_port(), host.c_str(), (*server)->metrics_port());
   }
-  std::fprintf(stderr, "ckpt-server %s listening on port %d (%s), data in %s\n", CKPT_VERSION,
-               (*server)->port(), options.tls_cert_file.empty() ? "plaintext" : "TLS",
-               data_dir.c_str());
+  const bool tls = !options.tls_cert_file.empty();
+  std::fprintf(stderr, "ckpt-server %s listening on port %d (%s, %s), data in %s\n",
+               CKPT_VERSION, (*server)->port(), options.listen.c_str(),
+               tls ? "TLS" : "plaintext", data_dir.c_str());
+  std::fprintf(stderr, "ckpt-server: access control %s\n",
+               (*server)->development_mode()
+                   ? "OFF (development mode)"
+                   : absl::StrCat("on (tokens from ", options.tokens_file, ")").c_str());
+  std::fprintf(stderr, "ckpt-server: try: ckpt --server localhost:%d%s%s stats    or    grpcurl %s localhost:%d list\n",
+               (*server)->port(), tls ? " --tls" : "",
+               (*server)->development_mode() ? "" : " --token-file FILE",
+               tls ? "-insecure" : "-plaintext", (*server)->port());
   std::fflush(stderr);
 
   std::thread waiter([&] {

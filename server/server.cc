@@ -6,9 +6,16 @@
 #include <grpcpp/security/server_credentials.h>
 #include <prometheus/exposer.h>
 
+#include <netdb.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "grpc/health/v1/health.pb.h"
@@ -56,6 +63,56 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(
   return grpc::SslServerCredentials(ssl);
 }
 
+// Why `address` ("HOST:PORT", "[V6]:PORT") cannot be listened on, found by
+// binding a socket to it the way a server would (no SO_REUSEPORT), e.g.
+// "Address already in use". Empty when it can be bound now.
+std::string BindError(const std::string& address) {
+  const size_t colon = address.rfind(':');
+  if (colon == std::string::npos) return "expected HOST:PORT";
+  std::string host = address.substr(0, colon);
+  const std::string port = address.substr(colon + 1);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE;
+  addrinfo* found = nullptr;
+  if (int rc = getaddrinfo(host.empty() ? nullptr : host.c_str(), port.c_str(), &hints, &found);
+      rc != 0) {
+    return gai_strerror(rc);
+  }
+  std::string error;
+  for (addrinfo* a = found; a != nullptr && error.empty(); a = a->ai_next) {
+    const int fd = socket(a->ai_family, a->ai_socktype, a->ai_protocol);
+    if (fd < 0) continue;
+    const int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(fd, a->ai_addr, a->ai_addrlen) != 0 || listen(fd, 1) != 0) {
+      error = std::strerror(errno);
+    }
+    close(fd);
+  }
+  freeaddrinfo(found);
+  return error;
+}
+
+// "cannot listen on ADDRESS (WHAT): REASON" with a hint for the usual cause.
+absl::Status ListenError(const std::string& what, const std::string& address,
+                         const std::string& flag, absl::string_view detail) {
+  std::string reason = BindError(address);
+  if (reason.empty()) reason = std::string(detail);
+  std::string hint;
+  if (absl::StrContains(reason, "in use")) {
+    hint = absl::StrCat(" (another ckpt-server or program listens there: stop it or choose "
+                        "another port with ",
+                        flag, ")");
+  }
+  return absl::UnavailableError(
+      absl::StrCat("cannot listen on ", address, " (", what, "): ", reason, hint));
+}
+
 }  // namespace
 
 Server::Server(std::unique_ptr<Impl> impl, int port) : impl_(std::move(impl)), port_(port) {}
@@ -100,8 +157,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
     try {
       impl->exposer = std::make_unique<prometheus::Exposer>(options.metrics_listen);
     } catch (const std::exception& e) {
-      return absl::UnavailableError(
-          absl::StrCat("cannot serve metrics on ", options.metrics_listen, ": ", e.what()));
+      return ListenError("metrics", options.metrics_listen, "--metrics-listen", e.what());
     }
     for (const auto& c : impl->service->telemetry().collectables()) {
       impl->exposer->RegisterCollectable(c);
@@ -115,12 +171,15 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(options.listen, credentials, &port);
+  // gRPC sets SO_REUSEPORT by default: a second server on a taken port would
+  // start and take half of the connections. Refuse instead.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.RegisterService(impl->service.get());
   builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
   impl->server = builder.BuildAndStart();
   if (!impl->server || port == 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen));
+    return ListenError("gRPC", options.listen, "--listen", "gRPC could not bind it");
   }
   impl->server->GetHealthCheckService()->SetServingStatus("ckpt.v1.CheckpointService", true);
   return std::unique_ptr<Server>(new Server(std::move(impl), port));
