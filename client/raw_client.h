@@ -22,6 +22,7 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "common/retention.h"
+#include "common/slice.h"
 #include "common/types.h"
 
 namespace ckpt::client {
@@ -121,6 +122,13 @@ struct LoadOptions {
   std::vector<std::string> patterns;
   /// Load the tree only.
   bool skip_data = false;
+  /// Boxes of tensors to load instead of their whole data; each also
+  /// selects its tensor (with no patterns, only sliced tensors are loaded).
+  /// The tree keeps the stored tensors' meta, but a sliced tensor's data
+  /// (LoadSink::OnData offsets, LoadedValue::data) is its box alone, packed
+  /// row-major. InvalidArgument for an unknown or non-tensor key, a key
+  /// given twice, or a box that does not fit the tensor. Default: none.
+  std::vector<TensorSlice> slices;
   /// Deadline of the whole load; zero: none.
   absl::Duration timeout = absl::ZeroDuration();
 };
@@ -131,6 +139,10 @@ class LoadSink {
   virtual ~LoadSink() = default;
   /// The selected tree, before any data. An error aborts the load.
   virtual absl::Status OnTree(const VersionInfo& version, const Tree& tree) = 0;
+  /// Where LoadOptions::slices landed, called right before OnTree when
+  /// slices were asked for: nodes[s] is the index in that tree of the
+  /// tensor of slice s. Default: ignored.
+  virtual absl::Status OnSlices(absl::Span<const uint32_t> /*nodes*/) { return absl::OkStatus(); }
   /// A piece of node `node`'s data at `offset` (pieces arrive in node order,
   /// offsets increasing; every byte exactly once). An error aborts the load.
   virtual absl::Status OnData(size_t node, uint64_t offset, absl::string_view bytes) = 0;
@@ -140,8 +152,11 @@ class LoadSink {
 struct LoadedValue {
   VersionInfo version;
   Tree tree;
-  /// data[i]: the bytes of node i (empty for nodes without data).
+  /// data[i]: the bytes of node i (empty for nodes without data; a sliced
+  /// tensor's box, packed row-major).
   std::vector<std::string> data;
+  /// For each of LoadOptions::slices, the index of its tensor in `tree`.
+  std::vector<uint32_t> slice_nodes;
 };
 
 /// Server identity and totals.

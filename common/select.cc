@@ -11,8 +11,13 @@ namespace {
 class Selector {
  public:
   Selector(const Tree& tree, const std::vector<KeyPattern>& patterns,
-           std::vector<std::string> keys, const std::atomic<bool>* cancelled)
-      : tree_(tree), patterns_(patterns), keys_(std::move(keys)), cancelled_(cancelled) {}
+           std::vector<std::string> keys, const std::vector<bool>& also,
+           const std::atomic<bool>* cancelled)
+      : tree_(tree),
+        patterns_(patterns),
+        keys_(std::move(keys)),
+        also_(also),
+        cancelled_(cancelled) {}
 
   // Appends the selected part of the subtree at `i` to out_; returns the
   // index after the subtree. `forced`: an ancestor matched. Sets *kept when
@@ -23,7 +28,9 @@ class Selector {
     if (cancelled_ != nullptr && (i & 255) == 0 && cancelled_->load(std::memory_order_relaxed)) {
       stopped_ = true;
     }
-    const bool matched = !stopped_ && (forced || (i > 0 && Matches(keys_[i])));
+    const bool matched =
+        !stopped_ && (forced || (i > 0 && ((i < also_.size() && also_[i]) ||
+                                           (!patterns_.empty() && Matches(keys_[i])))));
     if (!node.is_container()) {
       if (matched) {
         Emit(i);
@@ -70,6 +77,7 @@ class Selector {
   const Tree& tree_;
   const std::vector<KeyPattern>& patterns_;
   std::vector<std::string> keys_;
+  const std::vector<bool>& also_;
   const std::atomic<bool>* cancelled_;
   bool stopped_ = false;  // cancelled: the rest is skipped
   Selection out_;
@@ -79,15 +87,23 @@ class Selector {
 
 absl::StatusOr<Selection> SelectTree(const Tree& tree, const std::vector<KeyPattern>& patterns,
                                      const std::atomic<bool>* cancelled) {
+  return SelectTree(tree, patterns, {}, cancelled);
+}
+
+absl::StatusOr<Selection> SelectTree(const Tree& tree, const std::vector<KeyPattern>& patterns,
+                                     const std::vector<bool>& also,
+                                     const std::atomic<bool>* cancelled) {
+  const bool any_also = std::find(also.begin(), also.end(), true) != also.end();
   Selection all;
-  if (patterns.empty()) {
+  if (patterns.empty() && !any_also) {
     all.tree = tree;
     all.source.resize(tree.size());
     for (size_t i = 0; i < tree.size(); ++i) all.source[i] = i;
     return all;
   }
   if (tree.empty()) return absl::InvalidArgumentError("empty tree");
-  std::vector<std::string> keys = FlattenedKeys(tree);
+  std::vector<std::string> keys;
+  if (!patterns.empty()) keys = FlattenedKeys(tree);
   uint64_t key_bytes = 0, cost_per_byte = 0, cost_per_key = 0;
   for (const std::string& key : keys) key_bytes += key.size();
   for (const KeyPattern& p : patterns) {
@@ -101,7 +117,7 @@ absl::StatusOr<Selection> SelectTree(const Tree& tree, const std::vector<KeyPatt
         " bytes would take ", work, " steps (max ", kMaxSelectWork,
         "): use fewer or shorter patterns"));
   }
-  Selector selector(tree, patterns, std::move(keys), cancelled);
+  Selector selector(tree, patterns, std::move(keys), also, cancelled);
   bool kept = false;
   // A leaf root has no key to match: the patterns cannot select it.
   selector.Visit(0, /*forced=*/false, &kept);

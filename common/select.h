@@ -36,6 +36,13 @@ inline constexpr uint64_t kMaxSelectWork = uint64_t{1} << 27;
 absl::StatusOr<Selection> SelectTree(const Tree& tree, const std::vector<KeyPattern>& patterns,
                                      const std::atomic<bool>* cancelled = nullptr);
 
+/// SelectTree that also selects the nodes i with `also[i]` (e.g. the tensors
+/// a load slices), with their enclosing containers. With empty `patterns`
+/// and some `also[i]` set, only those nodes are selected.
+absl::StatusOr<Selection> SelectTree(const Tree& tree, const std::vector<KeyPattern>& patterns,
+                                     const std::vector<bool>& also,
+                                     const std::atomic<bool>* cancelled = nullptr);
+
 }  // namespace ckpt
 
 #endif  // CKPT_COMMON_SELECT_H_

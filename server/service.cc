@@ -17,6 +17,7 @@
 #include "common/names.h"
 #include "common/retention.h"
 #include "common/select.h"
+#include "common/slice.h"
 #include "common/status_macros.h"
 #include "rpc/convert.h"
 #include "rpc/grpc_status.h"
@@ -31,6 +32,9 @@ namespace {
 constexpr size_t kPieceBytes = 1 << 20;
 // Node batches of Load and GetManifest stay well under the message limit.
 constexpr size_t kNodeBatchBytes = 1 << 20;
+// Runs of a sliced tensor shorter than this are copied into a piece of their
+// own; longer ones are sent from the chunk read, like whole tensors.
+constexpr size_t kCopyRunsBelow = 64 << 10;
 constexpr uint32_t kMaxManifestPage = 10000;
 constexpr uint32_t kMaxListPage = 1000;
 
@@ -730,57 +734,114 @@ class LoadReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
     }
     if (request_.skip_data()) return false;
     // Pieces reference the chunks read (one copy, out of RocksDB); gRPC
-    // sends them from there.
+    // sends them from there. Short runs of a sliced tensor are copied
+    // together into one piece instead (a column of a matrix is many runs of
+    // a few bytes: a piece each would cost more than the bytes).
     std::vector<rpc::SharedPiece> pieces;
     size_t bytes = 0;
+    std::shared_ptr<std::string> packed;
+    rpc::SharedPiece packed_piece;
+    auto flush_packed = [&] {
+      if (packed == nullptr) return;
+      packed_piece.bytes = *packed;
+      packed_piece.owner = std::move(packed);
+      pieces.push_back(std::move(packed_piece));
+      packed = nullptr;
+    };
     while (bytes < kPieceBytes) {
-      // Advance to the next chunk with bytes left.
-      while (data_node_ < selection_.tree.size() &&
-             (!selection_.tree[data_node_].has_data() ||
-              chunk_index_ >= selection_.tree[data_node_].data.chunks.size())) {
-        ++data_node_;
-        chunk_index_ = 0;
-        chunk_offset_ = 0;
-        chunk_loaded_ = false;
+      if (!node_open_) {
+        while (data_node_ < selection_.tree.size() && !selection_.tree[data_node_].has_data()) {
+          ++data_node_;
+        }
+        if (data_node_ >= selection_.tree.size()) break;
+        OpenDataNode();
       }
-      if (data_node_ >= selection_.tree.size()) break;
+      if (run_left_ == 0 && !NextRun()) {
+        node_open_ = false;
+        ++data_node_;
+        continue;
+      }
       const Node& node = selection_.tree[data_node_];
-      if (!chunk_loaded_) {
-        const Digest& digest = node.data.chunks[chunk_index_];
+      const uint64_t chunk_size = node.data.chunk_size;
+      const size_t chunk_index = run_offset_ / chunk_size;
+      if (chunk_ == nullptr || chunk_index != chunk_index_) {
+        const Digest& digest = node.data.chunks[chunk_index];
         auto chunk = std::make_shared<std::string>();
         absl::Status status = service_->store()->ReadChunk(version_.name, digest, chunk.get());
         chunk_ = std::move(chunk);
+        chunk_index_ = chunk_index;
         if (!status.ok()) {
+          chunk_ = nullptr;
           const std::vector<std::string> keys = FlattenedKeys(tree_);
           return Annotate(status, absl::StrCat("checkpoint '", version_.name, "' version ",
                                                version_.version, " ", NodeKindName(node.kind), " '",
                                                keys[selection_.source[data_node_]], "'"));
         }
-        if (chunk_->size() != node.data.ChunkLength(chunk_index_)) {
+        if (chunk_->size() != node.data.ChunkLength(chunk_index)) {
           return absl::DataLossError(absl::StrCat("checkpoint '", version_.name, "' version ",
                                                   version_.version, ": chunk ", Hex(digest),
                                                   " has ", chunk_->size(), " bytes, manifest says ",
-                                                  node.data.ChunkLength(chunk_index_)));
+                                                  node.data.ChunkLength(chunk_index)));
         }
-        chunk_loaded_ = true;
-        chunk_offset_ = 0;
       }
-      const size_t take = std::min(chunk_->size() - chunk_offset_, kPieceBytes - bytes);
-      rpc::SharedPiece& piece = pieces.emplace_back();
-      piece.node = static_cast<uint32_t>(data_node_);
-      piece.offset = uint64_t{chunk_index_} * node.data.chunk_size + chunk_offset_;
-      piece.owner = chunk_;
-      piece.bytes = absl::string_view(*chunk_).substr(chunk_offset_, take);
+      const uint64_t in_chunk = run_offset_ - uint64_t{chunk_index} * chunk_size;
+      const size_t take = static_cast<size_t>(
+          std::min<uint64_t>({chunk_->size() - in_chunk, run_left_, kPieceBytes - bytes}));
+      const absl::string_view run = absl::string_view(*chunk_).substr(in_chunk, take);
+      if (slice_runs_.has_value() && take < kCopyRunsBelow) {
+        if (packed != nullptr && packed_piece.node != data_node_) flush_packed();
+        if (packed == nullptr) {
+          packed = std::make_shared<std::string>();
+          packed->reserve(std::min<uint64_t>(kPieceBytes - bytes, node_bytes_ - node_sent_));
+          packed_piece.node = static_cast<uint32_t>(data_node_);
+          packed_piece.offset = node_sent_;
+        }
+        packed->append(run.data(), run.size());
+      } else {
+        flush_packed();
+        rpc::SharedPiece& piece = pieces.emplace_back();
+        piece.node = static_cast<uint32_t>(data_node_);
+        piece.offset = node_sent_;
+        piece.owner = chunk_;
+        piece.bytes = run;
+      }
       record_.AddBytesOut(take);
-      chunk_offset_ += take;
+      node_sent_ += take;
+      run_offset_ += take;
+      run_left_ -= take;
       bytes += take;
-      if (chunk_offset_ == chunk_->size()) {
-        ++chunk_index_;
-        chunk_loaded_ = false;
-      }
     }
+    flush_packed();
     if (bytes == 0) return false;
     *out = rpc::EncodeDataBatch(pieces);
+    return true;
+  }
+
+  void OpenDataNode() {
+    const Node& node = selection_.tree[data_node_];
+    node_open_ = true;
+    node_sent_ = 0;
+    run_left_ = 0;
+    chunk_ = nullptr;
+    whole_run_taken_ = false;
+    slice_runs_.reset();
+    auto it = slice_of_node_.find(data_node_);
+    if (it != slice_of_node_.end()) {
+      slice_runs_.emplace(node.tensor, slices_[it->second]);
+      node_bytes_ = slice_runs_->total_bytes();
+    } else {
+      node_bytes_ = node.data.size;
+    }
+  }
+
+  // The next run of the current node's data into run_offset_/run_left_;
+  // false when the node is done.
+  bool NextRun() {
+    if (slice_runs_.has_value()) return slice_runs_->Next(&run_offset_, &run_left_);
+    if (whole_run_taken_ || node_bytes_ == 0) return false;
+    whole_run_taken_ = true;
+    run_offset_ = 0;
+    run_left_ = node_bytes_;
     return true;
   }
 
@@ -791,13 +852,36 @@ class LoadReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
     CKPT_ASSIGN_OR_RETURN(tree_, service_->store()->GetTree(version_.name, version_.version));
     std::vector<std::string> texts(request_.patterns().begin(), request_.patterns().end());
     CKPT_ASSIGN_OR_RETURN(std::vector<KeyPattern> patterns, CompilePatterns(texts));
-    CKPT_ASSIGN_OR_RETURN(selection_, SelectTree(tree_, patterns, &cancelled_));
+    // Slices name tensors by key; each selects its tensor too.
+    for (const v1::TensorSlice& s : request_.slices()) {
+      slices_.push_back(
+          TensorSlice{s.key(), {s.start().begin(), s.start().end()}, {s.length().begin(), s.length().end()}});
+    }
+    CKPT_ASSIGN_OR_RETURN(std::vector<size_t> sliced, FindSlices(tree_, slices_));
+    std::vector<bool> also(sliced.empty() ? 0 : tree_.size(), false);
+    for (size_t node : sliced) also[node] = true;
+    CKPT_ASSIGN_OR_RETURN(selection_, SelectTree(tree_, patterns, also, &cancelled_));
+    absl::flat_hash_map<size_t, size_t> slice_of_source;
+    for (size_t s = 0; s < sliced.size(); ++s) slice_of_source[sliced[s]] = s;
     uint64_t data_bytes = 0;
-    for (const Node& node : selection_.tree) data_bytes += node.data.size;
+    for (size_t i = 0; i < selection_.tree.size(); ++i) {
+      auto it = slice_of_source.find(selection_.source[i]);
+      if (it == slice_of_source.end()) {
+        data_bytes += selection_.tree[i].data.size;
+        continue;
+      }
+      slice_of_node_[i] = it->second;
+      CKPT_ASSIGN_OR_RETURN(uint64_t box, SliceBytes(selection_.tree[i].tensor, slices_[it->second]));
+      data_bytes += box;
+    }
     v1::LoadHeader* header = response->mutable_header();
     rpc::ToProto(version_, header->mutable_version());
     header->set_num_nodes(selection_.tree.size());
     header->set_data_bytes(request_.skip_data() ? 0 : data_bytes);
+    header->mutable_slice_nodes()->Resize(static_cast<int>(slices_.size()), 0);
+    for (const auto& [node, slice] : slice_of_node_) {
+      header->set_slice_nodes(static_cast<int>(slice), static_cast<uint32_t>(node));
+    }
     return absl::OkStatus();
   }
 
@@ -825,10 +909,21 @@ class LoadReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
   Tree tree_;
   Selection selection_;
   size_t next_node_ = 0;
+  std::vector<TensorSlice> slices_;
+  absl::flat_hash_map<size_t, size_t> slice_of_node_;  // selected node -> slices_ index
+  // The data node being sent: its runs (a whole node is one run), the run
+  // in progress (offset in the node's data, bytes left) and the bytes of the
+  // node sent so far (the offset of its next piece).
   size_t data_node_ = 0;
+  bool node_open_ = false;
+  std::optional<SliceRuns> slice_runs_;
+  bool whole_run_taken_ = false;
+  uint64_t node_bytes_ = 0;
+  uint64_t node_sent_ = 0;
+  uint64_t run_offset_ = 0;
+  uint64_t run_left_ = 0;
+  // The last chunk read (of the current node), reused by the runs in it.
   size_t chunk_index_ = 0;
-  size_t chunk_offset_ = 0;
-  bool chunk_loaded_ = false;
   std::shared_ptr<const std::string> chunk_;
 };
 

@@ -258,18 +258,30 @@ class SaveResponse(_message.Message):
     def __init__(self, accepted: _Optional[_Union[SaveAccepted, _Mapping]] = ..., need: _Optional[_Union[NeedChunks, _Mapping]] = ..., result: _Optional[_Union[SaveResult, _Mapping]] = ...) -> None: ...
 
 class LoadRequest(_message.Message):
-    __slots__ = ("name", "version", "tag", "patterns", "skip_data")
+    __slots__ = ("name", "version", "tag", "patterns", "skip_data", "slices")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     TAG_FIELD_NUMBER: _ClassVar[int]
     PATTERNS_FIELD_NUMBER: _ClassVar[int]
     SKIP_DATA_FIELD_NUMBER: _ClassVar[int]
+    SLICES_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     tag: str
     patterns: _containers.RepeatedScalarFieldContainer[str]
     skip_data: bool
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., tag: _Optional[str] = ..., patterns: _Optional[_Iterable[str]] = ..., skip_data: _Optional[bool] = ...) -> None: ...
+    slices: _containers.RepeatedCompositeFieldContainer[TensorSlice]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., tag: _Optional[str] = ..., patterns: _Optional[_Iterable[str]] = ..., skip_data: _Optional[bool] = ..., slices: _Optional[_Iterable[_Union[TensorSlice, _Mapping]]] = ...) -> None: ...
+
+class TensorSlice(_message.Message):
+    __slots__ = ("key", "start", "length")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    start: _containers.RepeatedScalarFieldContainer[int]
+    length: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, key: _Optional[str] = ..., start: _Optional[_Iterable[int]] = ..., length: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class DataPiece(_message.Message):
     __slots__ = ("node", "offset", "data")
@@ -288,14 +300,16 @@ class DataBatch(_message.Message):
     def __init__(self, pieces: _Optional[_Iterable[_Union[DataPiece, _Mapping]]] = ...) -> None: ...
 
 class LoadHeader(_message.Message):
-    __slots__ = ("version", "num_nodes", "data_bytes")
+    __slots__ = ("version", "num_nodes", "data_bytes", "slice_nodes")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     NUM_NODES_FIELD_NUMBER: _ClassVar[int]
     DATA_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SLICE_NODES_FIELD_NUMBER: _ClassVar[int]
     version: VersionInfo
     num_nodes: int
     data_bytes: int
-    def __init__(self, version: _Optional[_Union[VersionInfo, _Mapping]] = ..., num_nodes: _Optional[int] = ..., data_bytes: _Optional[int] = ...) -> None: ...
+    slice_nodes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, version: _Optional[_Union[VersionInfo, _Mapping]] = ..., num_nodes: _Optional[int] = ..., data_bytes: _Optional[int] = ..., slice_nodes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class LoadResponse(_message.Message):
     __slots__ = ("header", "nodes", "data")
@@ -460,6 +474,22 @@ class GetServerInfoResponse(_message.Message):
     max_message_bytes: int
     stats: StorageStats
     def __init__(self, server_version: _Optional[str] = ..., chunk_size: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., stats: _Optional[_Union[StorageStats, _Mapping]] = ...) -> None: ...
+
+class GetUsageRequest(_message.Message):
+    __slots__ = ("namespace",)
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    def __init__(self, namespace: _Optional[str] = ...) -> None: ...
+
+class GetUsageResponse(_message.Message):
+    __slots__ = ("namespace", "used_bytes", "quota_bytes")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    QUOTA_BYTES_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    used_bytes: int
+    quota_bytes: int
+    def __init__(self, namespace: _Optional[str] = ..., used_bytes: _Optional[int] = ..., quota_bytes: _Optional[int] = ...) -> None: ...
 
 class RetentionPolicy(_message.Message):
     __slots__ = ("keep_last", "keep_every_steps", "keep_best", "metric", "higher_is_better")

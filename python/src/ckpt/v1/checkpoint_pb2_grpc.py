@@ -80,6 +80,11 @@ class CheckpointServiceStub:
                 request_serializer=ckpt_dot_v1_dot_checkpoint__pb2.GetServerInfoRequest.SerializeToString,
                 response_deserializer=ckpt_dot_v1_dot_checkpoint__pb2.GetServerInfoResponse.FromString,
                 _registered_method=True)
+        self.GetUsage = channel.unary_unary(
+                '/ckpt.v1.CheckpointService/GetUsage',
+                request_serializer=ckpt_dot_v1_dot_checkpoint__pb2.GetUsageRequest.SerializeToString,
+                response_deserializer=ckpt_dot_v1_dot_checkpoint__pb2.GetUsageResponse.FromString,
+                _registered_method=True)
         self.GarbageCollect = channel.unary_unary(
                 '/ckpt.v1.CheckpointService/GarbageCollect',
                 request_serializer=ckpt_dot_v1_dot_checkpoint__pb2.GarbageCollectRequest.SerializeToString,
@@ -166,6 +171,13 @@ class CheckpointServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUsage(self, request, context):
+        """One namespace's bytes against its quota (read right on the namespace).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GarbageCollect(self, request, context):
         """Removes chunks no committed version or upload in progress needs.
         """
@@ -241,6 +253,11 @@ def add_CheckpointServiceServicer_to_server(servicer, server):
                     servicer.GetServerInfo,
                     request_deserializer=ckpt_dot_v1_dot_checkpoint__pb2.GetServerInfoRequest.FromString,
                     response_serializer=ckpt_dot_v1_dot_checkpoint__pb2.GetServerInfoResponse.SerializeToString,
+            ),
+            'GetUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsage,
+                    request_deserializer=ckpt_dot_v1_dot_checkpoint__pb2.GetUsageRequest.FromString,
+                    response_serializer=ckpt_dot_v1_dot_checkpoint__pb2.GetUsageResponse.SerializeToString,
             ),
             'GarbageCollect': grpc.unary_unary_rpc_method_handler(
                     servicer.GarbageCollect,
@@ -507,6 +524,33 @@ class CheckpointService:
             '/ckpt.v1.CheckpointService/GetServerInfo',
             ckpt_dot_v1_dot_checkpoint__pb2.GetServerInfoRequest.SerializeToString,
             ckpt_dot_v1_dot_checkpoint__pb2.GetServerInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ckpt.v1.CheckpointService/GetUsage',
+            ckpt_dot_v1_dot_checkpoint__pb2.GetUsageRequest.SerializeToString,
+            ckpt_dot_v1_dot_checkpoint__pb2.GetUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,
