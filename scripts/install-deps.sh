@@ -7,6 +7,9 @@
 #   scripts/install-deps.sh --server-build  only what building ckpt-server and ckpt needs
 #                                           (no LibTorch, Python or test libraries:
 #                                           the build stage of deploy/Dockerfile)
+#   scripts/install-deps.sh --server        --server-build and grpcurl (scripts/run-server.sh)
+#   scripts/install-deps.sh --python        PyPI torch and the ckpt Python package
+#                                           into the python3 on PATH (no apt)
 #   scripts/install-deps.sh --container     podman, podman-compose, runc, debootstrap
 #                                           (the container test, tests/container)
 set -euo pipefail
@@ -32,18 +35,23 @@ server_build_skip=(libtorch-dev python3-torch clang libclang-rt-14-dev libgtest-
 container_pkgs=(podman podman-compose runc debootstrap uidmap containernetworking-plugins
   iptables ca-certificates)
 
+# --list after the mode prints its Debian packages and installs nothing.
 mode="${1:-default}"
+if [[ "$mode" == --list ]]; then mode=default; fi
+list=0
+if [[ " $* " == *" --list "* ]]; then list=1; fi
 case "$mode" in
   default) pkgs=("${build_pkgs[@]}") ;;
   --runtime) pkgs=("${runtime_pkgs[@]}") ;;
   --container) pkgs=("${container_pkgs[@]}") ;;
-  --server-build)
+  --python) pkgs=() ;;
+  --server-build | --server)
     pkgs=()
     for p in "${build_pkgs[@]}"; do
       [[ " ${server_build_skip[*]} " == *" $p "* ]] || pkgs+=("$p")
     done
     ;;
-  *) echo "usage: $0 [--runtime | --server-build | --container]" >&2; exit 2 ;;
+  *) echo "usage: $0 [--runtime | --server-build | --server | --python | --container]" >&2; exit 2 ;;
 esac
 
 install_grpcurl() {
@@ -116,6 +124,11 @@ PYEOF
   fi
 }
 
+if ((list)); then
+  if ((${#pkgs[@]} > 0)); then printf '%s\n' "${pkgs[@]}"; fi
+  exit 0
+fi
+
 missing=()
 for p in "${pkgs[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
@@ -132,8 +145,8 @@ if ((${#missing[@]} > 0)); then
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-if [[ "$mode" == default ]]; then
-  install_grpcurl
-  install_python_torch
-  install_python_package
-fi
+case "$mode" in
+  default) install_grpcurl; install_python_torch; install_python_package ;;
+  --server) install_grpcurl ;;
+  --python) install_python_torch; install_python_package ;;
+esac
