@@ -112,7 +112,11 @@ def load_worker(rank, world, port, cid, shard_dim, step, out_dir, extra_cid):
             got = target[group][k].full_tensor()
             assert got.dtype == v.dtype and torch.equal(got, v), f"rank {rank}: {group}/{k}"
     assert target["step"] == step and target["config"] == expected["config"], target["step"]
-    report = {"received": reader.bytes_received}
+    # What this rank's plan asks for: its local shards (replicated tensors whole).
+    local = sum(t.to_local().numel() * t.element_size()
+                for g in ("model", "optim") for t in target[g].values())
+    report = {"received": reader.tensor_bytes_received, "local": local,
+              "other": reader.bytes_received - reader.tensor_bytes_received}
     if extra_cid:
         # A matrix saved by one process in 1 KiB row blocks, loaded row-sharded:
         # each rank fetches only its rows.
@@ -213,15 +217,25 @@ def test_dcp_save_4_ranks_load_4_2_1_and_dedup(server, tmp_path):
     loads4 = reports(tmp_path, "load4-")
     assert sum(r["received"] for r in loads4.values()) == state_bytes(full_state(2)) + \
         3 * (32 * 4 + 4)  # replicated tensors are read by every rank
+    # Every rank received exactly the tensor bytes of its shards: with 4 ranks the
+    # saved row shards, with 2 ranks column shards cut out of the saved row blocks
+    # by the server (no whole rows or blocks); besides them only DCP's small byte
+    # items ("step", "config").
+    assert len(loads) == 2 and len(loads4) == 4
+    for r in list(loads.values()) + list(loads4.values()):
+        assert r["received"] == r["local"], r
+        assert 0 < r["other"] < 8192, r
 
     # One process, plain tensors (no process group).
     expected = full_state(3)
     target = zeros_like_state(expected)
-    dcp.load(target, checkpoint_id=cid, storage_reader=CkptStorageReader(), no_dist=True)
+    reader = CkptStorageReader()
+    dcp.load(target, checkpoint_id=cid, storage_reader=reader, no_dist=True)
     for group in ("model", "optim"):
         for k, v in expected[group].items():
             assert torch.equal(target[group][k], v), k
     assert target["step"] == 3
+    assert reader.tensor_bytes_received == state_bytes(expected)
     # An explicit version and the metadata read without unpickling code.
     target = zeros_like_state(expected)
     dcp.load(target, checkpoint_id=f"{cid}@1", storage_reader=CkptStorageReader(), no_dist=True)

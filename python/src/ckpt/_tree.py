@@ -50,6 +50,19 @@ for _name, _code in _DTYPES:
         TO_PB[_dt] = _code
         FROM_PB[_code] = _dt
 
+# Bytes per element of each ckpt.v1.DType (also those this torch lacks).
+_DTYPE_SIZES = {pb.DTYPE_FLOAT32: 4, pb.DTYPE_FLOAT64: 8, pb.DTYPE_FLOAT16: 2,
+                pb.DTYPE_BFLOAT16: 2, pb.DTYPE_INT8: 1, pb.DTYPE_INT16: 2, pb.DTYPE_INT32: 4,
+                pb.DTYPE_INT64: 8, pb.DTYPE_UINT8: 1, pb.DTYPE_BOOL: 1, pb.DTYPE_COMPLEX64: 8,
+                pb.DTYPE_COMPLEX128: 16, pb.DTYPE_UINT16: 2, pb.DTYPE_UINT32: 4,
+                pb.DTYPE_UINT64: 8}
+
+
+def dtype_size(code: int) -> int:
+    """Bytes per element of a ckpt.v1.DType (0 if unknown)."""
+    return _DTYPE_SIZES.get(code, 0)
+
+
 MAX_DEPTH = 128
 MAX_INLINE_STRING = 64 * 1024
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1

@@ -490,7 +490,16 @@ class _Prefetch:
 
 
 class _Sink:
-    """Receives a Load stream: the selected tree, then data pieces in order."""
+    """Receives a Load stream: the selected tree, then data pieces in order.
+
+    After the load, ``data_bytes`` is what the header announced (the bytes of
+    data the server sent)."""
+
+    data_bytes = 0
+
+    def on_slices(self, nodes: List[int]) -> None:
+        """For a load with slices, before on_tree: nodes[s] is the index of
+        slice s's tensor in the tree (whose data is then the box, packed)."""
 
     def on_tree(self, version: VersionInfo, nodes: List[pb.Node]) -> None:
         raise NotImplementedError
@@ -893,29 +902,32 @@ class Client:
 
     def _load_stream(self, name: str, sink: _Sink, version: int = 0, tag: str = "",
                      patterns: Sequence[str] = (), skip_data: bool = False,
-                     timeout: Optional[float] = None) -> VersionInfo:
+                     timeout: Optional[float] = None,
+                     slices: Sequence[pb.TensorSlice] = ()) -> VersionInfo:
         self._connect()
         request = pb.LoadRequest(name=name, version=version, tag=tag, patterns=list(patterns),
-                                 skip_data=skip_data)
+                                 skip_data=skip_data, slices=list(slices))
         call = self._load_method(request.SerializeToString(), metadata=self._metadata(),
                                  timeout=timeout)
         try:
-            return self._run_load(call, sink)
+            return self._run_load(call, sink, slices)
         except grpc.RpcError as e:
             raise from_rpc_error(e, self.target) from None
         except BaseException:
             call.cancel()  # also ends a prefetching thread's iteration
             raise
 
-    def _run_load(self, call: Any, sink: _Sink) -> VersionInfo:
+    def _run_load(self, call: Any, sink: _Sink,
+                  slices: Sequence[pb.TensorSlice] = ()) -> VersionInfo:
         stream = _Prefetch(call) if _PREFETCH else iter(call)
         try:
-            return self._read_load(stream, sink)
+            return self._read_load(stream, sink, slices)
         finally:
             if isinstance(stream, _Prefetch):
                 stream.close()
 
-    def _read_load(self, stream: Any, sink: _Sink) -> VersionInfo:
+    def _read_load(self, stream: Any, sink: _Sink,
+                   slices: Sequence[pb.TensorSlice] = ()) -> VersionInfo:
 
         def read(where: str) -> Tuple[int, memoryview]:
             try:
@@ -934,9 +946,24 @@ class Client:
             if field != _wire.LOAD_NODES:
                 raise Internal("expected nodes in load stream")
             nodes.extend(pb.NodeBatch.FromString(payload).nodes)
-        sink.on_tree(info, nodes)
         sizes = [(n.tensor.data.size if n.WhichOneof("value") == "tensor" else
                   n.bytes.data.size if n.WhichOneof("value") == "bytes" else 0) for n in nodes]
+        if slices:
+            # A sliced tensor's data is its box, packed.
+            slice_nodes = list(header.slice_nodes)
+            if len(slice_nodes) != len(slices):
+                raise Internal(f"load header places {len(slice_nodes)} slices, "
+                               f"{len(slices)} were asked for")
+            for s, i in zip(slices, slice_nodes):
+                if i >= len(nodes) or nodes[i].WhichOneof("value") != "tensor":
+                    raise Internal("load header places a slice on a node that is not a tensor")
+                box = _tree.dtype_size(nodes[i].tensor.dtype)
+                for n in s.length:
+                    box *= n
+                sizes[i] = box
+            sink.on_slices(slice_nodes)
+        sink.data_bytes = header.data_bytes
+        sink.on_tree(info, nodes)
         node = 0
         offset = 0
         received = 0

@@ -18,8 +18,10 @@ How a DCP save maps onto ckpt:
   once the server's ``--part-timeout`` expires.
 - Tensor shards are stored as row blocks of at most ``block_bytes`` (default
   4 MiB, one chunk): chunks are deduplicated by content, so the unchanged
-  shards of the next step are not sent again, and a load fetches only the
-  row blocks its read plan overlaps (see ``CkptStorageReader.read_data``).
+  shards of the next step are not sent again. A load asks the server for
+  exactly the boxes its read plan needs (``LoadRequest.slices``: per block,
+  the rows and columns the plan overlaps): only those bytes cross the wire,
+  written straight into the target tensors (see ``CkptStorageReader.read_data``).
 - The Metadata is stored as a pickle byte leaf (key ``__dcp_metadata__``) and
   read back with a restricted unpickler that only accepts DCP's metadata
   classes, torch.Size and torch dtypes/layouts/memory formats, and Python's
@@ -48,7 +50,8 @@ from torch.distributed.checkpoint.planner import (LoadItemType, LoadPlan, LoadPl
 from torch.distributed.checkpoint.storage import StorageReader, StorageWriter, WriteResult
 
 from ckpt import _tree
-from ckpt.client import Client, Part, SaveResult, _Sink, _alloc_host, escape_glob
+from ckpt.client import (Client, Part, SaveResult, _Sink, _alloc_host, _writable_bytes,
+                         escape_glob)
 from ckpt.errors import FailedPrecondition, InvalidArgument
 from ckpt.v1 import checkpoint_pb2 as pb
 
@@ -57,7 +60,6 @@ FORMAT_KEY = "__dcp_format__"
 FORMAT = "ckpt-dcp-1"
 _SCHEME = "ckpt://"
 _MAX_PATTERNS = 256  # per Load request (server limit)
-_LOAD_GROUP_BYTES = 256 << 20
 
 
 def parse_checkpoint_id(checkpoint_id: Any) -> Tuple[str, str, int, str]:
@@ -345,46 +347,124 @@ class CkptStorageWriter(StorageWriter):
 # ---------------------------------------------------------------- reader
 
 
-class _BlockSink(_Sink):
-    """Receives row blocks; calls ``on_block(key, tensor)`` as each completes,
-    holding one block at a time."""
+class _SliceJob:
+    """One box of one stored row block, for one read item: where its bytes go."""
 
-    def __init__(self, on_block) -> None:
-        self.on_block = on_block
-        self.nodes: List[pb.Node] = []
-        self.keys: List[str] = []
-        self.current = -1
-        self.buf: Optional[torch.Tensor] = None
+    __slots__ = ("entry", "key", "start", "length", "region", "view", "staged", "nbytes",
+                 "dtype")
+
+    def __init__(self, entry: List[Any], key: str, start: List[int], length: List[int],
+                 region: torch.Tensor) -> None:
+        self.entry = entry  # [blocks left, read item, target tensor]
+        self.key = key
+        self.start = start
+        self.length = length
+        self.region = region  # the part of the target this box fills
         self.view: Optional[memoryview] = None
+        self.staged: Optional[torch.Tensor] = None
+        self.nbytes = 0
+        self.dtype = region.dtype  # the stored dtype, once the tree says it
 
-    def _tensor(self, i: int, buf: torch.Tensor) -> torch.Tensor:
-        meta = self.nodes[i].tensor
-        return buf.view(_tree.FROM_PB[meta.dtype]).reshape(tuple(meta.shape))
+
+# Per Load request: slices (each key once) and their keys' bytes; the request
+# stays far below the server's smallest message limit (~1 MiB).
+_MAX_SLICES = 20000
+_MAX_SLICE_REQUEST_BYTES = 512 << 10
+
+
+def _slice_groups(jobs: List[_SliceJob]) -> List[List[_SliceJob]]:
+    """Splits jobs into Load requests: a key at most once per request (a second
+    read item of the same block goes into a later one), bounded in size."""
+    rounds: List[List[_SliceJob]] = []
+    seen: Dict[str, int] = {}
+    for job in jobs:
+        r = seen.get(job.key, 0)
+        seen[job.key] = r + 1
+        if r == len(rounds):
+            rounds.append([])
+        rounds[r].append(job)
+    groups: List[List[_SliceJob]] = []
+    for jobs_of_round in rounds:
+        group: List[_SliceJob] = []
+        size = 0
+        for job in jobs_of_round:
+            cost = len(job.key) + 24 * (len(job.start) + 1)
+            if group and (len(group) >= _MAX_SLICES or size + cost > _MAX_SLICE_REQUEST_BYTES):
+                groups.append(group)
+                group, size = [], 0
+            group.append(job)
+            size += cost
+        if group:
+            groups.append(group)
+    return groups
+
+
+class _PlanSink(_Sink):
+    """Receives one Load of a read plan: tensor boxes (slices) go straight into
+    their targets' memory (staged when the target is not a contiguous CPU tensor
+    of the stored dtype), whole byte leaves go to ``on_bytes(key, value)``."""
+
+    def __init__(self, jobs: List[_SliceJob], on_bytes, on_job) -> None:
+        self.jobs = jobs
+        self.on_bytes = on_bytes
+        self.on_job = on_job
+        self.by_node: Dict[int, _SliceJob] = {}
+        self.leaves: Dict[int, Tuple[str, memoryview, int]] = {}
+
+    def on_slices(self, nodes: List[int]) -> None:
+        self.by_node = dict(zip(nodes, self.jobs))
 
     def on_tree(self, version, nodes: List[pb.Node]) -> None:
-        self.nodes = nodes
-        self.keys = _tree.flattened_keys(nodes)
-        for i, node in enumerate(nodes):
-            which = node.WhichOneof("value")
-            if which == "tensor" and node.tensor.data.size == 0:
-                self.on_block(self.keys[i], self._tensor(i, torch.empty(0, dtype=torch.uint8)))
-            elif which == "bytes" and node.bytes.data.size == 0:
-                self.on_block(self.keys[i], b"")
+        if any(n.WhichOneof("value") == "bytes" for n in nodes):
+            keys = _tree.flattened_keys(nodes)
+            for i, node in enumerate(nodes):
+                if node.WhichOneof("value") == "bytes":
+                    size = node.bytes.data.size
+                    if size == 0:
+                        self.on_bytes(keys[i], b"")
+                    else:
+                        self.leaves[i] = (keys[i], memoryview(bytearray(size)), size)
+        for i, job in self.by_node.items():
+            meta = nodes[i].tensor
+            stored = _tree.FROM_PB.get(meta.dtype)
+            if stored is None:
+                raise InvalidArgument(f"DCP shard '{job.key}': dtype {pb.DType.Name(meta.dtype)} "
+                                      f"is not supported by torch {torch.__version__}")
+            job.dtype = stored
+            job.nbytes = _tree.dtype_size(meta.dtype)
+            for n in job.length:
+                job.nbytes *= n
+            region = job.region
+            if job.nbytes == 0:
+                self.on_job(job)
+            elif (region.device.type == "cpu" and region.dtype == stored and
+                  region.is_contiguous() and not region.is_conj() and not region.is_neg()):
+                job.view = _writable_bytes(region)
+            else:
+                job.staged, job.view = _alloc_host(job.nbytes)
 
     def on_data(self, node: int, offset: int, data: memoryview) -> None:
-        n = self.nodes[node]
-        which = n.WhichOneof("value")
-        size = n.tensor.data.size if which == "tensor" else n.bytes.data.size
-        if node != self.current:
-            self.current = node
-            self.buf, self.view = _alloc_host(size)
-        self.view[offset:offset + len(data)] = data
+        job = self.by_node.get(node)
+        if job is not None:
+            end = offset + len(data)
+            job.view[offset:end] = data
+            if end == job.nbytes:
+                if job.staged is not None:
+                    box = job.staged.view(job.dtype).reshape(tuple(job.length))
+                    with torch.no_grad():
+                        job.region.copy_(box)
+                    job.staged = None
+                job.view = None
+                self.on_job(job)
+            return
+        leaf = self.leaves.get(node)
+        if leaf is None:
+            return
+        key, view, size = leaf
+        view[offset:offset + len(data)] = data
         if offset + len(data) == size:
-            buf, self.buf, self.view = self.buf, None, None
-            if which == "tensor":
-                self.on_block(self.keys[node], self._tensor(node, buf))
-            else:
-                self.on_block(self.keys[node], bytes(buf.numpy()))
+            del self.leaves[node]
+            self.on_bytes(key, bytes(view))
 
 
 class CkptStorageReader(StorageReader):
@@ -392,9 +472,12 @@ class CkptStorageReader(StorageReader):
 
     ``checkpoint_id`` is ``ckpt://HOST:PORT/NAME`` (latest), ``.../NAME@3`` or
     ``.../NAME@TAG``. Every rank reads the version the coordinator resolved. Each
-    rank fetches only the row blocks of the shards its read plan overlaps; any
-    world size can load what any world size saved. After ``dcp.load``,
-    ``reader.bytes_received`` is what this rank fetched.
+    rank fetches only the byte ranges its read plan asks for (boxes of the stored
+    shards, cut by the server), so any world size can load what any world size
+    saved. After ``dcp.load``, ``reader.bytes_received`` is the data this rank
+    received (as the servers' load headers announced it) and
+    ``reader.tensor_bytes_received`` the part of it that was tensor boxes: exactly
+    the bytes of the read plan's tensor items.
     """
 
     def __init__(self, checkpoint_id: Optional[str] = None, *,
@@ -406,6 +489,7 @@ class CkptStorageReader(StorageReader):
         self.allow_pickle = allow_pickle
         self.version = 0
         self.bytes_received = 0
+        self.tensor_bytes_received = 0
         self.storage_data: Dict[MetadataIndex, Any] = {}
         self._metadata: Optional[Metadata] = None
 
@@ -418,6 +502,7 @@ class CkptStorageReader(StorageReader):
             self._endpoint.set(checkpoint_id)
         self.version = 0
         self.bytes_received = 0
+        self.tensor_bytes_received = 0
 
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id: Any) -> bool:
@@ -427,7 +512,7 @@ class CkptStorageReader(StorageReader):
         ep = self._endpoint
         client = ep.client()
         blobs: Dict[str, Any] = {}
-        sink = _BlockSink(lambda key, value: blobs.__setitem__(key, value))
+        sink = _PlanSink([], blobs.__setitem__, None)
         info = client._load_stream(ep.name, sink, ep.version, ep.tag,
                                    [escape_glob(METADATA_KEY), escape_glob(FORMAT_KEY)],
                                    timeout=self.timeout)
@@ -484,82 +569,67 @@ class CkptStorageReader(StorageReader):
                 f"this rank read the metadata of {ep.name}@{self.version} but the coordinator "
                 f"{ep.name}@{version}; a save landed in between: load an explicit version "
                 f"(ckpt://{ep.target}/{ep.name}@{version})")
-        # key of a stored block -> what to do with it
-        wants: Dict[str, List[Any]] = {}
-        sizes: Dict[str, int] = {}
-        pending: Dict[int, List[Any]] = {}  # id(req) -> [remaining, req, target]
+        # Each read item asks for a box of a stored shard; the shard is stored as
+        # row blocks, so each block the box overlaps is fetched as a slice: the
+        # server sends exactly the box's bytes, written straight into the target.
+        jobs: List[_SliceJob] = []
+        byte_reqs: Dict[str, List[Any]] = {}
         for req in plan.items:
             prefix, per_block = self.storage_data[req.storage_index]
             if req.type == LoadItemType.BYTE_IO:
-                key = prefix + "|b"
-                wants.setdefault(key, []).append(("bytes", req))
-                sizes[key] = 0
+                byte_reqs.setdefault(prefix + "|b", []).append(req)
                 continue
             target = planner.resolve_tensor(req).detach()
             shard = self._shard_sizes(req.storage_index)
-            if not shard:
-                blocks = [0]
+            entry = [0, req, target]
+            first = len(jobs)
+            if not shard:  # 0-d
+                jobs.append(_SliceJob(entry, f"{prefix}|0", [], [], target))
             else:
                 lo = int(req.storage_offsets[0])
                 hi = lo + int(req.lengths[0])
-                blocks = list(range((lo // per_block) * per_block, hi, per_block)) if hi > lo \
-                    else []
-            if not blocks or target.numel() == 0:
+                rest_start = [int(o) for o in req.storage_offsets[1:]]
+                rest_len = [int(n) for n in req.lengths[1:]]
+                for b in range((lo // per_block) * per_block, hi, per_block):
+                    a, z = max(lo, b), min(hi, b + per_block, shard[0])
+                    if z <= a:
+                        continue
+                    jobs.append(_SliceJob(entry, f"{prefix}|{b}", [a - b] + rest_start,
+                                          [z - a] + rest_len, target[a - lo:z - lo]))
+            entry[0] = len(jobs) - first
+            if entry[0] == 0 or target.numel() == 0:
+                entry[0] = 0
+                del jobs[first:]
                 planner.commit_tensor(req, target)
-                continue
-            entry = [len(blocks), req, target]
-            pending[id(req)] = entry
-            row_bytes = target.element_size()
-            for s in shard[1:]:
-                row_bytes *= s
-            for b in blocks:
-                key = f"{prefix}|{b}"
-                wants.setdefault(key, []).append(("tensor", entry, b))
-                rows = min(per_block, shard[0] - b) if shard else 1
-                sizes[key] = rows * row_bytes if shard else target.element_size()
 
-        def on_block(key: str, value: Any) -> None:
-            for want in wants.get(key, ()):
-                if want[0] == "bytes":
-                    if not self.allow_pickle:
-                        self._check_plain(want[1].storage_index.fqn, value)
-                    planner.load_bytes(want[1], io.BytesIO(value))
-                    continue
-                _, entry, start = want
-                req, target = entry[1], entry[2]
-                if value.dim() == 0:
-                    target.copy_(value)
-                else:
-                    lo = int(req.storage_offsets[0])
-                    hi = lo + int(req.lengths[0])
-                    a, z = max(lo, start), min(hi, start + value.shape[0])
-                    src = value[a - start:z - start]
-                    for d in range(1, value.dim()):
-                        src = src.narrow(d, int(req.storage_offsets[d]), int(req.lengths[d]))
-                    target[a - lo:z - lo].copy_(src)
-                entry[0] -= 1
-                if entry[0] == 0:
-                    planner.commit_tensor(req, target)
+        def job_done(job: _SliceJob) -> None:
+            job.entry[0] -= 1
+            if job.entry[0] == 0:
+                planner.commit_tensor(job.entry[1], job.entry[2])
 
-        keys = sorted(wants)
-        group: List[str] = []
-        group_bytes = 0
+        def bytes_done(key: str, value: bytes) -> None:
+            for req in byte_reqs.get(key, ()):
+                if not self.allow_pickle:
+                    self._check_plain(req.storage_index.fqn, value)
+                planner.load_bytes(req, io.BytesIO(value))
+
         client = ep.client()
-        for i, key in enumerate(keys + [None]):
-            if key is not None and (len(group) < _MAX_PATTERNS and
-                                    (not group or group_bytes + sizes[key] <= _LOAD_GROUP_BYTES)):
-                group.append(key)
-                group_bytes += sizes[key]
-                continue
-            if group:
-                sink = _BlockSink(on_block)
-                client._load_stream(ep.name, sink, version, "", [escape_glob(k) for k in group],
-                                    timeout=self.timeout)
-                self.bytes_received += group_bytes
-            if key is not None:
-                group = [key]
-                group_bytes = sizes[key]
-        unfinished = [e[1].storage_index.fqn for e in pending.values() if e[0] > 0]
+        for group in _slice_groups(jobs):
+            sink = _PlanSink(group, bytes_done, job_done)
+            client._load_stream(ep.name, sink, version, "", timeout=self.timeout,
+                                slices=[pb.TensorSlice(key=j.key, start=j.start, length=j.length)
+                                        for j in group])
+            self.bytes_received += sink.data_bytes
+            self.tensor_bytes_received += sink.data_bytes
+        keys = sorted(byte_reqs)
+        for i in range(0, len(keys), _MAX_PATTERNS):
+            sink = _PlanSink([], bytes_done, job_done)
+            client._load_stream(ep.name, sink, version, "",
+                                [escape_glob(k) for k in keys[i:i + _MAX_PATTERNS]],
+                                timeout=self.timeout)
+            self.bytes_received += sink.data_bytes
+        unfinished = [e[1].storage_index.fqn for e in {id(j.entry): j.entry for j in jobs}.values()
+                      if e[0] > 0]
         if unfinished:
             raise FailedPrecondition(f"blocks missing from {ep.name}@{version} for "
                                      f"{unfinished[:5]}")
