@@ -246,6 +246,20 @@ class GrpcRawClient final : public RawClient {
     return gc;
   }
 
+  absl::StatusOr<BackupInfo> Backup(const std::string& name) override {
+    v1::BackupRequest request;
+    request.set_name(name);
+    v1::BackupResponse response;
+    CKPT_RETURN_IF_ERROR(Unary(&v1::CheckpointService::Stub::Backup, request, &response));
+    BackupInfo backup;
+    backup.name = response.name();
+    backup.path = response.path();
+    backup.files = response.files();
+    backup.bytes = response.bytes();
+    backup.versions = response.versions();
+    return backup;
+  }
+
   absl::StatusOr<NamespaceUsage> GetUsage(const std::string& name_or_prefix) override {
     v1::GetUsageRequest request;
     request.set_namespace_(name_or_prefix);

@@ -233,6 +233,12 @@ class RawClient {
   /// Applies `name`'s retention policy now (with `dry_run`, only lists what
   /// it would delete). Returns the versions deleted, oldest first.
   virtual absl::StatusOr<std::vector<uint64_t>> Prune(const std::string& name, bool dry_run) = 0;
+  /// Has the server write a consistent copy of its whole store into
+  /// `<its --backup-dir>/<name>` (empty `name`: "ckpt-backup-<UTC time>")
+  /// while it keeps serving. Needs the admin right on "*";
+  /// FailedPrecondition if the server has no --backup-dir, AlreadyExists if
+  /// the backup exists, InvalidArgument for a bad name.
+  virtual absl::StatusOr<BackupInfo> Backup(const std::string& name) = 0;
   /// grpc.health.v1 Check of the whole server: OK when serving.
   virtual absl::Status Health() = 0;
 };

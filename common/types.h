@@ -240,6 +240,18 @@ struct GcResult {
   uint64_t orphan_uploads_removed = 0;
 };
 
+/// A consistent copy of the whole store taken while it serves (Store::Backup,
+/// the Backup RPC). The directory is itself a data directory: a server
+/// started on it (or on a copy of it) serves every version it holds.
+struct BackupInfo {
+  std::string name;     ///< The backup's directory name.
+  std::string path;     ///< Where it is, on the server's machine.
+  uint64_t files = 0;   ///< Files in it.
+  uint64_t bytes = 0;   ///< Their total size (hard links to the live store's
+                        ///< files when on the same file system: little new disk).
+  uint64_t versions = 0;  ///< Committed versions it holds.
+};
+
 }  // namespace ckpt
 
 #endif  // CKPT_COMMON_TYPES_H_

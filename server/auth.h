@@ -31,7 +31,7 @@
 //   Save, SetTag, DeleteTag            write on the name
 //   DeleteVersion                      admin on the name (deletes data)
 //   GetServerInfo                      any valid token
-//   GarbageCollect                     admin on "*" (store-wide)
+//   GarbageCollect, Backup             admin on "*" (store-wide)
 //   grpc.health.v1, server reflection  open (no token)
 //
 // Tokens are compared as SHA-256 digests with CRYPTO_memcmp against every

@@ -113,6 +113,10 @@ int main(int argc, char** argv) {
                  "seconds in-flight RPCs may run after SIGTERM before being cancelled")
       ->envname("CKPT_SHUTDOWN_GRACE")
       ->capture_default_str();
+  app.add_option("--backup-dir", options.backup_dir,
+                 "directory the Backup RPC (`ckpt backup`) writes consistent copies of the "
+                 "store into, one subdirectory each (empty: backups off)")
+      ->envname("CKPT_BACKUP_DIR");
   app.add_option("--tokens-file", options.tokens_file,
                  "bearer tokens and their rights (format: README, Access control); "
                  "none: development mode, no access control")

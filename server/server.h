@@ -45,6 +45,10 @@ struct ServerOptions {
   /// Threads running storage work for RPCs. Default: 4.
   int worker_threads = 4;
 
+  /// Directory the Backup RPC writes backups into (one subdirectory each),
+  /// on the store's file system for cheap hard-linked backups. Empty:
+  /// backups are off (Backup answers FAILED_PRECONDITION). Default: "".
+  std::string backup_dir;
   /// Tokens file (format in server/auth.h). Empty: development mode, every
   /// caller may do everything. Default: "".
   std::string tokens_file;

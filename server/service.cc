@@ -9,10 +9,13 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "common/crash_point.h"
 #include "common/names.h"
 #include "common/retention.h"
@@ -1314,6 +1317,43 @@ grpc::ServerUnaryReactor* CheckpointService::GarbageCollect(grpc::CallbackServer
                     response->set_orphan_uploads_removed(gc.orphan_uploads_removed);
                     return absl::OkStatus();
                   });
+}
+
+grpc::ServerUnaryReactor* CheckpointService::Backup(grpc::CallbackServerContext* context,
+    const grpc::ByteBuffer* raw_request, grpc::ByteBuffer* raw_response) {
+  return RunUnary<v1::BackupRequest, v1::BackupResponse>(
+      context, raw_request, raw_response, "Backup",
+      [this](const Principal& principal, CallRecord&, const v1::BackupRequest& request,
+             v1::BackupResponse* response) -> absl::Status {
+        CKPT_RETURN_IF_ERROR(principal.CheckGlobal(Right::kAdmin, "back up the store"));
+        if (options_.backup_dir.empty()) {
+          return absl::FailedPreconditionError(
+              "backups are off on this server: start ckpt-server with --backup-dir DIR");
+        }
+        std::string name = request.name();
+        if (name.empty()) {
+          name = absl::FormatTime("ckpt-backup-%Y%m%dT%H%M%SZ", absl::Now(), absl::UTCTimeZone());
+        }
+        const bool valid =
+            name.size() <= 128 && name != "." && name != ".." &&
+            std::all_of(name.begin(), name.end(), [](char c) {
+              return absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' ||
+                     c == '-';
+            });
+        if (!valid) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "backup name '", Excerpt(name),
+              "' is not valid: letters, digits, '.', '_' and '-', at most 128 characters"));
+        }
+        CKPT_ASSIGN_OR_RETURN(BackupInfo backup,
+                              store_->Backup(options_.backup_dir + "/" + name));
+        response->set_name(backup.name);
+        response->set_path(backup.path);
+        response->set_files(backup.files);
+        response->set_bytes(backup.bytes);
+        response->set_versions(backup.versions);
+        return absl::OkStatus();
+      });
 }
 
 grpc::ServerUnaryReactor* CheckpointService::SetRetention(grpc::CallbackServerContext* context,

@@ -82,6 +82,13 @@ absl::StatusOr<uint64_t> ParsePendingKey(absl::string_view key);
 /// ids from repeating across restarts even after GC removed the newest chunks.
 inline constexpr char kNextBlockKey[] = "b";
 
+/// default CF: "f" -> be64(on-disk format version of the store). Written when
+/// a store is created; a store without it predates the key and has format 1.
+inline constexpr char kFormatKey[] = "f";
+/// The format this code reads and writes. Bump it with any change to the
+/// layout in this file that older servers cannot read; Open refuses others.
+inline constexpr uint64_t kStoreFormatVersion = 1;
+
 /// The smallest string greater than every string that starts with `prefix`
 /// (empty if there is none, i.e. `prefix` is all 0xff bytes).
 std::string PrefixSuccessor(absl::string_view prefix);

@@ -33,6 +33,7 @@
 #include "rocksdb/snapshot.h"
 #include "rocksdb/sst_file_writer.h"
 #include "rocksdb/table.h"
+#include "rocksdb/utilities/checkpoint.h"
 #include "rocksdb/write_batch.h"
 #include "storage/codec.h"
 #include "storage/rocksdb_status.h"
@@ -578,6 +579,32 @@ absl::Status FsError(const std::error_code& ec, absl::string_view context) {
   return ErrnoStatus(ec.value(), context);
 }
 
+// The on-disk format version (kFormatKey): recorded in a new store, checked
+// in an existing one before anything else is written to it.
+absl::Status CheckFormat(StoreCore& core) {
+  std::string value;
+  rocksdb::Status s = core.db->Get(rocksdb::ReadOptions(), core.default_cf, kFormatKey, &value);
+  if (s.IsNotFound()) {
+    // A new store, or one written before the key existed (format 1).
+    rocksdb::WriteOptions w;
+    w.sync = true;
+    return FromRocksDb(
+        core.PutOne(w, core.default_cf, kFormatKey, EncodeBigEndian64(kStoreFormatVersion)),
+        "recording the store's format version");
+  }
+  CKPT_RETURN_IF_ERROR(FromRocksDb(s, "reading the store's format version"));
+  auto version = DecodeBigEndian64(value);
+  if (!version.ok()) return Annotate(version.status(), "reading the store's format version");
+  if (*version != kStoreFormatVersion) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the store at ", core.options.path, " has on-disk format version ", *version,
+        ", and this server reads format ", kStoreFormatVersion,
+        ": run a ckpt-server release that reads format ", *version,
+        " (README: Backup, restore and upgrade); nothing was changed"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------
@@ -932,6 +959,7 @@ absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(const StoreOpti
   core->tags_cf = core->handles[4];
   core->chunk_file_options = rocksdb::Options(db_options, chunk_options);
   core->chunk_env_options = rocksdb::EnvOptions(db_options);
+  CKPT_RETURN_IF_ERROR(CheckFormat(*core));
 
   // The LOCK is ours now: files left in ingest/ belong to a dead process and
   // were never ingested (ingestion moves them out).
@@ -1616,6 +1644,58 @@ absl::StatusOr<GcResult> RocksDbStore::CollectGarbage() {
 
 // ---------------------------------------------------------------------------
 // Stats and test accessors
+
+absl::StatusOr<BackupInfo> RocksDbStore::Backup(const std::string& dir) {
+  std::error_code ec;
+  if (fs::exists(dir, ec)) {
+    return absl::AlreadyExistsError(absl::StrCat("backup directory ", dir, " already exists"));
+  }
+  rocksdb::Checkpoint* raw = nullptr;
+  CKPT_RETURN_IF_ERROR(
+      FromRocksDb(rocksdb::Checkpoint::Create(core_->db, &raw), "starting a backup"));
+  std::unique_ptr<rocksdb::Checkpoint> checkpoint(raw);
+  // log_size_for_flush 0: memtables are flushed first, so the copy holds no
+  // WAL to replay and opens like any store.
+  rocksdb::Status s = checkpoint->CreateCheckpoint(dir, /*log_size_for_flush=*/0);
+  if (!s.ok()) {
+    fs::remove_all(dir, ec);  // RocksDB leaves a "<dir>.tmp" on some failures
+    fs::remove_all(dir + ".tmp", ec);
+    return FromRocksDb(s, absl::StrCat("writing backup ", dir));
+  }
+  BackupInfo info;
+  info.path = dir;
+  info.name = fs::path(dir).filename().string();
+  for (const fs::directory_entry& e : fs::directory_iterator(dir, ec)) {
+    if (!e.is_regular_file()) continue;
+    ++info.files;
+    info.bytes += e.file_size();
+  }
+  if (ec) return FsError(ec, absl::StrCat("listing backup ", dir));
+  // Open the copy read-only: it must open, and its versions are counted.
+  rocksdb::DBOptions db_options;
+  std::vector<std::string> names;
+  CKPT_RETURN_IF_ERROR(FromRocksDb(rocksdb::DB::ListColumnFamilies(db_options, dir, &names),
+                                   absl::StrCat("reading backup ", dir)));
+  std::vector<rocksdb::ColumnFamilyDescriptor> families;
+  for (const std::string& name : names) families.emplace_back(name, rocksdb::ColumnFamilyOptions());
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  rocksdb::DB* copy = nullptr;
+  CKPT_RETURN_IF_ERROR(
+      FromRocksDb(rocksdb::DB::OpenForReadOnly(db_options, dir, families, &handles, &copy),
+                  absl::StrCat("opening backup ", dir)));
+  std::unique_ptr<rocksdb::DB> owned(copy);
+  absl::Status counted;
+  for (size_t i = 0; i < names.size(); ++i) {
+    if (names[i] != kManifestsFamily) continue;
+    ScanIterator it(copy, handles[i], rocksdb::ReadOptions(), "v", "w");
+    for (it->SeekToFirst(); it->Valid(); it->Next()) ++info.versions;
+    counted = FromRocksDb(it->status(), absl::StrCat("counting the versions of backup ", dir));
+  }
+  for (rocksdb::ColumnFamilyHandle* h : handles) copy->DestroyColumnFamilyHandle(h).PermitUncheckedError();
+  owned.reset();
+  CKPT_RETURN_IF_ERROR(counted);
+  return info;
+}
 
 absl::StatusOr<StoreStats> RocksDbStore::Stats() {
   StoreStats stats;

@@ -97,6 +97,10 @@ class RocksDbStore final : public Store {
   absl::StatusOr<std::vector<uint64_t>> Prune(absl::string_view name, bool dry_run) override;
   absl::StatusOr<GcResult> CollectGarbage() override;
   absl::StatusOr<StoreStats> Stats() override;
+  /// A RocksDB checkpoint: hard links to the immutable table files when
+  /// `dir` is on the store's file system (copies otherwise), a fresh
+  /// MANIFEST, memtables flushed first.
+  absl::StatusOr<BackupInfo> Backup(const std::string& dir) override;
   uint64_t NamespaceBytes(absl::string_view ns) override;
 
   /// For tests: the number of keys in the chunks column family (reads every

@@ -85,6 +85,7 @@ struct VersionSelector {
 // CheckpointSummary, StoreStats and GcResult are common value types (the
 // client reports them too).
 using ::ckpt::CheckpointSummary;
+using ::ckpt::BackupInfo;
 using ::ckpt::GcResult;
 using ::ckpt::StoreStats;
 
@@ -214,6 +215,13 @@ class Store {
   virtual absl::StatusOr<GcResult> CollectGarbage() = 0;
 
   virtual absl::StatusOr<StoreStats> Stats() = 0;
+
+  /// Writes a consistent copy of the whole store into `dir` (which must not
+  /// exist; its parent must) while the store keeps serving: every version
+  /// committed before the call is in it, no version committed after, and no
+  /// partial one (uploads in flight are dead uploads there, reclaimed by GC).
+  /// AlreadyExists if `dir` exists; errors of the file system otherwise.
+  virtual absl::StatusOr<BackupInfo> Backup(const std::string& dir) = 0;
 
   /// Bytes namespace `ns` holds: the sum of the lengths of the distinct
   /// chunks its committed versions reference (what its quota limits). 0 for

@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <random>
@@ -1051,6 +1052,108 @@ TEST_P(StoreTest, ConcurrentSavesDeletesAndGc) {
 INSTANTIATE_TEST_SUITE_P(RocksDb, IngestStoreTest, ::testing::Values(Backend::kRocksDb));
 INSTANTIATE_TEST_SUITE_P(Backends, StoreTest, ::testing::Values(Backend::kRocksDb),
                          [](const ::testing::TestParamInfo<Backend>&) { return "RocksDb"; });
+
+// Backup: a copy taken while an upload is in flight opens as a store with
+// exactly the committed versions, byte-exact, and the in-flight upload's
+// chunks are garbage there; the live store goes on unaffected.
+TEST_P(StoreTest, BackupIsAConsistentStoreOfTheCommittedVersions) {
+  std::vector<Blob> v1 = {{"a", RandomBytes(5 * kChunk, 1)}, {"b", RandomBytes(3 * kChunk, 2)}};
+  std::vector<Blob> v2 = {{"a", RandomBytes(5 * kChunk, 1)}, {"b", RandomBytes(3 * kChunk, 3)}};
+  ASSERT_OK(Save("ns/m", v1, {"best"}).status());
+  ASSERT_OK(Save("ns/m", v2).status());
+  // An upload in flight: its chunks are written, not committed.
+  std::vector<Blob> pending = {{"c", RandomBytes(4 * kChunk, 4)}};
+  ASSERT_OK_AND_ASSIGN(auto up, store_->BeginUpload("ns/m"));
+  ASSERT_OK(UploadMissing(*up, pending));
+
+  const std::string backup = dir_ + "/backup-1";
+  ASSERT_OK_AND_ASSIGN(BackupInfo info, store_->Backup(backup));
+  EXPECT_EQ(info.path, backup);
+  EXPECT_EQ(info.name, "backup-1");
+  EXPECT_EQ(info.versions, 2u);
+  EXPECT_GT(info.files, 0u);
+  EXPECT_GT(info.bytes, 8 * kChunk);
+  EXPECT_EQ(store_->Backup(backup).status().code(), absl::StatusCode::kAlreadyExists);
+
+  // The live store commits on after the backup: not in the copy.
+  CommitSpec spec;
+  spec.name = "ns/m";
+  spec.tree = MakeTree(pending);
+  Upload* ups[] = {up.get()};
+  ASSERT_OK(store_->Commit(std::move(spec), ups).status());
+  up.reset();
+  ASSERT_OK(Save("ns/other", v1).status());
+
+  StoreOptions copy_options = Options();
+  copy_options.path = backup;
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<RocksDbStore> copy, RocksDbStore::Open(copy_options));
+  ASSERT_OK_AND_ASSIGN(auto versions, copy->ListVersions("ns/m"));
+  ASSERT_EQ(versions.size(), 2u);
+  EXPECT_EQ(versions[0].tags, std::vector<std::string>{"best"});
+  EXPECT_EQ(copy->ListVersions("ns/other").status().code(), absl::StatusCode::kNotFound);
+  store_.swap(copy);  // ExpectContents reads store_
+  ExpectContents("ns/m", 1, v1);
+  ExpectContents("ns/m", 2, v2);
+  // Whatever the in-flight upload left in the copy is garbage: after GC
+  // only the chunks of the two versions remain (a: 5, b: 3 + 3).
+  ASSERT_OK(store_->CollectGarbage().status());
+  EXPECT_EQ(ChunkKeys(), 11u);
+  ExpectContents("ns/m", 2, v2);
+  ASSERT_OK_AND_ASSIGN(auto next, Save("ns/m", v1));
+  EXPECT_EQ(next.version, 3u);
+  store_.swap(copy);
+  copy.reset();
+  ExpectContents("ns/m", 3, pending);
+}
+
+TEST(StoreOpenTest, RecordsTheFormatVersionAndRefusesAnother) {
+  std::string tmpl = (fs::temp_directory_path() / "ckpt-store-test-XXXXXX").string();
+  ASSERT_NE(mkdtemp(tmpl.data()), nullptr);
+  StoreOptions options;
+  options.path = tmpl + "/db";
+  options.reserved_disk_bytes = 0;
+  ASSERT_OK(Store::Open(options).status());
+
+  // Read and rewrite the format key with a raw RocksDB handle.
+  auto with_raw_db = [&](const std::function<void(rocksdb::DB*, rocksdb::ColumnFamilyHandle*)>&
+                             fn) {
+    std::vector<std::string> names;
+    ASSERT_TRUE(rocksdb::DB::ListColumnFamilies(rocksdb::DBOptions(), options.path, &names).ok());
+    std::vector<rocksdb::ColumnFamilyDescriptor> families;
+    for (const std::string& n : names) families.emplace_back(n, rocksdb::ColumnFamilyOptions());
+    std::vector<rocksdb::ColumnFamilyHandle*> handles;
+    rocksdb::DB* raw = nullptr;
+    ASSERT_TRUE(rocksdb::DB::Open(rocksdb::DBOptions(), options.path, families, &handles, &raw).ok());
+    fn(raw, handles[0]);
+    for (auto* h : handles) raw->DestroyColumnFamilyHandle(h).PermitUncheckedError();
+    delete raw;
+  };
+  with_raw_db([&](rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf) {
+    std::string value;
+    ASSERT_TRUE(db->Get(rocksdb::ReadOptions(), cf, kFormatKey, &value).ok());
+    EXPECT_EQ(value, EncodeBigEndian64(kStoreFormatVersion));
+    ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), cf, kFormatKey, EncodeBigEndian64(2)).ok());
+  });
+  auto refused = Store::Open(options);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition) << refused.status();
+  EXPECT_THAT(std::string(refused.status().message()),
+              HasSubstr("has on-disk format version 2, and this server reads format 1"));
+  // Refused without changing it.
+  with_raw_db([&](rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf) {
+    std::string value;
+    ASSERT_TRUE(db->Get(rocksdb::ReadOptions(), cf, kFormatKey, &value).ok());
+    EXPECT_EQ(value, EncodeBigEndian64(2));
+    // A store from before the key existed is format 1 and gets the key.
+    ASSERT_TRUE(db->Delete(rocksdb::WriteOptions(), cf, kFormatKey).ok());
+  });
+  ASSERT_OK(Store::Open(options).status());
+  with_raw_db([&](rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf) {
+    std::string value;
+    ASSERT_TRUE(db->Get(rocksdb::ReadOptions(), cf, kFormatKey, &value).ok());
+    EXPECT_EQ(value, EncodeBigEndian64(kStoreFormatVersion));
+  });
+  fs::remove_all(tmpl);
+}
 
 TEST(StoreOpenTest, RejectsEmptyPathAndCleansIngestDir) {
   EXPECT_EQ(Store::Open(StoreOptions{}).status().code(), absl::StatusCode::kInvalidArgument);

@@ -558,3 +558,23 @@ class GarbageCollectResponse(_message.Message):
     bytes_removed: int
     orphan_uploads_removed: int
     def __init__(self, chunks_removed: _Optional[int] = ..., bytes_removed: _Optional[int] = ..., orphan_uploads_removed: _Optional[int] = ...) -> None: ...
+
+class BackupRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class BackupResponse(_message.Message):
+    __slots__ = ("name", "path", "files", "bytes", "versions")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    path: str
+    files: int
+    bytes: int
+    versions: int
+    def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ..., files: _Optional[int] = ..., bytes: _Optional[int] = ..., versions: _Optional[int] = ...) -> None: ...

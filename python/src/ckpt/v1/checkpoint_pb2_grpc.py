@@ -105,6 +105,11 @@ class CheckpointServiceStub:
                 request_serializer=ckpt_dot_v1_dot_checkpoint__pb2.PruneRequest.SerializeToString,
                 response_deserializer=ckpt_dot_v1_dot_checkpoint__pb2.PruneResponse.FromString,
                 _registered_method=True)
+        self.Backup = channel.unary_unary(
+                '/ckpt.v1.CheckpointService/Backup',
+                request_serializer=ckpt_dot_v1_dot_checkpoint__pb2.BackupRequest.SerializeToString,
+                response_deserializer=ckpt_dot_v1_dot_checkpoint__pb2.BackupResponse.FromString,
+                _registered_method=True)
 
 
 class CheckpointServiceServicer:
@@ -206,6 +211,15 @@ class CheckpointServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Backup(self, request, context):
+        """Writes a consistent copy of the whole store into the server's
+        --backup-dir while it keeps serving (admin right on "*"). The copy is a
+        data directory: a server started on it serves every version it holds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CheckpointServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -278,6 +292,11 @@ def add_CheckpointServiceServicer_to_server(servicer, server):
                     servicer.Prune,
                     request_deserializer=ckpt_dot_v1_dot_checkpoint__pb2.PruneRequest.FromString,
                     response_serializer=ckpt_dot_v1_dot_checkpoint__pb2.PruneResponse.SerializeToString,
+            ),
+            'Backup': grpc.unary_unary_rpc_method_handler(
+                    servicer.Backup,
+                    request_deserializer=ckpt_dot_v1_dot_checkpoint__pb2.BackupRequest.FromString,
+                    response_serializer=ckpt_dot_v1_dot_checkpoint__pb2.BackupResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -659,6 +678,33 @@ class CheckpointService:
             '/ckpt.v1.CheckpointService/Prune',
             ckpt_dot_v1_dot_checkpoint__pb2.PruneRequest.SerializeToString,
             ckpt_dot_v1_dot_checkpoint__pb2.PruneResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Backup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ckpt.v1.CheckpointService/Backup',
+            ckpt_dot_v1_dot_checkpoint__pb2.BackupRequest.SerializeToString,
+            ckpt_dot_v1_dot_checkpoint__pb2.BackupResponse.FromString,
             options,
             channel_credentials,
             insecure,
