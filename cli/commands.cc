@@ -1,8 +1,16 @@
 #include "cli/commands.h"
 
+#include <netdb.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <cerrno>
+#include <chrono>
 #include <fstream>
+#include <set>
 #include <sstream>
 #include <utility>
 
@@ -35,6 +43,13 @@ absl::Status RunLs(Context& ctx, const LsArgs& args) {
     Json out = Json::array();
     for (const auto& s : list) out.push_back(SummaryToJson(s));
     PrintJson(ctx.out(), out);
+    return absl::OkStatus();
+  }
+  if (list.empty()) {
+    // stdout stays empty for scripts; a person sees why.
+    ctx.err() << (args.prefix.empty() ? std::string("no checkpoints on this server")
+                                      : absl::StrCat("no checkpoints under '", args.prefix, "'"))
+              << "\n";
     return absl::OkStatus();
   }
   std::vector<std::vector<std::string>> rows;
@@ -102,13 +117,61 @@ absl::Status RunShow(Context& ctx, const ShowArgs& args) {
 struct RmArgs {
   std::string ref;
   bool force = false;
+  bool all = false;
 };
 
+// rm NAME --all: every version, oldest first. Checks the tags first, so that
+// without --force a tagged version refuses the whole command before anything
+// is deleted.
+absl::Status RunRmAll(Context& ctx, const RmArgs& args) {
+  if (args.ref.find('@') != std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "rm --all takes a NAME without @VERSION or @TAG, got '", Printable(args.ref), "'"));
+  }
+  CKPT_RETURN_IF_ERROR(ValidateName(args.ref));
+  CKPT_ASSIGN_OR_RETURN(RawClient * client, ctx.Client());
+  CKPT_ASSIGN_OR_RETURN(auto versions, client->ListVersions(args.ref));
+  if (!args.force) {
+    std::vector<std::string> tagged;
+    for (const VersionInfo& v : versions) {
+      std::vector<std::string> user_tags;
+      for (const std::string& t : v.tags) {
+        if (t != kLatestTag) user_tags.push_back(t);
+      }
+      if (!user_tags.empty()) {
+        tagged.push_back(absl::StrCat(v.version, " (", absl::StrJoin(user_tags, ","), ")"));
+      }
+    }
+    if (!tagged.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "not deleting ", args.ref, ": tagged versions ", absl::StrJoin(tagged, ", "),
+          "; nothing was deleted (--force deletes them and removes their tags)"));
+    }
+  }
+  std::vector<uint64_t> deleted;
+  uint64_t chunks = 0;
+  for (const VersionInfo& v : versions) {
+    auto released = client->DeleteVersion(args.ref, v.version, args.force);
+    if (!released.ok()) {
+      return Annotate(released.status(),
+                      absl::StrCat("cannot delete ", args.ref, "@", v.version, " (deleted before: ",
+                                   deleted.empty() ? "none" : absl::StrJoin(deleted, ", "), ")"));
+    }
+    deleted.push_back(v.version);
+    chunks += *released;
+  }
+  ctx.out() << "deleted " << args.ref << " versions: " << absl::StrJoin(deleted, ", ") << " ("
+            << chunks << " chunks released)\n";
+  return absl::OkStatus();
+}
+
 absl::Status RunRm(Context& ctx, const RmArgs& args) {
+  if (args.all) return RunRmAll(ctx, args);
   // Deleting is not undoable: never pick a version the user did not name.
   if (args.ref.find('@') == std::string::npos) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("rm needs NAME@VERSION or NAME@TAG, got '", Printable(args.ref), "'"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "rm needs NAME@VERSION or NAME@TAG (or NAME --all for every version), got '",
+        Printable(args.ref), "'"));
   }
   CKPT_ASSIGN_OR_RETURN(VersionRef ref, ParseVersionRef(args.ref));
   CKPT_ASSIGN_OR_RETURN(RawClient * client, ctx.Client());
@@ -182,6 +245,30 @@ absl::Status RunGc(Context& ctx, const JsonArgs& args) {
   return absl::OkStatus();
 }
 
+// ---------------------------------------------------------------- backup
+
+struct BackupArgs {
+  std::string name;
+  bool json = false;
+};
+
+absl::Status RunBackup(Context& ctx, const BackupArgs& args) {
+  CKPT_ASSIGN_OR_RETURN(RawClient * client, ctx.Client());
+  CKPT_ASSIGN_OR_RETURN(BackupInfo backup, client->Backup(args.name));
+  if (args.json) {
+    PrintJson(ctx.out(), BackupInfoToJson(backup));
+    return absl::OkStatus();
+  }
+  PrintFields(ctx.out(), {
+                             {"backup", backup.name},
+                             {"path (on the server)", backup.path},
+                             {"versions", absl::StrCat(backup.versions)},
+                             {"files", absl::StrCat(backup.files)},
+                             {"bytes", HumanAndExactBytes(backup.bytes)},
+                         });
+  return absl::OkStatus();
+}
+
 // ---------------------------------------------------- retention, prune
 
 struct RetentionArgs {
@@ -234,6 +321,62 @@ absl::Status RunPrune(Context& ctx, const PruneArgs& args) {
   return absl::OkStatus();
 }
 
+// --------------------------------------------------------------- usage
+
+struct UsageArgs {
+  std::string prefix;
+  bool json = false;
+};
+
+std::string Percent(uint64_t used, uint64_t quota) {
+  return quota == 0 ? "-" : absl::StrFormat("%.1f%%", 100.0 * used / quota);
+}
+
+absl::Status RunUsage(Context& ctx, const UsageArgs& args) {
+  CKPT_ASSIGN_OR_RETURN(RawClient * client, ctx.Client());
+  std::vector<std::string> namespaces;
+  if (!args.prefix.empty()) {
+    const std::string ns = args.prefix.substr(0, args.prefix.find('/'));
+    CKPT_RETURN_IF_ERROR(ValidateName(ns));
+    namespaces.push_back(ns);
+  } else {
+    // Every namespace this token can list.
+    CKPT_ASSIGN_OR_RETURN(auto list, client->ListCheckpoints(""));
+    for (const auto& s : list) {
+      const std::string ns(NamespaceOf(s.name));
+      if (namespaces.empty() || namespaces.back() != ns) namespaces.push_back(ns);
+    }
+    std::sort(namespaces.begin(), namespaces.end());
+    namespaces.erase(std::unique(namespaces.begin(), namespaces.end()), namespaces.end());
+  }
+  std::vector<client::NamespaceUsage> usages;
+  for (const std::string& ns : namespaces) {
+    CKPT_ASSIGN_OR_RETURN(client::NamespaceUsage usage, client->GetUsage(ns));
+    usages.push_back(usage);
+  }
+  if (args.json) {
+    Json out = Json::array();
+    for (const auto& u : usages) {
+      out.push_back(
+          {{"namespace", u.ns}, {"used_bytes", u.used_bytes}, {"quota_bytes", u.quota_bytes}});
+    }
+    PrintJson(ctx.out(), out);
+    return absl::OkStatus();
+  }
+  if (usages.empty()) {
+    ctx.err() << "no checkpoints on this server\n";
+    return absl::OkStatus();
+  }
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& u : usages) {
+    rows.push_back({u.ns, HumanBytes(u.used_bytes),
+                    u.quota_bytes == 0 ? "none" : HumanBytes(u.quota_bytes),
+                    Percent(u.used_bytes, u.quota_bytes)});
+  }
+  PrintTable(ctx.out(), {"NAMESPACE", "USED", "QUOTA", "USE%"}, rows);
+  return absl::OkStatus();
+}
+
 // -------------------------------------------------------------- health
 
 absl::Status RunHealth(Context& ctx) {
@@ -267,6 +410,95 @@ absl::Status RunStats(Context& ctx, const JsonArgs& args) {
                              {"garbage bytes", HumanAndExactBytes(s.garbage_bytes)},
                          });
   return absl::OkStatus();
+}
+
+// What listens at a HOST:PORT the client could not connect to.
+enum class Listener { kUnknown, kNothing, kPlaintextGrpc, kTls };
+
+// Opens a TCP connection and sends HTTP/2's client preface and an empty
+// SETTINGS frame: a plaintext gRPC server answers with its own SETTINGS
+// frame, a TLS server with a TLS alert record (or by closing). Bounded by
+// `timeout`; kUnknown when the answer says nothing either way.
+Listener ProbeListener(const std::string& target, std::chrono::milliseconds timeout) {
+  std::string host, port;
+  if (!target.empty() && target[0] == '[') {  // [::1]:50051
+    const size_t close = target.find("]:");
+    if (close == std::string::npos) return Listener::kUnknown;
+    host = target.substr(1, close - 1);
+    port = target.substr(close + 2);
+  } else {
+    const size_t colon = target.rfind(':');
+    if (colon == std::string::npos || target.find("://") != std::string::npos) {
+      return Listener::kUnknown;
+    }
+    host = target.substr(0, colon);
+    port = target.substr(colon + 1);
+  }
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  if (getaddrinfo(host.c_str(), port.c_str(), &hints, &found) != 0) return Listener::kUnknown;
+  Listener result = Listener::kNothing;
+  for (addrinfo* a = found; a != nullptr; a = a->ai_next) {
+    const int fd = socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) continue;
+    auto wait = [fd, timeout](short events) {
+      pollfd p{fd, events, 0};
+      return poll(&p, 1, static_cast<int>(timeout.count())) == 1;
+    };
+    int error = 0;
+    socklen_t len = sizeof(error);
+    if (connect(fd, a->ai_addr, a->ai_addrlen) != 0 &&
+        (errno != EINPROGRESS || !wait(POLLOUT) ||
+         getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &len) != 0 || error != 0)) {
+      close(fd);
+      continue;
+    }
+    // Something accepts connections there; its first bytes tell what.
+    static constexpr char kPreface[] =
+        "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+    result = Listener::kUnknown;
+    unsigned char answer[9] = {};
+    if (send(fd, kPreface, sizeof(kPreface) - 1, MSG_NOSIGNAL) > 0 && wait(POLLIN)) {
+      const ssize_t n = recv(fd, answer, sizeof(answer), 0);
+      if (n >= 4 && answer[3] == 0x04) {
+        result = Listener::kPlaintextGrpc;  // an HTTP/2 SETTINGS frame
+      } else if (n >= 1 && (answer[0] == 0x15 || answer[0] == 0x16)) {
+        result = Listener::kTls;  // a TLS alert or handshake record
+      } else if (n == 0) {
+        result = Listener::kTls;  // closed on an HTTP/2 preface: not plaintext gRPC
+      }
+    }
+    close(fd);
+    break;
+  }
+  freeaddrinfo(found);
+  return result;
+}
+
+// A hint for a connection that failed: TLS on one side only is the usual
+// cause when something does listen there.
+std::string ConnectHint(const std::string& target, bool tls) {
+  switch (ProbeListener(target, std::chrono::milliseconds(2000))) {
+    case Listener::kPlaintextGrpc:
+      if (!tls) break;
+      return " (the server there speaks plaintext gRPC, without TLS: drop --tls, --ca-cert, "
+             "--cert and CKPT_TLS/CKPT_CA_CERT/CKPT_CERT, or start the server with --tls-cert "
+             "and --tls-key)";
+    case Listener::kTls:
+      return tls ? " (the server there speaks TLS: check --ca-cert, --tls-server-name and, if "
+                   "it requires client certificates, --cert and --key)"
+                 : " (the server there answers with TLS, not plaintext gRPC: pass --tls "
+                   "(CKPT_TLS=1) and --ca-cert CA.pem if its certificate is not signed by the "
+                   "system's roots)";
+    case Listener::kNothing:
+      return " (nothing accepts connections there: is ckpt-server running? set the address "
+             "with --server HOST:PORT or the CKPT_SERVER environment variable)";
+    case Listener::kUnknown:
+      break;
+  }
+  return " (is ckpt-server running there? set the address with --server HOST:PORT or the "
+         "CKPT_SERVER environment variable)";
 }
 
 }  // namespace
@@ -325,10 +557,8 @@ absl::StatusOr<RawClient*> Context::Client() {
   auto connected = RawClient::Connect(options_.server, options);
   if (!connected.ok()) {
     if (connected.status().code() == absl::StatusCode::kUnavailable) {
-      return absl::UnavailableError(absl::StrCat(
-          connected.status().message(),
-          " (is ckpt-server running there? set the address with --server HOST:PORT or the "
-          "CKPT_SERVER environment variable)"));
+      return absl::UnavailableError(absl::StrCat(connected.status().message(),
+                                                 ConnectHint(options_.server, options.tls)));
     }
     return connected.status();
   }
@@ -347,6 +577,31 @@ const Action* CommandTable::Selected(const CLI::App& app) const {
     }
   }
   return nullptr;
+}
+
+absl::Status AddMetadata(const std::vector<std::string>& items,
+                         std::map<std::string, std::string>* metadata) {
+  std::set<std::string> seen;
+  for (const std::string& item : items) {
+    const size_t eq = item.find('=');
+    if (eq == std::string::npos || eq == 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--metadata takes KEY=VALUE (e.g. loss=0.25), got '", Printable(item), "'"));
+    }
+    std::string key = item.substr(0, eq);
+    if (!seen.insert(key).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--metadata key '", Printable(key), "' given twice"));
+    }
+    (*metadata)[std::move(key)] = item.substr(eq + 1);
+  }
+  return absl::OkStatus();
+}
+
+void PrintPruned(std::ostream& out, const std::string& name, const client::SaveResult& saved) {
+  if (saved.pruned_versions.empty()) return;
+  out << "retention deleted " << name << " versions: " << absl::StrJoin(saved.pruned_versions, ", ")
+      << "\n";
 }
 
 absl::StatusOr<uint64_t> ResolveVersion(RawClient& client, const VersionRef& ref) {
@@ -389,9 +644,12 @@ void AddShowCommand(CLI::App& app, CommandTable& table) {
 
 void AddRmCommand(CLI::App& app, CommandTable& table) {
   auto args = std::make_shared<RmArgs>();
-  CLI::App* sub = app.add_subcommand("rm", "Delete one version (chunks are freed by gc)");
-  sub->add_option("ref", args->ref, "NAME@VERSION, or NAME@TAG for the version TAG names")
+  CLI::App* sub = app.add_subcommand(
+      "rm", "Delete one version, or every version with --all (chunks are freed by gc)");
+  sub->add_option("ref", args->ref,
+                  "NAME@VERSION, NAME@TAG for the version TAG names, or NAME with --all")
       ->required();
+  sub->add_flag("--all", args->all, "Delete every version of NAME");
   sub->add_flag("--force", args->force, "Delete even if user tags point at it (removes them)");
   table.Add(sub, [args](Context& ctx) { return RunRm(ctx, *args); });
 }
@@ -451,6 +709,31 @@ void AddGcCommand(CLI::App& app, CommandTable& table) {
   table.Add(sub, [args](Context& ctx) { return RunGc(ctx, *args); });
 }
 
+void AddBackupCommand(CLI::App& app, CommandTable& table) {
+  auto args = std::make_shared<BackupArgs>();
+  CLI::App* sub = app.add_subcommand(
+      "backup",
+      "Have the server write a consistent copy of its whole store into its --backup-dir while "
+      "it serves (admin right on \"*\")");
+  sub->add_option("name", args->name,
+                  "Directory name of the backup in the server's --backup-dir (default: "
+                  "ckpt-backup-<UTC time>)");
+  sub->add_flag("--json", args->json, "Print a JSON object");
+  table.Add(sub, [args](Context& ctx) { return RunBackup(ctx, *args); });
+}
+
+void AddUsageCommand(CLI::App& app, CommandTable& table) {
+  auto args = std::make_shared<UsageArgs>();
+  CLI::App* sub = app.add_subcommand(
+      "usage",
+      "Bytes each namespace holds (distinct chunks its versions reference) against its quota");
+  sub->add_option("prefix", args->prefix,
+                  "A namespace, or a name or prefix in it (team, team/run-1/model); default: "
+                  "every namespace with checkpoints");
+  sub->add_flag("--json", args->json, "Print a JSON array");
+  table.Add(sub, [args](Context& ctx) { return RunUsage(ctx, *args); });
+}
+
 void AddHealthCommand(CLI::App& app, CommandTable& table) {
   CLI::App* sub = app.add_subcommand("health", "Print SERVING and exit 0 if the server serves");
   table.Add(sub, RunHealth);
@@ -471,6 +754,8 @@ void AddCommands(CLI::App& app, CommandTable& table) {
   AddTagCommands(app, table);
   AddRetentionCommands(app, table);
   AddGcCommand(app, table);
+  AddBackupCommand(app, table);
+  AddUsageCommand(app, table);
   AddHealthCommand(app, table);
   AddStatsCommand(app, table);
   AddFileCommands(app, table);

@@ -14,6 +14,7 @@
 // server is needed: it connects on first use.
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <ostream>
 #include <string>
@@ -57,11 +58,13 @@ struct GlobalOptions {
   std::string server = "localhost:50051";
   /// Connect timeout and deadline of each RPC, in seconds. Default: 10.
   double timeout_seconds = 10;
-  /// Bearer token for servers with access control. Default: $CKPT_TOKEN,
-  /// else none.
+  /// Bearer token for servers with access control (--token). The token is
+  /// the first given of --token, --token-file, $CKPT_TOKEN, $CKPT_TOKEN_FILE:
+  /// main() fills these two from the environment only when neither flag was
+  /// given. Default: none.
   std::string token;
   /// File whose content (surrounding whitespace removed) is the token; used
-  /// when `token` is empty. Default: $CKPT_TOKEN_FILE, else none.
+  /// when `token` is empty (--token-file). Default: none.
   std::string token_file;
   /// Connect with TLS. Default: $CKPT_TLS, else off; on when any of the
   /// files below is given.
@@ -120,6 +123,7 @@ void AddShowCommand(CLI::App& app, CommandTable& table);
 void AddRmCommand(CLI::App& app, CommandTable& table);
 void AddTagCommands(CLI::App& app, CommandTable& table);  // tag, untag
 void AddGcCommand(CLI::App& app, CommandTable& table);
+void AddBackupCommand(CLI::App& app, CommandTable& table);
 void AddHealthCommand(CLI::App& app, CommandTable& table);
 /// put NAME FILE, get REF FILE (cli/files.cc).
 void AddFileCommands(CLI::App& app, CommandTable& table);
@@ -132,6 +136,16 @@ void AddStatsCommand(CLI::App& app, CommandTable& table);
 
 /// Adds every subcommand above to `app`, in the order --help lists them.
 void AddCommands(CLI::App& app, CommandTable& table);
+
+/// Adds `--metadata KEY=VALUE` items (split at the first '=') to
+/// `metadata`, replacing what a key held. InvalidArgument for an item
+/// without '=' or with an empty key, or a key given twice.
+absl::Status AddMetadata(const std::vector<std::string>& items,
+                         std::map<std::string, std::string>* metadata);
+
+/// After a save (put, import): "retention deleted NAME versions: 1, 2" when
+/// the name's retention policy deleted versions; nothing otherwise.
+void PrintPruned(std::ostream& out, const std::string& name, const client::SaveResult& saved);
 
 /// The version number `ref` names: ref.version if set, else the version
 /// its tag (empty: "latest") points at, looked up with ListVersions.

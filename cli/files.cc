@@ -64,11 +64,15 @@ struct PutArgs {
   std::string name;
   std::string file;
   std::vector<std::string> tags;
+  std::vector<std::string> metadata;
   int64_t step = 0;
 };
 
 absl::Status RunPut(Context& ctx, const PutArgs& args) {
   CKPT_RETURN_IF_ERROR(ValidateName(args.name));
+  // A bad --metadata is a usage error before the file is even opened.
+  std::map<std::string, std::string> user_metadata;
+  CKPT_RETURN_IF_ERROR(AddMetadata(args.metadata, &user_metadata));
   CKPT_ASSIGN_OR_RETURN(auto file, MappedFile::Open(args.file));
   client::SaveInput input;
   Node root;
@@ -80,10 +84,12 @@ absl::Status RunPut(Context& ctx, const PutArgs& args) {
   options.tags = args.tags;
   options.step = args.step;
   options.metadata["source_file"] = args.file.substr(args.file.rfind('/') + 1);
+  for (auto& [key, value] : user_metadata) options.metadata[key] = std::move(value);
   CKPT_ASSIGN_OR_RETURN(client::RawClient * client, ctx.Client());
   CKPT_ASSIGN_OR_RETURN(client::SaveResult saved, client->Save(args.name, input, options));
   ctx.out() << "saved " << args.name << "@" << saved.version.version << " ("
             << HumanBytes(root.data.size) << ", sent " << HumanBytes(saved.bytes_sent) << ")\n";
+  PrintPruned(ctx.out(), args.name, saved);
   return absl::OkStatus();
 }
 
@@ -106,12 +112,16 @@ class FileSink : public client::LoadSink {
     for (size_t i = 0; i < tree.size(); ++i) {
       if (tree[i].has_data() && keys[i] == key_) node_ = i;
     }
+    if (node_ == SIZE_MAX && key_.empty()) {
+      // The user asked for the wrong thing, not for something missing.
+      return absl::InvalidArgumentError(absl::StrCat(
+          version.name, "@", version.version, " is a tree of ", tree.size(),
+          " nodes, not one file: pass --key KEY for one tensor's or bytes leaf's raw bytes (`ckpt "
+          "show ", version.name, "@", version.version, "` lists the keys), or use `ckpt export`"));
+    }
     if (node_ == SIZE_MAX) {
-      return absl::NotFoundError(
-          key_.empty() ? absl::StrCat(version.name, "@", version.version,
-                                      " is not a single byte leaf; pass --key KEY")
-                       : absl::StrCat("no tensor or bytes leaf '", key_, "' in ", version.name,
-                                      "@", version.version));
+      return absl::NotFoundError(absl::StrCat("no tensor or bytes leaf '", key_, "' in ",
+                                              version.name, "@", version.version));
     }
     fd_ = open(path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (fd_ < 0) return Errno("cannot create " + path_);
@@ -166,6 +176,10 @@ void AddFileCommands(CLI::App& app, CommandTable& table) {
   sub->add_option("FILE", put->file, "file to store")->required();
   sub->add_option("--tag", put->tags, "tag to point at the new version (repeatable)");
   sub->add_option("--step", put->step, "training step to record");
+  sub->add_option("--metadata", put->metadata,
+                  "KEY=VALUE to record in the version's metadata (repeatable; e.g. loss=0.25 "
+                  "for retention by --metric loss)")
+      ->type_name("KEY=VALUE");
   table.Add(sub, [put](Context& ctx) { return RunPut(ctx, *put); });
 
   auto get = std::make_shared<GetArgs>();

@@ -378,6 +378,16 @@ Json GcResultToJson(const GcResult& gc) {
   return out;
 }
 
+Json BackupInfoToJson(const BackupInfo& backup) {
+  Json out = Json::object();
+  out["name"] = backup.name;
+  out["path"] = backup.path;
+  out["versions"] = backup.versions;
+  out["files"] = backup.files;
+  out["bytes"] = backup.bytes;
+  return out;
+}
+
 absl::StatusOr<Json> TreeToJson(const Tree& tree) {
   if (tree.empty()) return absl::DataLossError("manifest has no root node");
   size_t next = 0;

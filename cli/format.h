@@ -87,6 +87,7 @@ Json ServerInfoToJson(const client::ServerInfo& info);
 
 /// {"chunks_removed", "bytes_removed", "orphan_uploads_removed"}.
 Json GcResultToJson(const GcResult& gc);
+Json BackupInfoToJson(const BackupInfo& backup);
 
 /// The value tree as nested JSON (see cli/main.cc). DataLoss if `tree` is
 /// not one well-formed pre-order tree (a container claims missing children,

@@ -115,6 +115,7 @@ struct ImportArgs {
   std::string format = "auto";
   std::vector<std::string> keys;
   std::vector<std::string> tags;
+  std::vector<std::string> metadata;
   int64_t step = 0;
   int64_t epoch = 0;
   int progress = 0;  // 1 --progress, -1 --no-progress
@@ -123,6 +124,8 @@ struct ImportArgs {
 absl::Status RunImport(Context& ctx, const ImportArgs& args) {
   CKPT_RETURN_IF_ERROR(ValidateName(args.name));
   CKPT_ASSIGN_OR_RETURN(interop::Format wanted, ParseFormat(args.format));
+  std::map<std::string, std::string> user_metadata;
+  CKPT_RETURN_IF_ERROR(AddMetadata(args.metadata, &user_metadata));
   CKPT_ASSIGN_OR_RETURN(auto file, interop::MappedFile::Open(args.file));
   auto detected = interop::DetectFormat(file->bytes());
   if (!detected.ok()) return Annotate(detected.status(), args.file);
@@ -159,6 +162,7 @@ absl::Status RunImport(Context& ctx, const ImportArgs& args) {
   options.metadata[kSourceFileKey] = BaseName(args.file);
   options.metadata[kSourceFormatKey] = std::string(interop::FormatName(imported->format));
   for (const auto& [k, v] : imported->metadata) options.metadata[kSafetensorsPrefix + k] = v;
+  for (auto& [key, value] : user_metadata) options.metadata[key] = std::move(value);
   ProgressBar bar(ctx.err(), "import", ProgressWanted(args.progress, total));
   bar.Start(total);
   options.progress = [&bar, &file](uint64_t done, uint64_t) {
@@ -173,6 +177,7 @@ absl::Status RunImport(Context& ctx, const ImportArgs& args) {
             << " (" << interop::FormatName(imported->format) << ", "
             << CountTensors(input.tree) << " tensors, " << HumanBytes(total) << ", sent "
             << HumanBytes(saved.bytes_sent) << ")\n";
+  PrintPruned(ctx.out(), args.name, saved);
   return absl::OkStatus();
 }
 
@@ -289,6 +294,10 @@ void AddInteropCommands(CLI::App& app, CommandTable& table) {
   sub->add_option("--tag", imp->tags, "tag to point at the new version (repeatable)");
   sub->add_option("--step", imp->step, "training step to record");
   sub->add_option("--epoch", imp->epoch, "epoch to record");
+  sub->add_option("--metadata", imp->metadata,
+                  "KEY=VALUE to record in the version's metadata (repeatable; e.g. loss=0.25 "
+                  "for retention by --metric loss)")
+      ->type_name("KEY=VALUE");
   sub->add_flag_function("--progress", [imp](int64_t) { imp->progress = 1; },
                          "always show a progress bar on stderr");
   sub->add_flag_function("--no-progress", [imp](int64_t) { imp->progress = -1; },

@@ -3,8 +3,9 @@
 //   ckpt [--server HOST:PORT] [--timeout SECONDS] COMMAND [ARGS]
 //
 // --server defaults to $CKPT_SERVER, else localhost:50051. --timeout (default
-// 10 s) bounds the connect and each RPC. Access control and TLS: --token
-// ($CKPT_TOKEN) or --token-file ($CKPT_TOKEN_FILE); --tls ($CKPT_TLS),
+// 10 s) bounds the connect and each RPC. Access control and TLS: the token
+// is the first of --token, --token-file, $CKPT_TOKEN, $CKPT_TOKEN_FILE
+// (flags win over the environment); --tls ($CKPT_TLS),
 // --ca-cert, --cert, --key, --tls-server-name ($CKPT_CA_CERT, $CKPT_CERT,
 // $CKPT_KEY, $CKPT_TLS_SERVER_NAME). Global options may also follow the
 // command (`ckpt ls --server h:1`).
@@ -25,6 +26,8 @@
 //
 // ls [PREFIX] [--json]
 //   table NAME  LATEST  VERSIONS  UPDATED  (UPDATED: time of the latest version)
+//   none: stdout stays empty and stderr says "no checkpoints on this server"
+//   (or "no checkpoints under 'PREFIX'")
 //   json: [{"name", "latest_version", "num_versions", "latest_created",
 //           "latest_create_time_ms"}, ...]
 //
@@ -70,6 +73,9 @@
 // rm NAME@VERSION|NAME@TAG [--force]
 //   "deleted NAME@V (N chunks released)"   (V: the number deleted, also when
 //   a tag was given; "chunks" is plural whatever N)
+// rm NAME --all [--force]
+//   "deleted NAME versions: 1, 2, 3 (N chunks released)"; without --force a
+//   version with a user tag refuses the command before anything is deleted.
 //
 // tag NAME[@VERSION|@TAG] TAG    "tagged NAME@V as TAG"  (a ref without a
 //                                number is resolved to one first)
@@ -87,6 +93,19 @@
 // gc [--json]
 //   fields: chunks removed, bytes removed, orphan uploads removed
 //   json: {"chunks_removed", "bytes_removed", "orphan_uploads_removed"}
+//
+// usage [PREFIX] [--json]
+//   table NAMESPACE  USED  QUOTA  USE%   (QUOTA "none" and USE% "-" without a
+//   quota); PREFIX (team, team/run-1/model) picks its namespace, else every
+//   namespace the token can list. json: [{"namespace", "used_bytes",
+//   "quota_bytes"}, ...] (quota_bytes 0: no limit)
+//
+// put NAME FILE, import FILE NAME  [--metadata KEY=VALUE]... [--tag T]...
+//   "saved NAME@V (...)" / "imported FILE as NAME@V (...)", then
+//   "retention deleted NAME versions: 1, 2" if the name's retention policy
+//   deleted versions after this save.
+// get REF FILE [--key KEY]
+//   without --key the version must be one bytes or tensor leaf (a tree: exit 2)
 //
 // health
 //   "SERVING" and exit 0; otherwise the error and a non-zero exit code.
@@ -138,11 +157,17 @@ constexpr const char* kFooter = R"(Exit codes:
   7  UNAUTHENTICATED or PERMISSION_DENIED
 Errors are printed to stderr as "ckpt: <CODE_NAME>: <message>".
 
+Token: the first given of --token, --token-file, CKPT_TOKEN, CKPT_TOKEN_FILE
+(flags win over the environment; prefer a file or the variable: flags show in ps).
+
 Examples:
   ckpt ls team/
   ckpt show team/run-42/model@best
   ckpt tag team/run-42/model@7 best
   ckpt retention team/run-42/model --keep-last 3 --keep-best 1 --metric loss
+  ckpt import model.pt team/run-42/model --step 500 --metadata loss=0.21
+  ckpt usage team
+  ckpt rm team/run-42/scratch --all
   CKPT_SERVER=ckpt.internal:50051 ckpt stats --json
   CKPT_TOKEN_FILE=~/.ckpt-token ckpt --tls --ca-cert ca.pem --server ckpt.internal:50051 ls
 )";
@@ -166,12 +191,14 @@ void AddGlobalOptions(CLI::App& app, GlobalOptions& options) {
           "", "SECONDS"))
       ->capture_default_str()
       ->type_name("SECONDS");
+  // No envname: ResolveToken applies the environment only when neither flag
+  // is given, so that an explicit --token-file beats $CKPT_TOKEN.
   app.add_option("--token", options.token,
-                 "Bearer token (prefer CKPT_TOKEN or --token-file: flags show in ps)")
-      ->envname("CKPT_TOKEN")
+                 "Bearer token (prefer CKPT_TOKEN or --token-file: flags show in ps). The token "
+                 "is the first given of --token, --token-file, CKPT_TOKEN, CKPT_TOKEN_FILE")
       ->type_name("TOKEN");
-  app.add_option("--token-file", options.token_file, "File holding the bearer token")
-      ->envname("CKPT_TOKEN_FILE")
+  app.add_option("--token-file", options.token_file,
+                 "File holding the bearer token (env CKPT_TOKEN_FILE)")
       ->type_name("PATH");
   app.add_flag("--tls", options.tls, "Connect with TLS (implied by --ca-cert and --cert)")
       ->envname("CKPT_TLS");
@@ -189,6 +216,19 @@ void AddGlobalOptions(CLI::App& app, GlobalOptions& options) {
                  "Name the server certificate must carry, if not the --server host")
       ->envname("CKPT_TLS_SERVER_NAME")
       ->type_name("NAME");
+}
+
+// The token's source, first given of: --token, --token-file, $CKPT_TOKEN,
+// $CKPT_TOKEN_FILE. Explicit flags win over the environment.
+void ResolveToken(GlobalOptions& options) {
+  if (!options.token.empty() || !options.token_file.empty()) return;
+  const char* token = std::getenv("CKPT_TOKEN");
+  const char* token_file = std::getenv("CKPT_TOKEN_FILE");
+  if (token != nullptr && *token != '\0') {
+    options.token = token;
+  } else if (token_file != nullptr && *token_file != '\0') {
+    options.token_file = token_file;
+  }
 }
 
 void PrintError(const absl::Status& status) {
@@ -225,6 +265,7 @@ int Main(int argc, char** argv) {
     std::cerr << app.help();
     return kExitUsage;
   }
+  ResolveToken(options);
   Context context(options, std::cout, std::cerr);
   absl::Status status = (*action)(context);
   std::cout.flush();
