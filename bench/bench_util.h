@@ -14,6 +14,11 @@
 
 namespace ckpt::bench {
 
+/// Where `program` runs from: itself if it names a path (has a '/'),
+/// otherwise the first executable of that name in $PATH, like a shell.
+/// Empty if there is none.
+std::string FindProgram(const std::string& program);
+
 /// Named float32 tensor shapes.
 using Shapes = std::vector<std::pair<std::string, std::vector<int64_t>>>;
 

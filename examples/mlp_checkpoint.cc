@@ -12,6 +12,7 @@
 #include <cstdio>
 
 #include "client/client.h"
+#include "examples/server_arg.h"
 
 namespace {
 
@@ -43,7 +44,14 @@ double Epoch(Net& net, torch::optim::SGD& optimizer, int epoch) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const std::string server = argc > 1 ? argv[1] : "localhost:50051";
+  std::string server;
+  if (int exit = ckpt_examples::ParseServerArg(
+          argc, argv,
+          "Trains the tutorial's MLP, checkpoints it at epoch 5 and resumes in fresh objects.",
+          &server);
+      exit >= 0) {
+    return exit;
+  }
   auto client = ckpt::client::Client::Connect(server, {});
   if (!client.ok()) {
     std::fprintf(stderr, "%s\n", client.status().ToString().c_str());

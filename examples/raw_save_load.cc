@@ -9,13 +9,19 @@
 #include <vector>
 
 #include "client/raw_client.h"
+#include "examples/server_arg.h"
 
 using ckpt::DType;
 using ckpt::Node;
 using ckpt::NodeKind;
 
 int main(int argc, char** argv) {
-  const std::string server = argc > 1 ? argv[1] : "localhost:50051";
+  std::string server;
+  if (int exit = ckpt_examples::ParseServerArg(
+          argc, argv, "Saves a small state_dict-like tree and restores it (client core).", &server);
+      exit >= 0) {
+    return exit;
+  }
   auto client = ckpt::client::RawClient::Connect(server, {});
   if (!client.ok()) {
     std::fprintf(stderr, "%s\n", client.status().ToString().c_str());

@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_join.h"
 #include "client/client.h"
+#include "examples/server_arg.h"
 
 namespace {
 
@@ -40,7 +41,15 @@ bool Check(bool ok, const char* what) {
 
 int main(int argc, char** argv) {
   using namespace ckpt::client;
-  const std::string server = argc > 1 ? argv[1] : "localhost:50051";
+  std::string server;
+  if (int exit = ckpt_examples::ParseServerArg(
+          argc, argv,
+          "The tutorial's state_dict recipes: warm start with strict=false, several models in "
+          "one checkpoint, a module.-prefixed state_dict.",
+          &server);
+      exit >= 0) {
+    return exit;
+  }
   auto connected = Client::Connect(server, {});
   if (!connected.ok()) {
     std::fprintf(stderr, "%s\n", connected.status().ToString().c_str());
