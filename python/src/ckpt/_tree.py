@@ -18,6 +18,7 @@ which is what ``torch.load`` returns for ``module.state_dict()``) and a plain
 from __future__ import annotations
 
 import collections
+import gc
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -85,6 +86,10 @@ def join(path: str, part: str) -> str:
 # dtypes whose numpy arrays memoryview can cast to bytes directly (fast path).
 _NUMPY_NATIVE = {torch.float32, torch.float64, torch.float16, torch.int8, torch.int16,
                  torch.int32, torch.int64, torch.uint8, torch.bool}
+
+
+# Real dtypes numpy views directly (no conj bit possible).
+_VIEW_FAST = _NUMPY_NATIVE
 
 
 def tensor_bytes(tensor: torch.Tensor) -> Tuple[memoryview, torch.Tensor]:
@@ -186,7 +191,13 @@ def flatten(value: Any, snapshot: bool = False) -> Flat:
     ValueError for out-of-range values; nothing is sent then.
     """
     out = Flat()
-    _visit(value, None, "", 0, snapshot, out.entries)
+    collecting = gc.isenabled()
+    gc.disable()  # one Entry per node, no cycles: nothing for the collector
+    try:
+        _visit(value, None, "", 0, snapshot, out.entries)
+    finally:
+        if collecting:
+            gc.enable()
     return out
 
 
@@ -273,7 +284,8 @@ def _tensor_entry(t: torch.Tensor, key: Union[str, int, None], path: str,
         host.copy_(t.detach())
         e.data = tensor_bytes(host)[0]
     else:
-        e.data = t.detach()  # made contiguous (and copied to the host) when sent
+        # Made contiguous (and copied to the host) when sent.
+        e.data = t.detach() if e.requires_grad else t
     return e
 
 
@@ -282,8 +294,17 @@ def data_view(data: Data) -> Tuple[memoryview, Any]:
     if isinstance(data, memoryview):
         return data, None
     assert isinstance(data, torch.Tensor)
-    t = data if data.device.type == "cpu" else data.to("cpu")
-    return tensor_bytes(t)
+    if data.is_cpu:
+        # The common case in a few calls (each torch call may hand the GIL
+        # over): a contiguous CPU tensor numpy can view. numpy() refuses
+        # tensors with the conj/neg bit set: those take the general path.
+        if data.dtype in _VIEW_FAST and data.dim() and data.is_contiguous():
+            try:
+                return memoryview(data.numpy()).cast("B"), data
+            except RuntimeError:
+                pass
+        return tensor_bytes(data)
+    return tensor_bytes(data.to("cpu"))
 
 
 # ---------------------------------------------------------------- loading

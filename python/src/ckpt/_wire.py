@@ -13,7 +13,7 @@ by a varint (wire type 0) or ``varint(length)`` and the bytes (wire type 2).
 
 from __future__ import annotations
 
-from typing import Iterator, List, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 # Field tags used below.
 _SAVE_REQUEST_CHUNKS = b"\x1a"  # SaveRequest.chunks = 3 (ChunkBatch)
@@ -21,6 +21,10 @@ _CHUNK_BATCH_PIECES = b"\x0a"  # ChunkBatch.pieces = 1 (ChunkPiece)
 _PIECE_DIGEST = b"\x0a\x10"  # ChunkPiece.digest = 1, always 16 bytes
 _PIECE_OFFSET = b"\x10"  # ChunkPiece.offset = 2 (varint)
 _PIECE_DATA = b"\x1a"  # ChunkPiece.data = 3
+
+class StreamError(ValueError):
+    """A Load stream that breaks the protocol (pieces out of order or range)."""
+
 
 # LoadResponse oneof fields.
 LOAD_HEADER = 1
@@ -52,7 +56,7 @@ def read_varint(buf: memoryview, pos: int) -> Tuple[int, int]:
             return result, pos
         shift += 7
         if shift > 63:
-            raise ValueError("malformed varint")
+            raise StreamError("malformed varint")
 
 
 class ChunkFrames:
@@ -148,3 +152,90 @@ def data_pieces(batch: memoryview) -> Iterator[Tuple[int, int, memoryview]]:
             else:
                 raise ValueError(f"unexpected wire type in DataPiece field {tag >> 3}")
         yield node, offset, data
+
+
+def scatter(message: bytes, node: int, offset: int, sizes: List[int], targets: List[Any],
+            make: Callable[[int], memoryview],
+            on_complete: Optional[Callable[[int], None]]) -> Tuple[int, int, int]:
+    """Copies the pieces of one LoadResponse{data: DataBatch} message into place.
+
+    The hot loop of loads: pieces are parsed in place (single-byte varints
+    inline) and each is copied straight into ``targets[node]`` at its offset
+    (nodes whose target is None are skipped; a target that is not yet a
+    memoryview is replaced by ``make(node)`` when its first piece arrives, so
+    that destinations are made while the stream flows rather than before it
+    starts); ``on_complete(node)`` runs when a node's last byte arrived. ``node``/``offset`` is where the stream stands
+    (pieces must continue it: node by node, offsets contiguous, within
+    ``sizes``); returns the new position and the data bytes of the message."""
+    mv = memoryview(message)
+    if not message or message[0] != 0x1A:  # LoadResponse.data = 3, length-delimited
+        raise StreamError("expected data in load stream")
+    b = message[1]
+    if b < 0x80:
+        length, pos = b, 2
+    else:
+        length, pos = read_varint(mv, 1)
+    end = pos + length
+    if end != len(message):
+        raise StreamError("malformed data message")
+    received = 0
+    while pos < end:
+        if message[pos] != 0x0A:  # DataBatch.pieces = 1; nothing else is defined
+            raise StreamError(f"unexpected field {message[pos] >> 3} in DataBatch")
+        b = message[pos + 1]
+        if b < 0x80:
+            stop = pos + 2 + b
+            pos += 2
+        else:
+            plen, pos = read_varint(mv, pos + 1)
+            stop = pos + plen
+        index = 0
+        off = 0
+        start = pos
+        n = 0
+        while pos < stop:
+            tag = message[pos]
+            pos += 1
+            if tag == 0x1A or tag == 0x08 or tag == 0x10:
+                b = message[pos]
+                if b < 0x80:
+                    value = b
+                    pos += 1
+                else:
+                    value, pos = read_varint(mv, pos)
+                if tag == 0x1A:
+                    start = pos
+                    n = value
+                    pos += value
+                elif tag == 0x08:
+                    index = value
+                else:
+                    off = value
+            else:  # a field this client does not know: skip it
+                tag, pos = read_varint(mv, pos - 1)
+                if tag & 7 == 0:
+                    _, pos = read_varint(mv, pos)
+                elif tag & 7 == 2:
+                    skip, pos = read_varint(mv, pos)
+                    pos += skip
+                else:
+                    raise StreamError(f"unexpected wire type in DataPiece field {tag >> 3}")
+        if pos != stop or stop > end:
+            raise StreamError("malformed DataPiece")
+        if index != node:
+            if index < node or index >= len(sizes) or offset != sizes[node]:
+                raise StreamError("load stream pieces out of order")
+            node = index
+            offset = 0
+        if off != offset or n > sizes[node] - offset:
+            raise StreamError("load stream piece out of range")
+        target = targets[node]
+        if target is not None:
+            if target.__class__ is not memoryview:
+                target = targets[node] = make(node)
+            target[off:off + n] = mv[start:start + n]
+            if on_complete is not None and off + n == sizes[node]:
+                on_complete(node)
+        offset += n
+        received += n
+    return node, offset, received
