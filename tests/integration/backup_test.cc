@@ -108,7 +108,7 @@ TEST(BackupTest, BackupTakenWhileSavesRunRestoresByteExact) {
   // Restore as the README says: copy the backup to a new data directory and
   // start a server on it.
   (*server)->Kill();
-  ASSERT_EQ(testing::RunCommand({"/bin/cp", "-a", dir.path() + "/backups/b1",
+  ASSERT_EQ(testing::RunCommand({"cp", "-a", dir.path() + "/backups/b1",
                                  dir.path() + "/restored"})
                 .exit_code,
             0);

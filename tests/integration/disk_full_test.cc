@@ -35,7 +35,7 @@ class DiskFullTest : public ::testing::Test {
     mount_ = dir_.path() + "/fs";
     std::filesystem::create_directories(mount_);
     testing::CommandResult m = testing::RunCommand(
-        {"/bin/mount", "-t", "tmpfs", "-o", absl::StrCat("size=", kFsMiB, "m"), "tmpfs", mount_});
+        {"mount", "-t", "tmpfs", "-o", absl::StrCat("size=", kFsMiB, "m"), "tmpfs", mount_});
     ASSERT_EQ(m.exit_code, 0) << "this test mounts a " << kFsMiB
                               << " MiB tmpfs and needs root: " << m.err;
     mounted_ = true;
@@ -44,7 +44,7 @@ class DiskFullTest : public ::testing::Test {
   void TearDown() override {
     client_.reset();
     server_.reset();
-    if (mounted_) testing::RunCommand({"/bin/umount", "-l", mount_});
+    if (mounted_) testing::RunCommand({"umount", "-l", mount_});
   }
 
   void Start() {

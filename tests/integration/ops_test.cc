@@ -359,7 +359,7 @@ TEST(ServerLogTest, TakenPortsAreRefusedInWords) {
   EXPECT_THAT(log, HasSubstr("try: ckpt --server localhost:" + grpc_port + " stats"));
 
   auto second = testing::RunCommand(
-      {"/usr/bin/timeout", "30", testing::ServerBinary(), "--data-dir", dir.path() + "/db2", "--listen",
+      {"timeout", "30", testing::ServerBinary(), "--data-dir", dir.path() + "/db2", "--listen",
        "127.0.0.1:" + grpc_port, "--metrics-listen", "127.0.0.1:0"});
   EXPECT_EQ(second.exit_code, 1) << second.err;
   EXPECT_THAT(second.err,
@@ -368,7 +368,7 @@ TEST(ServerLogTest, TakenPortsAreRefusedInWords) {
                         "listens there: stop it or choose another port with --listen)"));
 
   auto metrics = testing::RunCommand(
-      {"/usr/bin/timeout", "30", testing::ServerBinary(), "--data-dir", dir.path() + "/db3", "--listen",
+      {"timeout", "30", testing::ServerBinary(), "--data-dir", dir.path() + "/db3", "--listen",
        "127.0.0.1:0", "--metrics-listen", "127.0.0.1:" + metrics_port});
   EXPECT_EQ(metrics.exit_code, 1) << metrics.err;
   EXPECT_THAT(metrics.err,

@@ -145,7 +145,7 @@ CommandResult RunCommand(const std::vector<std::string>& argv_in,
     dup2(err_fd, 2);
     for (const auto& e : env) putenv(strdup(e.c_str()));
     auto argv = Argv(args);
-    execv(argv[0], argv.data());
+    execvp(argv[0], argv.data());  // a bare name is looked up in PATH
     _exit(127);
   }
   int status = 0;

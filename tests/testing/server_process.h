@@ -53,8 +53,9 @@ class ServerProcess {
 /// in MiB; 0 if absent.
 double ProcStatusMiB(pid_t pid, const std::string& field);
 
-/// Runs `argv` to completion, capturing stdout and stderr. Returns the exit
-/// code (or 128+signal).
+/// Runs `argv` to completion, capturing stdout and stderr; argv[0] is a path
+/// or a program name looked up in PATH. Returns the exit code (127 if it
+/// cannot be run, 128+signal if killed).
 struct CommandResult {
   int exit_code = -1;
   std::string out;
