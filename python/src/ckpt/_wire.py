@@ -13,7 +13,7 @@ by a varint (wire type 0) or ``varint(length)`` and the bytes (wire type 2).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 # Field tags used below.
 _SAVE_REQUEST_CHUNKS = b"\x1a"  # SaveRequest.chunks = 3 (ChunkBatch)
@@ -32,16 +32,30 @@ LOAD_NODES = 2
 LOAD_DATA = 3
 
 
+_VARINTS: Dict[int, bytes] = {}
+
+
 def varint(value: int) -> bytes:
-    """Protobuf base-128 varint of a non-negative int."""
+    """Protobuf base-128 varint of a non-negative int (the lengths of a save's
+    pieces repeat: the encodings of up to 64k values are kept)."""
+    cached = _VARINTS.get(value)
+    if cached is not None:
+        return cached
     if value < 0x80:
-        return bytes((value,))
+        out = bytes((value,))
+        if len(_VARINTS) < 65536:
+            _VARINTS[value] = out
+        return out
+    key = value
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
         value >>= 7
     out.append(value)
-    return bytes(out)
+    encoded = bytes(out)
+    if len(_VARINTS) < 65536:
+        _VARINTS[key] = encoded
+    return encoded
 
 
 def read_varint(buf: memoryview, pos: int) -> Tuple[int, int]:
