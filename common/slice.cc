@@ -108,6 +108,7 @@ SliceRuns::SliceRuns(const TensorMeta& meta, const TensorSlice& slice) {
   }
   if (dims == 0) {
     run_ = total_ = elem;
+    runs_ = 1;
     return;
   }
   // The innermost dimension k the box does not cover whole: dimensions after
@@ -124,12 +125,14 @@ SliceRuns::SliceRuns(const TensorMeta& meta, const TensorSlice& slice) {
   }
   run_ = slice.length[k] * stride[k];
   total_ = run_;
+  runs_ = 1;
   offset_ = slice.start[k] * stride[k];
   for (size_t d = 0; d < k; ++d) {
     length_.push_back(slice.length[d]);
     stride_.push_back(stride[d]);
     offset_ += slice.start[d] * stride[d];
     total_ *= slice.length[d];
+    runs_ *= slice.length[d];
   }
   index_.assign(k, 0);
 }

@@ -27,6 +27,10 @@ struct TensorSlice {
 
 /// Most slices one load may ask for.
 inline constexpr size_t kMaxSlices = 100000;
+/// Most contiguous runs the slices of one load may cover together: a box
+/// that takes one element of each row of a huge tensor costs a step per
+/// element (~16M steps are a few seconds of one core).
+inline constexpr uint64_t kMaxSliceRuns = uint64_t{1} << 24;
 
 /// Bytes of `slice`'s box of a valid tensor `meta`. InvalidArgument naming
 /// the key when the box has another number of dimensions than the tensor or
@@ -57,6 +61,8 @@ class SliceRuns {
 
   /// Bytes of all runs together.
   uint64_t total_bytes() const { return total_; }
+  /// Number of runs (what sending the box costs beyond its bytes).
+  uint64_t num_runs() const { return runs_; }
 
  private:
   std::vector<uint64_t> length_;  // outer dimensions' lengths
@@ -65,6 +71,7 @@ class SliceRuns {
   uint64_t offset_ = 0;           // offset of the current run
   uint64_t run_ = 0;              // bytes per run
   uint64_t total_ = 0;
+  uint64_t runs_ = 0;
   bool done_ = false;
 };
 

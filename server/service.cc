@@ -864,6 +864,7 @@ class LoadReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
     std::vector<bool> also(sliced.empty() ? 0 : tree_.size(), false);
     for (size_t node : sliced) also[node] = true;
     CKPT_ASSIGN_OR_RETURN(selection_, SelectTree(tree_, patterns, also, &cancelled_));
+    uint64_t slice_runs = 0;
     absl::flat_hash_map<size_t, size_t> slice_of_source;
     for (size_t s = 0; s < sliced.size(); ++s) slice_of_source[sliced[s]] = s;
     uint64_t data_bytes = 0;
@@ -874,8 +875,16 @@ class LoadReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
         continue;
       }
       slice_of_node_[i] = it->second;
-      CKPT_ASSIGN_OR_RETURN(uint64_t box, SliceBytes(selection_.tree[i].tensor, slices_[it->second]));
-      data_bytes += box;
+      const SliceRuns runs(selection_.tree[i].tensor, slices_[it->second]);
+      data_bytes += runs.total_bytes();
+      slice_runs += runs.num_runs();
+      if (slice_runs > kMaxSliceRuns) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "the slices of this load cover more than ", kMaxSliceRuns,
+            " contiguous runs of their tensors (slice of '",
+            Excerpt(slices_[it->second].key, 256), "' and those before it): ask for boxes whose "
+            "rows are longer, or load whole tensors"));
+      }
     }
     v1::LoadHeader* header = response->mutable_header();
     rpc::ToProto(version_, header->mutable_version());

@@ -236,5 +236,29 @@ TEST_F(SliceLoadTest, BadSlicesAreInvalidArgumentAndTheServerKeepsServing) {
   EXPECT_EQ(full->data, full_.data);
 }
 
+TEST_F(SliceLoadTest, BoxesOfTooManyRunsAreRefusedBeforeAnyWork) {
+  // One element of every row of a [4097, 4096, 2] tensor: 16,781,312 runs of
+  // one byte, past kMaxSliceRuns.
+  TreeBuilder b;
+  b.Dict(1).Tensor(std::string("m"), DType::kUInt8, {4097, 4096, 2}, 12);
+  ASSERT_TRUE(client_->Save("team/runs", b.Input(), {}).ok());
+  LoadOptions options;
+  options.slices = {{"m", {0, 0, 1}, {4097, 4096, 1}}};
+  auto refused = client_->Load("team/runs", options);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(refused.status().message(),
+              HasSubstr("cover more than 16777216 contiguous runs of their tensors (slice of 'm'"));
+  // Half the rows is within the limit, and byte-exact.
+  options.slices = {{"m", {0, 0, 1}, {2048, 4096, 1}}};
+  auto loaded = client_->Load("team/runs", options);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  const std::string& got = loaded->data[loaded->slice_nodes[0]];
+  ASSERT_EQ(got.size(), 2048u * 4096);
+  const std::string& all = b.data(1);
+  bool same = true;
+  for (size_t i = 0; i < got.size() && same; ++i) same = got[i] == all[2 * i + 1];
+  EXPECT_TRUE(same);
+}
+
 }  // namespace
 }  // namespace ckpt

@@ -80,6 +80,9 @@ TEST(SliceTest, RunsMergeWholeTrailingDimensions) {
     ++count;
   }
   EXPECT_EQ(count, 20u);
+  EXPECT_EQ(column.num_runs(), 20u);
+  EXPECT_EQ(SliceRuns(m, {"t", {1, 0, 0}, {2, 5, 6}}).num_runs(), 1u);
+  EXPECT_EQ(SliceRuns(m, {"t", {1, 1, 0}, {2, 3, 6}}).num_runs(), 2u);
   // 0-d tensor: its one element.
   EXPECT_THAT(Runs(Meta(DType::kFloat64, {}), {"s", {}, {}}),
               ::testing::ElementsAre(std::make_pair(uint64_t{0}, uint64_t{8})));
@@ -117,6 +120,7 @@ TEST(SliceTest, RunsAgreeWithAReferenceOnRandomBoxes) {
     EXPECT_EQ(got, ReferenceOffsets(meta, slice));
     EXPECT_EQ(got.size(), *bytes);
     EXPECT_EQ(runs.total_bytes(), *bytes);
+    EXPECT_EQ(Runs(meta, slice).size() <= SliceRuns(meta, slice).num_runs(), true);
   }
 }
 
