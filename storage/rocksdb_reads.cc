@@ -1,0 +1,195 @@
+// Reads of the RocksDB store: versions by number or tag, trees, chunks and
+// the paged listings of checkpoints and versions, each from one snapshot.
+
+#include "storage/rocksdb_store.h"
+
+#include <algorithm>
+#include <limits>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/names.h"
+#include "common/status_macros.h"
+#include "rocksdb/snapshot.h"
+#include "storage/codec.h"
+#include "storage/rocksdb_status.h"
+#include "storage/store_core.h"
+
+namespace ckpt::storage {
+
+using internal::View;
+using internal::Quote;
+using internal::CheckpointNotFound;
+using internal::VersionContext;
+using internal::ScanIterator;
+using internal::LatestVersion;
+using internal::TagsByVersion;
+using internal::WithLatest;
+using internal::ReadVersionRecord;
+using internal::ReadTree;
+
+absl::StatusOr<VersionInfo> RocksDbStore::GetVersion(absl::string_view name,
+                                                     const VersionSelector& selector) {
+  CKPT_RETURN_IF_ERROR(ValidateName(name));
+  rocksdb::ManagedSnapshot snapshot(core_->db);
+  rocksdb::ReadOptions ro;
+  ro.snapshot = snapshot.snapshot();
+
+  CKPT_ASSIGN_OR_RETURN(uint64_t latest, LatestVersion(*core_, ro, name));
+  uint64_t version = selector.version;
+  if (!selector.tag.empty()) {
+    CKPT_RETURN_IF_ERROR(ValidateTag(selector.tag));
+    if (selector.tag == kLatestTag) {
+      version = 0;
+    } else {
+      std::string value;
+      rocksdb::Status s = core_->db->Get(ro, core_->tags_cf, TagKey(name, selector.tag), &value);
+      if (s.IsNotFound()) {
+        if (latest == 0) return CheckpointNotFound(name);
+        return absl::NotFoundError(
+            absl::StrCat("tag ", Quote(selector.tag), " of ", Quote(name), " not found"));
+      }
+      CKPT_RETURN_IF_ERROR(FromRocksDb(s, absl::StrCat("reading tag ", Quote(selector.tag))));
+      auto tagged = DecodeBigEndian64(value);
+      if (!tagged.ok()) {
+        return Annotate(tagged.status(),
+                        absl::StrCat("tag ", Quote(selector.tag), " of ", Quote(name)));
+      }
+      version = *tagged;
+    }
+  }
+  if (version == 0) {
+    if (latest == 0) return CheckpointNotFound(name);
+    version = latest;
+  }
+  CKPT_ASSIGN_OR_RETURN(VersionInfo info, ReadVersionRecord(*core_, ro, name, version));
+  CKPT_ASSIGN_OR_RETURN(auto tags, TagsByVersion(*core_, ro, name));
+  info.tags = WithLatest(std::move(tags[version]), version == latest);
+  return info;
+}
+
+absl::StatusOr<Tree> RocksDbStore::GetTree(absl::string_view name, uint64_t version) {
+  CKPT_RETURN_IF_ERROR(ValidateName(name));
+  return ReadTree(*core_, rocksdb::ReadOptions(), name, version);
+}
+
+absl::Status RocksDbStore::ReadChunk(absl::string_view name, const Digest& digest,
+                                     std::string* out) {
+  CKPT_RETURN_IF_ERROR(ValidateName(name));
+  absl::string_view ns = NamespaceOf(name);
+  // One snapshot for both reads: a concurrent GC cannot remove the chunk
+  // between them.
+  rocksdb::ManagedSnapshot snapshot(core_->db);
+  rocksdb::ReadOptions ro;
+  ro.snapshot = snapshot.snapshot();
+  std::string ref_bytes;
+  rocksdb::Status s = core_->db->Get(ro, core_->refs_cf, RefKey(ns, digest), &ref_bytes);
+  if (s.IsNotFound()) {
+    return absl::NotFoundError(
+        absl::StrCat("chunk ", digest.Hex(), " not found in namespace ", Quote(ns)));
+  }
+  CKPT_RETURN_IF_ERROR(FromRocksDb(s, absl::StrCat("chunk ", digest.Hex())));
+  auto ref = DecodeRefValue(ref_bytes);
+  if (!ref.ok()) return Annotate(ref.status(), absl::StrCat("chunk ", digest.Hex()));
+
+  ro.fill_cache = false;
+  // The digest check below covers every byte with a stronger checksum than
+  // the block's: checking both would read each chunk twice.
+  ro.verify_checksums = false;
+  s = core_->db->Get(ro, core_->chunks_cf, ChunkKey(ref->chunk_id), out);
+  if (s.IsNotFound()) {
+    // A collection may have removed it since the snapshot if the last
+    // version using it was just deleted: then it is simply gone.
+    std::string now;
+    rocksdb::Status again =
+        core_->db->Get(rocksdb::ReadOptions(), core_->refs_cf, RefKey(ns, digest), &now);
+    if (again.IsNotFound()) {
+      return absl::NotFoundError(
+          absl::StrCat("chunk ", digest.Hex(), " not found in namespace ", Quote(ns)));
+    }
+    return absl::DataLossError(
+        absl::StrCat("chunk ", digest.Hex(), " is missing (chunk id ", ref->chunk_id, ")"));
+  }
+  CKPT_RETURN_IF_ERROR(FromRocksDb(s, absl::StrCat("chunk ", digest.Hex())));
+  if (out->size() != ref->length || Digest::Of(*out) != digest) {
+    out->clear();
+    return absl::DataLossError(absl::StrCat("chunk ", digest.Hex(), " checksum mismatch"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<CheckpointSummary>> RocksDbStore::ListCheckpoints(
+    absl::string_view prefix, absl::string_view start_after, size_t limit) {
+  CKPT_RETURN_IF_ERROR(ValidatePrefix(prefix));
+  std::string lower = absl::StrCat("v", prefix);
+  std::string seek = lower;
+  if (!start_after.empty()) {
+    // Past every version key of `start_after` ("v" name \0 ...).
+    std::string after = absl::StrCat("v", start_after, absl::string_view("\x01", 1));
+    seek = std::max(seek, after);
+  }
+  rocksdb::ManagedSnapshot snapshot(core_->db);
+  rocksdb::ReadOptions ro;
+  ro.snapshot = snapshot.snapshot();
+  ScanIterator it(core_->db, core_->manifests_cf, ro, lower, PrefixSuccessor(lower));
+
+  std::vector<CheckpointSummary> out;
+  std::optional<CheckpointSummary> current;
+  std::string last_record;
+  auto finish = [&]() -> absl::Status {
+    auto info = DecodeVersionRecord(last_record);
+    if (!info.ok()) {
+      return Annotate(info.status(), VersionContext(current->name, current->latest_version));
+    }
+    current->latest_create_time_ms = info->create_time_ms;
+    out.push_back(std::move(*current));
+    current.reset();
+    return absl::OkStatus();
+  };
+  for (it->Seek(seek); it->Valid(); it->Next()) {
+    CKPT_ASSIGN_OR_RETURN(auto key, ParseVersionKey(View(it->key())));
+    if (!current.has_value() || current->name != key.first) {
+      if (current.has_value()) CKPT_RETURN_IF_ERROR(finish());
+      if (limit != 0 && out.size() >= limit) break;
+      current = CheckpointSummary{key.first, 0, 0, 0};
+    }
+    ++current->num_versions;
+    current->latest_version = key.second;
+    last_record = it->value().ToString();
+  }
+  CKPT_RETURN_IF_ERROR(FromRocksDb(it->status(), "listing checkpoints"));
+  if (current.has_value()) CKPT_RETURN_IF_ERROR(finish());
+  return out;
+}
+
+absl::StatusOr<std::vector<VersionInfo>> RocksDbStore::ListVersions(absl::string_view name,
+                                                                    uint64_t after, size_t limit) {
+  CKPT_RETURN_IF_ERROR(ValidateName(name));
+  rocksdb::ManagedSnapshot snapshot(core_->db);
+  rocksdb::ReadOptions ro;
+  ro.snapshot = snapshot.snapshot();
+  CKPT_ASSIGN_OR_RETURN(uint64_t latest, LatestVersion(*core_, ro, name));
+  if (latest == 0) return CheckpointNotFound(name);
+  CKPT_ASSIGN_OR_RETURN(auto tags, TagsByVersion(*core_, ro, name));
+  std::vector<VersionInfo> out;
+  if (after == std::numeric_limits<uint64_t>::max()) return out;
+  std::string prefix = VersionPrefix(name);
+  ScanIterator it(core_->db, core_->manifests_cf, ro, VersionKey(name, after + 1),
+                  PrefixSuccessor(prefix));
+  for (it->SeekToFirst(); it->Valid() && out.size() < limit; it->Next()) {
+    CKPT_ASSIGN_OR_RETURN(auto key, ParseVersionKey(View(it->key())));
+    auto info = DecodeVersionRecord(View(it->value()));
+    if (!info.ok()) return Annotate(info.status(), VersionContext(name, key.second));
+    info->name = std::string(name);
+    info->version = key.second;
+    info->tags = WithLatest(std::move(tags[key.second]), key.second == latest);
+    out.push_back(std::move(*info));
+  }
+  CKPT_RETURN_IF_ERROR(FromRocksDb(it->status(), "listing versions"));
+  return out;
+}
+
+}  // namespace ckpt::storage
