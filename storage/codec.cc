@@ -237,6 +237,14 @@ std::string VersionPrefix(absl::string_view name) {
   return absl::StrCat("v", name, absl::string_view("\0", 1));
 }
 
+std::string VersionNamePrefix(absl::string_view name_prefix) {
+  return absl::StrCat("v", name_prefix);
+}
+
+std::string VersionKeysAfter(absl::string_view name) {
+  return absl::StrCat("v", name, absl::string_view("\x01", 1));
+}
+
 std::string VersionKey(absl::string_view name, uint64_t version) {
   return absl::StrCat(VersionPrefix(name), EncodeBigEndian64(version));
 }

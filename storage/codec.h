@@ -55,6 +55,12 @@ absl::StatusOr<std::pair<std::string, Digest>> ParseRefKey(absl::string_view key
 std::string VersionKey(absl::string_view name, uint64_t version);
 /// "v" name \0: prefix of every version record of `name`.
 std::string VersionPrefix(absl::string_view name);
+/// "v" name_prefix: prefix of the version records of every name that starts
+/// with `name_prefix` (empty: of every version record).
+std::string VersionNamePrefix(absl::string_view name_prefix);
+/// "v" name \1: the smallest key past every version record of `name` (and
+/// before those of any name that sorts after it).
+std::string VersionKeysAfter(absl::string_view name);
 /// manifests CF: "m" name \0 be64(version) -> encoded Tree.
 std::string ManifestKey(absl::string_view name, uint64_t version);
 /// manifests CF: "n" name -> be64(next version number).

@@ -66,7 +66,8 @@ absl::StatusOr<BackupInfo> RocksDbStore::Backup(const std::string& dir) {
   absl::Status counted;
   for (size_t i = 0; i < names.size(); ++i) {
     if (names[i] != kManifestsFamily) continue;
-    ScanIterator it(copy, handles[i], rocksdb::ReadOptions(), "v", "w");
+    ScanIterator it(copy, handles[i], rocksdb::ReadOptions(), VersionNamePrefix(""),
+                    PrefixSuccessor(VersionNamePrefix("")));
     for (it->SeekToFirst(); it->Valid(); it->Next()) ++info.versions;
     counted = FromRocksDb(it->status(), absl::StrCat("counting the versions of backup ", dir));
   }

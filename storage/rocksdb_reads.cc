@@ -124,13 +124,9 @@ absl::Status RocksDbStore::ReadChunk(absl::string_view name, const Digest& diges
 absl::StatusOr<std::vector<CheckpointSummary>> RocksDbStore::ListCheckpoints(
     absl::string_view prefix, absl::string_view start_after, size_t limit) {
   CKPT_RETURN_IF_ERROR(ValidatePrefix(prefix));
-  std::string lower = absl::StrCat("v", prefix);
+  std::string lower = VersionNamePrefix(prefix);
   std::string seek = lower;
-  if (!start_after.empty()) {
-    // Past every version key of `start_after` ("v" name \0 ...).
-    std::string after = absl::StrCat("v", start_after, absl::string_view("\x01", 1));
-    seek = std::max(seek, after);
-  }
+  if (!start_after.empty()) seek = std::max(seek, VersionKeysAfter(start_after));
   rocksdb::ManagedSnapshot snapshot(core_->db);
   rocksdb::ReadOptions ro;
   ro.snapshot = snapshot.snapshot();

@@ -29,7 +29,8 @@ absl::StatusOr<StoreStats> RocksDbStore::Stats() {
   ro.snapshot = snapshot.snapshot();
   ro.fill_cache = false;
   {
-    ScanIterator it(core_->db, core_->manifests_cf, ro, "v", "w");
+    ScanIterator it(core_->db, core_->manifests_cf, ro, VersionNamePrefix(""),
+                    PrefixSuccessor(VersionNamePrefix("")));
     std::string last_name;
     for (it->SeekToFirst(); it->Valid(); it->Next()) {
       CKPT_ASSIGN_OR_RETURN(auto key, ParseVersionKey(View(it->key())));

@@ -7,6 +7,8 @@
 #include <limits>
 #include <random>
 
+#include "absl/strings/match.h"
+
 namespace ckpt::storage {
 namespace {
 
@@ -164,6 +166,13 @@ TEST(CodecTest, KeysRoundTrip) {
   EXPECT_EQ(CounterKey("a/b"), "na/b");
   EXPECT_FALSE(ParseVersionKey(ManifestKey("a/b", 7)).ok());
   EXPECT_FALSE(ParseVersionKey("v").ok());
+  // Scans over the versions of several names.
+  EXPECT_EQ(VersionNamePrefix("a/"), "va/");
+  EXPECT_EQ(PrefixSuccessor(VersionNamePrefix("")), "w");
+  EXPECT_TRUE(absl::StartsWith(VersionKey("a/b", 1), VersionNamePrefix("a/")));
+  EXPECT_LT(VersionKey("a/b", ~uint64_t{0}), VersionKeysAfter("a/b"));
+  EXPECT_LT(VersionKeysAfter("a/b"), VersionKey("a/b0", 1));
+  EXPECT_LT(VersionKeysAfter("a/b"), VersionKey("a/b/c", 1));
 
   // Versions of one name sort by number; a name sorts before its children.
   EXPECT_LT(VersionKey("a", 2), VersionKey("a", 10));
