@@ -691,26 +691,35 @@ class _InPlaceSink(_Sink):
         seen = set()
         errors: List[str] = []
         chosen: Dict[int, torch.Tensor] = {}
+        # The loop runs once per stored tensor: lookups hoisted.
+        plain_keys = not self.strip_prefix and not self.rename
+        cut = len(root)
+        get = self.targets.get
+        from_pb = _tree.FROM_PB
         for i, node in enumerate(nodes):
-            if node.WhichOneof("value") != "tensor" or not keys[i].startswith(root):
+            if node.WhichOneof("value") != "tensor":
                 continue
-            relative = keys[i][len(root):]
+            relative = keys[i]
+            if cut:
+                if not relative.startswith(root):
+                    continue
+                relative = relative[cut:]
             if "/" in relative:
                 continue  # nested deeper: not this state_dict's
-            key = self._key(relative)
-            dst = self.targets.get(key)
+            key = relative if plain_keys else self._key(relative)
+            dst = get(key)
             if dst is None:
                 self.unexpected.append(key)
                 continue
             seen.add(key)
             meta = node.tensor
-            if tuple(meta.shape) != tuple(dst.shape):
+            if tuple(meta.shape) != dst.shape:
                 errors.append(f"size mismatch for {key}: copying a param with shape "
                               f"{_shape_text(meta.shape)} from checkpoint, the shape in current "
                               f"model is {_shape_text(dst.shape)}.")
                 continue
-            if _tree.FROM_PB.get(meta.dtype) != dst.dtype:
-                saved = _tree.FROM_PB.get(meta.dtype, pb.DType.Name(meta.dtype))
+            if from_pb.get(meta.dtype) != dst.dtype:
+                saved = from_pb.get(meta.dtype, pb.DType.Name(meta.dtype))
                 errors.append(f"dtype mismatch for {key}: copying a param with dtype {saved} "
                               f"from checkpoint, the dtype in current model is {dst.dtype}.")
                 continue
@@ -1025,8 +1034,13 @@ class Client:
             if field != _wire.LOAD_NODES:
                 raise Internal("expected nodes in load stream")
             nodes.extend(pb.NodeBatch.FromString(payload).nodes)
-        sizes = [(n.tensor.data.size if n.WhichOneof("value") == "tensor" else
-                  n.bytes.data.size if n.WhichOneof("value") == "bytes" else 0) for n in nodes]
+        sizes = [0] * len(nodes)
+        for i, n in enumerate(nodes):
+            which = n.WhichOneof("value")
+            if which == "tensor":
+                sizes[i] = n.tensor.data.size
+            elif which == "bytes":
+                sizes[i] = n.bytes.data.size
         if slices:
             # A sliced tensor's data is its box, packed.
             slice_nodes = list(header.slice_nodes)
