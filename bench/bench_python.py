@@ -276,10 +276,10 @@ def bench_dcp(args, label, shapes, workdir):
         shutil.rmtree(os.path.join(workdir, f"fs-{label}"), ignore_errors=True)
     ck, fs = r["ckpt"], r["filesystem"]
     print(f"  {'':36} {'ckpt.dcp':>9} {'FileSystem':>10} {'ratio':>7}")
-    print(f"  {'save GB/s':36} {total / ck[0] / 1e9:9.2f} {total / fs[0] / 1e9:10.2f} "
-          f"{fs[0] / ck[0]:6.2f}x")
-    print(f"  {'load GB/s':36} {total / ck[1] / 1e9:9.2f} {total / fs[1] / 1e9:10.2f} "
-          f"{fs[1] / ck[1]:6.2f}x")
+    print(f"  {'save GB/s':36} {total / ck[0] / 1e9:9.3f} {total / fs[0] / 1e9:10.3f} "
+          f"{fs[0] / ck[0]:6.2f}x   ({ck[0]:.2f} s vs {fs[0]:.2f} s)")
+    print(f"  {'load GB/s':36} {total / ck[1] / 1e9:9.3f} {total / fs[1] / 1e9:10.3f} "
+          f"{fs[1] / ck[1]:6.2f}x   ({ck[1]:.2f} s vs {fs[1]:.2f} s)")
     print()
 
 
