@@ -153,6 +153,7 @@ std::vector<std::pair<std::string, absl::Status>> CallEveryRpc(RawClient& c,
       {"DeleteTag", c.DeleteTag("team-a/m", "best")},
       {"DeleteVersion", c.DeleteVersion("team-a/m", 1, false).status()},
       {"GetServerInfo", c.GetServerInfo().status()},
+      {"GetUsage", c.GetUsage("team-a").status()},
       {"GarbageCollect", c.GarbageCollect().status()},
       {"SetRetention", c.SetRetention("team-a/m", {}).status()},
       {"GetRetention", c.GetRetention("team-a/m").status()},
@@ -203,6 +204,13 @@ TEST_F(AuthTest, EachRpcNeedsItsRightOnTheName) {
   denied(reader->SetTag("team-a/m", "best", 1), "token 'reader' has no write right on 'team-a/m'");
   EXPECT_TRUE(reader->GetRetention("team-a/m").ok());
   denied(reader->GetRetention("other/m").status(), "token 'reader' has no read right on 'other/m'");
+  // GetUsage: read on the whole namespace, whatever name in it is given.
+  auto usage = reader->GetUsage("team-a/m");
+  ASSERT_TRUE(usage.ok()) << usage.status();
+  EXPECT_EQ(usage->ns, "team-a");
+  EXPECT_GT(usage->used_bytes, 0u);
+  EXPECT_EQ(usage->quota_bytes, 0u);
+  denied(reader->GetUsage("other/m").status(), "token 'reader' has no read right on 'other'");
 
   // write: Save, SetTag, DeleteTag; not DeleteVersion (admin).
   auto saved = writer->Save("team-a/m", SmallTree(2).Input(), {});
@@ -483,6 +491,102 @@ TEST_F(TlsTest, CliTakesTokenAndTlsFromFlagsAndEnvironment) {
   for (const char* token : {kReader, kWriter, kAdminA, kOps}) {
     EXPECT_THAT(log, Not(HasSubstr(token)));
   }
+}
+
+// The token is the first given of --token, --token-file, CKPT_TOKEN,
+// CKPT_TOKEN_FILE: explicit flags win over the environment.
+TEST_F(TlsTest, CliTokenPrecedenceFlagsBeforeEnvironment) {
+  WriteFile(dir_.path() + "/tokens", TokensText());
+  auto server = testing::ServerProcess::Start(
+      dir_.path() + "/db", {"--tokens-file", dir_.path() + "/tokens", "--tls-cert",
+                            certs_->server_cert, "--tls-key", certs_->server_key});
+  ASSERT_TRUE(server.ok()) << server.status();
+  const std::string cli = testing::CliBinary();
+  const std::string writer_file = dir_.path() + "/writer-token";
+  const std::string reader_file = dir_.path() + "/reader-token";
+  WriteFile(writer_file, kWriter);
+  WriteFile(reader_file, kReader);
+  const std::string input = dir_.path() + "/input.bin";
+  WriteFile(input, "weights");
+  const std::vector<std::string> base = {absl::StrCat("CKPT_SERVER=", (*server)->address()),
+                                         absl::StrCat("CKPT_CA_CERT=", certs_->ca)};
+  // A put succeeds only with the writer's token: which token was used.
+  auto put = [&](std::vector<std::string> flags, std::vector<std::string> env) {
+    std::vector<std::string> argv = {cli};
+    argv.insert(argv.end(), flags.begin(), flags.end());
+    argv.insert(argv.end(), {"put", "team-a/precedence", input});
+    env.insert(env.end(), base.begin(), base.end());
+    return testing::RunCommand(argv, env);
+  };
+  const std::string env_reader = absl::StrCat("CKPT_TOKEN=", kReader);
+  const std::string env_writer = absl::StrCat("CKPT_TOKEN=", kWriter);
+  const std::string env_reader_file = absl::StrCat("CKPT_TOKEN_FILE=", reader_file);
+  const std::string env_writer_file = absl::StrCat("CKPT_TOKEN_FILE=", writer_file);
+  struct Case {
+    std::vector<std::string> flags, env;
+    int exit_code;
+  };
+  const std::vector<Case> cases = {
+      {{"--token", kWriter, "--token-file", reader_file}, {}, 0},      // --token first
+      {{"--token-file", writer_file}, {env_reader}, 0},                // flag over CKPT_TOKEN
+      {{"--token-file", reader_file}, {env_writer}, 7},                // the same, refused
+      {{"--token", kReader}, {env_writer, env_writer_file}, 7},        // flag over both
+      {{}, {env_writer, env_reader_file}, 0},                         // CKPT_TOKEN first
+      {{}, {env_reader, env_writer_file}, 7},                         // the same, refused
+      {{}, {env_writer_file}, 0},                                     // CKPT_TOKEN_FILE last
+  };
+  for (size_t i = 0; i < cases.size(); ++i) {
+    SCOPED_TRACE(absl::StrCat("case ", i));
+    auto r = put(cases[i].flags, cases[i].env);
+    EXPECT_EQ(r.exit_code, cases[i].exit_code) << r.err;
+    if (cases[i].exit_code == 7) {
+      EXPECT_EQ(r.err,
+                "ckpt: PERMISSION_DENIED: token 'reader' has no write right on "
+                "'team-a/precedence'\n");
+    }
+  }
+  // The precedence is in --help.
+  auto help = testing::RunCommand({cli, "--help"});
+  EXPECT_EQ(help.exit_code, 0);
+  EXPECT_THAT(help.out,
+              HasSubstr("Token: the first given of --token, --token-file, CKPT_TOKEN, "
+                        "CKPT_TOKEN_FILE\n(flags win over the environment"));
+}
+
+// TLS on one side only: the error says so, not only that the server could
+// not be reached.
+TEST_F(TlsTest, CliHintsAtTlsWhenOnlyOneSideUsesIt) {
+  auto tls_server = testing::ServerProcess::Start(
+      dir_.path() + "/db", {"--tls-cert", certs_->server_cert, "--tls-key", certs_->server_key});
+  ASSERT_TRUE(tls_server.ok()) << tls_server.status();
+  auto plain_server = testing::ServerProcess::Start(dir_.path() + "/db2");
+  ASSERT_TRUE(plain_server.ok()) << plain_server.status();
+  const std::string cli = testing::CliBinary();
+
+  auto plaintext_client = testing::RunCommand(
+      {cli, "--server", (*tls_server)->address(), "--timeout", "2", "ls"});
+  EXPECT_EQ(plaintext_client.exit_code, 4);
+  EXPECT_THAT(plaintext_client.err,
+              HasSubstr("ckpt: UNAVAILABLE: cannot reach ckpt server at " +
+                        (*tls_server)->address()));
+  EXPECT_THAT(plaintext_client.err,
+              HasSubstr("(the server there answers with TLS, not plaintext gRPC: pass --tls "
+                        "(CKPT_TLS=1) and --ca-cert CA.pem"));
+
+  auto tls_client = testing::RunCommand({cli, "--server", (*plain_server)->address(), "--ca-cert",
+                                         certs_->ca, "--timeout", "2", "ls"});
+  EXPECT_EQ(tls_client.exit_code, 4);
+  EXPECT_THAT(tls_client.err,
+              HasSubstr("(the server there speaks plaintext gRPC, without TLS: drop --tls"));
+
+  // Nothing listening: said as such.
+  const std::string gone = (*plain_server)->address();
+  (*plain_server)->Kill();
+  auto nothing = testing::RunCommand({cli, "--server", gone, "--timeout", "2", "ls"});
+  EXPECT_EQ(nothing.exit_code, 4);
+  EXPECT_THAT(nothing.err, HasSubstr("(nothing accepts connections there: is ckpt-server "
+                                     "running? set the address with --server HOST:PORT or the "
+                                     "CKPT_SERVER environment variable)"));
 }
 
 TEST(ServerProcessAuthTest, SighupReloadsTheTokensFile) {

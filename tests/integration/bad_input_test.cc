@@ -412,7 +412,7 @@ TEST_F(BadInputTest, UndecodableMessagesAreInvalidArgumentEverywhere) {
   const std::string garbage = "\x0a\xff\xff\xff\xff\x0f";  // field 1, length past the end
   for (const char* method :
        {"Save", "Load", "ListCheckpoints", "ListVersions", "GetManifest", "DeleteVersion",
-        "SetTag", "DeleteTag", "GetServerInfo", "GarbageCollect", "SetRetention",
+        "SetTag", "DeleteTag", "GetServerInfo", "GetUsage", "GarbageCollect", "SetRetention",
         "GetRetention", "Prune"}) {
     SCOPED_TRACE(method);
     grpc::Status status = RawCall(channel_, method, garbage);

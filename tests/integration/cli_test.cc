@@ -197,6 +197,160 @@ TEST_F(CliTest, ErrorsHaveCodesAndExitStatus) {
   EXPECT_LT(secs, 10);
 }
 
+TEST_F(CliTest, MetadataOnPutIsRecordedAndDrivesRetentionByMetric) {
+  const std::string in = dir_.path() + "/in.bin";
+  for (int i = 0; i < 3; ++i) {
+    std::ofstream(in, std::ios::binary | std::ios::trunc) << "weights " << i;
+    const std::string loss = i == 1 ? "0.1" : "0.5";
+    CommandResult put = Ckpt({"put", "team/m/model", in, "--metadata", "loss=" + loss,
+                              "--metadata", "note=a=b"});
+    ASSERT_EQ(put.exit_code, 0) << put.err;
+  }
+  CommandResult versions = Ckpt({"versions", "team/m/model", "--json"});
+  ASSERT_EQ(versions.exit_code, 0) << versions.err;
+  auto list = nlohmann::json::parse(versions.out);
+  ASSERT_EQ(list.size(), 3u);
+  EXPECT_EQ(list[1]["metadata"]["loss"], "0.1");
+  EXPECT_EQ(list[1]["metadata"]["note"], "a=b");  // split at the first '='
+  EXPECT_EQ(list[1]["metadata"]["source_file"], "in.bin");
+
+  // Retention by the metric keeps version 2 (the lowest loss) and the newest;
+  // the save that applies it says what it deleted.
+  CommandResult set =
+      Ckpt({"retention", "team/m/model", "--keep-last", "1", "--keep-best", "1", "--metric", "loss"});
+  ASSERT_EQ(set.exit_code, 0) << set.err;
+  CommandResult put = Ckpt({"put", "team/m/model", in, "--metadata", "loss=0.9"});
+  ASSERT_EQ(put.exit_code, 0) << put.err;
+  EXPECT_EQ(put.out,
+            "saved team/m/model@4 (9 B, sent 0 B)\n"
+            "retention deleted team/m/model versions: 1, 3\n");
+  CommandResult quiet = Ckpt({"put", "team/other", in});
+  ASSERT_EQ(quiet.exit_code, 0) << quiet.err;
+  EXPECT_EQ(quiet.out, "saved team/other@1 (9 B, sent 0 B)\n");
+
+  for (const std::string bad : {"loss", "=0.1"}) {
+    CommandResult r = Ckpt({"put", "team/m/model", in, "--metadata", bad});
+    EXPECT_EQ(r.exit_code, 2);
+    EXPECT_EQ(r.err, "ckpt: INVALID_ARGUMENT: --metadata takes KEY=VALUE (e.g. loss=0.25), got '" +
+                         bad + "'\n");
+  }
+  CommandResult twice =
+      Ckpt({"put", "team/m/model", in, "--metadata", "a=1", "--metadata", "a=2"});
+  EXPECT_EQ(twice.exit_code, 2);
+  EXPECT_EQ(twice.err, "ckpt: INVALID_ARGUMENT: --metadata key 'a' given twice\n");
+  // Nothing was saved by the refused commands.
+  CommandResult after = Ckpt({"versions", "team/m/model", "--json"});
+  EXPECT_EQ(nlohmann::json::parse(after.out).size(), 2u);
+}
+
+TEST_F(CliTest, RmAllDeletesEveryVersionTagsNeedForce) {
+  SaveTree("team/all/model");
+  SaveTree("team/all/model");
+  SaveTree("team/all/model");
+  ASSERT_EQ(Ckpt({"tag", "team/all/model@2", "best"}).exit_code, 0);
+
+  CommandResult refused = Ckpt({"rm", "team/all/model", "--all"});
+  EXPECT_EQ(refused.exit_code, 6);
+  EXPECT_EQ(refused.err,
+            "ckpt: FAILED_PRECONDITION: not deleting team/all/model: tagged versions 2 (best); "
+            "nothing was deleted (--force deletes them and removes their tags)\n");
+  CommandResult versions = Ckpt({"versions", "team/all/model", "--json"});
+  EXPECT_EQ(nlohmann::json::parse(versions.out).size(), 3u);
+
+  CommandResult no_at = Ckpt({"rm", "team/all/model"});
+  EXPECT_EQ(no_at.exit_code, 2);
+  EXPECT_EQ(no_at.err,
+            "ckpt: INVALID_ARGUMENT: rm needs NAME@VERSION or NAME@TAG (or NAME --all for every "
+            "version), got 'team/all/model'\n");
+  CommandResult with_at = Ckpt({"rm", "team/all/model@1", "--all"});
+  EXPECT_EQ(with_at.exit_code, 2);
+
+  CommandResult rm = Ckpt({"rm", "team/all/model", "--all", "--force"});
+  ASSERT_EQ(rm.exit_code, 0) << rm.err;
+  EXPECT_EQ(rm.out, "deleted team/all/model versions: 1, 2, 3 (3 chunks released)\n");
+  CommandResult gone = Ckpt({"versions", "team/all/model"});
+  EXPECT_EQ(gone.exit_code, 3);
+  CommandResult missing = Ckpt({"rm", "team/all/model", "--all"});
+  EXPECT_EQ(missing.exit_code, 3);
+}
+
+TEST_F(CliTest, LsOnAnEmptyStoreSaysSo) {
+  CommandResult ls = Ckpt({"ls"});
+  EXPECT_EQ(ls.exit_code, 0);
+  EXPECT_EQ(ls.out, "");  // scripts still read nothing
+  EXPECT_EQ(ls.err, "no checkpoints on this server\n");
+  CommandResult prefix = Ckpt({"ls", "team/"});
+  EXPECT_EQ(prefix.exit_code, 0);
+  EXPECT_EQ(prefix.err, "no checkpoints under 'team/'\n");
+  CommandResult json = Ckpt({"ls", "--json"});
+  EXPECT_EQ(json.exit_code, 0);
+  EXPECT_EQ(nlohmann::json::parse(json.out), nlohmann::json::array());
+  EXPECT_EQ(json.err, "");
+}
+
+TEST_F(CliTest, GetOfATreeWithoutKeyIsAUsageError) {
+  SaveTree("team/run/model");
+  const std::string out = dir_.path() + "/out.bin";
+  CommandResult get = Ckpt({"get", "team/run/model", out});
+  EXPECT_EQ(get.exit_code, 2);
+  EXPECT_EQ(get.err,
+            "ckpt: INVALID_ARGUMENT: team/run/model@1 is a tree of 9 nodes, not one file: pass "
+            "--key KEY for one tensor's or bytes leaf's raw bytes (`ckpt show team/run/model@1` "
+            "lists the keys), or use `ckpt export`\n");
+  EXPECT_FALSE(std::ifstream(out).good());
+  CommandResult key = Ckpt({"get", "team/run/model", out, "--key", "model_state_dict/hidden.weight"});
+  ASSERT_EQ(key.exit_code, 0) << key.err;
+  EXPECT_EQ(key.out, "wrote " + out + " (24 B)\n");
+  CommandResult no_key = Ckpt({"get", "team/run/model", out, "--key", "nope"});
+  EXPECT_EQ(no_key.exit_code, 3);
+}
+
+TEST(CliServerTest, UsageShowsEachNamespaceAgainstItsQuota) {
+  testing::TempDir dir;
+  auto server = testing::ServerProcess::Start(dir.path() + "/db", {"--quota", "team=1MiB"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto ckpt = [&](std::vector<std::string> args) {
+    args.insert(args.begin(), {testing::CliBinary(), "--server", (*server)->address()});
+    return RunCommand(args);
+  };
+  const std::string in = dir.path() + "/in.bin";
+  std::ofstream(in, std::ios::binary) << testing::RandomBytes(262144, 7);
+  ASSERT_EQ(ckpt({"put", "team/a", in}).exit_code, 0);
+  ASSERT_EQ(ckpt({"put", "team/b", in}).exit_code, 0);  // deduplicated: no more bytes
+  ASSERT_EQ(ckpt({"put", "zoo/c", in}).exit_code, 0);
+
+  CommandResult one = ckpt({"usage", "team/a"});
+  ASSERT_EQ(one.exit_code, 0) << one.err;
+  EXPECT_EQ(one.out,
+            "NAMESPACE  USED       QUOTA    USE%\n"
+            "team       256.0 KiB  1.0 MiB  25.0%\n");
+  CommandResult all = ckpt({"usage"});
+  ASSERT_EQ(all.exit_code, 0) << all.err;
+  EXPECT_EQ(all.out,
+            "NAMESPACE  USED       QUOTA    USE%\n"
+            "team       256.0 KiB  1.0 MiB  25.0%\n"
+            "zoo        256.0 KiB  none     -\n");
+  CommandResult json = ckpt({"usage", "zoo", "--json"});
+  ASSERT_EQ(json.exit_code, 0) << json.err;
+  EXPECT_EQ(nlohmann::json::parse(json.out),
+            nlohmann::json::parse(
+                R"([{"namespace": "zoo", "used_bytes": 262144, "quota_bytes": 0}])"));
+  CommandResult empty = ckpt({"usage", "nobody"});
+  ASSERT_EQ(empty.exit_code, 0) << empty.err;
+  EXPECT_EQ(empty.out, "NAMESPACE  USED  QUOTA  USE%\nnobody     0 B   none   -\n");
+  CommandResult bad = ckpt({"usage", "bad name"});
+  EXPECT_EQ(bad.exit_code, 2);
+}
+
+TEST(CliServerTest, ServerVersionExitsZero) {
+  CommandResult version = RunCommand({testing::ServerBinary(), "--version"});
+  EXPECT_EQ(version.exit_code, 0) << version.err;
+  EXPECT_EQ(version.out.rfind("ckpt-server ", 0), 0u) << version.out;
+  CommandResult cli = RunCommand({testing::CliBinary(), "--version"});
+  EXPECT_EQ(cli.exit_code, 0) << cli.err;
+  EXPECT_EQ(cli.out.rfind("ckpt ", 0), 0u) << cli.out;
+}
+
 TEST_F(CliTest, ExampleProgramSavesAndRestores) {
   CommandResult run = RunCommand({CKPT_EXAMPLE_BIN, server_->address()});
   ASSERT_EQ(run.exit_code, 0) << run.err;
