@@ -41,8 +41,7 @@ void PickleEncoder::Int(int64_t v) {
   } else if (v >= 0 && v < 65536) {
     out_->push_back(kBinInt2);
     AppendLE(out_, static_cast<uint64_t>(v), 2);
-  } else if (v >= std::numeric_limits<int32_t>::min() &&
-             v <= std::numeric_limits<int32_t>::max()) {
+  } else if (v >= std::numeric_limits<int32_t>::min() && v <= std::numeric_limits<int32_t>::max()) {
     out_->push_back(kBinInt);
     AppendLE(out_, static_cast<uint32_t>(static_cast<int32_t>(v)), 4);
   } else {

@@ -87,23 +87,40 @@ enum Op : uint8_t {
 // Names of opcodes this reader refuses, for error messages.
 inline const char* RefusedOpName(uint8_t op) {
   switch (op) {
-    case kFloatText: return "FLOAT";
-    case kStringText: return "STRING";
-    case kUnicodeText: return "UNICODE";
-    case kPersIdText: return "PERSID";
-    case kInst: return "INST";
-    case kObj: return "OBJ";
-    case kExt1: return "EXT1";
-    case kExt2: return "EXT2";
-    case kExt4: return "EXT4";
-    case kEmptySet: return "EMPTY_SET";
-    case kAddItems: return "ADDITEMS";
-    case kFrozenSet: return "FROZENSET";
-    case kNewObjEx: return "NEWOBJ_EX";
-    case kByteArray8: return "BYTEARRAY8";
-    case kNextBuffer: return "NEXT_BUFFER";
-    case kReadOnlyBuffer: return "READONLY_BUFFER";
-    default: return nullptr;
+    case kFloatText:
+      return "FLOAT";
+    case kStringText:
+      return "STRING";
+    case kUnicodeText:
+      return "UNICODE";
+    case kPersIdText:
+      return "PERSID";
+    case kInst:
+      return "INST";
+    case kObj:
+      return "OBJ";
+    case kExt1:
+      return "EXT1";
+    case kExt2:
+      return "EXT2";
+    case kExt4:
+      return "EXT4";
+    case kEmptySet:
+      return "EMPTY_SET";
+    case kAddItems:
+      return "ADDITEMS";
+    case kFrozenSet:
+      return "FROZENSET";
+    case kNewObjEx:
+      return "NEWOBJ_EX";
+    case kByteArray8:
+      return "BYTEARRAY8";
+    case kNextBuffer:
+      return "NEXT_BUFFER";
+    case kReadOnlyBuffer:
+      return "READONLY_BUFFER";
+    default:
+      return nullptr;
   }
 }
 
@@ -128,19 +145,31 @@ constexpr StorageClass kStorageClasses[] = {
 
 inline const char* KindName(PyKind kind) {
   switch (kind) {
-    case PyKind::kNone: return "None";
-    case PyKind::kBool: return "bool";
+    case PyKind::kNone:
+      return "None";
+    case PyKind::kBool:
+      return "bool";
     case PyKind::kInt:
-    case PyKind::kBigInt: return "int";
-    case PyKind::kFloat: return "float";
-    case PyKind::kStr: return "str";
-    case PyKind::kBytes: return "bytes";
-    case PyKind::kList: return "list";
-    case PyKind::kTuple: return "tuple";
-    case PyKind::kDict: return "dict";
-    case PyKind::kGlobal: return "global";
-    case PyKind::kStorage: return "storage";
-    case PyKind::kTensor: return "tensor";
+    case PyKind::kBigInt:
+      return "int";
+    case PyKind::kFloat:
+      return "float";
+    case PyKind::kStr:
+      return "str";
+    case PyKind::kBytes:
+      return "bytes";
+    case PyKind::kList:
+      return "list";
+    case PyKind::kTuple:
+      return "tuple";
+    case PyKind::kDict:
+      return "dict";
+    case PyKind::kGlobal:
+      return "global";
+    case PyKind::kStorage:
+      return "storage";
+    case PyKind::kTensor:
+      return "tensor";
   }
   return "?";
 }

@@ -85,8 +85,7 @@ absl::StatusOr<std::vector<int64_t>> Unpickler::IntTuple(const PyObject* o, cons
     return Error(absl::StrCat(what, " must be a tuple of ints, not ", KindName(o->kind)));
   }
   if (o->items.size() > kMaxDims) {
-    return Error(absl::StrCat(what, " has ", o->items.size(), " dimensions (max ", kMaxDims,
-                              ")"));
+    return Error(absl::StrCat(what, " has ", o->items.size(), " dimensions (max ", kMaxDims, ")"));
   }
   std::vector<int64_t> v;
   for (const PyObject* item : o->items) {
@@ -102,7 +101,8 @@ bool Unpickler::IsEmptyDictOrNone(const PyObject* o) {
   return o->kind == PyKind::kNone || (o->kind == PyKind::kDict && o->entries.empty());
 }
 
-absl::StatusOr<PyObject*> Unpickler::RebuildTensor(const PyObject* fn, const std::vector<PyObject*>& a) {
+absl::StatusOr<PyObject*> Unpickler::RebuildTensor(const PyObject* fn,
+                                                   const std::vector<PyObject*>& a) {
   const PyGlobal g = fn->global;
   size_t min_args = 4, max_args = 4;
   if (g == PyGlobal::kRebuildTensorV2) min_args = 6, max_args = 7;
@@ -111,8 +111,7 @@ absl::StatusOr<PyObject*> Unpickler::RebuildTensor(const PyObject* fn, const std
     return Error(absl::StrCat(fn->s, " takes ", min_args, " arguments, got ", a.size()));
   }
   if (a[0]->kind != PyKind::kStorage) {
-    return Error(absl::StrCat(fn->s, ": argument 1 must be a storage, not ",
-                              KindName(a[0]->kind)));
+    return Error(absl::StrCat(fn->s, ": argument 1 must be a storage, not ", KindName(a[0]->kind)));
   }
   if (a[1]->kind != PyKind::kInt || a[1]->i < 0) {
     return Error(absl::StrCat(fn->s, ": storage offset must be a non-negative int"));
@@ -154,8 +153,8 @@ absl::StatusOr<PyObject*> Unpickler::Call(const PyObject* fn, const PyObject* ar
     return Error(absl::StrCat("REDUCE on a ", KindName(fn->kind), ", not a callable"));
   }
   if (args_tuple->kind != PyKind::kTuple) {
-    return Error(absl::StrCat("REDUCE arguments must be a tuple, not ",
-                              KindName(args_tuple->kind)));
+    return Error(
+        absl::StrCat("REDUCE arguments must be a tuple, not ", KindName(args_tuple->kind)));
   }
   const std::vector<PyObject*>& a = args_tuple->items;
   switch (fn->global) {
@@ -179,13 +178,12 @@ absl::StatusOr<PyObject*> Unpickler::Call(const PyObject* fn, const PyObject* ar
         return Error("parameter backward hooks are not supported");
       }
       if (n == 4 && !IsEmptyDictOrNone(a[3]) &&
-          !(a[3]->kind == PyKind::kTuple && a[3]->items.size() <= 2 &&
-            [&] {
-              for (const PyObject* s : a[3]->items) {
-                if (!IsEmptyDictOrNone(s)) return false;
-              }
-              return true;
-            }())) {
+          !(a[3]->kind == PyKind::kTuple && a[3]->items.size() <= 2 && [&] {
+            for (const PyObject* s : a[3]->items) {
+              if (!IsEmptyDictOrNone(s)) return false;
+            }
+            return true;
+          }())) {
         return Error("a Parameter with Python attributes is not supported");
       }
       CKPT_ASSIGN_OR_RETURN(PyObject * t, New(PyKind::kTensor));
@@ -203,8 +201,8 @@ absl::StatusOr<PyObject*> Unpickler::Call(const PyObject* fn, const PyObject* ar
         return Error("_codecs.encode takes (str, encoding)");
       }
       if (a[1]->s != "latin1" && a[1]->s != "latin-1") {
-        return Error(absl::StrCat("_codecs.encode: unsupported encoding '",
-                                  Printable(a[1]->s), "'"));
+        return Error(
+            absl::StrCat("_codecs.encode: unsupported encoding '", Printable(a[1]->s), "'"));
       }
       CKPT_ASSIGN_OR_RETURN(PyObject * b, New(PyKind::kBytes));
       // UTF-8 (already validated) to code points, each of which must be < 256.
@@ -215,8 +213,8 @@ absl::StatusOr<PyObject*> Unpickler::Call(const PyObject* fn, const PyObject* ar
         if (c < 0x80) {
           b->s.push_back(static_cast<char>(c));
         } else if ((c == 0xc2 || c == 0xc3) && i + 1 < s.size()) {
-          b->s.push_back(static_cast<char>(((c & 0x03) << 6) |
-                                           (static_cast<uint8_t>(s[i + 1]) & 0x3f)));
+          b->s.push_back(
+              static_cast<char>(((c & 0x03) << 6) | (static_cast<uint8_t>(s[i + 1]) & 0x3f)));
           ++i;
         } else {
           return Error("_codecs.encode: character outside latin-1");

@@ -56,8 +56,8 @@ class TreeConverter {
         break;
       case PyKind::kStr:
         if (obj->s.size() > kMaxInlineString) {
-          return Error(absl::StrCat("string of ", obj->s.size(), " bytes (max ",
-                                          kMaxInlineString, ")"));
+          return Error(
+              absl::StrCat("string of ", obj->s.size(), " bytes (max ", kMaxInlineString, ")"));
         }
         CKPT_RETURN_IF_ERROR(Text(obj->s.size()));
         node.kind = NodeKind::kString;
@@ -93,7 +93,7 @@ class TreeConverter {
               child_key = k->i;
             } else {
               return Error(absl::StrCat("dict key of type ", KindName(k->kind),
-                                              " (only str and int keys are supported)"));
+                                        " (only str and int keys are supported)"));
             }
             if (k->kind == PyKind::kStr) CKPT_RETURN_IF_ERROR(Text(k->s.size()));
             path_.push_back({k, 0});
@@ -139,9 +139,8 @@ class TreeConverter {
   }
   absl::Status Error(absl::string_view message) const {
     const std::string path = Path();
-    return absl::InvalidArgumentError(
-        absl::StrCat("value ", path.empty() ? "<root>" : absl::StrCat("'", path, "'"), ": ",
-                     message));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "value ", path.empty() ? "<root>" : absl::StrCat("'", path, "'"), ": ", message));
   }
   // Keys and strings copied into the tree: bounded, since shared objects
   // are copied once per reference.
@@ -159,7 +158,7 @@ class TreeConverter {
     out_->copied_bytes += n;
     if (out_->copied_bytes > options_.max_copied_bytes) {
       return Error(absl::StrCat("more than ", options_.max_copied_bytes,
-                                      " bytes would be copied out of the file"));
+                                " bytes would be copied out of the file"));
     }
     return absl::OkStatus();
   }
@@ -200,9 +199,9 @@ class TreeConverter {
     }
     if (last >= storage_elems) {
       return Error(absl::StrCat("view (offset ", t.offset, ", size ", ShapeText(t.shape),
-                                      ", stride ", ShapeText(t.stride),
-                                      ") reaches past the end of its storage of ",
-                                      storage_elems, " elements"));
+                                ", stride ", ShapeText(t.stride),
+                                ") reaches past the end of its storage of ", storage_elems,
+                                " elements"));
     }
     bool contiguous = true;
     uint64_t expect = 1;

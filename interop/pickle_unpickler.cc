@@ -39,8 +39,8 @@ absl::StatusOr<PyObject*> Unpickler::New(PyKind kind) {
 
 absl::Status Unpickler::Need(uint64_t n) const {
   if (n > data_.size() - pos_) {
-    return Error(absl::StrCat("truncated pickle: ", n, " bytes needed, ",
-                              data_.size() - pos_, " left"));
+    return Error(
+        absl::StrCat("truncated pickle: ", n, " bytes needed, ", data_.size() - pos_, " left"));
   }
   return absl::OkStatus();
 }
@@ -252,10 +252,10 @@ absl::Status Unpickler::Step(uint8_t op) {
     case kBinBytes:
     case kShortBinBytes:
     case kBinBytes8: {
-      const int width = (op == kShortBinUnicode || op == kShortBinString ||
-                         op == kShortBinBytes)
+      const int width = (op == kShortBinUnicode || op == kShortBinString || op == kShortBinBytes)
                             ? 1
-                            : (op == kBinUnicode8 || op == kBinBytes8) ? 8 : 4;
+                        : (op == kBinUnicode8 || op == kBinBytes8) ? 8
+                                                                   : 4;
       CKPT_ASSIGN_OR_RETURN(uint64_t n, ReadLE(width));
       if (op == kBinString && static_cast<int32_t>(n) < 0) return Error("negative length");
       CKPT_ASSIGN_OR_RETURN(absl::string_view s, ReadBytes(n));
@@ -280,9 +280,8 @@ absl::Status Unpickler::Step(uint8_t op) {
     case kList:
     case kTuple: {
       CKPT_ASSIGN_OR_RETURN(std::vector<PyObject*> items, PopMark());
-      CKPT_ASSIGN_OR_RETURN(PyObject * o,
-                            MakeSeq(op == kList ? PyKind::kList : PyKind::kTuple,
-                                    std::move(items)));
+      CKPT_ASSIGN_OR_RETURN(
+          PyObject * o, MakeSeq(op == kList ? PyKind::kList : PyKind::kTuple, std::move(items)));
       stack_.push_back(o);
       return absl::OkStatus();
     }

@@ -71,7 +71,8 @@ absl::StatusOr<BackupInfo> RocksDbStore::Backup(const std::string& dir) {
     for (it->SeekToFirst(); it->Valid(); it->Next()) ++info.versions;
     counted = FromRocksDb(it->status(), absl::StrCat("counting the versions of backup ", dir));
   }
-  for (rocksdb::ColumnFamilyHandle* h : handles) copy->DestroyColumnFamilyHandle(h).PermitUncheckedError();
+  for (rocksdb::ColumnFamilyHandle* h : handles)
+    copy->DestroyColumnFamilyHandle(h).PermitUncheckedError();
   owned.reset();
   CKPT_RETURN_IF_ERROR(counted);
   return info;

@@ -26,13 +26,13 @@
 
 namespace ckpt::storage {
 
-using internal::RocksDbUpload;
-using internal::Quote;
-using internal::VersionContext;
 using internal::CheckTagCount;
-using internal::WithLatest;
 using internal::DistinctDigests;
 using internal::MultiGetRefs;
+using internal::Quote;
+using internal::RocksDbUpload;
+using internal::VersionContext;
+using internal::WithLatest;
 
 absl::StatusOr<std::unique_ptr<Upload>> RocksDbStore::BeginUpload(absl::string_view name) {
   CKPT_RETURN_IF_ERROR(ValidateName(name));

@@ -19,14 +19,14 @@
 
 namespace ckpt::storage {
 
-using internal::StoreCore;
-using internal::Quote;
-using internal::VersionContext;
-using internal::TagsByVersion;
-using internal::ReadVersionRecord;
-using internal::ReadTree;
 using internal::DistinctDigests;
 using internal::MultiGetRefs;
+using internal::Quote;
+using internal::ReadTree;
+using internal::ReadVersionRecord;
+using internal::StoreCore;
+using internal::TagsByVersion;
+using internal::VersionContext;
 
 absl::StatusOr<uint64_t> RocksDbStore::DeleteVersion(absl::string_view name, uint64_t version,
                                                      bool force) {

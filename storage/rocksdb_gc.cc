@@ -24,9 +24,9 @@
 
 namespace ckpt::storage {
 
+using internal::ScanIterator;
 using internal::StoreCore;
 using internal::View;
-using internal::ScanIterator;
 
 namespace {
 
@@ -239,9 +239,9 @@ absl::StatusOr<GcResult> RocksDbStore::CollectGarbage() {
         // What is really on disk: an upload whose ingest failed (a full
         // disk) recorded chunks it never wrote.
         for (const ChunkIdRange& r : record->ranges) {
-          ScanIterator chunks(core_->db, core_->chunks_cf, ro, ChunkKey(r.lo),
-                              r.hi == std::numeric_limits<uint64_t>::max() ? std::string()
-                                                                           : ChunkKey(r.hi + 1));
+          ScanIterator chunks(
+              core_->db, core_->chunks_cf, ro, ChunkKey(r.lo),
+              r.hi == std::numeric_limits<uint64_t>::max() ? std::string() : ChunkKey(r.hi + 1));
           for (chunks->SeekToFirst(); chunks->Valid(); chunks->Next()) {
             ++result.chunks_removed;
             result.bytes_removed += chunks->value().size();

@@ -27,10 +27,10 @@ namespace ckpt::storage {
 
 namespace fs = std::filesystem;
 
-using internal::StoreCore;
-using internal::View;
 using internal::FsError;
 using internal::ScanIterator;
+using internal::StoreCore;
+using internal::View;
 
 namespace {
 
@@ -51,11 +51,11 @@ absl::Status CheckFormat(StoreCore& core) {
   auto version = DecodeBigEndian64(value);
   if (!version.ok()) return Annotate(version.status(), "reading the store's format version");
   if (*version != kStoreFormatVersion) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "the store at ", core.options.path, " has on-disk format version ", *version,
-        ", and this server reads format ", kStoreFormatVersion,
-        ": run a ckpt-server release that reads format ", *version,
-        " (README: Backup, restore and upgrade); nothing was changed"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("the store at ", core.options.path, " has on-disk format version ", *version,
+                     ", and this server reads format ", kStoreFormatVersion,
+                     ": run a ckpt-server release that reads format ", *version,
+                     " (README: Backup, restore and upgrade); nothing was changed"));
   }
   return absl::OkStatus();
 }

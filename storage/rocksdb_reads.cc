@@ -20,16 +20,16 @@
 
 namespace ckpt::storage {
 
-using internal::View;
-using internal::Quote;
 using internal::CheckpointNotFound;
-using internal::VersionContext;
-using internal::ScanIterator;
 using internal::LatestVersion;
-using internal::TagsByVersion;
-using internal::WithLatest;
-using internal::ReadVersionRecord;
+using internal::Quote;
 using internal::ReadTree;
+using internal::ReadVersionRecord;
+using internal::ScanIterator;
+using internal::TagsByVersion;
+using internal::VersionContext;
+using internal::View;
+using internal::WithLatest;
 
 absl::StatusOr<VersionInfo> RocksDbStore::GetVersion(absl::string_view name,
                                                      const VersionSelector& selector) {

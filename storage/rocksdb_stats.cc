@@ -18,9 +18,9 @@
 
 namespace ckpt::storage {
 
-using internal::View;
-using internal::VersionContext;
 using internal::ScanIterator;
+using internal::VersionContext;
+using internal::View;
 
 absl::StatusOr<StoreStats> RocksDbStore::Stats() {
   StoreStats stats;

@@ -15,10 +15,10 @@
 
 namespace ckpt::storage {
 
-using internal::StoreCore;
-using internal::Quote;
-using internal::VersionContext;
 using internal::CheckTagCount;
+using internal::Quote;
+using internal::StoreCore;
+using internal::VersionContext;
 using internal::VersionNotFound;
 
 absl::Status RocksDbStore::SetTag(absl::string_view name, absl::string_view tag, uint64_t version) {
@@ -47,10 +47,9 @@ absl::Status RocksDbStore::DeleteTag(absl::string_view name, absl::string_view t
     return absl::NotFoundError(absl::StrCat("tag ", Quote(tag), " of ", Quote(name), " not found"));
   }
   CKPT_RETURN_IF_ERROR(FromRocksDb(s, absl::StrCat("reading tag ", Quote(tag))));
-  return FromRocksDb(
-      core_->DeleteOne(core_->CommitWriteOptions(), core_->tags_cf, TagKey(name, tag),
-                       StoreCore::Room::kMayUseReserve),
-      absl::StrCat("deleting tag ", Quote(tag), " of ", Quote(name)));
+  return FromRocksDb(core_->DeleteOne(core_->CommitWriteOptions(), core_->tags_cf,
+                                      TagKey(name, tag), StoreCore::Room::kMayUseReserve),
+                     absl::StrCat("deleting tag ", Quote(tag), " of ", Quote(name)));
 }
 
 }  // namespace ckpt::storage

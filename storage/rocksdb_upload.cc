@@ -25,8 +25,7 @@ RocksDbUpload::~RocksDbUpload() {
   core_->live_blocks.erase(id_);
 }
 
-absl::StatusOr<std::vector<bool>> RocksDbUpload::FindMissing(
-    absl::Span<const Digest> digests) {
+absl::StatusOr<std::vector<bool>> RocksDbUpload::FindMissing(absl::Span<const Digest> digests) {
   std::vector<bool> missing(digests.size(), false);
   std::vector<size_t> asked;
   std::vector<std::string> keys;
@@ -64,14 +63,14 @@ absl::Status RocksDbUpload::PutChunk(const Digest& digest, absl::Span<const uint
   }
   CKPT_RETURN_IF_ERROR(broken_);
   if (data.size() > core_->options.max_chunk_bytes) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("chunk ", digest.Hex(), " has ", data.size(), " bytes, more than the ",
-                     core_->options.max_chunk_bytes, "-byte limit"));
+    return absl::InvalidArgumentError(absl::StrCat("chunk ", digest.Hex(), " has ", data.size(),
+                                                   " bytes, more than the ",
+                                                   core_->options.max_chunk_bytes, "-byte limit"));
   }
   Digest computed = Digest::Of(data);
   if (computed != digest) {
-    return absl::InvalidArgumentError(absl::StrCat("chunk digest mismatch: declared ",
-                                                   digest.Hex(), ", computed ", computed.Hex()));
+    return absl::InvalidArgumentError(absl::StrCat("chunk digest mismatch: declared ", digest.Hex(),
+                                                   ", computed ", computed.Hex()));
   }
   if (written_.contains(digest)) return absl::OkStatus();
 
@@ -120,15 +119,14 @@ absl::Status RocksDbUpload::WritePending(bool sync) {
   PendingRecord record{ranges_, written_.size(), bytes_written_};
   rocksdb::WriteOptions w;
   w.sync = sync;
-  CKPT_RETURN_IF_ERROR(FromRocksDb(
-      core_->PutOne(w, core_->default_cf, PendingKey(id_), EncodePendingRecord(record)),
-      "recording pending upload"));
+  CKPT_RETURN_IF_ERROR(
+      FromRocksDb(core_->PutOne(w, core_->default_cf, PendingKey(id_), EncodePendingRecord(record)),
+                  "recording pending upload"));
   pending_written_ = true;
   return absl::OkStatus();
 }
 
-absl::Status RocksDbUpload::AppendToFile(bool new_block, uint64_t id,
-                                         const rocksdb::Slice& value) {
+absl::Status RocksDbUpload::AppendToFile(bool new_block, uint64_t id, const rocksdb::Slice& value) {
   if (writer_ != nullptr && (new_block || writer_bytes_ >= kMaxIngestFileBytes)) {
     CKPT_RETURN_IF_ERROR(FinishFile());
   }
@@ -137,9 +135,9 @@ absl::Status RocksDbUpload::AppendToFile(bool new_block, uint64_t id,
         (fs::path(core_->ingest_dir) / absl::StrCat(id_, "-", files_.size(), ".sst")).string();
     // invalidate_page_cache=false: a restore right after a save then reads
     // from the page cache.
-    writer_ = std::make_unique<rocksdb::SstFileWriter>(
-        core_->chunk_env_options, core_->chunk_file_options, core_->chunks_cf,
-        /*invalidate_page_cache=*/false);
+    writer_ = std::make_unique<rocksdb::SstFileWriter>(core_->chunk_env_options,
+                                                       core_->chunk_file_options, core_->chunks_cf,
+                                                       /*invalidate_page_cache=*/false);
     writer_bytes_ = 0;
     CKPT_RETURN_IF_ERROR(
         FromRocksDb(writer_->Open(current_file_), absl::StrCat("creating ", current_file_)));

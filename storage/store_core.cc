@@ -58,8 +58,8 @@ absl::Status StoreCore::CheckDiskSpace(uint64_t bytes) const {
   const uint64_t free = FreeSpace();
   if (free >= reserved && free - reserved >= bytes) return absl::OkStatus();
   return absl::ResourceExhaustedError(absl::StrCat(
-      "disk full: ", free, " bytes free where the store lives, a save needs ", bytes,
-      " more and ", reserved,
+      "disk full: ", free, " bytes free where the store lives, a save needs ", bytes, " more and ",
+      reserved,
       " stay reserved for deletes and gc; nothing was saved (delete versions and run gc, or "
       "add space)"));
 }
@@ -112,9 +112,8 @@ absl::StatusOr<uint64_t> StoreCore::AllocateBlock(uint64_t upload_id) {
     uint64_t reserved = next_block + kReserve;
     rocksdb::WriteOptions w;
     w.sync = true;
-    CKPT_RETURN_IF_ERROR(
-        FromRocksDb(PutOne(w, default_cf, kNextBlockKey, EncodeBigEndian64(reserved)),
-                    "reserving chunk ids"));
+    CKPT_RETURN_IF_ERROR(FromRocksDb(
+        PutOne(w, default_cf, kNextBlockKey, EncodeBigEndian64(reserved)), "reserving chunk ids"));
     persisted_block = reserved;
   }
   live_blocks[upload_id].push_back(next_block);
@@ -177,8 +176,7 @@ absl::Status CheckTagCount(StoreCore& core, const rocksdb::ReadOptions& ro, absl
   CKPT_RETURN_IF_ERROR(FromRocksDb(it->status(), "reading tags"));
   if (all.size() > kMaxTagsPerName) {
     return absl::ResourceExhaustedError(absl::StrCat(Quote(name), " would have more than ",
-                                                     kMaxTagsPerName,
-                                                     " tags; remove some first"));
+                                                     kMaxTagsPerName, " tags; remove some first"));
   }
   return absl::OkStatus();
 }
