@@ -7,8 +7,8 @@ FileSystemWriter / FileSystemReader with N ranks. Prints numbers; not a test.
                                   [--ranks 4] [--no-cpp] [--no-dcp]
 
 The C++ numbers come from build/bench/bench_torch (same workloads, same scale,
-its own fresh server) run by this script; ratios compare runs made minutes apart
-on the same machine.
+its own fresh server) run by this script, alternating with the Python runs; the
+best of --repeat runs of each is printed.
 """
 
 from __future__ import annotations
@@ -153,7 +153,15 @@ def bench_workload(args, label, shapes, workdir):
     total = nbytes(sd)
     print(f"== {label}: {len(sd)} tensors, {total / 1e6:.1f} MB "
           f"(best of {args.repeat} runs each)")
-    runs = [python_run(sd, label, workdir, i) for i in range(args.repeat)]
+    # Python and C++ runs alternate, so that a busy spell of the machine
+    # weighs on both.
+    runs = []
+    cpps = []
+    for i in range(args.repeat):
+        runs.append(python_run(sd, label, workdir, i))
+        c = run_cpp(args, "gpt2" if label.startswith("gpt2") else "small")
+        if c:
+            cpps.append(c)
     best = {k: min(r[k] for r in runs) for k in runs[0]}
     best["save_peak"] = max(r["save_peak"] for r in runs)
     best["load_peak"] = max(r["load_peak"] for r in runs)
@@ -169,8 +177,6 @@ def bench_workload(args, label, shapes, workdir):
     tl_s, value = timed(lambda: torch.load(path, weights_only=True))
     del value
     os.unlink(path)
-    cpps = [c for c in (run_cpp(args, "gpt2" if label.startswith("gpt2") else "small")
-                        for _ in range(args.repeat)) if c]
     cpp = None
     if cpps:
         cpp = {k: max(c[k] for c in cpps) for k in ("save", "load_into", "load_new")}
