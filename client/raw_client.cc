@@ -4,6 +4,8 @@
 
 #include <fstream>
 #include <future>
+#include <mutex>
+#include <set>
 #include <sstream>
 
 #include "absl/container/flat_hash_map.h"
@@ -47,10 +49,26 @@ class GrpcRawClient final : public RawClient {
         health_(grpc::health::v1::Health::NewStub(channel_)),
         options_(options) {}
 
+  void Close() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    closed_ = true;
+    for (grpc::ClientContext* context : in_flight_) context->TryCancel();
+  }
+
   absl::StatusOr<SaveResult> Save(const std::string& name, const SaveInput& input,
                                   const SaveOptions& options) override {
     grpc::ClientContext context;
     Prepare(&context, options.timeout);
+    InFlight in_flight(this, &context);
+    CKPT_RETURN_IF_ERROR(in_flight.status());
+    absl::StatusOr<SaveResult> result = RunSaveCall(context, name, input, options);
+    if (result.ok()) return result;
+    return in_flight.Outcome(result.status(), "the save");
+  }
+
+  // The Save stream on `context`, cancelled when it fails on our side.
+  absl::StatusOr<SaveResult> RunSaveCall(grpc::ClientContext& context, const std::string& name,
+                                         const SaveInput& input, const SaveOptions& options) {
     auto stream = stub_->Save(&context);
     bool broken = false;
     absl::StatusOr<SaveResult> result = RunSave(stream.get(), name, input, options, &broken);
@@ -73,6 +91,14 @@ class GrpcRawClient final : public RawClient {
   absl::Status Load(const std::string& name, const LoadOptions& options, LoadSink* sink) override {
     grpc::ClientContext context;
     Prepare(&context, options.timeout);
+    InFlight in_flight(this, &context);
+    CKPT_RETURN_IF_ERROR(in_flight.status());
+    return in_flight.Outcome(RunLoadCall(context, name, options, sink), "the load");
+  }
+
+  // The Load stream on `context`, cancelled when it fails on our side.
+  absl::Status RunLoadCall(grpc::ClientContext& context, const std::string& name,
+                           const LoadOptions& options, LoadSink* sink) {
     v1::LoadRequest request;
     request.set_name(name);
     request.set_version(options.version);
@@ -125,15 +151,16 @@ class GrpcRawClient final : public RawClient {
     return std::move(collect.value);
   }
 
-  absl::StatusOr<std::vector<CheckpointSummary>> ListCheckpoints(
-      const std::string& prefix) override {
+  absl::StatusOr<std::vector<CheckpointSummary>> ListCheckpoints(const std::string& prefix,
+                                                                 const CallOptions& call) override {
+    const absl::Time deadline = Deadline(call);
     std::vector<CheckpointSummary> out;
     v1::ListCheckpointsRequest request;
     request.set_prefix(prefix);
     for (;;) {
       v1::ListCheckpointsResponse response;
       CKPT_RETURN_IF_ERROR(
-          Unary(&v1::CheckpointService::Stub::ListCheckpoints, request, &response));
+          Unary(&v1::CheckpointService::Stub::ListCheckpoints, request, &response, call, deadline));
       for (const auto& c : response.checkpoints()) {
         CheckpointSummary s;
         s.name = c.name();
@@ -148,13 +175,16 @@ class GrpcRawClient final : public RawClient {
     }
   }
 
-  absl::StatusOr<std::vector<VersionInfo>> ListVersions(const std::string& name) override {
+  absl::StatusOr<std::vector<VersionInfo>> ListVersions(const std::string& name,
+                                                        const CallOptions& call) override {
+    const absl::Time deadline = Deadline(call);
     v1::ListVersionsRequest request;
     request.set_name(name);
     std::vector<VersionInfo> out;
     do {  // Page by page: a name's versions may not fit one message.
       v1::ListVersionsResponse response;
-      CKPT_RETURN_IF_ERROR(Unary(&v1::CheckpointService::Stub::ListVersions, request, &response));
+      CKPT_RETURN_IF_ERROR(
+          Unary(&v1::CheckpointService::Stub::ListVersions, request, &response, call, deadline));
       for (const auto& v : response.versions()) out.push_back(rpc::FromProto(v));
       request.set_page_token(response.next_page_token());
     } while (!request.page_token().empty());
@@ -162,7 +192,9 @@ class GrpcRawClient final : public RawClient {
   }
 
   absl::StatusOr<LoadedValue> GetManifest(const std::string& name, uint64_t version,
-                                          const std::string& tag) override {
+                                          const std::string& tag,
+                                          const CallOptions& call) override {
+    const absl::Time deadline = Deadline(call);
     LoadedValue out;
     v1::GetManifestRequest request;
     request.set_name(name);
@@ -170,7 +202,8 @@ class GrpcRawClient final : public RawClient {
     request.set_tag(tag);
     for (;;) {
       v1::GetManifestResponse response;
-      CKPT_RETURN_IF_ERROR(Unary(&v1::CheckpointService::Stub::GetManifest, request, &response));
+      CKPT_RETURN_IF_ERROR(
+          Unary(&v1::CheckpointService::Stub::GetManifest, request, &response, call, deadline));
       out.version = rpc::FromProto(response.version());
       // Later pages must come from the same version even if `latest` moves.
       request.set_version(out.version.version);
@@ -186,38 +219,46 @@ class GrpcRawClient final : public RawClient {
     return out;
   }
 
-  absl::StatusOr<uint64_t> DeleteVersion(const std::string& name, uint64_t version,
-                                         bool force) override {
+  absl::StatusOr<uint64_t> DeleteVersion(const std::string& name, uint64_t version, bool force,
+                                         const CallOptions& call) override {
+    const absl::Time deadline = Deadline(call);
     v1::DeleteVersionRequest request;
     request.set_name(name);
     request.set_version(version);
     request.set_force(force);
     v1::DeleteVersionResponse response;
-    CKPT_RETURN_IF_ERROR(Unary(&v1::CheckpointService::Stub::DeleteVersion, request, &response));
+    CKPT_RETURN_IF_ERROR(
+        Unary(&v1::CheckpointService::Stub::DeleteVersion, request, &response, call, deadline));
     return response.released_chunks();
   }
 
-  absl::Status SetTag(const std::string& name, const std::string& tag, uint64_t version) override {
+  absl::Status SetTag(const std::string& name, const std::string& tag, uint64_t version,
+                      const CallOptions& call) override {
+    const absl::Time deadline = Deadline(call);
     v1::SetTagRequest request;
     request.set_name(name);
     request.set_tag(tag);
     request.set_version(version);
     v1::SetTagResponse response;
-    return Unary(&v1::CheckpointService::Stub::SetTag, request, &response);
+    return Unary(&v1::CheckpointService::Stub::SetTag, request, &response, call, deadline);
   }
 
-  absl::Status DeleteTag(const std::string& name, const std::string& tag) override {
+  absl::Status DeleteTag(const std::string& name, const std::string& tag,
+                         const CallOptions& call) override {
+    const absl::Time deadline = Deadline(call);
     v1::DeleteTagRequest request;
     request.set_name(name);
     request.set_tag(tag);
     v1::DeleteTagResponse response;
-    return Unary(&v1::CheckpointService::Stub::DeleteTag, request, &response);
+    return Unary(&v1::CheckpointService::Stub::DeleteTag, request, &response, call, deadline);
   }
 
-  absl::StatusOr<ServerInfo> GetServerInfo() override {
+  absl::StatusOr<ServerInfo> GetServerInfo(const CallOptions& call) override {
+    const absl::Time deadline = Deadline(call);
     v1::GetServerInfoRequest request;
     v1::GetServerInfoResponse response;
-    CKPT_RETURN_IF_ERROR(Unary(&v1::CheckpointService::Stub::GetServerInfo, request, &response));
+    CKPT_RETURN_IF_ERROR(
+        Unary(&v1::CheckpointService::Stub::GetServerInfo, request, &response, call, deadline));
     ServerInfo info;
     info.server_version = response.server_version();
     info.chunk_size = response.chunk_size();
@@ -235,10 +276,12 @@ class GrpcRawClient final : public RawClient {
     return info;
   }
 
-  absl::StatusOr<GcResult> GarbageCollect() override {
+  absl::StatusOr<GcResult> GarbageCollect(const CallOptions& call) override {
+    const absl::Time deadline = Deadline(call);
     v1::GarbageCollectRequest request;
     v1::GarbageCollectResponse response;
-    CKPT_RETURN_IF_ERROR(Unary(&v1::CheckpointService::Stub::GarbageCollect, request, &response));
+    CKPT_RETURN_IF_ERROR(
+        Unary(&v1::CheckpointService::Stub::GarbageCollect, request, &response, call, deadline));
     GcResult gc;
     gc.chunks_removed = response.chunks_removed();
     gc.bytes_removed = response.bytes_removed();
@@ -246,11 +289,13 @@ class GrpcRawClient final : public RawClient {
     return gc;
   }
 
-  absl::StatusOr<BackupInfo> Backup(const std::string& name) override {
+  absl::StatusOr<BackupInfo> Backup(const std::string& name, const CallOptions& call) override {
+    const absl::Time deadline = Deadline(call);
     v1::BackupRequest request;
     request.set_name(name);
     v1::BackupResponse response;
-    CKPT_RETURN_IF_ERROR(Unary(&v1::CheckpointService::Stub::Backup, request, &response));
+    CKPT_RETURN_IF_ERROR(
+        Unary(&v1::CheckpointService::Stub::Backup, request, &response, call, deadline));
     BackupInfo backup;
     backup.name = response.name();
     backup.path = response.path();
@@ -260,11 +305,14 @@ class GrpcRawClient final : public RawClient {
     return backup;
   }
 
-  absl::StatusOr<NamespaceUsage> GetUsage(const std::string& name_or_prefix) override {
+  absl::StatusOr<NamespaceUsage> GetUsage(const std::string& name_or_prefix,
+                                          const CallOptions& call) override {
+    const absl::Time deadline = Deadline(call);
     v1::GetUsageRequest request;
     request.set_namespace_(name_or_prefix);
     v1::GetUsageResponse response;
-    CKPT_RETURN_IF_ERROR(Unary(&v1::CheckpointService::Stub::GetUsage, request, &response));
+    CKPT_RETURN_IF_ERROR(
+        Unary(&v1::CheckpointService::Stub::GetUsage, request, &response, call, deadline));
     NamespaceUsage usage;
     usage.ns = response.namespace_();
     usage.used_bytes = response.used_bytes();
@@ -273,38 +321,56 @@ class GrpcRawClient final : public RawClient {
   }
 
   absl::StatusOr<std::vector<uint64_t>> SetRetention(const std::string& name,
-                                                     const RetentionPolicy& policy) override {
+                                                     const RetentionPolicy& policy,
+                                                     const CallOptions& call) override {
+    const absl::Time deadline = Deadline(call);
     v1::SetRetentionRequest request;
     request.set_name(name);
     rpc::ToProto(policy, request.mutable_policy());
     v1::SetRetentionResponse response;
-    CKPT_RETURN_IF_ERROR(Unary(&v1::CheckpointService::Stub::SetRetention, request, &response));
+    CKPT_RETURN_IF_ERROR(
+        Unary(&v1::CheckpointService::Stub::SetRetention, request, &response, call, deadline));
     return std::vector<uint64_t>(response.would_delete().begin(), response.would_delete().end());
   }
 
-  absl::StatusOr<RetentionPolicy> GetRetention(const std::string& name) override {
+  absl::StatusOr<RetentionPolicy> GetRetention(const std::string& name,
+                                               const CallOptions& call) override {
+    const absl::Time deadline = Deadline(call);
     v1::GetRetentionRequest request;
     request.set_name(name);
     v1::GetRetentionResponse response;
-    CKPT_RETURN_IF_ERROR(Unary(&v1::CheckpointService::Stub::GetRetention, request, &response));
+    CKPT_RETURN_IF_ERROR(
+        Unary(&v1::CheckpointService::Stub::GetRetention, request, &response, call, deadline));
     return rpc::FromProto(response.policy());
   }
 
-  absl::StatusOr<std::vector<uint64_t>> Prune(const std::string& name, bool dry_run) override {
+  absl::StatusOr<std::vector<uint64_t>> Prune(const std::string& name, bool dry_run,
+                                              const CallOptions& call) override {
+    const absl::Time deadline = Deadline(call);
     v1::PruneRequest request;
     request.set_name(name);
     request.set_dry_run(dry_run);
     v1::PruneResponse response;
-    CKPT_RETURN_IF_ERROR(Unary(&v1::CheckpointService::Stub::Prune, request, &response));
+    CKPT_RETURN_IF_ERROR(
+        Unary(&v1::CheckpointService::Stub::Prune, request, &response, call, deadline));
     return std::vector<uint64_t>(response.deleted().begin(), response.deleted().end());
   }
 
-  absl::Status Health() override {
+  absl::Status Health(const CallOptions& call) override {
+    const absl::Time deadline = Deadline(call);
     grpc::ClientContext context;
-    Prepare(&context, options_.rpc_timeout);
+    Prepare(&context, absl::ZeroDuration());
+    if (deadline != absl::InfiniteFuture()) context.set_deadline(absl::ToChronoTime(deadline));
+    for (const auto& [key, value] : call.headers) context.AddMetadata(key, value);
+    if (absl::Now() >= deadline) {
+      return absl::DeadlineExceededError("the call's deadline passed before it started");
+    }
+    InFlight in_flight(this, &context);
+    CKPT_RETURN_IF_ERROR(in_flight.status());
     grpc::health::v1::HealthCheckRequest request;
     grpc::health::v1::HealthCheckResponse response;
-    CKPT_RETURN_IF_ERROR(rpc::FromGrpcStatus(health_->Check(&context, request, &response)));
+    CKPT_RETURN_IF_ERROR(in_flight.Outcome(
+        rpc::FromGrpcStatus(health_->Check(&context, request, &response)), "the call"));
     if (response.status() != grpc::health::v1::HealthCheckResponse::SERVING) {
       return absl::UnavailableError(absl::StrCat(
           "server is not serving (health status ",
@@ -322,12 +388,64 @@ class GrpcRawClient final : public RawClient {
     }
   }
 
-  template <typename Method, typename Request, typename Response>
-  absl::Status Unary(Method method, const Request& request, Response* response) {
-    grpc::ClientContext context;
-    Prepare(&context, options_.rpc_timeout);
-    return rpc::FromGrpcStatus(((*stub_).*method)(&context, request, response));
+  // When a unary method given `call` must be done.
+  absl::Time Deadline(const CallOptions& call) const {
+    const absl::Duration timeout =
+        call.timeout > absl::ZeroDuration() ? call.timeout : options_.rpc_timeout;
+    return timeout > absl::ZeroDuration() ? absl::Now() + timeout : absl::InfiniteFuture();
   }
+
+  template <typename Method, typename Request, typename Response>
+  absl::Status Unary(Method method, const Request& request, Response* response,
+                     const CallOptions& call, absl::Time deadline) {
+    grpc::ClientContext context;
+    Prepare(&context, absl::ZeroDuration());
+    if (deadline != absl::InfiniteFuture()) context.set_deadline(absl::ToChronoTime(deadline));
+    for (const auto& [key, value] : call.headers) context.AddMetadata(key, value);
+    if (absl::Now() >= deadline) {
+      return absl::DeadlineExceededError("the call's deadline passed before it started");
+    }
+    InFlight in_flight(this, &context);
+    CKPT_RETURN_IF_ERROR(in_flight.status());
+    return in_flight.Outcome(rpc::FromGrpcStatus(((*stub_).*method)(&context, request, response)),
+                             "the call");
+  }
+
+  // Registers a call's context while it runs, so that Close() can cancel it.
+  class InFlight {
+   public:
+    InFlight(GrpcRawClient* client, grpc::ClientContext* context)
+        : client_(client), context_(context) {
+      std::lock_guard<std::mutex> lock(client_->mu_);
+      if (client_->closed_) {
+        status_ = absl::FailedPreconditionError("client is closed");
+        context_ = nullptr;
+        return;
+      }
+      client_->in_flight_.insert(context_);
+    }
+    ~InFlight() {
+      if (context_ == nullptr) return;
+      std::lock_guard<std::mutex> lock(client_->mu_);
+      client_->in_flight_.erase(context_);
+    }
+    InFlight(const InFlight&) = delete;
+    InFlight& operator=(const InFlight&) = delete;
+    const absl::Status& status() const { return status_; }
+    // `failed` unless Close() ran meanwhile: then Cancelled, whatever gRPC
+    // made of the cancellation (a broken stream, CANCELLED).
+    absl::Status Outcome(absl::Status failed, absl::string_view what) const {
+      if (failed.ok()) return failed;
+      std::lock_guard<std::mutex> lock(client_->mu_);
+      if (!client_->closed_) return failed;
+      return absl::CancelledError(absl::StrCat(what, " was cancelled: the client was closed"));
+    }
+
+   private:
+    GrpcRawClient* client_;
+    grpc::ClientContext* context_;
+    absl::Status status_;
+  };
 
   using SaveStream = grpc::ClientReaderWriter<v1::SaveRequest, v1::SaveResponse>;
 
@@ -564,8 +682,7 @@ class GrpcRawClient final : public RawClient {
       if (!response.has_data()) return absl::InternalError("expected data in load stream");
       for (const auto& piece : response.data().pieces()) {
         if (piece.node() != node) {
-          if (piece.node() < node || piece.node() >= tree.size() ||
-              offset != expect[node]) {
+          if (piece.node() < node || piece.node() >= tree.size() || offset != expect[node]) {
             return absl::InternalError("load stream pieces out of order");
           }
           for (size_t skipped = node + 1; skipped < piece.node(); ++skipped) {
@@ -591,6 +708,9 @@ class GrpcRawClient final : public RawClient {
   std::unique_ptr<v1::CheckpointService::Stub> stub_;
   std::unique_ptr<grpc::health::v1::Health::Stub> health_;
   ClientOptions options_;
+  std::mutex mu_;
+  bool closed_ = false;                       // guarded by mu_
+  std::set<grpc::ClientContext*> in_flight_;  // guarded by mu_
 };
 
 absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> Credentials(

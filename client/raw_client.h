@@ -15,6 +15,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -54,6 +55,19 @@ struct ClientOptions {
   /// Name to verify the server's certificate against instead of the host
   /// of the target (TLS only). Default: "".
   std::string tls_server_name;
+};
+
+/// Options of one unary call (every RawClient method but Save and Load, whose
+/// SaveOptions and LoadOptions carry their own), like Arrow Flight's
+/// FlightCallOptions.
+struct CallOptions {
+  /// Deadline of the whole call (all pages of a paged listing); zero:
+  /// ClientOptions::rpc_timeout. DeadlineExceeded when it passes.
+  /// Default: zero.
+  absl::Duration timeout = absl::ZeroDuration();
+  /// Extra gRPC metadata sent with the call (lower-case keys), e.g. a request
+  /// id for proxies. Default: none.
+  std::vector<std::pair<std::string, std::string>> headers;
 };
 
 /// Per-save options.
@@ -178,8 +192,12 @@ struct NamespaceUsage {
   uint64_t quota_bytes = 0;
 };
 
-/// A connection to a ckpt server. Thread-safe: calls may run concurrently.
-/// Errors carry the server's gRPC status code and message.
+/// A connection to a ckpt server. Thread-safe: calls may run concurrently,
+/// and Close() may be called from any thread. Errors carry the server's gRPC
+/// status code and message; every method may also return Unavailable (server
+/// unreachable), DeadlineExceeded (its timeout passed), Unauthenticated or
+/// PermissionDenied (token), Cancelled (Close() during the call) and
+/// FailedPrecondition "client is closed" (after Close()).
 class RawClient {
  public:
   /// Connects to `target` (HOST:PORT). Unavailable if the server does not
@@ -188,7 +206,13 @@ class RawClient {
   /// NotFound for unusable TLS settings or files.
   static absl::StatusOr<std::unique_ptr<RawClient>> Connect(const std::string& target,
                                                             const ClientOptions& options);
+  /// Closes the connection (like Close()).
   virtual ~RawClient() = default;
+
+  /// Cancels the calls in flight (they return Cancelled: a save cut off this
+  /// way leaves no version) and makes every later call fail with
+  /// FailedPrecondition "client is closed". Idempotent; thread-safe.
+  virtual void Close() = 0;
 
   /// Saves `input` as the next version of `name`, sending only the chunks
   /// the server lacks. Returns once the version is durable (for a multi-part
@@ -204,43 +228,51 @@ class RawClient {
 
   /// All checkpoint names starting with `prefix`.
   virtual absl::StatusOr<std::vector<CheckpointSummary>> ListCheckpoints(
-      const std::string& prefix) = 0;
+      const std::string& prefix, const CallOptions& call = {}) = 0;
   /// Versions of `name`, oldest first. NotFound if none.
-  virtual absl::StatusOr<std::vector<VersionInfo>> ListVersions(const std::string& name) = 0;
+  virtual absl::StatusOr<std::vector<VersionInfo>> ListVersions(const std::string& name,
+                                                                const CallOptions& call = {}) = 0;
   /// The tree of a version (all pages).
   virtual absl::StatusOr<LoadedValue> GetManifest(const std::string& name, uint64_t version,
-                                                  const std::string& tag) = 0;
+                                                  const std::string& tag,
+                                                  const CallOptions& call = {}) = 0;
   /// Deletes a version; returns the chunks it released.
   virtual absl::StatusOr<uint64_t> DeleteVersion(const std::string& name, uint64_t version,
-                                                 bool force) = 0;
-  virtual absl::Status SetTag(const std::string& name, const std::string& tag,
-                              uint64_t version) = 0;
-  virtual absl::Status DeleteTag(const std::string& name, const std::string& tag) = 0;
-  virtual absl::StatusOr<ServerInfo> GetServerInfo() = 0;
+                                                 bool force, const CallOptions& call = {}) = 0;
+  virtual absl::Status SetTag(const std::string& name, const std::string& tag, uint64_t version,
+                              const CallOptions& call = {}) = 0;
+  virtual absl::Status DeleteTag(const std::string& name, const std::string& tag,
+                                 const CallOptions& call = {}) = 0;
+  virtual absl::StatusOr<ServerInfo> GetServerInfo(const CallOptions& call = {}) = 0;
   /// The namespace of `name_or_prefix` ("team", "team/", "team/run-1/m":
   /// team), with the bytes it holds against its quota. Needs the read
   /// right on the whole namespace.
-  virtual absl::StatusOr<NamespaceUsage> GetUsage(const std::string& name_or_prefix) = 0;
-  virtual absl::StatusOr<GcResult> GarbageCollect() = 0;
+  virtual absl::StatusOr<NamespaceUsage> GetUsage(const std::string& name_or_prefix,
+                                                  const CallOptions& call = {}) = 0;
+  virtual absl::StatusOr<GcResult> GarbageCollect(const CallOptions& call = {}) = 0;
   /// Sets `name`'s retention policy (RetentionPolicy{} removes it); the
   /// server applies it after each save of `name`. Returns the versions it
   /// would delete now, oldest first. InvalidArgument for a bad policy
   /// (e.g. keep_best without a metric); needs the admin right on `name`.
   virtual absl::StatusOr<std::vector<uint64_t>> SetRetention(const std::string& name,
-                                                             const RetentionPolicy& policy) = 0;
+                                                             const RetentionPolicy& policy,
+                                                             const CallOptions& call = {}) = 0;
   /// `name`'s retention policy (off if none is set).
-  virtual absl::StatusOr<RetentionPolicy> GetRetention(const std::string& name) = 0;
+  virtual absl::StatusOr<RetentionPolicy> GetRetention(const std::string& name,
+                                                       const CallOptions& call = {}) = 0;
   /// Applies `name`'s retention policy now (with `dry_run`, only lists what
   /// it would delete). Returns the versions deleted, oldest first.
-  virtual absl::StatusOr<std::vector<uint64_t>> Prune(const std::string& name, bool dry_run) = 0;
+  virtual absl::StatusOr<std::vector<uint64_t>> Prune(const std::string& name, bool dry_run,
+                                                      const CallOptions& call = {}) = 0;
   /// Has the server write a consistent copy of its whole store into
   /// `<its --backup-dir>/<name>` (empty `name`: "ckpt-backup-<UTC time>")
   /// while it keeps serving. Needs the admin right on "*";
   /// FailedPrecondition if the server has no --backup-dir, AlreadyExists if
   /// the backup exists, InvalidArgument for a bad name.
-  virtual absl::StatusOr<BackupInfo> Backup(const std::string& name) = 0;
+  virtual absl::StatusOr<BackupInfo> Backup(const std::string& name,
+                                            const CallOptions& call = {}) = 0;
   /// grpc.health.v1 Check of the whole server: OK when serving.
-  virtual absl::Status Health() = 0;
+  virtual absl::Status Health(const CallOptions& call = {}) = 0;
 };
 
 }  // namespace ckpt::client

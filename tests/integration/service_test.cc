@@ -426,6 +426,69 @@ TEST_F(ServiceTest, DeadlineIsHonoured) {
   EXPECT_EQ(client_->Load("d/model", load).status().code(), absl::StatusCode::kDeadlineExceeded);
 }
 
+// Per-call options of the unary calls: their own deadline (covering every
+// page of a listing) and extra metadata.
+TEST_F(ServiceTest, CallOptionsSetTheDeadlineOfOneCall) {
+  TreeBuilder b = testing::StateDict(2, 16, 1);
+  ASSERT_TRUE(client_->Save("c/m", b.Input(), {}).ok());
+  client::CallOptions quick;
+  quick.timeout = absl::Nanoseconds(1);
+  EXPECT_EQ(client_->ListVersions("c/m", quick).status().code(),
+            absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(client_->GetServerInfo(quick).status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(client_->Health(quick).code(), absl::StatusCode::kDeadlineExceeded);
+  client::CallOptions traced;
+  traced.timeout = absl::Seconds(30);
+  traced.headers = {{"x-request-id", "42"}};
+  auto versions = client_->ListVersions("c/m", traced);
+  ASSERT_TRUE(versions.ok()) << versions.status();
+  EXPECT_EQ(versions->size(), 1u);
+}
+
+// Close() cancels the calls in flight (a save cut off leaves no version) and
+// refuses later ones; the server is unaffected.
+TEST_F(ServiceTest, CloseCancelsCallsInFlightAndRefusesLaterOnes) {
+  TreeBuilder b = testing::StateDict(16, 1 << 18, 3);  // 16 MiB in 16 batches
+  ASSERT_TRUE(client_->Save("c/saved", b.Input(), {}).ok());
+  client::ClientOptions small_batches;
+  small_batches.batch_bytes = 1 << 20;
+  auto closing = RawClient::Connect(absl::StrCat("127.0.0.1:", server_->port()), small_batches);
+  ASSERT_TRUE(closing.ok()) << closing.status();
+  SaveOptions options;
+  options.progress = [&](uint64_t done, uint64_t total) {
+    if (done > 0 && done < total) (*closing)->Close();
+  };
+  auto cut = (*closing)->Save("c/cut", b.Input(), options);
+  EXPECT_EQ(cut.status().code(), absl::StatusCode::kCancelled) << cut.status();
+
+  // A load closed from its sink.
+  struct CloseOnData : client::LoadSink {
+    RawClient* client;
+    absl::Status OnTree(const VersionInfo&, const Tree&) override { return absl::OkStatus(); }
+    absl::Status OnData(size_t, uint64_t, absl::string_view) override {
+      client->Close();
+      return absl::OkStatus();
+    }
+  };
+  auto reader = RawClient::Connect(absl::StrCat("127.0.0.1:", server_->port()), {});
+  ASSERT_TRUE(reader.ok());
+  CloseOnData sink;
+  sink.client = reader->get();
+  EXPECT_EQ((*reader)->Load("c/saved", {}, &sink).code(), absl::StatusCode::kCancelled);
+
+  for (RawClient* closed : {closing->get(), reader->get()}) {
+    auto refused = closed->ListVersions("c/saved");
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_EQ(refused.status().message(), "client is closed");
+    EXPECT_EQ(closed->Load("c/saved", {}).status().code(), absl::StatusCode::kFailedPrecondition);
+    closed->Close();  // idempotent
+  }
+  EXPECT_EQ(client_->ListVersions("c/cut").status().code(), absl::StatusCode::kNotFound);
+  auto full = client_->Load("c/saved", {});
+  ASSERT_TRUE(full.ok()) << full.status();
+  EXPECT_EQ(full->data[2], b.data(2));
+}
+
 // Retention: a policy set before the first save is applied after each
 // save, before Save returns; tagged, best and newest versions stay.
 TEST_F(ServiceTest, RetentionPolicyIsAppliedAfterEachSave) {
