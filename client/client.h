@@ -85,8 +85,10 @@ struct TorchLoadOptions {
   /// Device mapping. Default: each tensor to the device it was saved on
   /// (FailedPrecondition suggesting map_location if that device is missing).
   MapLocation map_location;
-  /// Applied to the keys of the top-level dict (and, for a dict of dicts,
-  /// of each nested dict's keys when `nested` is true). Default: none.
+  /// Applied to the keys of state_dicts: dicts whose values are all tensors
+  /// and whose keys are all strings, at the root or right under it (a
+  /// training checkpoint's "model_state_dict"); other keys are kept. By
+  /// LoadInto, to the keys under its `prefix`. Default: none.
   RenameRules rename;
   /// Deadline of the whole load; zero: none.
   absl::Duration timeout = absl::ZeroDuration();

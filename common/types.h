@@ -197,18 +197,22 @@ absl::Status ValidateMetadata(const std::map<std::string, std::string>& metadata
 
 /// Record of a committed version.
 struct VersionInfo {
-  std::string name;
-  uint64_t version = 0;
-  int64_t create_time_ms = 0;  ///< Unix time in milliseconds.
-  int64_t step = 0;
-  int64_t epoch = 0;
-  std::map<std::string, std::string> metadata;
-  std::vector<std::string> tags;  ///< Filled on read; not stored.
-  uint64_t num_tensors = 0;
-  uint64_t num_nodes = 0;
-  uint64_t data_bytes = 0;
+  std::string name;     ///< The checkpoint name ("team/run-1/model").
+  uint64_t version = 0;  ///< 1, 2, 3, ... per name: never reused, no gaps at commit.
+  int64_t create_time_ms = 0;  ///< Commit time, Unix time in milliseconds.
+  int64_t step = 0;            ///< SaveOptions::step of the save (0 if unset).
+  int64_t epoch = 0;           ///< SaveOptions::epoch of the save (0 if unset).
+  std::map<std::string, std::string> metadata;  ///< SaveOptions::metadata.
+  /// User tags pointing at this version, sorted, plus "latest" for the
+  /// newest. Filled on read; not stored with the version.
+  std::vector<std::string> tags;
+  uint64_t num_tensors = 0;  ///< Tensor leaves in the tree.
+  uint64_t num_nodes = 0;    ///< Nodes of the tree (containers and leaves).
+  uint64_t data_bytes = 0;   ///< Bytes of all tensor and byte leaves (logical size).
+  /// Bytes of the chunks this version added to the store: those no earlier
+  /// version of its namespace held (what dedup did not save).
   uint64_t new_bytes = 0;
-  uint32_t world_size = 1;
+  uint32_t world_size = 1;  ///< Parts (ranks) the version was saved in.
 };
 
 /// Summary of one checkpoint name.
