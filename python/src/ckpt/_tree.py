@@ -425,11 +425,17 @@ def build(nodes: Sequence[pb.Node], leaves: Sequence[Any], strip_prefix: str = "
             all_tensor = node.dict.size > 0
             all_str = True
             for _ in range(node.dict.size):
-                child = nodes[pos[0]]
+                at = pos[0]
+                child = nodes[at]
                 kw = child.WhichOneof("key")
                 key: Union[str, int] = child.str_key if kw == "str_key" else child.int_key
                 all_str = all_str and kw == "str_key"
-                all_tensor = all_tensor and child.WhichOneof("value") == "tensor"
+                which = child.WhichOneof("value")
+                if which == "tensor":  # the common leaf, without a call
+                    pos[0] = at + 1
+                    entries.append((key, leaves[at]))
+                    continue
+                all_tensor = False
                 entries.append((key, one(depth + 1)))
             if all_tensor:
                 if strip_prefix and all_str and depth <= 1:

@@ -576,8 +576,8 @@ class _ValueSink(_Sink):
         self.nodes: List[pb.Node] = []
         self.keys: List[str] = []
         self.tensors: Dict[int, torch.Tensor] = {}
-        # Per node: None (no data), a memoryview its bytes go into, or True
-        # (a byte leaf: made by _make on first use).
+        # Per node: None (no data), a memoryview its bytes go into, or its
+        # tensor / True (a byte leaf) until _make makes that view.
         self.targets: List[Any] = []
         self.dtypes: Dict[int, torch.dtype] = {}
 
@@ -589,7 +589,6 @@ class _ValueSink(_Sink):
         dtypes = self.dtypes
         tensors = self.tensors
         empty = torch.empty
-        native = _tree._NUMPY_NATIVE
         from_pb = _tree.FROM_PB
         any_device = self.map_location is None
         for i, node in enumerate(nodes):
@@ -610,16 +609,20 @@ class _ValueSink(_Sink):
                 shape = tuple(meta.shape)
                 t = empty(shape, dtype=dtype)
                 tensors[i] = t
-                # A fresh tensor is contiguous: numpy's buffer is its memory.
                 if meta.data.size:
-                    targets[i] = memoryview(t.numpy()).cast("B") if shape and dtype in native \
-                        else _writable_bytes(t)
+                    targets[i] = t  # its view is made by _make, as its bytes arrive
             elif which == "bytes":
                 targets[i] = True
         self.targets = targets
 
     def _make(self, i: int) -> memoryview:
-        return memoryview(bytearray(self.nodes[i].bytes.data.size))
+        t = self.tensors.get(i)
+        if t is None:  # a byte leaf
+            return memoryview(bytearray(self.nodes[i].bytes.data.size))
+        # A fresh tensor is contiguous: numpy's buffer is its memory.
+        if t.dim() and t.dtype in _tree._NUMPY_NATIVE:
+            return memoryview(t.numpy()).cast("B")
+        return _writable_bytes(t)
 
     def scatter_targets(self):
         return self.targets, self._make, None
