@@ -25,11 +25,14 @@
 // different prefixes; several tokens may share a NAME (rotation).
 //
 // What each RPC needs (checked in server/service.cc):
-//   Load, ListVersions, GetManifest    read on the name
+//   Load, ListVersions, GetManifest,   read on the name
+//   GetRetention
 //   ListCheckpoints                    read; only readable names are listed,
 //                                      PERMISSION_DENIED if none can be
 //   Save, SetTag, DeleteTag            write on the name
 //   DeleteVersion                      admin on the name (deletes data)
+//   SetRetention, Prune                admin on the name (delete versions)
+//   GetUsage                           read on the whole namespace
 //   GetServerInfo                      any valid token
 //   GarbageCollect, Backup             admin on "*" (store-wide)
 //   grpc.health.v1, server reflection  open (no token)
