@@ -5,7 +5,10 @@ stale).
 
 Conventions (also stated in a comment at the top of the README's CLI section):
   - Blocks fenced ```sh, ```bash or ```python run; other fences (```cpp,
-    ```cmake, plain ``` for file contents and log lines) never do.
+    ```cmake, plain ``` for file contents and log lines) never do. The
+    ```cpp blocks are compiled by every build instead (readme_snippets.py,
+    with "<!-- readme-test: cpp-context DECLARATIONS -->" for the names a
+    fragment uses).
   - A line "<!-- readme-test: skip REASON -->" right above a fence skips that
     block (installs, builds, containers, other machines, or a block another
     test runs); the REASON is required.
