@@ -480,7 +480,7 @@ TEST_F(TlsTest, CliTakesTokenAndTlsFromFlagsAndEnvironment) {
   // The log names principals, never tokens.
   const std::string log = (*server)->Log();
   EXPECT_THAT(log, HasSubstr("listening on port"));
-  EXPECT_THAT(log, HasSubstr("(TLS)"));
+  EXPECT_THAT(log, HasSubstr(", TLS), data in "));  // "listening on port N (ADDR, TLS)"
   EXPECT_THAT(log, Not(HasSubstr("DEVELOPMENT MODE")));
   EXPECT_THAT(log, HasSubstr("method=Save checkpoint=team-a/file version=1"));
   EXPECT_THAT(log, HasSubstr("principal=writer"));
