@@ -1,0 +1,306 @@
+// Tests of the RocksDB backend's own layout and recovery: SST ingestion
+// into the bottommost level, GC rewriting only files with garbage, chunk-id
+// allocation, the ingest directory, the format key and damage found by
+// reading the database directly. What every backend must do is in the
+// conformance suite (store_test.cc).
+
+#include "storage/rocksdb_store.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "rocksdb/db.h"
+#include "storage/codec.h"
+#include "tests/storage/store_test_util.h"
+#include "tests/testing/status_matchers.h"
+
+namespace ckpt::storage::test {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+
+// Metadata of the chunks CF's SST files, read with a raw read-only DB.
+std::vector<rocksdb::LiveFileMetaData> ChunkFiles(const std::string& db_path) {
+  std::vector<rocksdb::ColumnFamilyDescriptor> families;
+  for (const char* name : {rocksdb::kDefaultColumnFamilyName.c_str(), kChunksFamily, kRefsFamily,
+                           kManifestsFamily, kTagsFamily}) {
+    families.emplace_back(name, rocksdb::ColumnFamilyOptions());
+  }
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  rocksdb::DB* raw = nullptr;
+  rocksdb::Status s =
+      rocksdb::DB::OpenForReadOnly(rocksdb::DBOptions(), db_path, families, &handles, &raw);
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  std::vector<rocksdb::LiveFileMetaData> all, chunks;
+  if (!s.ok()) return chunks;
+  raw->GetLiveFilesMetaData(&all);
+  for (auto& f : all) {
+    if (f.column_family_name == kChunksFamily) chunks.push_back(f);
+  }
+  for (auto* h : handles) raw->DestroyColumnFamilyHandle(h).PermitUncheckedError();
+  delete raw;
+  return chunks;
+}
+
+// A RocksDB store in a fresh directory per test.
+class RocksDbStoreTest : public StoreHarness, public ::testing::Test {
+ protected:
+  void SetUp() override { StartStore(Backend::kRocksDb); }
+  void TearDown() override { StopStore(); }
+
+  RocksDbStore& rocks() { return static_cast<RocksDbStore&>(*store_); }
+};
+
+TEST_F(RocksDbStoreTest, IngestedFilesLandInTheBottommostLevel) {
+  ASSERT_TRUE(Save("a/b", Model()).ok());
+  ASSERT_TRUE(Save("a/c", {{"other", RandomBytes(2500, 31)}}).ok());
+  EXPECT_TRUE(fs::is_empty(fs::path(Options().path) / "ingest"));
+  // A sealed orphan, to be collected below.
+  {
+    auto up = store_->BeginUpload("a/d");
+    ASSERT_TRUE(up.ok());
+    ASSERT_OK(UploadMissing(**up, {{"orphan", RandomBytes(3000, 32)}}));
+    ASSERT_OK((*up)->Seal());
+  }
+  Close();
+  auto files = ChunkFiles(Options().path);
+  ASSERT_EQ(files.size(), 3u);  // One per upload, none overlapping.
+  std::string model_file;
+  for (const auto& f : files) {
+    EXPECT_EQ(f.level, 6) << f.name;
+    if (f.num_entries == 5) model_file = f.name;
+  }
+
+  Reopen();
+  ASSERT_OK_AND_ASSIGN(GcResult gc, store_->CollectGarbage());
+  EXPECT_EQ(gc.orphan_uploads_removed, 1u);
+  EXPECT_EQ(gc.chunks_removed, 3u);
+  // Deleting a/c and collecting rewrites nothing but its own file.
+  ASSERT_TRUE(store_->DeleteVersion("a/c", 1, false).ok());
+  ASSERT_OK_AND_ASSIGN(gc, store_->CollectGarbage());
+  EXPECT_EQ(gc.chunks_removed, 3u);
+  Close();
+  files = ChunkFiles(Options().path);
+  ASSERT_EQ(files.size(), 1u);  // Only a/b's file is left, untouched.
+  EXPECT_EQ(files[0].level, 6);
+  EXPECT_EQ(files[0].name, model_file);
+  Reopen();
+  ExpectContents("a/b", 1, Model());
+}
+
+TEST_F(RocksDbStoreTest, GcRewritesOnlyTheFileHoldingGarbage) {
+  const std::string p = RandomBytes(2000, 51), q = RandomBytes(2000, 52);
+  ASSERT_TRUE(Save("a/x", Model()).ok());                         // File A.
+  ASSERT_TRUE(Save("a/y", {{"p", p}, {"q", q}}).ok());            // File B.
+  ASSERT_TRUE(Save("a/w", {{"w", RandomBytes(3000, 53)}}).ok());  // File C.
+  ASSERT_OK_AND_ASSIGN(VersionInfo keep_q, Save("a/v", {{"q", q}}));
+  EXPECT_EQ(keep_q.new_bytes, 0u);
+  Close();
+  auto before = ChunkFiles(Options().path);
+  ASSERT_EQ(before.size(), 3u);
+  Reopen();
+
+  // Half of B becomes garbage.
+  ASSERT_OK_AND_ASSIGN(uint64_t freed, store_->DeleteVersion("a/y", 1, false));
+  EXPECT_EQ(freed, 2u);
+  ASSERT_OK_AND_ASSIGN(GcResult gc, store_->CollectGarbage());
+  EXPECT_EQ(gc.chunks_removed, 2u);
+  EXPECT_EQ(gc.bytes_removed, 2000u);
+  EXPECT_EQ(StoredChunks(), 5u + 2 + 3);
+  ExpectContents("a/v", 1, {{"q", q}});
+  ExpectContents("a/x", 1, Model());
+  Close();
+
+  auto after = ChunkFiles(Options().path);
+  ASSERT_EQ(after.size(), 3u);
+  std::map<std::string, uint64_t> entries_before, entries_after;
+  for (const auto& f : before) entries_before[f.name] = f.num_entries;
+  for (const auto& f : after) {
+    EXPECT_EQ(f.level, 6) << f.name;
+    entries_after[f.name] = f.num_entries;
+  }
+  int kept = 0;
+  for (const auto& [name, n] : entries_after) {
+    if (entries_before.count(name)) {
+      ++kept;  // A (5 entries) and C (3) are untouched.
+      EXPECT_TRUE(n == 5 || n == 3) << name;
+    } else {
+      EXPECT_EQ(n, 2u) << name;  // B rewritten with q's chunks only.
+    }
+  }
+  EXPECT_EQ(kept, 2);
+  Reopen();
+}
+
+// An upload whose chunk files never made it into the database (its ingest
+// failed) leaves a pending record: gc drops it and reports no bytes, since
+// none were written.
+TEST_F(RocksDbStoreTest, GcCountsOnlyChunksReallyWritten) {
+  {
+    auto up = store_->BeginUpload("a/b");
+    ASSERT_TRUE(up.ok());
+    ASSERT_OK(UploadMissing(**up, {{"o", RandomBytes(2500, 12)}}));
+    // The chunk file vanishes before the ingest.
+    for (const auto& f : fs::directory_iterator(fs::path(Options().path) / "ingest")) {
+      fs::remove(f.path());
+    }
+    EXPECT_FALSE((*up)->Seal().ok());
+  }
+  ASSERT_OK_AND_ASSIGN(GcResult gc, store_->CollectGarbage());
+  EXPECT_EQ(gc.orphan_uploads_removed, 1u);
+  EXPECT_EQ(gc.chunks_removed, 0u);
+  EXPECT_EQ(gc.bytes_removed, 0u);
+}
+
+// An unsealed upload leaves no files behind in ingest/.
+TEST_F(RocksDbStoreTest, UnsealedUploadDestroyedLeavesNoIngestFiles) {
+  {
+    auto up = store_->BeginUpload("a/b");
+    ASSERT_TRUE(up.ok());
+    ASSERT_OK(UploadMissing(**up, Model()));
+    EXPECT_FALSE(fs::is_empty(fs::path(Options().path) / "ingest"));
+  }
+  EXPECT_TRUE(fs::is_empty(fs::path(Options().path) / "ingest"));
+}
+
+// Chunk ids never repeat: not after GC removed the newest chunks, not
+// after a restart.
+TEST_F(RocksDbStoreTest, ChunkIdsAreNeverReused) {
+  ASSERT_TRUE(Save("a/b", Model(), {"best"}).ok());
+  const Digest old_digest = MakeTree(Model())[1].data.chunks[0];
+  ASSERT_OK_AND_ASSIGN(uint64_t old_id, rocks().ChunkIdOf("a/b", old_digest));
+  // The newest chunks are deleted and collected: their ids must not return.
+  std::vector<Blob> newer = {{"n", RandomBytes(1000, 21)}};
+  ASSERT_TRUE(Save("z/z", newer).ok());
+  ASSERT_OK_AND_ASSIGN(uint64_t newer_id, rocks().ChunkIdOf("z/z", Digest::Of(newer[0].bytes)));
+  ASSERT_TRUE(store_->DeleteVersion("z/z", 1, false).ok());
+  ASSERT_TRUE(store_->CollectGarbage().ok());
+
+  Reopen();
+  std::vector<Blob> fresh = {{"f", RandomBytes(1000, 22)}};
+  ASSERT_OK(Save("a/b", fresh).status());
+  ASSERT_OK_AND_ASSIGN(uint64_t fresh_id, rocks().ChunkIdOf("a/b", Digest::Of(fresh[0].bytes)));
+  EXPECT_GT(fresh_id, old_id);
+  EXPECT_GT(fresh_id, newer_id);
+  EXPECT_NE(fresh_id >> kChunkIdBlockBits, newer_id >> kChunkIdBlockBits);
+}
+
+TEST_F(RocksDbStoreTest, CorruptChunkIsDataLoss) {
+  ASSERT_TRUE(Save("a/b", Model()).ok());
+  const Digest digest = MakeTree(Model())[1].data.chunks[1];
+  ASSERT_OK_AND_ASSIGN(uint64_t id, rocks().ChunkIdOf("a/b", digest));
+  const std::string db_path = Options().path;
+  Close();
+  {
+    std::vector<rocksdb::ColumnFamilyDescriptor> families;
+    for (const char* name : {rocksdb::kDefaultColumnFamilyName.c_str(), kChunksFamily, kRefsFamily,
+                             kManifestsFamily, kTagsFamily}) {
+      families.emplace_back(name, rocksdb::ColumnFamilyOptions());
+    }
+    std::vector<rocksdb::ColumnFamilyHandle*> handles;
+    rocksdb::DB* raw = nullptr;
+    ASSERT_TRUE(rocksdb::DB::Open(rocksdb::DBOptions(), db_path, families, &handles, &raw).ok());
+    std::string flipped = Model()[0].bytes.substr(kChunk, kChunk);
+    flipped[17] ^= 1;
+    rocksdb::WriteOptions sync;
+    sync.sync = true;
+    ASSERT_TRUE(raw->Put(sync, handles[1], ChunkKey(id), flipped).ok());
+    for (auto* h : handles) ASSERT_TRUE(raw->DestroyColumnFamilyHandle(h).ok());
+    ASSERT_TRUE(raw->Close().ok());
+    delete raw;
+  }
+  Reopen();
+  std::string out;
+  absl::Status s = store_->ReadChunk("a/b", digest, &out);
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(s.message(), "chunk " + digest.Hex() + " checksum mismatch");
+  EXPECT_TRUE(out.empty());
+  // Other chunks still read.
+  ASSERT_OK(store_->ReadChunk("a/b", MakeTree(Model())[1].data.chunks[0], &out));
+}
+
+TEST(StoreOpenTest, RecordsTheFormatVersionAndRefusesAnother) {
+  std::string tmpl = (fs::temp_directory_path() / "ckpt-store-test-XXXXXX").string();
+  ASSERT_NE(mkdtemp(tmpl.data()), nullptr);
+  StoreOptions options;
+  options.path = tmpl + "/db";
+  options.reserved_disk_bytes = 0;
+  ASSERT_OK(Store::Open(options).status());
+
+  // Read and rewrite the format key with a raw RocksDB handle.
+  auto with_raw_db =
+      [&](const std::function<void(rocksdb::DB*, rocksdb::ColumnFamilyHandle*)>& fn) {
+        std::vector<std::string> names;
+        ASSERT_TRUE(
+            rocksdb::DB::ListColumnFamilies(rocksdb::DBOptions(), options.path, &names).ok());
+        std::vector<rocksdb::ColumnFamilyDescriptor> families;
+        for (const std::string& n : names) families.emplace_back(n, rocksdb::ColumnFamilyOptions());
+        std::vector<rocksdb::ColumnFamilyHandle*> handles;
+        rocksdb::DB* raw = nullptr;
+        ASSERT_TRUE(
+            rocksdb::DB::Open(rocksdb::DBOptions(), options.path, families, &handles, &raw).ok());
+        fn(raw, handles[0]);
+        for (auto* h : handles) raw->DestroyColumnFamilyHandle(h).PermitUncheckedError();
+        delete raw;
+      };
+  with_raw_db([&](rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf) {
+    std::string value;
+    ASSERT_TRUE(db->Get(rocksdb::ReadOptions(), cf, kFormatKey, &value).ok());
+    EXPECT_EQ(value, EncodeBigEndian64(kStoreFormatVersion));
+    ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), cf, kFormatKey, EncodeBigEndian64(2)).ok());
+  });
+  auto refused = Store::Open(options);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition) << refused.status();
+  EXPECT_THAT(std::string(refused.status().message()),
+              HasSubstr("has on-disk format version 2, and this server reads format 1"));
+  // Refused without changing it.
+  with_raw_db([&](rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf) {
+    std::string value;
+    ASSERT_TRUE(db->Get(rocksdb::ReadOptions(), cf, kFormatKey, &value).ok());
+    EXPECT_EQ(value, EncodeBigEndian64(2));
+    // A store from before the key existed is format 1 and gets the key.
+    ASSERT_TRUE(db->Delete(rocksdb::WriteOptions(), cf, kFormatKey).ok());
+  });
+  ASSERT_OK(Store::Open(options).status());
+  with_raw_db([&](rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf) {
+    std::string value;
+    ASSERT_TRUE(db->Get(rocksdb::ReadOptions(), cf, kFormatKey, &value).ok());
+    EXPECT_EQ(value, EncodeBigEndian64(kStoreFormatVersion));
+  });
+  fs::remove_all(tmpl);
+}
+
+// Open removes what a dead process left in ingest/.
+TEST(StoreOpenTest, CleansIngestDir) {
+  std::string tmpl = (fs::temp_directory_path() / "ckpt-store-test-XXXXXX").string();
+  ASSERT_NE(mkdtemp(tmpl.data()), nullptr);
+  StoreOptions options;
+  options.path = tmpl + "/nested/db";
+  {
+    auto store = Store::Open(options);
+    ASSERT_TRUE(store.ok()) << store.status();
+  }
+  std::string leftover = options.path + "/ingest/7-0.sst";
+  FILE* f = fopen(leftover.c_str(), "w");
+  ASSERT_NE(f, nullptr);
+  fclose(f);
+  {
+    auto store = Store::Open(options);
+    ASSERT_TRUE(store.ok()) << store.status();
+    EXPECT_FALSE(fs::exists(leftover));
+  }
+  fs::remove_all(tmpl);
+}
+
+}  // namespace
+}  // namespace ckpt::storage::test
