@@ -178,9 +178,10 @@ def scatter(message: bytes, node: int, offset: int, sizes: List[int], targets: L
     (nodes whose target is None are skipped; a target that is not yet a
     memoryview is replaced by ``make(node)`` when its first piece arrives, so
     that destinations are made while the stream flows rather than before it
-    starts); ``on_complete(node)`` runs when a node's last byte arrived. ``node``/``offset`` is where the stream stands
-    (pieces must continue it: node by node, offsets contiguous, within
-    ``sizes``); returns the new position and the data bytes of the message."""
+    starts); ``on_complete(node)`` runs when a node's last byte arrived.
+    ``node``/``offset`` is where the stream stands (pieces must continue it:
+    node by node, offsets contiguous, within ``sizes``); returns the new
+    position and the data bytes of the message."""
     mv = memoryview(message)
     if not message or message[0] != 0x1A:  # LoadResponse.data = 3, length-delimited
         raise StreamError("expected data in load stream")
