@@ -4,7 +4,6 @@
 // written piece by piece, so memory does not grow with the file.
 
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -15,50 +14,16 @@
 #include "absl/strings/str_cat.h"
 #include "cli/commands.h"
 #include "cli/format.h"
+#include "common/errno_status.h"
 #include "common/status_macros.h"
+#include "interop/file_io.h"
 
 namespace ckpt::cli {
 namespace {
 
-absl::Status Errno(const std::string& what) {
-  return absl::UnavailableError(absl::StrCat(what, ": ", std::strerror(errno)));
-}
+absl::Status Errno(const std::string& what) { return ErrnoStatus(errno, what); }
 
-// A read-only mapping of a whole file.
-class MappedFile {
- public:
-  static absl::StatusOr<std::unique_ptr<MappedFile>> Open(const std::string& path) {
-    int fd = open(path.c_str(), O_RDONLY);
-    if (fd < 0) return absl::NotFoundError(absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
-    struct stat st;
-    if (fstat(fd, &st) != 0) {
-      close(fd);
-      return Errno("stat " + path);
-    }
-    auto file = std::unique_ptr<MappedFile>(new MappedFile);
-    file->size_ = static_cast<size_t>(st.st_size);
-    if (file->size_ > 0) {
-      file->data_ = mmap(nullptr, file->size_, PROT_READ, MAP_PRIVATE, fd, 0);
-      if (file->data_ == MAP_FAILED) {
-        close(fd);
-        return Errno("mmap " + path);
-      }
-    }
-    close(fd);
-    return file;
-  }
-  ~MappedFile() {
-    if (data_ != nullptr && data_ != MAP_FAILED) munmap(data_, size_);
-  }
-  absl::Span<const uint8_t> bytes() const {
-    return {static_cast<const uint8_t*>(data_), size_};
-  }
-
- private:
-  MappedFile() = default;
-  void* data_ = nullptr;
-  size_t size_ = 0;
-};
+using interop::MappedFile;
 
 struct PutArgs {
   std::string name;

@@ -223,8 +223,8 @@ std::string DescribeNode(const Node& node) {
       return Quoted(node.string_value);
     case NodeKind::kTensor: {
       std::string text =
-          absl::StrCat(DTypeName(node.tensor.dtype), " [", absl::StrJoin(node.tensor.shape, ", "),
-                       "]  ", HumanBytes(node.data.size), "  ", Printable(node.tensor.device));
+          absl::StrCat(DTypeName(node.tensor.dtype), " ", ShapeText(node.tensor.shape),
+                       "  ", HumanBytes(node.data.size), "  ", Printable(node.tensor.device));
       if (node.tensor.requires_grad) text += "  requires_grad";
       return text;
     }

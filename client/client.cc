@@ -114,11 +114,10 @@ absl::StatusOr<c10::IValue> Client::Load(const std::string& name,
 
 namespace {
 
-std::string ShapeText(c10::IntArrayRef sizes) { return absl::StrCat("[", absl::StrJoin(sizes, ", "), "]"); }
-
-std::string ShapeText(const std::vector<int64_t>& sizes) {
-  return absl::StrCat("[", absl::StrJoin(sizes, ", "), "]");
+std::string ShapeText(c10::IntArrayRef sizes) {
+  return ckpt::ShapeText(absl::Span<const int64_t>(sizes.data(), sizes.size()));
 }
+
 
 }  // namespace
 

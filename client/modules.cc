@@ -37,7 +37,7 @@ void Collect(const torch::nn::Module& module, const std::string& prefix,
 }
 
 std::string Shape(c10::IntArrayRef sizes) {
-  return absl::StrCat("[", absl::StrJoin(sizes, ", "), "]");
+  return ShapeText(absl::Span<const int64_t>(sizes.data(), sizes.size()));
 }
 
 }  // namespace

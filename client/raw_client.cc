@@ -16,16 +16,14 @@
 #include "rpc/convert.h"
 #include "rpc/grpc_status.h"
 #include "rpc/pem.h"
+#include "rpc/protocol.h"
 
 namespace ckpt::client {
 namespace {
 
-// Largest piece of chunk data per message, and the size batches of pieces
-// and nodes are filled up to.
-constexpr size_t kPieceBytes = 1 << 20;
-constexpr size_t kMaxBatchNodes = 10000;
-// Response messages are <= 4 MiB by protocol; leave headroom.
-constexpr int kMaxReceiveBytes = (4 << 20) + (256 << 10);
+using rpc::kMaxBatchNodes;
+using rpc::kMaxResponseBytes;
+using rpc::kPieceBytes;
 
 void SetDeadline(grpc::ClientContext* context, absl::Duration timeout) {
   if (timeout > absl::ZeroDuration()) {
@@ -747,7 +745,7 @@ absl::StatusOr<std::unique_ptr<RawClient>> RawClient::Connect(const std::string&
   CKPT_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ChannelCredentials> credentials,
                         Credentials(options));
   grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(kMaxReceiveBytes);
+  args.SetMaxReceiveMessageSize(kMaxResponseBytes);
   args.SetMaxSendMessageSize(4 << 20);
   if (!options.tls_server_name.empty()) args.SetSslTargetNameOverride(options.tls_server_name);
   auto channel = grpc::CreateCustomChannel(target, credentials, args);

@@ -30,8 +30,8 @@ absl::StatusOr<uint64_t> SliceBytes(const TensorMeta& meta, const TensorSlice& s
   if (slice.start.size() != dims || slice.length.size() != dims) {
     return absl::InvalidArgumentError(absl::StrCat(
         "slice of tensor ", Quote(slice.key), ": ", slice.start.size(), " starts and ",
-        slice.length.size(), " lengths for a tensor of ", dims, " dimensions [",
-        absl::StrJoin(meta.shape, ","), "]"));
+        slice.length.size(), " lengths for a tensor of ", dims, " dimensions ",
+        ShapeText(meta.shape)));
   }
   uint64_t bytes = DTypeSize(meta.dtype);
   for (size_t d = 0; d < dims; ++d) {
@@ -40,8 +40,8 @@ absl::StatusOr<uint64_t> SliceBytes(const TensorMeta& meta, const TensorSlice& s
     if (slice.start[d] > extent || slice.length[d] > extent - slice.start[d]) {
       return absl::InvalidArgumentError(absl::StrCat(
           "slice of tensor ", Quote(slice.key), ": box ", BoxText(slice),
-          " (start+length per dimension) is outside shape [", absl::StrJoin(meta.shape, ","),
-          "] in dimension ", d));
+          " (start+length per dimension) is outside shape ", ShapeText(meta.shape),
+          " in dimension ", d));
     }
     // The box's element count never exceeds the tensor's, which is valid.
     bytes *= slice.length[d];

@@ -53,6 +53,10 @@ std::string Quoted(absl::string_view key) { return absl::StrCat("'", Excerpt(key
 
 }  // namespace
 
+std::string ShapeText(absl::Span<const int64_t> shape) {
+  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+}
+
 size_t DTypeSize(DType dtype) {
   const DTypeInfo* info = Find(dtype);
   return info ? info->size : 0;
@@ -133,11 +137,11 @@ absl::StatusOr<uint64_t> TensorMeta::NumElements() const {
   for (int64_t d : shape) {
     if (d < 0) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "negative dimension ", d, " in shape [", absl::StrJoin(shape, ","), "]"));
+          "negative dimension ", d, " in shape ", ShapeText(shape)));
     }
     if (d != 0 && n > kLimit / static_cast<uint64_t>(d)) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "shape [", absl::StrJoin(shape, ","), "] overflows the element count"));
+          "shape ", ShapeText(shape), " overflows the element count"));
     }
     n *= static_cast<uint64_t>(d);
   }
@@ -154,7 +158,7 @@ absl::StatusOr<uint64_t> TensorMeta::NumBytes() const {
   if (!n.ok()) return n.status();
   if (*n > (uint64_t{1} << 62) / item) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "shape [", absl::StrJoin(shape, ","), "] overflows the byte count"));
+        "shape ", ShapeText(shape), " overflows the byte count"));
   }
   return *n * item;
 }
@@ -207,8 +211,8 @@ absl::Status ValidateNodeData(const Node& node, absl::string_view key_view,
     }
     if (*nbytes != data.size) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "tensor ", Quoted(key), ": dtype ", DTypeName(node.tensor.dtype), " x shape [",
-          absl::StrJoin(node.tensor.shape, ","), "] is ", *nbytes,
+          "tensor ", Quoted(key), ": dtype ", DTypeName(node.tensor.dtype), " x shape ",
+          ShapeText(node.tensor.shape), " is ", *nbytes,
           " bytes but the data declares ", data.size));
     }
     if (node.tensor.device.empty() || node.tensor.device.size() > 64) {

@@ -42,6 +42,10 @@ enum class DType : int {
 /// Largest valid DType value.
 inline constexpr int kMaxDType = 15;
 
+/// A shape as users see it in messages and listings: "[2, 3]", "[]" for a
+/// scalar. The one formatter of shapes.
+std::string ShapeText(absl::Span<const int64_t> shape);
+
 /// Bytes per element; 0 for kUnspecified or an out-of-range value.
 size_t DTypeSize(DType dtype);
 

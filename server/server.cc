@@ -12,6 +12,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -148,6 +149,16 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   CKPT_ASSIGN_OR_RETURN(std::unique_ptr<Authenticator> auth,
                         Authenticator::FromFile(options.tokens_file));
 
+  if (!options.backup_dir.empty()) {
+    // Found wanting now rather than at the first backup.
+    std::error_code ec;
+    std::filesystem::create_directories(options.backup_dir, ec);
+    if (ec || !std::filesystem::is_directory(options.backup_dir)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "--backup-dir ", options.backup_dir, " is not a directory that can be created: ",
+          ec ? ec.message() : "a file is in the way"));
+    }
+  }
   auto impl = std::make_unique<Impl>();
   CKPT_ASSIGN_OR_RETURN(impl->store, storage::Store::Open(options.store));
   impl->service =

@@ -46,7 +46,8 @@ struct ServerOptions {
   int worker_threads = 4;
 
   /// Directory the Backup RPC writes backups into (one subdirectory each),
-  /// on the store's file system for cheap hard-linked backups. Empty:
+  /// on the store's file system for cheap hard-linked backups; created at
+  /// Start (FailedPrecondition if it cannot be). Empty:
   /// backups are off (Backup answers FAILED_PRECONDITION). Default: "".
   std::string backup_dir;
   /// Tokens file (format in server/auth.h). Empty: development mode, every

@@ -24,17 +24,15 @@
 #include "common/status_macros.h"
 #include "rpc/convert.h"
 #include "rpc/grpc_status.h"
+#include "rpc/protocol.h"
 #include "rpc/wire.h"
 #include "server/pending_saves.h"
 
 namespace ckpt::server {
 namespace {
 
-// Pieces of chunk data are at most this big on the wire, and batches of
-// small pieces are filled up to it: 1 MiB messages stream best over loopback.
-constexpr size_t kPieceBytes = 1 << 20;
-// Node batches of Load and GetManifest stay well under the message limit.
-constexpr size_t kNodeBatchBytes = 1 << 20;
+using rpc::kNodeBatchBytes;
+using rpc::kPieceBytes;
 // Runs of a sliced tensor shorter than this are copied into a piece of their
 // own; longer ones are sent from the chunk read, like whole tensors.
 constexpr size_t kCopyRunsBelow = 64 << 10;
@@ -438,14 +436,9 @@ class SaveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc:
   // would take its namespace past its quota. Commit checks again,
   // atomically (concurrent saves, chunks freed meanwhile).
   absl::Status CheckQuota() const {
-    const absl::string_view ns = NamespaceOf(begin_.name());
-    const uint64_t quota = storage::NamespaceQuota(service_->options().store, ns);
-    if (quota == 0) return absl::OkStatus();
-    const uint64_t used = service_->store()->NamespaceBytes(ns);
-    if (new_bytes_ <= quota && used <= quota - new_bytes_) return absl::OkStatus();
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "namespace '", ns, "' quota exceeded: it holds ", used, " bytes, '", begin_.name(),
-        "' would add ", new_bytes_, ", the quota is ", quota, " bytes; nothing was saved"));
+    return storage::CheckQuota(service_->options().store, begin_.name(),
+                               service_->store()->NamespaceBytes(NamespaceOf(begin_.name())),
+                               new_bytes_);
   }
 
   void FillSpec(storage::CommitSpec* spec) const {
@@ -857,8 +850,9 @@ class LoadReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
     CKPT_ASSIGN_OR_RETURN(std::vector<KeyPattern> patterns, CompilePatterns(texts));
     // Slices name tensors by key; each selects its tensor too.
     for (const v1::TensorSlice& s : request_.slices()) {
-      slices_.push_back(
-          TensorSlice{s.key(), {s.start().begin(), s.start().end()}, {s.length().begin(), s.length().end()}});
+      slices_.push_back(TensorSlice{s.key(),
+                                    {s.start().begin(), s.start().end()},
+                                    {s.length().begin(), s.length().end()}});
     }
     CKPT_ASSIGN_OR_RETURN(std::vector<size_t> sliced, FindSlices(tree_, slices_));
     std::vector<bool> also(sliced.empty() ? 0 : tree_.size(), false);

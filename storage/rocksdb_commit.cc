@@ -163,14 +163,7 @@ absl::StatusOr<VersionInfo> RocksDbStore::Commit(CommitSpec spec,
       }
     }
   }
-  if (const uint64_t quota = NamespaceQuota(core_->options, ns); quota > 0) {
-    const uint64_t used = core_->UsageOf(ns);
-    if (added_bytes > quota || used > quota - added_bytes) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "namespace ", Quote(ns), " quota exceeded: it holds ", used, " bytes, ", Quote(name),
-          " would add ", added_bytes, ", the quota is ", quota, " bytes; nothing was saved"));
-    }
-  }
+  CKPT_RETURN_IF_ERROR(CheckQuota(core_->options, name, core_->UsageOf(ns), added_bytes));
   // Chunks the uploads wrote that the version does not keep are garbage:
   // unreachable once the pending records go. They stay in their files for
   // CollectGarbage (a tombstone here would later drag unrelated chunk files

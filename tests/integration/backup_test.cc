@@ -50,7 +50,7 @@ testing::TreeBuilder Blob(uint64_t seed) {
 
 TEST(BackupTest, BackupTakenWhileSavesRunRestoresByteExact) {
   testing::TempDir dir;
-  fs::create_directories(dir.path() + "/backups");
+  // The server creates its --backup-dir.
   auto server = testing::ServerProcess::Start(dir.path() + "/db",
                                               {"--backup-dir", dir.path() + "/backups"});
   ASSERT_TRUE(server.ok()) << server.status();
@@ -165,6 +165,14 @@ TEST(BackupTest, RefusalsSayWhy) {
               "ckpt: FAILED_PRECONDITION: backups are off on this server: start ckpt-server "
               "with --backup-dir DIR\n");
   }
+  // A --backup-dir that cannot be created stops the server at start.
+  std::ofstream(dir.path() + "/file") << "x";
+  auto bad = testing::RunCommand({testing::ServerBinary(), "--data-dir", dir.path() + "/dbx",
+                                  "--listen", "127.0.0.1:0", "--metrics-listen", "",
+                                  "--backup-dir", dir.path() + "/file/backups"});
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_THAT(bad.err, HasSubstr("FAILED_PRECONDITION: --backup-dir " + dir.path() +
+                                 "/file/backups is not a directory that can be created"));
   fs::create_directories(dir.path() + "/backups");
   const std::string tokens = dir.path() + "/tokens";
   std::ofstream(tokens) << "ops    ops-token-0123456789   admin *\n"

@@ -210,7 +210,7 @@ TEST_F(SliceLoadTest, BadSlicesAreInvalidArgumentAndTheServerKeepsServing) {
        "slice of tensor 'model/w': 1 starts and 1 lengths for a tensor of 2 dimensions"},
       {{{"model/w", {0, 0, 0}, {1, 1, 1}}}, "3 starts and 3 lengths"},
       {{{"model/w", {0, 0}, {1}}}, "2 starts and 1 lengths"},
-      {{{"model/w", {0, 0}, {301, 1}}}, "is outside shape [300,500] in dimension 0"},
+      {{{"model/w", {0, 0}, {301, 1}}}, "is outside shape [300, 500] in dimension 0"},
       {{{"model/w", {0, 500}, {1, 1}}}, "in dimension 1"},
       {{{"model/w", {~uint64_t{0}, 0}, {2, 1}}}, "in dimension 0"},
       {{{"model/w", {1, 0}, {~uint64_t{0}, 1}}}, "in dimension 0"},

@@ -132,11 +132,11 @@ TEST(SliceTest, BoxesOutsideTheTensorAreRefused) {
   EXPECT_EQ(rank.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(rank.status().message(),
               HasSubstr("slice of tensor 't': 1 starts and 1 lengths for a tensor of 2 "
-                        "dimensions [4,5]"));
+                        "dimensions [4, 5]"));
   auto past = SliceBytes(m, {"t", {1, 2}, {4, 1}});
   EXPECT_EQ(past.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(past.status().message(),
-              HasSubstr("box [1+4, 2+1] (start+length per dimension) is outside shape [4,5] "
+              HasSubstr("box [1+4, 2+1] (start+length per dimension) is outside shape [4, 5] "
                         "in dimension 0"));
   auto start = SliceBytes(m, {"t", {0, 6}, {0, 0}});
   EXPECT_THAT(start.status().message(), HasSubstr("in dimension 1"));
