@@ -72,6 +72,13 @@ absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(const StoreOpti
   if (options.max_chunk_bytes == 0) {
     return absl::InvalidArgumentError("max_chunk_bytes must be positive");
   }
+  const RocksDbTuning& tuning = options.rocksdb;
+  if (tuning.max_background_jobs < 1 || tuning.write_buffer_bytes == 0 ||
+      tuning.manifest_write_buffer_bytes == 0) {
+    return absl::InvalidArgumentError(
+        "rocksdb tuning: max_background_jobs, write_buffer_bytes and manifest_write_buffer_bytes "
+        "must be positive");
+  }
   std::error_code ec;
   fs::create_directories(options.path, ec);
   if (ec) return FsError(ec, absl::StrCat("creating ", options.path));
@@ -89,7 +96,7 @@ absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(const StoreOpti
   rocksdb::DBOptions db_options;
   db_options.create_if_missing = true;
   db_options.create_missing_column_families = true;
-  db_options.max_background_jobs = 2;  // The machines have 2 cores.
+  db_options.max_background_jobs = tuning.max_background_jobs;
   db_options.bytes_per_sync = 1 << 20;
   db_options.keep_log_file_num = 4;
   // Recovered WAL records stay in the memtables rather than being flushed
@@ -103,17 +110,22 @@ absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(const StoreOpti
   db_options.allow_mmap_reads = true;
 
   // Metadata families: small values, point lookups, a shared block cache.
-  auto cache = rocksdb::NewLRUCache(32 << 20);
+  std::shared_ptr<rocksdb::Cache> cache;
+  if (tuning.metadata_block_cache_bytes > 0) {
+    cache = rocksdb::NewLRUCache(tuning.metadata_block_cache_bytes);
+  }
   rocksdb::BlockBasedTableOptions meta_table;
   meta_table.checksum = rocksdb::kXXH3;
   meta_table.block_cache = cache;
+  meta_table.no_block_cache = cache == nullptr;
   meta_table.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
   rocksdb::ColumnFamilyOptions meta_options;
   meta_options.table_factory.reset(rocksdb::NewBlockBasedTableFactory(meta_table));
   // Small memtables: after a write error on a full disk RocksDB resumes only
-  // once its largest memtable fits in the free space (kMaxMemtableBytes, well
-  // under the reserved space), and flushes stay short.
-  meta_options.write_buffer_size = 4 << 20;
+  // once its largest memtable fits in the free space
+  // (manifest_write_buffer_bytes, well under the reserved space), and
+  // flushes stay short.
+  meta_options.write_buffer_size = tuning.write_buffer_bytes;
 
   // Chunks: incompressible tensor bytes read once per restore, so no
   // compression and no block cache (reads go to the page cache).
@@ -130,7 +142,8 @@ absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(const StoreOpti
   chunk_options.ttl = 0;
   chunk_options.periodic_compaction_seconds = 0;
   chunk_options.table_factory.reset(rocksdb::NewBlockBasedTableFactory(chunk_table));
-  chunk_options.write_buffer_size = 4 << 20;  // only GC's tombstones go through it
+  // Only GC's tombstones go through the chunks memtable.
+  chunk_options.write_buffer_size = tuning.write_buffer_bytes;
 
   // refs: every save writes one entry per chunk, so a big memtable fills
   // with stale copies of the same keys and every lookup walks a deeper
@@ -138,10 +151,10 @@ absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(const StoreOpti
   // the 64 MiB default; flat at ~0.18 s with 4 MiB). Flushed entries are
   // found through bloom filters and the block cache.
   rocksdb::ColumnFamilyOptions refs_options = meta_options;
-  refs_options.write_buffer_size = 4 << 20;
+  refs_options.write_buffer_size = tuning.write_buffer_bytes;
   // Manifests: a 20k-tensor version writes several MB at once.
   rocksdb::ColumnFamilyOptions manifest_options = meta_options;
-  manifest_options.write_buffer_size = kMaxMemtableBytes;
+  manifest_options.write_buffer_size = tuning.manifest_write_buffer_bytes;
 
   std::vector<rocksdb::ColumnFamilyDescriptor> families = {
       {rocksdb::kDefaultColumnFamilyName, meta_options},

@@ -1,8 +1,34 @@
 #ifndef CKPT_STORAGE_ROCKSDB_STORE_H_
 #define CKPT_STORAGE_ROCKSDB_STORE_H_
 
-// The RocksDB implementation of Store (see store.h for the layout). Most code
-// uses it through Store::Open; this header adds what tests and tools need.
+// The RocksDB implementation of Store. Most code uses it through
+// Store::Open; this header adds what tests and tools need.
+//
+// Layout (column families; the keys and values are encoded by codec.h, the
+// only place that knows them):
+//   chunks     chunk id (8 bytes, big-endian)      -> chunk bytes
+//   refs       namespace \0 digest                 -> chunk id, length, refcount
+//   manifests  "v" name \0 version(be64)           -> version record
+//              "m" name \0 version(be64)           -> manifest (encoded Tree)
+//              "n" name                            -> next version number
+//              "r" name                            -> retention policy
+//   tags       name \0 tag                         -> version
+//   default    "p" upload id                       -> chunk id ranges of an upload
+//                                                     not committed yet
+//              "b"                                 -> next unreserved chunk-id block
+//              "f"                                 -> on-disk format version
+// Chunk bytes are written once: each upload writes its new chunks, in
+// increasing chunk-id order from id blocks of its own, into SST files with
+// SstFileWriter and ingests them (fsync'd) before the commit. Because an
+// upload's ids never interleave with another's, ingested files do not overlap
+// and land in the bottommost level, where compaction leaves them alone. The
+// commit is one WriteBatch (version record, manifest, refcounts, tags, pending
+// record removal) written with a synced WAL.
+//
+// Sources: store_core.{h,cc} (state shared with live uploads),
+// rocksdb_upload.{h,cc}, rocksdb_open.cc, rocksdb_commit.cc,
+// rocksdb_reads.cc, rocksdb_delete.cc, rocksdb_tags.cc,
+// rocksdb_retention.cc, rocksdb_gc.cc, rocksdb_backup.cc, rocksdb_stats.cc.
 //
 // Lifetime: an Upload keeps the database open until it is destroyed, so a
 // store may be destroyed before its uploads (the last one closes it). A store
@@ -53,11 +79,6 @@ inline constexpr char kRefsFamily[] = "refs";
 inline constexpr char kManifestsFamily[] = "manifests";
 inline constexpr char kTagsFamily[] = "tags";
 
-/// Largest memtable of any column family. After a write error on a full
-/// disk, RocksDB writes again only once this much is free: keep
-/// StoreOptions::reserved_disk_bytes above it.
-inline constexpr uint64_t kMaxMemtableBytes = uint64_t{16} << 20;
-
 /// Largest SST file one upload writes before starting the next.
 inline constexpr uint64_t kMaxIngestFileBytes = uint64_t{256} << 20;
 
@@ -65,13 +86,14 @@ namespace internal {
 struct StoreCore;
 }  // namespace internal
 
-/// Store backed by one RocksDB database. Thread-safe.
+/// Store backed by one RocksDB database. Thread-safe: every method may be
+/// called concurrently (see Store for what each does and returns).
 class RocksDbStore final : public Store {
  public:
-  /// What Store::Open does: opens or creates the database at options.path,
-  /// removes `<path>/ingest/` leftovers and recovers the chunk-id allocator.
-  /// InvalidArgument for an empty path or a zero max_chunk_bytes; errors of
-  /// RocksDB or the file system otherwise.
+  /// What Store::Open does: opens or creates the database at options.path
+  /// (tuned by options.rocksdb), checks its format version, removes
+  /// `<path>/ingest/` leftovers and recovers the chunk-id allocator and the
+  /// per-namespace usage. Status codes: see Store::Open.
   static absl::StatusOr<std::unique_ptr<RocksDbStore>> Open(const StoreOptions& options);
 
   ~RocksDbStore() override;
@@ -104,7 +126,7 @@ class RocksDbStore final : public Store {
   uint64_t NamespaceBytes(absl::string_view ns) override;
 
   /// For tests: the number of keys in the chunks column family (reads every
-  /// chunk; slow on a large store).
+  /// chunk; slow on a large store). Errors of RocksDB.
   absl::StatusOr<uint64_t> CountChunkKeys();
 
   /// For tests: the chunk id the refs entry of (namespace of `name`, digest)

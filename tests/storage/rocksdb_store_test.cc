@@ -280,6 +280,58 @@ TEST(StoreOpenTest, RecordsTheFormatVersionAndRefusesAnother) {
   fs::remove_all(tmpl);
 }
 
+// RocksDbTuning reaches the database (its OPTIONS file says so); values
+// that cannot work are refused.
+TEST_F(RocksDbStoreTest, TuningOptionsReachRocksDbAndAreChecked) {
+  Close();
+  StoreOptions options = Options();
+  options.rocksdb.max_background_jobs = 3;
+  options.rocksdb.write_buffer_bytes = 2 << 20;
+  options.rocksdb.manifest_write_buffer_bytes = 8 << 20;
+  options.rocksdb.metadata_block_cache_bytes = 0;
+  ASSERT_OK_AND_ASSIGN(store_, OpenStore(Backend::kRocksDb, options));
+  ASSERT_OK(Save("a/b", Model()).status());
+  // The newest OPTIONS-<number> file (zero-padded: the greatest name).
+  std::string newest;
+  for (const auto& e : fs::directory_iterator(options.path)) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind("OPTIONS-", 0) == 0 && name > newest) newest = name;
+  }
+  ASSERT_FALSE(newest.empty());
+  FILE* f = fopen((fs::path(options.path) / newest).c_str(), "r");
+  ASSERT_NE(f, nullptr);
+  std::string text;
+  char buf[4096];
+  for (size_t n; (n = fread(buf, 1, sizeof buf, f)) > 0;) text.append(buf, n);
+  fclose(f);
+  EXPECT_THAT(text, HasSubstr("max_background_jobs=3"));
+  EXPECT_THAT(text, HasSubstr("write_buffer_size=2097152"));
+  EXPECT_THAT(text, HasSubstr("write_buffer_size=8388608"));
+  EXPECT_THAT(text, HasSubstr("no_block_cache=true"));
+  Close();
+
+  for (auto bad :
+       {&RocksDbTuning::write_buffer_bytes, &RocksDbTuning::manifest_write_buffer_bytes}) {
+    StoreOptions zero = Options();
+    zero.rocksdb.*bad = 0;
+    EXPECT_EQ(OpenStore(Backend::kRocksDb, zero).status().code(),
+              absl::StatusCode::kInvalidArgument);
+  }
+  StoreOptions no_jobs = Options();
+  no_jobs.rocksdb.max_background_jobs = 0;
+  EXPECT_EQ(OpenStore(Backend::kRocksDb, no_jobs).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+// A store directory is opened by one store at a time (RocksDB's LOCK).
+TEST_F(RocksDbStoreTest, ASecondOpenOfTheSameDirectoryFails) {
+  auto second = OpenStore(Backend::kRocksDb, Options());
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kInternal) << second.status();
+  EXPECT_THAT(std::string(second.status().message()), HasSubstr("LOCK"));
+  // The first one is unaffected.
+  ASSERT_OK(Save("a/b", Model()).status());
+}
+
 // Open removes what a dead process left in ingest/.
 TEST(StoreOpenTest, CleansIngestDir) {
   std::string tmpl = (fs::temp_directory_path() / "ckpt-store-test-XXXXXX").string();

@@ -968,6 +968,22 @@ TEST_P(StoreTest, BackupNeedsAnExistingParent) {
   EXPECT_EQ(info.versions, 1u);
 }
 
+// An Upload may outlive its Store: it seals after the store is closed, and
+// what it wrote is a dead upload's garbage for the next collection.
+TEST_P(StoreTest, AnUploadMayOutliveItsStore) {
+  ASSERT_OK_AND_ASSIGN(auto up, store_->BeginUpload("a/b"));
+  ASSERT_OK(UploadMissing(*up, Model()));
+  Close();
+  ASSERT_OK(up->Seal());
+  EXPECT_EQ(up->bytes_written(), 3510u);
+  up.reset();
+  Reopen();
+  ASSERT_OK_AND_ASSIGN(GcResult gc, store_->CollectGarbage());
+  EXPECT_EQ(gc.orphan_uploads_removed, 1u);
+  EXPECT_EQ(gc.chunks_removed, 5u);
+  EXPECT_EQ(StoredChunks(), 0u);
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, StoreTest, ::testing::Values(Backend::kRocksDb),
                          [](const ::testing::TestParamInfo<Backend>& info) {
                            return BackendName(info.param);
