@@ -11,7 +11,8 @@
 // Statuses: besides the codes each method lists, any method may return the
 // backend's own errors (Internal, Unavailable, DataLoss for damaged data,
 // ResourceExhausted for a full disk), with what was being done in the
-// message. A method that fails changes nothing unless it says otherwise.
+// message. A Store method that fails changes no version, tag, refcount or
+// policy, unless it says otherwise (Prune, CollectGarbage).
 
 #include <cstdint>
 #include <functional>
@@ -173,10 +174,10 @@ class Store {
   /// Opens (creating if needed, parent directories included) the RocksDB
   /// store at options.path. Leftover temporary files of a previous process
   /// are removed. InvalidArgument for an empty path, a zero max_chunk_bytes
-  /// or a non-positive RocksDbTuning value; FailedPrecondition (nothing
-  /// changed) if the store has another on-disk format version; errors of
-  /// RocksDB or the file system otherwise (the directory is locked by
-  /// another process: Internal naming the LOCK file).
+  /// or a zero RocksDbTuning value (the cache size excepted);
+  /// FailedPrecondition (nothing changed) if the store has another on-disk
+  /// format version; errors of RocksDB or the file system otherwise (a
+  /// directory another store holds open: Internal naming the LOCK file).
   static absl::StatusOr<std::unique_ptr<Store>> Open(const StoreOptions& options);
 
   /// Starts an upload into `name`'s namespace. InvalidArgument for an
@@ -188,10 +189,11 @@ class Store {
   /// references must be in one of them (FailedPrecondition naming the tensor
   /// key otherwise). Assigns the next version number, moves `latest`, applies
   /// spec.tags, and returns once the commit is durable (with
-  /// StoreOptions::sync_commits). Version numbers of a name are 1, 2, 3, ...
-  /// without gaps and never reused, even after deletes; a refused commit
-  /// takes none. The returned VersionInfo lists the tags, "latest" included.
-  /// On any error nothing is written:
+  /// StoreOptions::sync_commits). A name's versions are numbered 1, 2, 3, ...
+  /// in commit order, skipping none (a refused commit takes no number) and
+  /// never reusing one (deleted versions leave holes). The returned
+  /// VersionInfo lists the tags, "latest" included.
+  /// On any error no version, tag or refcount is written:
   ///  - InvalidArgument: an invalid name, tag ("latest" included), metadata
   ///    or tree, or an upload of another store or another namespace;
   ///  - FailedPrecondition: an upload already committed, a chunk never
@@ -276,13 +278,15 @@ class Store {
   /// Removes unreferenced chunks and the chunks of dead uploads. Never removes
   /// a chunk a committed version references or a live Upload wrote or pinned.
   /// Returns what became unreachable (GcResult). Collections run one at a
-  /// time; commits and reads go on meanwhile. Works on a full disk.
+  /// time; commits and reads go on meanwhile. Works on a full disk. An error
+  /// part way may leave what was already collected collected.
   virtual absl::StatusOr<GcResult> CollectGarbage() = 0;
 
-  /// Totals of the whole store from one snapshot: checkpoints, versions,
-  /// distinct referenced chunks and their bytes, logical bytes (the sum of
-  /// the versions' data_bytes), bytes on disk, garbage bytes (what
-  /// CollectGarbage would reclaim, dead uploads included) and live uploads.
+  /// Totals of the whole store (counted from one snapshot): checkpoints,
+  /// versions, distinct referenced chunks and their bytes, logical bytes
+  /// (the sum of the versions' data_bytes), bytes on disk, garbage bytes
+  /// (what CollectGarbage would reclaim, dead uploads included) and live
+  /// uploads.
   virtual absl::StatusOr<StoreStats> Stats() = 0;
 
   /// Writes a consistent copy of the whole store into `dir` (which must not
