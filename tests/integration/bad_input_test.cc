@@ -12,6 +12,7 @@
 #include "server/server.h"
 #include "server/service.h"
 #include "storage/store.h"
+#include "tests/testing/server_fixture.h"
 #include "tests/testing/temp_dir.h"
 #include "tests/testing/trees.h"
 
@@ -20,20 +21,15 @@ namespace {
 
 constexpr uint32_t kChunk = 64 << 10;
 
-class BadInputTest : public ::testing::Test {
+class BadInputTest : public testing::ServerTest {
  protected:
+  void AdjustOptions(server::ServerOptions& options) override { options.chunk_size = kChunk; }
+
   void SetUp() override {
-    server::ServerOptions options;
-    options.listen = "127.0.0.1:0";
-    options.store.path = dir_.path() + "/db";
-    options.chunk_size = kChunk;
-    auto server = server::Server::Start(options);
-    ASSERT_TRUE(server.ok()) << server.status();
-    server_ = *std::move(server);
-    target_ = absl::StrCat("127.0.0.1:", server_->port());
-    channel_ = grpc::CreateChannel(target_, grpc::InsecureChannelCredentials());
+    ServerTest::SetUp();
+    ASSERT_NE(client_, nullptr);
+    channel_ = grpc::CreateChannel(address(), grpc::InsecureChannelCredentials());
     stub_ = v1::CheckpointService::NewStub(channel_);
-    client_ = *client::RawClient::Connect(target_, {});
     // One committed checkpoint that every case must leave untouched.
     baseline_ = testing::StateDict(3, 1000, 1);
     ASSERT_TRUE(client_->Save("base/model", baseline_.Input(), {}).ok());
@@ -150,12 +146,8 @@ class BadInputTest : public ::testing::Test {
     EXPECT_EQ(client_->ListVersions(name).status().code(), absl::StatusCode::kNotFound);
   }
 
-  testing::TempDir dir_;
-  std::unique_ptr<server::Server> server_;
-  std::string target_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::CheckpointService::Stub> stub_;
-  std::unique_ptr<client::RawClient> client_;
   testing::TreeBuilder baseline_;
   StoreStats stats_before_;
 };

@@ -12,6 +12,7 @@
 
 #include <atomic>
 #include <map>
+#include <chrono>
 #include <thread>
 
 #include "absl/strings/numbers.h"
@@ -252,20 +253,29 @@ TEST_P(SigtermTest, DrainsOrAbortsCleanly) {
   ASSERT_TRUE(server.ok()) << server.status();
   auto client = client::RawClient::Connect((*server)->address(), {});
   ASSERT_TRUE(client.ok());
-  // A save slowed down by a tiny hashing batch so that SIGTERM lands mid-stream.
+  // A save in small batches; SIGTERM once its first batch is through (the
+  // progress hook), i.e. mid-stream.
   testing::TreeBuilder b = Checkpoint(1);
-  std::atomic<bool> started{false};
+  std::atomic<bool> streaming{false};
+  std::atomic<bool> finished{false};
   absl::StatusOr<client::SaveResult> result;
   std::thread saver([&] {
     client::ClientOptions copts;
     copts.batch_bytes = 1 << 20;
     auto c = client::RawClient::Connect((*server)->address(), copts);
     ASSERT_TRUE(c.ok());
-    started = true;
-    result = (*c)->Save("term/model", b.Input(), {});
+    client::SaveOptions options;
+    options.progress = [&](uint64_t done, uint64_t) {
+      if (done > 0) streaming = true;
+    };
+    result = (*c)->Save("term/model", b.Input(), options);
+    finished = true;
   });
-  while (!started.load()) std::this_thread::yield();
-  usleep(30000);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (!streaming.load() && !finished.load() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::yield();
+  }
+  ASSERT_TRUE(streaming.load()) << "the save never got going";
   EXPECT_EQ((*server)->Terminate(), 0);
   saver.join();
   if (grace > 0) {

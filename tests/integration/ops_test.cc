@@ -16,6 +16,7 @@
 #include "client/raw_client.h"
 #include "server/server.h"
 #include "tests/testing/http.h"
+#include "tests/testing/server_fixture.h"
 #include "tests/testing/server_process.h"
 #include "tests/testing/temp_dir.h"
 #include "tests/testing/trees.h"
@@ -29,26 +30,19 @@ using testing::MetricValue;
 using ::testing::Not;
 using ::testing::StartsWith;
 
-class OpsTest : public ::testing::Test {
+// Each test starts its server with its own options (Start).
+class OpsTest : public testing::ServerTest {
  protected:
-  void Start(const std::function<void(server::ServerOptions&)>& adjust = {}) {
-    server::ServerOptions options;
-    options.listen = "127.0.0.1:0";
-    options.store.path = dir_.path() + "/db";
-    options.chunk_size = 64 << 10;
+  void SetUp() override {}
+  void AdjustOptions(server::ServerOptions& options) override {
     options.metrics_listen = "127.0.0.1:0";
-    if (adjust) adjust(options);
-    auto server = server::Server::Start(options);
-    ASSERT_TRUE(server.ok()) << server.status();
-    server_ = *std::move(server);
-    auto c = RawClient::Connect(address(), {});
-    ASSERT_TRUE(c.ok()) << c.status();
-    client_ = *std::move(c);
+  }
+  void Start(const std::function<void(server::ServerOptions&)>& adjust = {}) {
+    StartServer(adjust);
+    ASSERT_NE(client_, nullptr);
     channel_ = grpc::CreateChannel(address(), grpc::InsecureChannelCredentials());
     stub_ = v1::CheckpointService::NewStub(channel_);
   }
-
-  std::string address() const { return absl::StrCat("127.0.0.1:", server_->port()); }
 
   // GET /metrics over HTTP.
   std::string Scrape() {
@@ -81,9 +75,6 @@ class OpsTest : public ::testing::Test {
     return stream;
   }
 
-  testing::TempDir dir_;
-  std::unique_ptr<server::Server> server_;
-  std::unique_ptr<RawClient> client_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::CheckpointService::Stub> stub_;
 };

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "client/raw_client.h"
 #include "server/server.h"
+#include "tests/testing/server_fixture.h"
 #include "tests/testing/temp_dir.h"
 #include "tests/testing/trees.h"
 
@@ -20,33 +21,11 @@ using client::RawClient;
 using client::SaveOptions;
 using testing::TreeBuilder;
 
-class ServiceTest : public ::testing::Test {
+class ServiceTest : public testing::ServerTest {
  protected:
-  void SetUp() override { StartServer(); }
-
-  void StartServer(uint32_t chunk_size = 64 << 10) {
-    server::ServerOptions options;
-    options.listen = "127.0.0.1:0";
-    options.store.path = dir_.path() + "/db";
-    options.chunk_size = chunk_size;
+  void AdjustOptions(server::ServerOptions& options) override {
     options.part_timeout = absl::Seconds(20);
-    auto server = server::Server::Start(options);
-    ASSERT_TRUE(server.ok()) << server.status();
-    server_ = *std::move(server);
-    auto c = RawClient::Connect(absl::StrCat("127.0.0.1:", server_->port()), {});
-    ASSERT_TRUE(c.ok()) << c.status();
-    client_ = *std::move(c);
   }
-
-  void RestartServer() {
-    client_.reset();
-    server_.reset();
-    StartServer();
-  }
-
-  testing::TempDir dir_;
-  std::unique_ptr<server::Server> server_;
-  std::unique_ptr<RawClient> client_;
 };
 
 LoadOptions VersionOnly(uint64_t version) {
@@ -452,7 +431,7 @@ TEST_F(ServiceTest, CloseCancelsCallsInFlightAndRefusesLaterOnes) {
   ASSERT_TRUE(client_->Save("c/saved", b.Input(), {}).ok());
   client::ClientOptions small_batches;
   small_batches.batch_bytes = 1 << 20;
-  auto closing = RawClient::Connect(absl::StrCat("127.0.0.1:", server_->port()), small_batches);
+  auto closing = RawClient::Connect(address(), small_batches);
   ASSERT_TRUE(closing.ok()) << closing.status();
   SaveOptions options;
   options.progress = [&](uint64_t done, uint64_t total) {
@@ -470,7 +449,7 @@ TEST_F(ServiceTest, CloseCancelsCallsInFlightAndRefusesLaterOnes) {
       return absl::OkStatus();
     }
   };
-  auto reader = RawClient::Connect(absl::StrCat("127.0.0.1:", server_->port()), {});
+  auto reader = RawClient::Connect(address(), {});
   ASSERT_TRUE(reader.ok());
   CloseOnData sink;
   sink.client = reader->get();

@@ -11,6 +11,7 @@
 #include "client/raw_client.h"
 #include "common/slice.h"
 #include "server/server.h"
+#include "tests/testing/server_fixture.h"
 #include "tests/testing/temp_dir.h"
 #include "tests/testing/trees.h"
 
@@ -23,21 +24,15 @@ using client::RawClient;
 using ::testing::HasSubstr;
 using testing::TreeBuilder;
 
-class SliceLoadTest : public ::testing::Test {
+class SliceLoadTest : public testing::ServerTest {
  protected:
+  // Chunks of 256 KiB: long runs are sent from the chunks read (>= 64 KiB
+  // pieces), short ones copied; boxes cross chunk boundaries.
+  void AdjustOptions(server::ServerOptions& options) override { options.chunk_size = 256 << 10; }
+
   void SetUp() override {
-    server::ServerOptions options;
-    options.listen = "127.0.0.1:0";
-    options.store.path = dir_.path() + "/db";
-    // Chunks of 256 KiB: long runs are sent from the chunks read (>= 64 KiB
-    // pieces), short ones copied; boxes cross chunk boundaries.
-    options.chunk_size = 256 << 10;
-    auto server = server::Server::Start(options);
-    ASSERT_TRUE(server.ok()) << server.status();
-    server_ = *std::move(server);
-    auto c = RawClient::Connect(absl::StrCat("127.0.0.1:", server_->port()), {});
-    ASSERT_TRUE(c.ok()) << c.status();
-    client_ = *std::move(c);
+    ServerTest::SetUp();
+    ASSERT_NE(client_, nullptr);
 
     // {"model": {"w": f32[300,500], "x": i16[7,9,11], "s": f64[], "e": f32[0,4]},
     //  "blob": bytes, "list": [u8[1000], bf16[64,3]], "a/b": f32[2], "a": {"b": f32[2]}}
@@ -108,9 +103,6 @@ class SliceLoadTest : public ::testing::Test {
     return loaded.ok() ? absl::OkStatus() : loaded.status();
   }
 
-  testing::TempDir dir_;
-  std::unique_ptr<server::Server> server_;
-  std::unique_ptr<RawClient> client_;
   TreeBuilder builder_;
   LoadedValue full_;
   std::vector<std::string> keys_;
