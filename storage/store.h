@@ -155,8 +155,8 @@ class Upload {
   /// Whether this Upload has `digest`, written or pinned.
   virtual bool Has(const Digest& digest) const = 0;
 
-  /// Makes the written chunks durable (finishes and ingests the SST files)
-  /// and records them as pending. After Seal, PutChunk fails. Idempotent; a
+  /// Makes the written chunks durable (RocksDB: finishes and ingests the
+  /// upload's SST files) and records them as pending. After Seal, PutChunk fails. Idempotent; a
   /// failed Seal breaks the Upload (see PutChunk).
   virtual absl::Status Seal() = 0;
 

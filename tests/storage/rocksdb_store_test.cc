@@ -29,17 +29,23 @@ namespace {
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 
-// Metadata of the chunks CF's SST files, read with a raw read-only DB.
-std::vector<rocksdb::LiveFileMetaData> ChunkFiles(const std::string& db_path) {
+// The store's column families in the order RocksDbStore opens them
+// (handles[1] is the chunks family), with default options, for a raw DB.
+std::vector<rocksdb::ColumnFamilyDescriptor> StoreFamilies() {
   std::vector<rocksdb::ColumnFamilyDescriptor> families;
   for (const char* name : {rocksdb::kDefaultColumnFamilyName.c_str(), kChunksFamily, kRefsFamily,
                            kManifestsFamily, kTagsFamily}) {
     families.emplace_back(name, rocksdb::ColumnFamilyOptions());
   }
+  return families;
+}
+
+// Metadata of the chunks CF's SST files, read with a raw read-only DB.
+std::vector<rocksdb::LiveFileMetaData> ChunkFiles(const std::string& db_path) {
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
   rocksdb::DB* raw = nullptr;
   rocksdb::Status s =
-      rocksdb::DB::OpenForReadOnly(rocksdb::DBOptions(), db_path, families, &handles, &raw);
+      rocksdb::DB::OpenForReadOnly(rocksdb::DBOptions(), db_path, StoreFamilies(), &handles, &raw);
   EXPECT_TRUE(s.ok()) << s.ToString();
   std::vector<rocksdb::LiveFileMetaData> all, chunks;
   if (!s.ok()) return chunks;
@@ -202,14 +208,10 @@ TEST_F(RocksDbStoreTest, CorruptChunkIsDataLoss) {
   const std::string db_path = Options().path;
   Close();
   {
-    std::vector<rocksdb::ColumnFamilyDescriptor> families;
-    for (const char* name : {rocksdb::kDefaultColumnFamilyName.c_str(), kChunksFamily, kRefsFamily,
-                             kManifestsFamily, kTagsFamily}) {
-      families.emplace_back(name, rocksdb::ColumnFamilyOptions());
-    }
     std::vector<rocksdb::ColumnFamilyHandle*> handles;
     rocksdb::DB* raw = nullptr;
-    ASSERT_TRUE(rocksdb::DB::Open(rocksdb::DBOptions(), db_path, families, &handles, &raw).ok());
+    ASSERT_TRUE(
+        rocksdb::DB::Open(rocksdb::DBOptions(), db_path, StoreFamilies(), &handles, &raw).ok());
     std::string flipped = Model()[0].bytes.substr(kChunk, kChunk);
     flipped[17] ^= 1;
     rocksdb::WriteOptions sync;
