@@ -24,6 +24,10 @@
 
 namespace ckpt::storage::internal {
 
+// Pins the chunks FindMissing finds, writes new chunks (ids from chunk-id
+// blocks of its own) into SST files under <path>/ingest/, and at Seal
+// records them as pending and ingests the files. Not thread-safe (see
+// Upload). Holds the StoreCore, so it may outlive the store.
 class RocksDbUpload final : public Upload {
  public:
   // Where one written chunk lives.
