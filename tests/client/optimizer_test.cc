@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "client/client.h"
 #include "server/server.h"
+#include "tests/testing/server_fixture.h"
 #include "tests/testing/temp_dir.h"
 
 namespace ckpt::client {
@@ -77,13 +78,12 @@ void Train(torch::nn::Sequential& model, torch::optim::Optimizer& optimizer, int
 class OptimizerTest : public ::testing::TestWithParam<int> {
  protected:
   void SetUp() override {
-    server::ServerOptions options;
-    options.listen = "127.0.0.1:0";
-    options.store.path = dir_.path() + "/db";
-    auto server = server::Server::Start(options);
+    auto server = server::Server::Start(testing::TestServerOptions(dir_.path()));
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
-    client_ = *Client::Connect(absl::StrCat("127.0.0.1:", server_->port()), {});
+    auto client = Client::Connect(testing::AddressOf(*server_), {});
+    ASSERT_TRUE(client.ok()) << client.status();
+    client_ = *std::move(client);
   }
   testing::TempDir dir_;
   std::unique_ptr<server::Server> server_;

@@ -21,6 +21,7 @@
 #include "absl/strings/str_cat.h"
 #include "client/client.h"
 #include "server/server.h"
+#include "tests/testing/server_fixture.h"
 #include "tests/testing/temp_dir.h"
 
 extern char** environ;
@@ -50,14 +51,12 @@ void ExpectEqualStateDict(const c10::IValue& loaded,
 class SaveAsyncTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    server::ServerOptions options;
-    options.listen = "127.0.0.1:0";
-    options.store.path = dir_.path() + "/db";
+    server::ServerOptions options = testing::TestServerOptions(dir_.path());
     options.chunk_size = 1 << 20;
     auto server = server::Server::Start(options);
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
-    target_ = absl::StrCat("127.0.0.1:", server_->port());
+    target_ = testing::AddressOf(*server_);
   }
 
   std::unique_ptr<Client> Connect() {

@@ -21,6 +21,7 @@
 #include "client/client.h"
 #include "client/torch_tree.h"
 #include "server/server.h"
+#include "tests/testing/server_fixture.h"
 #include "tests/testing/temp_dir.h"
 
 // CKPT_TORCH_CUDA: the LibTorch we build against has CUDA (set by CMake).
@@ -104,15 +105,14 @@ class GpuTest : public ::testing::Test {
   void StartServer(uint32_t chunk_size, uint32_t max_chunk_bytes) {
     client_.reset();
     server_.reset();
-    server::ServerOptions options;
-    options.listen = "127.0.0.1:0";
-    options.store.path = absl::StrCat(dir_.path(), "/db", ++servers_);
+    server::ServerOptions options =
+        testing::TestServerOptions(absl::StrCat(dir_.path(), "/", ++servers_));
     options.store.max_chunk_bytes = max_chunk_bytes;
     options.chunk_size = chunk_size;
     auto server = server::Server::Start(options);
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
-    target_ = absl::StrCat("127.0.0.1:", server_->port());
+    target_ = testing::AddressOf(*server_);
     auto client = Client::Connect(target_, {});
     ASSERT_TRUE(client.ok()) << client.status();
     client_ = *std::move(client);
