@@ -1,4 +1,5 @@
 #include "storage/codec.h"
+#include "tests/testing/tree_matchers.h"
 
 #include <gtest/gtest.h>
 
@@ -26,28 +27,8 @@ double FromBits(uint64_t b) {
 
 Digest D(absl::string_view s) { return Digest::Of(s); }
 
-// Field-by-field comparison; doubles by bit pattern.
 void ExpectSameTree(const Tree& a, const Tree& b) {
-  ASSERT_EQ(a.size(), b.size());
-  for (size_t i = 0; i < a.size(); ++i) {
-    SCOPED_TRACE(i);
-    const Node& x = a[i];
-    const Node& y = b[i];
-    EXPECT_EQ(x.kind, y.kind);
-    EXPECT_EQ(x.key, y.key);
-    EXPECT_EQ(x.size, y.size);
-    EXPECT_EQ(x.bool_value, y.bool_value);
-    EXPECT_EQ(x.int_value, y.int_value);
-    EXPECT_EQ(Bits(x.float_value), Bits(y.float_value));
-    EXPECT_EQ(x.string_value, y.string_value);
-    EXPECT_EQ(x.tensor.dtype, y.tensor.dtype);
-    EXPECT_EQ(x.tensor.shape, y.tensor.shape);
-    EXPECT_EQ(x.tensor.device, y.tensor.device);
-    EXPECT_EQ(x.tensor.requires_grad, y.tensor.requires_grad);
-    EXPECT_EQ(x.data.size, y.data.size);
-    EXPECT_EQ(x.data.chunk_size, y.data.chunk_size);
-    EXPECT_EQ(x.data.chunks, y.data.chunks);
-  }
+  testing::ExpectSameTree(a, b, {/*chunks=*/true});
 }
 
 // A tree using every kind, key variant and field, with awkward values.

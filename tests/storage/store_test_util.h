@@ -9,6 +9,8 @@
 // store_test_util.cc (BackendName, OpenStore, CountStoredChunks), and the
 // value in the INSTANTIATE_TEST_SUITE_P of store_test.cc.
 
+#include <gtest/gtest.h>
+
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -98,6 +100,16 @@ class StoreHarness {
   std::unique_ptr<Store> store_;
   uint64_t quota_ = 0;                      // namespace_quota_bytes of Reopen()
   std::map<std::string, uint64_t> quotas_;  // namespace_quotas of Reopen()
+};
+
+/// The conformance suite's fixture: one store of the backend under test,
+/// in a fresh directory per test. Its cases are spread over store_test.cc,
+/// store_chunks_test.cc and store_admin_test.cc (one binary); store_test.cc
+/// instantiates them for every backend.
+class StoreTest : public StoreHarness, public ::testing::TestWithParam<Backend> {
+ protected:
+  void SetUp() override { StartStore(GetParam()); }
+  void TearDown() override { StopStore(); }
 };
 
 }  // namespace ckpt::storage::test
