@@ -10,6 +10,7 @@
 #include "client/raw_client.h"
 #include "server/server.h"
 #include "tests/testing/server_fixture.h"
+#include "tests/testing/tree_matchers.h"
 #include "tests/testing/temp_dir.h"
 #include "tests/testing/trees.h"
 
@@ -34,25 +35,7 @@ LoadOptions VersionOnly(uint64_t version) {
   return options;
 }
 
-// Every field of every node but the chunk list (which depends on chunk size).
-void ExpectSameTree(const Tree& want, const Tree& got) {
-  ASSERT_EQ(want.size(), got.size());
-  for (size_t i = 0; i < want.size(); ++i) {
-    SCOPED_TRACE(absl::StrCat("node ", i));
-    EXPECT_EQ(want[i].kind, got[i].kind);
-    EXPECT_EQ(want[i].key, got[i].key);
-    EXPECT_EQ(want[i].size, got[i].size);
-    EXPECT_EQ(want[i].bool_value, got[i].bool_value);
-    EXPECT_EQ(want[i].int_value, got[i].int_value);
-    EXPECT_EQ(std::memcmp(&want[i].float_value, &got[i].float_value, sizeof(double)), 0);
-    EXPECT_EQ(want[i].string_value, got[i].string_value);
-    EXPECT_EQ(want[i].tensor.dtype, got[i].tensor.dtype);
-    EXPECT_EQ(want[i].tensor.shape, got[i].tensor.shape);
-    EXPECT_EQ(want[i].tensor.device, got[i].tensor.device);
-    EXPECT_EQ(want[i].tensor.requires_grad, got[i].tensor.requires_grad);
-    EXPECT_EQ(want[i].data.size, got[i].data.size);
-  }
-}
+using testing::ExpectSameTree;
 
 // One tree with every kind of node of SPEC §1: the tutorial's checkpoint dict,
 // an optimizer state with int keys, a list, a tuple, None, every dtype,
