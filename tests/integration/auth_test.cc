@@ -17,6 +17,7 @@
 #include "ckpt/v1/checkpoint.grpc.pb.h"
 #include "client/raw_client.h"
 #include "server/server.h"
+#include "tests/testing/server_fixture.h"
 #include "tests/testing/server_process.h"
 #include "tests/testing/temp_dir.h"
 #include "tests/testing/trees.h"
@@ -110,9 +111,7 @@ class AuthTest : public ::testing::Test {
  protected:
   void SetUp() override {
     WriteFile(tokens_, TokensText());
-    server::ServerOptions options;
-    options.listen = "127.0.0.1:0";
-    options.store.path = dir_.path() + "/db";
+    server::ServerOptions options = testing::TestServerOptions(dir_.path());
     options.tokens_file = tokens_;
     auto server = server::Server::Start(options);
     ASSERT_TRUE(server.ok()) << server.status();
@@ -132,7 +131,7 @@ class AuthTest : public ::testing::Test {
     return c.ok() ? *std::move(c) : nullptr;
   }
 
-  std::string address() const { return absl::StrCat("127.0.0.1:", server_->port()); }
+  std::string address() const { return testing::AddressOf(*server_); }
 
   testing::TempDir dir_;
   const std::string tokens_ = dir_.path() + "/tokens";
@@ -315,9 +314,7 @@ class TlsTest : public ::testing::Test {
 
   void StartServer(bool require_client_cert) {
     WriteFile(dir_.path() + "/tokens", TokensText());
-    server::ServerOptions options;
-    options.listen = "127.0.0.1:0";
-    options.store.path = dir_.path() + "/db";
+    server::ServerOptions options = testing::TestServerOptions(dir_.path());
     options.tokens_file = dir_.path() + "/tokens";
     options.tls_cert_file = certs_->server_cert;
     options.tls_key_file = certs_->server_key;
