@@ -11,6 +11,7 @@
 
 #include "interop/pickle.h"
 #include "tests/interop/test_util.h"
+#include "tests/testing/tree_matchers.h"
 
 namespace ckpt::interop {
 namespace {
@@ -128,28 +129,13 @@ Builder Everything() {
   return b;
 }
 
+// The tree equals the builder's, node by node (tests/testing/tree_matchers.h),
+// and so do the bytes of every node.
 void ExpectSameTree(const Builder& want, const ImportedCheckpoint& got) {
+  ::ckpt::testing::ExpectSameTree(want.tree(), got.tree);
   ASSERT_EQ(got.tree.size(), want.tree().size());
   for (size_t i = 0; i < got.tree.size(); ++i) {
-    const Node& a = want.tree()[i];
-    const Node& b = got.tree[i];
-    SCOPED_TRACE("node " + std::to_string(i) + " " + Key(a));
-    EXPECT_EQ(b.kind, a.kind);
-    EXPECT_EQ(b.key, a.key);
-    EXPECT_EQ(b.size, a.size);
-    EXPECT_EQ(b.bool_value, a.bool_value);
-    EXPECT_EQ(b.int_value, a.int_value);
-    if (std::isnan(a.float_value)) {
-      EXPECT_TRUE(std::isnan(b.float_value));
-    } else {
-      EXPECT_EQ(b.float_value, a.float_value);
-    }
-    EXPECT_EQ(b.string_value, a.string_value);
-    EXPECT_EQ(b.tensor.dtype, a.tensor.dtype);
-    EXPECT_EQ(b.tensor.shape, a.tensor.shape);
-    EXPECT_EQ(b.tensor.device, a.tensor.device);
-    EXPECT_EQ(b.tensor.requires_grad, a.tensor.requires_grad);
-    EXPECT_EQ(b.data.size, a.data.size);
+    SCOPED_TRACE("node " + std::to_string(i) + " " + Key(want.tree()[i]));
     EXPECT_EQ(testing::Str(got.bytes[i]), want.data()[i]);
   }
 }
