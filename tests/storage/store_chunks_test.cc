@@ -198,6 +198,48 @@ TEST_P(StoreTest, CommitOfNeverUploadedChunkChangesNothing) {
   EXPECT_EQ(v.version, 1u);
 }
 
+// Commit checks the tree: InvalidArgument for an invalid tree or metadata,
+// FailedPrecondition for a chunk whose stored length is not the tree's;
+// nothing is committed either way.
+TEST_P(StoreTest, CommitChecksTheTreeAndMetadata) {
+  const std::string bytes = RandomBytes(kChunk, 60);
+  const Digest d = Digest::Of(bytes);
+  ASSERT_OK_AND_ASSIGN(auto up, store_->BeginUpload("a/b"));
+  ASSERT_OK(up->PutChunk(d, AsBytes(bytes)));
+  Upload* ups[] = {up.get()};
+
+  CommitSpec empty_tree;
+  empty_tree.name = "a/b";
+  EXPECT_EQ(store_->Commit(empty_tree, ups).status().code(), absl::StatusCode::kInvalidArgument);
+
+  CommitSpec big_metadata;
+  big_metadata.name = "a/b";
+  big_metadata.tree = MakeTree({{"w", bytes}});
+  big_metadata.metadata = {{"k", std::string(1 << 20, 'v')}};
+  EXPECT_EQ(store_->Commit(big_metadata, ups).status().code(), absl::StatusCode::kInvalidArgument);
+
+  // 1500 bytes in chunks of 1000: the second chunk must hold 500, and the
+  // stored one holds 1000.
+  CommitSpec wrong_length;
+  wrong_length.name = "a/b";
+  wrong_length.tree = MakeTree({{"w", bytes}});
+  wrong_length.tree[1].data.size = 1500;
+  wrong_length.tree[1].tensor.shape = {1500};
+  wrong_length.tree[1].data.chunks = {d, d};
+  auto refused = store_->Commit(wrong_length, ups);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition) << refused.status();
+  EXPECT_THAT(std::string(refused.status().message()),
+              HasSubstr("tensor 'w': chunk 1 (" + d.Hex() + ") has 1000 bytes, expected 500"));
+
+  EXPECT_EQ(store_->GetVersion("a/b", {}).status().code(), absl::StatusCode::kNotFound);
+  // The upload is still good for a correct tree.
+  CommitSpec right;
+  right.name = "a/b";
+  right.tree = MakeTree({{"w", bytes}});
+  ASSERT_OK_AND_ASSIGN(VersionInfo v, store_->Commit(right, ups));
+  EXPECT_EQ(v.version, 1u);
+}
+
 // An upload commits only into its own namespace.
 TEST_P(StoreTest, CommitRefusesAnUploadOfAnotherNamespace) {
   ASSERT_OK_AND_ASSIGN(auto up, store_->BeginUpload("a/b"));
