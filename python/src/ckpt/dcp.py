@@ -50,8 +50,10 @@ from torch.distributed.checkpoint.planner import (LoadItemType, LoadPlan, LoadPl
 from torch.distributed.checkpoint.storage import StorageReader, StorageWriter, WriteResult
 
 from ckpt import _tree
-from ckpt.client import (Client, Part, SaveResult, _Sink, _alloc_host, _writable_bytes,
-                         escape_glob)
+from ckpt._load import _Sink, _alloc_host, _writable_bytes
+from ckpt._results import SaveResult
+from ckpt._save import Part
+from ckpt.client import Client, escape_glob
 from ckpt.errors import FailedPrecondition, InvalidArgument
 from ckpt.v1 import checkpoint_pb2 as pb
 

@@ -1,0 +1,466 @@
+"""The Load stream: reading it (a helper thread a few messages ahead), checking
+the header and the tree, and the sinks its data goes into: new tensors for
+``load`` (``map_location``) or a module's own tensors for ``load_state_dict``,
+scattered in place (``_wire.scatter``)."""
+
+from __future__ import annotations
+
+import collections
+import gc
+import os
+import queue
+import sys
+import threading
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+
+from ckpt import _tree, _wire
+from ckpt._results import VersionInfo
+from ckpt.errors import FailedPrecondition, Internal, InvalidArgument, Unavailable
+from ckpt.v1 import checkpoint_pb2 as pb
+
+_PREFETCH = os.environ.get("CKPT_LOAD_PREFETCH", "1") != "0"
+
+
+class _Prefetch:
+    """Reads a response stream on a helper thread, a few messages ahead.
+
+    grpcio asks for the next message only when the caller calls next(); reading
+    ahead lets the network and the server work while this thread copies the
+    previous message's pieces into tensors. At most ``depth`` messages (<= 1 MiB
+    each) wait. Errors (grpc.RpcError) surface from next() in order."""
+
+    _END = object()
+
+    def __init__(self, call: Any, depth: int = 4) -> None:
+        self._call = call
+        self._q: "queue.Queue[Any]" = queue.Queue(depth)
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="ckpt-load-read", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for message in self._call:
+                while True:
+                    if self._stop:
+                        return
+                    try:
+                        self._q.put((message, None), timeout=0.05)
+                        break
+                    except queue.Full:
+                        continue
+            item: Any = (self._END, None)
+        except BaseException as e:  # noqa: BLE001 - re-raised by next()
+            item = (None, e)
+        while not self._stop:
+            try:
+                self._q.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                continue
+
+    def __iter__(self) -> "_Prefetch":
+        return self
+
+    def __next__(self) -> bytes:
+        message, error = self._q.get()
+        if error is not None:
+            raise error
+        if message is self._END:
+            self._q.put((self._END, None))
+            raise StopIteration
+        return message
+
+    def close(self) -> None:
+        self._stop = True
+
+
+class _Sink:
+    """Receives a Load stream: the selected tree, then data pieces in order.
+
+    After the load, ``data_bytes`` is what the header announced (the bytes of
+    data the server sent)."""
+
+    data_bytes = 0
+
+    def on_slices(self, nodes: List[int]) -> None:
+        """For a load with slices, before on_tree: nodes[s] is the index of
+        slice s's tensor in the tree (whose data is then the box, packed)."""
+
+    def on_tree(self, version: VersionInfo, nodes: List[pb.Node]) -> None:
+        raise NotImplementedError
+
+    def on_data(self, node: int, offset: int, data: memoryview) -> None:
+        raise NotImplementedError
+
+    def scatter_targets(self) -> Optional[Tuple[List[Any], Callable[[int], memoryview],
+                                                 Optional[Callable[[int], None]]]]:
+        """The fast path (_wire.scatter), asked after on_tree: for each node the
+        writable memoryview its data goes into (None: not wanted; anything else:
+        replaced by make(node) when its first bytes arrive), make, and a callback
+        run when a node's last byte arrived (or None). None: call on_data."""
+        return None
+
+
+def _alloc_host(nbytes: int) -> Tuple[torch.Tensor, memoryview]:
+    buf = torch.empty(nbytes, dtype=torch.uint8)
+    return buf, (memoryview(buf.numpy()) if nbytes else memoryview(bytearray()))
+
+
+def _writable_bytes(t: torch.Tensor) -> memoryview:
+    """A writable uint8 memoryview of a fresh contiguous CPU tensor's memory."""
+    if t.numel() == 0:
+        return memoryview(bytearray())
+    if t.dtype in _tree._NUMPY_NATIVE and t.dim():
+        return memoryview(t.numpy()).cast("B")
+    return memoryview(t.reshape(-1).view(torch.uint8).numpy())
+
+
+_malloc_tuned = False
+
+
+def _tune_malloc() -> None:
+    """Keeps glibc from returning freed message buffers to the kernel between
+    messages (each 1 MiB message would otherwise fault fresh pages in: SPEC
+    measured loads 1.5-2x slower). Sets M_MMAP_THRESHOLD to 8 MiB and
+    M_TRIM_THRESHOLD to 64 MiB once per process; CKPT_MALLOC_TUNING=0 skips it."""
+    global _malloc_tuned
+    if _malloc_tuned:
+        return
+    _malloc_tuned = True
+    if os.environ.get("CKPT_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 8 << 20)   # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 64 << 20)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+
+
+class _ValueSink(_Sink):
+    """Builds the value torch.load would return. Tensors are allocated when the
+    tree arrives, one after another (allocating each as its bytes arrive,
+    between the message buffers, made glibc's malloc 4x slower)."""
+
+    def __init__(self, map_location: _tree.MapLocation) -> None:
+        self.map_location = map_location
+        self.version: Optional[VersionInfo] = None
+        self.nodes: List[pb.Node] = []
+        self.keys: List[str] = []
+        self.tensors: Dict[int, torch.Tensor] = {}
+        # Per node: None (no data), a memoryview its bytes go into, or its
+        # tensor / True (a byte leaf) until _make makes that view.
+        self.targets: List[Any] = []
+        self.dtypes: Dict[int, torch.dtype] = {}
+
+    def on_tree(self, version: VersionInfo, nodes: List[pb.Node]) -> None:
+        self.version = version
+        self.nodes = nodes
+        self.keys = _tree.flattened_keys(nodes)
+        targets: List[Any] = [None] * len(nodes)
+        dtypes = self.dtypes
+        tensors = self.tensors
+        empty = torch.empty
+        from_pb = _tree.FROM_PB
+        any_device = self.map_location is None
+        for i, node in enumerate(nodes):
+            which = node.WhichOneof("value")
+            if which == "tensor":
+                meta = node.tensor
+                dtype = from_pb.get(meta.dtype)
+                if dtype is None:
+                    raise InvalidArgument(f"tensor '{self.keys[i]}': dtype "
+                                          f"{pb.DType.Name(meta.dtype)} is not supported by "
+                                          f"torch {torch.__version__}")
+                if not any_device or meta.device != "cpu":
+                    target = _tree.target_device(self.map_location, meta.device)
+                    if target is not None and not _tree.device_available(target):
+                        raise FailedPrecondition(
+                            _tree.unavailable_message(self.keys[i], meta.device, target))
+                dtypes[i] = dtype
+                shape = tuple(meta.shape)
+                t = empty(shape, dtype=dtype)
+                tensors[i] = t
+                if meta.data.size:
+                    targets[i] = t  # its view is made by _make, as its bytes arrive
+            elif which == "bytes":
+                targets[i] = True
+        self.targets = targets
+
+    def _make(self, i: int) -> memoryview:
+        t = self.tensors.get(i)
+        if t is None:  # a byte leaf
+            return memoryview(bytearray(self.nodes[i].bytes.data.size))
+        # A fresh tensor is contiguous: numpy's buffer is its memory.
+        if t.dim() and t.dtype in _tree._NUMPY_NATIVE:
+            return memoryview(t.numpy()).cast("B")
+        return _writable_bytes(t)
+
+    def scatter_targets(self):
+        return self.targets, self._make, None
+
+    def on_data(self, node: int, offset: int, data: memoryview) -> None:
+        target = self.targets[node]
+        if target.__class__ is not memoryview:
+            target = self.targets[node] = self._make(node)
+        target[offset:offset + len(data)] = data
+
+    def build(self, strip_prefix: str = "") -> Any:
+        leaves: Dict[int, Any] = {}
+        targets = self.targets
+        for i, node in enumerate(self.nodes):
+            which = node.WhichOneof("value")
+            if which == "tensor":
+                leaves[i] = self._tensor(i, node.tensor)
+            elif which == "bytes":
+                target = targets[i]
+                leaves[i] = bytes(target) if target.__class__ is memoryview else b""
+        self.targets = []
+        self.tensors.clear()
+        return _tree.build(self.nodes, leaves, strip_prefix)
+
+    def _tensor(self, i: int, meta: pb.TensorMeta) -> torch.Tensor:
+        t = self.tensors[i]
+        if callable(self.map_location) and not isinstance(self.map_location, dict):
+            t = _tree.apply_callable(self.map_location, t, meta.device, self.keys[i])
+        elif meta.device != "cpu" or self.map_location is not None:
+            target = _tree.target_device(self.map_location, meta.device)
+            if target is not None and target.type != "cpu":
+                t = t.to(target)
+        if meta.requires_grad and (t.is_floating_point() or t.is_complex()):
+            return torch.nn.Parameter(t, requires_grad=True)
+        return t
+
+
+def _shape_text(shape: Iterable[int]) -> str:
+    return f"torch.Size({list(shape)})"
+
+
+class _InPlaceSink(_Sink):
+    """Copies a stored state_dict straight into a module's tensors."""
+
+    def __init__(self, targets: "collections.OrderedDict[str, torch.Tensor]", root: str,
+                 strip_prefix: str, rename: Optional[Dict[str, str]], strict: bool,
+                 module_name: str) -> None:
+        self.targets = targets
+        self.root = root
+        self.strip_prefix = strip_prefix
+        self.rename = rename or {}
+        self.strict = strict
+        self.module_name = module_name
+        self.missing: List[str] = []
+        self.unexpected: List[str] = []
+        self.views: List[Optional[memoryview]] = []
+        self.staged: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}  # node -> (buf, dst)
+        self.sizes: Dict[int, int] = {}
+
+    def _key(self, relative: str) -> str:
+        key = relative
+        if self.strip_prefix and key.startswith(self.strip_prefix):
+            key = key[len(self.strip_prefix):]
+        return self.rename.get(key, key)
+
+    def on_tree(self, version: VersionInfo, nodes: List[pb.Node]) -> None:
+        keys = _tree.flattened_keys(nodes)
+        root = self.root + "/" if self.root else ""
+        seen = set()
+        errors: List[str] = []
+        chosen: Dict[int, torch.Tensor] = {}
+        # The loop runs once per stored tensor: lookups hoisted.
+        plain_keys = not self.strip_prefix and not self.rename
+        cut = len(root)
+        get = self.targets.get
+        from_pb = _tree.FROM_PB
+        for i, node in enumerate(nodes):
+            if node.WhichOneof("value") != "tensor":
+                continue
+            relative = keys[i]
+            if cut:
+                if not relative.startswith(root):
+                    continue
+                relative = relative[cut:]
+            if "/" in relative:
+                continue  # nested deeper: not this state_dict's
+            key = relative if plain_keys else self._key(relative)
+            dst = get(key)
+            if dst is None:
+                self.unexpected.append(key)
+                continue
+            seen.add(key)
+            meta = node.tensor
+            if tuple(meta.shape) != dst.shape:
+                errors.append(f"size mismatch for {key}: copying a param with shape "
+                              f"{_shape_text(meta.shape)} from checkpoint, the shape in current "
+                              f"model is {_shape_text(dst.shape)}.")
+                continue
+            if from_pb.get(meta.dtype) != dst.dtype:
+                saved = from_pb.get(meta.dtype, pb.DType.Name(meta.dtype))
+                errors.append(f"dtype mismatch for {key}: copying a param with dtype {saved} "
+                              f"from checkpoint, the dtype in current model is {dst.dtype}.")
+                continue
+            chosen[i] = dst
+        self.missing = [k for k in self.targets if k not in seen]
+        shape_errors = bool(errors)
+        if self.strict:
+            if self.unexpected:
+                errors.insert(0, "Unexpected key(s) in state_dict: {}. ".format(
+                    ", ".join(f'"{k}"' for k in self.unexpected)))
+            if self.missing:
+                errors.insert(0, "Missing key(s) in state_dict: {}. ".format(
+                    ", ".join(f'"{k}"' for k in self.missing)))
+        if errors:
+            message = "Error(s) in loading state_dict for {}:\n\t{}".format(
+                self.module_name, "\n\t".join(errors))
+            raise (InvalidArgument if shape_errors else FailedPrecondition)(message)
+        # Destinations are made as the first bytes of each arrive (_make).
+        views: List[Any] = [None] * len(nodes)
+        for i, dst in chosen.items():
+            views[i] = dst
+        self.nodes = nodes
+        self.views = views
+
+    def _make(self, i: int) -> memoryview:
+        dst = self.views[i]
+        if dst.device.type == "cpu" and dst.is_contiguous() and not dst.is_conj() and \
+                not dst.is_neg():
+            if dst.requires_grad:
+                dst = dst.detach()
+            if dst.dim() and dst.dtype in _tree._NUMPY_NATIVE:
+                return memoryview(dst.numpy()).cast("B")
+            return _tree.tensor_bytes(dst)[0]
+        size = self.nodes[i].tensor.data.size
+        buf, view = _alloc_host(size)
+        self.staged[i] = (buf, dst)
+        self.sizes[i] = size
+        return view
+
+    def scatter_targets(self):
+        return self.views, self._make, self._staged_done
+
+    def _staged_done(self, node: int) -> None:
+        if not self.staged:
+            return
+        staged = self.staged.pop(node, None)
+        if staged is not None:
+            buf, dst = staged
+            with torch.no_grad():
+                dst.copy_(buf.view(dst.dtype).reshape(dst.shape))
+            self.views[node] = None
+
+    def on_data(self, node: int, offset: int, data: memoryview) -> None:
+        view = self.views[node]
+        if view is None:
+            return
+        if view.__class__ is not memoryview:
+            view = self.views[node] = self._make(node)
+        view[offset:offset + len(data)] = data
+        if offset + len(data) == self.sizes.get(node, -1):
+            self._staged_done(node)
+
+
+# ---------------------------------------------------------------- reading the stream
+
+
+def _run_load(call: Any, sink: _Sink,
+              slices: Sequence[pb.TensorSlice] = ()) -> VersionInfo:
+    stream = _Prefetch(call) if _PREFETCH else iter(call)
+    # A load makes tens of thousands of objects (nodes, views, tensors) and
+    # no garbage cycles: the cyclic collector would only rescan them
+    # (~15 % of a 20,000-tensor load).
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _read_load(stream, sink, slices)
+    finally:
+        if collecting:
+            gc.enable()
+        if isinstance(stream, _Prefetch):
+            stream.close()
+
+def _read_load(stream: Any, sink: _Sink,
+               slices: Sequence[pb.TensorSlice] = ()) -> VersionInfo:
+
+    def read(where: str) -> Tuple[int, memoryview]:
+        try:
+            return _wire.split_oneof(next(stream))
+        except StopIteration:
+            raise Unavailable(f"load stream ended {where}") from None
+
+    field, payload = read("before the header")
+    if field != _wire.LOAD_HEADER:
+        raise Internal("load stream without header")
+    header = pb.LoadHeader.FromString(payload)
+    info = VersionInfo.from_proto(header.version)
+    nodes: List[pb.Node] = []
+    while len(nodes) < header.num_nodes:
+        field, payload = read("in the tree")
+        if field != _wire.LOAD_NODES:
+            raise Internal("expected nodes in load stream")
+        nodes.extend(pb.NodeBatch.FromString(payload).nodes)
+    sizes = [0] * len(nodes)
+    for i, n in enumerate(nodes):
+        which = n.WhichOneof("value")
+        if which == "tensor":
+            sizes[i] = n.tensor.data.size
+        elif which == "bytes":
+            sizes[i] = n.bytes.data.size
+    if slices:
+        # A sliced tensor's data is its box, packed.
+        slice_nodes = list(header.slice_nodes)
+        if len(slice_nodes) != len(slices):
+            raise Internal(f"load header places {len(slice_nodes)} slices, "
+                           f"{len(slices)} were asked for")
+        for s, i in zip(slices, slice_nodes):
+            if i >= len(nodes) or nodes[i].WhichOneof("value") != "tensor":
+                raise Internal("load header places a slice on a node that is not a tensor")
+            box = _tree.dtype_size(nodes[i].tensor.dtype)
+            for n in s.length:
+                box *= n
+            sizes[i] = box
+        sink.on_slices(slice_nodes)
+    sink.data_bytes = header.data_bytes
+    sink.on_tree(info, nodes)
+    node = 0
+    offset = 0
+    received = 0
+    if header.data_bytes and header.data_bytes != sum(sizes):
+        raise Internal(f"load header announces {header.data_bytes} data bytes, the tree "
+                       f"holds {sum(sizes)}")
+    fast = sink.scatter_targets()
+    if fast is not None:
+        targets, make, on_complete = fast
+        scatter = _wire.scatter
+        data_bytes = header.data_bytes
+        while received < data_bytes:
+            try:
+                message = next(stream)
+            except StopIteration:
+                raise Unavailable("load stream ended in the data") from None
+            try:
+                node, offset, got = scatter(message, node, offset, sizes, targets, make,
+                                            on_complete)
+            except (_wire.StreamError, IndexError) as e:
+                raise Internal(f"malformed load stream: {e}") from None
+            received += got
+    while received < header.data_bytes:
+        field, payload = read("in the data")
+        if field != _wire.LOAD_DATA:
+            raise Internal("expected data in load stream")
+        for index, off, data in _wire.data_pieces(payload):
+            if index != node:
+                if index < node or index >= len(nodes) or offset != sizes[node]:
+                    raise Internal("load stream pieces out of order")
+                node = index
+                offset = 0
+            if off != offset or len(data) > sizes[node] - offset:
+                raise Internal("load stream piece out of range")
+            sink.on_data(node, off, data)
+            offset += len(data)
+            received += len(data)
+    for _ in stream:  # the server ends the stream: check its status
+        pass
+    return info
