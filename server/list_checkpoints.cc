@@ -1,0 +1,77 @@
+// ListCheckpoints: the names under a prefix, scoped to what the caller may
+// read (a token with grants on parts of the prefix lists the union of them).
+
+#include <algorithm>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/names.h"
+#include "rpc/convert.h"
+#include "server/service_internal.h"
+
+namespace ckpt::server {
+
+grpc::ServerUnaryReactor* CheckpointService::ListCheckpoints(grpc::CallbackServerContext* context,
+                                                             const grpc::ByteBuffer* raw_request,
+                                                             grpc::ByteBuffer* raw_response) {
+  return RunUnary<v1::ListCheckpointsRequest, v1::ListCheckpointsResponse>(
+      context, raw_request, raw_response, "ListCheckpoints",
+      [this](const Principal& principal, CallRecord&, const v1::ListCheckpointsRequest& request,
+             v1::ListCheckpointsResponse* response) -> absl::Status {
+        const std::string& prefix = request.prefix();
+        CKPT_RETURN_IF_ERROR(ValidatePrefix(prefix));
+        const uint32_t limit =
+            request.page_size() == 0 ? kMaxListPage : std::min(request.page_size(), kMaxListPage);
+        std::vector<CheckpointSummary> list;
+        std::optional<std::vector<std::string>> scopes = principal.ReadableUnder(prefix);
+        if (!scopes.has_value()) {
+          CKPT_ASSIGN_OR_RETURN(list,
+                                store_->ListCheckpoints(prefix, request.page_token(), limit + 1));
+        } else {
+          if (scopes->empty()) {
+            return absl::PermissionDeniedError(
+                absl::StrCat("token '", principal.name(), "' has no read right on any name under '",
+                             prefix, "'"));
+          }
+          // The readable names are those of each grant prefix: list each, keep
+          // the first limit + 1 of their union in order.
+          for (const std::string& scope : *scopes) {
+            std::string after = request.page_token();
+            size_t found = 0;
+            while (found <= limit) {
+              CKPT_ASSIGN_OR_RETURN(auto page, store_->ListCheckpoints(scope, after, limit + 1));
+              for (auto& c : page) {
+                if (!PrefixCovers(scope, c.name)) continue;
+                list.push_back(std::move(c));
+                ++found;
+              }
+              if (page.size() < limit + 1) break;
+              after = page.back().name;
+            }
+          }
+          std::sort(list.begin(), list.end(),
+                    [](const auto& a, const auto& b) { return a.name < b.name; });
+          list.erase(std::unique(list.begin(), list.end(),
+                                 [](const auto& a, const auto& b) { return a.name == b.name; }),
+                     list.end());
+          if (list.size() > limit + 1) list.resize(limit + 1);
+        }
+        for (size_t i = 0; i < list.size() && i < limit; ++i) {
+          v1::CheckpointSummary* out = response->add_checkpoints();
+          out->set_name(list[i].name);
+          out->set_latest_version(list[i].latest_version);
+          out->set_num_versions(list[i].num_versions);
+          VersionInfo t;
+          t.create_time_ms = list[i].latest_create_time_ms;
+          v1::VersionInfo tmp;
+          rpc::ToProto(t, &tmp);
+          *out->mutable_latest_create_time() = tmp.create_time();
+        }
+        if (list.size() > limit) response->set_next_page_token(list[limit - 1].name);
+        return absl::OkStatus();
+      });
+}
+
+}  // namespace ckpt::server
