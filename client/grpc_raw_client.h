@@ -1,0 +1,188 @@
+#ifndef CKPT_CLIENT_GRPC_RAW_CLIENT_H_
+#define CKPT_CLIENT_GRPC_RAW_CLIENT_H_
+
+// GrpcRawClient: RawClient over a gRPC channel. Internal to client/: its
+// methods live in raw_client.cc (unary calls, credentials, Connect),
+// raw_client_save.cc (the Save stream) and raw_client_load.cc (the Load
+// stream).
+
+#include <grpcpp/grpcpp.h>
+
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "ckpt/v1/checkpoint.grpc.pb.h"
+#include "client/raw_client.h"
+#include "common/status_macros.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "rpc/grpc_status.h"
+
+namespace ckpt::client {
+
+// Where one chunk of the current batch lives in the caller's memory.
+struct ChunkSource {
+  const uint8_t* data;  // null: read from `source`
+  size_t length;
+  DataSource* source = nullptr;
+  uint64_t offset = 0;  // within the node, for `source`
+};
+
+class GrpcRawClient final : public RawClient {
+ public:
+  GrpcRawClient(std::shared_ptr<grpc::Channel> channel, const ClientOptions& options)
+      : channel_(std::move(channel)),
+        stub_(v1::CheckpointService::NewStub(channel_)),
+        health_(grpc::health::v1::Health::NewStub(channel_)),
+        options_(options) {}
+
+  void Close() override;
+
+  absl::StatusOr<SaveResult> Save(const std::string& name, const SaveInput& input,
+                                  const SaveOptions& options) override;
+
+  // The Save stream on `context`, cancelled when it fails on our side.
+  absl::StatusOr<SaveResult> RunSaveCall(grpc::ClientContext& context, const std::string& name,
+                                         const SaveInput& input, const SaveOptions& options);
+
+  absl::Status Load(const std::string& name, const LoadOptions& options, LoadSink* sink) override;
+
+  // The Load stream on `context`, cancelled when it fails on our side.
+  absl::Status RunLoadCall(grpc::ClientContext& context, const std::string& name,
+                           const LoadOptions& options, LoadSink* sink);
+
+  absl::StatusOr<LoadedValue> Load(const std::string& name, const LoadOptions& options) override;
+
+  absl::StatusOr<std::vector<CheckpointSummary>> ListCheckpoints(const std::string& prefix,
+                                                                 const CallOptions& call) override;
+
+  absl::StatusOr<std::vector<VersionInfo>> ListVersions(const std::string& name,
+                                                        const CallOptions& call) override;
+
+  absl::StatusOr<LoadedValue> GetManifest(const std::string& name, uint64_t version,
+                                          const std::string& tag, const CallOptions& call) override;
+
+  absl::StatusOr<uint64_t> DeleteVersion(const std::string& name, uint64_t version, bool force,
+                                         const CallOptions& call) override;
+
+  absl::Status SetTag(const std::string& name, const std::string& tag, uint64_t version,
+                      const CallOptions& call) override;
+
+  absl::Status DeleteTag(const std::string& name, const std::string& tag,
+                         const CallOptions& call) override;
+
+  absl::StatusOr<ServerInfo> GetServerInfo(const CallOptions& call) override;
+
+  absl::StatusOr<GcResult> GarbageCollect(const CallOptions& call) override;
+
+  absl::StatusOr<BackupInfo> Backup(const std::string& name, const CallOptions& call) override;
+
+  absl::StatusOr<NamespaceUsage> GetUsage(const std::string& name_or_prefix,
+                                          const CallOptions& call) override;
+
+  absl::StatusOr<std::vector<uint64_t>> SetRetention(const std::string& name,
+                                                     const RetentionPolicy& policy,
+                                                     const CallOptions& call) override;
+
+  absl::StatusOr<RetentionPolicy> GetRetention(const std::string& name,
+                                               const CallOptions& call) override;
+
+  absl::StatusOr<std::vector<uint64_t>> Prune(const std::string& name, bool dry_run,
+                                              const CallOptions& call) override;
+
+  absl::Status Health(const CallOptions& call) override;
+
+ private:
+  // Every call carries the deadline and the bearer token.
+  void Prepare(grpc::ClientContext* context, absl::Duration timeout) const;
+
+  // When a unary method given `call` must be done.
+  absl::Time Deadline(const CallOptions& call) const;
+
+  template <typename Method, typename Request, typename Response>
+  absl::Status Unary(Method method, const Request& request, Response* response,
+                     const CallOptions& call, absl::Time deadline) {
+    grpc::ClientContext context;
+    Prepare(&context, absl::ZeroDuration());
+    if (deadline != absl::InfiniteFuture()) context.set_deadline(absl::ToChronoTime(deadline));
+    for (const auto& [key, value] : call.headers) context.AddMetadata(key, value);
+    if (absl::Now() >= deadline) {
+      return absl::DeadlineExceededError("the call's deadline passed before it started");
+    }
+    InFlight in_flight(this, &context);
+    CKPT_RETURN_IF_ERROR(in_flight.status());
+    return in_flight.Outcome(rpc::FromGrpcStatus(((*stub_).*method)(&context, request, response)),
+                             "the call");
+  }
+
+  // Registers a call's context while it runs, so that Close() can cancel it.
+  class InFlight {
+   public:
+    InFlight(GrpcRawClient* client, grpc::ClientContext* context)
+        : client_(client), context_(context) {
+      std::lock_guard<std::mutex> lock(client_->mu_);
+      if (client_->closed_) {
+        status_ = absl::FailedPreconditionError("client is closed");
+        context_ = nullptr;
+        return;
+      }
+      client_->in_flight_.insert(context_);
+    }
+    ~InFlight() {
+      if (context_ == nullptr) return;
+      std::lock_guard<std::mutex> lock(client_->mu_);
+      client_->in_flight_.erase(context_);
+    }
+    InFlight(const InFlight&) = delete;
+    InFlight& operator=(const InFlight&) = delete;
+    const absl::Status& status() const { return status_; }
+    // `failed` unless Close() ran meanwhile: then Cancelled, whatever gRPC
+    // made of the cancellation (a broken stream, CANCELLED).
+    absl::Status Outcome(absl::Status failed, absl::string_view what) const {
+      if (failed.ok()) return failed;
+      std::lock_guard<std::mutex> lock(client_->mu_);
+      if (!client_->closed_) return failed;
+      return absl::CancelledError(absl::StrCat(what, " was cancelled: the client was closed"));
+    }
+
+   private:
+    GrpcRawClient* client_;
+    grpc::ClientContext* context_;
+    absl::Status status_;
+  };
+
+  using SaveStream = grpc::ClientReaderWriter<v1::SaveRequest, v1::SaveResponse>;
+
+  absl::Status Write(SaveStream* stream, const v1::SaveRequest& request, bool* broken);
+
+  absl::Status Read(SaveStream* stream, v1::SaveResponse* response, v1::SaveResponse::MsgCase want,
+                    bool* broken);
+
+  absl::StatusOr<SaveResult> RunSave(SaveStream* stream, const std::string& name,
+                                     const SaveInput& input, const SaveOptions& options,
+                                     bool* broken);
+
+  absl::Status SendChunks(SaveStream* stream, const v1::NeedChunks& need,
+                          const absl::flat_hash_map<Digest, ChunkSource>& sources,
+                          SaveResult* result, bool* broken);
+
+  absl::Status RunLoad(grpc::ClientReader<v1::LoadResponse>* stream,
+                       const std::vector<TensorSlice>& slices, LoadSink* sink, bool* broken);
+
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::CheckpointService::Stub> stub_;
+  std::unique_ptr<grpc::health::v1::Health::Stub> health_;
+  ClientOptions options_;
+  std::mutex mu_;
+  bool closed_ = false;                       // guarded by mu_
+  std::set<grpc::ClientContext*> in_flight_;  // guarded by mu_
+};
+
+}  // namespace ckpt::client
+
+#endif  // CKPT_CLIENT_GRPC_RAW_CLIENT_H_

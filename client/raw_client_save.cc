@@ -1,0 +1,237 @@
+// GrpcRawClient's Save stream: the tree in node batches hashed one ahead,
+// then the chunks the server asks for, in pieces of at most rpc::kPieceBytes.
+
+#include <algorithm>
+#include <future>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "client/grpc_raw_client.h"
+#include "common/status_macros.h"
+#include "rpc/convert.h"
+#include "rpc/grpc_status.h"
+#include "rpc/protocol.h"
+
+namespace ckpt::client {
+
+using rpc::kMaxBatchNodes;
+using rpc::kPieceBytes;
+
+absl::StatusOr<SaveResult> GrpcRawClient::Save(const std::string& name, const SaveInput& input,
+                                               const SaveOptions& options) {
+  grpc::ClientContext context;
+  Prepare(&context, options.timeout);
+  InFlight in_flight(this, &context);
+  CKPT_RETURN_IF_ERROR(in_flight.status());
+  absl::StatusOr<SaveResult> result = RunSaveCall(context, name, input, options);
+  if (result.ok()) return result;
+  return in_flight.Outcome(result.status(), "the save");
+}
+
+absl::StatusOr<SaveResult> GrpcRawClient::RunSaveCall(grpc::ClientContext& context,
+                                                      const std::string& name,
+                                                      const SaveInput& input,
+                                                      const SaveOptions& options) {
+  auto stream = stub_->Save(&context);
+  bool broken = false;
+  absl::StatusOr<SaveResult> result = RunSave(stream.get(), name, input, options, &broken);
+  if (result.ok()) {
+    stream->WritesDone();
+    grpc::Status status = stream->Finish();
+    if (!status.ok()) return rpc::FromGrpcStatus(status);
+    return result;
+  }
+  // When the server ended the stream, its status says why; when we gave
+  // up on our own, cancel first.
+  if (!broken) context.TryCancel();
+  grpc::Status status = stream->Finish();
+  if (!status.ok() && status.error_code() != grpc::StatusCode::CANCELLED) {
+    return rpc::FromGrpcStatus(status);
+  }
+  return result.status();
+}
+
+absl::Status GrpcRawClient::Write(SaveStream* stream, const v1::SaveRequest& request,
+                                  bool* broken) {
+  if (!stream->Write(request)) {
+    *broken = true;
+    return absl::UnavailableError("save stream broken while writing");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status GrpcRawClient::Read(SaveStream* stream, v1::SaveResponse* response,
+                                 v1::SaveResponse::MsgCase want, bool* broken) {
+  if (!stream->Read(response)) {
+    *broken = true;
+    return absl::UnavailableError("save stream ended unexpectedly");
+  }
+  if (response->msg_case() != want) {
+    return absl::InternalError(absl::StrCat("unexpected save response ", response->msg_case()));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<SaveResult> GrpcRawClient::RunSave(SaveStream* stream, const std::string& name,
+                                                  const SaveInput& input,
+                                                  const SaveOptions& options, bool* broken) {
+  const Tree& tree = input.tree;
+  if (tree.empty()) return absl::InvalidArgumentError("nothing to save: empty tree");
+  if (input.bytes.size() != tree.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("SaveInput has ", tree.size(), " nodes but ",
+                                                   input.bytes.size(), " byte spans"));
+  }
+  v1::SaveRequest request;
+  v1::SaveBegin* begin = request.mutable_begin();
+  begin->set_name(name);
+  begin->set_step(options.step);
+  begin->set_epoch(options.epoch);
+  begin->mutable_metadata()->insert(options.metadata.begin(), options.metadata.end());
+  for (const auto& t : options.tags) begin->add_tags(t);
+  if (options.world_size > 1) {
+    begin->mutable_part()->set_rank(options.rank);
+    begin->mutable_part()->set_world_size(options.world_size);
+    begin->mutable_part()->set_save_id(options.save_id);
+  }
+  CKPT_RETURN_IF_ERROR(Write(stream, request, broken));
+  v1::SaveResponse response;
+  CKPT_RETURN_IF_ERROR(Read(stream, &response, v1::SaveResponse::kAccepted, broken));
+  uint32_t chunk_size = response.accepted().chunk_size();
+  if (options_.chunk_size != 0) {
+    chunk_size = std::min(options_.chunk_size, response.accepted().max_chunk_bytes());
+  }
+  if (chunk_size == 0) return absl::InternalError("server announced chunk size 0");
+
+  SaveResult result;
+  uint64_t data_done = 0, data_total = 0;
+  for (const Node& n : tree) data_total += n.has_data() ? n.data.size : 0;
+  // Batches are hashed one ahead on another thread, so that hashing (and
+  // device-to-host copies) of batch k+1 overlap sending batch k's chunks.
+  struct Batch {
+    v1::SaveRequest request;
+    absl::flat_hash_map<Digest, ChunkSource> sources;
+    uint64_t data = 0;
+    uint64_t chunks = 0;
+    size_t next = 0;  // first node of the following batch
+  };
+  auto prepare = [&input, &tree, this, chunk_size](size_t next) -> absl::StatusOr<Batch> {
+    Batch out;
+    std::string scratch;  // one pulled chunk (DataSource nodes)
+    v1::NodeBatch* batch = out.request.mutable_nodes();
+    size_t batch_proto = 0;
+    // Nodes up to batch_bytes of data (at least one node).
+    while (next < tree.size() && batch->nodes_size() < static_cast<int>(kMaxBatchNodes) &&
+           batch_proto < kPieceBytes &&
+           (batch->nodes_size() == 0 || out.data < options_.batch_bytes)) {
+      Node node = tree[next];
+      if (node.has_data()) {
+        DataSource* source = next < input.sources.size() ? input.sources[next] : nullptr;
+        absl::Span<const uint8_t> bytes = input.bytes[next];
+        if (source == nullptr && bytes.size() != node.data.size) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "node ", next, ": ", bytes.size(), " bytes given, ", node.data.size, " declared"));
+        }
+        node.data.chunk_size = node.data.size ? chunk_size : 0;
+        node.data.chunks.clear();
+        for (uint64_t off = 0; off < node.data.size; off += chunk_size) {
+          const size_t len = std::min<uint64_t>(chunk_size, node.data.size - off);
+          if (source != nullptr) {
+            // Pulled chunk by chunk; read again when sent.
+            scratch.resize(len);
+            CKPT_RETURN_IF_ERROR(source->Read(
+                off, absl::Span<uint8_t>(reinterpret_cast<uint8_t*>(scratch.data()), len)));
+            Digest d = Digest::Of(scratch);
+            node.data.chunks.push_back(d);
+            out.sources.emplace(d, ChunkSource{nullptr, len, source, off});
+            continue;
+          }
+          Digest d = Digest::Of(bytes.subspan(off, len));
+          node.data.chunks.push_back(d);
+          out.sources.emplace(d, ChunkSource{bytes.data() + off, len});
+        }
+        out.chunks += node.data.chunks.size();
+        out.data += node.data.size;
+      }
+      v1::Node* proto = batch->add_nodes();
+      rpc::ToProto(node, proto);
+      batch_proto += proto->ByteSizeLong() + 4;
+      ++next;
+    }
+    out.next = next;
+    return out;
+  };
+  uint64_t batch_index = 0;
+  // A pending future's destructor waits for it: an early return below
+  // never leaves the hashing thread using `input`.
+  std::future<absl::StatusOr<Batch>> ahead = std::async(std::launch::async, prepare, size_t{0});
+  for (;;) {
+    absl::StatusOr<Batch> current = ahead.get();
+    if (!current.ok()) return current.status();
+    const bool more = current->next < tree.size();
+    if (more) ahead = std::async(std::launch::async, prepare, current->next);
+    CKPT_RETURN_IF_ERROR(Write(stream, current->request, broken));
+    CKPT_RETURN_IF_ERROR(Read(stream, &response, v1::SaveResponse::kNeed, broken));
+    if (response.need().batch() != batch_index++) {
+      return absl::InternalError("server answered the wrong node batch");
+    }
+    CKPT_RETURN_IF_ERROR(SendChunks(stream, response.need(), current->sources, &result, broken));
+    result.chunks_total += current->chunks;
+    data_done += current->data;
+    if (options.progress) options.progress(data_done, data_total);
+    if (!more) break;
+  }
+  request.Clear();
+  request.mutable_commit();
+  CKPT_RETURN_IF_ERROR(Write(stream, request, broken));
+  CKPT_RETURN_IF_ERROR(Read(stream, &response, v1::SaveResponse::kResult, broken));
+  result.version = rpc::FromProto(response.result().version());
+  result.pruned_versions.assign(response.result().pruned_versions().begin(),
+                                response.result().pruned_versions().end());
+  return result;
+}
+
+absl::Status GrpcRawClient::SendChunks(SaveStream* stream, const v1::NeedChunks& need,
+                                       const absl::flat_hash_map<Digest, ChunkSource>& sources,
+                                       SaveResult* result, bool* broken) {
+  v1::SaveRequest request;
+  v1::ChunkBatch* batch = request.mutable_chunks();
+  size_t batch_bytes = 0;
+  std::string scratch;  // one pulled chunk (DataSource nodes)
+  auto flush = [&]() -> absl::Status {
+    if (batch->pieces_size() == 0) return absl::OkStatus();
+    CKPT_RETURN_IF_ERROR(Write(stream, request, broken));
+    batch->Clear();
+    batch_bytes = 0;
+    return absl::OkStatus();
+  };
+  for (const std::string& raw : need.digests()) {
+    CKPT_ASSIGN_OR_RETURN(Digest digest, Digest::FromBytes(raw));
+    auto it = sources.find(digest);
+    if (it == sources.end()) {
+      return absl::InternalError(
+          absl::StrCat("server asked for chunk ", digest.Hex(), " not in this batch"));
+    }
+    ChunkSource src = it->second;
+    if (src.source != nullptr) {
+      scratch.resize(src.length);
+      CKPT_RETURN_IF_ERROR(src.source->Read(
+          src.offset, absl::Span<uint8_t>(reinterpret_cast<uint8_t*>(scratch.data()), src.length)));
+      src.data = reinterpret_cast<const uint8_t*>(scratch.data());
+    }
+    for (size_t off = 0; off < src.length;) {
+      if (batch_bytes >= kPieceBytes) CKPT_RETURN_IF_ERROR(flush());
+      const size_t len = std::min(src.length - off, kPieceBytes - batch_bytes);
+      v1::ChunkPiece* piece = batch->add_pieces();
+      piece->set_digest(raw);
+      piece->set_offset(off);
+      piece->set_data(src.data + off, len);
+      batch_bytes += len;
+      off += len;
+    }
+    result->bytes_sent += src.length;
+    ++result->chunks_sent;
+  }
+  return flush();
+}
+
+}  // namespace ckpt::client
