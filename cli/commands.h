@@ -121,9 +121,11 @@ void AddLsCommand(CLI::App& app, CommandTable& table);
 void AddVersionsCommand(CLI::App& app, CommandTable& table);
 void AddShowCommand(CLI::App& app, CommandTable& table);
 void AddRmCommand(CLI::App& app, CommandTable& table);
-void AddTagCommands(CLI::App& app, CommandTable& table);  // tag, untag
+void AddTagCommands(CLI::App& app, CommandTable& table);        // tag, untag
+void AddRetentionCommands(CLI::App& app, CommandTable& table);  // retention, prune
 void AddGcCommand(CLI::App& app, CommandTable& table);
 void AddBackupCommand(CLI::App& app, CommandTable& table);
+void AddUsageCommand(CLI::App& app, CommandTable& table);
 void AddHealthCommand(CLI::App& app, CommandTable& table);
 /// put NAME FILE, get REF FILE (cli/files.cc).
 void AddFileCommands(CLI::App& app, CommandTable& table);
