@@ -71,15 +71,7 @@ absl::StatusOr<std::vector<CheckpointSummary>> GrpcRawClient::ListCheckpoints(
     v1::ListCheckpointsResponse response;
     CKPT_RETURN_IF_ERROR(
         Unary(&v1::CheckpointService::Stub::ListCheckpoints, request, &response, call, deadline));
-    for (const auto& c : response.checkpoints()) {
-      CheckpointSummary s;
-      s.name = c.name();
-      s.latest_version = c.latest_version();
-      s.num_versions = c.num_versions();
-      s.latest_create_time_ms =
-          c.latest_create_time().seconds() * 1000 + c.latest_create_time().nanos() / 1000000;
-      out.push_back(std::move(s));
-    }
+    for (const auto& c : response.checkpoints()) out.push_back(rpc::FromProto(c));
     if (response.next_page_token().empty()) return out;
     request.set_page_token(response.next_page_token());
   }
@@ -169,21 +161,7 @@ absl::StatusOr<ServerInfo> GrpcRawClient::GetServerInfo(const CallOptions& call)
   v1::GetServerInfoResponse response;
   CKPT_RETURN_IF_ERROR(
       Unary(&v1::CheckpointService::Stub::GetServerInfo, request, &response, call, deadline));
-  ServerInfo info;
-  info.server_version = response.server_version();
-  info.chunk_size = response.chunk_size();
-  info.max_message_bytes = response.max_message_bytes();
-  const auto& s = response.stats();
-  info.stats.checkpoints = s.checkpoints();
-  info.stats.versions = s.versions();
-  info.stats.chunks = s.chunks();
-  info.stats.stored_bytes = s.stored_bytes();
-  info.stats.logical_bytes = s.logical_bytes();
-  info.stats.disk_bytes = s.disk_bytes();
-  info.stats.active_uploads = s.active_uploads();
-  info.stats.garbage_bytes = s.garbage_bytes();
-  info.dedup_ratio = s.dedup_ratio();
-  return info;
+  return rpc::FromProto(response);
 }
 
 absl::StatusOr<GcResult> GrpcRawClient::GarbageCollect(const CallOptions& call) {
@@ -192,11 +170,7 @@ absl::StatusOr<GcResult> GrpcRawClient::GarbageCollect(const CallOptions& call) 
   v1::GarbageCollectResponse response;
   CKPT_RETURN_IF_ERROR(
       Unary(&v1::CheckpointService::Stub::GarbageCollect, request, &response, call, deadline));
-  GcResult gc;
-  gc.chunks_removed = response.chunks_removed();
-  gc.bytes_removed = response.bytes_removed();
-  gc.orphan_uploads_removed = response.orphan_uploads_removed();
-  return gc;
+  return rpc::FromProto(response);
 }
 
 absl::StatusOr<BackupInfo> GrpcRawClient::Backup(const std::string& name, const CallOptions& call) {
@@ -206,13 +180,7 @@ absl::StatusOr<BackupInfo> GrpcRawClient::Backup(const std::string& name, const 
   v1::BackupResponse response;
   CKPT_RETURN_IF_ERROR(
       Unary(&v1::CheckpointService::Stub::Backup, request, &response, call, deadline));
-  BackupInfo backup;
-  backup.name = response.name();
-  backup.path = response.path();
-  backup.files = response.files();
-  backup.bytes = response.bytes();
-  backup.versions = response.versions();
-  return backup;
+  return rpc::FromProto(response);
 }
 
 absl::StatusOr<NamespaceUsage> GrpcRawClient::GetUsage(const std::string& name_or_prefix,
@@ -223,11 +191,7 @@ absl::StatusOr<NamespaceUsage> GrpcRawClient::GetUsage(const std::string& name_o
   v1::GetUsageResponse response;
   CKPT_RETURN_IF_ERROR(
       Unary(&v1::CheckpointService::Stub::GetUsage, request, &response, call, deadline));
-  NamespaceUsage usage;
-  usage.ns = response.namespace_();
-  usage.used_bytes = response.used_bytes();
-  usage.quota_bytes = response.quota_bytes();
-  return usage;
+  return rpc::FromProto(response);
 }
 
 absl::StatusOr<std::vector<uint64_t>> GrpcRawClient::SetRetention(const std::string& name,

@@ -173,24 +173,10 @@ struct LoadedValue {
   std::vector<uint32_t> slice_nodes;
 };
 
-/// Server identity and totals.
-struct ServerInfo {
-  std::string server_version;
-  uint32_t chunk_size = 0;
-  uint32_t max_message_bytes = 0;
-  StoreStats stats;
-  double dedup_ratio = 1;
-};
-
-/// One namespace's usage (RawClient::GetUsage).
-struct NamespaceUsage {
-  std::string ns;
-  /// Bytes of the distinct chunks its committed versions reference: what
-  /// its quota limits.
-  uint64_t used_bytes = 0;
-  /// Its quota; 0: no limit.
-  uint64_t quota_bytes = 0;
-};
+// ServerInfo and NamespaceUsage live in common/types.h (rpc/convert converts
+// them); these are their names here.
+using ::ckpt::NamespaceUsage;
+using ::ckpt::ServerInfo;
 
 /// A connection to a ckpt server. Thread-safe: calls may run concurrently,
 /// and Close() may be called from any thread. Errors carry the server's gRPC

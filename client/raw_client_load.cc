@@ -29,10 +29,7 @@ absl::Status GrpcRawClient::RunLoadCall(grpc::ClientContext& context, const std:
   for (const auto& p : options.patterns) request.add_patterns(p);
   request.set_skip_data(options.skip_data);
   for (const TensorSlice& slice : options.slices) {
-    v1::TensorSlice* s = request.add_slices();
-    s->set_key(slice.key);
-    for (uint64_t a : slice.start) s->add_start(a);
-    for (uint64_t n : slice.length) s->add_length(n);
+    rpc::ToProto(slice, request.add_slices());
   }
   auto stream = stub_->Load(&context, request);
   bool broken = false;

@@ -10,11 +10,11 @@
 #include <map>
 #include <optional>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <variant>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 
 namespace ckpt {
@@ -135,13 +135,13 @@ using NodeKey = std::variant<std::monostate, std::string, int64_t>;
 struct Node {
   NodeKind kind = NodeKind::kNone;
   NodeKey key;
-  uint32_t size = 0;       ///< Children (containers only).
+  uint32_t size = 0;  ///< Children (containers only).
   bool bool_value = false;
   int64_t int_value = 0;
   double float_value = 0;
   std::string string_value;
-  TensorMeta tensor;       ///< kTensor only.
-  DataRef data;            ///< kTensor and kBytes.
+  TensorMeta tensor;  ///< kTensor only.
+  DataRef data;       ///< kTensor and kBytes.
 
   bool is_container() const {
     return kind == NodeKind::kDict || kind == NodeKind::kList || kind == NodeKind::kTuple;
@@ -170,8 +170,7 @@ inline constexpr size_t kMaxTotalKeyBytes = 64 << 20;
 /// data size (no negative dims, no overflow), the chunk list agrees with size
 /// and chunk_size (<= max_chunk_bytes), the device string is sane.
 /// InvalidArgument naming `key` otherwise. OK for other kinds.
-absl::Status ValidateNodeData(const Node& node, absl::string_view key,
-                              uint32_t max_chunk_bytes);
+absl::Status ValidateNodeData(const Node& node, absl::string_view key, uint32_t max_chunk_bytes);
 
 /// Checks that `tree` is one well-formed tree: container sizes add up, dict
 /// children have keys and no duplicates, other nodes' children have none,
@@ -201,8 +200,8 @@ absl::Status ValidateMetadata(const std::map<std::string, std::string>& metadata
 
 /// Record of a committed version.
 struct VersionInfo {
-  std::string name;     ///< The checkpoint name ("team/run-1/model").
-  uint64_t version = 0;  ///< 1, 2, 3, ... per name: never reused, no gaps at commit.
+  std::string name;            ///< The checkpoint name ("team/run-1/model").
+  uint64_t version = 0;        ///< 1, 2, 3, ... per name: never reused, no gaps at commit.
   int64_t create_time_ms = 0;  ///< Commit time, Unix time in milliseconds.
   int64_t step = 0;            ///< SaveOptions::step of the save (0 if unset).
   int64_t epoch = 0;           ///< SaveOptions::epoch of the save (0 if unset).
@@ -252,12 +251,31 @@ struct GcResult {
 /// the Backup RPC). The directory is itself a data directory: a server
 /// started on it (or on a copy of it) serves every version it holds.
 struct BackupInfo {
-  std::string name;     ///< The backup's directory name.
-  std::string path;     ///< Where it is, on the server's machine.
-  uint64_t files = 0;   ///< Files in it.
-  uint64_t bytes = 0;   ///< Their total size (hard links to the live store's
-                        ///< files when on the same file system: little new disk).
+  std::string name;       ///< The backup's directory name.
+  std::string path;       ///< Where it is, on the server's machine.
+  uint64_t files = 0;     ///< Files in it.
+  uint64_t bytes = 0;     ///< Their total size (hard links to the live store's
+                          ///< files when on the same file system: little new disk).
   uint64_t versions = 0;  ///< Committed versions it holds.
+};
+
+/// Server identity and totals (RawClient::GetServerInfo, the GetServerInfo RPC).
+struct ServerInfo {
+  std::string server_version;
+  uint32_t chunk_size = 0;
+  uint32_t max_message_bytes = 0;
+  StoreStats stats;
+  double dedup_ratio = 1;
+};
+
+/// One namespace's usage (RawClient::GetUsage, the GetUsage RPC).
+struct NamespaceUsage {
+  std::string ns;
+  /// Bytes of the distinct chunks its committed versions reference: what
+  /// its quota limits.
+  uint64_t used_bytes = 0;
+  /// Its quota; 0: no limit.
+  uint64_t quota_bytes = 0;
 };
 
 }  // namespace ckpt

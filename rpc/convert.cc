@@ -144,8 +144,7 @@ VersionInfo FromProto(const v1::VersionInfo& proto) {
   VersionInfo info;
   info.name = proto.name();
   info.version = proto.version();
-  info.create_time_ms =
-      proto.create_time().seconds() * 1000 + proto.create_time().nanos() / 1000000;
+  info.create_time_ms = TimestampFromProto(proto.create_time());
   info.step = proto.step();
   info.epoch = proto.epoch();
   info.metadata.insert(proto.metadata().begin(), proto.metadata().end());
@@ -161,10 +160,7 @@ VersionInfo FromProto(const v1::VersionInfo& proto) {
 void ToProto(const VersionInfo& info, v1::VersionInfo* proto) {
   proto->set_name(info.name);
   proto->set_version(info.version);
-  int64_t ms = info.create_time_ms;
-  int64_t secs = ms >= 0 ? ms / 1000 : -((-ms + 999) / 1000);
-  proto->mutable_create_time()->set_seconds(secs);
-  proto->mutable_create_time()->set_nanos(static_cast<int32_t>((ms - secs * 1000) * 1000000));
+  TimestampToProto(info.create_time_ms, proto->mutable_create_time());
   proto->set_step(info.step);
   proto->set_epoch(info.epoch);
   proto->mutable_metadata()->insert(info.metadata.begin(), info.metadata.end());
@@ -192,6 +188,132 @@ void ToProto(const RetentionPolicy& policy, v1::RetentionPolicy* proto) {
   proto->set_keep_best(policy.keep_best);
   proto->set_metric(policy.metric);
   proto->set_higher_is_better(policy.higher_is_better);
+}
+
+int64_t TimestampFromProto(const google::protobuf::Timestamp& proto) {
+  return proto.seconds() * 1000 + proto.nanos() / 1000000;
+}
+
+void TimestampToProto(int64_t ms, google::protobuf::Timestamp* proto) {
+  int64_t secs = ms >= 0 ? ms / 1000 : -((-ms + 999) / 1000);
+  proto->set_seconds(secs);
+  proto->set_nanos(static_cast<int32_t>((ms - secs * 1000) * 1000000));
+}
+
+CheckpointSummary FromProto(const v1::CheckpointSummary& proto) {
+  CheckpointSummary summary;
+  summary.name = proto.name();
+  summary.latest_version = proto.latest_version();
+  summary.num_versions = proto.num_versions();
+  summary.latest_create_time_ms = TimestampFromProto(proto.latest_create_time());
+  return summary;
+}
+
+void ToProto(const CheckpointSummary& summary, v1::CheckpointSummary* proto) {
+  proto->set_name(summary.name);
+  proto->set_latest_version(summary.latest_version);
+  proto->set_num_versions(summary.num_versions);
+  TimestampToProto(summary.latest_create_time_ms, proto->mutable_latest_create_time());
+}
+
+TensorSlice FromProto(const v1::TensorSlice& proto) {
+  return TensorSlice{proto.key(),
+                     {proto.start().begin(), proto.start().end()},
+                     {proto.length().begin(), proto.length().end()}};
+}
+
+void ToProto(const TensorSlice& slice, v1::TensorSlice* proto) {
+  proto->set_key(slice.key);
+  for (uint64_t a : slice.start) proto->add_start(a);
+  for (uint64_t n : slice.length) proto->add_length(n);
+}
+
+StoreStats FromProto(const v1::StorageStats& proto) {
+  StoreStats stats;
+  stats.checkpoints = proto.checkpoints();
+  stats.versions = proto.versions();
+  stats.chunks = proto.chunks();
+  stats.stored_bytes = proto.stored_bytes();
+  stats.logical_bytes = proto.logical_bytes();
+  stats.disk_bytes = proto.disk_bytes();
+  stats.active_uploads = proto.active_uploads();
+  stats.garbage_bytes = proto.garbage_bytes();
+  return stats;
+}
+
+void ToProto(const StoreStats& stats, v1::StorageStats* proto) {
+  proto->set_checkpoints(stats.checkpoints);
+  proto->set_versions(stats.versions);
+  proto->set_chunks(stats.chunks);
+  proto->set_stored_bytes(stats.stored_bytes);
+  proto->set_logical_bytes(stats.logical_bytes);
+  proto->set_disk_bytes(stats.disk_bytes);
+  proto->set_active_uploads(stats.active_uploads);
+  proto->set_garbage_bytes(stats.garbage_bytes);
+}
+
+ServerInfo FromProto(const v1::GetServerInfoResponse& proto) {
+  ServerInfo info;
+  info.server_version = proto.server_version();
+  info.chunk_size = proto.chunk_size();
+  info.max_message_bytes = proto.max_message_bytes();
+  info.stats = FromProto(proto.stats());
+  info.dedup_ratio = proto.stats().dedup_ratio();
+  return info;
+}
+
+void ToProto(const ServerInfo& info, v1::GetServerInfoResponse* proto) {
+  proto->set_server_version(info.server_version);
+  proto->set_chunk_size(info.chunk_size);
+  proto->set_max_message_bytes(info.max_message_bytes);
+  ToProto(info.stats, proto->mutable_stats());
+  proto->mutable_stats()->set_dedup_ratio(info.dedup_ratio);
+}
+
+NamespaceUsage FromProto(const v1::GetUsageResponse& proto) {
+  NamespaceUsage usage;
+  usage.ns = proto.namespace_();
+  usage.used_bytes = proto.used_bytes();
+  usage.quota_bytes = proto.quota_bytes();
+  return usage;
+}
+
+void ToProto(const NamespaceUsage& usage, v1::GetUsageResponse* proto) {
+  proto->set_namespace_(usage.ns);
+  proto->set_used_bytes(usage.used_bytes);
+  proto->set_quota_bytes(usage.quota_bytes);
+}
+
+GcResult FromProto(const v1::GarbageCollectResponse& proto) {
+  GcResult gc;
+  gc.chunks_removed = proto.chunks_removed();
+  gc.bytes_removed = proto.bytes_removed();
+  gc.orphan_uploads_removed = proto.orphan_uploads_removed();
+  return gc;
+}
+
+void ToProto(const GcResult& gc, v1::GarbageCollectResponse* proto) {
+  proto->set_chunks_removed(gc.chunks_removed);
+  proto->set_bytes_removed(gc.bytes_removed);
+  proto->set_orphan_uploads_removed(gc.orphan_uploads_removed);
+}
+
+BackupInfo FromProto(const v1::BackupResponse& proto) {
+  BackupInfo backup;
+  backup.name = proto.name();
+  backup.path = proto.path();
+  backup.files = proto.files();
+  backup.bytes = proto.bytes();
+  backup.versions = proto.versions();
+  return backup;
+}
+
+void ToProto(const BackupInfo& backup, v1::BackupResponse* proto) {
+  proto->set_name(backup.name);
+  proto->set_path(backup.path);
+  proto->set_files(backup.files);
+  proto->set_bytes(backup.bytes);
+  proto->set_versions(backup.versions);
 }
 
 }  // namespace ckpt::rpc

@@ -22,21 +22,15 @@ grpc::ServerUnaryReactor* CheckpointService::GetServerInfo(grpc::CallbackServerC
       [this](const Principal&, CallRecord&, const v1::GetServerInfoRequest& request,
              v1::GetServerInfoResponse* response) -> absl::Status {
         CKPT_ASSIGN_OR_RETURN(storage::StoreStats stats, store_->Stats());
-        response->set_server_version(CKPT_VERSION);
-        response->set_chunk_size(options_.chunk_size);
-        response->set_max_message_bytes(options_.max_message_bytes);
-        v1::StorageStats* out = response->mutable_stats();
-        out->set_checkpoints(stats.checkpoints);
-        out->set_versions(stats.versions);
-        out->set_chunks(stats.chunks);
-        out->set_stored_bytes(stats.stored_bytes);
-        out->set_logical_bytes(stats.logical_bytes);
-        out->set_dedup_ratio(stats.stored_bytes ? static_cast<double>(stats.logical_bytes) /
-                                                      static_cast<double>(stats.stored_bytes)
-                                                : 1.0);
-        out->set_disk_bytes(stats.disk_bytes);
-        out->set_active_uploads(stats.active_uploads);
-        out->set_garbage_bytes(stats.garbage_bytes);
+        ServerInfo info;
+        info.server_version = CKPT_VERSION;
+        info.chunk_size = options_.chunk_size;
+        info.max_message_bytes = options_.max_message_bytes;
+        info.stats = stats;
+        info.dedup_ratio = stats.stored_bytes ? static_cast<double>(stats.logical_bytes) /
+                                                    static_cast<double>(stats.stored_bytes)
+                                              : 1.0;
+        rpc::ToProto(info, response);
         return absl::OkStatus();
       });
 }
@@ -56,9 +50,11 @@ grpc::ServerUnaryReactor* CheckpointService::GetUsage(grpc::CallbackServerContex
         }
         // The whole namespace's bytes: a right on part of it is not enough.
         CKPT_RETURN_IF_ERROR(CheckName(principal, Right::kRead, ns));
-        response->set_namespace_(std::string(ns));
-        response->set_used_bytes(store_->NamespaceBytes(ns));
-        response->set_quota_bytes(storage::NamespaceQuota(options_.store, ns));
+        NamespaceUsage usage;
+        usage.ns = std::string(ns);
+        usage.used_bytes = store_->NamespaceBytes(ns);
+        usage.quota_bytes = storage::NamespaceQuota(options_.store, ns);
+        rpc::ToProto(usage, response);
         return absl::OkStatus();
       });
 }
@@ -72,9 +68,7 @@ grpc::ServerUnaryReactor* CheckpointService::GarbageCollect(grpc::CallbackServer
              v1::GarbageCollectResponse* response) -> absl::Status {
         CKPT_RETURN_IF_ERROR(principal.CheckGlobal(Right::kAdmin, "collect garbage"));
         CKPT_ASSIGN_OR_RETURN(storage::GcResult gc, store_->CollectGarbage());
-        response->set_chunks_removed(gc.chunks_removed);
-        response->set_bytes_removed(gc.bytes_removed);
-        response->set_orphan_uploads_removed(gc.orphan_uploads_removed);
+        rpc::ToProto(gc, response);
         return absl::OkStatus();
       });
 }
@@ -106,11 +100,7 @@ grpc::ServerUnaryReactor* CheckpointService::Backup(grpc::CallbackServerContext*
               "' is not valid: letters, digits, '.', '_' and '-', at most 128 characters"));
         }
         CKPT_ASSIGN_OR_RETURN(BackupInfo backup, store_->Backup(options_.backup_dir + "/" + name));
-        response->set_name(backup.name);
-        response->set_path(backup.path);
-        response->set_files(backup.files);
-        response->set_bytes(backup.bytes);
-        response->set_versions(backup.versions);
+        rpc::ToProto(backup, response);
         return absl::OkStatus();
       });
 }

@@ -59,15 +59,7 @@ grpc::ServerUnaryReactor* CheckpointService::ListCheckpoints(grpc::CallbackServe
           if (list.size() > limit + 1) list.resize(limit + 1);
         }
         for (size_t i = 0; i < list.size() && i < limit; ++i) {
-          v1::CheckpointSummary* out = response->add_checkpoints();
-          out->set_name(list[i].name);
-          out->set_latest_version(list[i].latest_version);
-          out->set_num_versions(list[i].num_versions);
-          VersionInfo t;
-          t.create_time_ms = list[i].latest_create_time_ms;
-          v1::VersionInfo tmp;
-          rpc::ToProto(t, &tmp);
-          *out->mutable_latest_create_time() = tmp.create_time();
+          rpc::ToProto(list[i], response->add_checkpoints());
         }
         if (list.size() > limit) response->set_next_page_token(list[limit - 1].name);
         return absl::OkStatus();

@@ -348,8 +348,7 @@ class LoadReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
     CKPT_ASSIGN_OR_RETURN(std::vector<KeyPattern> patterns, CompilePatterns(texts));
     // Slices name tensors by key; each selects its tensor too.
     for (const v1::TensorSlice& s : request_.slices()) {
-      slices_.push_back(TensorSlice{
-          s.key(), {s.start().begin(), s.start().end()}, {s.length().begin(), s.length().end()}});
+      slices_.push_back(rpc::FromProto(s));
     }
     CKPT_ASSIGN_OR_RETURN(std::vector<size_t> sliced, FindSlices(tree_, slices_));
     std::vector<bool> also(sliced.empty() ? 0 : tree_.size(), false);
