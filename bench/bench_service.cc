@@ -12,10 +12,9 @@
 // The server is the real ckpt-server binary, started on a fresh directory.
 
 #include <fcntl.h>
-
-#include <CLI/CLI.hpp>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -105,16 +104,18 @@ int Run(int argc, char** argv) {
   std::string which = "all";
   std::string dir_arg;
   std::string server_bin;
-  CLI::App app{"bench_service: save/load throughput of ckpt-server over loopback with SPEC §8's "
-               "workloads as raw tensors (prints numbers; about 1.5 GB of disk at scale 1)"};
+  CLI::App app{
+      "bench_service: save/load throughput of ckpt-server over loopback with SPEC §8's "
+      "workloads as raw tensors (prints numbers; about 1.5 GB of disk at scale 1)"};
   app.add_option("--scale", scale, "workload size factor (1: GPT-2 small + Adam, ~1.5 GB)")
       ->check(CLI::Range(0.001, 100.0))
       ->capture_default_str();
   app.add_option("--workload", which, "gpt2, small or all")
       ->check(CLI::IsMember({"gpt2", "small", "all"}))
       ->capture_default_str();
-  app.add_option("--dir", dir_arg, "directory for the server's data and the disk probe "
-                                   "(default: $TMPDIR or /tmp)");
+  app.add_option("--dir", dir_arg,
+                 "directory for the server's data and the disk probe "
+                 "(default: $TMPDIR or /tmp)");
   app.add_option("--server", server_bin, "ckpt-server binary (default: the one built with it)")
       ->check(CLI::ExistingFile);
   CLI11_PARSE(app, argc, argv);

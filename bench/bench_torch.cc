@@ -10,11 +10,10 @@
 // baseline files (same disk).
 
 #include <fcntl.h>
-
-#include <CLI/CLI.hpp>
 #include <torch/torch.h>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -85,9 +84,10 @@ int Run(int argc, char** argv) {
   std::string which = "all";
   std::string python = "/usr/bin/python3";
   std::string server_bin;
-  CLI::App app{"bench_torch: SPEC §8's workloads through the LibTorch client beside "
-               "torch::pickle_save/load and Python torch.save/torch.load in one run (prints "
-               "numbers; about 1.5 GB of memory and disk at scale 1)"};
+  CLI::App app{
+      "bench_torch: SPEC §8's workloads through the LibTorch client beside "
+      "torch::pickle_save/load and Python torch.save/torch.load in one run (prints "
+      "numbers; about 1.5 GB of memory and disk at scale 1)"};
   app.add_option("--scale", scale, "workload size factor (1: GPT-2 small + Adam, ~1.5 GB)")
       ->check(CLI::Range(0.001, 100.0))
       ->capture_default_str();

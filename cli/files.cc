@@ -82,7 +82,8 @@ class FileSink : public client::LoadSink {
       return absl::InvalidArgumentError(absl::StrCat(
           version.name, "@", version.version, " is a tree of ", tree.size(),
           " nodes, not one file: pass --key KEY for one tensor's or bytes leaf's raw bytes (`ckpt "
-          "show ", version.name, "@", version.version, "` lists the keys), or use `ckpt export`"));
+          "show ",
+          version.name, "@", version.version, "` lists the keys), or use `ckpt export`"));
     }
     if (node_ == SIZE_MAX) {
       return absl::NotFoundError(absl::StrCat("no tensor or bytes leaf '", key_, "' in ",
@@ -136,7 +137,8 @@ absl::Status RunGet(Context& ctx, const GetArgs& args) {
 
 void AddFileCommands(CLI::App& app, CommandTable& table) {
   auto put = std::make_shared<PutArgs>();
-  CLI::App* sub = app.add_subcommand("put", "Save a file as a new version of NAME (a raw byte leaf)");
+  CLI::App* sub =
+      app.add_subcommand("put", "Save a file as a new version of NAME (a raw byte leaf)");
   sub->add_option("NAME", put->name, "checkpoint name")->required();
   sub->add_option("FILE", put->file, "file to store")->required();
   sub->add_option("--tag", put->tags, "tag to point at the new version (repeatable)");

@@ -26,10 +26,18 @@ std::string Escape(absl::string_view s, char quote) {
   out.reserve(s.size() + 2);
   for (char c : s) {
     switch (c) {
-      case '\n': out += "\\n"; break;
-      case '\t': out += "\\t"; break;
-      case '\r': out += "\\r"; break;
-      case '\\': out += "\\\\"; break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
       default:
         if (quote != 0 && c == quote) {
           out += '\\';
@@ -52,10 +60,9 @@ std::string DictKeyText(const NodeKey& key) {
   const auto* s = std::get_if<std::string>(&key);
   if (s == nullptr) return "?";
   int64_t unused;
-  const bool ambiguous = s->empty() || absl::SimpleAtoi(*s, &unused) ||
-                         s->front() == '"' || s->front() == '[' ||
-                         std::any_of(s->begin(), s->end(),
-                                     [](char c) { return c == ' ' || IsControl(c); });
+  const bool ambiguous =
+      s->empty() || absl::SimpleAtoi(*s, &unused) || s->front() == '"' || s->front() == '[' ||
+      std::any_of(s->begin(), s->end(), [](char c) { return c == ' ' || IsControl(c); });
   return ambiguous ? Quoted(*s) : *s;
 }
 
@@ -63,16 +70,26 @@ std::string DictKeyText(const NodeKey& key) {
 // so the JSON format does not change with it.
 const char* JsonTypeName(NodeKind kind) {
   switch (kind) {
-    case NodeKind::kDict: return "dict";
-    case NodeKind::kList: return "list";
-    case NodeKind::kTuple: return "tuple";
-    case NodeKind::kNone: return "none";
-    case NodeKind::kBool: return "bool";
-    case NodeKind::kInt: return "int";
-    case NodeKind::kFloat: return "float";
-    case NodeKind::kString: return "string";
-    case NodeKind::kTensor: return "tensor";
-    case NodeKind::kBytes: return "bytes";
+    case NodeKind::kDict:
+      return "dict";
+    case NodeKind::kList:
+      return "list";
+    case NodeKind::kTuple:
+      return "tuple";
+    case NodeKind::kNone:
+      return "none";
+    case NodeKind::kBool:
+      return "bool";
+    case NodeKind::kInt:
+      return "int";
+    case NodeKind::kFloat:
+      return "float";
+    case NodeKind::kString:
+      return "string";
+    case NodeKind::kTensor:
+      return "tensor";
+    case NodeKind::kBytes:
+      return "bytes";
   }
   return "unknown";
 }
@@ -166,8 +183,7 @@ absl::StatusOr<Json> NodeToJson(const Tree& tree, size_t* next, size_t depth) {
 }  // namespace
 
 std::string FormatTime(int64_t unix_ms) {
-  return absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", absl::FromUnixMillis(unix_ms),
-                          absl::UTCTimeZone());
+  return absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", absl::FromUnixMillis(unix_ms), absl::UTCTimeZone());
 }
 
 std::string HumanBytes(uint64_t bytes) {
@@ -223,8 +239,8 @@ std::string DescribeNode(const Node& node) {
       return Quoted(node.string_value);
     case NodeKind::kTensor: {
       std::string text =
-          absl::StrCat(DTypeName(node.tensor.dtype), " ", ShapeText(node.tensor.shape),
-                       "  ", HumanBytes(node.data.size), "  ", Printable(node.tensor.device));
+          absl::StrCat(DTypeName(node.tensor.dtype), " ", ShapeText(node.tensor.shape), "  ",
+                       HumanBytes(node.data.size), "  ", Printable(node.tensor.device));
       if (node.tensor.requires_grad) text += "  requires_grad";
       return text;
     }
@@ -394,8 +410,8 @@ absl::StatusOr<Json> TreeToJson(const Tree& tree) {
   auto root = NodeToJson(tree, &next, 0);
   if (!root.ok()) return root.status();
   if (next != tree.size()) {
-    return absl::DataLossError(absl::StrCat("manifest has ", tree.size() - next,
-                                            " nodes after the end of its root"));
+    return absl::DataLossError(
+        absl::StrCat("manifest has ", tree.size() - next, " nodes after the end of its root"));
   }
   return root;
 }

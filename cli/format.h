@@ -7,12 +7,11 @@
 // interface and are described at the top of cli/main.cc: change both together.
 
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <ostream>
 #include <string>
 #include <utility>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -58,8 +57,7 @@ void PrintTable(std::ostream& out, const std::vector<std::string>& header,
 
 /// "label:  value" lines with values aligned. A value with newlines
 /// continues on following lines at the same column.
-void PrintFields(std::ostream& out,
-                 const std::vector<std::pair<std::string, std::string>>& fields);
+void PrintFields(std::ostream& out, const std::vector<std::pair<std::string, std::string>>& fields);
 
 /// One line per node, indented two spaces per depth: `KEY  DESCRIPTION`.
 /// Dict keys print as is (integer keys as numbers; string keys that are

@@ -69,11 +69,10 @@ class ProgressBar {
     const int filled = static_cast<int>(fraction * kWidth);
     const double seconds = std::chrono::duration<double>(now - start_).count();
     const uint64_t rate = seconds > 0 ? static_cast<uint64_t>(done / seconds) : 0;
-    err_ << "\r" << label_ << "  [" << std::string(filled, '#')
-         << std::string(kWidth - filled, '-') << "]  "
-         << absl::StrFormat("%3d%%", static_cast<int>(fraction * 100)) << "  "
-         << HumanBytes(done) << " / " << HumanBytes(total_) << "  " << HumanBytes(rate)
-         << "/s" << std::flush;
+    err_ << "\r" << label_ << "  [" << std::string(filled, '#') << std::string(kWidth - filled, '-')
+         << "]  " << absl::StrFormat("%3d%%", static_cast<int>(fraction * 100)) << "  "
+         << HumanBytes(done) << " / " << HumanBytes(total_) << "  " << HumanBytes(rate) << "/s"
+         << std::flush;
     drawn_ = true;
   }
 
@@ -130,9 +129,8 @@ absl::Status RunImport(Context& ctx, const ImportArgs& args) {
   auto detected = interop::DetectFormat(file->bytes());
   if (!detected.ok()) return Annotate(detected.status(), args.file);
   if (wanted != interop::Format::kUnknown && wanted != *detected) {
-    return absl::InvalidArgumentError(absl::StrCat(args.file, " is a ",
-                                                   interop::FormatName(*detected),
-                                                   " file, not ", args.format));
+    return absl::InvalidArgumentError(absl::StrCat(
+        args.file, " is a ", interop::FormatName(*detected), " file, not ", args.format));
   }
   // Memory stays bounded: pages the reader (CRC checks) and the save (after
   // each batch) are done with are dropped from this process.
@@ -174,9 +172,9 @@ absl::Status RunImport(Context& ctx, const ImportArgs& args) {
   CKPT_ASSIGN_OR_RETURN(client::SaveResult saved, client->Save(args.name, input, options));
   bar.Finish();
   ctx.out() << "imported " << args.file << " as " << args.name << "@" << saved.version.version
-            << " (" << interop::FormatName(imported->format) << ", "
-            << CountTensors(input.tree) << " tensors, " << HumanBytes(total) << ", sent "
-            << HumanBytes(saved.bytes_sent) << ")\n";
+            << " (" << interop::FormatName(imported->format) << ", " << CountTensors(input.tree)
+            << " tensors, " << HumanBytes(total) << ", sent " << HumanBytes(saved.bytes_sent)
+            << ")\n";
   PrintPruned(ctx.out(), args.name, saved);
   return absl::OkStatus();
 }
@@ -209,9 +207,9 @@ class ExportSink : public client::LoadSink {
     CKPT_ASSIGN_OR_RETURN(out_, interop::AtomicFileOutput::Create(path_));
     auto writer = interop::NewCheckpointWriter(format_, tree_, out_.get(), options);
     if (!writer.ok()) {
-      return Annotate(writer.status(), absl::StrCat("cannot export ", version.name, "@",
-                                                    version.version, " as ",
-                                                    interop::FormatName(format_)));
+      return Annotate(writer.status(),
+                      absl::StrCat("cannot export ", version.name, "@", version.version, " as ",
+                                   interop::FormatName(format_)));
     }
     writer_ = *std::move(writer);
     for (const Node& n : tree_) total_ += n.has_data() ? n.data.size : 0;
@@ -273,8 +271,8 @@ absl::Status RunExport(Context& ctx, const ExportArgs& args) {
   CKPT_RETURN_IF_ERROR(client->Load(ref.name, options, &sink));
   CKPT_RETURN_IF_ERROR(sink.Finish());
   ctx.out() << "exported " << sink.version().name << "@" << sink.version().version << " to "
-            << args.file << " (" << interop::FormatName(format) << ", "
-            << CountTensors(sink.tree()) << " tensors, " << HumanBytes(sink.total()) << ")\n";
+            << args.file << " (" << interop::FormatName(format) << ", " << CountTensors(sink.tree())
+            << " tensors, " << HumanBytes(sink.total()) << ")\n";
   return absl::OkStatus();
 }
 
@@ -298,10 +296,11 @@ void AddInteropCommands(CLI::App& app, CommandTable& table) {
                   "KEY=VALUE to record in the version's metadata (repeatable; e.g. loss=0.25 "
                   "for retention by --metric loss)")
       ->type_name("KEY=VALUE");
-  sub->add_flag_function("--progress", [imp](int64_t) { imp->progress = 1; },
-                         "always show a progress bar on stderr");
-  sub->add_flag_function("--no-progress", [imp](int64_t) { imp->progress = -1; },
-                         "never show a progress bar (default: on a terminal, from 64 MiB)");
+  sub->add_flag_function(
+      "--progress", [imp](int64_t) { imp->progress = 1; }, "always show a progress bar on stderr");
+  sub->add_flag_function(
+      "--no-progress", [imp](int64_t) { imp->progress = -1; },
+      "never show a progress bar (default: on a terminal, from 64 MiB)");
   table.Add(sub, [imp](Context& ctx) { return RunImport(ctx, *imp); });
 
   auto exp = std::make_shared<ExportArgs>();
@@ -310,15 +309,15 @@ void AddInteropCommands(CLI::App& app, CommandTable& table) {
       "Write a version as a .pt file for torch.load, or as .safetensors (tensors only, "
       "nested keys joined with '/')");
   sub->add_option("REF", exp->ref, "NAME[@VERSION|@TAG]")->required();
-  sub->add_option("FILE", exp->file, "file to write (.pt, .pth, .bin, .safetensors)")
-      ->required();
+  sub->add_option("FILE", exp->file, "file to write (.pt, .pth, .bin, .safetensors)")->required();
   sub->add_option("--keys", exp->keys, "export only keys matching this glob (repeatable)");
   sub->add_option("--format", exp->format,
                   "pt, safetensors or auto (default: auto, from FILE's extension)");
-  sub->add_flag_function("--progress", [exp](int64_t) { exp->progress = 1; },
-                         "always show a progress bar on stderr");
-  sub->add_flag_function("--no-progress", [exp](int64_t) { exp->progress = -1; },
-                         "never show a progress bar (default: on a terminal, from 64 MiB)");
+  sub->add_flag_function(
+      "--progress", [exp](int64_t) { exp->progress = 1; }, "always show a progress bar on stderr");
+  sub->add_flag_function(
+      "--no-progress", [exp](int64_t) { exp->progress = -1; },
+      "never show a progress bar (default: on a terminal, from 64 MiB)");
   table.Add(sub, [exp](Context& ctx) { return RunExport(ctx, *exp); });
 }
 

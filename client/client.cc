@@ -87,21 +87,20 @@ std::future<absl::StatusOr<SaveResult>> Client::SaveAsync(const std::string& nam
     }
     auto done = std::make_shared<std::atomic<bool>>(false);
     // The thread uses raw_, which outlives it: Close() joins it first.
-    std::thread thread([raw = raw_.get(), name, options, flat, done,
-                        promise = std::move(promise)]() mutable {
-      absl::StatusOr<SaveResult> result = raw->Save(name, (*flat)->input, options);
-      flat.reset();  // the snapshot's memory goes before the future is ready
-      promise.set_value(std::move(result));
-      done->store(true);
-    });
+    std::thread thread(
+        [raw = raw_.get(), name, options, flat, done, promise = std::move(promise)]() mutable {
+          absl::StatusOr<SaveResult> result = raw->Save(name, (*flat)->input, options);
+          flat.reset();  // the snapshot's memory goes before the future is ready
+          promise.set_value(std::move(result));
+          done->store(true);
+        });
     async_->tasks.push_back({std::move(thread), std::move(done)});
   }
   for (AsyncSaves::Task& task : finished) task.thread.join();
   return future;
 }
 
-absl::StatusOr<c10::IValue> Client::Load(const std::string& name,
-                                         const TorchLoadOptions& options) {
+absl::StatusOr<c10::IValue> Client::Load(const std::string& name, const TorchLoadOptions& options) {
   LoadOptions raw_options;
   raw_options.version = options.version;
   raw_options.tag = options.tag;
@@ -117,7 +116,6 @@ namespace {
 std::string ShapeText(c10::IntArrayRef sizes) {
   return ckpt::ShapeText(absl::Span<const int64_t>(sizes.data(), sizes.size()));
 }
-
 
 }  // namespace
 
@@ -172,11 +170,11 @@ absl::StatusOr<IncompatibleKeys> Client::LoadInto(const std::string& name,
       auto dtype = internal::ToDType(dst.scalar_type());
       if (!dtype.ok() || *dtype != tree[i].tensor.dtype ||
           std::vector<int64_t>(dst.sizes().begin(), dst.sizes().end()) != tree[i].tensor.shape) {
-        mismatches.push_back(absl::StrCat(
-            "size or dtype mismatch for ", key, ": copying a param with shape ",
-            ShapeText(tree[i].tensor.shape), " ", DTypeName(tree[i].tensor.dtype),
-            " from checkpoint, the shape in current model is ", ShapeText(dst.sizes()), " ",
-            dtype.ok() ? std::string(DTypeName(*dtype)) : "?"));
+        mismatches.push_back(
+            absl::StrCat("size or dtype mismatch for ", key, ": copying a param with shape ",
+                         ShapeText(tree[i].tensor.shape), " ", DTypeName(tree[i].tensor.dtype),
+                         " from checkpoint, the shape in current model is ", ShapeText(dst.sizes()),
+                         " ", dtype.ok() ? std::string(DTypeName(*dtype)) : "?"));
         continue;
       }
       (*chosen)[i] = dst;
@@ -188,10 +186,10 @@ absl::StatusOr<IncompatibleKeys> Client::LoadInto(const std::string& name,
       return absl::InvalidArgumentError(absl::StrJoin(mismatches, "; "));
     }
     if (strict && (!result.missing_keys.empty() || !result.unexpected_keys.empty())) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "Error(s) in loading state_dict: Missing key(s): [",
-          absl::StrJoin(result.missing_keys, ", "), "]. Unexpected key(s): [",
-          absl::StrJoin(result.unexpected_keys, ", "), "]"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("Error(s) in loading state_dict: Missing key(s): [",
+                       absl::StrJoin(result.missing_keys, ", "), "]. Unexpected key(s): [",
+                       absl::StrJoin(result.unexpected_keys, ", "), "]"));
     }
     return absl::OkStatus();
   };

@@ -196,8 +196,8 @@ absl::StatusOr<IncompatibleKeys> LoadStateDict(torch::nn::Module& module,
                                                bool strict);
 /// The same from a generic dict (as Load returns); non-tensor values are
 /// InvalidArgument.
-absl::StatusOr<IncompatibleKeys> LoadStateDict(torch::nn::Module& module,
-                                               const c10::IValue& state, bool strict);
+absl::StatusOr<IncompatibleKeys> LoadStateDict(torch::nn::Module& module, const c10::IValue& state,
+                                               bool strict);
 
 /// optimizer.state_dict() in PyTorch's layout: {"state": {index: {...}},
 /// "param_groups": [{hyperparameters..., "params": [indices]}]} for SGD,
@@ -208,8 +208,7 @@ absl::StatusOr<c10::IValue> OptimizerStateDict(const torch::optim::Optimizer& op
 /// optimizer.load_state_dict(state): restores hyperparameters and per-
 /// parameter state. InvalidArgument if groups or parameter counts or state
 /// shapes do not match.
-absl::Status LoadOptimizerStateDict(torch::optim::Optimizer& optimizer,
-                                    const c10::IValue& state);
+absl::Status LoadOptimizerStateDict(torch::optim::Optimizer& optimizer, const c10::IValue& state);
 
 // ---------------------------------------------------------------- checkpoints
 

@@ -66,19 +66,19 @@ absl::StatusOr<IncompatibleKeys> LoadStateDict(torch::nn::Module& module,
     const at::Tensor& dst = it->value();
     const at::Tensor& src = entry.value();
     if (dst.sizes() != src.sizes() || dst.scalar_type() != src.scalar_type()) {
-      mismatches.push_back(absl::StrCat(
-          "size or dtype mismatch for ", entry.key(), ": copying a param with shape ",
-          Shape(src.sizes()), " ", c10::toString(src.scalar_type()),
-          " from checkpoint, the shape in current model is ", Shape(dst.sizes()), " ",
-          c10::toString(dst.scalar_type())));
+      mismatches.push_back(absl::StrCat("size or dtype mismatch for ", entry.key(),
+                                        ": copying a param with shape ", Shape(src.sizes()), " ",
+                                        c10::toString(src.scalar_type()),
+                                        " from checkpoint, the shape in current model is ",
+                                        Shape(dst.sizes()), " ", c10::toString(dst.scalar_type())));
     }
   }
   if (!mismatches.empty()) return absl::InvalidArgumentError(absl::StrJoin(mismatches, "; "));
   if (strict && (!result.missing_keys.empty() || !result.unexpected_keys.empty())) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "Error(s) in loading state_dict: Missing key(s): [",
-        absl::StrJoin(result.missing_keys, ", "), "]. Unexpected key(s): [",
-        absl::StrJoin(result.unexpected_keys, ", "), "]"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("Error(s) in loading state_dict: Missing key(s): [",
+                     absl::StrJoin(result.missing_keys, ", "), "]. Unexpected key(s): [",
+                     absl::StrJoin(result.unexpected_keys, ", "), "]"));
   }
   torch::NoGradGuard no_grad;
   try {
@@ -92,14 +92,13 @@ absl::StatusOr<IncompatibleKeys> LoadStateDict(torch::nn::Module& module,
   return result;
 }
 
-absl::StatusOr<IncompatibleKeys> LoadStateDict(torch::nn::Module& module,
-                                               const c10::IValue& state, bool strict) {
+absl::StatusOr<IncompatibleKeys> LoadStateDict(torch::nn::Module& module, const c10::IValue& state,
+                                               bool strict) {
   if (!state.isGenericDict()) return absl::InvalidArgumentError("state_dict is not a dict");
   c10::Dict<std::string, at::Tensor> typed;
   for (const auto& entry : state.toGenericDict()) {
     if (!entry.key().isString() || !entry.value().isTensor()) {
-      return absl::InvalidArgumentError(
-          "state_dict must map str keys to tensors");
+      return absl::InvalidArgumentError("state_dict must map str keys to tensors");
     }
     typed.insert(entry.key().toStringRef(), entry.value().toTensor());
   }
@@ -163,8 +162,7 @@ struct Codec {
   std::function<Entries(const OptimizerOptions&)> group;
   std::function<Entries(const OptimizerParamState&)> state;
   std::function<absl::Status(const c10::impl::GenericDict&, OptimizerOptions&)> load_group;
-  std::function<absl::StatusOr<std::unique_ptr<OptimizerParamState>>(
-      const c10::impl::GenericDict&)>
+  std::function<absl::StatusOr<std::unique_ptr<OptimizerParamState>>(const c10::impl::GenericDict&)>
       load_state;
 };
 
@@ -213,21 +211,20 @@ Codec AdamLike() {
   Codec c;
   c.group = [](const OptimizerOptions& base) {
     const auto& o = static_cast<const Opts&>(base);
-    Entries e = {{"lr", o.lr()},
-                 {"betas", c10::ivalue::Tuple::create(
-                               {std::get<0>(o.betas()), std::get<1>(o.betas())})},
-                 {"eps", o.eps()},
-                 {"weight_decay", o.weight_decay()},
-                 {"amsgrad", o.amsgrad()}};
+    Entries e = {
+        {"lr", o.lr()},
+        {"betas", c10::ivalue::Tuple::create({std::get<0>(o.betas()), std::get<1>(o.betas())})},
+        {"eps", o.eps()},
+        {"weight_decay", o.weight_decay()},
+        {"amsgrad", o.amsgrad()}};
     CommonFlags(&e, true);
     e.emplace_back("fused", c10::IValue());
     return e;
   };
   c.state = [](const OptimizerParamState& base) {
     const auto& s = static_cast<const State&>(base);
-    Entries e = {{"step", StepTensor(s.step())},
-                 {"exp_avg", s.exp_avg()},
-                 {"exp_avg_sq", s.exp_avg_sq()}};
+    Entries e = {
+        {"step", StepTensor(s.step())}, {"exp_avg", s.exp_avg()}, {"exp_avg_sq", s.exp_avg_sq()}};
     if (s.max_exp_avg_sq().defined()) e.emplace_back("max_exp_avg_sq", s.max_exp_avg_sq());
     return e;
   };
@@ -248,8 +245,8 @@ Codec AdamLike() {
         std::make_tuple(b[0].toDouble(), b[1].toDouble()));
     return absl::OkStatus();
   };
-  c.load_state = [](const c10::impl::GenericDict& d)
-      -> absl::StatusOr<std::unique_ptr<OptimizerParamState>> {
+  c.load_state =
+      [](const c10::impl::GenericDict& d) -> absl::StatusOr<std::unique_ptr<OptimizerParamState>> {
     auto s = std::make_unique<State>();
     CKPT_ASSIGN_OR_RETURN(c10::IValue step, Get(d, "step"));
     CKPT_ASSIGN_OR_RETURN(int64_t n, StepOf(step));
@@ -294,8 +291,8 @@ Codec SgdCodec() {
     o.lr(lr).momentum(momentum).dampening(dampening).weight_decay(wd).nesterov(nesterov);
     return absl::OkStatus();
   };
-  c.load_state = [](const c10::impl::GenericDict& d)
-      -> absl::StatusOr<std::unique_ptr<OptimizerParamState>> {
+  c.load_state =
+      [](const c10::impl::GenericDict& d) -> absl::StatusOr<std::unique_ptr<OptimizerParamState>> {
     auto s = std::make_unique<SGDParamState>();
     s->momentum_buffer(GetOptionalTensor(d, "momentum_buffer"));
     return std::unique_ptr<OptimizerParamState>(std::move(s));
@@ -331,8 +328,8 @@ Codec AdagradCodec() {
     o.lr(lr).lr_decay(lr_decay).weight_decay(wd).initial_accumulator_value(init).eps(eps);
     return absl::OkStatus();
   };
-  c.load_state = [](const c10::impl::GenericDict& d)
-      -> absl::StatusOr<std::unique_ptr<OptimizerParamState>> {
+  c.load_state =
+      [](const c10::impl::GenericDict& d) -> absl::StatusOr<std::unique_ptr<OptimizerParamState>> {
     auto s = std::make_unique<AdagradParamState>();
     CKPT_ASSIGN_OR_RETURN(c10::IValue step, Get(d, "step"));
     CKPT_ASSIGN_OR_RETURN(int64_t n, StepOf(step));
@@ -350,12 +347,8 @@ Codec RmspropCodec() {
   Codec c;
   c.group = [](const OptimizerOptions& base) {
     const auto& o = static_cast<const RMSpropOptions&>(base);
-    Entries e = {{"lr", o.lr()},
-                 {"momentum", o.momentum()},
-                 {"alpha", o.alpha()},
-                 {"eps", o.eps()},
-                 {"centered", o.centered()},
-                 {"weight_decay", o.weight_decay()}};
+    Entries e = {{"lr", o.lr()},   {"momentum", o.momentum()}, {"alpha", o.alpha()},
+                 {"eps", o.eps()}, {"centered", o.centered()}, {"weight_decay", o.weight_decay()}};
     CommonFlags(&e, false);
     return e;
   };
@@ -377,8 +370,8 @@ Codec RmspropCodec() {
     o.lr(lr).momentum(momentum).alpha(alpha).eps(eps).centered(centered).weight_decay(wd);
     return absl::OkStatus();
   };
-  c.load_state = [](const c10::impl::GenericDict& d)
-      -> absl::StatusOr<std::unique_ptr<OptimizerParamState>> {
+  c.load_state =
+      [](const c10::impl::GenericDict& d) -> absl::StatusOr<std::unique_ptr<OptimizerParamState>> {
     auto s = std::make_unique<RMSpropParamState>();
     CKPT_ASSIGN_OR_RETURN(c10::IValue step, Get(d, "step"));
     CKPT_ASSIGN_OR_RETURN(int64_t n, StepOf(step));
@@ -439,8 +432,9 @@ absl::Status LoadOptimizerStateDict(Optimizer& optimizer, const c10::IValue& val
   CKPT_ASSIGN_OR_RETURN(c10::IValue state_v, Get(dict, "state"));
   CKPT_ASSIGN_OR_RETURN(c10::IValue groups_v, Get(dict, "param_groups"));
   if (!state_v.isGenericDict() || !groups_v.isList()) {
-    return absl::InvalidArgumentError("optimizer state: 'state' must be a dict and "
-                                      "'param_groups' a list");
+    return absl::InvalidArgumentError(
+        "optimizer state: 'state' must be a dict and "
+        "'param_groups' a list");
   }
   auto& groups = optimizer.param_groups();
   const auto saved_groups = groups_v.toListRef();
@@ -459,17 +453,17 @@ absl::Status LoadOptimizerStateDict(Optimizer& optimizer, const c10::IValue& val
     }
     CKPT_ASSIGN_OR_RETURN(c10::IValue params, Get(saved_groups[g].toGenericDict(), "params"));
     if (!params.isList() || params.toListRef().size() != groups[g].params().size()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "parameter group ", g, " has ", groups[g].params().size(),
-          " parameters, the loaded state a different number"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("parameter group ", g, " has ", groups[g].params().size(),
+                       " parameters, the loaded state a different number"));
     }
     for (const at::Tensor& p : groups[g].params()) {
       auto it = saved_state.find(index);
       ++index;
       if (it == saved_state.end()) continue;
       if (!it->value().isGenericDict()) {
-        return absl::InvalidArgumentError(absl::StrCat("state of parameter ", index - 1,
-                                                       " is not a dict"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("state of parameter ", index - 1, " is not a dict"));
       }
       auto s = codec.load_state(it->value().toGenericDict());
       if (!s.ok()) return Annotate(s.status(), absl::StrCat("state of parameter ", index - 1));
@@ -477,9 +471,9 @@ absl::Status LoadOptimizerStateDict(Optimizer& optimizer, const c10::IValue& val
       for (const auto& [name, v] : codec.state(**s)) {
         if (name == "step" || !v.isTensor()) continue;
         if (v.toTensor().sizes() != p.sizes()) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "state '", name, "' of parameter ", index - 1, " has shape ",
-              Shape(v.toTensor().sizes()), ", the parameter ", Shape(p.sizes())));
+          return absl::InvalidArgumentError(
+              absl::StrCat("state '", name, "' of parameter ", index - 1, " has shape ",
+                           Shape(v.toTensor().sizes()), ", the parameter ", Shape(p.sizes())));
         }
       }
       new_state.emplace_back(StateKey(p), *std::move(s));

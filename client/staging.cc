@@ -78,7 +78,7 @@ SaveStaging::SaveStaging(c10::Device device, c10::Stream stream)
     : device_(device), stream_(stream) {}
 
 absl::StatusOr<std::shared_ptr<SaveStaging>> SaveStaging::Create(c10::Device device,
-                                                                c10::Stream caller) {
+                                                                 c10::Stream caller) {
   try {
     c10::impl::VirtualGuardImpl impl(device.type());
     std::shared_ptr<SaveStaging> staging(
@@ -92,8 +92,7 @@ absl::StatusOr<std::shared_ptr<SaveStaging>> SaveStaging::Create(c10::Device dev
     for (Slot& slot : staging->slots_) slot.done.emplace(device.type());
     return staging;
   } catch (const std::exception& e) {
-    return absl::InternalError(
-        absl::StrCat("staging for ", device.str(), ": ", ErrorText(e)));
+    return absl::InternalError(absl::StrCat("staging for ", device.str(), ": ", ErrorText(e)));
   }
 }
 
@@ -142,9 +141,8 @@ void SaveStaging::Start(Slot& slot, const void* owner, const at::Tensor& bytes, 
   slot.last_use = ++clock_;
 }
 
-absl::Status SaveStaging::Read(const void* owner, const at::Tensor& bytes,
-                               const std::string& name, uint64_t offset,
-                               absl::Span<uint8_t> out) {
+absl::Status SaveStaging::Read(const void* owner, const at::Tensor& bytes, const std::string& name,
+                               uint64_t offset, absl::Span<uint8_t> out) {
   if (out.empty()) return absl::OkStatus();
   const uint64_t total = static_cast<uint64_t>(bytes.numel());
   std::lock_guard<std::mutex> lock(mu_);
@@ -172,8 +170,8 @@ absl::Status SaveStaging::Read(const void* owner, const at::Tensor& bytes,
     }
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("tensor '", name, "': device to host copy of bytes [",
-                                            offset, ", +", out.size(), ") on ", device_.str(),
-                                            ": ", ErrorText(e)));
+                                            offset, ", +", out.size(), ") on ", device_.str(), ": ",
+                                            ErrorText(e)));
   }
   return absl::OkStatus();
 }
@@ -223,8 +221,8 @@ DeviceUploader::DeviceUploader(c10::Device device, c10::Stream stream)
     : device_(device), stream_(stream) {}
 
 absl::StatusOr<std::unique_ptr<DeviceUploader>> DeviceUploader::Create(c10::Device device,
-                                                                        c10::Stream caller,
-                                                                        size_t buffer_bytes) {
+                                                                       c10::Stream caller,
+                                                                       size_t buffer_bytes) {
   try {
     c10::impl::VirtualGuardImpl impl(device.type());
     std::unique_ptr<DeviceUploader> uploader(
@@ -241,8 +239,7 @@ absl::StatusOr<std::unique_ptr<DeviceUploader>> DeviceUploader::Create(c10::Devi
     uploader->caller_ready_->block(uploader->stream_);
     return uploader;
   } catch (const std::exception& e) {
-    return absl::InternalError(
-        absl::StrCat("staging for ", device.str(), ": ", ErrorText(e)));
+    return absl::InternalError(absl::StrCat("staging for ", device.str(), ": ", ErrorText(e)));
   }
 }
 
@@ -262,8 +259,8 @@ void DeviceUploader::Wait(Slot& slot) {
   slot.busy = false;
 }
 
-absl::Status DeviceUploader::Write(const at::Tensor& dst, const std::string& name,
-                                   uint64_t offset, absl::string_view bytes) {
+absl::Status DeviceUploader::Write(const at::Tensor& dst, const std::string& name, uint64_t offset,
+                                   absl::string_view bytes) {
   last_name_ = name;
   try {
     at::Tensor flat = dst.view({-1}).view(at::kByte);

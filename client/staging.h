@@ -75,7 +75,7 @@ class SaveStaging {
   /// this device's tensors has been queued. Internal status naming the
   /// device on a CUDA error.
   static absl::StatusOr<std::shared_ptr<SaveStaging>> Create(c10::Device device,
-                                                            c10::Stream caller);
+                                                             c10::Stream caller);
   /// Waits for the copies still in flight.
   ~SaveStaging();
   SaveStaging(const SaveStaging&) = delete;
@@ -96,20 +96,20 @@ class SaveStaging {
 
  private:
   struct Slot {
-    at::Tensor host;                  // pinned uint8, capacity = numel
-    std::optional<c10::Event> done;   // recorded after the copy into `host`
-    const void* owner = nullptr;      // whose bytes it holds
+    at::Tensor host;                 // pinned uint8, capacity = numel
+    std::optional<c10::Event> done;  // recorded after the copy into `host`
+    const void* owner = nullptr;     // whose bytes it holds
     uint64_t offset = 0;
     size_t length = 0;
-    bool busy = false;                // a copy may still be running
-    uint64_t last_use = 0;            // LRU
+    bool busy = false;      // a copy may still be running
+    uint64_t last_use = 0;  // LRU
   };
 
   SaveStaging(c10::Device device, c10::Stream stream);
-  void Wait(Slot& slot);                        // may throw c10::Error
-  Slot& Victim(const Slot* keep);               // least recently used
+  void Wait(Slot& slot);           // may throw c10::Error
+  Slot& Victim(const Slot* keep);  // least recently used
   void Start(Slot& slot, const void* owner, const at::Tensor& bytes, uint64_t offset,
-             size_t length);                    // may throw c10::Error
+             size_t length);  // may throw c10::Error
 
   const c10::Device device_;
   const c10::Stream stream_;

@@ -129,8 +129,8 @@ class Flattener {
         } else if (k.isInt()) {
           child = k.toInt();
         } else {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "dict '", path, "' has a key of type ", k.tagKind(), " (only str and int keys)"));
+          return absl::InvalidArgumentError(absl::StrCat("dict '", path, "' has a key of type ",
+                                                         k.tagKind(), " (only str and int keys)"));
         }
         const std::string child_path = Join(path, KeyText(child));
         CKPT_RETURN_IF_ERROR(Visit(entry.value(), std::move(child), child_path));
@@ -152,8 +152,8 @@ class Flattener {
       }
       return absl::OkStatus();
     } else {
-      return absl::InvalidArgumentError(absl::StrCat("'", path, "': cannot save a value of type ",
-                                                     v.tagKind()));
+      return absl::InvalidArgumentError(
+          absl::StrCat("'", path, "': cannot save a value of type ", v.tagKind()));
     }
     return Add(std::move(node));
   }
@@ -186,8 +186,7 @@ class Flattener {
       // stream; the staging is ordered after it in Flatten, once every
       // tensor has been visited.
       try {
-        out_->pending.push_back({tensor.detach().contiguous(), path,
-                                 out_->input.tree.size()});
+        out_->pending.push_back({tensor.detach().contiguous(), path, out_->input.tree.size()});
       } catch (const c10::Error& e) {
         return absl::InternalError(
             absl::StrCat("tensor '", path, "': ", e.what_without_backtrace()));
@@ -205,8 +204,7 @@ class Flattener {
         host = plain.contiguous();
       }
     } catch (const c10::Error& e) {
-      return absl::InternalError(
-          absl::StrCat("tensor '", path, "': ", e.what_without_backtrace()));
+      return absl::InternalError(absl::StrCat("tensor '", path, "': ", e.what_without_backtrace()));
     }
     node.data.size = static_cast<uint64_t>(host.numel()) * host.element_size();
     out_->tensors.push_back(host);
@@ -303,7 +301,8 @@ bool DeviceAvailable(const c10::Device& device) {
   if (device.is_cpu()) return true;
   if (device.is_cuda()) {
     try {
-      return at::hasCUDA() && device.index() < static_cast<int>(at::detail::getCUDAHooks().getNumGPUs());
+      return at::hasCUDA() &&
+             device.index() < static_cast<int>(at::detail::getCUDAHooks().getNumGPUs());
     } catch (const c10::Error&) {
       return false;
     }
@@ -341,21 +340,22 @@ absl::Status IValueSink::OnTree(const VersionInfo& version, const Tree& tree) {
     try {
       device = c10::Device(target);
     } catch (const c10::Error&) {
-      return absl::InvalidArgumentError(absl::StrCat("tensor '", keys[i], "': invalid device '",
-                                                     target, "' from map_location"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor '", keys[i], "': invalid device '", target, "' from map_location"));
     }
     if (!DeviceAvailable(device)) {
       return absl::FailedPreconditionError(absl::StrCat(
           "tensor '", keys[i], "' was saved on ", node.tensor.device, " but ", target,
           " is not available here; pass a map_location (e.g. MapLocation::To(\"cpu\") or "
-          "{\"", node.tensor.device, "\": \"cpu\"})"));
+          "{\"",
+          node.tensor.device, "\": \"cpu\"})"));
     }
     CKPT_ASSIGN_OR_RETURN(c10::ScalarType scalar, ToScalarType(node.tensor.dtype));
     try {
       tensors_[i] = at::empty(node.tensor.shape, at::TensorOptions().dtype(scalar).device(device));
     } catch (const c10::Error& e) {
-      return absl::ResourceExhaustedError(absl::StrCat("tensor '", keys[i], "': ",
-                                                       e.what_without_backtrace()));
+      return absl::ResourceExhaustedError(
+          absl::StrCat("tensor '", keys[i], "': ", e.what_without_backtrace()));
     }
     host_direct_[i] = device.is_cpu();
   }
@@ -380,7 +380,8 @@ absl::Status IValueSink::OnData(size_t node, uint64_t offset, absl::string_view 
       // Created on the loading thread, after OnTree's allocations; its
       // stream waits for the caller's stream captured at construction.
       auto created = DeviceUploader::Create(dst.device(), caller_streams_.Get(dst.device()));
-      if (!created.ok()) return Annotate(created.status(), absl::StrCat("tensor '", keys_[node], "'"));
+      if (!created.ok())
+        return Annotate(created.status(), absl::StrCat("tensor '", keys_[node], "'"));
       uploader = *std::move(created);
     }
     return uploader->Write(dst, keys_[node], offset, bytes);
@@ -392,8 +393,7 @@ absl::Status IValueSink::OnData(size_t node, uint64_t offset, absl::string_view 
                                    {static_cast<int64_t>(bytes.size())}, at::kByte);
     if (dst.is_contiguous()) {
       at::Tensor flat = dst.view({-1}).view(at::kByte);
-      flat.narrow(0, static_cast<int64_t>(offset), static_cast<int64_t>(bytes.size()))
-          .copy_(src);
+      flat.narrow(0, static_cast<int64_t>(offset), static_cast<int64_t>(bytes.size())).copy_(src);
     } else {
       // Rare: stage the whole tensor once, copy on the last piece.
       auto& staging = blobs_[node];
@@ -425,17 +425,23 @@ class Builder {
     const Node& node = tree_[*i];
     const size_t self = (*i)++;
     switch (node.kind) {
-      case NodeKind::kNone: return c10::IValue();
-      case NodeKind::kBool: return c10::IValue(node.bool_value);
-      case NodeKind::kInt: return c10::IValue(node.int_value);
-      case NodeKind::kFloat: return c10::IValue(node.float_value);
-      case NodeKind::kString: return c10::IValue(node.string_value);
+      case NodeKind::kNone:
+        return c10::IValue();
+      case NodeKind::kBool:
+        return c10::IValue(node.bool_value);
+      case NodeKind::kInt:
+        return c10::IValue(node.int_value);
+      case NodeKind::kFloat:
+        return c10::IValue(node.float_value);
+      case NodeKind::kString:
+        return c10::IValue(node.string_value);
       case NodeKind::kTensor: {
         at::Tensor t = tensors_[self];
         if (node.tensor.requires_grad && t.is_floating_point()) t.set_requires_grad(true);
         return c10::IValue(t);
       }
-      case NodeKind::kBytes: return Bytes(std::move(blobs_[self]));
+      case NodeKind::kBytes:
+        return Bytes(std::move(blobs_[self]));
       case NodeKind::kList:
       case NodeKind::kTuple: {
         std::vector<c10::IValue> items;
@@ -469,10 +475,10 @@ class Builder {
         }
         // Rename the keys of state_dicts: the root, or dicts right under it.
         const bool rename = all_str && all_tensor && depth <= 1 && !rename_.empty();
-        c10::TypePtr key_type = all_int ? c10::TypePtr(c10::IntType::get())
-                                        : c10::TypePtr(c10::StringType::get());
-        c10::TypePtr value_type = all_tensor ? c10::TypePtr(c10::TensorType::get())
-                                             : c10::TypePtr(c10::AnyType::get());
+        c10::TypePtr key_type =
+            all_int ? c10::TypePtr(c10::IntType::get()) : c10::TypePtr(c10::StringType::get());
+        c10::TypePtr value_type =
+            all_tensor ? c10::TypePtr(c10::TensorType::get()) : c10::TypePtr(c10::AnyType::get());
         c10::impl::GenericDict dict(key_type, value_type);
         for (auto& [k, v] : entries) {
           if (rename) k = c10::IValue(rename_.Apply(k.toStringRef()));

@@ -27,8 +27,7 @@ Armed* Load() {
   auto* armed = new Armed;
   armed->name = spec.substr(0, colon);
   armed->target = 1;
-  if (colon != std::string::npos &&
-      !absl::SimpleAtoi(spec.substr(colon + 1), &armed->target)) {
+  if (colon != std::string::npos && !absl::SimpleAtoi(spec.substr(colon + 1), &armed->target)) {
     armed->target = 1;
   }
   return armed;

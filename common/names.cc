@@ -11,8 +11,7 @@ namespace ckpt {
 namespace {
 
 bool IsNameChar(char c) {
-  return absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' ||
-         c == '-';
+  return absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-';
 }
 
 std::string Printable(absl::string_view s) { return Excerpt(s, 80); }
@@ -24,9 +23,9 @@ absl::Status CheckSegments(absl::string_view name, bool allow_trailing_slash) {
       std::string what = (u < 0x20 || u == 0x7f)
                              ? absl::StrCat("control character \\x", absl::Hex(u, absl::kZeroPad2))
                              : absl::StrCat("character '", std::string(1, name[i]), "'");
-      return absl::InvalidArgumentError(absl::StrCat(
-          "invalid name '", Printable(name), "': ", what, " at offset ", i,
-          " (allowed: A-Z a-z 0-9 . _ - and / between segments)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("invalid name '", Printable(name), "': ", what, " at offset ", i,
+                       " (allowed: A-Z a-z 0-9 . _ - and / between segments)"));
     }
   }
   std::vector<absl::string_view> segments = absl::StrSplit(name, '/');
@@ -38,8 +37,8 @@ absl::Status CheckSegments(absl::string_view name, bool allow_trailing_slash) {
           absl::StrCat("invalid name '", Printable(name), "': empty path segment"));
     }
     if (seg == "." || seg == "..") {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "invalid name '", Printable(name), "': '", seg, "' is not allowed as a segment"));
+      return absl::InvalidArgumentError(absl::StrCat("invalid name '", Printable(name), "': '", seg,
+                                                     "' is not allowed as a segment"));
     }
   }
   return absl::OkStatus();
@@ -71,8 +70,7 @@ absl::Status ValidatePrefix(absl::string_view prefix) {
   std::vector<absl::string_view> segments = absl::StrSplit(prefix, '/');
   for (size_t i = 0; i + 1 < segments.size(); ++i) {
     if (segments[i].empty() || segments[i] == "." || segments[i] == "..") {
-      return absl::InvalidArgumentError(
-          absl::StrCat("invalid prefix '", Printable(prefix), "'"));
+      return absl::InvalidArgumentError(absl::StrCat("invalid prefix '", Printable(prefix), "'"));
     }
   }
   return absl::OkStatus();
@@ -87,14 +85,14 @@ absl::Status ValidateTag(absl::string_view tag) {
   bool all_digits = true;
   for (char c : tag) {
     if (!IsNameChar(c)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "invalid tag '", Printable(tag), "' (allowed: A-Z a-z 0-9 . _ -)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("invalid tag '", Printable(tag), "' (allowed: A-Z a-z 0-9 . _ -)"));
     }
     all_digits = all_digits && absl::ascii_isdigit(static_cast<unsigned char>(c));
   }
   if (tag[0] == '.' || tag[0] == '-') {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "invalid tag '", Printable(tag), "': must start with a letter, a digit or '_'"));
+    return absl::InvalidArgumentError(absl::StrCat("invalid tag '", Printable(tag),
+                                                   "': must start with a letter, a digit or '_'"));
   }
   if (all_digits) {
     return absl::InvalidArgumentError(
@@ -127,15 +125,13 @@ std::string Excerpt(absl::string_view s, size_t max_bytes) {
   return out;
 }
 
-absl::string_view NamespaceOf(absl::string_view name) {
-  return name.substr(0, name.find('/'));
-}
+absl::string_view NamespaceOf(absl::string_view name) { return name.substr(0, name.find('/')); }
 
 absl::StatusOr<KeyPattern> KeyPattern::Compile(absl::string_view pattern) {
   if (pattern.empty()) return absl::InvalidArgumentError("invalid pattern: empty");
   if (pattern.size() > kMaxPatternLength) {
-    return absl::InvalidArgumentError(absl::StrCat("invalid pattern '", Printable(pattern), "': ",
-                                                   pattern.size(), " bytes (max ",
+    return absl::InvalidArgumentError(absl::StrCat("invalid pattern '", Printable(pattern),
+                                                   "': ", pattern.size(), " bytes (max ",
                                                    kMaxPatternLength, ")"));
   }
   KeyPattern out;
@@ -300,8 +296,7 @@ std::string EscapeGlob(absl::string_view text) {
   return out;
 }
 
-absl::StatusOr<std::vector<KeyPattern>> CompilePatterns(
-    const std::vector<std::string>& patterns) {
+absl::StatusOr<std::vector<KeyPattern>> CompilePatterns(const std::vector<std::string>& patterns) {
   if (patterns.size() > kMaxPatterns) {
     return absl::InvalidArgumentError(
         absl::StrCat(patterns.size(), " patterns (max ", kMaxPatterns, ")"));
@@ -309,8 +304,8 @@ absl::StatusOr<std::vector<KeyPattern>> CompilePatterns(
   size_t total = 0;
   for (const auto& p : patterns) total += p.size();
   if (total > kMaxPatternBytes) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "patterns of ", total, " bytes in all (max ", kMaxPatternBytes, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("patterns of ", total, " bytes in all (max ", kMaxPatternBytes, ")"));
   }
   std::vector<KeyPattern> out;
   out.reserve(patterns.size());

@@ -116,8 +116,7 @@ std::string EscapeGlob(absl::string_view text);
 
 /// Compiles each pattern (at most kMaxPatterns, each at most
 /// kMaxPatternLength bytes); the first error names it.
-absl::StatusOr<std::vector<KeyPattern>> CompilePatterns(
-    const std::vector<std::string>& patterns);
+absl::StatusOr<std::vector<KeyPattern>> CompilePatterns(const std::vector<std::string>& patterns);
 
 /// A reference "NAME", "NAME@VERSION" or "NAME@TAG" as typed on the CLI.
 struct VersionRef {

@@ -10,9 +10,8 @@ namespace {
 
 class Selector {
  public:
-  Selector(const Tree& tree, const std::vector<KeyPattern>& patterns,
-           std::vector<std::string> keys, const std::vector<bool>& also,
-           const std::atomic<bool>* cancelled)
+  Selector(const Tree& tree, const std::vector<KeyPattern>& patterns, std::vector<std::string> keys,
+           const std::vector<bool>& also, const std::atomic<bool>* cancelled)
       : tree_(tree),
         patterns_(patterns),
         keys_(std::move(keys)),
@@ -112,10 +111,10 @@ absl::StatusOr<Selection> SelectTree(const Tree& tree, const std::vector<KeyPatt
   }
   const uint64_t work = key_bytes * cost_per_byte + keys.size() * cost_per_key;
   if (work > kMaxSelectWork) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        patterns.size(), " key patterns over ", keys.size(), " keys of ", key_bytes,
-        " bytes would take ", work, " steps (max ", kMaxSelectWork,
-        "): use fewer or shorter patterns"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat(patterns.size(), " key patterns over ", keys.size(), " keys of ", key_bytes,
+                     " bytes would take ", work, " steps (max ", kMaxSelectWork,
+                     "): use fewer or shorter patterns"));
   }
   Selector selector(tree, patterns, std::move(keys), also, cancelled);
   bool kept = false;

@@ -28,20 +28,20 @@ std::string BoxText(const TensorSlice& slice) {
 absl::StatusOr<uint64_t> SliceBytes(const TensorMeta& meta, const TensorSlice& slice) {
   const size_t dims = meta.shape.size();
   if (slice.start.size() != dims || slice.length.size() != dims) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "slice of tensor ", Quote(slice.key), ": ", slice.start.size(), " starts and ",
-        slice.length.size(), " lengths for a tensor of ", dims, " dimensions ",
-        ShapeText(meta.shape)));
+    return absl::InvalidArgumentError(absl::StrCat("slice of tensor ", Quote(slice.key), ": ",
+                                                   slice.start.size(), " starts and ",
+                                                   slice.length.size(), " lengths for a tensor of ",
+                                                   dims, " dimensions ", ShapeText(meta.shape)));
   }
   uint64_t bytes = DTypeSize(meta.dtype);
   for (size_t d = 0; d < dims; ++d) {
     const uint64_t extent = static_cast<uint64_t>(meta.shape[d]);
     // Written so that nothing overflows: start <= extent first.
     if (slice.start[d] > extent || slice.length[d] > extent - slice.start[d]) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "slice of tensor ", Quote(slice.key), ": box ", BoxText(slice),
-          " (start+length per dimension) is outside shape ", ShapeText(meta.shape),
-          " in dimension ", d));
+      return absl::InvalidArgumentError(
+          absl::StrCat("slice of tensor ", Quote(slice.key), ": box ", BoxText(slice),
+                       " (start+length per dimension) is outside shape ", ShapeText(meta.shape),
+                       " in dimension ", d));
     }
     // The box's element count never exceeds the tensor's, which is valid.
     bytes *= slice.length[d];

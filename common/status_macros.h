@@ -6,10 +6,10 @@
 #include "absl/strings/string_view.h"
 
 /// Returns from the enclosing function if `expr` (an absl::Status) is not OK.
-#define CKPT_RETURN_IF_ERROR(expr)                  \
-  do {                                              \
-    ::absl::Status ckpt_status_ = (expr);           \
-    if (!ckpt_status_.ok()) return ckpt_status_;    \
+#define CKPT_RETURN_IF_ERROR(expr)               \
+  do {                                           \
+    ::absl::Status ckpt_status_ = (expr);        \
+    if (!ckpt_status_.ok()) return ckpt_status_; \
   } while (0)
 
 #define CKPT_CONCAT_INNER_(a, b) a##b

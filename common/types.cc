@@ -21,13 +21,13 @@ struct DTypeInfo {
 };
 
 constexpr DTypeInfo kDTypes[] = {
-    {DType::kFloat32, "float32", 4},    {DType::kFloat64, "float64", 8},
-    {DType::kFloat16, "float16", 2},    {DType::kBFloat16, "bfloat16", 2},
-    {DType::kInt8, "int8", 1},          {DType::kInt16, "int16", 2},
-    {DType::kInt32, "int32", 4},        {DType::kInt64, "int64", 8},
-    {DType::kUInt8, "uint8", 1},        {DType::kBool, "bool", 1},
+    {DType::kFloat32, "float32", 4},     {DType::kFloat64, "float64", 8},
+    {DType::kFloat16, "float16", 2},     {DType::kBFloat16, "bfloat16", 2},
+    {DType::kInt8, "int8", 1},           {DType::kInt16, "int16", 2},
+    {DType::kInt32, "int32", 4},         {DType::kInt64, "int64", 8},
+    {DType::kUInt8, "uint8", 1},         {DType::kBool, "bool", 1},
     {DType::kComplex64, "complex64", 8}, {DType::kComplex128, "complex128", 16},
-    {DType::kUInt16, "uint16", 2},      {DType::kUInt32, "uint32", 4},
+    {DType::kUInt16, "uint16", 2},       {DType::kUInt32, "uint32", 4},
     {DType::kUInt64, "uint64", 8},
 };
 
@@ -71,10 +71,9 @@ absl::StatusOr<DType> ParseDType(absl::string_view name) {
   std::string n = absl::AsciiStrToLower(name);
   if (absl::StartsWith(n, "torch.")) n = n.substr(6);
   static const std::pair<absl::string_view, DType> kAliases[] = {
-      {"float", DType::kFloat32},      {"double", DType::kFloat64},
-      {"half", DType::kFloat16},       {"short", DType::kInt16},
-      {"int", DType::kInt32},          {"long", DType::kInt64},
-      {"cfloat", DType::kComplex64},   {"cdouble", DType::kComplex128},
+      {"float", DType::kFloat32},    {"double", DType::kFloat64},     {"half", DType::kFloat16},
+      {"short", DType::kInt16},      {"int", DType::kInt32},          {"long", DType::kInt64},
+      {"cfloat", DType::kComplex64}, {"cdouble", DType::kComplex128},
   };
   for (const auto& info : kDTypes) {
     if (info.name == n) return info.dtype;
@@ -96,14 +95,12 @@ Digest Digest::Of(absl::Span<const uint8_t> data) {
 }
 
 Digest Digest::Of(absl::string_view data) {
-  return Of(absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(data.data()),
-                                      data.size()));
+  return Of(absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(data.data()), data.size()));
 }
 
 absl::StatusOr<Digest> Digest::FromBytes(absl::string_view raw) {
   if (raw.size() != 16) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("digest must be 16 bytes, got ", raw.size()));
+    return absl::InvalidArgumentError(absl::StrCat("digest must be 16 bytes, got ", raw.size()));
   }
   Digest d;
   std::copy(raw.begin(), raw.end(), d.bytes.begin());
@@ -136,12 +133,12 @@ absl::StatusOr<uint64_t> TensorMeta::NumElements() const {
   uint64_t n = 1;
   for (int64_t d : shape) {
     if (d < 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "negative dimension ", d, " in shape ", ShapeText(shape)));
+      return absl::InvalidArgumentError(
+          absl::StrCat("negative dimension ", d, " in shape ", ShapeText(shape)));
     }
     if (d != 0 && n > kLimit / static_cast<uint64_t>(d)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "shape ", ShapeText(shape), " overflows the element count"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("shape ", ShapeText(shape), " overflows the element count"));
     }
     n *= static_cast<uint64_t>(d);
   }
@@ -151,30 +148,39 @@ absl::StatusOr<uint64_t> TensorMeta::NumElements() const {
 absl::StatusOr<uint64_t> TensorMeta::NumBytes() const {
   size_t item = DTypeSize(dtype);
   if (item == 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("invalid dtype ", static_cast<int>(dtype)));
+    return absl::InvalidArgumentError(absl::StrCat("invalid dtype ", static_cast<int>(dtype)));
   }
   auto n = NumElements();
   if (!n.ok()) return n.status();
   if (*n > (uint64_t{1} << 62) / item) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "shape ", ShapeText(shape), " overflows the byte count"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("shape ", ShapeText(shape), " overflows the byte count"));
   }
   return *n * item;
 }
 
 absl::string_view NodeKindName(NodeKind kind) {
   switch (kind) {
-    case NodeKind::kDict: return "dict";
-    case NodeKind::kList: return "list";
-    case NodeKind::kTuple: return "tuple";
-    case NodeKind::kNone: return "None";
-    case NodeKind::kBool: return "bool";
-    case NodeKind::kInt: return "int";
-    case NodeKind::kFloat: return "float";
-    case NodeKind::kString: return "str";
-    case NodeKind::kTensor: return "tensor";
-    case NodeKind::kBytes: return "bytes";
+    case NodeKind::kDict:
+      return "dict";
+    case NodeKind::kList:
+      return "list";
+    case NodeKind::kTuple:
+      return "tuple";
+    case NodeKind::kNone:
+      return "None";
+    case NodeKind::kBool:
+      return "bool";
+    case NodeKind::kInt:
+      return "int";
+    case NodeKind::kFloat:
+      return "float";
+    case NodeKind::kString:
+      return "str";
+    case NodeKind::kTensor:
+      return "tensor";
+    case NodeKind::kBytes:
+      return "bytes";
   }
   return "unknown";
 }
@@ -200,9 +206,9 @@ absl::Status ValidateNodeData(const Node& node, absl::string_view key_view,
   const DataRef& data = node.data;
   if (node.kind == NodeKind::kTensor) {
     if (node.tensor.shape.size() > kMaxDims) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tensor ", Quoted(key), ": ", node.tensor.shape.size(), " dimensions (max ",
-          kMaxDims, ")"));
+      return absl::InvalidArgumentError(absl::StrCat("tensor ", Quoted(key), ": ",
+                                                     node.tensor.shape.size(), " dimensions (max ",
+                                                     kMaxDims, ")"));
     }
     auto nbytes = node.tensor.NumBytes();
     if (!nbytes.ok()) {
@@ -210,10 +216,10 @@ absl::Status ValidateNodeData(const Node& node, absl::string_view key_view,
           absl::StrCat("tensor ", Quoted(key), ": ", nbytes.status().message()));
     }
     if (*nbytes != data.size) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tensor ", Quoted(key), ": dtype ", DTypeName(node.tensor.dtype), " x shape ",
-          ShapeText(node.tensor.shape), " is ", *nbytes,
-          " bytes but the data declares ", data.size));
+      return absl::InvalidArgumentError(absl::StrCat("tensor ", Quoted(key), ": dtype ",
+                                                     DTypeName(node.tensor.dtype), " x shape ",
+                                                     ShapeText(node.tensor.shape), " is ", *nbytes,
+                                                     " bytes but the data declares ", data.size));
     }
     if (node.tensor.device.empty() || node.tensor.device.size() > 64) {
       return absl::InvalidArgumentError(
@@ -221,8 +227,8 @@ absl::Status ValidateNodeData(const Node& node, absl::string_view key_view,
     }
   }
   if (data.size > 0 && (data.chunk_size == 0 || data.chunk_size > max_chunk_bytes)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        Quoted(key), ": chunk_size ", data.chunk_size, " not in [1, ", max_chunk_bytes, "]"));
+    return absl::InvalidArgumentError(absl::StrCat(Quoted(key), ": chunk_size ", data.chunk_size,
+                                                   " not in [1, ", max_chunk_bytes, "]"));
   }
   uint64_t want = DataRef::NumChunks(data.size, data.chunk_size);
   if (data.chunks.size() != want) {
@@ -246,21 +252,21 @@ absl::Status ValidateTree(const Tree& tree, uint32_t max_chunk_bytes) {
       const Frame& parent = stack.back();
       const std::string text = KeyText(node.key, parent.next_index);
       if (text.size() > kMaxKeyLength) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "key ", Quoted(text), " under ", Quoted(parent.key), " is ", text.size(),
-            " bytes (max ", kMaxKeyLength, ")"));
+        return absl::InvalidArgumentError(absl::StrCat("key ", Quoted(text), " under ",
+                                                       Quoted(parent.key), " is ", text.size(),
+                                                       " bytes (max ", kMaxKeyLength, ")"));
       }
       const size_t length = parent.key.size() + (parent.key.empty() ? 0 : 1) + text.size();
       if (length > kMaxKeyLength) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "key ", Quoted(text), " under ", Quoted(parent.key), ": the flattened key is ", length,
-            " bytes (max ", kMaxKeyLength, ")"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("key ", Quoted(text), " under ", Quoted(parent.key),
+                         ": the flattened key is ", length, " bytes (max ", kMaxKeyLength, ")"));
       }
       total_key_bytes += length;
       if (total_key_bytes > kMaxTotalKeyBytes) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "the tree's flattened keys exceed ", kMaxTotalKeyBytes, " bytes in all (at node ", i,
-            ")"));
+        return absl::InvalidArgumentError(absl::StrCat("the tree's flattened keys exceed ",
+                                                       kMaxTotalKeyBytes, " bytes in all (at node ",
+                                                       i, ")"));
       }
     }
     if (stack.empty()) {
@@ -278,31 +284,28 @@ absl::Status ValidateTree(const Tree& tree, uint32_t max_chunk_bytes) {
       if (in_dict) {
         if (auto* s = std::get_if<std::string>(&node.key)) {
           if (!parent.str_keys.insert(*s).second) {
-            return absl::InvalidArgumentError(
-                absl::StrCat("duplicate dict key ", Quoted(key)));
+            return absl::InvalidArgumentError(absl::StrCat("duplicate dict key ", Quoted(key)));
           }
         } else if (auto* k = std::get_if<int64_t>(&node.key)) {
           if (!parent.int_keys.insert(*k).second) {
-            return absl::InvalidArgumentError(
-                absl::StrCat("duplicate dict key ", Quoted(key)));
+            return absl::InvalidArgumentError(absl::StrCat("duplicate dict key ", Quoted(key)));
           }
         } else {
-          return absl::InvalidArgumentError(
-              absl::StrCat("element ", parent.next_index, " of dict ", Quoted(parent.key),
-                           " has no key"));
+          return absl::InvalidArgumentError(absl::StrCat("element ", parent.next_index, " of dict ",
+                                                         Quoted(parent.key), " has no key"));
         }
       } else if (!std::holds_alternative<std::monostate>(node.key)) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "element ", Quoted(key), " of a ", NodeKindName(parent.node->kind),
-            " must not have a key"));
+        return absl::InvalidArgumentError(absl::StrCat("element ", Quoted(key), " of a ",
+                                                       NodeKindName(parent.node->kind),
+                                                       " must not have a key"));
       }
       ++parent.next_index;
       --parent.remaining;
     }
     if (node.kind == NodeKind::kString && node.string_value.size() > kMaxInlineString) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "string ", Quoted(key), " is ", node.string_value.size(),
-          " bytes (max ", kMaxInlineString, "; store it as bytes)"));
+      return absl::InvalidArgumentError(absl::StrCat("string ", Quoted(key), " is ",
+                                                     node.string_value.size(), " bytes (max ",
+                                                     kMaxInlineString, "; store it as bytes)"));
     }
     if (node.has_data()) {
       absl::Status status = ValidateNodeData(node, key, max_chunk_bytes);
@@ -310,13 +313,13 @@ absl::Status ValidateTree(const Tree& tree, uint32_t max_chunk_bytes) {
     }
     if (node.is_container() && node.size > 0) {
       if (node.size > tree.size() - i - 1) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            NodeKindName(node.kind), " ", Quoted(key), " declares ", node.size,
-            " children but only ", tree.size() - i - 1, " nodes follow"));
+        return absl::InvalidArgumentError(
+            absl::StrCat(NodeKindName(node.kind), " ", Quoted(key), " declares ", node.size,
+                         " children but only ", tree.size() - i - 1, " nodes follow"));
       }
       if (stack.size() >= kMaxDepth) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            NodeKindName(node.kind), " ", Quoted(key), " is nested deeper than ", kMaxDepth));
+        return absl::InvalidArgumentError(absl::StrCat(NodeKindName(node.kind), " ", Quoted(key),
+                                                       " is nested deeper than ", kMaxDepth));
       }
       stack.push_back(Frame{&node, key, node.size});
     } else {
@@ -324,17 +327,17 @@ absl::Status ValidateTree(const Tree& tree, uint32_t max_chunk_bytes) {
     }
   }
   if (!stack.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        NodeKindName(stack.back().node->kind), " ", Quoted(stack.back().key), " is missing ",
-        stack.back().remaining, " children"));
+    return absl::InvalidArgumentError(absl::StrCat(NodeKindName(stack.back().node->kind), " ",
+                                                   Quoted(stack.back().key), " is missing ",
+                                                   stack.back().remaining, " children"));
   }
   return absl::OkStatus();
 }
 
 absl::Status ValidateMetadata(const std::map<std::string, std::string>& metadata) {
   if (metadata.size() > kMaxMetadataEntries) {
-    return absl::InvalidArgumentError(absl::StrCat("metadata has ", metadata.size(),
-                                                   " entries (max ", kMaxMetadataEntries, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("metadata has ", metadata.size(), " entries (max ", kMaxMetadataEntries, ")"));
   }
   size_t total = 0;
   for (const auto& [key, value] : metadata) {
@@ -346,8 +349,8 @@ absl::Status ValidateMetadata(const std::map<std::string, std::string>& metadata
     total += key.size() + value.size();
   }
   if (total > kMaxMetadataBytes) {
-    return absl::InvalidArgumentError(absl::StrCat("metadata of ", total, " bytes in all (max ",
-                                                   kMaxMetadataBytes, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("metadata of ", total, " bytes in all (max ", kMaxMetadataBytes, ")"));
   }
   return absl::OkStatus();
 }

@@ -64,7 +64,8 @@ int main(int argc, char** argv) {
   torch::optim::SGD reference_opt(reference->parameters(),
                                   torch::optim::SGDOptions(0.001).momentum(0.9));
   std::vector<double> expected;
-  for (int epoch = 0; epoch < 10; ++epoch) expected.push_back(Epoch(*reference, reference_opt, epoch));
+  for (int epoch = 0; epoch < 10; ++epoch)
+    expected.push_back(Epoch(*reference, reference_opt, epoch));
 
   // Interrupted run: 5 epochs, checkpoint, fresh objects, 5 more.
   torch::manual_seed(0);
@@ -78,8 +79,8 @@ int main(int argc, char** argv) {
   checkpoint.loss = loss;
   checkpoint.models = {{"model_state_dict", net.get()}};
   checkpoint.optimizers = {{"optimizer_state_dict", &optimizer}};
-  auto saved = ckpt::client::SaveTrainingCheckpoint(**client, "examples/tutorial/mlp", checkpoint,
-                                                     {});
+  auto saved =
+      ckpt::client::SaveTrainingCheckpoint(**client, "examples/tutorial/mlp", checkpoint, {});
   if (!saved.ok()) {
     std::fprintf(stderr, "save: %s\n", saved.status().ToString().c_str());
     return 1;
@@ -92,8 +93,8 @@ int main(int argc, char** argv) {
   ckpt::client::TrainingCheckpoint restored;
   restored.models = {{"model_state_dict", model.get()}};
   restored.optimizers = {{"optimizer_state_dict", &model_opt}};
-  absl::Status status = ckpt::client::LoadTrainingCheckpoint(
-      **client, "examples/tutorial/mlp", restored, /*strict=*/true, {});
+  absl::Status status = ckpt::client::LoadTrainingCheckpoint(**client, "examples/tutorial/mlp",
+                                                             restored, /*strict=*/true, {});
   if (!status.ok()) {
     std::fprintf(stderr, "load: %s\n", status.ToString().c_str());
     return 1;

@@ -17,14 +17,14 @@ inline int ParseServerArg(int argc, char** argv, const char* what, std::string* 
   const char* program = argc > 0 ? argv[0] : "example";
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--help") == 0 || std::strcmp(argv[i], "-h") == 0) {
-      std::printf("Usage: %s [HOST:PORT]\n%s\nHOST:PORT: the ckpt-server (default %s)\n",
-                  program, what, server->c_str());
+      std::printf("Usage: %s [HOST:PORT]\n%s\nHOST:PORT: the ckpt-server (default %s)\n", program,
+                  what, server->c_str());
       return 0;
     }
   }
   if (argc > 2 || (argc == 2 && argv[1][0] == '-')) {
-    std::fprintf(stderr, "%s: unexpected argument '%s'\nUsage: %s [HOST:PORT] (--help)\n",
-                 program, argv[argc - 1], program);
+    std::fprintf(stderr, "%s: unexpected argument '%s'\nUsage: %s [HOST:PORT] (--help)\n", program,
+                 argv[argc - 1], program);
     return 2;
   }
   if (argc == 2) *server = argv[1];

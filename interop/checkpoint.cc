@@ -10,9 +10,12 @@ namespace ckpt::interop {
 
 absl::string_view FormatName(Format format) {
   switch (format) {
-    case Format::kPt: return "pt";
-    case Format::kSafetensors: return "safetensors";
-    case Format::kUnknown: break;
+    case Format::kPt:
+      return "pt";
+    case Format::kSafetensors:
+      return "safetensors";
+    case Format::kUnknown:
+      break;
   }
   return "unknown";
 }
@@ -68,8 +71,10 @@ absl::StatusOr<ImportedCheckpoint> ReadCheckpoint(absl::Span<const uint8_t> file
   return ReadPt(file, options);
 }
 
-absl::StatusOr<std::unique_ptr<CheckpointWriter>> NewCheckpointWriter(
-    Format format, const Tree& tree, OutputFile* out, const WriteOptions& options) {
+absl::StatusOr<std::unique_ptr<CheckpointWriter>> NewCheckpointWriter(Format format,
+                                                                      const Tree& tree,
+                                                                      OutputFile* out,
+                                                                      const WriteOptions& options) {
   switch (format) {
     case Format::kPt:
       return NewPtWriter(tree, out);

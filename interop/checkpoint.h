@@ -135,8 +135,10 @@ struct WriteOptions {
 /// front that the tree fits the format: InvalidArgument naming the first
 /// node that does not (e.g. a scalar in a safetensors export, a dtype the
 /// format lacks, a string that is not UTF-8).
-absl::StatusOr<std::unique_ptr<CheckpointWriter>> NewCheckpointWriter(
-    Format format, const Tree& tree, OutputFile* out, const WriteOptions& options);
+absl::StatusOr<std::unique_ptr<CheckpointWriter>> NewCheckpointWriter(Format format,
+                                                                      const Tree& tree,
+                                                                      OutputFile* out,
+                                                                      const WriteOptions& options);
 
 }  // namespace ckpt::interop
 

@@ -58,7 +58,8 @@ void MappedFile::DropPages(absl::Span<const uint8_t> range) const {
   if (data_ == nullptr || begin < base || end > base + size_ || begin >= end) return;
   const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
   begin = begin / page * page;  // the mapping starts on a page
-  end = std::min<uintptr_t>((end + page - 1) / page * page, (base + size_ + page - 1) / page * page);
+  end =
+      std::min<uintptr_t>((end + page - 1) / page * page, (base + size_ + page - 1) / page * page);
   madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
 }
 

@@ -26,9 +26,7 @@ class MappedFile {
   MappedFile(const MappedFile&) = delete;
   MappedFile& operator=(const MappedFile&) = delete;
 
-  absl::Span<const uint8_t> bytes() const {
-    return {static_cast<const uint8_t*>(data_), size_};
-  }
+  absl::Span<const uint8_t> bytes() const { return {static_cast<const uint8_t*>(data_), size_}; }
   /// Drops the resident pages of `range` (within bytes()) from this process:
   /// they are read again from the page cache if touched later, so the
   /// process's memory stays bounded while it streams through a large file.

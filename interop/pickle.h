@@ -30,11 +30,11 @@ namespace ckpt::interop {
 /// A storage named by a persistent id ('storage', type, key, location,
 /// numel).
 struct StorageRef {
-  std::string key;       ///< Record name under data/.
-  std::string location;  ///< Device when saved: "cpu", "cuda:1".
+  std::string key;                    ///< Record name under data/.
+  std::string location;               ///< Device when saved: "cpu", "cuda:1".
   DType dtype = DType::kUnspecified;  ///< kUInt8 for UntypedStorage.
-  bool untyped = false;  ///< torch.storage.UntypedStorage (numel = bytes).
-  uint64_t numel = 0;    ///< Elements of dtype.
+  bool untyped = false;               ///< torch.storage.UntypedStorage (numel = bytes).
+  uint64_t numel = 0;                 ///< Elements of dtype.
 };
 
 /// What a Python object decoded from a pickle is.
@@ -63,11 +63,11 @@ enum class PyGlobal {
   kRebuildTensorV3,  ///< torch._utils._rebuild_tensor_v3
   kRebuildParameter,
   kRebuildParameterWithState,
-  kStorageType,  ///< torch.FloatStorage, ..., torch.storage.UntypedStorage
-  kDType,        ///< torch.float32, ...
-  kSize,         ///< torch.Size
-  kCodecsEncode, ///< _codecs.encode
-  kBytes,        ///< builtins.bytes (only bytes() = b"")
+  kStorageType,   ///< torch.FloatStorage, ..., torch.storage.UntypedStorage
+  kDType,         ///< torch.float32, ...
+  kSize,          ///< torch.Size
+  kCodecsEncode,  ///< _codecs.encode
+  kBytes,         ///< builtins.bytes (only bytes() = b"")
 };
 
 /// A tensor: a view into a storage.
@@ -90,17 +90,17 @@ struct PyObject {
   double f = 0;
   std::string s;  ///< kStr, kBytes; kGlobal: "module.name".
   PyGlobal global = PyGlobal::kNone;
-  DType dtype = DType::kUnspecified;  ///< kGlobal kStorageType / kDType.
-  bool untyped = false;               ///< kGlobal kStorageType.
-  std::vector<PyObject*> items;       ///< kList, kTuple.
+  DType dtype = DType::kUnspecified;                     ///< kGlobal kStorageType / kDType.
+  bool untyped = false;                                  ///< kGlobal kStorageType.
+  std::vector<PyObject*> items;                          ///< kList, kTuple.
   std::vector<std::pair<PyObject*, PyObject*>> entries;  ///< kDict, in order.
-  const StorageRef* storage = nullptr;  ///< kStorage.
-  PyTensor tensor;                      ///< kTensor.
+  const StorageRef* storage = nullptr;                   ///< kStorage.
+  PyTensor tensor;                                       ///< kTensor.
 };
 
 /// The object graph of one pickle.
 struct PickleValue {
-  std::deque<PyObject> objects;    ///< The arena.
+  std::deque<PyObject> objects;  ///< The arena.
   std::deque<StorageRef> storages;
   PyObject* root = nullptr;
 };

@@ -1,6 +1,8 @@
 // The unpickler's opcode machine: input, stack, memo and one Step per
 // opcode; and the public ParsePickle and IsValidUtf8.
 
+#include "interop/pickle_unpickler.h"
+
 #include <cstring>
 #include <limits>
 #include <utility>
@@ -11,7 +13,6 @@
 #include "common/status_macros.h"
 #include "interop/pickle.h"
 #include "interop/pickle_format.h"
-#include "interop/pickle_unpickler.h"
 
 namespace ckpt::interop {
 namespace pickle_internal {

@@ -18,11 +18,11 @@ struct DTypeEntry {
   DType dtype;
 };
 constexpr DTypeEntry kDTypes[] = {
-    {"F64", DType::kFloat64}, {"F32", DType::kFloat32},   {"F16", DType::kFloat16},
-    {"BF16", DType::kBFloat16}, {"I64", DType::kInt64},   {"I32", DType::kInt32},
-    {"I16", DType::kInt16},   {"I8", DType::kInt8},       {"U8", DType::kUInt8},
-    {"BOOL", DType::kBool},   {"U16", DType::kUInt16},    {"U32", DType::kUInt32},
-    {"U64", DType::kUInt64},  {"C64", DType::kComplex64},
+    {"F64", DType::kFloat64},   {"F32", DType::kFloat32},   {"F16", DType::kFloat16},
+    {"BF16", DType::kBFloat16}, {"I64", DType::kInt64},     {"I32", DType::kInt32},
+    {"I16", DType::kInt16},     {"I8", DType::kInt8},       {"U8", DType::kUInt8},
+    {"BOOL", DType::kBool},     {"U16", DType::kUInt16},    {"U32", DType::kUInt32},
+    {"U64", DType::kUInt64},    {"C64", DType::kComplex64},
 };
 
 // Deepest nesting of JSON arrays/objects, outside strings. A header never
@@ -80,8 +80,7 @@ absl::string_view SafetensorsDTypeName(DType dtype) {
   return "";
 }
 
-absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(absl::string_view json,
-                                                         uint64_t data_size,
+absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(absl::string_view json, uint64_t data_size,
                                                          uint64_t max_entries) {
   if (json.size() > kMaxSafetensorsHeader) {
     return absl::InvalidArgumentError(absl::StrCat("safetensors header of ", json.size(),
@@ -124,9 +123,9 @@ absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(absl::string_view json,
       }
       for (auto m = v.begin(); m != v.end(); ++m) {
         if (!m.value().is_string()) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "safetensors header: __metadata__ value of '", m.key().substr(0, 200),
-              "' is not a string"));
+          return absl::InvalidArgumentError(
+              absl::StrCat("safetensors header: __metadata__ value of '", m.key().substr(0, 200),
+                           "' is not a string"));
         }
         header.metadata[m.key()] = m.value().get<std::string>();
       }
@@ -166,9 +165,9 @@ absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(absl::string_view json,
       return EntryError(name, "data_offsets must be [begin, end]");
     }
     if (e.begin > e.end || e.end > data_size) {
-      return EntryError(name, absl::StrCat("data_offsets [", e.begin, ", ", e.end,
-                                           "] out of range (data section of ", data_size,
-                                           " bytes)"));
+      return EntryError(name,
+                        absl::StrCat("data_offsets [", e.begin, ", ", e.end,
+                                     "] out of range (data section of ", data_size, " bytes)"));
     }
     TensorMeta meta;
     meta.dtype = e.dtype;
@@ -188,9 +187,9 @@ absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(absl::string_view json,
   });
   for (size_t i = 1; i < sorted.size(); ++i) {
     if (sorted[i]->begin < sorted[i - 1]->end) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "safetensors header: tensors '", sorted[i - 1]->name.substr(0, 200), "' and '",
-          sorted[i]->name.substr(0, 200), "' overlap"));
+      return absl::InvalidArgumentError(absl::StrCat("safetensors header: tensors '",
+                                                     sorted[i - 1]->name.substr(0, 200), "' and '",
+                                                     sorted[i]->name.substr(0, 200), "' overlap"));
     }
   }
   return header;
@@ -202,13 +201,13 @@ absl::StatusOr<ImportedCheckpoint> ReadSafetensors(absl::Span<const uint8_t> fil
   uint64_t n = 0;
   for (int i = 0; i < 8; ++i) n |= uint64_t{file[i]} << (8 * i);
   if (n > kMaxSafetensorsHeader) {
-    return absl::InvalidArgumentError(absl::StrCat("safetensors header of ", n,
-                                                   " bytes (max ", kMaxSafetensorsHeader, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("safetensors header of ", n, " bytes (max ", kMaxSafetensorsHeader, ")"));
   }
   if (n > file.size() - 8) {
     return absl::InvalidArgumentError(absl::StrCat("safetensors header of ", n,
-                                                   " bytes but the file has only ",
-                                                   file.size() - 8, " after the length"));
+                                                   " bytes but the file has only ", file.size() - 8,
+                                                   " after the length"));
   }
   const absl::string_view json(reinterpret_cast<const char*>(file.data()) + 8, n);
   const absl::Span<const uint8_t> data = file.subspan(8 + n);
@@ -267,37 +266,37 @@ class SafetensorsWriter : public CheckpointWriter {
       const Node& n = tree_[i];
       if (n.is_container()) {
         if (n.size > 0) continue;
-        return absl::InvalidArgumentError(absl::StrCat(
-            "safetensors holds only tensors: '", keys[i], "' is an empty ",
-            NodeKindName(n.kind)));
+        return absl::InvalidArgumentError(absl::StrCat("safetensors holds only tensors: '", keys[i],
+                                                       "' is an empty ", NodeKindName(n.kind)));
       }
       if (n.kind != NodeKind::kTensor) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "safetensors holds only tensors: '", keys[i], "' is a ", NodeKindName(n.kind),
-            " (select tensors with --keys, or export to .pt)"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("safetensors holds only tensors: '", keys[i], "' is a ",
+                         NodeKindName(n.kind), " (select tensors with --keys, or export to .pt)"));
       }
       const absl::string_view dtype = SafetensorsDTypeName(n.tensor.dtype);
       if (dtype.empty()) {
-        return absl::InvalidArgumentError(absl::StrCat("tensor '", keys[i], "': safetensors has no ",
-                                                       DTypeName(n.tensor.dtype), " dtype"));
+        return absl::InvalidArgumentError(absl::StrCat(
+            "tensor '", keys[i], "': safetensors has no ", DTypeName(n.tensor.dtype), " dtype"));
       }
       if (keys[i] == "__metadata__" || !seen.insert(keys[i]).second) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("tensor key '", keys[i], "' appears twice (or is reserved) once flattened"));
+        return absl::InvalidArgumentError(absl::StrCat(
+            "tensor key '", keys[i], "' appears twice (or is reserved) once flattened"));
       }
       if (!IsValidUtf8(keys[i])) {
         return absl::InvalidArgumentError(absl::StrCat("tensor key '", keys[i], "' is not UTF-8"));
       }
       absl::StrAppend(&text, ",", Json(keys[i]).dump(), ":{\"dtype\":\"", dtype,
-                      "\",\"shape\":", Json(n.tensor.shape).dump(), ",\"data_offsets\":[",
-                      offset, ",", offset + n.data.size, "]}");
+                      "\",\"shape\":", Json(n.tensor.shape).dump(), ",\"data_offsets\":[", offset,
+                      ",", offset + n.data.size, "]}");
       offset_[i] = offset;
       offset += n.data.size;
     }
     text += "}";
     text.append((8 - text.size() % 8) % 8, ' ');
     std::string prefix;
-    for (int i = 0; i < 8; ++i) prefix.push_back(static_cast<char>((text.size() >> (8 * i)) & 0xff));
+    for (int i = 0; i < 8; ++i)
+      prefix.push_back(static_cast<char>((text.size() >> (8 * i)) & 0xff));
     data_start_ = 8 + text.size();
     CKPT_RETURN_IF_ERROR(out_->WriteAt(0, prefix + text));
     return absl::OkStatus();

@@ -49,8 +49,7 @@ struct SafetensorsHeader {
 /// offsets with begin <= end <= data_size and end - begin equal to the
 /// shape's byte size; no two entries overlap; at most `max_entries`.
 /// InvalidArgument naming the entry otherwise. Pure: no I/O.
-absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(absl::string_view json,
-                                                         uint64_t data_size,
+absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(absl::string_view json, uint64_t data_size,
                                                          uint64_t max_entries = 1'000'000);
 
 /// Reads a whole .safetensors file. See ReadCheckpoint.
@@ -62,8 +61,9 @@ absl::StatusOr<ImportedCheckpoint> ReadSafetensors(absl::Span<const uint8_t> fil
 absl::string_view SafetensorsDTypeName(DType dtype);
 
 /// A streaming .safetensors writer for `tree`. See NewCheckpointWriter.
-absl::StatusOr<std::unique_ptr<CheckpointWriter>> NewSafetensorsWriter(
-    const Tree& tree, OutputFile* out, const WriteOptions& options);
+absl::StatusOr<std::unique_ptr<CheckpointWriter>> NewSafetensorsWriter(const Tree& tree,
+                                                                       OutputFile* out,
+                                                                       const WriteOptions& options);
 
 }  // namespace ckpt::interop
 

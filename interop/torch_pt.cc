@@ -77,9 +77,9 @@ absl::StatusOr<ImportedCheckpoint> ReadPt(absl::Span<const uint8_t> file,
     }
     CKPT_ASSIGN_OR_RETURN(uint64_t need, StorageNumBytes(ref));
     if (record->size != need) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("record '", name, "' holds ", record->size, " bytes but its storage of ",
-                       ref.numel, " ", DTypeName(ref.dtype), " needs ", need));
+      return absl::InvalidArgumentError(absl::StrCat("record '", name, "' holds ", record->size,
+                                                     " bytes but its storage of ", ref.numel, " ",
+                                                     DTypeName(ref.dtype), " needs ", need));
     }
     if (record->stored) {
       CKPT_ASSIGN_OR_RETURN(auto data, zip.StoredData(*record, options.verify_crc));
@@ -93,8 +93,7 @@ absl::StatusOr<ImportedCheckpoint> ReadPt(absl::Span<const uint8_t> file,
     CKPT_ASSIGN_OR_RETURN(std::string data, zip.Read(*record, need));
     out.owned.push_back(std::move(data));
     const std::string& owned = out.owned.back();
-    return absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(owned.data()),
-                                     owned.size());
+    return absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(owned.data()), owned.size());
   };
   CKPT_RETURN_IF_ERROR(PickleToTree(*value, resolver, options, &out));
   return out;
@@ -184,9 +183,9 @@ class PtWriter : public CheckpointWriter {
     CKPT_RETURN_IF_ERROR(AdvanceTo(segments_.size()));
     for (size_t i = 0; i < tree_.size(); ++i) {
       if (tree_[i].has_data() && received_[i] != tree_[i].data.size) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "export incomplete: ", received_[i], " of ", tree_[i].data.size, " bytes of ",
-            KeyName(keys_, i)));
+        return absl::FailedPreconditionError(absl::StrCat("export incomplete: ", received_[i],
+                                                          " of ", tree_[i].data.size, " bytes of ",
+                                                          KeyName(keys_, i)));
       }
     }
     layout_.SetSize(pkl_record_, pkl_pos_);
@@ -235,9 +234,9 @@ class PtWriter : public CheckpointWriter {
       const Node& n = tree_[i];
       if (n.kind == NodeKind::kTensor) {
         if (StorageClassName(n.tensor.dtype).empty() && !IsUntypedDType(n.tensor.dtype)) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "tensor ", KeyName(keys_, i), ": dtype ", DTypeName(n.tensor.dtype),
-              " cannot be written to a .pt file"));
+          return absl::InvalidArgumentError(absl::StrCat("tensor ", KeyName(keys_, i), ": dtype ",
+                                                         DTypeName(n.tensor.dtype),
+                                                         " cannot be written to a .pt file"));
         }
         auto bytes = n.tensor.NumBytes();
         if (!bytes.ok() || *bytes != n.data.size) {
@@ -272,7 +271,7 @@ class PtWriter : public CheckpointWriter {
   // data.pkl as segments, in pre-order like the tree.
   absl::Status BuildPickle() {
     segments_.emplace_back();
-    std::string pending;  // literal opcodes not yet moved into a segment
+    std::string pending;        // literal opcodes not yet moved into a segment
     PickleEncoder p(&pending);  // one encoder for the whole pickle: it memoizes globals
     p.Proto();
     struct Open {
@@ -502,8 +501,7 @@ class PtWriter : public CheckpointWriter {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<CheckpointWriter>> NewPtWriter(const Tree& tree,
-                                                              OutputFile* out) {
+absl::StatusOr<std::unique_ptr<CheckpointWriter>> NewPtWriter(const Tree& tree, OutputFile* out) {
   return PtWriter::Create(tree, out);
 }
 

@@ -32,8 +32,7 @@ absl::StatusOr<ImportedCheckpoint> ReadPt(absl::Span<const uint8_t> file,
                                           const ReadOptions& options);
 
 /// A streaming .pt writer for `tree`. See NewCheckpointWriter.
-absl::StatusOr<std::unique_ptr<CheckpointWriter>> NewPtWriter(const Tree& tree,
-                                                              OutputFile* out);
+absl::StatusOr<std::unique_ptr<CheckpointWriter>> NewPtWriter(const Tree& tree, OutputFile* out);
 
 }  // namespace ckpt::interop
 

@@ -66,8 +66,7 @@ uint32_t Crc32(uint32_t crc, absl::string_view data) {
 }
 
 uint32_t Crc32Combine(uint32_t crc_a, uint32_t crc_b, uint64_t length_b) {
-  return static_cast<uint32_t>(
-      crc32_combine64(crc_a, crc_b, static_cast<z_off64_t>(length_b)));
+  return static_cast<uint32_t>(crc32_combine64(crc_a, crc_b, static_cast<z_off64_t>(length_b)));
 }
 
 // A reader of its own rather than minizip or libzip: Debian's minizip 1.1
@@ -174,8 +173,8 @@ absl::StatusOr<ZipReader> ZipReader::Open(absl::Span<const uint8_t> file) {
     const std::string quoted = absl::StrCat("zip record '", entry.name.substr(0, 200), "'");
     if (flags & 1) return absl::InvalidArgumentError(quoted + " is encrypted");
     if (method != 0 && method != Z_DEFLATED) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          quoted, " uses compression method ", method, " (only stored and deflate are supported)"));
+      return absl::InvalidArgumentError(absl::StrCat(quoted, " uses compression method ", method,
+                                                     " (only stored and deflate are supported)"));
     }
     if (start_disk != 0) return Corrupt("multi-disk archive");
     entry.stored = method == 0;
@@ -224,8 +223,7 @@ absl::StatusOr<absl::Span<const uint8_t>> ZipReader::StoredData(const ZipEntry& 
   }
   absl::Span<const uint8_t> data = file_.subspan(entry.data_offset, entry.size);
   if (verify_crc) {
-    const uint32_t crc =
-        Crc32(0, {reinterpret_cast<const char*>(data.data()), data.size()});
+    const uint32_t crc = Crc32(0, {reinterpret_cast<const char*>(data.data()), data.size()});
     if (crc != entry.crc32) {
       return absl::DataLossError(
           absl::StrCat("zip record '", entry.name, "' is corrupt (CRC-32 mismatch)"));
@@ -236,8 +234,8 @@ absl::StatusOr<absl::Span<const uint8_t>> ZipReader::StoredData(const ZipEntry& 
 
 absl::StatusOr<std::string> ZipReader::Read(const ZipEntry& entry, uint64_t max_size) const {
   if (entry.size > max_size) {
-    return absl::InvalidArgumentError(absl::StrCat("zip record '", entry.name, "' is ",
-                                                   entry.size, " bytes (max ", max_size, ")"));
+    return absl::InvalidArgumentError(absl::StrCat("zip record '", entry.name, "' is ", entry.size,
+                                                   " bytes (max ", max_size, ")"));
   }
   if (entry.stored) {
     CKPT_ASSIGN_OR_RETURN(auto data, StoredData(entry, true));
@@ -268,8 +266,7 @@ absl::StatusOr<std::string> ZipReader::Read(const ZipEntry& entry, uint64_t max_
   }
   inflateEnd(&z);
   if (rc != Z_STREAM_END || out_done != entry.size) {
-    return absl::DataLossError(
-        absl::StrCat("zip record '", entry.name, "': corrupt deflate data"));
+    return absl::DataLossError(absl::StrCat("zip record '", entry.name, "': corrupt deflate data"));
   }
   if (Crc32(0, out) != entry.crc32) {
     return absl::DataLossError(
@@ -309,8 +306,7 @@ std::string ZipLayout::LocalHeader(size_t i) const {
     Put64(&extra, r.size);
     Put64(&extra, r.size);
   }
-  const uint64_t pad =
-      r.data_offset - (r.header_offset + 30 + r.name.size() + extra.size() + 4);
+  const uint64_t pad = r.data_offset - (r.header_offset + 30 + r.name.size() + extra.size() + 4);
   extra.append("FB");
   Put16(&extra, pad);
   extra.append(pad, 'Z');

@@ -27,11 +27,11 @@ namespace ckpt::interop {
 /// One record of an archive.
 struct ZipEntry {
   std::string name;
-  uint64_t data_offset = 0;      ///< Where its (compressed) data begins in the file.
+  uint64_t data_offset = 0;  ///< Where its (compressed) data begins in the file.
   uint64_t compressed_size = 0;
-  uint64_t size = 0;             ///< Uncompressed size.
+  uint64_t size = 0;  ///< Uncompressed size.
   uint32_t crc32 = 0;
-  bool stored = false;           ///< Method 0: data is the record itself.
+  bool stored = false;  ///< Method 0: data is the record itself.
 };
 
 /// Reads the directory of a zip archive in memory. Thread-compatible.

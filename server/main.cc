@@ -23,9 +23,9 @@ namespace {
 // and KB, MB, GB, TB as decimal) -> bytes.
 bool ParseSize(absl::string_view text, uint64_t* bytes) {
   static const std::pair<const char*, double> kUnits[] = {
-      {"KiB", 1024.0},       {"MiB", 1048576.0}, {"GiB", 1073741824.0},
-      {"TiB", 1099511627776.0}, {"KB", 1e3},      {"MB", 1e6},
-      {"GB", 1e9},           {"TB", 1e12},       {"B", 1}};
+      {"KiB", 1024.0}, {"MiB", 1048576.0}, {"GiB", 1073741824.0}, {"TiB", 1099511627776.0},
+      {"KB", 1e3},     {"MB", 1e6},        {"GB", 1e9},           {"TB", 1e12},
+      {"B", 1}};
   text = absl::StripAsciiWhitespace(text);
   double scale = 1;
   for (const auto& [suffix, factor] : kUnits) {
@@ -84,8 +84,7 @@ int main(int argc, char** argv) {
   app.add_option("--max-tree-nodes", options.max_tree_nodes, "most nodes in one checkpoint")
       ->envname("CKPT_MAX_TREE_NODES")
       ->capture_default_str();
-  app.add_option("--max-tree-bytes", options.max_tree_bytes,
-                 "most encoded tree bytes in one save")
+  app.add_option("--max-tree-bytes", options.max_tree_bytes, "most encoded tree bytes in one save")
       ->envname("CKPT_MAX_TREE_BYTES")
       ->capture_default_str();
   app.add_option("--max-tree-memory", options.max_tree_memory,
@@ -167,7 +166,8 @@ int main(int argc, char** argv) {
     uint64_t bytes = 0;
     if (kv.first.empty() || kv.first.find('/') != std::string::npos ||
         !ParseSize(kv.second, &bytes)) {
-      std::fprintf(stderr, "ckpt-server: --quota '%s': expected NAMESPACE=SIZE, e.g. team-a=50GiB\n",
+      std::fprintf(stderr,
+                   "ckpt-server: --quota '%s': expected NAMESPACE=SIZE, e.g. team-a=50GiB\n",
                    q.c_str());
       return 2;
     }
@@ -208,20 +208,21 @@ int main(int argc, char** argv) {
                  "network in plaintext (use --tls-cert/--tls-key, or a TLS proxy)\n");
   }
   if ((*server)->metrics_port() != 0) {
-    const std::string host =
-        options.metrics_listen.substr(0, options.metrics_listen.rfind(':'));
+    const std::string host = options.metrics_listen.substr(0, options.metrics_listen.rfind(':'));
     std::fprintf(stderr, "ckpt-server: metrics on port %d (http://%s:%d/metrics)\n",
                  (*server)->metrics_port(), host.c_str(), (*server)->metrics_port());
   }
   const bool tls = !options.tls_cert_file.empty();
-  std::fprintf(stderr, "ckpt-server %s listening on port %d (%s, %s), data in %s\n",
-               CKPT_VERSION, (*server)->port(), options.listen.c_str(),
-               tls ? "TLS" : "plaintext", data_dir.c_str());
+  std::fprintf(stderr, "ckpt-server %s listening on port %d (%s, %s), data in %s\n", CKPT_VERSION,
+               (*server)->port(), options.listen.c_str(), tls ? "TLS" : "plaintext",
+               data_dir.c_str());
   std::fprintf(stderr, "ckpt-server: access control %s\n",
                (*server)->development_mode()
                    ? "OFF (development mode)"
                    : absl::StrCat("on (tokens from ", options.tokens_file, ")").c_str());
-  std::fprintf(stderr, "ckpt-server: try: ckpt --server localhost:%d%s%s stats    or    grpcurl %s localhost:%d list\n",
+  std::fprintf(stderr,
+               "ckpt-server: try: ckpt --server localhost:%d%s%s stats    or    grpcurl %s "
+               "localhost:%d list\n",
                (*server)->port(), tls ? " --tls" : "",
                (*server)->development_mode() ? "" : " --token-file FILE",
                tls ? "-insecure" : "-plaintext", (*server)->port());

@@ -7,8 +7,7 @@
 
 namespace ckpt::server {
 
-PendingSaves::PendingSaves(storage::Store* store, uint32_t max_chunk_bytes,
-                           absl::Duration timeout)
+PendingSaves::PendingSaves(storage::Store* store, uint32_t max_chunk_bytes, absl::Duration timeout)
     : store_(store), max_chunk_bytes_(max_chunk_bytes), timeout_(timeout) {
   sweeper_ = std::thread([this] { SweepLoop(); });
 }
@@ -52,8 +51,8 @@ absl::Status PendingSaves::AddPart(const std::string& name, const std::string& s
     Entry& entry = it->second;
     if (entry.world_size != world_size) {
       return absl::InvalidArgumentError(
-          absl::StrCat("save '", save_id, "' of '", name, "' has world_size ",
-                       entry.world_size, " but rank ", part.rank, " says ", world_size));
+          absl::StrCat("save '", save_id, "' of '", name, "' has world_size ", entry.world_size,
+                       " but rank ", part.rank, " says ", world_size));
     }
     if (entry.parts.count(part.rank)) {
       return absl::AlreadyExistsError(absl::StrCat("rank ", part.rank, " of save '", save_id,
@@ -139,10 +138,11 @@ void PendingSaves::CancelPart(SaveWaiter* waiter) {
     entries_.erase(found);
   }
   waiter->Unref();
-  Fail(abandoned, absl::AbortedError(absl::StrCat(
-                      "rank ", cancelled_rank, " of a ", abandoned.world_size,
-                      "-part save of '", Excerpt(abandoned.name), "' was cancelled; the save is "
-                      "abandoned and nothing was saved")));
+  Fail(abandoned,
+       absl::AbortedError(absl::StrCat("rank ", cancelled_rank, " of a ", abandoned.world_size,
+                                       "-part save of '", Excerpt(abandoned.name),
+                                       "' was cancelled; the save is "
+                                       "abandoned and nothing was saved")));
 }
 
 void PendingSaves::SweepLoop() {
@@ -162,10 +162,10 @@ void PendingSaves::SweepLoop() {
     if (expired.empty()) continue;
     lock.unlock();
     for (Entry& entry : expired) {
-      Fail(entry, absl::DeadlineExceededError(absl::StrCat(
-                      "only ", entry.parts.size(), " of ", entry.world_size,
-                      " parts of a save of '", entry.name, "' arrived within ",
-                      absl::FormatDuration(timeout_), "; nothing was saved")));
+      Fail(entry, absl::DeadlineExceededError(
+                      absl::StrCat("only ", entry.parts.size(), " of ", entry.world_size,
+                                   " parts of a save of '", entry.name, "' arrived within ",
+                                   absl::FormatDuration(timeout_), "; nothing was saved")));
     }
     lock.lock();
   }

@@ -60,8 +60,8 @@ class PendingSaves {
   /// gets the result once all parts are in (committed on the calling thread
   /// if this part is the last). AlreadyExists if the rank already sent its
   /// part, InvalidArgument if world_size disagrees with earlier parts.
-  absl::Status AddPart(const std::string& name, const std::string& save_id,
-                       uint32_t world_size, SavePart part);
+  absl::Status AddPart(const std::string& name, const std::string& save_id, uint32_t world_size,
+                       SavePart part);
 
   /// The stream of `waiter`'s part was cancelled: its rank is gone, so the
   /// whole save is abandoned at once. Every part of it is dropped (their

@@ -4,9 +4,8 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/security/server_credentials.h>
-#include <prometheus/exposer.h>
-
 #include <netdb.h>
+#include <prometheus/exposer.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -38,11 +37,11 @@ struct Server::Impl {
 namespace {
 
 // Plaintext, TLS, or TLS that requires and verifies client certificates.
-absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(
-    const ServerOptions& options) {
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const ServerOptions& options) {
   const bool cert = !options.tls_cert_file.empty(), key = !options.tls_key_file.empty();
   if (cert != key) {
-    return absl::InvalidArgumentError("TLS needs both a certificate and a key (--tls-cert, --tls-key)");
+    return absl::InvalidArgumentError(
+        "TLS needs both a certificate and a key (--tls-cert, --tls-key)");
   }
   if (!cert) {
     if (!options.tls_client_ca_file.empty()) {
@@ -106,9 +105,10 @@ absl::Status ListenError(const std::string& what, const std::string& address,
   if (reason.empty()) reason = std::string(detail);
   std::string hint;
   if (absl::StrContains(reason, "in use")) {
-    hint = absl::StrCat(" (another ckpt-server or program listens there: stop it or choose "
-                        "another port with ",
-                        flag, ")");
+    hint = absl::StrCat(
+        " (another ckpt-server or program listens there: stop it or choose "
+        "another port with ",
+        flag, ")");
   }
   return absl::UnavailableError(
       absl::StrCat("cannot listen on ", address, " (", what, "): ", reason, hint));
@@ -133,9 +133,8 @@ Server::~Server() {
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   if (options.chunk_size == 0 || options.chunk_size > options.store.max_chunk_bytes) {
-    return absl::InvalidArgumentError(absl::StrCat("chunk size ", options.chunk_size,
-                                                   " not in [1, ",
-                                                   options.store.max_chunk_bytes, "]"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "chunk size ", options.chunk_size, " not in [1, ", options.store.max_chunk_bytes, "]"));
   }
   if (options.max_message_bytes < (1u << 20) + (64u << 10)) {
     return absl::InvalidArgumentError("max message size must be at least 1 MiB + 64 KiB");
@@ -144,8 +143,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   // reflection can describe grpc.health.v1.Health.
   (void)grpc::health::v1::HealthCheckRequest::descriptor();
 
-  CKPT_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials,
-                        Credentials(options));
+  CKPT_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials, Credentials(options));
   CKPT_ASSIGN_OR_RETURN(std::unique_ptr<Authenticator> auth,
                         Authenticator::FromFile(options.tokens_file));
 
@@ -155,14 +153,13 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
     std::filesystem::create_directories(options.backup_dir, ec);
     if (ec || !std::filesystem::is_directory(options.backup_dir)) {
       return absl::FailedPreconditionError(absl::StrCat(
-          "--backup-dir ", options.backup_dir, " is not a directory that can be created: ",
-          ec ? ec.message() : "a file is in the way"));
+          "--backup-dir ", options.backup_dir,
+          " is not a directory that can be created: ", ec ? ec.message() : "a file is in the way"));
     }
   }
   auto impl = std::make_unique<Impl>();
   CKPT_ASSIGN_OR_RETURN(impl->store, storage::Store::Open(options.store));
-  impl->service =
-      std::make_unique<CheckpointService>(impl->store.get(), options, std::move(auth));
+  impl->service = std::make_unique<CheckpointService>(impl->store.get(), options, std::move(auth));
 
   if (!options.metrics_listen.empty()) {
     try {
@@ -208,8 +205,7 @@ void Server::Shutdown(absl::Duration grace) {
   // (an uncommitted save then leaves nothing visible).
   impl_->server->GetHealthCheckService()->Shutdown();
   impl_->service->Drain(grace);
-  impl_->server->Shutdown(std::chrono::system_clock::now() +
-                          std::chrono::milliseconds(100));
+  impl_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(100));
 }
 
 void Server::Wait() { impl_->server->Wait(); }

@@ -32,7 +32,26 @@ class PendingSaves;
 /// <Request>" (gRPC's own parsing would answer UNIMPLEMENTED or end a Save
 /// stream as if the client had gone), and Load's data messages reference
 /// chunk bytes rather than copy them twice.
-using RawCheckpointService = v1::CheckpointService::WithRawCallbackMethod_Save<v1::CheckpointService::WithRawCallbackMethod_Load<v1::CheckpointService::WithRawCallbackMethod_ListCheckpoints<v1::CheckpointService::WithRawCallbackMethod_ListVersions<v1::CheckpointService::WithRawCallbackMethod_GetManifest<v1::CheckpointService::WithRawCallbackMethod_DeleteVersion<v1::CheckpointService::WithRawCallbackMethod_SetTag<v1::CheckpointService::WithRawCallbackMethod_DeleteTag<v1::CheckpointService::WithRawCallbackMethod_GetServerInfo<v1::CheckpointService::WithRawCallbackMethod_GetUsage<v1::CheckpointService::WithRawCallbackMethod_GarbageCollect<v1::CheckpointService::WithRawCallbackMethod_SetRetention<v1::CheckpointService::WithRawCallbackMethod_GetRetention<v1::CheckpointService::WithRawCallbackMethod_Prune<v1::CheckpointService::WithRawCallbackMethod_Backup<v1::CheckpointService::Service>>>>>>>>>>>>>>>;
+using RawCheckpointService = v1::CheckpointService::WithRawCallbackMethod_Save<
+    v1::CheckpointService::WithRawCallbackMethod_Load<
+        v1::CheckpointService::WithRawCallbackMethod_ListCheckpoints<
+            v1::CheckpointService::WithRawCallbackMethod_ListVersions<
+                v1::CheckpointService::WithRawCallbackMethod_GetManifest<
+                    v1::CheckpointService::WithRawCallbackMethod_DeleteVersion<
+                        v1::CheckpointService::WithRawCallbackMethod_SetTag<
+                            v1::CheckpointService::WithRawCallbackMethod_DeleteTag<
+                                v1::CheckpointService::WithRawCallbackMethod_GetServerInfo<
+                                    v1::CheckpointService::WithRawCallbackMethod_GetUsage<
+                                        v1::CheckpointService::WithRawCallbackMethod_GarbageCollect<
+                                            v1::CheckpointService::WithRawCallbackMethod_SetRetention<
+                                                v1::CheckpointService::
+                                                    WithRawCallbackMethod_GetRetention<
+                                                        v1::CheckpointService::
+                                                            WithRawCallbackMethod_Prune<
+                                                                v1::CheckpointService::
+                                                                    WithRawCallbackMethod_Backup<
+                                                                        v1::CheckpointService::
+                                                                            Service>>>>>>>>>>>>>>>;
 
 class CheckpointService final : public RawCheckpointService {
  public:
@@ -47,31 +66,44 @@ class CheckpointService final : public RawCheckpointService {
   grpc::ServerWriteReactor<grpc::ByteBuffer>* Load(grpc::CallbackServerContext* context,
                                                    const grpc::ByteBuffer* request) override;
   grpc::ServerUnaryReactor* ListCheckpoints(grpc::CallbackServerContext* context,
-      const grpc::ByteBuffer* request, grpc::ByteBuffer* response) override;
+                                            const grpc::ByteBuffer* request,
+                                            grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* ListVersions(grpc::CallbackServerContext* context,
-      const grpc::ByteBuffer* request, grpc::ByteBuffer* response) override;
+                                         const grpc::ByteBuffer* request,
+                                         grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* GetManifest(grpc::CallbackServerContext* context,
-      const grpc::ByteBuffer* request, grpc::ByteBuffer* response) override;
+                                        const grpc::ByteBuffer* request,
+                                        grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* DeleteVersion(grpc::CallbackServerContext* context,
-      const grpc::ByteBuffer* request, grpc::ByteBuffer* response) override;
+                                          const grpc::ByteBuffer* request,
+                                          grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* SetTag(grpc::CallbackServerContext* context,
-      const grpc::ByteBuffer* request, grpc::ByteBuffer* response) override;
+                                   const grpc::ByteBuffer* request,
+                                   grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* DeleteTag(grpc::CallbackServerContext* context,
-      const grpc::ByteBuffer* request, grpc::ByteBuffer* response) override;
+                                      const grpc::ByteBuffer* request,
+                                      grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* GetServerInfo(grpc::CallbackServerContext* context,
-      const grpc::ByteBuffer* request, grpc::ByteBuffer* response) override;
+                                          const grpc::ByteBuffer* request,
+                                          grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* GetUsage(grpc::CallbackServerContext* context,
-      const grpc::ByteBuffer* request, grpc::ByteBuffer* response) override;
+                                     const grpc::ByteBuffer* request,
+                                     grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* GarbageCollect(grpc::CallbackServerContext* context,
-      const grpc::ByteBuffer* request, grpc::ByteBuffer* response) override;
+                                           const grpc::ByteBuffer* request,
+                                           grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* SetRetention(grpc::CallbackServerContext* context,
-      const grpc::ByteBuffer* request, grpc::ByteBuffer* response) override;
+                                         const grpc::ByteBuffer* request,
+                                         grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* GetRetention(grpc::CallbackServerContext* context,
-      const grpc::ByteBuffer* request, grpc::ByteBuffer* response) override;
+                                         const grpc::ByteBuffer* request,
+                                         grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* Prune(grpc::CallbackServerContext* context,
-      const grpc::ByteBuffer* request, grpc::ByteBuffer* response) override;
+                                  const grpc::ByteBuffer* request,
+                                  grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* Backup(grpc::CallbackServerContext* context,
-      const grpc::ByteBuffer* request, grpc::ByteBuffer* response) override;
+                                   const grpc::ByteBuffer* request,
+                                   grpc::ByteBuffer* response) override;
 
   /// Refuses new RPCs with Unavailable from now on, then waits up to
   /// `grace` for the RPCs in flight to finish. Returns whether they did.

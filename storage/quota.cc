@@ -17,9 +17,9 @@ absl::Status CheckQuota(const StoreOptions& options, absl::string_view name, uin
   const absl::string_view ns = NamespaceOf(name);
   const uint64_t quota = NamespaceQuota(options, ns);
   if (quota == 0 || (added <= quota && used <= quota - added)) return absl::OkStatus();
-  return absl::ResourceExhaustedError(absl::StrCat(
-      "namespace '", ns, "' quota exceeded: it holds ", used, " bytes, '", name,
-      "' would add ", added, ", the quota is ", quota, " bytes; nothing was saved"));
+  return absl::ResourceExhaustedError(
+      absl::StrCat("namespace '", ns, "' quota exceeded: it holds ", used, " bytes, '", name,
+                   "' would add ", added, ", the quota is ", quota, " bytes; nothing was saved"));
 }
 
 }  // namespace ckpt::storage

@@ -1,8 +1,6 @@
 // Backup: a RocksDB checkpoint of the whole store, opened read-only
 // afterwards to check it and count its versions.
 
-#include "storage/rocksdb_store.h"
-
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -15,6 +13,7 @@
 #include "rocksdb/utilities/checkpoint.h"
 #include "storage/codec.h"
 #include "storage/rocksdb_status.h"
+#include "storage/rocksdb_store.h"
 #include "storage/store_core.h"
 
 namespace ckpt::storage {

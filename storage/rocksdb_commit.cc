@@ -1,8 +1,6 @@
 // Starting uploads and committing versions: one WriteBatch per commit
 // (refcounts, version record, manifest, counter, tags, pending records).
 
-#include "storage/rocksdb_store.h"
-
 #include <algorithm>
 #include <mutex>
 #include <optional>
@@ -21,6 +19,7 @@
 #include "rocksdb/write_batch.h"
 #include "storage/codec.h"
 #include "storage/rocksdb_status.h"
+#include "storage/rocksdb_store.h"
 #include "storage/rocksdb_upload.h"
 #include "storage/store_core.h"
 

@@ -1,8 +1,6 @@
 // Deleting a version: its records, its tags (with force) and one reference
 // of each of its chunks, in one batch that may use the reserved disk space.
 
-#include "storage/rocksdb_store.h"
-
 #include <mutex>
 #include <optional>
 #include <string>
@@ -15,6 +13,7 @@
 #include "rocksdb/write_batch.h"
 #include "storage/codec.h"
 #include "storage/rocksdb_status.h"
+#include "storage/rocksdb_store.h"
 #include "storage/store_core.h"
 
 namespace ckpt::storage {

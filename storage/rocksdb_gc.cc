@@ -2,8 +2,6 @@
 // drops unreferenced refs entries and dead uploads' pending records; phase 2
 // reclaims the space of chunk files without touching any other file.
 
-#include "storage/rocksdb_store.h"
-
 #include <algorithm>
 #include <limits>
 #include <mutex>
@@ -20,6 +18,7 @@
 #include "rocksdb/write_batch.h"
 #include "storage/codec.h"
 #include "storage/rocksdb_status.h"
+#include "storage/rocksdb_store.h"
 #include "storage/store_core.h"
 
 namespace ckpt::storage {

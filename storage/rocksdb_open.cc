@@ -2,8 +2,6 @@
 // families, the on-disk format check, cleaning up after a dead process and
 // recovering the chunk-id and upload-id allocators and per-namespace usage.
 
-#include "storage/rocksdb_store.h"
-
 #include <algorithm>
 #include <filesystem>
 #include <memory>
@@ -21,6 +19,7 @@
 #include "rocksdb/table.h"
 #include "storage/codec.h"
 #include "storage/rocksdb_status.h"
+#include "storage/rocksdb_store.h"
 #include "storage/store_core.h"
 
 namespace ckpt::storage {

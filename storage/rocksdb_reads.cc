@@ -1,8 +1,6 @@
 // Reads of the RocksDB store: versions by number or tag, trees, chunks and
 // the paged listings of checkpoints and versions, each from one snapshot.
 
-#include "storage/rocksdb_store.h"
-
 #include <algorithm>
 #include <limits>
 #include <optional>
@@ -16,6 +14,7 @@
 #include "rocksdb/snapshot.h"
 #include "storage/codec.h"
 #include "storage/rocksdb_status.h"
+#include "storage/rocksdb_store.h"
 #include "storage/store_core.h"
 
 namespace ckpt::storage {

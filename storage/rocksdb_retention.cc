@@ -1,8 +1,6 @@
 // Retention policies of the RocksDB store and Prune, which applies them
 // through DeleteVersion.
 
-#include "storage/rocksdb_store.h"
-
 #include <string>
 #include <vector>
 
@@ -12,6 +10,7 @@
 #include "common/status_macros.h"
 #include "storage/codec.h"
 #include "storage/rocksdb_status.h"
+#include "storage/rocksdb_store.h"
 #include "storage/store_core.h"
 
 namespace ckpt::storage {

@@ -1,7 +1,5 @@
 // Stats and NamespaceBytes of the RocksDB store, and its test accessors.
 
-#include "storage/rocksdb_store.h"
-
 #include <memory>
 #include <mutex>
 #include <string>
@@ -14,6 +12,7 @@
 #include "rocksdb/snapshot.h"
 #include "storage/codec.h"
 #include "storage/rocksdb_status.h"
+#include "storage/rocksdb_store.h"
 #include "storage/store_core.h"
 
 namespace ckpt::storage {

@@ -1,8 +1,6 @@
 // User tags of the RocksDB store: setting and removing them ("latest" is
 // derived, never stored).
 
-#include "storage/rocksdb_store.h"
-
 #include <mutex>
 #include <string>
 
@@ -11,6 +9,7 @@
 #include "common/status_macros.h"
 #include "storage/codec.h"
 #include "storage/rocksdb_status.h"
+#include "storage/rocksdb_store.h"
 #include "storage/store_core.h"
 
 namespace ckpt::storage {

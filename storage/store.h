@@ -107,8 +107,8 @@ struct VersionSelector {
 
 // CheckpointSummary, StoreStats and GcResult are common value types (the
 // client reports them too).
-using ::ckpt::CheckpointSummary;
 using ::ckpt::BackupInfo;
+using ::ckpt::CheckpointSummary;
 using ::ckpt::GcResult;
 using ::ckpt::StoreStats;
 

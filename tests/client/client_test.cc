@@ -2,6 +2,8 @@
 // of SPEC §1, state_dicts, optimizers, devices, partial and in-place restores,
 // async and multi-rank saves.
 
+#include "client/client.h"
+
 #include <gtest/gtest.h>
 #include <torch/script.h>
 #include <torch/torch.h>
@@ -10,7 +12,6 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
-#include "client/client.h"
 #include "server/server.h"
 #include "tests/testing/server_fixture.h"
 #include "tests/testing/temp_dir.h"
@@ -44,12 +45,14 @@ void ExpectSameValue(const c10::IValue& a, const c10::IValue& b, const std::stri
     auto la = a.toListRef();
     auto lb = b.toListRef();
     ASSERT_EQ(la.size(), lb.size());
-    for (size_t i = 0; i < la.size(); ++i) ExpectSameValue(la[i], lb[i], path + "/" + std::to_string(i));
+    for (size_t i = 0; i < la.size(); ++i)
+      ExpectSameValue(la[i], lb[i], path + "/" + std::to_string(i));
   } else if (a.isTuple()) {
     auto ta = a.toTupleRef().elements();
     auto tb = b.toTupleRef().elements();
     ASSERT_EQ(ta.size(), tb.size());
-    for (size_t i = 0; i < ta.size(); ++i) ExpectSameValue(ta[i], tb[i], path + "/" + std::to_string(i));
+    for (size_t i = 0; i < ta.size(); ++i)
+      ExpectSameValue(ta[i], tb[i], path + "/" + std::to_string(i));
   } else if (IsBytes(a)) {
     EXPECT_EQ(*GetBytes(a), *GetBytes(b));
   } else if (a.isDouble()) {
@@ -65,9 +68,7 @@ struct Net : torch::nn::Module {
     bn = register_module("bn", torch::nn::BatchNorm1d(2));
     output = register_module("output", torch::nn::Linear(2, 1));
   }
-  torch::Tensor forward(torch::Tensor x) {
-    return output(torch::relu(bn(hidden(x))));
-  }
+  torch::Tensor forward(torch::Tensor x) { return output(torch::relu(bn(hidden(x)))); }
   torch::nn::Linear hidden{nullptr}, output{nullptr};
   torch::nn::BatchNorm1d bn{nullptr};
 };
@@ -121,13 +122,13 @@ TEST_F(ClientTest, TensorListDictRoundTrip) {
 
 TEST_F(ClientTest, NestedValuesScalarsAndKeyOrder) {
   c10::impl::GenericDict root(c10::StringType::get(), c10::AnyType::get());
-  root.insert("zeta", 1);            // insertion order, not sorted
+  root.insert("zeta", 1);  // insertion order, not sorted
   root.insert("alpha", 0.25);
   root.insert("flag", true);
   root.insert("name", std::string("run-42"));
   root.insert("nothing", c10::IValue());
-  root.insert("tuple", c10::ivalue::Tuple::create({c10::IValue(1), c10::IValue(2.5),
-                                                    c10::IValue(std::string("s"))}));
+  root.insert("tuple", c10::ivalue::Tuple::create(
+                           {c10::IValue(1), c10::IValue(2.5), c10::IValue(std::string("s"))}));
   c10::impl::GenericDict by_int(c10::IntType::get(), c10::AnyType::get());
   by_int.insert(int64_t{3}, torch::ones({2}));
   by_int.insert(int64_t{0}, torch::zeros({2}));
@@ -203,8 +204,7 @@ TEST_F(ClientTest, ModuleStateDictOrderAndInPlaceLoad) {
   // PyTorch's order: each module's parameters, then buffers, then children.
   EXPECT_EQ(keys, (std::vector<std::string>{
                       "hidden.weight", "hidden.bias", "bn.weight", "bn.bias", "bn.running_mean",
-                      "bn.running_var", "bn.num_batches_tracked", "output.weight",
-                      "output.bias"}));
+                      "bn.running_var", "bn.num_batches_tracked", "output.weight", "output.bias"}));
   EXPECT_EQ(sd.at("bn.num_batches_tracked").scalar_type(), torch::kLong);
   ASSERT_TRUE(client_->Save("m/net", sd, {}).ok());
 
@@ -394,7 +394,8 @@ TEST_F(ClientTest, MultiRankSaveAndPerRankRestore) {
     mine.patterns = {absl::StrCat("rank", r, ".*")};
     c10::IValue back = client_->Load("dist/model", mine).value();
     ASSERT_EQ(back.toGenericDict().size(), 1u);
-    EXPECT_TRUE(back.toGenericDict().at(absl::StrCat("rank", r, ".shard")).toTensor().equal(shards[r]));
+    EXPECT_TRUE(
+        back.toGenericDict().at(absl::StrCat("rank", r, ".shard")).toTensor().equal(shards[r]));
   }
 }
 

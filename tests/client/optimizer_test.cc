@@ -14,8 +14,7 @@ namespace ckpt::client {
 namespace {
 
 torch::nn::Sequential MakeModel() {
-  return torch::nn::Sequential(torch::nn::Linear(3, 4), torch::nn::ReLU(),
-                               torch::nn::Linear(4, 1));
+  return torch::nn::Sequential(torch::nn::Linear(3, 4), torch::nn::ReLU(), torch::nn::Linear(4, 1));
 }
 
 struct Case {

@@ -125,7 +125,9 @@ int Main(int argc, char** argv) {
   Check(loaded.status(), "load to CPU");
 
   std::printf("%-44s %8s %8s\n", "operation", "seconds", "GB/s");
-  auto row = [&](const char* what, double s) { std::printf("%-44s %8.3f %8.2f\n", what, s, gb / s); };
+  auto row = [&](const char* what, double s) {
+    std::printf("%-44s %8.3f %8.2f\n", what, s, gb / s);
+  };
   row("bare device->host copy (pinned, one buffer)", d2h);
   row("bare host->device copy (pinned, one buffer)", h2d);
   row("ckpt Save from GPU (first: every chunk)", save_gpu);

@@ -52,13 +52,13 @@ std::string NoGpuReason() {
 }
 
 // Skips the test without a device, or fails it under CKPT_REQUIRE_GPU=1.
-#define CKPT_REQUIRE_DEVICE()                                                       \
-  do {                                                                              \
-    const std::string reason = NoGpuReason();                                       \
-    if (!reason.empty()) {                                                          \
-      if (GpuRequired()) FAIL() << "CKPT_REQUIRE_GPU=1 but " << reason;             \
-      GTEST_SKIP() << reason;                                                       \
-    }                                                                               \
+#define CKPT_REQUIRE_DEVICE()                                           \
+  do {                                                                  \
+    const std::string reason = NoGpuReason();                           \
+    if (!reason.empty()) {                                              \
+      if (GpuRequired()) FAIL() << "CKPT_REQUIRE_GPU=1 but " << reason; \
+      GTEST_SKIP() << reason;                                           \
+    }                                                                   \
   } while (0)
 
 // Queues about a quarter of a second of work on the current stream of the
@@ -188,7 +188,7 @@ TEST_F(GpuTest, SaveRightAfterKernelsOnABusyStreamStoresTheirResult) {
   int round = 0;
   OnDefaultAndSideStream([&] {
     const std::string name = absl::StrCat("gpu/busy-save", round++);
-    at::Tensor w = torch::zeros({16 << 20}, torch::kCUDA);   // 64 MiB, 64 chunks
+    at::Tensor w = torch::zeros({16 << 20}, torch::kCUDA);    // 64 MiB, 64 chunks
     at::Tensor m = torch::zeros({2048, 1024}, torch::kCUDA);  // saved transposed
     at::Tensor a = torch::zeros({1 << 20}, torch::kCUDA);     // saved by SaveAsync
     BusyCurrentStream();
@@ -430,7 +430,8 @@ TEST_F(GpuTest, SaveAsyncDuringASave) {
   // 128 MiB in 32 tensors: two node batches of 64 MiB, so the progress
   // callback (after the first) fires while the save is still running.
   c10::Dict<std::string, at::Tensor> big;
-  for (int i = 0; i < 32; ++i) big.insert(absl::StrCat("big", i), torch::randn({1 << 20}, torch::kCUDA));
+  for (int i = 0; i < 32; ++i)
+    big.insert(absl::StrCat("big", i), torch::randn({1 << 20}, torch::kCUDA));
   at::Tensor small = torch::randn({1 << 20}, torch::kCUDA);
   at::Tensor small_before = small.clone();
   std::atomic<bool> started{false};
@@ -464,9 +465,9 @@ TEST_F(GpuTest, BoolBFloat16Complex128ZeroDimAndEmptyTensors) {
   c10::Dict<std::string, at::Tensor> sd;
   sd.insert("bool", torch::rand({1001}, torch::kCUDA).gt(0.5));
   sd.insert("bf16", torch::randn({513, 7}, torch::kCUDA).to(torch::kBFloat16));
-  sd.insert("c128", torch::randn({300}, torch::TensorOptions()
-                                            .dtype(torch::kComplexDouble)
-                                            .device(torch::kCUDA)));
+  sd.insert("c128",
+            torch::randn({300},
+                         torch::TensorOptions().dtype(torch::kComplexDouble).device(torch::kCUDA)));
   sd.insert("scalar", torch::tensor(3.5, torch::TensorOptions().device(torch::kCUDA)));
   sd.insert("empty", torch::empty({0, 5}, torch::kCUDA));
   ASSERT_TRUE(client_->Save("gpu/dtypes", sd, {}).ok());

@@ -524,13 +524,13 @@ TEST_F(TlsTest, CliTokenPrecedenceFlagsBeforeEnvironment) {
     int exit_code;
   };
   const std::vector<Case> cases = {
-      {{"--token", kWriter, "--token-file", reader_file}, {}, 0},      // --token first
-      {{"--token-file", writer_file}, {env_reader}, 0},                // flag over CKPT_TOKEN
-      {{"--token-file", reader_file}, {env_writer}, 7},                // the same, refused
-      {{"--token", kReader}, {env_writer, env_writer_file}, 7},        // flag over both
-      {{}, {env_writer, env_reader_file}, 0},                         // CKPT_TOKEN first
-      {{}, {env_reader, env_writer_file}, 7},                         // the same, refused
-      {{}, {env_writer_file}, 0},                                     // CKPT_TOKEN_FILE last
+      {{"--token", kWriter, "--token-file", reader_file}, {}, 0},  // --token first
+      {{"--token-file", writer_file}, {env_reader}, 0},            // flag over CKPT_TOKEN
+      {{"--token-file", reader_file}, {env_writer}, 7},            // the same, refused
+      {{"--token", kReader}, {env_writer, env_writer_file}, 7},    // flag over both
+      {{}, {env_writer, env_reader_file}, 0},                      // CKPT_TOKEN first
+      {{}, {env_reader, env_writer_file}, 7},                      // the same, refused
+      {{}, {env_writer_file}, 0},                                  // CKPT_TOKEN_FILE last
   };
   for (size_t i = 0; i < cases.size(); ++i) {
     SCOPED_TRACE(absl::StrCat("case ", i));
@@ -545,9 +545,8 @@ TEST_F(TlsTest, CliTokenPrecedenceFlagsBeforeEnvironment) {
   // The precedence is in --help.
   auto help = testing::RunCommand({cli, "--help"});
   EXPECT_EQ(help.exit_code, 0);
-  EXPECT_THAT(help.out,
-              HasSubstr("Token: the first given of --token, --token-file, CKPT_TOKEN, "
-                        "CKPT_TOKEN_FILE\n(flags win over the environment"));
+  EXPECT_THAT(help.out, HasSubstr("Token: the first given of --token, --token-file, CKPT_TOKEN, "
+                                  "CKPT_TOKEN_FILE\n(flags win over the environment"));
 }
 
 // TLS on one side only: the error says so, not only that the server could
@@ -560,12 +559,11 @@ TEST_F(TlsTest, CliHintsAtTlsWhenOnlyOneSideUsesIt) {
   ASSERT_TRUE(plain_server.ok()) << plain_server.status();
   const std::string cli = testing::CliBinary();
 
-  auto plaintext_client = testing::RunCommand(
-      {cli, "--server", (*tls_server)->address(), "--timeout", "2", "ls"});
+  auto plaintext_client =
+      testing::RunCommand({cli, "--server", (*tls_server)->address(), "--timeout", "2", "ls"});
   EXPECT_EQ(plaintext_client.exit_code, 4);
-  EXPECT_THAT(plaintext_client.err,
-              HasSubstr("ckpt: UNAVAILABLE: cannot reach ckpt server at " +
-                        (*tls_server)->address()));
+  EXPECT_THAT(plaintext_client.err, HasSubstr("ckpt: UNAVAILABLE: cannot reach ckpt server at " +
+                                              (*tls_server)->address()));
   EXPECT_THAT(plaintext_client.err,
               HasSubstr("(the server there answers with TLS, not plaintext gRPC: pass --tls "
                         "(CKPT_TLS=1) and --ca-cert CA.pem"));

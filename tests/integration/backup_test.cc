@@ -42,8 +42,7 @@ std::unique_ptr<client::RawClient> Connect(const std::string& address,
 testing::TreeBuilder Blob(uint64_t seed) {
   testing::TreeBuilder b;
   b.Dict(2)
-      .Tensor(std::string("w"), DType::kFloat32, {static_cast<int64_t>((seed % 3 + 1) << 18)},
-              seed)
+      .Tensor(std::string("w"), DType::kFloat32, {static_cast<int64_t>((seed % 3 + 1) << 18)}, seed)
       .Int(static_cast<int64_t>(seed), std::string("seed"));
   return b;
 }
@@ -51,8 +50,8 @@ testing::TreeBuilder Blob(uint64_t seed) {
 TEST(BackupTest, BackupTakenWhileSavesRunRestoresByteExact) {
   testing::TempDir dir;
   // The server creates its --backup-dir.
-  auto server = testing::ServerProcess::Start(dir.path() + "/db",
-                                              {"--backup-dir", dir.path() + "/backups"});
+  auto server =
+      testing::ServerProcess::Start(dir.path() + "/db", {"--backup-dir", dir.path() + "/backups"});
   ASSERT_TRUE(server.ok()) << server.status();
   auto client = Connect((*server)->address());
   ASSERT_NE(client, nullptr);
@@ -108,8 +107,7 @@ TEST(BackupTest, BackupTakenWhileSavesRunRestoresByteExact) {
   // Restore as the README says: copy the backup to a new data directory and
   // start a server on it.
   (*server)->Kill();
-  ASSERT_EQ(testing::RunCommand({"cp", "-a", dir.path() + "/backups/b1",
-                                 dir.path() + "/restored"})
+  ASSERT_EQ(testing::RunCommand({"cp", "-a", dir.path() + "/backups/b1", dir.path() + "/restored"})
                 .exit_code,
             0);
   auto restored = testing::ServerProcess::Start(dir.path() + "/restored");
@@ -168,8 +166,8 @@ TEST(BackupTest, RefusalsSayWhy) {
   // A --backup-dir that cannot be created stops the server at start.
   std::ofstream(dir.path() + "/file") << "x";
   auto bad = testing::RunCommand({testing::ServerBinary(), "--data-dir", dir.path() + "/dbx",
-                                  "--listen", "127.0.0.1:0", "--metrics-listen", "",
-                                  "--backup-dir", dir.path() + "/file/backups"});
+                                  "--listen", "127.0.0.1:0", "--metrics-listen", "", "--backup-dir",
+                                  dir.path() + "/file/backups"});
   EXPECT_EQ(bad.exit_code, 1);
   EXPECT_THAT(bad.err, HasSubstr("FAILED_PRECONDITION: --backup-dir " + dir.path() +
                                  "/file/backups is not a directory that can be created"));

@@ -1,9 +1,9 @@
 // Bad input through the generated stub: each case checks the exact status
 // code, a useful message, and that nothing changed in the store.
 
+#include <gmock/gmock.h>
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
-#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include "absl/strings/str_cat.h"
@@ -402,10 +402,9 @@ grpc::Status RawCall(const std::shared_ptr<grpc::Channel>& channel, const std::s
 // ABORTED, which clients retry).
 TEST_F(BadInputTest, UndecodableMessagesAreInvalidArgumentEverywhere) {
   const std::string garbage = "\x0a\xff\xff\xff\xff\x0f";  // field 1, length past the end
-  for (const char* method :
-       {"Save", "Load", "ListCheckpoints", "ListVersions", "GetManifest", "DeleteVersion",
-        "SetTag", "DeleteTag", "GetServerInfo", "GetUsage", "GarbageCollect", "SetRetention",
-        "GetRetention", "Prune"}) {
+  for (const char* method : {"Save", "Load", "ListCheckpoints", "ListVersions", "GetManifest",
+                             "DeleteVersion", "SetTag", "DeleteTag", "GetServerInfo", "GetUsage",
+                             "GarbageCollect", "SetRetention", "GetRetention", "Prune"}) {
     SCOPED_TRACE(method);
     grpc::Status status = RawCall(channel_, method, garbage);
     EXPECT_STATUS(status, INVALID_ARGUMENT, absl::StrCat("malformed ", method, "Request"));
@@ -494,9 +493,8 @@ TEST_F(BadInputTest, ClientsNeverSeeTheStorePath) {
   ASSERT_TRUE(store.ok()) << store.status();
   server::CheckpointService service(store->get(), options);
   const std::string dir = options.store.path;
-  grpc::Status s = service.ToClient(
-      absl::InternalError(absl::StrCat("IO error: While appending to file: ", dir,
-                                       "/000012.log: Input/output error")));
+  grpc::Status s = service.ToClient(absl::InternalError(
+      absl::StrCat("IO error: While appending to file: ", dir, "/000012.log: Input/output error")));
   EXPECT_EQ(s.error_message().find(dir_.path()), std::string::npos) << s.error_message();
   EXPECT_NE(s.error_message().find("<data-dir>/000012.log"), std::string::npos)
       << s.error_message();

@@ -202,8 +202,8 @@ TEST_F(CliTest, MetadataOnPutIsRecordedAndDrivesRetentionByMetric) {
   for (int i = 0; i < 3; ++i) {
     std::ofstream(in, std::ios::binary | std::ios::trunc) << "weights " << i;
     const std::string loss = i == 1 ? "0.1" : "0.5";
-    CommandResult put = Ckpt({"put", "team/m/model", in, "--metadata", "loss=" + loss,
-                              "--metadata", "note=a=b"});
+    CommandResult put =
+        Ckpt({"put", "team/m/model", in, "--metadata", "loss=" + loss, "--metadata", "note=a=b"});
     ASSERT_EQ(put.exit_code, 0) << put.err;
   }
   CommandResult versions = Ckpt({"versions", "team/m/model", "--json"});
@@ -216,8 +216,8 @@ TEST_F(CliTest, MetadataOnPutIsRecordedAndDrivesRetentionByMetric) {
 
   // Retention by the metric keeps version 2 (the lowest loss) and the newest;
   // the save that applies it says what it deleted.
-  CommandResult set =
-      Ckpt({"retention", "team/m/model", "--keep-last", "1", "--keep-best", "1", "--metric", "loss"});
+  CommandResult set = Ckpt(
+      {"retention", "team/m/model", "--keep-last", "1", "--keep-best", "1", "--metric", "loss"});
   ASSERT_EQ(set.exit_code, 0) << set.err;
   CommandResult put = Ckpt({"put", "team/m/model", in, "--metadata", "loss=0.9"});
   ASSERT_EQ(put.exit_code, 0) << put.err;
@@ -234,8 +234,7 @@ TEST_F(CliTest, MetadataOnPutIsRecordedAndDrivesRetentionByMetric) {
     EXPECT_EQ(r.err, "ckpt: INVALID_ARGUMENT: --metadata takes KEY=VALUE (e.g. loss=0.25), got '" +
                          bad + "'\n");
   }
-  CommandResult twice =
-      Ckpt({"put", "team/m/model", in, "--metadata", "a=1", "--metadata", "a=2"});
+  CommandResult twice = Ckpt({"put", "team/m/model", in, "--metadata", "a=1", "--metadata", "a=2"});
   EXPECT_EQ(twice.exit_code, 2);
   EXPECT_EQ(twice.err, "ckpt: INVALID_ARGUMENT: --metadata key 'a' given twice\n");
   // Nothing was saved by the refused commands.
@@ -298,7 +297,8 @@ TEST_F(CliTest, GetOfATreeWithoutKeyIsAUsageError) {
             "--key KEY for one tensor's or bytes leaf's raw bytes (`ckpt show team/run/model@1` "
             "lists the keys), or use `ckpt export`\n");
   EXPECT_FALSE(std::ifstream(out).good());
-  CommandResult key = Ckpt({"get", "team/run/model", out, "--key", "model_state_dict/hidden.weight"});
+  CommandResult key =
+      Ckpt({"get", "team/run/model", out, "--key", "model_state_dict/hidden.weight"});
   ASSERT_EQ(key.exit_code, 0) << key.err;
   EXPECT_EQ(key.out, "wrote " + out + " (24 B)\n");
   CommandResult no_key = Ckpt({"get", "team/run/model", out, "--key", "nope"});
@@ -332,9 +332,9 @@ TEST(CliServerTest, UsageShowsEachNamespaceAgainstItsQuota) {
             "zoo        256.0 KiB  none     -\n");
   CommandResult json = ckpt({"usage", "zoo", "--json"});
   ASSERT_EQ(json.exit_code, 0) << json.err;
-  EXPECT_EQ(nlohmann::json::parse(json.out),
-            nlohmann::json::parse(
-                R"([{"namespace": "zoo", "used_bytes": 262144, "quota_bytes": 0}])"));
+  EXPECT_EQ(
+      nlohmann::json::parse(json.out),
+      nlohmann::json::parse(R"([{"namespace": "zoo", "used_bytes": 262144, "quota_bytes": 0}])"));
   CommandResult empty = ckpt({"usage", "nobody"});
   ASSERT_EQ(empty.exit_code, 0) << empty.err;
   EXPECT_EQ(empty.out, "NAMESPACE  USED  QUOTA  USE%\nnobody     0 B   none   -\n");

@@ -69,7 +69,6 @@ class ConcurrencyTest : public testing::ServerTest {
       ASSERT_EQ(loaded->data[n], want.data(n)) << name << "@" << version << " node " << n;
     }
   }
-
 };
 
 TEST_F(ConcurrencyTest, WritersReadersDeletesAndGcLoseNothing) {
@@ -164,8 +163,8 @@ TEST_F(ConcurrencyTest, WritersReadersDeletesAndGcLoseNothing) {
   // Distinct version numbers with no gaps, per name.
   for (auto& [name, versions] : versions_by_name) {
     std::sort(versions.begin(), versions.end());
-    const size_t expected = name == "conc/shared" ? (kWriters / 2) * kSavesPerWriter
-                                                  : kSavesPerWriter;
+    const size_t expected =
+        name == "conc/shared" ? (kWriters / 2) * kSavesPerWriter : kSavesPerWriter;
     ASSERT_EQ(versions.size(), expected) << name;
     for (size_t i = 0; i < versions.size(); ++i) EXPECT_EQ(versions[i], i + 1) << name;
   }

@@ -11,8 +11,8 @@
 #include <unistd.h>
 
 #include <atomic>
-#include <map>
 #include <chrono>
+#include <map>
 #include <thread>
 
 #include "absl/strings/numbers.h"
@@ -36,8 +36,7 @@ testing::TreeBuilder Checkpoint(uint64_t seed) {
   b.Dict(kTensors + 1);
   b.Tensor(std::string("frozen.weight"), DType::kFloat32, {kElements}, 999);
   for (int i = 0; i < kTensors; ++i) {
-    b.Tensor(absl::StrCat("layer", i, ".weight"), DType::kFloat32, {kElements},
-             seed * 1000 + i);
+    b.Tensor(absl::StrCat("layer", i, ".weight"), DType::kFloat32, {kElements}, seed * 1000 + i);
   }
   return b;
 }
@@ -66,8 +65,8 @@ uint64_t CountChunkKeys(const std::string& db_path) {
 }
 
 struct Scenario {
-  std::string crash_at;   // CKPT_TEST_CRASH_AT, or empty for an external kill
-  int kill_after_ms = -1; // external SIGKILL this long after the save starts
+  std::string crash_at;    // CKPT_TEST_CRASH_AT, or empty for an external kill
+  int kill_after_ms = -1;  // external SIGKILL this long after the save starts
   bool kill_after_ack = false;
 };
 
@@ -108,14 +107,29 @@ TEST_F(CrashTest, ReleaseServerHasNoCrashPoints) {
 
 TEST_F(CrashTest, KilledServerNeverExposesPartialVersionsNorLosesCommittedOnes) {
   std::vector<Scenario> scenarios = {
-      {"save.begin:1"},           {"save.chunk:1"},          {"save.chunk:7"},
-      {"save.chunk:20"},          {"save.chunk:40"},         {"upload.before_ingest:1"},
-      {"upload.after_ingest:1"},  {"commit.before_write:1"}, {"commit.after_write:1"},
-      {"", -1, true},             {"", 0},                   {"", 5},
-      {"", 15},                   {"", 30},                  {"", 60},
-      {"", 90},                   {"", 120},                 {"", 200},
-      {"save.chunk:13"},          {"commit.after_write:1"},  {"", -1, true},
-      {"upload.after_ingest:1"},  {"save.chunk:30"},
+      {"save.begin:1"},
+      {"save.chunk:1"},
+      {"save.chunk:7"},
+      {"save.chunk:20"},
+      {"save.chunk:40"},
+      {"upload.before_ingest:1"},
+      {"upload.after_ingest:1"},
+      {"commit.before_write:1"},
+      {"commit.after_write:1"},
+      {"", -1, true},
+      {"", 0},
+      {"", 5},
+      {"", 15},
+      {"", 30},
+      {"", 60},
+      {"", 90},
+      {"", 120},
+      {"", 200},
+      {"save.chunk:13"},
+      {"commit.after_write:1"},
+      {"", -1, true},
+      {"upload.after_ingest:1"},
+      {"save.chunk:30"},
   };
   ASSERT_GE(scenarios.size(), 20u);
 

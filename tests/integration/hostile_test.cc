@@ -178,16 +178,15 @@ TEST_F(HostileTest, BacktrackingPatternsNeitherStallWorkersNorOutliveTheirCalls)
   done.store(true);
   prober.join();
   EXPECT_LT(seconds, 15.0);
-  EXPECT_EQ(info_failures.load(), 0) << "GetServerInfo timed out while " << info_calls.load()
-                                     << " probes ran";
+  EXPECT_EQ(info_failures.load(), 0)
+      << "GetServerInfo timed out while " << info_calls.load() << " probes ran";
   for (int t = 4; t < 8; ++t) {
     if (t % 2) {
       EXPECT_EQ(results[t].error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
           << results[t].error_message();
     } else {
       // No key ends in 'b': nothing matches.
-      EXPECT_EQ(results[t].error_code(), grpc::StatusCode::NOT_FOUND)
-          << results[t].error_message();
+      EXPECT_EQ(results[t].error_code(), grpc::StatusCode::NOT_FOUND) << results[t].error_message();
     }
   }
 }
@@ -236,8 +235,7 @@ TEST_F(HostileTest, AbandonedPartsAreDroppedAndTreeMemoryIsBoundedServerWide) {
   first.set_save_id("waiting");
   grpc::Status first_status;
   std::atomic<bool> taken{false};
-  std::thread waiter(
-      [&] { first_status = SaveNodes("evil/parts", nodes, &first, false, &taken); });
+  std::thread waiter([&] { first_status = SaveNodes("evil/parts", nodes, &first, false, &taken); });
   for (int i = 0; i < 500 && !taken.load(); ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }

@@ -349,29 +349,28 @@ TEST(ServerLogTest, TakenPortsAreRefusedInWords) {
   EXPECT_THAT(log, HasSubstr("access control OFF (development mode)"));
   EXPECT_THAT(log, HasSubstr("try: ckpt --server localhost:" + grpc_port + " stats"));
 
-  auto second = testing::RunCommand(
-      {"timeout", "30", testing::ServerBinary(), "--data-dir", dir.path() + "/db2", "--listen",
-       "127.0.0.1:" + grpc_port, "--metrics-listen", "127.0.0.1:0"});
+  auto second = testing::RunCommand({"timeout", "30", testing::ServerBinary(), "--data-dir",
+                                     dir.path() + "/db2", "--listen", "127.0.0.1:" + grpc_port,
+                                     "--metrics-listen", "127.0.0.1:0"});
   EXPECT_EQ(second.exit_code, 1) << second.err;
   EXPECT_THAT(second.err,
               HasSubstr("ckpt-server: UNAVAILABLE: cannot listen on 127.0.0.1:" + grpc_port +
                         " (gRPC): Address already in use (another ckpt-server or program "
                         "listens there: stop it or choose another port with --listen)"));
 
-  auto metrics = testing::RunCommand(
-      {"timeout", "30", testing::ServerBinary(), "--data-dir", dir.path() + "/db3", "--listen",
-       "127.0.0.1:0", "--metrics-listen", "127.0.0.1:" + metrics_port});
+  auto metrics = testing::RunCommand({"timeout", "30", testing::ServerBinary(), "--data-dir",
+                                      dir.path() + "/db3", "--listen", "127.0.0.1:0",
+                                      "--metrics-listen", "127.0.0.1:" + metrics_port});
   EXPECT_EQ(metrics.exit_code, 1) << metrics.err;
-  EXPECT_THAT(metrics.err,
-              HasSubstr("cannot listen on 127.0.0.1:" + metrics_port +
-                        " (metrics): Address already in use"));
+  EXPECT_THAT(metrics.err, HasSubstr("cannot listen on 127.0.0.1:" + metrics_port +
+                                     " (metrics): Address already in use"));
   EXPECT_THAT(metrics.err, HasSubstr("--metrics-listen"));
   EXPECT_THAT(metrics.err, Not(HasSubstr("CivetServer")));
 
   // Every client still reaches the first server's store.
   for (int i = 0; i < 5; ++i) {
-    auto stats = testing::RunCommand(
-        {testing::CliBinary(), "--server", (*first)->address(), "stats"});
+    auto stats =
+        testing::RunCommand({testing::CliBinary(), "--server", (*first)->address(), "stats"});
     EXPECT_EQ(stats.exit_code, 0) << stats.err;
   }
   auto version = testing::RunCommand({testing::ServerBinary(), "--version"});

@@ -10,8 +10,8 @@
 #include "client/raw_client.h"
 #include "server/server.h"
 #include "tests/testing/server_fixture.h"
-#include "tests/testing/tree_matchers.h"
 #include "tests/testing/temp_dir.h"
+#include "tests/testing/tree_matchers.h"
 #include "tests/testing/trees.h"
 
 namespace ckpt {

@@ -18,8 +18,8 @@
 namespace ckpt {
 namespace {
 
-using client::LoadOptions;
 using client::LoadedValue;
+using client::LoadOptions;
 using client::RawClient;
 using ::testing::HasSubstr;
 using testing::TreeBuilder;
@@ -110,11 +110,11 @@ class SliceLoadTest : public testing::ServerTest {
 
 TEST_F(SliceLoadTest, BoxesAreByteExactAgainstAFullLoad) {
   const std::vector<TensorSlice> slices = {
-      {"model/w", {10, 0}, {200, 500}},     // whole rows: long runs across chunks
-      {"model/x", {1, 2, 3}, {5, 6, 7}},    // short runs, copied
-      {"model/s", {}, {}},                  // 0-d
-      {"list/1", {60, 1}, {4, 2}},          // a list element, by index
-      {"model/e", {0, 1}, {0, 2}},          // an empty tensor's empty box
+      {"model/w", {10, 0}, {200, 500}},   // whole rows: long runs across chunks
+      {"model/x", {1, 2, 3}, {5, 6, 7}},  // short runs, copied
+      {"model/s", {}, {}},                // 0-d
+      {"list/1", {60, 1}, {4, 2}},        // a list element, by index
+      {"model/e", {0, 1}, {0, 2}},        // an empty tensor's empty box
   };
   auto loaded = LoadSlices(slices);
   ASSERT_TRUE(loaded.ok()) << loaded.status();
@@ -122,8 +122,8 @@ TEST_F(SliceLoadTest, BoxesAreByteExactAgainstAFullLoad) {
   // Only the sliced tensors (and their containers) are selected; each node
   // keeps the stored tensor's meta.
   const std::vector<std::string> keys = FlattenedKeys(loaded->tree);
-  EXPECT_THAT(keys, ::testing::ElementsAre("", "model", "model/w", "model/x", "model/s",
-                                           "model/e", "list", "list/0"));
+  EXPECT_THAT(keys, ::testing::ElementsAre("", "model", "model/w", "model/x", "model/s", "model/e",
+                                           "list", "list/0"));
   uint64_t total = 0;
   for (size_t s = 0; s < slices.size(); ++s) {
     SCOPED_TRACE(slices[s].key);

@@ -66,9 +66,9 @@ std::string B(const char (&s)[N]) {
 }
 
 const std::string kTensor =
-    B("\200\002" "ctorch._utils\n_rebuild_tensor_v2\n((X\007\000\000\000storage"
+    B("\200\002"
+      "ctorch._utils\n_rebuild_tensor_v2\n((X\007\000\000\000storage"
       "ctorch\nFloatStorage\nX\001\000\000\0000X\003\000\000\000cpuK\006tQ");
-
 
 std::vector<Case> Cases() {
   const std::string golden = Golden();
@@ -92,11 +92,13 @@ std::vector<Case> Cases() {
       {"BadPickle", WithRecord("torch2/data.pkl", "\200\002garbage"), inv,
        "torch2/data.pkl: pickle offset 2"},
       {"OsSystem",
-       PickleZip(B("\200\002" "cos\nsystem\nX\006\000\000\000rm -rfR.")), inv,
-       "unsupported global 'os.system'"},
+       PickleZip(B("\200\002"
+                   "cos\nsystem\nX\006\000\000\000rm -rfR.")),
+       inv, "unsupported global 'os.system'"},
       {"BuiltinsEval",
-       PickleZip(B("\200\002" "cbuiltins\neval\nX\001\000\000\0001\205R.")), inv,
-       "unsupported global 'builtins.eval'"},
+       PickleZip(B("\200\002"
+                   "cbuiltins\neval\nX\001\000\000\0001\205R.")),
+       inv, "unsupported global 'builtins.eval'"},
       {"Subprocess",
        PickleZip(B("\200\004\225\025\000\000\000\000\000\000\000\214\012subprocess"
                    "\214\005Popen\223.")),
@@ -117,22 +119,23 @@ std::vector<Case> Cases() {
       {"StorageRecordMissing", PickleZip(kTensor + B("K\000K\006\205K\001\205\211}tR.")), inv,
        "storage '0' has no record 'archive/data/0'"},
       {"StorageNumelOverflow",
-       PickleZip(B("\200\002" "ctorch._utils\n_rebuild_tensor_v2\n((X\007\000\000\000storage"
+       PickleZip(B("\200\002"
+                   "ctorch._utils\n_rebuild_tensor_v2\n((X\007\000\000\000storage"
                    "ctorch\nFloatStorage\nX\001\000\000\0000X\003\000\000\000cpu"
                    "\212\010\377\377\377\377\377\377\377\077tQK\000K\001\205K\001\205\211}tR."),
                  {{"archive/data/0", std::string(24, 'x')}}),
        inv, "too large"},
       {"CorruptData", flipped, absl::StatusCode::kDataLoss, "CRC-32 mismatch"},
-      {"NoDataPkl", WithRecord("torch2/data.pkl", "", true), inv,
-       "not a torch.save checkpoint"},
+      {"NoDataPkl", WithRecord("torch2/data.pkl", "", true), inv, "not a torch.save checkpoint"},
       {"TorchScript",
-       MakeZip({{"m/data.pkl", "\200\002N."}, {"m/constants.pkl", "\200\002)."},
+       MakeZip({{"m/data.pkl", "\200\002N."},
+                {"m/constants.pkl", "\200\002)."},
                 {"m/code/__torch__.py", "x"}}),
        inv, "TorchScript archive"},
       {"BigEndian", WithRecord("torch2/byteorder", "big"), inv, "unsupported byte order 'big'"},
       {"SafetensorsOverlap",
        Safetensors(R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},)"
-           R"("b":{"dtype":"U8","shape":[4],"data_offsets":[2,6]}})",
+                   R"("b":{"dtype":"U8","shape":[4],"data_offsets":[2,6]}})",
                    std::string(6, 'x')),
        inv, "overlap"},
       {"SafetensorsOutOfRange",
@@ -157,9 +160,8 @@ TEST(CorpusSweep, EveryTruncationIsAnError) {
   for (const std::string& file :
        {Golden(), testing::ReadWholeFile(testing::DataDir() + "/torch1.pt"),
         testing::ReadWholeFile(testing::DataDir() + "/reference.safetensors"),
-        *testing::WriteFile(Format::kSafetensors,
-                            testing::Builder().Dict(1).Tensor(std::string("w"),
-                                                              DType::kFloat32, {5})),
+        *testing::WriteFile(Format::kSafetensors, testing::Builder().Dict(1).Tensor(
+                                                      std::string("w"), DType::kFloat32, {5})),
         *testing::WriteFile(Format::kPt, b)}) {
     ASSERT_TRUE(ReadCheckpoint(Span(file), {}).ok());
     for (size_t cut = 0; cut < file.size(); ++cut) {

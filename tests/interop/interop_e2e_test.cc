@@ -4,11 +4,10 @@
 // Python loads and compares them. Also the reverse direction from C++ saves,
 // malformed files through the CLI, and bounded memory on a large file.
 
-#include <sys/resource.h>
-#include <sys/wait.h>
-
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
 
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -28,8 +27,8 @@ namespace {
 
 using ::ckpt::testing::CommandResult;
 using ::ckpt::testing::RunCommand;
-using ::testing::HasSubstr;
 using testing::Builder;
+using ::testing::HasSubstr;
 using Json = nlohmann::ordered_json;
 
 struct Python {
@@ -169,9 +168,12 @@ Json Describe(const Builder& b, size_t* i, bool safetensors_flat) {
       j = {{"type", "bytes"}, {"hex", absl::BytesToHexString(data)}};
       break;
     case NodeKind::kTensor:
-      j = {{"type", "tensor"},           {"dtype", std::string(DTypeName(n.tensor.dtype))},
-           {"shape", n.tensor.shape},    {"device", n.tensor.device},
-           {"requires_grad", n.tensor.requires_grad}, {"hex", absl::BytesToHexString(data)}};
+      j = {{"type", "tensor"},
+           {"dtype", std::string(DTypeName(n.tensor.dtype))},
+           {"shape", n.tensor.shape},
+           {"device", n.tensor.device},
+           {"requires_grad", n.tensor.requires_grad},
+           {"hex", absl::BytesToHexString(data)}};
       break;
   }
   return j;
@@ -195,11 +197,10 @@ void Save(const std::string& address, const std::string& name, const Builder& b)
 // optimizer state with int keys, every dtype, a GPU tensor, a parameter.
 Builder CppCheckpoint(bool unsigned_dtypes) {
   Builder b;
-  const DType dtypes[] = {DType::kFloat32,   DType::kFloat64,    DType::kFloat16,
-                          DType::kBFloat16,  DType::kInt8,       DType::kInt16,
-                          DType::kInt32,     DType::kInt64,      DType::kUInt8,
-                          DType::kBool,      DType::kComplex64,  DType::kComplex128,
-                          DType::kUInt16,    DType::kUInt32,     DType::kUInt64};
+  const DType dtypes[] = {DType::kFloat32, DType::kFloat64, DType::kFloat16,   DType::kBFloat16,
+                          DType::kInt8,    DType::kInt16,   DType::kInt32,     DType::kInt64,
+                          DType::kUInt8,   DType::kBool,    DType::kComplex64, DType::kComplex128,
+                          DType::kUInt16,  DType::kUInt32,  DType::kUInt64};
   const uint32_t n_dtypes = unsigned_dtypes ? 15 : 12;
   b.Dict(7)
       .Int(5, std::string("epoch"))
@@ -327,8 +328,8 @@ TEST_F(InteropE2E, KeysSelectOnImportAndExport) {
   for (size_t i = 1; i < read->tree.size(); ++i) {
     keys.push_back(std::get<std::string>(read->tree[i].key));
   }
-  EXPECT_EQ(keys, (std::vector<std::string>{"model_state_dict/0.weight",
-                                            "model_state_dict/2.weight"}));
+  EXPECT_EQ(keys,
+            (std::vector<std::string>{"model_state_dict/0.weight", "model_state_dict/2.weight"}));
 }
 
 TEST_F(InteropE2E, ProgressBarOnRequest) {
@@ -350,7 +351,9 @@ TEST_F(InteropE2E, MalformedFilesAreRefusedThroughTheCli) {
   const std::string in = Path("bad");
   mkdir(in.c_str(), 0755);
   Py(kTorch2, {Script("torch_cases.py"), "make", in});
-  const char kEvil[] = "\x80\x02" "cos\nsystem\nX\x06\x00\x00\x00rm -rf\x85R.";
+  const char kEvil[] =
+      "\x80\x02"
+      "cos\nsystem\nX\x06\x00\x00\x00rm -rf\x85R.";
   const std::string pickle(kEvil, sizeof(kEvil) - 1);
   const std::string evil = testing::MakeZip({{"archive/data.pkl", pickle}});
   std::ofstream(Path("evil.pt"), std::ios::binary) << evil;
@@ -386,8 +389,8 @@ TEST_F(InteropE2E, MalformedFilesAreRefusedThroughTheCli) {
   EXPECT_THAT(ext.err, HasSubstr("pass --format pt|safetensors"));
   CommandResult forced = Ckpt({"export", "interop/tut", Path("tut.xyz"), "--format", "pt"});
   EXPECT_EQ(forced.exit_code, 0) << forced.err;
-  CommandResult wrong = Ckpt({"import", in + "/tutorial.pt", "interop/tut", "--format",
-                              "safetensors"});
+  CommandResult wrong =
+      Ckpt({"import", in + "/tutorial.pt", "interop/tut", "--format", "safetensors"});
   EXPECT_EQ(wrong.exit_code, 2);
   EXPECT_THAT(wrong.err, HasSubstr("is a pt file, not safetensors"));
 }
@@ -450,8 +453,8 @@ TEST_F(InteropE2E, LargeFileStreamsWithBoundedMemory) {
   };
   const long import_mib = measured({"import", in, "interop/large"});
   const long export_mib = measured({"export", "interop/large", out});
-  std::printf("peak RSS of ckpt for a 640 MiB file: import %ld MiB, export %ld MiB\n",
-              import_mib, export_mib);
+  std::printf("peak RSS of ckpt for a 640 MiB file: import %ld MiB, export %ld MiB\n", import_mib,
+              export_mib);
   EXPECT_LT(import_mib, 256);
   EXPECT_LT(export_mib, 256);
   auto a = MappedFile::Open(in);

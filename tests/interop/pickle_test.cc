@@ -43,11 +43,11 @@ absl::StatusOr<ImportedCheckpoint> Decode(const std::string& pickle,
 
 TEST(Pickle, ScalarsAndContainers) {
   // {'a': [1, 2.5], 3: (None, True, 'x'), 'b': b'\x00\xff'} as protocol 2.
-  const std::string pkl = P(
-      "\200\002}q\000(X\001\000\000\000aq\001]q\002(K\001G@\004\000\000\000\000\000\000e"
-      "K\003N\210X\001\000\000\000x\207X\001\000\000\000b"
-      "c_codecs\nencode\nX\003\000\000\000\000\303\277"
-      "X\006\000\000\000latin1\206Ru.");
+  const std::string pkl =
+      P("\200\002}q\000(X\001\000\000\000aq\001]q\002(K\001G@\004\000\000\000\000\000\000e"
+        "K\003N\210X\001\000\000\000x\207X\001\000\000\000b"
+        "c_codecs\nencode\nX\003\000\000\000\000\303\277"
+        "X\006\000\000\000latin1\206Ru.");
   auto out = Decode(pkl);
   ASSERT_TRUE(out.ok()) << out.status();
   const Tree& t = out->tree;
@@ -71,8 +71,9 @@ TEST(Pickle, ScalarsAndContainers) {
 
 TEST(Pickle, SetItemReplacesAnExistingKeyInPlace) {
   // d = {}; d['a'] = 1; d['b'] = 2; d['a'] = 3  ->  {'a': 3, 'b': 2}
-  auto out = Decode(P("\200\002}X\001\000\000\000aK\001sX\001\000\000\000bK\002s"
-                      "X\001\000\000\000aK\003s."));
+  auto out =
+      Decode(P("\200\002}X\001\000\000\000aK\001sX\001\000\000\000bK\002s"
+               "X\001\000\000\000aK\003s."));
   ASSERT_TRUE(out.ok()) << out.status();
   ASSERT_EQ(out->tree.size(), 3u);
   EXPECT_EQ(std::get<std::string>(out->tree[1].key), "a");
@@ -114,10 +115,10 @@ TEST(Pickle, Longs) {
 TEST(Pickle, TensorViewIsCopiedContiguously) {
   // _rebuild_tensor_v2(storage(int16, 12), offset 4, size (2, 2), stride (4, 2))
   // = base.reshape(3, 4)[1:, ::2] -> elements 4, 6, 8, 10.
-  const std::string pkl = P(
-      "\200\002ctorch._utils\n_rebuild_tensor_v2\n((X\007\000\000\000storage"
-      "ctorch\nShortStorage\nX\001\000\000\0000X\003\000\000\000cpuK\014tQ"
-      "K\004K\002K\002\206K\004K\002\206\211ccollections\nOrderedDict\n)RtR.");
+  const std::string pkl =
+      P("\200\002ctorch._utils\n_rebuild_tensor_v2\n((X\007\000\000\000storage"
+        "ctorch\nShortStorage\nX\001\000\000\0000X\003\000\000\000cpuK\014tQ"
+        "K\004K\002K\002\206K\004K\002\206\211ccollections\nOrderedDict\n)RtR.");
   std::string storage;
   for (int16_t i = 0; i < 12; ++i) storage.append(reinterpret_cast<const char*>(&i), 2);
   auto out = Decode(pkl, storage);
@@ -139,10 +140,10 @@ TEST(Pickle, TensorViewIsCopiedContiguously) {
 
 TEST(Pickle, ContiguousViewPointsIntoTheStorage) {
   // offset 4, size (2, 4), stride (4, 1): rows 1..2 of a [3, 4] storage.
-  const std::string pkl = P(
-      "\200\002ctorch._utils\n_rebuild_tensor_v2\n((X\007\000\000\000storage"
-      "ctorch\nShortStorage\nX\001\000\000\0000X\006\000\000\000cuda:1K\014tQ"
-      "K\004K\002K\004\206K\004K\001\206\210ccollections\nOrderedDict\n)RtR.");
+  const std::string pkl =
+      P("\200\002ctorch._utils\n_rebuild_tensor_v2\n((X\007\000\000\000storage"
+        "ctorch\nShortStorage\nX\001\000\000\0000X\006\000\000\000cuda:1K\014tQ"
+        "K\004K\002K\004\206K\004K\001\206\210ccollections\nOrderedDict\n)RtR.");
   std::string storage(24, '\0');
   auto out = Decode(pkl, storage);
   ASSERT_TRUE(out.ok()) << out.status();
@@ -169,19 +170,27 @@ TEST_P(PickleRejects, WithAClearError) {
 }
 
 const std::string kTensorPrefix =
-    P("\200\002" "ctorch._utils\n_rebuild_tensor_v2\n((X\007\000\000\000storage"
+    P("\200\002"
+      "ctorch._utils\n_rebuild_tensor_v2\n((X\007\000\000\000storage"
       "ctorch\nFloatStorage\nX\001\000\000\0000X\003\000\000\000cpuK\006tQ");
 
 INSTANTIATE_TEST_SUITE_P(
     Corpus, PickleRejects,
     ::testing::Values(
-        BadCase{"OsSystem", P("\200\002" "cos\nsystem\nX\002\000\000\000lsR."),
+        BadCase{"OsSystem",
+                P("\200\002"
+                  "cos\nsystem\nX\002\000\000\000lsR."),
                 "unsupported global 'os.system'"},
         BadCase{"BuiltinsEvalStackGlobal",
-                P("\200\004\214\010" "builtins\214\004" "eval\223\214\001" "1\205R."),
+                P("\200\004\214\010"
+                  "builtins\214\004"
+                  "eval\223\214\001"
+                  "1\205R."),
                 "unsupported global 'builtins.eval'"},
         BadCase{"PosixSystemAfterData",
-                P("\200\002]K\001a" "cposix\nsystem\n."), "unsupported global 'posix.system'"},
+                P("\200\002]K\001a"
+                  "cposix\nsystem\n."),
+                "unsupported global 'posix.system'"},
         BadCase{"Truncated", P("\200\002]q\000(K\001K\002"), "truncated pickle"},
         BadCase{"TruncatedString", P("\200\002X\377\000\000\000abc."), "truncated pickle"},
         BadCase{"Empty", P(""), "truncated pickle"},
@@ -197,11 +206,15 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"BadUtf8", P("\200\002X\002\000\000\000\303\050."), "not valid UTF-8"},
         BadCase{"Cycle", P("\200\002]q\000h\000a."), "contains itself"},
         BadCase{"TupleKey", P("\200\002}K\001\205K\002s."), "dict key of type tuple"},
-        BadCase{"BareGlobal", P("\200\002" "ccollections\nOrderedDict\n."), "is not a value"},
+        BadCase{"BareGlobal",
+                P("\200\002"
+                  "ccollections\nOrderedDict\n."),
+                "is not a value"},
         BadCase{"PersistentIdNotStorage", P("\200\002X\001\000\000\000xQ."),
                 "persistent id must be"},
         BadCase{"PersistentIdWrongType",
-                P("\200\002(X\007\000\000\000storage" "ccollections\nOrderedDict\n"
+                P("\200\002(X\007\000\000\000storage"
+                  "ccollections\nOrderedDict\n"
                   "X\001\000\000\0000X\003\000\000\000cpuK\001tQ."),
                 "storage type must be a torch storage class"},
         BadCase{"TensorNegativeStride",
@@ -226,7 +239,9 @@ INSTANTIATE_TEST_SUITE_P(
                 "declared twice"},
         BadCase{"Set", P("\200\004\217."), "opcode EMPTY_SET is not supported"},
         BadCase{"CodecsOtherEncoding",
-                P("\200\002" "c_codecs\nencode\nX\001\000\000\000" "aX\005\000\000\000utf_8\206R."),
+                P("\200\002"
+                  "c_codecs\nencode\nX\001\000\000\000"
+                  "aX\005\000\000\000utf_8\206R."),
                 "unsupported encoding 'utf_8'"},
         BadCase{"BuildOnList", P("\200\002]}b."), "BUILD on a list is not supported"}),
     [](const ::testing::TestParamInfo<BadCase>& info) { return info.param.name; });
@@ -274,12 +289,21 @@ TEST(Pickle, MaxObjects) {
 }
 
 TEST(PickleEncoder, IntsRoundTripAtEveryWidth) {
-  const int64_t values[] = {0, 1, 255, 256, 65535, 65536, -1, -256,
+  const int64_t values[] = {0,
+                            1,
+                            255,
+                            256,
+                            65535,
+                            65536,
+                            -1,
+                            -256,
                             std::numeric_limits<int32_t>::min(),
                             std::numeric_limits<int32_t>::max(),
                             int64_t{std::numeric_limits<int32_t>::max()} + 1,
                             int64_t{std::numeric_limits<int32_t>::min()} - 1,
-                            int64_t{1} << 40, -(int64_t{1} << 40), 0x7fffffffffffffLL,
+                            int64_t{1} << 40,
+                            -(int64_t{1} << 40),
+                            0x7fffffffffffffLL,
                             std::numeric_limits<int64_t>::min(),
                             std::numeric_limits<int64_t>::max()};
   for (int64_t v : values) {

@@ -1,8 +1,6 @@
 // The .pt reader on files written by PyTorch 1.13 and 2.x, and the .pt
 // writer read back by the reader.
 
-#include "interop/torch_pt.h"
-
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -10,14 +8,15 @@
 #include <limits>
 
 #include "interop/pickle.h"
+#include "interop/torch_pt.h"
 #include "tests/interop/test_util.h"
 #include "tests/testing/tree_matchers.h"
 
 namespace ckpt::interop {
 namespace {
 
-using ::testing::HasSubstr;
 using testing::Builder;
+using ::testing::HasSubstr;
 using testing::Span;
 
 std::string Key(const Node& n) {
@@ -95,10 +94,10 @@ Builder Everything() {
       .Int(5, std::string("epoch"))
       .Float(0.25, std::string("loss"))
       .Dict(15, std::string("tensors"));
-  const DType dtypes[] = {DType::kFloat32, DType::kFloat64, DType::kFloat16, DType::kBFloat16,
-                          DType::kInt8,    DType::kInt16,   DType::kInt32,   DType::kInt64,
-                          DType::kUInt8,   DType::kBool,    DType::kComplex64,
-                          DType::kComplex128, DType::kUInt16, DType::kUInt32, DType::kUInt64};
+  const DType dtypes[] = {DType::kFloat32, DType::kFloat64, DType::kFloat16,   DType::kBFloat16,
+                          DType::kInt8,    DType::kInt16,   DType::kInt32,     DType::kInt64,
+                          DType::kUInt8,   DType::kBool,    DType::kComplex64, DType::kComplex128,
+                          DType::kUInt16,  DType::kUInt32,  DType::kUInt64};
   for (DType d : dtypes) b.Tensor(std::string(DTypeName(d)), d, {2, 3});
   b.Dict(2, std::string("optimizer"))
       .Dict(1, std::string("state"))

@@ -10,8 +10,8 @@
 namespace ckpt::interop {
 namespace {
 
-using ::testing::HasSubstr;
 using testing::Builder;
+using ::testing::HasSubstr;
 using testing::Span;
 
 std::string File(const std::string& header, const std::string& data) {
@@ -21,12 +21,11 @@ std::string File(const std::string& header, const std::string& data) {
 }
 
 TEST(Safetensors, ParsesHeaderInFileOrderWithMetadata) {
-  auto h = ParseSafetensorsHeader(
-      R"({"z":{"dtype":"F16","shape":[3],"data_offsets":[0,6]},)"
-      R"("__metadata__":{"format":"pt","k":"v"},)"
-      R"("a":{"dtype":"BF16","shape":[],"data_offsets":[6,8]},)"
-      R"("e":{"dtype":"I64","shape":[0,4],"data_offsets":[8,8]}}   )",
-      8);
+  auto h = ParseSafetensorsHeader(R"({"z":{"dtype":"F16","shape":[3],"data_offsets":[0,6]},)"
+                                  R"("__metadata__":{"format":"pt","k":"v"},)"
+                                  R"("a":{"dtype":"BF16","shape":[],"data_offsets":[6,8]},)"
+                                  R"("e":{"dtype":"I64","shape":[0,4],"data_offsets":[8,8]}}   )",
+                                  8);
   ASSERT_TRUE(h.ok()) << h.status();
   ASSERT_EQ(h->entries.size(), 3u);
   EXPECT_EQ(h->entries[0].name, "z");
@@ -90,8 +89,8 @@ INSTANTIATE_TEST_SUITE_P(
                   "data_offsets [0, 16] out of range (data section of 8 bytes)"},
         BadHeader{"Reversed", R"({"a":{"dtype":"U8","shape":[0],"data_offsets":[4,2]}})", 8,
                   "out of range"},
-        BadHeader{"SizeMismatch", R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})",
-                  8, "shape and dtype make 12 bytes but data_offsets span 8"},
+        BadHeader{"SizeMismatch", R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", 8,
+                  "shape and dtype make 12 bytes but data_offsets span 8"},
         BadHeader{"ShapeOverflow",
                   R"({"a":{"dtype":"F64","shape":[4294967296,4294967296],"data_offsets":[0,8]}})",
                   8, "overflows"},
@@ -115,8 +114,8 @@ INSTANTIATE_TEST_SUITE_P(
         BadHeader{"DeepNesting", std::string(1000, '[') + std::string(1000, ']'), 8,
                   "nested too deeply"},
         BadHeader{"TooManyDims",
-                  R"({"a":{"dtype":"U8","shape":[)" + Dims65() + R"(],"data_offsets":[0,1]}})",
-                  8, "65 dimensions (max 64)"}),
+                  R"({"a":{"dtype":"U8","shape":[)" + Dims65() + R"(],"data_offsets":[0,1]}})", 8,
+                  "65 dimensions (max 64)"}),
     [](const ::testing::TestParamInfo<BadHeader>& info) { return info.param.name; });
 
 TEST(Safetensors, FileLevelErrors) {
@@ -167,31 +166,33 @@ TEST(Safetensors, WriterRoundTripsAndFlattensNestedKeys) {
 }
 
 TEST(Safetensors, WriterRefusesWhatTheFormatCannotHold) {
-  EXPECT_THAT(testing::WriteFile(Format::kSafetensors,
-                                 Builder().Dict(2).Int(5, std::string("epoch")).Tensor(
-                                     std::string("w"), DType::kFloat32, {1}))
-                  .status()
-                  .ToString(),
-              HasSubstr("safetensors holds only tensors: 'epoch' is a int"));
-  EXPECT_THAT(testing::WriteFile(Format::kSafetensors,
-                                 Builder().Dict(1).Tensor(std::string("c"), DType::kComplex128, {1}))
-                  .status()
-                  .ToString(),
-              HasSubstr("safetensors has no complex128 dtype"));
-  EXPECT_THAT(testing::WriteFile(Format::kSafetensors,
-                                 Builder().Tensor({}, DType::kFloat32, {1}))
+  EXPECT_THAT(
+      testing::WriteFile(Format::kSafetensors, Builder()
+                                                   .Dict(2)
+                                                   .Int(5, std::string("epoch"))
+                                                   .Tensor(std::string("w"), DType::kFloat32, {1}))
+          .status()
+          .ToString(),
+      HasSubstr("safetensors holds only tensors: 'epoch' is a int"));
+  EXPECT_THAT(
+      testing::WriteFile(Format::kSafetensors,
+                         Builder().Dict(1).Tensor(std::string("c"), DType::kComplex128, {1}))
+          .status()
+          .ToString(),
+      HasSubstr("safetensors has no complex128 dtype"));
+  EXPECT_THAT(testing::WriteFile(Format::kSafetensors, Builder().Tensor({}, DType::kFloat32, {1}))
                   .status()
                   .ToString(),
               HasSubstr("root must be a dict"));
-  EXPECT_THAT(testing::WriteFile(Format::kSafetensors,
-                                 Builder()
-                                     .Dict(2)
-                                     .Tensor(std::string("a/b"), DType::kFloat32, {1})
-                                     .Dict(1, std::string("a"))
-                                     .Tensor(std::string("b"), DType::kFloat32, {1}))
-                  .status()
-                  .ToString(),
-              HasSubstr("'a/b' appears twice"));
+  EXPECT_THAT(
+      testing::WriteFile(Format::kSafetensors, Builder()
+                                                   .Dict(2)
+                                                   .Tensor(std::string("a/b"), DType::kFloat32, {1})
+                                                   .Dict(1, std::string("a"))
+                                                   .Tensor(std::string("b"), DType::kFloat32, {1}))
+          .status()
+          .ToString(),
+      HasSubstr("'a/b' appears twice"));
 }
 
 }  // namespace

@@ -96,9 +96,9 @@ TEST(Zip, DeflatedRecordsAreInflated) {
     for (int i = 0; i < n; ++i) zip[at + i] = static_cast<char>((v >> (8 * i)) & 0xff);
   };
   const size_t cd = zip.find("PK\x01\x02");
-  patch(8, 8, 2);         // local: method
+  patch(8, 8, 2);             // local: method
   patch(22, text.size(), 4);  // local: uncompressed size
-  patch(cd + 10, 8, 2);   // central: method
+  patch(cd + 10, 8, 2);       // central: method
   patch(cd + 24, text.size(), 4);
   auto reader = ZipReader::Open(Span(zip));
   ASSERT_TRUE(reader.ok()) << reader.status();

@@ -1,5 +1,4 @@
 #include "storage/codec.h"
-#include "tests/testing/tree_matchers.h"
 
 #include <gtest/gtest.h>
 
@@ -9,6 +8,7 @@
 #include <random>
 
 #include "absl/strings/match.h"
+#include "tests/testing/tree_matchers.h"
 
 namespace ckpt::storage {
 namespace {

@@ -10,6 +10,8 @@
 // Behaviours of one backend's own layout (files, keys, formats) are tested
 // in its own file, e.g. rocksdb_store_test.cc.
 
+#include "storage/store.h"
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -18,7 +20,6 @@
 #include <string>
 #include <vector>
 
-#include "storage/store.h"
 #include "tests/storage/store_test_util.h"
 #include "tests/testing/status_matchers.h"
 

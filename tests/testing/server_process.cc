@@ -58,13 +58,11 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
   p->log_path_ = data_dir + ".server.log";
   std::vector<std::string> args = {ServerBinary(), "--listen", "127.0.0.1:0", "--data-dir",
                                    data_dir};
-  if (std::find(extra_flags.begin(), extra_flags.end(), "--shutdown-grace") ==
-      extra_flags.end()) {
+  if (std::find(extra_flags.begin(), extra_flags.end(), "--shutdown-grace") == extra_flags.end()) {
     args.insert(args.end(), {"--shutdown-grace", "5"});
   }
   // Tests run in parallel: never the fixed default metrics port.
-  if (std::find(extra_flags.begin(), extra_flags.end(), "--metrics-listen") ==
-      extra_flags.end()) {
+  if (std::find(extra_flags.begin(), extra_flags.end(), "--metrics-listen") == extra_flags.end()) {
     args.insert(args.end(), {"--metrics-listen", "127.0.0.1:0"});
   }
   args.insert(args.end(), extra_flags.begin(), extra_flags.end());

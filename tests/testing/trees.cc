@@ -25,13 +25,13 @@ TreeBuilder& TreeBuilder::Add(Node node, std::string bytes) {
   return *this;
 }
 
-#define CKPT_CONTAINER(Method, Kind)                     \
+#define CKPT_CONTAINER(Method, Kind)                             \
   TreeBuilder& TreeBuilder::Method(uint32_t size, NodeKey key) { \
-    Node n;                                              \
-    n.kind = NodeKind::Kind;                             \
-    n.size = size;                                       \
-    n.key = std::move(key);                              \
-    return Add(std::move(n));                            \
+    Node n;                                                      \
+    n.kind = NodeKind::Kind;                                     \
+    n.size = size;                                               \
+    n.key = std::move(key);                                      \
+    return Add(std::move(n));                                    \
   }
 CKPT_CONTAINER(Dict, kDict)
 CKPT_CONTAINER(List, kList)

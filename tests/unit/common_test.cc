@@ -66,8 +66,7 @@ TEST(ValidateTreeTest, AcceptsNestedAndNamesBadKeys) {
                Tensor(std::string("fc.weight"), DType::kFloat32, {2, 2}, 16),
                Tensor(int64_t{0}, DType::kInt64, {}, 8)};
   EXPECT_TRUE(ValidateTree(tree, 4 << 20).ok());
-  EXPECT_EQ(FlattenedKeys(tree),
-            (std::vector<std::string>{"", "model", "model/fc.weight", "0"}));
+  EXPECT_EQ(FlattenedKeys(tree), (std::vector<std::string>{"", "model", "model/fc.weight", "0"}));
 
   Tree dup = {Dict(2), Tensor(std::string("a"), DType::kInt8, {1}, 1),
               Tensor(std::string("a"), DType::kInt8, {1}, 1)};
@@ -96,13 +95,12 @@ TEST(ValidateTreeTest, AcceptsNestedAndNamesBadKeys) {
 TEST(NamesTest, Validation) {
   EXPECT_TRUE(ValidateName("team/run-42/model").ok());
   EXPECT_TRUE(ValidateName("a.b_c-d").ok());
-  for (std::string bad : std::vector<std::string>{"", "a//b", "/a", "a/", "a/../b", "..", ".", "a b", "a\x01",
-                          std::string(300, 'x')}) {
+  for (std::string bad : std::vector<std::string>{"", "a//b", "/a", "a/", "a/../b", "..", ".",
+                                                  "a b", "a\x01", std::string(300, 'x')}) {
     auto s = ValidateName(bad);
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << bad;
   }
-  EXPECT_NE(ValidateName("a\x01").message().find("control character \\x01"),
-            std::string::npos);
+  EXPECT_NE(ValidateName("a\x01").message().find("control character \\x01"), std::string::npos);
   EXPECT_EQ(NamespaceOf("team/run/x"), "team");
   EXPECT_EQ(NamespaceOf("solo"), "solo");
   EXPECT_TRUE(ValidateTag("best").ok());
@@ -153,10 +151,12 @@ TEST(SelectTreeTest, PrunesByPatternAndKeepsSubtrees) {
   epoch.kind = NodeKind::kInt;
   epoch.key = std::string("epoch");
   epoch.int_value = 5;
-  Tree tree = {Dict(2), Dict(3, std::string("model")),
+  Tree tree = {Dict(2),
+               Dict(3, std::string("model")),
                Tensor(std::string("hidden.weight"), DType::kFloat32, {2}, 8),
                Tensor(std::string("hidden.bias"), DType::kFloat32, {1}, 4),
-               Tensor(std::string("out.weight"), DType::kFloat32, {1}, 4), epoch};
+               Tensor(std::string("out.weight"), DType::kFloat32, {1}, 4),
+               epoch};
   ASSERT_TRUE(ValidateTree(tree, 4 << 20).ok());
 
   auto patterns = *CompilePatterns({"*/hidden.*"});
@@ -249,13 +249,13 @@ TEST(KeyPatternTest, AgreesWithAReferenceMatcherOnRandomInputs) {
     for (int i = 0; i < klen; ++i) k += key_chars[rng() % key_chars.size()];
     auto compiled = KeyPattern::Compile(p);
     ASSERT_TRUE(compiled.ok()) << p;
-    ASSERT_EQ(compiled->Matches(k), Reference(p, 0, k, 0)) << "pattern '" << p << "' key '" << k
-                                                           << "'";
+    ASSERT_EQ(compiled->Matches(k), Reference(p, 0, k, 0))
+        << "pattern '" << p << "' key '" << k << "'";
   }
   // Long segments take the bit-parallel path.
   const std::string seg(100, 'x');
-  EXPECT_TRUE(KeyPattern::Compile("*" + seg + "?" + seg + "*")
-                  ->Matches("aa" + seg + "b" + seg + "cc"));
+  EXPECT_TRUE(
+      KeyPattern::Compile("*" + seg + "?" + seg + "*")->Matches("aa" + seg + "b" + seg + "cc"));
   EXPECT_FALSE(KeyPattern::Compile("*" + seg + "?" + seg + "*")->Matches("aa" + seg + seg));
   EXPECT_TRUE(KeyPattern::Compile("a*[xy]" + seg + "*b")->Matches("a" + seg + "y" + seg + "b"));
 }
