@@ -64,6 +64,12 @@ int main(int argc, char** argv) {
   double idle_timeout_s = 300;
   std::string namespace_quota = "0";
   std::vector<std::string> quotas;
+  const ckpt::storage::RocksDbTuning default_tuning;
+  int background_jobs = default_tuning.max_background_jobs;
+  std::string block_cache = absl::StrCat(default_tuning.metadata_block_cache_bytes >> 20, "MiB");
+  std::string write_buffer = absl::StrCat(default_tuning.write_buffer_bytes >> 20, "MiB");
+  std::string manifest_write_buffer =
+      absl::StrCat(default_tuning.manifest_write_buffer_bytes >> 20, "MiB");
 
   CLI::App app{"ckpt-server: a gRPC checkpoint store for PyTorch training"};
   app.set_version_flag("--version", std::string("ckpt-server ") + CKPT_VERSION);
@@ -156,6 +162,30 @@ int main(int argc, char** argv) {
       ->envname("CKPT_QUOTAS")
       ->delimiter(',')
       ->type_name("NAMESPACE=SIZE");
+  // RocksDB tuning (storage::RocksDbTuning): speed and memory only, never
+  // what is stored.
+  app.add_option("--rocksdb-background-jobs", background_jobs,
+                 "flushes and compactions RocksDB runs at once")
+      ->envname("CKPT_ROCKSDB_BACKGROUND_JOBS")
+      ->check(CLI::Range(1, 256))
+      ->capture_default_str();
+  app.add_option("--rocksdb-block-cache", block_cache,
+                 "block cache of the metadata column families, e.g. 256MiB (0: none; chunk "
+                 "reads bypass it)")
+      ->envname("CKPT_ROCKSDB_BLOCK_CACHE")
+      ->check(CLI::Validator(CheckSize, "SIZE"))
+      ->capture_default_str();
+  app.add_option("--rocksdb-write-buffer", write_buffer,
+                 "memtable size of the chunks, refs, tags and default column families (small "
+                 "keeps refcount lookups fast)")
+      ->envname("CKPT_ROCKSDB_WRITE_BUFFER")
+      ->check(CLI::Validator(CheckSize, "SIZE"))
+      ->capture_default_str();
+  app.add_option("--rocksdb-manifest-write-buffer", manifest_write_buffer,
+                 "memtable size of the manifests column family; keep --reserved-disk-mib above it")
+      ->envname("CKPT_ROCKSDB_MANIFEST_WRITE_BUFFER")
+      ->check(CLI::Validator(CheckSize, "SIZE"))
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
   uint64_t quota_bytes = 0;
@@ -179,6 +209,10 @@ int main(int argc, char** argv) {
   options.store.path = data_dir;
   options.store.reserved_disk_bytes = reserved_disk_mib << 20;
   options.store.sync_commits = !no_sync;
+  options.store.rocksdb.max_background_jobs = background_jobs;
+  ParseSize(block_cache, &options.store.rocksdb.metadata_block_cache_bytes);
+  ParseSize(write_buffer, &options.store.rocksdb.write_buffer_bytes);
+  ParseSize(manifest_write_buffer, &options.store.rocksdb.manifest_write_buffer_bytes);
   options.chunk_size = chunk_mib << 20;
   options.part_timeout = absl::Seconds(part_timeout_s);
 

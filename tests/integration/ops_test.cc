@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <regex>
 #include <thread>
@@ -334,6 +335,43 @@ TEST(ServerLogTest, LogLevelAndQuotaFlags) {
   EXPECT_THAT(log, Not(HasSubstr("level=info")));
   auto bad = testing::ServerProcess::Start(dir.path() + "/db2", {"--quota", "a/b=1"});
   EXPECT_FALSE(bad.ok());
+}
+
+// The RocksDB tuning flags reach the database: RocksDB writes the options
+// it runs with into the data directory (OPTIONS-NNNNNN). Values it refuses
+// stop the server with the reason.
+TEST(ServerLogTest, RocksDbTuningFlagsReachTheDatabase) {
+  testing::TempDir dir;
+  const std::string db = dir.path() + "/db";
+  auto server = testing::ServerProcess::Start(
+      db, {"--rocksdb-background-jobs", "3", "--rocksdb-block-cache", "8MiB",
+           "--rocksdb-write-buffer", "2MiB", "--rocksdb-manifest-write-buffer", "24MiB"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  std::string options_file;
+  for (const auto& entry : std::filesystem::directory_iterator(db)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind("OPTIONS-", 0) == 0 && name > options_file) options_file = name;
+  }
+  ASSERT_FALSE(options_file.empty()) << "no OPTIONS file in " << db;
+  std::ifstream in(db + "/" + options_file);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_THAT(text, HasSubstr("max_background_jobs=3\n"));
+  // Four column families with 2 MiB memtables (chunks, refs, tags,
+  // default) and the manifests one with 24 MiB.
+  size_t small = 0;
+  for (size_t at = text.find("write_buffer_size=2097152\n"); at != std::string::npos;
+       at = text.find("write_buffer_size=2097152\n", at + 1)) {
+    ++small;
+  }
+  EXPECT_EQ(small, 4u) << text;
+  EXPECT_THAT(text, HasSubstr("write_buffer_size=25165824\n"));
+  (*server)->Terminate();
+
+  auto bad = testing::ServerProcess::Start(dir.path() + "/db2", {"--rocksdb-write-buffer", "0"});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("write_buffer_bytes"));
+  EXPECT_FALSE(
+      testing::ServerProcess::Start(dir.path() + "/db3", {"--rocksdb-background-jobs", "0"}).ok());
 }
 
 // A second server on a taken port must not start (gRPC's SO_REUSEPORT would
