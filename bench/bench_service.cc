@@ -39,11 +39,6 @@ double Seconds(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
 }
 
-struct Workload {
-  std::string name;
-  Shapes tensors;  // float32
-};
-
 struct Data {
   client::SaveInput input;
   std::vector<std::string> bytes;  // per node
@@ -55,11 +50,11 @@ Data Materialize(const Workload& w, uint64_t seed) {
   Data d;
   Node root;
   root.kind = NodeKind::kDict;
-  root.size = static_cast<uint32_t>(w.tensors.size());
+  root.size = static_cast<uint32_t>(w.shapes.size());
   d.input.tree.push_back(root);
   d.bytes.emplace_back();
   std::mt19937_64 rng(seed);
-  for (const auto& [key, shape] : w.tensors) {
+  for (const auto& [key, shape] : w.shapes) {
     Node n;
     n.kind = NodeKind::kTensor;
     n.key = key;
@@ -100,35 +95,24 @@ class IntoBuffers : public client::LoadSink {
 };
 
 int Run(int argc, char** argv) {
-  double scale = 1.0;
-  std::string which = "all";
   std::string dir_arg;
-  std::string server_bin;
   CLI::App app{
       "bench_service: save/load throughput of ckpt-server over loopback with SPEC §8's "
       "workloads as raw tensors (prints numbers; about 1.5 GB of disk at scale 1)"};
-  app.add_option("--scale", scale, "workload size factor (1: GPT-2 small + Adam, ~1.5 GB)")
-      ->check(CLI::Range(0.001, 100.0))
-      ->capture_default_str();
-  app.add_option("--workload", which, "gpt2, small or all")
-      ->check(CLI::IsMember({"gpt2", "small", "all"}))
-      ->capture_default_str();
+  WorkloadOptions workload_options;
+  AddWorkloadOptions(app, &workload_options);
   app.add_option("--dir", dir_arg,
                  "directory for the server's data and the disk probe "
                  "(default: $TMPDIR or /tmp)");
-  app.add_option("--server", server_bin, "ckpt-server binary (default: the one built with it)")
-      ->check(CLI::ExistingFile);
   CLI11_PARSE(app, argc, argv);
-  if (!server_bin.empty()) setenv("CKPT_SERVER_BIN", server_bin.c_str(), 1);
   if (!dir_arg.empty()) setenv("TMPDIR", dir_arg.c_str(), 1);
   testing::TempDir dir;
-  std::printf("ckpt service benchmark (raw tensors over loopback), scale %.3g\n", scale);
+  std::printf("ckpt service benchmark (raw tensors over loopback), scale %.3g\n",
+              workload_options.scale);
   const double disk = DiskWriteGBps(dir.path(), 1ull << 30);
   std::printf("disk fsync'd sequential write (1 GiB, 4 MiB blocks): %.2f GB/s\n\n", disk);
 
-  std::vector<Workload> workloads;
-  if (which == "all" || which == "gpt2") workloads.push_back({"gpt2-small-adam", Gpt2Adam(scale)});
-  if (which == "all" || which == "small") workloads.push_back({"20k-small", ManySmall(scale)});
+  const std::vector<Workload> workloads = SelectWorkloads(workload_options);
 
   int index = 0;
   for (const Workload& w : workloads) {
@@ -140,8 +124,7 @@ int Run(int argc, char** argv) {
     auto client = client::RawClient::Connect((*server)->address(), {});
     if (!client.ok()) return 1;
     Data data = Materialize(w, 42);
-    std::printf("== %s: %zu tensors, %.1f MB\n", w.name.c_str(), w.tensors.size(),
-                data.total / 1e6);
+    std::printf("== %s: %zu tensors, %.1f MB\n", w.name.c_str(), w.shapes.size(), data.total / 1e6);
 
     // The server's heap (RssAnon) per operation; its resident set also
     // counts the mapped pages of chunk files it reads (page cache).

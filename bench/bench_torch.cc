@@ -36,11 +36,6 @@ double Since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-struct Workload {
-  std::string name;
-  Shapes shapes;
-};
-
 // Python torch.save (+fsync) and torch.load of the same shapes; returns
 // {save GB/s, load GB/s} or {0, 0} when no Python with torch is found.
 std::pair<double, double> PythonBaseline(const std::string& python, const Workload& w,
@@ -80,29 +75,19 @@ os.unlink(path)
 }
 
 int Run(int argc, char** argv) {
-  double scale = 1.0;
-  std::string which = "all";
   std::string python = "/usr/bin/python3";
-  std::string server_bin;
   CLI::App app{
       "bench_torch: SPEC §8's workloads through the LibTorch client beside "
       "torch::pickle_save/load and Python torch.save/torch.load in one run (prints "
       "numbers; about 1.5 GB of memory and disk at scale 1)"};
-  app.add_option("--scale", scale, "workload size factor (1: GPT-2 small + Adam, ~1.5 GB)")
-      ->check(CLI::Range(0.001, 100.0))
-      ->capture_default_str();
-  app.add_option("--workload", which, "gpt2, small or all")
-      ->check(CLI::IsMember({"gpt2", "small", "all"}))
-      ->capture_default_str();
+  WorkloadOptions workload_options;
+  AddWorkloadOptions(app, &workload_options);
   app.add_option("--python", python,
                  "Python with torch for the baseline: a path or a command name looked up in PATH")
       ->capture_default_str();
   bool no_python = false;
   app.add_flag("--no-python", no_python, "skip the Python torch.save/torch.load baseline");
-  app.add_option("--server", server_bin, "ckpt-server binary (default: the one built with it)")
-      ->check(CLI::ExistingFile);
   CLI11_PARSE(app, argc, argv);
-  if (!server_bin.empty()) setenv("CKPT_SERVER_BIN", server_bin.c_str(), 1);
   const std::string python_path = FindProgram(python);
   if (python_path.empty() && app.count("--python") > 0) {
     std::fprintf(stderr, "bench_torch: --python %s: no such program (path or command in PATH)\n",
@@ -112,11 +97,9 @@ int Run(int argc, char** argv) {
   if (!python_path.empty()) python = python_path;
   testing::TempDir dir;
   const double disk = DiskWriteGBps(dir.path());
-  std::printf("ckpt LibTorch client benchmark, scale %.3g\n", scale);
+  std::printf("ckpt LibTorch client benchmark, scale %.3g\n", workload_options.scale);
   std::printf("disk fsync'd sequential write: %.2f GB/s\n\n", disk);
-  std::vector<Workload> workloads;
-  if (which == "all" || which == "gpt2") workloads.push_back({"gpt2-small-adam", Gpt2Adam(scale)});
-  if (which == "all" || which == "small") workloads.push_back({"20k-small", ManySmall(scale)});
+  const std::vector<Workload> workloads = SelectWorkloads(workload_options);
 
   int index = 0;
   for (const Workload& w : workloads) {

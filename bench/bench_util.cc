@@ -121,4 +121,28 @@ double DiskWriteGBps(const std::string& dir, uint64_t bytes) {
   return bytes / secs / 1e9;
 }
 
+void AddWorkloadOptions(CLI::App& app, WorkloadOptions* options) {
+  app.add_option("--scale", options->scale, "workload size factor (1: GPT-2 small + Adam, ~1.5 GB)")
+      ->check(CLI::Range(0.001, 100.0))
+      ->capture_default_str();
+  app.add_option("--workload", options->workload, "gpt2, small or all")
+      ->check(CLI::IsMember({"gpt2", "small", "all"}))
+      ->capture_default_str();
+  app.add_option("--server", options->server_bin,
+                 "ckpt-server binary (default: the one built with it)")
+      ->check(CLI::ExistingFile);
+}
+
+std::vector<Workload> SelectWorkloads(const WorkloadOptions& options) {
+  if (!options.server_bin.empty()) setenv("CKPT_SERVER_BIN", options.server_bin.c_str(), 1);
+  std::vector<Workload> workloads;
+  if (options.workload == "all" || options.workload == "gpt2") {
+    workloads.push_back({"gpt2-small-adam", Gpt2Adam(options.scale)});
+  }
+  if (options.workload == "all" || options.workload == "small") {
+    workloads.push_back({"20k-small", ManySmall(options.scale)});
+  }
+  return workloads;
+}
+
 }  // namespace ckpt::bench

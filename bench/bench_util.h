@@ -5,6 +5,7 @@
 
 #include <sys/types.h>
 
+#include <CLI/CLI.hpp>
 #include <atomic>
 #include <cstdint>
 #include <string>
@@ -28,6 +29,27 @@ Shapes Gpt2Adam(double scale);
 
 /// 20,000 tensors of 3,875 floats (~310 MB) at scale 1.
 Shapes ManySmall(double scale);
+
+/// A named workload of float32 tensors.
+struct Workload {
+  std::string name;
+  Shapes shapes;
+};
+
+/// What every benchmark is told: how big, which workloads, which server.
+struct WorkloadOptions {
+  double scale = 1.0;
+  std::string workload = "all";  ///< gpt2, small or all
+  std::string server_bin;        ///< empty: the ckpt-server built with it
+};
+
+/// Adds --scale, --workload and --server to `app`, writing into `options`
+/// (which must outlive the parse).
+void AddWorkloadOptions(CLI::App& app, WorkloadOptions* options);
+
+/// The workloads `options` select ("gpt2-small-adam", "20k-small"), and
+/// points the test harness at options.server_bin when it is set.
+std::vector<Workload> SelectWorkloads(const WorkloadOptions& options);
 
 /// Peak resident set (VmHWM) of a process, in MiB.
 double PeakRssMiB(pid_t pid);

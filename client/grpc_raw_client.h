@@ -104,9 +104,19 @@ class GrpcRawClient final : public RawClient {
   // When a unary method given `call` must be done.
   absl::Time Deadline(const CallOptions& call) const;
 
+  // One unary call of the checkpoint service.
   template <typename Method, typename Request, typename Response>
   absl::Status Unary(Method method, const Request& request, Response* response,
                      const CallOptions& call, absl::Time deadline) {
+    return Call(*stub_, method, request, response, call, deadline);
+  }
+
+  // One unary call of `stub` (the checkpoint service's or health's): the
+  // deadline and headers of `call`, counted in flight so that Close()
+  // cancels it.
+  template <typename Stub, typename Method, typename Request, typename Response>
+  absl::Status Call(Stub& stub, Method method, const Request& request, Response* response,
+                    const CallOptions& call, absl::Time deadline) {
     grpc::ClientContext context;
     Prepare(&context, absl::ZeroDuration());
     if (deadline != absl::InfiniteFuture()) context.set_deadline(absl::ToChronoTime(deadline));
@@ -116,7 +126,7 @@ class GrpcRawClient final : public RawClient {
     }
     InFlight in_flight(this, &context);
     CKPT_RETURN_IF_ERROR(in_flight.status());
-    return in_flight.Outcome(rpc::FromGrpcStatus(((*stub_).*method)(&context, request, response)),
+    return in_flight.Outcome(rpc::FromGrpcStatus((stub.*method)(&context, request, response)),
                              "the call");
   }
 

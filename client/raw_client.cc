@@ -231,20 +231,10 @@ absl::StatusOr<std::vector<uint64_t>> GrpcRawClient::Prune(const std::string& na
 }
 
 absl::Status GrpcRawClient::Health(const CallOptions& call) {
-  const absl::Time deadline = Deadline(call);
-  grpc::ClientContext context;
-  Prepare(&context, absl::ZeroDuration());
-  if (deadline != absl::InfiniteFuture()) context.set_deadline(absl::ToChronoTime(deadline));
-  for (const auto& [key, value] : call.headers) context.AddMetadata(key, value);
-  if (absl::Now() >= deadline) {
-    return absl::DeadlineExceededError("the call's deadline passed before it started");
-  }
-  InFlight in_flight(this, &context);
-  CKPT_RETURN_IF_ERROR(in_flight.status());
   grpc::health::v1::HealthCheckRequest request;
   grpc::health::v1::HealthCheckResponse response;
-  CKPT_RETURN_IF_ERROR(in_flight.Outcome(
-      rpc::FromGrpcStatus(health_->Check(&context, request, &response)), "the call"));
+  CKPT_RETURN_IF_ERROR(Call(*health_, &grpc::health::v1::Health::Stub::Check, request, &response,
+                            call, Deadline(call)));
   if (response.status() != grpc::health::v1::HealthCheckResponse::SERVING) {
     return absl::UnavailableError(absl::StrCat(
         "server is not serving (health status ",

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "client/grpc_raw_client.h"
+#include "client/requests.h"
 #include "common/slice.h"
 #include "common/status_macros.h"
 #include "rpc/convert.h"
@@ -22,15 +23,7 @@ absl::Status GrpcRawClient::Load(const std::string& name, const LoadOptions& opt
 
 absl::Status GrpcRawClient::RunLoadCall(grpc::ClientContext& context, const std::string& name,
                                         const LoadOptions& options, LoadSink* sink) {
-  v1::LoadRequest request;
-  request.set_name(name);
-  request.set_version(options.version);
-  request.set_tag(options.tag);
-  for (const auto& p : options.patterns) request.add_patterns(p);
-  request.set_skip_data(options.skip_data);
-  for (const TensorSlice& slice : options.slices) {
-    rpc::ToProto(slice, request.add_slices());
-  }
+  const v1::LoadRequest request = ToLoadRequest(name, options);
   auto stream = stub_->Load(&context, request);
   bool broken = false;
   absl::Status status = RunLoad(stream.get(), options.slices, sink, &broken);

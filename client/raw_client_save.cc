@@ -7,6 +7,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "client/grpc_raw_client.h"
+#include "client/requests.h"
 #include "common/status_macros.h"
 #include "rpc/convert.h"
 #include "rpc/grpc_status.h"
@@ -82,17 +83,7 @@ absl::StatusOr<SaveResult> GrpcRawClient::RunSave(SaveStream* stream, const std:
                                                    input.bytes.size(), " byte spans"));
   }
   v1::SaveRequest request;
-  v1::SaveBegin* begin = request.mutable_begin();
-  begin->set_name(name);
-  begin->set_step(options.step);
-  begin->set_epoch(options.epoch);
-  begin->mutable_metadata()->insert(options.metadata.begin(), options.metadata.end());
-  for (const auto& t : options.tags) begin->add_tags(t);
-  if (options.world_size > 1) {
-    begin->mutable_part()->set_rank(options.rank);
-    begin->mutable_part()->set_world_size(options.world_size);
-    begin->mutable_part()->set_save_id(options.save_id);
-  }
+  ToSaveBegin(name, options, request.mutable_begin());
   CKPT_RETURN_IF_ERROR(Write(stream, request, broken));
   v1::SaveResponse response;
   CKPT_RETURN_IF_ERROR(Read(stream, &response, v1::SaveResponse::kAccepted, broken));

@@ -11,6 +11,7 @@
 
 #include <map>
 #include <memory>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -215,6 +216,11 @@ struct Param {
   Backend backend;
   Via via;
 };
+
+void PrintTo(const Param& param, std::ostream* os) {
+  *os << storage::test::BackendName(param.backend)
+      << (param.via == Via::kStore ? " via Store" : " via the service");
+}
 
 std::string ParamName(const ::testing::TestParamInfo<Param>& info) {
   return storage::test::BackendName(info.param.backend) +
