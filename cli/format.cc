@@ -171,6 +171,7 @@ absl::StatusOr<Json> NodeToJson(const Tree& tree, size_t* next, size_t depth) {
       out["requires_grad"] = node.tensor.requires_grad;
       out["bytes"] = node.data.size;
       out["chunks"] = node.data.chunks.size();
+      if (node.tensor.stats) out["stats"] = StatsToJson(*node.tensor.stats);
       break;
     case NodeKind::kBytes:
       out["bytes"] = node.data.size;
@@ -289,6 +290,44 @@ void PrintFields(std::ostream& out,
       first = false;
     }
   }
+}
+
+Json StatsToJson(const TensorStats& stats) {
+  Json out = Json::object();
+  out["count"] = stats.count;
+  out["min"] = FloatToJson(stats.min);
+  out["max"] = FloatToJson(stats.max);
+  out["mean"] = FloatToJson(stats.mean);
+  out["std"] = FloatToJson(stats.std);
+  out["l2"] = FloatToJson(stats.l2);
+  out["nan"] = stats.nan;
+  out["pos_inf"] = stats.pos_inf;
+  out["neg_inf"] = stats.neg_inf;
+  return out;
+}
+
+void PrintStatsTable(std::ostream& out, const Tree& tree) {
+  const std::vector<std::string> keys = FlattenedKeys(tree);
+  std::vector<std::vector<std::string>> rows;
+  auto number = [](double v) { return absl::StrFormat("%.6g", v); };
+  for (size_t i = 0; i < tree.size(); ++i) {
+    const Node& node = tree[i];
+    if (node.kind != NodeKind::kTensor) continue;
+    std::vector<std::string> row = {Printable(keys[i]), std::string(DTypeName(node.tensor.dtype)),
+                                    ShapeText(node.tensor.shape)};
+    if (!node.tensor.stats) {
+      row.insert(row.end(), {"-", "-", "-", "-", "-", "-", "-", "-", ""});
+    } else {
+      const TensorStats& st = *node.tensor.stats;
+      row.insert(row.end(), {number(st.min), number(st.max), number(st.mean), number(st.std),
+                             number(st.l2), absl::StrCat(st.nan), absl::StrCat(st.pos_inf),
+                             absl::StrCat(st.neg_inf), st.nonfinite() > 0 ? "NON-FINITE" : ""});
+    }
+    rows.push_back(std::move(row));
+  }
+  PrintTable(
+      out, {"KEY", "DTYPE", "SHAPE", "MIN", "MAX", "MEAN", "STD", "L2", "NAN", "+INF", "-INF", ""},
+      rows);
 }
 
 void PrintTree(std::ostream& out, const Tree& tree) {

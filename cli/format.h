@@ -65,6 +65,16 @@ void PrintFields(std::ostream& out, const std::vector<std::pair<std::string, std
 /// quoted); list and tuple elements as `[i]`; the root has no key.
 void PrintTree(std::ostream& out, const Tree& tree);
 
+/// A tensor's statistics as JSON: count, min, max, mean, std, l2, nan,
+/// pos_inf, neg_inf (non-finite floats as FloatToJson writes them).
+Json StatsToJson(const TensorStats& stats);
+
+/// `ckpt show --stats`: one row per tensor (flattened key, dtype, shape,
+/// min, max, mean, std, L2, NaN, +Inf, -Inf), "NON-FINITE" at the end of a
+/// row whose tensor holds NaN or infinities; "-" where a version has no
+/// statistics (saved by an older client).
+void PrintStatsTable(std::ostream& out, const Tree& tree);
+
 /// Version header of `ckpt show` (name, version, created, step, epoch,
 /// tags, metadata, totals).
 void PrintVersionHeader(std::ostream& out, const VersionInfo& version);

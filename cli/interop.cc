@@ -118,6 +118,7 @@ struct ImportArgs {
   int64_t step = 0;
   int64_t epoch = 0;
   int progress = 0;  // 1 --progress, -1 --no-progress
+  bool reject_nonfinite = false;
 };
 
 absl::Status RunImport(Context& ctx, const ImportArgs& args) {
@@ -155,6 +156,7 @@ absl::Status RunImport(Context& ctx, const ImportArgs& args) {
 
   client::SaveOptions options;
   options.tags = args.tags;
+  options.reject_nonfinite = args.reject_nonfinite;
   options.step = args.step;
   options.epoch = args.epoch;
   options.metadata[kSourceFileKey] = BaseName(args.file);
@@ -296,6 +298,9 @@ void AddInteropCommands(CLI::App& app, CommandTable& table) {
                   "KEY=VALUE to record in the version's metadata (repeatable; e.g. loss=0.25 "
                   "for retention by --metric loss)")
       ->type_name("KEY=VALUE");
+  sub->add_flag("--reject-nonfinite", imp->reject_nonfinite,
+                "refuse to save if a tensor holds NaN or infinities (nothing is saved; the "
+                "error names the tensors)");
   sub->add_flag_function(
       "--progress", [imp](int64_t) { imp->progress = 1; }, "always show a progress bar on stderr");
   sub->add_flag_function(

@@ -84,6 +84,7 @@ absl::Status RunVersions(Context& ctx, const VersionsArgs& args) {
 struct ShowArgs {
   std::string ref;
   bool json = false;
+  bool stats = false;
 };
 
 absl::Status RunShow(Context& ctx, const ShowArgs& args) {
@@ -98,7 +99,11 @@ absl::Status RunShow(Context& ctx, const ShowArgs& args) {
   }
   PrintVersionHeader(ctx.out(), manifest.version);
   ctx.out() << '\n';
-  PrintTree(ctx.out(), manifest.tree);
+  if (args.stats) {
+    PrintStatsTable(ctx.out(), manifest.tree);
+  } else {
+    PrintTree(ctx.out(), manifest.tree);
+  }
   return absl::OkStatus();
 }
 
@@ -126,7 +131,11 @@ void AddShowCommand(CLI::App& app, CommandTable& table) {
   CLI::App* sub = app.add_subcommand(
       "show", "Show a version's record and value tree (keys, dtypes, shapes, scalars)");
   sub->add_option("ref", args->ref, "NAME, NAME@VERSION or NAME@TAG (default: latest)")->required();
-  sub->add_flag("--json", args->json, "Print a JSON object with the tree nested under \"tree\"");
+  sub->add_flag("--json", args->json,
+                "Print a JSON object with the tree nested under \"tree\" (tensors with \"stats\")");
+  sub->add_flag("--stats", args->stats,
+                "Print each tensor's statistics (min, max, mean, std, L2, NaN/Inf counts) "
+                "instead of the tree; NON-FINITE marks tensors with NaN or infinities");
   table.Add(sub, [args](Context& ctx) { return RunShow(ctx, *args); });
 }
 

@@ -84,6 +84,17 @@ struct SaveOptions {
   std::string save_id;
   /// Deadline of the whole save; zero: none. Default: none.
   absl::Duration timeout = absl::ZeroDuration();
+  /// Compute each tensor's statistics (TensorStats: min, max, mean, std, L2
+  /// norm, NaN and infinity counts) in the hashing pass and store them with
+  /// the version (GetManifest, `ckpt show --stats`). A tensor node whose
+  /// meta already carries stats keeps them. Default: true.
+  bool tensor_stats = true;
+  /// Refuse the version if any tensor holds NaN or infinities:
+  /// FailedPrecondition naming the first tensors and their counts, nothing
+  /// committed (the chunks sent become garbage for gc). Needs tensor_stats.
+  /// Servers may refuse them for a prefix regardless
+  /// (ckpt-server --reject-nonfinite). Default: false.
+  bool reject_nonfinite = false;
   /// Called from the saving thread after each node batch has been hashed and
   /// its missing chunks sent, with the data bytes done so far and the total
   /// (e.g. for a progress bar). Default: none.

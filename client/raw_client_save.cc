@@ -3,12 +3,14 @@
 
 #include <algorithm>
 #include <future>
+#include <optional>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "client/grpc_raw_client.h"
 #include "client/requests.h"
 #include "common/status_macros.h"
+#include "common/tensor_stats.h"
 #include "rpc/convert.h"
 #include "rpc/grpc_status.h"
 #include "rpc/protocol.h"
@@ -105,7 +107,9 @@ absl::StatusOr<SaveResult> GrpcRawClient::RunSave(SaveStream* stream, const std:
     uint64_t chunks = 0;
     size_t next = 0;  // first node of the following batch
   };
-  auto prepare = [&input, &tree, this, chunk_size](size_t next) -> absl::StatusOr<Batch> {
+  const bool with_stats = options.tensor_stats;
+  auto prepare = [&input, &tree, this, chunk_size,
+                  with_stats](size_t next) -> absl::StatusOr<Batch> {
     Batch out;
     std::string scratch;  // one pulled chunk (DataSource nodes)
     v1::NodeBatch* batch = out.request.mutable_nodes();
@@ -124,6 +128,13 @@ absl::StatusOr<SaveResult> GrpcRawClient::RunSave(SaveStream* stream, const std:
         }
         node.data.chunk_size = node.data.size ? chunk_size : 0;
         node.data.chunks.clear();
+        // Statistics in the same pass as the hash, while the chunk is in
+        // cache (unless the caller gave them, or asked for none).
+        std::optional<StatsAccumulator> stats;
+        if (node.kind == NodeKind::kTensor && !node.tensor.stats && with_stats &&
+            HasStats(node.tensor.dtype)) {
+          stats.emplace(node.tensor.dtype);
+        }
         for (uint64_t off = 0; off < node.data.size; off += chunk_size) {
           const size_t len = std::min<uint64_t>(chunk_size, node.data.size - off);
           if (source != nullptr) {
@@ -132,14 +143,19 @@ absl::StatusOr<SaveResult> GrpcRawClient::RunSave(SaveStream* stream, const std:
             CKPT_RETURN_IF_ERROR(source->Read(
                 off, absl::Span<uint8_t>(reinterpret_cast<uint8_t*>(scratch.data()), len)));
             Digest d = Digest::Of(scratch);
+            if (stats) stats->Add(scratch);
             node.data.chunks.push_back(d);
             out.sources.emplace(d, ChunkSource{nullptr, len, source, off});
             continue;
           }
           Digest d = Digest::Of(bytes.subspan(off, len));
+          if (stats) {
+            stats->Add(absl::string_view(reinterpret_cast<const char*>(bytes.data() + off), len));
+          }
           node.data.chunks.push_back(d);
           out.sources.emplace(d, ChunkSource{bytes.data() + off, len});
         }
+        if (stats) node.tensor.stats = stats->Finish();
         out.chunks += node.data.chunks.size();
         out.data += node.data.size;
       }

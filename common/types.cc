@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/names.h"
+#include "common/tensor_stats.h"
 
 namespace ckpt {
 namespace {
@@ -225,6 +226,11 @@ absl::Status ValidateNodeData(const Node& node, absl::string_view key_view,
       return absl::InvalidArgumentError(
           absl::StrCat("tensor ", Quoted(key), ": invalid device string"));
     }
+    absl::Status stats = ValidateStats(node.tensor, *node.tensor.NumElements());
+    if (!stats.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor ", Quoted(key), ": ", stats.message()));
+    }
   }
   if (data.size > 0 && (data.chunk_size == 0 || data.chunk_size > max_chunk_bytes)) {
     return absl::InvalidArgumentError(absl::StrCat(Quoted(key), ": chunk_size ", data.chunk_size,
@@ -377,6 +383,12 @@ std::vector<std::string> FlattenedKeys(const Tree& tree) {
     }
   }
   return keys;
+}
+
+bool operator==(const TensorStats& a, const TensorStats& b) {
+  return a.count == b.count && a.min == b.min && a.max == b.max && a.mean == b.mean &&
+         a.std == b.std && a.l2 == b.l2 && a.nan == b.nan && a.pos_inf == b.pos_inf &&
+         a.neg_inf == b.neg_inf;
 }
 
 }  // namespace ckpt

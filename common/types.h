@@ -95,12 +95,36 @@ struct DataRef {
   uint64_t ChunkLength(size_t i) const;
 };
 
+/// Statistics of a tensor's values, computed by the client as it hashes the
+/// bytes (common/tensor_stats.h) and stored with the version's manifest.
+/// min, max, mean, std and l2 are over the finite elements only (NaN and
+/// infinities are counted apart); all zero when there is none. mean, std
+/// and l2 are +-inf when they overflow double (float64 values near DBL_MAX).
+/// Integer and bool tensors have no NaN or infinities.
+struct TensorStats {
+  uint64_t count = 0;  ///< Elements (the tensor's numel).
+  double min = 0;
+  double max = 0;
+  double mean = 0;
+  double std = 0;  ///< Population standard deviation.
+  double l2 = 0;   ///< sqrt(sum of squares).
+  uint64_t nan = 0;
+  uint64_t pos_inf = 0;
+  uint64_t neg_inf = 0;
+
+  uint64_t nonfinite() const { return nan + pos_inf + neg_inf; }
+  friend bool operator==(const TensorStats& a, const TensorStats& b);
+};
+
 /// Metadata of a dense, contiguous, row-major tensor.
 struct TensorMeta {
   DType dtype = DType::kUnspecified;
   std::vector<int64_t> shape;
   std::string device = "cpu";  ///< Device when saved, e.g. "cuda:1".
   bool requires_grad = false;
+  /// Statistics of its values; absent when the writer sent none (older
+  /// clients, complex dtypes).
+  std::optional<TensorStats> stats;
 
   /// Number of elements, or InvalidArgument on a negative dimension or
   /// overflow past 2^62.

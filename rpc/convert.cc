@@ -81,6 +81,7 @@ absl::StatusOr<Node> FromProto(const v1::Node& proto) {
       node.tensor.shape.assign(t.shape().begin(), t.shape().end());
       node.tensor.device = t.device().empty() ? "cpu" : t.device();
       node.tensor.requires_grad = t.requires_grad();
+      if (t.has_stats()) node.tensor.stats = FromProto(t.stats());
       absl::Status s = DataFromProto(t.data(), &node.data);
       if (!s.ok()) return s;
       break;
@@ -131,6 +132,7 @@ void ToProto(const Node& node, v1::Node* proto) {
       for (int64_t d : node.tensor.shape) t->add_shape(d);
       t->set_device(node.tensor.device);
       t->set_requires_grad(node.tensor.requires_grad);
+      if (node.tensor.stats) ToProto(*node.tensor.stats, t->mutable_stats());
       DataToProto(node.data, t->mutable_data());
       break;
     }
@@ -314,6 +316,32 @@ void ToProto(const BackupInfo& backup, v1::BackupResponse* proto) {
   proto->set_files(backup.files);
   proto->set_bytes(backup.bytes);
   proto->set_versions(backup.versions);
+}
+
+TensorStats FromProto(const v1::TensorStats& proto) {
+  TensorStats stats;
+  stats.count = proto.count();
+  stats.min = proto.min();
+  stats.max = proto.max();
+  stats.mean = proto.mean();
+  stats.std = proto.std();
+  stats.l2 = proto.l2();
+  stats.nan = proto.nan();
+  stats.pos_inf = proto.pos_inf();
+  stats.neg_inf = proto.neg_inf();
+  return stats;
+}
+
+void ToProto(const TensorStats& stats, v1::TensorStats* proto) {
+  proto->set_count(stats.count);
+  proto->set_min(stats.min);
+  proto->set_max(stats.max);
+  proto->set_mean(stats.mean);
+  proto->set_std(stats.std);
+  proto->set_l2(stats.l2);
+  proto->set_nan(stats.nan);
+  proto->set_pos_inf(stats.pos_inf);
+  proto->set_neg_inf(stats.neg_inf);
 }
 
 }  // namespace ckpt::rpc

@@ -17,6 +17,9 @@ namespace ckpt::rpc {
 absl::StatusOr<Node> FromProto(const v1::Node& proto);
 void ToProto(const Node& node, v1::Node* proto);
 
+TensorStats FromProto(const v1::TensorStats& proto);
+void ToProto(const TensorStats& stats, v1::TensorStats* proto);
+
 VersionInfo FromProto(const v1::VersionInfo& proto);
 void ToProto(const VersionInfo& info, v1::VersionInfo* proto);
 

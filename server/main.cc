@@ -162,6 +162,12 @@ int main(int argc, char** argv) {
       ->envname("CKPT_QUOTAS")
       ->delimiter(',')
       ->type_name("NAMESPACE=SIZE");
+  app.add_option("--reject-nonfinite", options.reject_nonfinite,
+                 "PREFIX: refuse saves of names starting with it whose tensors hold NaN or "
+                 "infinities (FAILED_PRECONDITION, nothing saved; '*': every name; repeatable)")
+      ->envname("CKPT_REJECT_NONFINITE")
+      ->delimiter(',')
+      ->type_name("PREFIX");
   // RocksDB tuning (storage::RocksDbTuning): speed and memory only, never
   // what is stored.
   app.add_option("--rocksdb-background-jobs", background_jobs,

@@ -9,6 +9,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
@@ -16,6 +17,7 @@
 #include "common/names.h"
 #include "common/retention.h"
 #include "common/status_macros.h"
+#include "common/tensor_stats.h"
 #include "rpc/convert.h"
 #include "rpc/wire.h"
 #include "server/pending_saves.h"
@@ -364,6 +366,7 @@ class SaveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc:
     }
     const uint32_t max_chunk = service_->options().store.max_chunk_bytes;
     CKPT_RETURN_IF_ERROR(ValidateTree(tree_, max_chunk));
+    CKPT_RETURN_IF_ERROR(GuardNonfinite());
     done_reading_ = true;
     const v1::PartInfo& part = begin_.part();
     if (part.world_size() <= 1) {
@@ -398,6 +401,26 @@ class SaveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc:
     // resolves.
     if (cancelled_.load()) service_->pending().CancelPart(this);
     return absl::OkStatus();
+  }
+
+  // The NaN/Inf guard, when the save or the server's --reject-nonfinite
+  // asks for it (a multi-part save checks each part's tree).
+  absl::Status GuardNonfinite() const {
+    std::string why;
+    if (begin_.reject_nonfinite()) {
+      why = "the save asked to reject non-finite values";
+    } else {
+      for (const std::string& prefix : service_->options().reject_nonfinite) {
+        if (prefix == "*" || absl::StartsWith(begin_.name(), prefix)) {
+          why = absl::StrCat("this server rejects non-finite values under '", prefix, "'");
+          break;
+        }
+      }
+    }
+    if (why.empty()) return absl::OkStatus();
+    absl::Status status = CheckFinite(tree_, begin_.name(), why);
+    if (!status.ok()) service_->telemetry().AddNonfiniteRefusal();
+    return status;
   }
 
   // Fails early, before any chunk is sent, when the chunks this save adds

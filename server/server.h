@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -44,6 +45,13 @@ struct ServerOptions {
   absl::Duration part_timeout = absl::Minutes(10);
   /// Threads running storage work for RPCs. Default: 4.
   int worker_threads = 4;
+
+  /// The NaN/Inf guard for names starting with any of these prefixes ("*":
+  /// every name): a save whose tensors hold NaN or infinities, or whose
+  /// float tensors have no statistics, is refused with FailedPrecondition
+  /// and nothing is committed, whatever the client asked
+  /// (SaveBegin.reject_nonfinite asks for it per save). Default: none.
+  std::vector<std::string> reject_nonfinite;
 
   /// Directory the Backup RPC writes backups into (one subdirectory each),
   /// on the store's file system for cheap hard-linked backups; created at

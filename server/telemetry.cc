@@ -180,6 +180,7 @@ struct Telemetry::Families {
   prometheus::Family<prometheus::Counter>& sent;
   prometheus::Counter& saved_logical;
   prometheus::Family<prometheus::Gauge>& streams;
+  prometheus::Counter& nonfinite_refusals;
 };
 
 Telemetry::Telemetry(storage::Store* store, LogLevel level)
@@ -213,6 +214,11 @@ Telemetry::Telemetry(storage::Store* store, LogLevel level)
           .Name("ckpt_streams_in_flight")
           .Help("Save and Load streams open now")
           .Register(r),
+      prometheus::BuildCounter()
+          .Name("ckpt_nonfinite_refusals_total")
+          .Help("Saves refused because tensors held NaN or infinities (the NaN/Inf guard)")
+          .Register(r)
+          .Add({}),
   });
   // Series that exist from the start, so that dashboards see zeros.
   for (const char* method : {"Save", "Load"}) families_->streams.Add({{"method", method}});
@@ -253,6 +259,8 @@ void Telemetry::AddSent(absl::string_view method, uint64_t bytes) {
 void Telemetry::AddSavedLogical(uint64_t bytes) {
   families_->saved_logical.Increment(static_cast<double>(bytes));
 }
+
+void Telemetry::AddNonfiniteRefusal() { families_->nonfinite_refusals.Increment(); }
 
 void Telemetry::StreamOpened(absl::string_view method) {
   families_->streams.Add({{"method", std::string(method)}}).Increment();

@@ -23,6 +23,7 @@
 //   ckpt_saved_logical_bytes_total            counter   tensor bytes of committed
 //                                                       saves, sent or deduplicated
 //   ckpt_streams_in_flight{method}            gauge     Save and Load streams open
+//   ckpt_nonfinite_refusals_total             counter   saves the NaN/Inf guard refused
 //   ckpt_stored_bytes, ckpt_logical_bytes, ckpt_dedup_ratio, ckpt_checkpoints,
 //   ckpt_versions, ckpt_chunks, ckpt_disk_bytes, ckpt_active_uploads
 //                                             gauges    store totals, read at scrape
@@ -103,6 +104,7 @@ class Telemetry {
   void AddReceived(absl::string_view method, uint64_t bytes);
   void AddSent(absl::string_view method, uint64_t bytes);
   void AddSavedLogical(uint64_t bytes);
+  void AddNonfiniteRefusal();
   void StreamOpened(absl::string_view method);
   void StreamClosed(absl::string_view method);
 

@@ -30,8 +30,9 @@ enum NodeField : uint64_t {
   kFieldDevice = 1 << 7,
   kFieldRequiresGrad = 1 << 8,  // No payload.
   kFieldData = 1 << 9,
+  kFieldStats = 1 << 10,  // Format 2: count, nan, +inf, -inf, then min, max, mean, std, l2.
 };
-constexpr uint64_t kAllNodeFields = (1 << 10) - 1;
+constexpr uint64_t kAllNodeFields = (1 << 11) - 1;
 
 enum KeyTag : uint8_t { kKeyNone = 0, kKeyString = 1, kKeyInt = 2 };
 
@@ -186,6 +187,12 @@ uint64_t DoubleBits(double v) {
   uint64_t bits;
   std::memcpy(&bits, &v, sizeof bits);
   return bits;
+}
+
+double BitsDouble(uint64_t bits) {
+  double v;
+  std::memcpy(&v, &bits, sizeof v);
+  return v;
 }
 
 }  // namespace
@@ -470,6 +477,7 @@ std::string EncodeTree(const Tree& tree) {
     if (node.tensor.device != kDefaultDevice) flags |= kFieldDevice;
     if (node.tensor.requires_grad) flags |= kFieldRequiresGrad;
     if (!IsDefault(node.data)) flags |= kFieldData;
+    if (node.tensor.stats) flags |= kFieldStats;
     w.Varint(flags);
     if (flags & kFieldSize) w.Varint(node.size);
     if (flags & kFieldInt) w.Signed(node.int_value);
@@ -482,6 +490,11 @@ std::string EncodeTree(const Tree& tree) {
     }
     if (flags & kFieldDevice) w.String(node.tensor.device);
     if (flags & kFieldData) WriteDataRef(w, node.data);
+    if (flags & kFieldStats) {
+      const TensorStats& st = *node.tensor.stats;
+      for (uint64_t v : {st.count, st.nan, st.pos_inf, st.neg_inf}) w.Varint(v);
+      for (double v : {st.min, st.max, st.mean, st.std, st.l2}) w.Fixed64(DoubleBits(v));
+    }
   }
   return w.Take();
 }
@@ -552,6 +565,16 @@ absl::StatusOr<Tree> DecodeTree(absl::string_view bytes) {
     }
     node.tensor.requires_grad = (flags & kFieldRequiresGrad) != 0;
     if (flags & kFieldData) CKPT_RETURN_IF_ERROR(ReadDataRef(r, &node.data));
+    if (flags & kFieldStats) {
+      TensorStats& st = node.tensor.stats.emplace();
+      for (uint64_t* v : {&st.count, &st.nan, &st.pos_inf, &st.neg_inf}) {
+        CKPT_ASSIGN_OR_RETURN(*v, r.Varint());
+      }
+      for (double* v : {&st.min, &st.max, &st.mean, &st.std, &st.l2}) {
+        CKPT_ASSIGN_OR_RETURN(uint64_t bits, r.Fixed64());
+        *v = BitsDouble(bits);
+      }
+    }
   }
   CKPT_RETURN_IF_ERROR(r.Finish());
   return tree;

@@ -92,8 +92,11 @@ inline constexpr char kNextBlockKey[] = "b";
 /// a store is created; a store without it predates the key and has format 1.
 inline constexpr char kFormatKey[] = "f";
 /// The format this code reads and writes. Bump it with any change to the
-/// layout in this file that older servers cannot read; Open refuses others.
-inline constexpr uint64_t kStoreFormatVersion = 1;
+/// layout in this file that older servers cannot read; Open refuses newer
+/// formats and upgrades older ones it reads (from kOldestStoreFormat).
+/// 2: manifests may hold tensor statistics (kFieldStats).
+inline constexpr uint64_t kStoreFormatVersion = 2;
+inline constexpr uint64_t kOldestStoreFormat = 1;
 
 /// The smallest string greater than every string that starts with `prefix`
 /// (empty if there is none, i.e. `prefix` is all 0xff bytes).

@@ -34,29 +34,32 @@ using internal::View;
 namespace {
 
 // The on-disk format version (kFormatKey): recorded in a new store, checked
-// in an existing one before anything else is written to it.
+// in an existing one before anything else is written to it. An older format
+// this code reads is upgraded (the key rewritten: older servers then refuse
+// the store instead of misreading what newer versions hold).
 absl::Status CheckFormat(StoreCore& core) {
   std::string value;
   rocksdb::Status s = core.db->Get(rocksdb::ReadOptions(), core.default_cf, kFormatKey, &value);
-  if (s.IsNotFound()) {
-    // A new store, or one written before the key existed (format 1).
-    rocksdb::WriteOptions w;
-    w.sync = true;
-    return FromRocksDb(
-        core.PutOne(w, core.default_cf, kFormatKey, EncodeBigEndian64(kStoreFormatVersion)),
-        "recording the store's format version");
+  uint64_t version = kOldestStoreFormat;  // a store from before the key existed
+  if (!s.IsNotFound()) {
+    CKPT_RETURN_IF_ERROR(FromRocksDb(s, "reading the store's format version"));
+    auto stored = DecodeBigEndian64(value);
+    if (!stored.ok()) return Annotate(stored.status(), "reading the store's format version");
+    version = *stored;
   }
-  CKPT_RETURN_IF_ERROR(FromRocksDb(s, "reading the store's format version"));
-  auto version = DecodeBigEndian64(value);
-  if (!version.ok()) return Annotate(version.status(), "reading the store's format version");
-  if (*version != kStoreFormatVersion) {
+  if (version == kStoreFormatVersion && !s.IsNotFound()) return absl::OkStatus();
+  if (version > kStoreFormatVersion || version < kOldestStoreFormat) {
     return absl::FailedPreconditionError(
-        absl::StrCat("the store at ", core.options.path, " has on-disk format version ", *version,
-                     ", and this server reads format ", kStoreFormatVersion,
-                     ": run a ckpt-server release that reads format ", *version,
+        absl::StrCat("the store at ", core.options.path, " has on-disk format version ", version,
+                     ", and this server reads formats ", kOldestStoreFormat, " to ",
+                     kStoreFormatVersion, ": run a ckpt-server release that reads format ", version,
                      " (README: Backup, restore and upgrade); nothing was changed"));
   }
-  return absl::OkStatus();
+  rocksdb::WriteOptions w;
+  w.sync = true;
+  return FromRocksDb(
+      core.PutOne(w, core.default_cf, kFormatKey, EncodeBigEndian64(kStoreFormatVersion)),
+      "recording the store's format version");
 }
 
 }  // namespace

@@ -58,6 +58,18 @@ Tree SampleTree() {
   scalar_tensor.data.size = 8;
   scalar_tensor.data.chunk_size = 8;
   scalar_tensor.data.chunks = {D("s")};
+  // Statistics (format 2), with extreme values that must survive bit-exact.
+  TensorStats stats;
+  stats.count = 1;
+  stats.min = -0.0;
+  stats.max = std::numeric_limits<double>::max();
+  stats.mean = std::numeric_limits<double>::denorm_min();
+  stats.std = 0.5;
+  stats.l2 = 1e300;
+  stats.nan = 1;
+  stats.pos_inf = 2;
+  stats.neg_inf = uint64_t{1} << 62;
+  scalar_tensor.tensor.stats = stats;
   t.push_back(scalar_tensor);
 
   Node empty_tensor;

@@ -259,17 +259,17 @@ TEST(StoreOpenTest, RecordsTheFormatVersionAndRefusesAnother) {
     std::string value;
     ASSERT_TRUE(db->Get(rocksdb::ReadOptions(), cf, kFormatKey, &value).ok());
     EXPECT_EQ(value, EncodeBigEndian64(kStoreFormatVersion));
-    ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), cf, kFormatKey, EncodeBigEndian64(2)).ok());
+    ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), cf, kFormatKey, EncodeBigEndian64(3)).ok());
   });
   auto refused = Store::Open(options);
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition) << refused.status();
   EXPECT_THAT(std::string(refused.status().message()),
-              HasSubstr("has on-disk format version 2, and this server reads format 1"));
+              HasSubstr("has on-disk format version 3, and this server reads formats 1 to 2"));
   // Refused without changing it.
   with_raw_db([&](rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf) {
     std::string value;
     ASSERT_TRUE(db->Get(rocksdb::ReadOptions(), cf, kFormatKey, &value).ok());
-    EXPECT_EQ(value, EncodeBigEndian64(2));
+    EXPECT_EQ(value, EncodeBigEndian64(3));
     // A store from before the key existed is format 1 and gets the key.
     ASSERT_TRUE(db->Delete(rocksdb::WriteOptions(), cf, kFormatKey).ok());
   });
@@ -278,6 +278,14 @@ TEST(StoreOpenTest, RecordsTheFormatVersionAndRefusesAnother) {
     std::string value;
     ASSERT_TRUE(db->Get(rocksdb::ReadOptions(), cf, kFormatKey, &value).ok());
     EXPECT_EQ(value, EncodeBigEndian64(kStoreFormatVersion));
+    // Format 1, recorded (the last release's stores): upgraded to 2.
+    ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), cf, kFormatKey, EncodeBigEndian64(1)).ok());
+  });
+  ASSERT_OK(Store::Open(options).status());
+  with_raw_db([&](rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf) {
+    std::string value;
+    ASSERT_TRUE(db->Get(rocksdb::ReadOptions(), cf, kFormatKey, &value).ok());
+    EXPECT_EQ(value, EncodeBigEndian64(2));
   });
   fs::remove_all(tmpl);
 }

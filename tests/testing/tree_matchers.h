@@ -22,7 +22,7 @@ struct TreeComparison {
 
 /// Every node of `got` equals `want`'s: kind, key, container size, scalar
 /// values (doubles by bit pattern: -0.0 and NaN payloads too), strings, tensor
-/// dtype/shape/device/requires_grad, data size.
+/// dtype/shape/device/requires_grad, `want`'s tensor statistics, data size.
 inline void ExpectSameTree(const Tree& want, const Tree& got, TreeComparison compare = {}) {
   ASSERT_EQ(want.size(), got.size());
   for (size_t i = 0; i < want.size(); ++i) {
@@ -41,6 +41,11 @@ inline void ExpectSameTree(const Tree& want, const Tree& got, TreeComparison com
     EXPECT_EQ(a.tensor.shape, b.tensor.shape);
     EXPECT_EQ(a.tensor.device, b.tensor.device);
     EXPECT_EQ(a.tensor.requires_grad, b.tensor.requires_grad);
+    // Statistics the first tree has must be in the second; a saved tree
+    // gains statistics its input did not carry (the client computes them).
+    if (a.tensor.stats) {
+      EXPECT_TRUE(b.tensor.stats.has_value() && *a.tensor.stats == *b.tensor.stats);
+    }
     EXPECT_EQ(a.data.size, b.data.size);
     if (compare.chunks) {
       EXPECT_EQ(a.data.chunk_size, b.data.chunk_size);

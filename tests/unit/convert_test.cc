@@ -100,6 +100,44 @@ TEST(ConvertTest, TensorSliceRoundTrips) {
   EXPECT_EQ(back.length, slice.length);
 }
 
+// Tensor statistics ride in the tensor's meta of a node.
+TEST(ConvertTest, NodeStatsRoundTrip) {
+  Node node;
+  node.kind = NodeKind::kTensor;
+  node.key = std::string("w");
+  node.tensor.dtype = DType::kBFloat16;
+  node.tensor.shape = {4};
+  node.data.size = 8;
+  node.data.chunk_size = 8;
+  node.data.chunks = {Digest::Of("w")};
+  TensorStats stats;
+  stats.count = 4;
+  stats.min = -1.5;
+  stats.max = 2.25;
+  stats.mean = 0.125;
+  stats.std = 1.75;
+  stats.l2 = 3.5;
+  stats.nan = 1;
+  stats.pos_inf = 0;
+  stats.neg_inf = 1;
+  node.tensor.stats = stats;
+  v1::Node proto;
+  ToProto(node, &proto);
+  EXPECT_EQ(proto.tensor().stats().neg_inf(), 1u);
+  auto back = FromProto(proto);
+  ASSERT_TRUE(back.ok()) << back.status();
+  ASSERT_TRUE(back->tensor.stats.has_value());
+  EXPECT_TRUE(*back->tensor.stats == stats);
+  // A node without statistics stays without.
+  node.tensor.stats.reset();
+  proto.Clear();
+  ToProto(node, &proto);
+  EXPECT_FALSE(proto.tensor().has_stats());
+  back = FromProto(proto);
+  ASSERT_TRUE(back.ok());
+  EXPECT_FALSE(back->tensor.stats.has_value());
+}
+
 StoreStats SomeStats() {
   StoreStats stats;
   stats.checkpoints = 2;

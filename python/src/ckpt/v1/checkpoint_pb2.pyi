@@ -56,18 +56,42 @@ class DataRef(_message.Message):
     def __init__(self, size: _Optional[int] = ..., chunk_size: _Optional[int] = ..., chunks: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class TensorMeta(_message.Message):
-    __slots__ = ("dtype", "shape", "device", "requires_grad", "data")
+    __slots__ = ("dtype", "shape", "device", "requires_grad", "data", "stats")
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     REQUIRES_GRAD_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
     dtype: DType
     shape: _containers.RepeatedScalarFieldContainer[int]
     device: str
     requires_grad: bool
     data: DataRef
-    def __init__(self, dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., device: _Optional[str] = ..., requires_grad: _Optional[bool] = ..., data: _Optional[_Union[DataRef, _Mapping]] = ...) -> None: ...
+    stats: TensorStats
+    def __init__(self, dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., device: _Optional[str] = ..., requires_grad: _Optional[bool] = ..., data: _Optional[_Union[DataRef, _Mapping]] = ..., stats: _Optional[_Union[TensorStats, _Mapping]] = ...) -> None: ...
+
+class TensorStats(_message.Message):
+    __slots__ = ("count", "min", "max", "mean", "std", "l2", "nan", "pos_inf", "neg_inf")
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    MIN_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIELD_NUMBER: _ClassVar[int]
+    MEAN_FIELD_NUMBER: _ClassVar[int]
+    STD_FIELD_NUMBER: _ClassVar[int]
+    L2_FIELD_NUMBER: _ClassVar[int]
+    NAN_FIELD_NUMBER: _ClassVar[int]
+    POS_INF_FIELD_NUMBER: _ClassVar[int]
+    NEG_INF_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    min: float
+    max: float
+    mean: float
+    std: float
+    l2: float
+    nan: int
+    pos_inf: int
+    neg_inf: int
+    def __init__(self, count: _Optional[int] = ..., min: _Optional[float] = ..., max: _Optional[float] = ..., mean: _Optional[float] = ..., std: _Optional[float] = ..., l2: _Optional[float] = ..., nan: _Optional[int] = ..., pos_inf: _Optional[int] = ..., neg_inf: _Optional[int] = ...) -> None: ...
 
 class BytesMeta(_message.Message):
     __slots__ = ("data",)
@@ -159,7 +183,7 @@ class VersionInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step: _Optional[int] = ..., epoch: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., tags: _Optional[_Iterable[str]] = ..., num_tensors: _Optional[int] = ..., num_nodes: _Optional[int] = ..., data_bytes: _Optional[int] = ..., new_bytes: _Optional[int] = ..., world_size: _Optional[int] = ...) -> None: ...
 
 class SaveBegin(_message.Message):
-    __slots__ = ("name", "step", "epoch", "metadata", "tags", "part")
+    __slots__ = ("name", "step", "epoch", "metadata", "tags", "part", "reject_nonfinite")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -173,13 +197,15 @@ class SaveBegin(_message.Message):
     METADATA_FIELD_NUMBER: _ClassVar[int]
     TAGS_FIELD_NUMBER: _ClassVar[int]
     PART_FIELD_NUMBER: _ClassVar[int]
+    REJECT_NONFINITE_FIELD_NUMBER: _ClassVar[int]
     name: str
     step: int
     epoch: int
     metadata: _containers.ScalarMap[str, str]
     tags: _containers.RepeatedScalarFieldContainer[str]
     part: PartInfo
-    def __init__(self, name: _Optional[str] = ..., step: _Optional[int] = ..., epoch: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., tags: _Optional[_Iterable[str]] = ..., part: _Optional[_Union[PartInfo, _Mapping]] = ...) -> None: ...
+    reject_nonfinite: bool
+    def __init__(self, name: _Optional[str] = ..., step: _Optional[int] = ..., epoch: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., tags: _Optional[_Iterable[str]] = ..., part: _Optional[_Union[PartInfo, _Mapping]] = ..., reject_nonfinite: _Optional[bool] = ...) -> None: ...
 
 class NodeBatch(_message.Message):
     __slots__ = ("nodes",)

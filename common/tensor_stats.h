@@ -1,0 +1,84 @@
+#ifndef CKPT_COMMON_TENSOR_STATS_H_
+#define CKPT_COMMON_TENSOR_STATS_H_
+
+// Per-tensor statistics (TensorStats in common/types.h) computed in one pass
+// over a tensor's bytes as they stream, in pieces of any size: what clients
+// run next to hashing, and what the server checks what they send against.
+
+#include <cstddef>
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+#include "common/types.h"
+
+namespace ckpt {
+
+/// Whether tensors of `dtype` get statistics: every real number type and
+/// bool (not complex, not unspecified).
+bool HasStats(DType dtype);
+
+/// float32, float64, float16 and bfloat16: the dtypes that may hold NaN or
+/// infinities.
+bool IsFloating(DType dtype);
+
+/// Accumulates the statistics of one tensor from its bytes, given in order
+/// in pieces of any size (an element may straddle two pieces). Numerically
+/// stable: blocks of elements are summed relative to a shift and merged
+/// with Chan et al.'s pairwise update. Not thread-safe; cheap to copy.
+class StatsAccumulator {
+ public:
+  /// `dtype` must satisfy HasStats.
+  explicit StatsAccumulator(DType dtype);
+
+  /// The next bytes of the tensor.
+  void Add(absl::string_view bytes);
+
+  /// The statistics of everything added (a trailing partial element is
+  /// ignored).
+  TensorStats Finish() const;
+
+ private:
+  void AddElements(const uint8_t* data, size_t n);
+  template <typename Acc, typename Load>
+  void AddBlock(const Load& load, size_t n, const uint8_t* native = nullptr);
+  void Merge(uint64_t n, double min, double max, double mean, double m2, double sumsq);
+
+  DType dtype_;
+  size_t element_bytes_;
+  uint8_t carry_[8] = {};
+  size_t carry_bytes_ = 0;
+  uint64_t count_ = 0;
+  uint64_t finite_ = 0;
+  uint64_t nan_ = 0;
+  uint64_t pos_inf_ = 0;
+  uint64_t neg_inf_ = 0;
+  double min_ = 0;
+  double max_ = 0;
+  double mean_ = 0;
+  double m2_ = 0;  // sum of squared deviations from the mean
+  double sumsq_ = 0;
+};
+
+/// Statistics of a whole tensor in memory (a StatsAccumulator fed once).
+TensorStats ComputeStats(DType dtype, absl::string_view bytes);
+
+/// Checks statistics a writer sent for a tensor of `meta` with `numel`
+/// elements: a dtype that has statistics, count == numel, NaN and
+/// infinities at most count (none for non-floating dtypes), a finite
+/// min <= max, no NaN (mean, std and l2 may be infinite: the moments of
+/// float64 values near DBL_MAX overflow), std and l2 not negative.
+/// InvalidArgument saying what is wrong otherwise.
+absl::Status ValidateStats(const TensorMeta& meta, uint64_t numel);
+
+/// The NaN/Inf guard over a whole tree about to be committed as `name`:
+/// FailedPrecondition when a tensor's statistics count NaN or infinities,
+/// naming the first few (flattened keys) with their counts and how many
+/// tensors in all, or when a float tensor has no statistics (the guard
+/// cannot vouch for it). `why` says who asked ("the save asked for it",
+/// "ckpt-server --reject-nonfinite team/"). OK otherwise.
+absl::Status CheckFinite(const Tree& tree, absl::string_view name, absl::string_view why);
+
+}  // namespace ckpt
+
+#endif  // CKPT_COMMON_TENSOR_STATS_H_
