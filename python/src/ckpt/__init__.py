@@ -16,8 +16,8 @@ from __future__ import annotations
 from typing import Any
 
 from ckpt.client import (CheckpointSummary, Client, GcResult, Manifest, ManifestEntry, Part,
-                         RetentionPolicy, SaveResult, ServerInfo, VersionInfo, default_client,
-                         escape_glob, set_default_client)
+                         RetentionPolicy, SaveResult, ServerInfo, TensorStats, VersionInfo,
+                         default_client, escape_glob, set_default_client)
 from ckpt.errors import (Aborted, AlreadyExists, Cancelled, DataLoss, DeadlineExceeded, Error,
                          FailedPrecondition, Internal, InvalidArgument, NotFound, OutOfRange,
                          PermissionDenied, ResourceExhausted, Unauthenticated, Unavailable,
@@ -27,6 +27,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Client", "SaveResult", "VersionInfo", "CheckpointSummary", "Manifest", "ManifestEntry",
+    "TensorStats",
     "RetentionPolicy", "GcResult", "ServerInfo", "Part", "default_client", "set_default_client",
     "escape_glob", "save", "save_async", "load", "load_state_dict", "ls", "versions", "show",
     "tag", "untag", "delete", "retention", "prune", "gc", "stats",

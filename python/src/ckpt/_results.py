@@ -69,6 +69,32 @@ class CheckpointSummary:
 
 
 @dataclasses.dataclass(frozen=True)
+class TensorStats:
+    """A tensor's statistics, stored with its version: min, max, mean, std
+    (population) and L2 norm over the finite elements; NaN and infinities counted
+    apart."""
+
+    count: int
+    min: float
+    max: float
+    mean: float
+    std: float
+    l2: float
+    nan: int
+    pos_inf: int
+    neg_inf: int
+
+    @property
+    def nonfinite(self) -> int:
+        return self.nan + self.pos_inf + self.neg_inf
+
+    @staticmethod
+    def from_proto(p: Any) -> "TensorStats":
+        return TensorStats(p.count, p.min, p.max, p.mean, p.std, p.l2, p.nan, p.pos_inf,
+                           p.neg_inf)
+
+
+@dataclasses.dataclass(frozen=True)
 class ManifestEntry:
     """One node of a stored tree: its key path and what it holds."""
 
@@ -80,6 +106,7 @@ class ManifestEntry:
     requires_grad: bool = False
     size: int = 0  # data bytes, or number of children for containers
     value: Any = None  # scalars
+    stats: Optional[TensorStats] = None  # tensors saved with statistics
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 import grpc
 import xxhash
 
-from ckpt import _tree, _wire
+from ckpt import _stats, _tree, _wire
 from ckpt._results import SaveResult, VersionInfo
 from ckpt.errors import Error, Internal, InvalidArgument, Unavailable, from_rpc_error
 from ckpt.v1 import checkpoint_pb2 as pb
@@ -93,7 +93,8 @@ class _SaveCall:
 
     def __init__(self, client: "Client", name: str, flat: _tree.Flat, step: int, epoch: int,
                  metadata: Optional[Dict[str, str]], tags: Sequence[str], part: Optional[Part],
-                 timeout: Optional[float]) -> None:
+                 timeout: Optional[float], tensor_stats: bool = False,
+                 reject_nonfinite: bool = False) -> None:
         self.client = client
         self.name = name
         self.flat = flat
@@ -109,6 +110,8 @@ class _SaveCall:
         for k, v in (metadata or {}).items():
             b.metadata[str(k)] = str(v)
         b.tags.extend(tags)
+        b.reject_nonfinite = bool(reject_nonfinite)
+        self._stats = bool(tensor_stats or reject_nonfinite)
         if part is not None and part.world_size > 1:
             b.part.rank = part.rank
             b.part.world_size = part.world_size
@@ -148,12 +151,15 @@ class _SaveCall:
         while i < n and count < max_nodes and proto < _NODE_BATCH_PROTO and (
                 not count or data < limit):
             e = entries[i]
-            ref = e.fill(add())
+            node = add()
+            ref = e.fill(node)
             count += 1
             i += 1
             if ref is None:
                 proto += 32
                 continue
+            if self._stats and e.kind == "tensor":
+                _stats.tensor_stats(_tree.data_tensor(e), node.tensor.stats)
             size = e.size
             if not size:
                 proto += 64

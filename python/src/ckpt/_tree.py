@@ -289,6 +289,17 @@ def _tensor_entry(t: torch.Tensor, key: Union[str, int, None], path: str,
     return e
 
 
+def data_tensor(e: Entry) -> torch.Tensor:
+    """A tensor entry's data as a tensor: itself (on its device), or a view of
+    its host snapshot."""
+    if isinstance(e.data, torch.Tensor):
+        return e.data
+    assert isinstance(e.data, memoryview)
+    if not e.size:
+        return torch.empty(e.shape, dtype=FROM_PB[e.dtype])
+    return torch.frombuffer(e.data, dtype=FROM_PB[e.dtype]).view(e.shape)
+
+
 def data_view(data: Data) -> Tuple[memoryview, Any]:
     """The bytes of a node as a uint8 memoryview, and an owner to keep alive."""
     if isinstance(data, memoryview):

@@ -22,7 +22,8 @@ import torch
 from ckpt import _tree
 from ckpt._load import _InPlaceSink, _Sink, _ValueSink, _run_load, _tune_malloc
 from ckpt._results import (CheckpointSummary, GcResult, Manifest, ManifestEntry,
-                           RetentionPolicy, SaveResult, ServerInfo, VersionInfo)
+                           RetentionPolicy, SaveResult, ServerInfo, TensorStats,
+                           VersionInfo)
 from ckpt._save import Part, _SaveCall
 from ckpt.errors import NotFound, from_rpc_error
 from ckpt.v1 import checkpoint_pb2 as pb
@@ -205,7 +206,8 @@ class Client:
     def save(self, obj: Any, name: str, *, tags: Sequence[str] = (), step: int = 0,
              epoch: int = 0, metadata: Optional[Dict[str, Any]] = None,
              timeout: Optional[float] = None, rank: int = 0, world_size: int = 1,
-             save_id: str = "") -> SaveResult:
+             save_id: str = "", tensor_stats: bool = False,
+             reject_nonfinite: bool = False) -> SaveResult:
         """``torch.save(obj, ...)`` as the next version of ``name``.
 
         ``obj`` is anything ``torch.save`` takes in the PyTorch tutorial: tensors of
@@ -223,15 +225,25 @@ class Client:
         SaveOptions): each passes its ``rank``, the ``world_size`` and a ``save_id``
         all share, with a dict as ``obj`` (the version is the union of the dicts);
         each call returns once every part is in and the version committed.
+
+        ``tensor_stats=True`` stores each tensor's statistics with the version (min,
+        max, mean, std, L2 norm, NaN/Inf counts: ``ckpt show --stats``), computed
+        with torch on the tensor's device; ``reject_nonfinite=True`` (implies it)
+        refuses the version with :class:`ckpt.FailedPrecondition` naming the tensors
+        that hold NaN or infinities, and nothing is saved. A server may refuse them
+        for a name prefix on its own (``ckpt-server --reject-nonfinite``): saves
+        there need ``tensor_stats=True``.
         """
         flat = _tree.flatten(obj, snapshot=False)
         part = Part(rank, world_size, save_id) if world_size > 1 else None
         return self._save_flat(name, flat, step=step, epoch=epoch, metadata=metadata,
-                               tags=tags, part=part, timeout=timeout)
+                               tags=tags, part=part, timeout=timeout,
+                               tensor_stats=tensor_stats, reject_nonfinite=reject_nonfinite)
 
     def save_async(self, obj: Any, name: str, *, tags: Sequence[str] = (), step: int = 0,
                    epoch: int = 0, metadata: Optional[Dict[str, Any]] = None,
-                   timeout: Optional[float] = None
+                   timeout: Optional[float] = None, tensor_stats: bool = False,
+                   reject_nonfinite: bool = False
                    ) -> "concurrent.futures.Future[SaveResult]":
         """Like :meth:`save`, but returns once every tensor has been copied to host
         memory (the snapshot): the caller may change its tensors right away. The
@@ -243,22 +255,27 @@ class Client:
                 self._executor = concurrent.futures.ThreadPoolExecutor(1, "ckpt-save")
             executor = self._executor
         return executor.submit(self._save_flat, name, flat, step=step, epoch=epoch,
-                               metadata=metadata, tags=tags, timeout=timeout)
+                               metadata=metadata, tags=tags, timeout=timeout,
+                               tensor_stats=tensor_stats, reject_nonfinite=reject_nonfinite)
 
     def _save_flat(self, name: str, flat: _tree.Flat, *, step: int = 0, epoch: int = 0,
                    metadata: Optional[Dict[str, Any]] = None, tags: Sequence[str] = (),
-                   part: Optional[Part] = None, timeout: Optional[float] = None) -> SaveResult:
+                   part: Optional[Part] = None, timeout: Optional[float] = None,
+                   tensor_stats: bool = False, reject_nonfinite: bool = False) -> SaveResult:
         call = self._start_save(name, flat, step=step, epoch=epoch, metadata=metadata,
-                                tags=tags, part=part, timeout=timeout)
+                                tags=tags, part=part, timeout=timeout,
+                                tensor_stats=tensor_stats, reject_nonfinite=reject_nonfinite)
         return call.result()
 
     def _start_save(self, name: str, flat: _tree.Flat, *, step: int = 0, epoch: int = 0,
                     metadata: Optional[Dict[str, Any]] = None, tags: Sequence[str] = (),
-                    part: Optional[Part] = None, timeout: Optional[float] = None) -> _SaveCall:
+                    part: Optional[Part] = None, timeout: Optional[float] = None,
+                    tensor_stats: bool = False, reject_nonfinite: bool = False) -> _SaveCall:
         """Sends a save up to its commit; ``.result()`` on the returned call waits
         for the version (multi-part saves: for every part)."""
         self._connect()
-        call = _SaveCall(self, name, flat, step, epoch, metadata, list(tags), part, timeout)
+        call = _SaveCall(self, name, flat, step, epoch, metadata, list(tags), part, timeout,
+                         tensor_stats, reject_nonfinite)
         call.send()
         return call
 
@@ -407,7 +424,9 @@ class Client:
                 m = node.tensor
                 entries.append(ManifestEntry(key, "tensor", _tree.FROM_PB.get(m.dtype),
                                              tuple(m.shape), m.device, m.requires_grad,
-                                             m.data.size))
+                                             m.data.size,
+                                             stats=TensorStats.from_proto(m.stats)
+                                             if m.HasField("stats") else None))
             elif which == "bytes":
                 entries.append(ManifestEntry(key, "bytes", size=node.bytes.data.size))
             elif which in ("dict", "list", "tuple"):
