@@ -64,6 +64,8 @@ EXPECTED = [
     "retention deleted team/run-1/model versions: 3",
     "SERVING",
     "5 ['weight', 'bias']",
+    "'model/w' (1 NaN of 4) (the save asked to reject non-finite values); nothing was saved",
+    "1.0 1.0 0",
     "grpc.health.v1.Health",
     '"status": "SERVING"',
 ]
