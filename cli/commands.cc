@@ -236,6 +236,7 @@ void AddCommands(CLI::App& app, CommandTable& table) {
   AddLsCommand(app, table);
   AddVersionsCommand(app, table);
   AddShowCommand(app, table);
+  AddDiffCommand(app, table);
   AddRmCommand(app, table);
   AddTagCommands(app, table);
   AddRetentionCommands(app, table);

@@ -104,12 +104,6 @@ Json KeyToJson(const NodeKey& key) {
   return nullptr;
 }
 
-Json FloatToJson(double v) {
-  // JSON has no NaN or infinity; nlohmann would print null, losing the value.
-  if (std::isfinite(v)) return v;
-  return FormatFloat(v);
-}
-
 absl::StatusOr<Json> NodeToJson(const Tree& tree, size_t* next, size_t depth) {
   if (*next >= tree.size()) {
     return absl::DataLossError(
@@ -290,6 +284,12 @@ void PrintFields(std::ostream& out,
       first = false;
     }
   }
+}
+
+Json FloatToJson(double v) {
+  // JSON has no NaN or infinity; nlohmann would print null, losing the value.
+  if (std::isfinite(v)) return v;
+  return FormatFloat(v);
 }
 
 Json StatsToJson(const TensorStats& stats) {

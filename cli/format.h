@@ -65,6 +65,10 @@ void PrintFields(std::ostream& out, const std::vector<std::pair<std::string, std
 /// quoted); list and tuple elements as `[i]`; the root has no key.
 void PrintTree(std::ostream& out, const Tree& tree);
 
+/// A double as JSON: a number when finite, else "nan", "inf" or "-inf"
+/// (JSON has none of them).
+Json FloatToJson(double v);
+
 /// A tensor's statistics as JSON: count, min, max, mean, std, l2, nan,
 /// pos_inf, neg_inf (non-finite floats as FloatToJson writes them).
 Json StatsToJson(const TensorStats& stats);

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -12,6 +13,7 @@
 #include "cli/format.h"
 #include "common/retention.h"
 #include "common/status_macros.h"
+#include "common/tensor_diff.h"
 
 namespace ckpt::cli {
 namespace {
@@ -107,7 +109,115 @@ absl::Status RunShow(Context& ctx, const ShowArgs& args) {
   return absl::OkStatus();
 }
 
+// ---------------------------------------------------------------- diff
+
+struct DiffArgs {
+  std::string a;
+  std::string b;
+  bool json = false;
+  uint32_t max = 0;
+};
+
+std::string DTypeShape(DType dtype, const std::vector<int64_t>& shape) {
+  return absl::StrCat(DTypeName(dtype), ShapeText(shape));
+}
+
+absl::Status RunDiff(Context& ctx, const DiffArgs& args) {
+  CKPT_ASSIGN_OR_RETURN(VersionRef a, ParseVersionRef(args.a));
+  // B may be "@VERSION" or "@TAG": the same name as A.
+  CKPT_ASSIGN_OR_RETURN(
+      VersionRef b,
+      ParseVersionRef(absl::StartsWith(args.b, "@") ? absl::StrCat(a.name, args.b) : args.b));
+  CKPT_ASSIGN_OR_RETURN(RawClient * client, ctx.Client());
+  CKPT_ASSIGN_OR_RETURN(VersionDiff diff,
+                        client->Diff(a.name, a.version, a.tag, b.name, b.version, b.tag, args.max));
+  if (args.json) {
+    Json out = Json::object();
+    out["a"] = VersionToJson(diff.a);
+    out["b"] = VersionToJson(diff.b);
+    out["identical"] = diff.identical;
+    out["changed"] = diff.changed;
+    out["meta_changed"] = diff.meta_changed;
+    out["only_in_a"] = diff.only_in_a;
+    out["only_in_b"] = diff.only_in_b;
+    out["truncated"] = diff.truncated;
+    out["bytes_compared"] = diff.bytes_compared;
+    Json tensors = Json::array();
+    for (const TensorDiff& t : diff.tensors) {
+      Json j = Json::object();
+      j["key"] = t.key;
+      j["change"] = TensorChangeName(t.change);
+      if (t.change != TensorChange::kOnlyInB) {
+        j["dtype_a"] = std::string(DTypeName(t.dtype_a));
+        j["shape_a"] = t.shape_a;
+      }
+      if (t.change != TensorChange::kOnlyInA) {
+        j["dtype_b"] = std::string(DTypeName(t.dtype_b));
+        j["shape_b"] = t.shape_b;
+      }
+      if (t.change == TensorChange::kChanged) {
+        j["rel_l2"] = FloatToJson(t.rel_l2);
+        j["max_abs_diff"] = FloatToJson(t.max_abs_diff);
+        j["nonfinite_pairs"] = t.nonfinite_pairs;
+      }
+      tensors.push_back(std::move(j));
+    }
+    out["tensors"] = std::move(tensors);
+    PrintJson(ctx.out(), out);
+    return absl::OkStatus();
+  }
+  ctx.out() << "a: " << diff.a.name << "@" << diff.a.version << " (step " << diff.a.step << ", "
+            << FormatTime(diff.a.create_time_ms) << ")\n"
+            << "b: " << diff.b.name << "@" << diff.b.version << " (step " << diff.b.step << ", "
+            << FormatTime(diff.b.create_time_ms) << ")\n"
+            << diff.identical << " identical, " << diff.changed << " changed, " << diff.meta_changed
+            << " dtype/shape changed, " << diff.only_in_a << " only in a, " << diff.only_in_b
+            << " only in b (" << HumanBytes(diff.bytes_compared) << " compared)\n";
+  std::vector<std::vector<std::string>> rows;
+  for (const TensorDiff& t : diff.tensors) {
+    std::vector<std::string> row = {Printable(t.key), TensorChangeName(t.change), "", "", ""};
+    switch (t.change) {
+      case TensorChange::kChanged:
+        row[2] = absl::StrFormat("%.6g", t.rel_l2);
+        row[3] = absl::StrFormat("%.6g", t.max_abs_diff);
+        row[4] = DTypeShape(t.dtype_a, t.shape_a);
+        if (t.nonfinite_pairs > 0) absl::StrAppend(&row[4], "  ", t.nonfinite_pairs, " non-finite");
+        break;
+      case TensorChange::kMetaChanged:
+        row[4] = absl::StrCat(DTypeShape(t.dtype_a, t.shape_a), " -> ",
+                              DTypeShape(t.dtype_b, t.shape_b));
+        break;
+      case TensorChange::kOnlyInA:
+        row[4] = DTypeShape(t.dtype_a, t.shape_a);
+        break;
+      case TensorChange::kOnlyInB:
+        row[4] = DTypeShape(t.dtype_b, t.shape_b);
+        break;
+    }
+    rows.push_back(std::move(row));
+  }
+  if (!rows.empty()) ctx.out() << '\n';
+  PrintTable(ctx.out(), {"KEY", "CHANGE", "REL_L2", "MAX_ABS_DIFF", "DTYPE/SHAPE"}, rows);
+  if (diff.truncated > 0) ctx.out() << "... and " << diff.truncated << " more (--max)\n";
+  return absl::OkStatus();
+}
+
 }  // namespace
+
+void AddDiffCommand(CLI::App& app, CommandTable& table) {
+  auto args = std::make_shared<DiffArgs>();
+  CLI::App* sub = app.add_subcommand(
+      "diff",
+      "Compare two versions' tensors: keys only in one, dtype/shape changes, and for changed "
+      "tensors the relative L2 change ||b-a||/||a|| and the largest absolute difference "
+      "(computed by the server; identical tensors are found by digest, without reading them)");
+  sub->add_option("A", args->a, "NAME, NAME@VERSION or NAME@TAG (the reference)")->required();
+  sub->add_option("B", args->b, "NAME, NAME@VERSION or NAME@TAG, or @VERSION / @TAG of A's name")
+      ->required();
+  sub->add_flag("--json", args->json, "Print a JSON object");
+  sub->add_option("--max", args->max, "most tensors listed (default 1000, at most 10000)");
+  table.Add(sub, [args](Context& ctx) { return RunDiff(ctx, *args); });
+}
 
 void AddLsCommand(CLI::App& app, CommandTable& table) {
   auto args = std::make_shared<LsArgs>();

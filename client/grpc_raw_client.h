@@ -81,6 +81,10 @@ class GrpcRawClient final : public RawClient {
   absl::StatusOr<GcResult> GarbageCollect(const CallOptions& call) override;
 
   absl::StatusOr<BackupInfo> Backup(const std::string& name, const CallOptions& call) override;
+  absl::StatusOr<VersionDiff> Diff(const std::string& name, uint64_t version,
+                                   const std::string& tag, const std::string& other_name,
+                                   uint64_t other_version, const std::string& other_tag,
+                                   uint32_t max_entries, const CallOptions& call) override;
 
   absl::StatusOr<NamespaceUsage> GetUsage(const std::string& name_or_prefix,
                                           const CallOptions& call) override;

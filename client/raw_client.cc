@@ -183,6 +183,27 @@ absl::StatusOr<BackupInfo> GrpcRawClient::Backup(const std::string& name, const 
   return rpc::FromProto(response);
 }
 
+absl::StatusOr<VersionDiff> GrpcRawClient::Diff(const std::string& name, uint64_t version,
+                                                const std::string& tag,
+                                                const std::string& other_name,
+                                                uint64_t other_version,
+                                                const std::string& other_tag, uint32_t max_entries,
+                                                const CallOptions& call) {
+  const absl::Time deadline = Deadline(call);
+  v1::DiffRequest request;
+  request.set_name(name);
+  request.set_version(version);
+  request.set_tag(tag);
+  request.set_other_name(other_name);
+  request.set_other_version(other_version);
+  request.set_other_tag(other_tag);
+  request.set_max_entries(max_entries);
+  v1::DiffResponse response;
+  CKPT_RETURN_IF_ERROR(
+      Unary(&v1::CheckpointService::Stub::Diff, request, &response, call, deadline));
+  return rpc::FromProto(response);
+}
+
 absl::StatusOr<NamespaceUsage> GrpcRawClient::GetUsage(const std::string& name_or_prefix,
                                                        const CallOptions& call) {
   const absl::Time deadline = Deadline(call);

@@ -24,6 +24,7 @@
 #include "absl/types/span.h"
 #include "common/retention.h"
 #include "common/slice.h"
+#include "common/tensor_diff.h"
 #include "common/types.h"
 
 namespace ckpt::client {
@@ -268,6 +269,19 @@ class RawClient {
   /// the backup exists, InvalidArgument for a bad name.
   virtual absl::StatusOr<BackupInfo> Backup(const std::string& name,
                                             const CallOptions& call = {}) = 0;
+  /// Compares the tensors of version `a` of `name` with version `b` of
+  /// `other_name` (empty: `name`), each a number or a tag (0 and "":
+  /// latest): keys only in one, dtype/shape changes, identical tensors
+  /// (counted, by their chunk digests: no bytes read) and, for changed
+  /// ones, the relative L2 change and the largest absolute difference,
+  /// computed by the server. At most `max_entries` entries (0: 1000; at most
+  /// 10000), largest change first. NotFound for a missing version; needs
+  /// the read right on both names.
+  virtual absl::StatusOr<VersionDiff> Diff(const std::string& name, uint64_t version,
+                                           const std::string& tag, const std::string& other_name,
+                                           uint64_t other_version, const std::string& other_tag,
+                                           uint32_t max_entries = 0,
+                                           const CallOptions& call = {}) = 0;
   /// grpc.health.v1 Check of the whole server: OK when serving.
   virtual absl::Status Health(const CallOptions& call = {}) = 0;
 };

@@ -70,6 +70,39 @@ const float* HalfTable() {
 
 }  // namespace
 
+double ElementValue(DType dtype, const uint8_t* p) {
+  switch (dtype) {
+    case DType::kFloat32:
+      return LoadAs<float>(p);
+    case DType::kFloat64:
+      return LoadAs<double>(p);
+    case DType::kFloat16:
+      return HalfTable()[LoadAs<uint16_t>(p)];
+    case DType::kBFloat16:
+      return BFloat16ToFloat(LoadAs<uint16_t>(p));
+    case DType::kInt8:
+      return LoadAs<int8_t>(p);
+    case DType::kInt16:
+      return LoadAs<int16_t>(p);
+    case DType::kInt32:
+      return LoadAs<int32_t>(p);
+    case DType::kInt64:
+      return static_cast<double>(LoadAs<int64_t>(p));
+    case DType::kUInt8:
+      return *p;
+    case DType::kBool:
+      return *p != 0 ? 1.0 : 0.0;
+    case DType::kUInt16:
+      return LoadAs<uint16_t>(p);
+    case DType::kUInt32:
+      return LoadAs<uint32_t>(p);
+    case DType::kUInt64:
+      return static_cast<double>(LoadAs<uint64_t>(p));
+    default:
+      return 0;
+  }
+}
+
 bool HasStats(DType dtype) {
   switch (dtype) {
     case DType::kUnspecified:

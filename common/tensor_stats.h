@@ -22,6 +22,10 @@ bool HasStats(DType dtype);
 /// infinities.
 bool IsFloating(DType dtype);
 
+/// The element at `p` of a real `dtype` (HasStats) as a double; bool is 0
+/// or 1. Any alignment.
+double ElementValue(DType dtype, const uint8_t* p);
+
 /// Accumulates the statistics of one tensor from its bytes, given in order
 /// in pieces of any size (an element may straddle two pieces). Numerically
 /// stable: blocks of elements are summed relative to a shift and merged

@@ -344,4 +344,55 @@ void ToProto(const TensorStats& stats, v1::TensorStats* proto) {
   proto->set_neg_inf(stats.neg_inf);
 }
 
+VersionDiff FromProto(const v1::DiffResponse& proto) {
+  VersionDiff diff;
+  diff.a = FromProto(proto.a());
+  diff.b = FromProto(proto.b());
+  for (const v1::TensorDiff& t : proto.tensors()) {
+    TensorDiff out;
+    out.key = t.key();
+    out.change = static_cast<TensorChange>(t.change());
+    out.dtype_a = static_cast<DType>(t.dtype_a());
+    out.dtype_b = static_cast<DType>(t.dtype_b());
+    out.shape_a.assign(t.shape_a().begin(), t.shape_a().end());
+    out.shape_b.assign(t.shape_b().begin(), t.shape_b().end());
+    out.rel_l2 = t.rel_l2();
+    out.max_abs_diff = t.max_abs_diff();
+    out.nonfinite_pairs = t.nonfinite_pairs();
+    diff.tensors.push_back(std::move(out));
+  }
+  diff.identical = proto.identical();
+  diff.changed = proto.changed();
+  diff.meta_changed = proto.meta_changed();
+  diff.only_in_a = proto.only_in_a();
+  diff.only_in_b = proto.only_in_b();
+  diff.truncated = proto.truncated();
+  diff.bytes_compared = proto.bytes_compared();
+  return diff;
+}
+
+void ToProto(const VersionDiff& diff, v1::DiffResponse* proto) {
+  ToProto(diff.a, proto->mutable_a());
+  ToProto(diff.b, proto->mutable_b());
+  for (const TensorDiff& t : diff.tensors) {
+    v1::TensorDiff* out = proto->add_tensors();
+    out->set_key(t.key);
+    out->set_change(static_cast<v1::TensorDiff::Change>(t.change));
+    out->set_dtype_a(static_cast<v1::DType>(t.dtype_a));
+    out->set_dtype_b(static_cast<v1::DType>(t.dtype_b));
+    for (int64_t d : t.shape_a) out->add_shape_a(d);
+    for (int64_t d : t.shape_b) out->add_shape_b(d);
+    out->set_rel_l2(t.rel_l2);
+    out->set_max_abs_diff(t.max_abs_diff);
+    out->set_nonfinite_pairs(t.nonfinite_pairs);
+  }
+  proto->set_identical(diff.identical);
+  proto->set_changed(diff.changed);
+  proto->set_meta_changed(diff.meta_changed);
+  proto->set_only_in_a(diff.only_in_a);
+  proto->set_only_in_b(diff.only_in_b);
+  proto->set_truncated(diff.truncated);
+  proto->set_bytes_compared(diff.bytes_compared);
+}
+
 }  // namespace ckpt::rpc

@@ -8,6 +8,7 @@
 #include "ckpt/v1/checkpoint.pb.h"
 #include "common/retention.h"
 #include "common/slice.h"
+#include "common/tensor_diff.h"
 #include "common/types.h"
 
 namespace ckpt::rpc {
@@ -50,6 +51,9 @@ void ToProto(const NamespaceUsage& usage, v1::GetUsageResponse* proto);
 
 GcResult FromProto(const v1::GarbageCollectResponse& proto);
 void ToProto(const GcResult& gc, v1::GarbageCollectResponse* proto);
+
+VersionDiff FromProto(const v1::DiffResponse& proto);
+void ToProto(const VersionDiff& diff, v1::DiffResponse* proto);
 
 BackupInfo FromProto(const v1::BackupResponse& proto);
 void ToProto(const BackupInfo& backup, v1::BackupResponse* proto);

@@ -44,14 +44,14 @@ using RawCheckpointService = v1::CheckpointService::WithRawCallbackMethod_Save<
                                     v1::CheckpointService::WithRawCallbackMethod_GetUsage<
                                         v1::CheckpointService::WithRawCallbackMethod_GarbageCollect<
                                             v1::CheckpointService::WithRawCallbackMethod_SetRetention<
-                                                v1::CheckpointService::
-                                                    WithRawCallbackMethod_GetRetention<
+                                                v1::CheckpointService::WithRawCallbackMethod_GetRetention<
+                                                    v1::CheckpointService::WithRawCallbackMethod_Prune<
                                                         v1::CheckpointService::
-                                                            WithRawCallbackMethod_Prune<
+                                                            WithRawCallbackMethod_Backup<
                                                                 v1::CheckpointService::
-                                                                    WithRawCallbackMethod_Backup<
+                                                                    WithRawCallbackMethod_Diff<
                                                                         v1::CheckpointService::
-                                                                            Service>>>>>>>>>>>>>>>;
+                                                                            Service>>>>>>>>>>>>>>>>;
 
 class CheckpointService final : public RawCheckpointService {
  public:
@@ -104,6 +104,9 @@ class CheckpointService final : public RawCheckpointService {
   grpc::ServerUnaryReactor* Backup(grpc::CallbackServerContext* context,
                                    const grpc::ByteBuffer* request,
                                    grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* Diff(grpc::CallbackServerContext* context,
+                                 const grpc::ByteBuffer* request,
+                                 grpc::ByteBuffer* response) override;
 
   /// Refuses new RPCs with Unavailable from now on, then waits up to
   /// `grace` for the RPCs in flight to finish. Returns whether they did.

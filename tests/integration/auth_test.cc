@@ -157,6 +157,7 @@ std::vector<std::pair<std::string, absl::Status>> CallEveryRpc(RawClient& c,
       {"SetRetention", c.SetRetention("team-a/m", {}).status()},
       {"GetRetention", c.GetRetention("team-a/m").status()},
       {"Prune", c.Prune("team-a/m", true).status()},
+      {"Diff", c.Diff("team-a/m", 1, "", "", 1, "").status()},
   };
 }
 
@@ -197,6 +198,10 @@ TEST_F(AuthTest, EachRpcNeedsItsRightOnTheName) {
   denied(reader->Load("other/m", {}).status(), "token 'reader' has no read right on 'other/m'");
   denied(reader->ListVersions("other/m").status(), "token 'reader' has no read right on 'other/m'");
   denied(reader->GetManifest("other/m", 0, "").status(),
+         "token 'reader' has no read right on 'other/m'");
+  // Diff: read on both names.
+  EXPECT_TRUE(reader->Diff("team-a/m", 1, "", "", 1, "").ok());
+  denied(reader->Diff("team-a/m", 1, "", "other/m", 1, "").status(),
          "token 'reader' has no read right on 'other/m'");
   denied(reader->Save("team-a/new", tree_.Input(), {}).status(),
          "token 'reader' has no write right on 'team-a/new'");

@@ -402,9 +402,10 @@ grpc::Status RawCall(const std::shared_ptr<grpc::Channel>& channel, const std::s
 // ABORTED, which clients retry).
 TEST_F(BadInputTest, UndecodableMessagesAreInvalidArgumentEverywhere) {
   const std::string garbage = "\x0a\xff\xff\xff\xff\x0f";  // field 1, length past the end
-  for (const char* method : {"Save", "Load", "ListCheckpoints", "ListVersions", "GetManifest",
-                             "DeleteVersion", "SetTag", "DeleteTag", "GetServerInfo", "GetUsage",
-                             "GarbageCollect", "SetRetention", "GetRetention", "Prune"}) {
+  for (const char* method :
+       {"Save", "Load", "ListCheckpoints", "ListVersions", "GetManifest", "DeleteVersion", "SetTag",
+        "DeleteTag", "GetServerInfo", "GetUsage", "GarbageCollect", "SetRetention", "GetRetention",
+        "Prune", "Backup", "Diff"}) {
     SCOPED_TRACE(method);
     grpc::Status status = RawCall(channel_, method, garbage);
     EXPECT_STATUS(status, INVALID_ARGUMENT, absl::StrCat("malformed ", method, "Request"));

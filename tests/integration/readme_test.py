@@ -66,6 +66,8 @@ EXPECTED = [
     "5 ['weight', 'bias']",
     "'model/w' (1 NaN of 4) (the save asked to reject non-finite values); nothing was saved",
     "1.0 1.0 0",
+    "0 identical, 1 changed, 0 dtype/shape changed, 0 only in a, 1 only in b",
+    "model/w  changed    1       2             float32[4]",
     "grpc.health.v1.Health",
     '"status": "SERVING"',
 ]

@@ -604,3 +604,79 @@ class BackupResponse(_message.Message):
     bytes: int
     versions: int
     def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ..., files: _Optional[int] = ..., bytes: _Optional[int] = ..., versions: _Optional[int] = ...) -> None: ...
+
+class DiffRequest(_message.Message):
+    __slots__ = ("name", "version", "tag", "other_name", "other_version", "other_tag", "max_entries")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    OTHER_NAME_FIELD_NUMBER: _ClassVar[int]
+    OTHER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    OTHER_TAG_FIELD_NUMBER: _ClassVar[int]
+    MAX_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: int
+    tag: str
+    other_name: str
+    other_version: int
+    other_tag: str
+    max_entries: int
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., tag: _Optional[str] = ..., other_name: _Optional[str] = ..., other_version: _Optional[int] = ..., other_tag: _Optional[str] = ..., max_entries: _Optional[int] = ...) -> None: ...
+
+class TensorDiff(_message.Message):
+    __slots__ = ("key", "change", "dtype_a", "dtype_b", "shape_a", "shape_b", "rel_l2", "max_abs_diff", "nonfinite_pairs")
+    class Change(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        CHANGE_UNSPECIFIED: _ClassVar[TensorDiff.Change]
+        CHANGED: _ClassVar[TensorDiff.Change]
+        ONLY_IN_A: _ClassVar[TensorDiff.Change]
+        ONLY_IN_B: _ClassVar[TensorDiff.Change]
+        META_CHANGED: _ClassVar[TensorDiff.Change]
+    CHANGE_UNSPECIFIED: TensorDiff.Change
+    CHANGED: TensorDiff.Change
+    ONLY_IN_A: TensorDiff.Change
+    ONLY_IN_B: TensorDiff.Change
+    META_CHANGED: TensorDiff.Change
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_A_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_B_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_A_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_B_FIELD_NUMBER: _ClassVar[int]
+    REL_L2_FIELD_NUMBER: _ClassVar[int]
+    MAX_ABS_DIFF_FIELD_NUMBER: _ClassVar[int]
+    NONFINITE_PAIRS_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    change: TensorDiff.Change
+    dtype_a: DType
+    dtype_b: DType
+    shape_a: _containers.RepeatedScalarFieldContainer[int]
+    shape_b: _containers.RepeatedScalarFieldContainer[int]
+    rel_l2: float
+    max_abs_diff: float
+    nonfinite_pairs: int
+    def __init__(self, key: _Optional[str] = ..., change: _Optional[_Union[TensorDiff.Change, str]] = ..., dtype_a: _Optional[_Union[DType, str]] = ..., dtype_b: _Optional[_Union[DType, str]] = ..., shape_a: _Optional[_Iterable[int]] = ..., shape_b: _Optional[_Iterable[int]] = ..., rel_l2: _Optional[float] = ..., max_abs_diff: _Optional[float] = ..., nonfinite_pairs: _Optional[int] = ...) -> None: ...
+
+class DiffResponse(_message.Message):
+    __slots__ = ("a", "b", "tensors", "identical", "changed", "meta_changed", "only_in_a", "only_in_b", "truncated", "bytes_compared")
+    A_FIELD_NUMBER: _ClassVar[int]
+    B_FIELD_NUMBER: _ClassVar[int]
+    TENSORS_FIELD_NUMBER: _ClassVar[int]
+    IDENTICAL_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    META_CHANGED_FIELD_NUMBER: _ClassVar[int]
+    ONLY_IN_A_FIELD_NUMBER: _ClassVar[int]
+    ONLY_IN_B_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_COMPARED_FIELD_NUMBER: _ClassVar[int]
+    a: VersionInfo
+    b: VersionInfo
+    tensors: _containers.RepeatedCompositeFieldContainer[TensorDiff]
+    identical: int
+    changed: int
+    meta_changed: int
+    only_in_a: int
+    only_in_b: int
+    truncated: int
+    bytes_compared: int
+    def __init__(self, a: _Optional[_Union[VersionInfo, _Mapping]] = ..., b: _Optional[_Union[VersionInfo, _Mapping]] = ..., tensors: _Optional[_Iterable[_Union[TensorDiff, _Mapping]]] = ..., identical: _Optional[int] = ..., changed: _Optional[int] = ..., meta_changed: _Optional[int] = ..., only_in_a: _Optional[int] = ..., only_in_b: _Optional[int] = ..., truncated: _Optional[int] = ..., bytes_compared: _Optional[int] = ...) -> None: ...

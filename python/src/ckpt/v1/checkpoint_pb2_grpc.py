@@ -110,6 +110,11 @@ class CheckpointServiceStub:
                 request_serializer=ckpt_dot_v1_dot_checkpoint__pb2.BackupRequest.SerializeToString,
                 response_deserializer=ckpt_dot_v1_dot_checkpoint__pb2.BackupResponse.FromString,
                 _registered_method=True)
+        self.Diff = channel.unary_unary(
+                '/ckpt.v1.CheckpointService/Diff',
+                request_serializer=ckpt_dot_v1_dot_checkpoint__pb2.DiffRequest.SerializeToString,
+                response_deserializer=ckpt_dot_v1_dot_checkpoint__pb2.DiffResponse.FromString,
+                _registered_method=True)
 
 
 class CheckpointServiceServicer:
@@ -220,6 +225,17 @@ class CheckpointServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Diff(self, request, context):
+        """Compares the tensors of two versions (of one name or two; read right on
+        both): keys only in one, dtype/shape changes, tensors identical by their
+        chunk digests (no bytes read) and, for the others, the relative L2
+        change and the largest absolute difference, computed by the server
+        streaming both chunk by chunk.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CheckpointServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -297,6 +313,11 @@ def add_CheckpointServiceServicer_to_server(servicer, server):
                     servicer.Backup,
                     request_deserializer=ckpt_dot_v1_dot_checkpoint__pb2.BackupRequest.FromString,
                     response_serializer=ckpt_dot_v1_dot_checkpoint__pb2.BackupResponse.SerializeToString,
+            ),
+            'Diff': grpc.unary_unary_rpc_method_handler(
+                    servicer.Diff,
+                    request_deserializer=ckpt_dot_v1_dot_checkpoint__pb2.DiffRequest.FromString,
+                    response_serializer=ckpt_dot_v1_dot_checkpoint__pb2.DiffResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -705,6 +726,33 @@ class CheckpointService:
             '/ckpt.v1.CheckpointService/Backup',
             ckpt_dot_v1_dot_checkpoint__pb2.BackupRequest.SerializeToString,
             ckpt_dot_v1_dot_checkpoint__pb2.BackupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Diff(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ckpt.v1.CheckpointService/Diff',
+            ckpt_dot_v1_dot_checkpoint__pb2.DiffRequest.SerializeToString,
+            ckpt_dot_v1_dot_checkpoint__pb2.DiffResponse.FromString,
             options,
             channel_credentials,
             insecure,
