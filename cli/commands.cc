@@ -237,6 +237,7 @@ void AddCommands(CLI::App& app, CommandTable& table) {
   AddVersionsCommand(app, table);
   AddShowCommand(app, table);
   AddDiffCommand(app, table);
+  AddLogCommand(app, table);
   AddRmCommand(app, table);
   AddTagCommands(app, table);
   AddRetentionCommands(app, table);

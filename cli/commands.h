@@ -121,6 +121,7 @@ void AddLsCommand(CLI::App& app, CommandTable& table);
 void AddVersionsCommand(CLI::App& app, CommandTable& table);
 void AddShowCommand(CLI::App& app, CommandTable& table);
 void AddDiffCommand(CLI::App& app, CommandTable& table);
+void AddLogCommand(CLI::App& app, CommandTable& table);
 void AddRmCommand(CLI::App& app, CommandTable& table);
 void AddTagCommands(CLI::App& app, CommandTable& table);        // tag, untag
 void AddRetentionCommands(CLI::App& app, CommandTable& table);  // retention, prune

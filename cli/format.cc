@@ -375,6 +375,7 @@ void PrintVersionHeader(std::ostream& out, const VersionInfo& v) {
                        {"data size", HumanAndExactBytes(v.data_bytes)},
                        {"new bytes", HumanAndExactBytes(v.new_bytes)},
                        {"parts", absl::StrCat(v.world_size)},
+                       {"parent", v.parent.empty() ? "-" : v.parent},
                    });
 }
 
@@ -391,6 +392,7 @@ Json VersionToJson(const VersionInfo& v) {
   out["metadata"] = std::move(metadata);
   out["tags"] = v.tags;
   out["num_tensors"] = v.num_tensors;
+  out["parent"] = v.parent;
   out["num_nodes"] = v.num_nodes;
   out["data_bytes"] = v.data_bytes;
   out["new_bytes"] = v.new_bytes;

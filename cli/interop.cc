@@ -119,6 +119,7 @@ struct ImportArgs {
   int64_t epoch = 0;
   int progress = 0;  // 1 --progress, -1 --no-progress
   bool reject_nonfinite = false;
+  std::string parent;
 };
 
 absl::Status RunImport(Context& ctx, const ImportArgs& args) {
@@ -157,6 +158,7 @@ absl::Status RunImport(Context& ctx, const ImportArgs& args) {
   client::SaveOptions options;
   options.tags = args.tags;
   options.reject_nonfinite = args.reject_nonfinite;
+  options.parent = args.parent;
   options.step = args.step;
   options.epoch = args.epoch;
   options.metadata[kSourceFileKey] = BaseName(args.file);
@@ -298,6 +300,8 @@ void AddInteropCommands(CLI::App& app, CommandTable& table) {
                   "KEY=VALUE to record in the version's metadata (repeatable; e.g. loss=0.25 "
                   "for retention by --metric loss)")
       ->type_name("KEY=VALUE");
+  sub->add_option("--parent", imp->parent,
+                  "NAME@VERSION the imported version was trained from (lineage: ckpt log)");
   sub->add_flag("--reject-nonfinite", imp->reject_nonfinite,
                 "refuse to save if a tensor holds NaN or infinities (nothing is saved; the "
                 "error names the tensors)");

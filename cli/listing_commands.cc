@@ -2,6 +2,8 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -202,7 +204,81 @@ absl::Status RunDiff(Context& ctx, const DiffArgs& args) {
   return absl::OkStatus();
 }
 
+// ---------------------------------------------------------------- log
+
+struct LogArgs {
+  std::string ref;
+  bool json = false;
+};
+
+constexpr int kMaxLineage = 1000;
+
+absl::Status RunLog(Context& ctx, const LogArgs& args) {
+  CKPT_ASSIGN_OR_RETURN(VersionRef ref, ParseVersionRef(args.ref));
+  CKPT_ASSIGN_OR_RETURN(RawClient * client, ctx.Client());
+  CKPT_ASSIGN_OR_RETURN(uint64_t version, ResolveVersion(*client, ref));
+  std::map<std::string, std::vector<VersionInfo>> listed;  // versions by name, fetched once
+  std::set<std::string> seen;
+  Json chain = Json::array();
+  std::string name = ref.name;
+  std::string missing;  // "NAME@V" of a parent that is gone
+  for (int hop = 0; hop < kMaxLineage; ++hop) {
+    const std::string at = absl::StrCat(name, "@", version);
+    if (!seen.insert(at).second) break;  // a cycle (parents set by hand)
+    auto it = listed.find(name);
+    if (it == listed.end()) {
+      absl::StatusOr<std::vector<VersionInfo>> versions = client->ListVersions(name);
+      if (!versions.ok() && versions.status().code() != absl::StatusCode::kNotFound) {
+        return versions.status();
+      }
+      it = listed.emplace(name, versions.ok() ? *std::move(versions) : std::vector<VersionInfo>{})
+               .first;
+    }
+    const VersionInfo* info = nullptr;
+    for (const VersionInfo& v : it->second) {
+      if (v.version == version) info = &v;
+    }
+    if (info == nullptr) {
+      if (hop == 0) return absl::NotFoundError(absl::StrCat("version ", at, " not found"));
+      missing = at;
+      break;
+    }
+    if (args.json) {
+      chain.push_back(VersionToJson(*info));
+    } else {
+      ctx.out() << info->name << "@" << info->version << "  step " << info->step << "  "
+                << FormatTime(info->create_time_ms) << "  " << HumanBytes(info->data_bytes)
+                << (info->tags.empty() ? "" : "  tags: ") << absl::StrJoin(info->tags, ",") << "\n";
+    }
+    if (info->parent.empty()) break;
+    auto parent = ParseVersionRef(info->parent);
+    if (!parent.ok()) break;
+    name = parent->name;
+    version = parent->version;
+  }
+  if (args.json) {
+    Json out = Json::object();
+    out["chain"] = std::move(chain);
+    if (!missing.empty()) out["missing_parent"] = missing;
+    PrintJson(ctx.out(), out);
+  } else if (!missing.empty()) {
+    ctx.out() << missing << "  (deleted)\n";
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
+
+void AddLogCommand(CLI::App& app, CommandTable& table) {
+  auto args = std::make_shared<LogArgs>();
+  CLI::App* sub = app.add_subcommand(
+      "log",
+      "Print a version's lineage: it, the version it was trained from (its parent), that "
+      "one's parent, ... across names, newest first");
+  sub->add_option("REF", args->ref, "NAME, NAME@VERSION or NAME@TAG (default: latest)")->required();
+  sub->add_flag("--json", args->json, "Print {\"chain\": [versions...], \"missing_parent\"}");
+  table.Add(sub, [args](Context& ctx) { return RunLog(ctx, *args); });
+}
 
 void AddDiffCommand(CLI::App& app, CommandTable& table) {
   auto args = std::make_shared<DiffArgs>();

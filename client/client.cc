@@ -53,10 +53,26 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& targe
   return std::unique_ptr<Client>(new Client(std::move(raw)));
 }
 
+std::string Client::last_loaded() const {
+  std::lock_guard<std::mutex> lock(lineage_mu_);
+  return last_loaded_;
+}
+
+void Client::Loaded(const VersionInfo& version) {
+  std::lock_guard<std::mutex> lock(lineage_mu_);
+  last_loaded_ = absl::StrCat(version.name, "@", version.version);
+}
+
+SaveOptions Client::WithParent(const SaveOptions& options) const {
+  SaveOptions out = options;
+  if (out.parent.empty()) out.parent = last_loaded();
+  return out;
+}
+
 absl::StatusOr<SaveResult> Client::Save(const std::string& name, const c10::IValue& value,
                                         const SaveOptions& options) {
   CKPT_ASSIGN_OR_RETURN(internal::FlatValue flat, internal::Flatten(value, /*snapshot=*/false));
-  return raw_->Save(name, flat.input, options);
+  return raw_->Save(name, flat.input, WithParent(options));
 }
 
 std::future<absl::StatusOr<SaveResult>> Client::SaveAsync(const std::string& name,
@@ -87,13 +103,13 @@ std::future<absl::StatusOr<SaveResult>> Client::SaveAsync(const std::string& nam
     }
     auto done = std::make_shared<std::atomic<bool>>(false);
     // The thread uses raw_, which outlives it: Close() joins it first.
-    std::thread thread(
-        [raw = raw_.get(), name, options, flat, done, promise = std::move(promise)]() mutable {
-          absl::StatusOr<SaveResult> result = raw->Save(name, (*flat)->input, options);
-          flat.reset();  // the snapshot's memory goes before the future is ready
-          promise.set_value(std::move(result));
-          done->store(true);
-        });
+    std::thread thread([raw = raw_.get(), name, options = WithParent(options), flat, done,
+                        promise = std::move(promise)]() mutable {
+      absl::StatusOr<SaveResult> result = raw->Save(name, (*flat)->input, options);
+      flat.reset();  // the snapshot's memory goes before the future is ready
+      promise.set_value(std::move(result));
+      done->store(true);
+    });
     async_->tasks.push_back({std::move(thread), std::move(done)});
   }
   for (AsyncSaves::Task& task : finished) task.thread.join();
@@ -108,6 +124,7 @@ absl::StatusOr<c10::IValue> Client::Load(const std::string& name, const TorchLoa
   raw_options.timeout = options.timeout;
   internal::IValueSink sink(options.map_location);
   CKPT_RETURN_IF_ERROR(raw_->Load(name, raw_options, &sink));
+  Loaded(sink.version());
   return sink.Build(options.rename);
 }
 
@@ -200,6 +217,7 @@ absl::StatusOr<IncompatibleKeys> Client::LoadInto(const std::string& name,
   // Also after a failure: no copy may still be writing the caller's tensors.
   status.Update(sink.FinishDeviceCopies());
   CKPT_RETURN_IF_ERROR(status);
+  Loaded(sink.version());
   return result;
 }
 

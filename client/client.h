@@ -28,6 +28,7 @@
 #include <future>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -169,8 +170,20 @@ class Client {
   /// The protocol-level client this one is built on.
   RawClient& raw() { return *raw_; }
 
+  /// Lineage: "NAME@VERSION" of the version this client last loaded (Load
+  /// or LoadInto); empty before any. A Save or SaveAsync without
+  /// SaveOptions::parent records it as the new version's parent, as a job
+  /// that resumed from it would (set SaveOptions::parent to say otherwise,
+  /// e.g. a warm start). Thread-safe.
+  std::string last_loaded() const;
+
  private:
   explicit Client(std::unique_ptr<RawClient> raw);
+  void Loaded(const VersionInfo& version);
+  SaveOptions WithParent(const SaveOptions& options) const;
+
+  mutable std::mutex lineage_mu_;
+  std::string last_loaded_;
   struct AsyncSaves;  // the threads of SaveAsync in flight
 
   std::unique_ptr<RawClient> raw_;

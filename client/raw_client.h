@@ -96,6 +96,11 @@ struct SaveOptions {
   /// Servers may refuse them for a prefix regardless
   /// (ckpt-server --reject-nonfinite). Default: false.
   bool reject_nonfinite = false;
+  /// Lineage: "NAME@VERSION" this version was trained from (e.g. the
+  /// version a resumed job loaded, or another run's for a warm start);
+  /// empty: none. InvalidArgument unless a valid name and a version number.
+  /// Default: "".
+  std::string parent;
   /// Called from the saving thread after each node batch has been hashed and
   /// its missing chunks sent, with the data bytes done so far and the total
   /// (e.g. for a progress bar). Default: none.

@@ -11,6 +11,7 @@ void ToSaveBegin(const std::string& name, const SaveOptions& options, v1::SaveBe
   begin->mutable_metadata()->insert(options.metadata.begin(), options.metadata.end());
   for (const std::string& tag : options.tags) begin->add_tags(tag);
   begin->set_reject_nonfinite(options.reject_nonfinite);
+  begin->set_parent(options.parent);
   if (options.world_size > 1) {
     begin->mutable_part()->set_rank(options.rank);
     begin->mutable_part()->set_world_size(options.world_size);

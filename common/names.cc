@@ -336,4 +336,13 @@ absl::StatusOr<VersionRef> ParseVersionRef(absl::string_view text) {
   return ref;
 }
 
+absl::Status ValidateParent(absl::string_view parent) {
+  auto ref = ParseVersionRef(parent);
+  if (!ref.ok() || ref->version == 0 || parent.find('@') == absl::string_view::npos) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "parent '", Excerpt(parent), "' must be NAME@VERSION (a version number, not a tag)"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace ckpt

@@ -128,6 +128,10 @@ struct VersionRef {
 /// Parses NAME[@VERSION|@TAG]; validates the name and tag.
 absl::StatusOr<VersionRef> ParseVersionRef(absl::string_view text);
 
+/// A lineage parent: "NAME@VERSION" with a valid name and a version number
+/// (not a tag: tags move). InvalidArgument saying so otherwise.
+absl::Status ValidateParent(absl::string_view parent);
+
 }  // namespace ckpt
 
 #endif  // CKPT_COMMON_NAMES_H_

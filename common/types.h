@@ -240,6 +240,10 @@ struct VersionInfo {
   /// version of its namespace held (what dedup did not save).
   uint64_t new_bytes = 0;
   uint32_t world_size = 1;  ///< Parts (ranks) the version was saved in.
+  /// Lineage: "NAME@VERSION" this version was trained from (a resumed
+  /// run's last load, a warm start); empty: none. The parent may have been
+  /// deleted since.
+  std::string parent;
 };
 
 /// Summary of one checkpoint name.

@@ -156,6 +156,7 @@ VersionInfo FromProto(const v1::VersionInfo& proto) {
   info.data_bytes = proto.data_bytes();
   info.new_bytes = proto.new_bytes();
   info.world_size = proto.world_size();
+  info.parent = proto.parent();
   return info;
 }
 
@@ -172,6 +173,7 @@ void ToProto(const VersionInfo& info, v1::VersionInfo* proto) {
   proto->set_data_bytes(info.data_bytes);
   proto->set_new_bytes(info.new_bytes);
   proto->set_world_size(info.world_size);
+  proto->set_parent(info.parent);
 }
 
 RetentionPolicy FromProto(const v1::RetentionPolicy& proto) {

@@ -90,6 +90,7 @@ void PendingSaves::CommitEntry(Entry entry) {
   const SavePart& first = entry.parts.begin()->second;
   spec.step = first.step;
   spec.epoch = first.epoch;
+  spec.parent = first.parent;
   spec.tags.assign(tags.begin(), tags.end());
   absl::StatusOr<VersionInfo> result;
   absl::Status valid = ValidateTree(spec.tree, max_chunk_bytes_);

@@ -39,6 +39,7 @@ struct SavePart {
   int64_t epoch = 0;
   std::map<std::string, std::string> metadata;
   std::vector<std::string> tags;
+  std::string parent;
   SaveWaiter* waiter = nullptr;  ///< Ref'd by AddPart.
   /// The tree's share of the server's memory budget, released with the part.
   MemoryReservation memory;

@@ -205,6 +205,7 @@ class SaveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc:
     record_.set_checkpoint(begin.name());
     CKPT_RETURN_IF_ERROR(principal_->Check(Right::kWrite, begin.name()));
     for (const std::string& tag : begin.tags()) CKPT_RETURN_IF_ERROR(ValidateUserTag(tag));
+    if (!begin.parent().empty()) CKPT_RETURN_IF_ERROR(ValidateParent(begin.parent()));
     CKPT_RETURN_IF_ERROR(ValidateMetadata(
         std::map<std::string, std::string>(begin.metadata().begin(), begin.metadata().end())));
     const v1::PartInfo& part = begin.part();
@@ -390,6 +391,7 @@ class SaveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc:
     save_part.epoch = begin_.epoch();
     save_part.metadata.insert(begin_.metadata().begin(), begin_.metadata().end());
     save_part.tags.assign(begin_.tags().begin(), begin_.tags().end());
+    save_part.parent = begin_.parent();
     save_part.waiter = this;
     save_part.memory = std::move(memory_);
     waiting_.store(true);
@@ -439,6 +441,7 @@ class SaveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc:
     spec->metadata.insert(begin_.metadata().begin(), begin_.metadata().end());
     spec->tags.assign(begin_.tags().begin(), begin_.tags().end());
     spec->world_size = 1;
+    spec->parent = begin_.parent();
   }
 
   void Send(const v1::SaveResponse& response) {

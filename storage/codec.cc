@@ -418,6 +418,8 @@ std::string EncodeVersionRecord(const VersionInfo& info) {
   w.Varint(info.data_bytes);
   w.Varint(info.new_bytes);
   w.Varint(info.world_size);
+  // Optional tail (store format 2): records without it have no parent.
+  if (!info.parent.empty()) w.String(info.parent);
   return w.Take();
 }
 
@@ -444,6 +446,9 @@ absl::StatusOr<VersionInfo> DecodeVersionRecord(absl::string_view bytes) {
   CKPT_ASSIGN_OR_RETURN(info.data_bytes, r.Varint());
   CKPT_ASSIGN_OR_RETURN(info.new_bytes, r.Varint());
   CKPT_ASSIGN_OR_RETURN(info.world_size, r.Varint32("world size"));
+  if (r.remaining() > 0) {
+    CKPT_ASSIGN_OR_RETURN(info.parent, r.String());
+  }
   CKPT_RETURN_IF_ERROR(r.Finish());
   return info;
 }

@@ -206,6 +206,7 @@ absl::StatusOr<VersionInfo> RocksDbStore::Commit(CommitSpec spec,
   }
   info.new_bytes = new_bytes;
   info.world_size = spec.world_size;
+  info.parent = spec.parent;
 
   batch.Put(core_->manifests_cf, VersionKey(name, version), EncodeVersionRecord(info));
   batch.Put(core_->manifests_cf, ManifestKey(name, version), EncodeTree(spec.tree));

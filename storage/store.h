@@ -123,6 +123,9 @@ struct CommitSpec {
   /// multi-part save, merged.
   Tree tree;
   uint32_t world_size = 1;
+  /// Lineage: "NAME@VERSION" the version was trained from; empty: none.
+  /// Recorded as given (callers check its syntax: ValidateParent).
+  std::string parent;
 };
 
 class Store;

@@ -221,6 +221,34 @@ TEST_F(ClientTest, ModuleStateDictOrderAndInPlaceLoad) {
   EXPECT_TRUE(fresh->hidden->weight.requires_grad());
 }
 
+// Lineage: a job that resumed from a version (Load or LoadInto) records it
+// as the parent of what it saves next; SaveOptions::parent overrides.
+TEST_F(ClientTest, SavesAfterALoadRecordItAsTheirParent) {
+  EXPECT_EQ(client_->last_loaded(), "");
+  auto first = client_->Save("lineage/run-1", torch::ones({3}), {});
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(first->version.parent, "");
+  ASSERT_TRUE(client_->Load("lineage/run-1", {}).ok());
+  EXPECT_EQ(client_->last_loaded(), "lineage/run-1@1");
+  auto resumed = client_->Save("lineage/run-2", torch::ones({3}), {});
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  EXPECT_EQ(resumed->version.parent, "lineage/run-1@1");
+  auto net = std::make_shared<Net>();
+  ASSERT_TRUE(client_->Save("lineage/net", StateDict(*net), {}).ok());
+  ASSERT_TRUE(client_->LoadInto("lineage/net", *net, "", true, {}).ok());
+  SaveOptions warm_start;
+  warm_start.parent = "lineage/run-2@1";
+  auto explicit_parent = client_->SaveAsync("lineage/run-3", torch::ones({3}), warm_start).get();
+  ASSERT_TRUE(explicit_parent.ok()) << explicit_parent.status();
+  EXPECT_EQ(explicit_parent->version.parent, "lineage/run-2@1");
+  auto from_net = client_->SaveAsync("lineage/run-4", torch::ones({3}), {}).get();
+  ASSERT_TRUE(from_net.ok());
+  EXPECT_EQ(from_net->version.parent, "lineage/net@1");
+  auto versions = client_->raw().ListVersions("lineage/run-2");
+  ASSERT_TRUE(versions.ok());
+  EXPECT_EQ((*versions)[0].parent, "lineage/run-1@1");
+}
+
 TEST_F(ClientTest, StrictMismatchListsKeysAndShapeMismatchNamesKey) {
   auto net = std::make_shared<Net>();
   c10::Dict<std::string, at::Tensor> sd = StateDict(*net);

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_split.h"
 #include "client/raw_client.h"
 #include "common/tensor_diff.h"
 #include "tests/testing/server_fixture.h"
@@ -178,6 +179,48 @@ TEST_F(DiffTest, CliPrintsTheTableAndJson) {
   EXPECT_EQ(out["tensors"][4]["change"], "only in b");
   auto missing = testing::RunCommand({cli, "--server", address(), "diff", "a/model@9", "@1"});
   EXPECT_EQ(missing.exit_code, 3) << missing.out;  // NOT_FOUND
+}
+
+// Lineage: SaveOptions::parent is checked, stored, returned with the
+// version, and `ckpt log` follows it across names to a deleted ancestor.
+TEST_F(DiffTest, LineageIsRecordedAndFollowed) {
+  testing::TreeBuilder b;
+  b.Dict(1).Tensor(std::string("w"), DType::kFloat32, {4}, 9);
+  client::SaveOptions options;
+  options.parent = "a/model@1";
+  ASSERT_OK_AND_ASSIGN(client::SaveResult warm, client_->Save("b/run", b.Input(), options));
+  EXPECT_EQ(warm.version.parent, "a/model@1");
+  options.parent = "b/run@1";
+  ASSERT_OK(client_->Save("c/run", b.Input(), options).status());
+  ASSERT_OK_AND_ASSIGN(client::LoadedValue manifest, client_->GetManifest("c/run", 1, ""));
+  EXPECT_EQ(manifest.version.parent, "b/run@1");
+  options.parent = "a/model@latest";
+  absl::Status bad = client_->Save("c/run", b.Input(), options).status();
+  EXPECT_EQ(bad.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(bad.message(),
+            "parent 'a/model@latest' must be NAME@VERSION (a version number, not a tag)");
+
+  const std::string cli = testing::CliBinary();
+  auto log = testing::RunCommand({cli, "--server", address(), "log", "c/run"});
+  ASSERT_EQ(log.exit_code, 0) << log.err;
+  std::vector<std::string> lines = absl::StrSplit(log.out, '\n', absl::SkipEmpty());
+  ASSERT_EQ(lines.size(), 3u) << log.out;
+  EXPECT_THAT(lines[0], ::testing::StartsWith("c/run@1  step 0  "));
+  EXPECT_THAT(lines[1], ::testing::StartsWith("b/run@1  step 0  "));
+  EXPECT_THAT(lines[2], ::testing::StartsWith("a/model@1  step 0  "));
+  auto show = testing::RunCommand({cli, "--server", address(), "show", "c/run"});
+  EXPECT_THAT(show.out, HasSubstr("parent:     b/run@1\n"));
+
+  ASSERT_OK(client_->DeleteVersion("a/model", 1, false).status());
+  log = testing::RunCommand({cli, "--server", address(), "log", "--json", "c/run@1"});
+  ASSERT_EQ(log.exit_code, 0) << log.err;
+  const nlohmann::json out = nlohmann::json::parse(log.out);
+  ASSERT_EQ(out["chain"].size(), 2u);
+  EXPECT_EQ(out["chain"][1]["parent"], "a/model@1");
+  EXPECT_EQ(out["missing_parent"], "a/model@1");
+  log = testing::RunCommand({cli, "--server", address(), "log", "c/run"});
+  EXPECT_THAT(log.out, HasSubstr("a/model@1  (deleted)\n"));
+  EXPECT_EQ(testing::RunCommand({cli, "--server", address(), "log", "c/run@5"}).exit_code, 3);
 }
 
 }  // namespace

@@ -68,6 +68,7 @@ EXPECTED = [
     "1.0 1.0 0",
     "0 identical, 1 changed, 0 dtype/shape changed, 0 only in a, 1 only in b",
     "model/w  changed    1       2             float32[4]",
+    "team/run-1/nan-demo@2  step 0  ",
     "grpc.health.v1.Health",
     '"status": "SERVING"',
 ]

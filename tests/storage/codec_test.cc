@@ -270,6 +270,7 @@ TEST(CodecTest, VersionRecordRoundTripsAllFieldsButTags) {
   info.data_bytes = uint64_t{1} << 40;
   info.new_bytes = 77;
   info.world_size = 8;
+  info.parent = "team/run-41/model@7";
   auto decoded = DecodeVersionRecord(EncodeVersionRecord(info));
   ASSERT_TRUE(decoded.ok()) << decoded.status();
   EXPECT_EQ(decoded->name, info.name);
@@ -284,9 +285,20 @@ TEST(CodecTest, VersionRecordRoundTripsAllFieldsButTags) {
   EXPECT_EQ(decoded->data_bytes, info.data_bytes);
   EXPECT_EQ(decoded->new_bytes, info.new_bytes);
   EXPECT_EQ(decoded->world_size, info.world_size);
+  EXPECT_EQ(decoded->parent, info.parent);
 
+  // The parent is an optional tail (format 1 records have none): a record
+  // cut right before it reads as one without a parent; every other cut is
+  // corrupt.
+  VersionInfo orphan = info;
+  orphan.parent.clear();
+  const size_t without_parent = EncodeVersionRecord(orphan).size();
+  auto old_record = DecodeVersionRecord(EncodeVersionRecord(orphan));
+  ASSERT_TRUE(old_record.ok());
+  EXPECT_EQ(old_record->parent, "");
   std::string good = EncodeVersionRecord(info);
   for (size_t n = 0; n < good.size(); ++n) {
+    if (n == without_parent) continue;
     auto r = DecodeVersionRecord(good.substr(0, n));
     ASSERT_EQ(r.status().code(), absl::StatusCode::kDataLoss) << n;
     EXPECT_NE(r.status().message().find("corrupt version record"), std::string::npos);

@@ -29,6 +29,7 @@ class VersionInfo:
     data_bytes: int
     new_bytes: int
     world_size: int
+    parent: str = ""  # lineage: "NAME@VERSION" it was trained from; "" for none
 
     @staticmethod
     def from_proto(v: pb.VersionInfo) -> "VersionInfo":
@@ -38,7 +39,7 @@ class VersionInfo:
                 v.create_time.seconds + v.create_time.nanos / 1e9, tz=datetime.timezone.utc)
         return VersionInfo(v.name, v.version, created, v.step, v.epoch, dict(v.metadata),
                            list(v.tags), v.num_tensors, v.num_nodes, v.data_bytes, v.new_bytes,
-                           v.world_size)
+                           v.world_size, v.parent)
 
 
 @dataclasses.dataclass(frozen=True)

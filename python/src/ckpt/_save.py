@@ -94,7 +94,7 @@ class _SaveCall:
     def __init__(self, client: "Client", name: str, flat: _tree.Flat, step: int, epoch: int,
                  metadata: Optional[Dict[str, str]], tags: Sequence[str], part: Optional[Part],
                  timeout: Optional[float], tensor_stats: bool = False,
-                 reject_nonfinite: bool = False) -> None:
+                 reject_nonfinite: bool = False, parent: str = "") -> None:
         self.client = client
         self.name = name
         self.flat = flat
@@ -111,6 +111,7 @@ class _SaveCall:
             b.metadata[str(k)] = str(v)
         b.tags.extend(tags)
         b.reject_nonfinite = bool(reject_nonfinite)
+        b.parent = parent or ""
         self._stats = bool(tensor_stats or reject_nonfinite)
         if part is not None and part.world_size > 1:
             b.part.rank = part.rank

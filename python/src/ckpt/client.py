@@ -125,6 +125,9 @@ class Client:
         self._lock = threading.Lock()
         self._channel: Optional[grpc.Channel] = None
         self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        # Lineage: "NAME@VERSION" of the last load/load_state_dict; a save
+        # without parent= records it as the new version's parent.
+        self._last_loaded = ""
 
     # -- connection
 
@@ -139,6 +142,7 @@ class Client:
         self._lock = threading.Lock()
         self._channel = None
         self._executor = None
+        self._last_loaded = ""  # a copy starts its own lineage
 
     def __repr__(self) -> str:
         return f"ckpt.Client({self.target!r}{', tls=True' if self._tls else ''})"
@@ -207,7 +211,7 @@ class Client:
              epoch: int = 0, metadata: Optional[Dict[str, Any]] = None,
              timeout: Optional[float] = None, rank: int = 0, world_size: int = 1,
              save_id: str = "", tensor_stats: bool = False,
-             reject_nonfinite: bool = False) -> SaveResult:
+             reject_nonfinite: bool = False, parent: Optional[str] = None) -> SaveResult:
         """``torch.save(obj, ...)`` as the next version of ``name``.
 
         ``obj`` is anything ``torch.save`` takes in the PyTorch tutorial: tensors of
@@ -233,17 +237,23 @@ class Client:
         that hold NaN or infinities, and nothing is saved. A server may refuse them
         for a name prefix on its own (``ckpt-server --reject-nonfinite``): saves
         there need ``tensor_stats=True``.
+
+        Lineage: ``parent="NAME@VERSION"`` records the version this one was trained
+        from (``ckpt log``); by default the version this client last loaded
+        (``load``/``load_state_dict``), as a resumed job would; ``parent=""`` for
+        none.
         """
         flat = _tree.flatten(obj, snapshot=False)
         part = Part(rank, world_size, save_id) if world_size > 1 else None
         return self._save_flat(name, flat, step=step, epoch=epoch, metadata=metadata,
                                tags=tags, part=part, timeout=timeout,
-                               tensor_stats=tensor_stats, reject_nonfinite=reject_nonfinite)
+                               tensor_stats=tensor_stats, reject_nonfinite=reject_nonfinite,
+                               parent=self._last_loaded if parent is None else parent)
 
     def save_async(self, obj: Any, name: str, *, tags: Sequence[str] = (), step: int = 0,
                    epoch: int = 0, metadata: Optional[Dict[str, Any]] = None,
                    timeout: Optional[float] = None, tensor_stats: bool = False,
-                   reject_nonfinite: bool = False
+                   reject_nonfinite: bool = False, parent: Optional[str] = None
                    ) -> "concurrent.futures.Future[SaveResult]":
         """Like :meth:`save`, but returns once every tensor has been copied to host
         memory (the snapshot): the caller may change its tensors right away. The
@@ -256,26 +266,30 @@ class Client:
             executor = self._executor
         return executor.submit(self._save_flat, name, flat, step=step, epoch=epoch,
                                metadata=metadata, tags=tags, timeout=timeout,
-                               tensor_stats=tensor_stats, reject_nonfinite=reject_nonfinite)
+                               tensor_stats=tensor_stats, reject_nonfinite=reject_nonfinite,
+                               parent=self._last_loaded if parent is None else parent)
 
     def _save_flat(self, name: str, flat: _tree.Flat, *, step: int = 0, epoch: int = 0,
                    metadata: Optional[Dict[str, Any]] = None, tags: Sequence[str] = (),
                    part: Optional[Part] = None, timeout: Optional[float] = None,
-                   tensor_stats: bool = False, reject_nonfinite: bool = False) -> SaveResult:
+                   tensor_stats: bool = False, reject_nonfinite: bool = False,
+                   parent: str = "") -> SaveResult:
         call = self._start_save(name, flat, step=step, epoch=epoch, metadata=metadata,
                                 tags=tags, part=part, timeout=timeout,
-                                tensor_stats=tensor_stats, reject_nonfinite=reject_nonfinite)
+                                tensor_stats=tensor_stats, reject_nonfinite=reject_nonfinite,
+                                parent=parent)
         return call.result()
 
     def _start_save(self, name: str, flat: _tree.Flat, *, step: int = 0, epoch: int = 0,
                     metadata: Optional[Dict[str, Any]] = None, tags: Sequence[str] = (),
                     part: Optional[Part] = None, timeout: Optional[float] = None,
-                    tensor_stats: bool = False, reject_nonfinite: bool = False) -> _SaveCall:
+                    tensor_stats: bool = False, reject_nonfinite: bool = False,
+                    parent: str = "") -> _SaveCall:
         """Sends a save up to its commit; ``.result()`` on the returned call waits
         for the version (multi-part saves: for every part)."""
         self._connect()
         call = _SaveCall(self, name, flat, step, epoch, metadata, list(tags), part, timeout,
-                         tensor_stats, reject_nonfinite)
+                         tensor_stats, reject_nonfinite, parent)
         call.send()
         return call
 
@@ -327,7 +341,8 @@ class Client:
         """
         name, version, tag = _parse_ref(name, version, tag)
         sink = _ValueSink(map_location)
-        self._load_stream(name, sink, version, tag, keys, timeout=timeout)
+        info = self._load_stream(name, sink, version, tag, keys, timeout=timeout)
+        self._last_loaded = f"{info.name}@{info.version}"
         return sink.build(strip_prefix)
 
     def load_state_dict(self, module: Union[torch.nn.Module, Dict[str, torch.Tensor]],
@@ -368,7 +383,8 @@ class Client:
                             module.__class__.__name__)
         patterns = [escape_glob(prefix)] if prefix else []
         with torch.no_grad():
-            self._load_stream(name, sink, version, tag, patterns, timeout=timeout)
+            info = self._load_stream(name, sink, version, tag, patterns, timeout=timeout)
+            self._last_loaded = f"{info.name}@{info.version}"
         from torch.nn.modules.module import _IncompatibleKeys
         return _IncompatibleKeys(sink.missing, sink.unexpected)
 

@@ -148,7 +148,7 @@ class PartInfo(_message.Message):
     def __init__(self, rank: _Optional[int] = ..., world_size: _Optional[int] = ..., save_id: _Optional[str] = ...) -> None: ...
 
 class VersionInfo(_message.Message):
-    __slots__ = ("name", "version", "create_time", "step", "epoch", "metadata", "tags", "num_tensors", "num_nodes", "data_bytes", "new_bytes", "world_size")
+    __slots__ = ("name", "version", "create_time", "step", "epoch", "metadata", "tags", "num_tensors", "num_nodes", "data_bytes", "new_bytes", "world_size", "parent")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -168,6 +168,7 @@ class VersionInfo(_message.Message):
     DATA_BYTES_FIELD_NUMBER: _ClassVar[int]
     NEW_BYTES_FIELD_NUMBER: _ClassVar[int]
     WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PARENT_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     create_time: _timestamp_pb2.Timestamp
@@ -180,10 +181,11 @@ class VersionInfo(_message.Message):
     data_bytes: int
     new_bytes: int
     world_size: int
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step: _Optional[int] = ..., epoch: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., tags: _Optional[_Iterable[str]] = ..., num_tensors: _Optional[int] = ..., num_nodes: _Optional[int] = ..., data_bytes: _Optional[int] = ..., new_bytes: _Optional[int] = ..., world_size: _Optional[int] = ...) -> None: ...
+    parent: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step: _Optional[int] = ..., epoch: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., tags: _Optional[_Iterable[str]] = ..., num_tensors: _Optional[int] = ..., num_nodes: _Optional[int] = ..., data_bytes: _Optional[int] = ..., new_bytes: _Optional[int] = ..., world_size: _Optional[int] = ..., parent: _Optional[str] = ...) -> None: ...
 
 class SaveBegin(_message.Message):
-    __slots__ = ("name", "step", "epoch", "metadata", "tags", "part", "reject_nonfinite")
+    __slots__ = ("name", "step", "epoch", "metadata", "tags", "part", "reject_nonfinite", "parent")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -198,6 +200,7 @@ class SaveBegin(_message.Message):
     TAGS_FIELD_NUMBER: _ClassVar[int]
     PART_FIELD_NUMBER: _ClassVar[int]
     REJECT_NONFINITE_FIELD_NUMBER: _ClassVar[int]
+    PARENT_FIELD_NUMBER: _ClassVar[int]
     name: str
     step: int
     epoch: int
@@ -205,7 +208,8 @@ class SaveBegin(_message.Message):
     tags: _containers.RepeatedScalarFieldContainer[str]
     part: PartInfo
     reject_nonfinite: bool
-    def __init__(self, name: _Optional[str] = ..., step: _Optional[int] = ..., epoch: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., tags: _Optional[_Iterable[str]] = ..., part: _Optional[_Union[PartInfo, _Mapping]] = ..., reject_nonfinite: _Optional[bool] = ...) -> None: ...
+    parent: str
+    def __init__(self, name: _Optional[str] = ..., step: _Optional[int] = ..., epoch: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., tags: _Optional[_Iterable[str]] = ..., part: _Optional[_Union[PartInfo, _Mapping]] = ..., reject_nonfinite: _Optional[bool] = ..., parent: _Optional[str] = ...) -> None: ...
 
 class NodeBatch(_message.Message):
     __slots__ = ("nodes",)
