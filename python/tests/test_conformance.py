@@ -47,12 +47,24 @@ def test_same_tree_and_digests_as_the_cpp_client(client, server, name, tmp_path)
     out = subprocess.run([cli_binary(), "--server", server.address, "import", str(path),
                           name + "-cpp"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    saved = client.save(value, name + "-py")
+    saved = client.save(value, name + "-py", tensor_stats=True)
     assert saved.bytes_sent == 0 and saved.new_bytes == 0, "the C++ client's chunks are reused"
     assert manifest(client, name + "-py") == manifest(client, name + "-cpp")
     py_nodes, cpp_nodes = raw_nodes(client, name + "-py"), raw_nodes(client, name + "-cpp")
     assert len(py_nodes) == len(cpp_nodes)
     for a, b in zip(py_nodes, cpp_nodes):
+        # Statistics: the same counts and extremes (element values), moments
+        # to float precision (torch's reductions vs the C++ pass).
+        if a.HasField("tensor"):
+            assert a.tensor.HasField("stats") == b.tensor.HasField("stats"), (a, b)
+            sa, sb = a.tensor.stats, b.tensor.stats
+            assert (sa.count, sa.nan, sa.pos_inf, sa.neg_inf, sa.min, sa.max) == \
+                (sb.count, sb.nan, sb.pos_inf, sb.neg_inf, sb.min, sb.max), (a, b)
+            for field in ("mean", "std", "l2"):
+                assert getattr(sa, field) == pytest.approx(getattr(sb, field), rel=1e-5,
+                                                           abs=1e-6), (field, a, b)
+            a.tensor.ClearField("stats")
+            b.tensor.ClearField("stats")
         assert a == b, (a, b)
 
 
