@@ -10,10 +10,12 @@ while it hashes.
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import datetime
 import os
 import threading
+import weakref
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import grpc
@@ -32,6 +34,20 @@ from ckpt.v1 import checkpoint_pb2_grpc as pb_grpc
 _SERVICE = "/ckpt.v1.CheckpointService/"
 # Response messages are <= 4 MiB by protocol; leave headroom.
 _MAX_RECEIVE = (4 << 20) + (256 << 10)
+
+# Clients with an open channel: closed at interpreter exit, before Python
+# tears down the modules grpc's callbacks still use (a process that exits
+# without close() then ends quietly).
+_OPEN: "weakref.WeakSet[Client]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_clients() -> None:
+    for client in list(_OPEN):
+        try:
+            client.close()
+        except Exception:  # noqa: BLE001 - exiting anyway
+            pass
 DEFAULT_SERVER = "localhost:50051"
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -167,6 +183,7 @@ class Client:
         with self._lock:
             if self._channel is not None:
                 return
+            _OPEN.add(self)
             _tune_malloc()
             options = [("grpc.max_receive_message_length", _MAX_RECEIVE),
                        ("grpc.max_send_message_length", 4 << 20)]
