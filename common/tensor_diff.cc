@@ -34,31 +34,16 @@ const char* TensorChangeName(TensorChange change) {
 }
 
 DiffAccumulator::DiffAccumulator(DType dtype)
-    : dtype_(ComponentType(dtype)), element_bytes_(std::max<size_t>(1, DTypeSize(dtype_))) {}
+    : dtype_(ComponentType(dtype)),
+      element_bytes_(std::max<size_t>(1, DTypeSize(dtype_))),
+      carry_(element_bytes_) {}
 
 void DiffAccumulator::Add(absl::string_view a, absl::string_view b) {
   if (a != b) identical_ = false;
-  auto* pa = reinterpret_cast<const uint8_t*>(a.data());
-  auto* pb = reinterpret_cast<const uint8_t*>(b.data());
-  size_t left = std::min(a.size(), b.size());
-  if (carry_bytes_ > 0) {
-    const size_t take = std::min(left, element_bytes_ - carry_bytes_);
-    std::memcpy(carry_a_ + carry_bytes_, pa, take);
-    std::memcpy(carry_b_ + carry_bytes_, pb, take);
-    carry_bytes_ += take;
-    pa += take;
-    pb += take;
-    left -= take;
-    if (carry_bytes_ < element_bytes_) return;
-    AddElements(carry_a_, carry_b_, 1);
-    carry_bytes_ = 0;
-  }
-  const size_t whole = left / element_bytes_;
-  AddElements(pa, pb, whole);
-  const size_t rest = left - whole * element_bytes_;
-  std::memcpy(carry_a_, pa + whole * element_bytes_, rest);
-  std::memcpy(carry_b_, pb + whole * element_bytes_, rest);
-  carry_bytes_ = rest;
+  carry_.Feed(
+      {reinterpret_cast<const uint8_t*>(a.data()), reinterpret_cast<const uint8_t*>(b.data())},
+      std::min(a.size(), b.size()),
+      [this](const ElementCarry<2>::Starts& p, size_t n) { AddElements(p[0], p[1], n); });
 }
 
 void DiffAccumulator::AddElements(const uint8_t* a, const uint8_t* b, size_t n) {

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/strings/string_view.h"
+#include "common/tensor_stats.h"
 #include "common/types.h"
 
 namespace ckpt {
@@ -80,9 +81,7 @@ class DiffAccumulator {
 
   DType dtype_;  // complex tensors compare as their real component type
   size_t element_bytes_;
-  uint8_t carry_a_[8] = {};
-  uint8_t carry_b_[8] = {};
-  size_t carry_bytes_ = 0;
+  ElementCarry<2> carry_;
   bool identical_ = true;
   double sum_sq_a_ = 0;
   double sum_sq_diff_ = 0;

@@ -120,27 +120,13 @@ bool IsFloating(DType dtype) {
 }
 
 StatsAccumulator::StatsAccumulator(DType dtype)
-    : dtype_(dtype), element_bytes_(std::max<size_t>(1, DTypeSize(dtype))) {}
+    : dtype_(dtype),
+      element_bytes_(std::max<size_t>(1, DTypeSize(dtype))),
+      carry_(element_bytes_) {}
 
 void StatsAccumulator::Add(absl::string_view bytes) {
-  auto* p = reinterpret_cast<const uint8_t*>(bytes.data());
-  size_t left = bytes.size();
-  if (carry_bytes_ > 0) {
-    const size_t take = std::min(left, element_bytes_ - carry_bytes_);
-    std::memcpy(carry_ + carry_bytes_, p, take);
-    carry_bytes_ += take;
-    p += take;
-    left -= take;
-    if (carry_bytes_ < element_bytes_) return;
-    AddElements(carry_, 1);
-    carry_bytes_ = 0;
-  }
-  const size_t whole = left / element_bytes_;
-  AddElements(p, whole);
-  p += whole * element_bytes_;
-  left -= whole * element_bytes_;
-  std::memcpy(carry_, p, left);
-  carry_bytes_ = left;
+  carry_.Feed({reinterpret_cast<const uint8_t*>(bytes.data())}, bytes.size(),
+              [this](const ElementCarry<1>::Starts& p, size_t n) { AddElements(p[0], n); });
 }
 
 // One block of at most kBlock elements; load(i) gives element i, `native`

@@ -5,8 +5,11 @@
 // over a tensor's bytes as they stream, in pieces of any size: what clients
 // run next to hashing, and what the server checks what they send against.
 
+#include <algorithm>
+#include <array>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
@@ -25,6 +28,49 @@ bool IsFloating(DType dtype);
 /// The element at `p` of a real `dtype` (HasStats) as a double; bool is 0
 /// or 1. Any alignment.
 double ElementValue(DType dtype, const uint8_t* p);
+
+/// Regroups equal-length pieces of `kStreams` byte streams of one element
+/// size into runs of whole elements: an element split between pieces is
+/// carried (a few bytes) to the next Feed. What StatsAccumulator (one
+/// stream) and DiffAccumulator (two in lockstep) feed their bytes through.
+template <size_t kStreams>
+class ElementCarry {
+ public:
+  using Starts = std::array<const uint8_t*, kStreams>;
+  /// `element_bytes` in [1, 8].
+  explicit ElementCarry(size_t element_bytes) : element_bytes_(element_bytes) {}
+
+  /// The next `len` bytes of every stream (starting at p[s]); calls
+  /// fn(starts, n) for each run of n >= 1 whole elements.
+  template <typename Fn>
+  void Feed(Starts p, size_t len, const Fn& fn) {
+    if (carry_bytes_ > 0) {
+      const size_t take = std::min(len, element_bytes_ - carry_bytes_);
+      for (size_t s = 0; s < kStreams; ++s) {
+        std::memcpy(carry_[s] + carry_bytes_, p[s], take);
+        p[s] += take;
+      }
+      carry_bytes_ += take;
+      len -= take;
+      if (carry_bytes_ < element_bytes_) return;
+      Starts carried;
+      for (size_t s = 0; s < kStreams; ++s) carried[s] = carry_[s];
+      fn(carried, size_t{1});
+      carry_bytes_ = 0;
+    }
+    const size_t whole = len / element_bytes_;
+    if (whole > 0) fn(p, whole);
+    carry_bytes_ = len - whole * element_bytes_;
+    for (size_t s = 0; s < kStreams; ++s) {
+      std::memcpy(carry_[s], p[s] + whole * element_bytes_, carry_bytes_);
+    }
+  }
+
+ private:
+  size_t element_bytes_;
+  uint8_t carry_[kStreams][8] = {};
+  size_t carry_bytes_ = 0;
+};
 
 /// Accumulates the statistics of one tensor from its bytes, given in order
 /// in pieces of any size (an element may straddle two pieces). Numerically
@@ -50,8 +96,7 @@ class StatsAccumulator {
 
   DType dtype_;
   size_t element_bytes_;
-  uint8_t carry_[8] = {};
-  size_t carry_bytes_ = 0;
+  ElementCarry<1> carry_;
   uint64_t count_ = 0;
   uint64_t finite_ = 0;
   uint64_t nan_ = 0;
