@@ -34,6 +34,7 @@ install(FILES ${PROJECT_SOURCE_DIR}/client/raw_client.h ${PROJECT_SOURCE_DIR}/cl
   DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/ckpt/client)
 install(FILES ${PROJECT_SOURCE_DIR}/common/types.h ${PROJECT_SOURCE_DIR}/common/retention.h
               ${PROJECT_SOURCE_DIR}/common/slice.h ${PROJECT_SOURCE_DIR}/common/tensor_diff.h
+              ${PROJECT_SOURCE_DIR}/common/tensor_stats.h
   DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/ckpt/common)
 
 set(ckpt_cmake_dir ${CMAKE_INSTALL_LIBDIR}/cmake/ckpt)
