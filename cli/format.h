@@ -16,6 +16,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "client/raw_client.h"
+#include "common/text.h"
 #include "common/types.h"
 
 namespace ckpt::cli {
@@ -23,32 +24,14 @@ namespace ckpt::cli {
 /// JSON objects keep their keys in insertion order so output is stable.
 using Json = nlohmann::ordered_json;
 
-/// ISO-8601 UTC time with second precision: "2024-05-01T12:34:56Z".
-std::string FormatTime(int64_t unix_ms);
-
-/// Binary-prefixed size: "0 B", "24 B", "1.0 KiB", "1.5 GiB" (one decimal
-/// from KiB up).
-std::string HumanBytes(uint64_t bytes);
-
-/// "1.5 GiB (1610612736 bytes)"; just "24 bytes" below 1 KiB.
-std::string HumanAndExactBytes(uint64_t bytes);
-
-/// Shortest decimal that reads back as the same double (std::to_chars), with
-/// ".0" added to integral values so floats stay recognisable ("1.0", "0.25",
-/// "1e-05", "inf", "-inf", "nan").
-std::string FormatFloat(double value);
-
-/// `s` as is when it holds no control characters, else C-escaped
-/// (absl::CEscape), so one value always prints on one line.
-std::string Printable(absl::string_view s);
-
-/// `s` in double quotes with C escapes ("a\"b", "tab\there").
-std::string Quoted(absl::string_view s);
-
-/// Text of a scalar or leaf node without its key: `5`, `0.25`, `True`,
-/// `None`, `"text"`, `float32 [2, 3]  24 B  cpu`, `bytes 1.2 MiB`,
-/// `dict (3)`.
-std::string DescribeNode(const Node& node);
+// The renderings shared with the server's web page (common/text.h).
+using ::ckpt::DescribeNode;
+using ::ckpt::FormatFloat;
+using ::ckpt::FormatTime;
+using ::ckpt::HumanAndExactBytes;
+using ::ckpt::HumanBytes;
+using ::ckpt::Printable;
+using ::ckpt::Quoted;
 
 /// A table printed with columns left-aligned and separated by two spaces;
 /// no trailing whitespace. Prints nothing when `rows` is empty.

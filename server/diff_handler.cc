@@ -11,6 +11,7 @@
 #include "common/tensor_diff.h"
 #include "rpc/convert.h"
 #include "rpc/protocol.h"
+#include "server/queries.h"
 #include "server/service_internal.h"
 
 namespace ckpt::server {
@@ -78,6 +79,78 @@ TensorDiff MetaOf(const std::string& key, TensorChange change, const Node* a, co
 
 }  // namespace
 
+absl::StatusOr<VersionDiff> DiffVersions(storage::Store* store, const DiffQuery& query) {
+  const std::string& name_a = query.name_a;
+  const std::string& name_b = query.name_b;
+  const size_t max_entries = query.max_entries;
+  VersionDiff diff;
+  CKPT_ASSIGN_OR_RETURN(diff.a, store->GetVersion(name_a, query.a));
+  CKPT_ASSIGN_OR_RETURN(diff.b, store->GetVersion(name_b, query.b));
+  CKPT_ASSIGN_OR_RETURN(Tree tree_a, store->GetTree(name_a, diff.a.version));
+  CKPT_ASSIGN_OR_RETURN(Tree tree_b, store->GetTree(name_b, diff.b.version));
+  const std::map<std::string, size_t> in_a = TensorsByKey(tree_a);
+  const std::map<std::string, size_t> in_b = TensorsByKey(tree_b);
+  std::vector<TensorDiff> entries;
+  for (const auto& [key, ia] : in_a) {
+    const Node& a = tree_a[ia];
+    auto it = in_b.find(key);
+    if (it == in_b.end()) {
+      ++diff.only_in_a;
+      entries.push_back(MetaOf(key, TensorChange::kOnlyInA, &a, nullptr));
+      continue;
+    }
+    const Node& b = tree_b[it->second];
+    if (a.tensor.dtype != b.tensor.dtype || a.tensor.shape != b.tensor.shape) {
+      ++diff.meta_changed;
+      entries.push_back(MetaOf(key, TensorChange::kMetaChanged, &a, &b));
+      continue;
+    }
+    // Same chunks (same namespace, or same digests of the same bytes
+    // anywhere): identical without a read.
+    if (a.data.chunk_size == b.data.chunk_size && a.data.chunks == b.data.chunks) {
+      ++diff.identical;
+      continue;
+    }
+    DiffAccumulator acc(a.tensor.dtype);
+    ChunkReader read_a(store, name_a, a), read_b(store, name_b, b);
+    for (;;) {
+      CKPT_ASSIGN_OR_RETURN(absl::string_view piece_a, read_a.Next(SIZE_MAX));
+      if (piece_a.empty()) break;
+      while (!piece_a.empty()) {
+        CKPT_ASSIGN_OR_RETURN(absl::string_view piece_b, read_b.Next(piece_a.size()));
+        if (piece_b.empty()) return absl::DataLossError("tensor '" + key + "' is short");
+        acc.Add(piece_a.substr(0, piece_b.size()), piece_b);
+        piece_a.remove_prefix(piece_b.size());
+      }
+    }
+    diff.bytes_compared += read_a.bytes_read() + read_b.bytes_read();
+    if (acc.identical()) {
+      ++diff.identical;
+      continue;
+    }
+    ++diff.changed;
+    TensorDiff d = MetaOf(key, TensorChange::kChanged, &a, &b);
+    acc.Finish(&d);
+    entries.push_back(std::move(d));
+  }
+  for (const auto& [key, ib] : in_b) {
+    if (in_a.count(key) == 0) {
+      ++diff.only_in_b;
+      entries.push_back(MetaOf(key, TensorChange::kOnlyInB, nullptr, &tree_b[ib]));
+    }
+  }
+  SortTensorDiffs(&entries);
+  // At most max_entries, and what fits a message (keys may be long).
+  size_t keep = 0, bytes = 0;
+  while (keep < entries.size() && keep < max_entries && bytes < 3 * rpc::kNodeBatchBytes) {
+    bytes += entries[keep++].key.size() + 96;
+  }
+  diff.truncated = entries.size() - keep;
+  entries.resize(keep);
+  diff.tensors = std::move(entries);
+  return diff;
+}
+
 grpc::ServerUnaryReactor* CheckpointService::Diff(grpc::CallbackServerContext* context,
                                                   const grpc::ByteBuffer* raw_request,
                                                   grpc::ByteBuffer* raw_response) {
@@ -93,76 +166,15 @@ grpc::ServerUnaryReactor* CheckpointService::Diff(grpc::CallbackServerContext* c
           return absl::InvalidArgumentError(
               absl::StrCat("max_entries ", request.max_entries(), " over ", kMaxDiffEntries));
         }
-        const size_t max_entries =
+        DiffQuery query;
+        query.name_a = name_a;
+        query.a = {request.version(), request.tag()};
+        query.name_b = name_b;
+        query.b = {request.other_version(), request.other_tag()};
+        query.max_entries =
             request.max_entries() == 0 ? kDefaultDiffEntries : request.max_entries();
-        VersionDiff diff;
-        CKPT_ASSIGN_OR_RETURN(diff.a,
-                              store_->GetVersion(name_a, {request.version(), request.tag()}));
-        CKPT_ASSIGN_OR_RETURN(
-            diff.b, store_->GetVersion(name_b, {request.other_version(), request.other_tag()}));
+        CKPT_ASSIGN_OR_RETURN(VersionDiff diff, DiffVersions(store_, query));
         record.set_version(diff.a.version);
-        CKPT_ASSIGN_OR_RETURN(Tree tree_a, store_->GetTree(name_a, diff.a.version));
-        CKPT_ASSIGN_OR_RETURN(Tree tree_b, store_->GetTree(name_b, diff.b.version));
-        const std::map<std::string, size_t> in_a = TensorsByKey(tree_a);
-        const std::map<std::string, size_t> in_b = TensorsByKey(tree_b);
-        std::vector<TensorDiff> entries;
-        for (const auto& [key, ia] : in_a) {
-          const Node& a = tree_a[ia];
-          auto it = in_b.find(key);
-          if (it == in_b.end()) {
-            ++diff.only_in_a;
-            entries.push_back(MetaOf(key, TensorChange::kOnlyInA, &a, nullptr));
-            continue;
-          }
-          const Node& b = tree_b[it->second];
-          if (a.tensor.dtype != b.tensor.dtype || a.tensor.shape != b.tensor.shape) {
-            ++diff.meta_changed;
-            entries.push_back(MetaOf(key, TensorChange::kMetaChanged, &a, &b));
-            continue;
-          }
-          // Same chunks (same namespace, or same digests of the same bytes
-          // anywhere): identical without a read.
-          if (a.data.chunk_size == b.data.chunk_size && a.data.chunks == b.data.chunks) {
-            ++diff.identical;
-            continue;
-          }
-          DiffAccumulator acc(a.tensor.dtype);
-          ChunkReader read_a(store_, name_a, a), read_b(store_, name_b, b);
-          for (;;) {
-            CKPT_ASSIGN_OR_RETURN(absl::string_view piece_a, read_a.Next(SIZE_MAX));
-            if (piece_a.empty()) break;
-            while (!piece_a.empty()) {
-              CKPT_ASSIGN_OR_RETURN(absl::string_view piece_b, read_b.Next(piece_a.size()));
-              if (piece_b.empty()) return absl::DataLossError("tensor '" + key + "' is short");
-              acc.Add(piece_a.substr(0, piece_b.size()), piece_b);
-              piece_a.remove_prefix(piece_b.size());
-            }
-          }
-          diff.bytes_compared += read_a.bytes_read() + read_b.bytes_read();
-          if (acc.identical()) {
-            ++diff.identical;
-            continue;
-          }
-          ++diff.changed;
-          TensorDiff d = MetaOf(key, TensorChange::kChanged, &a, &b);
-          acc.Finish(&d);
-          entries.push_back(std::move(d));
-        }
-        for (const auto& [key, ib] : in_b) {
-          if (in_a.count(key) == 0) {
-            ++diff.only_in_b;
-            entries.push_back(MetaOf(key, TensorChange::kOnlyInB, nullptr, &tree_b[ib]));
-          }
-        }
-        SortTensorDiffs(&entries);
-        // At most max_entries, and what fits a message (keys may be long).
-        size_t keep = 0, bytes = 0;
-        while (keep < entries.size() && keep < max_entries && bytes < 3 * rpc::kNodeBatchBytes) {
-          bytes += entries[keep++].key.size() + 96;
-        }
-        diff.truncated = entries.size() - keep;
-        entries.resize(keep);
-        diff.tensors = std::move(entries);
         rpc::ToProto(diff, response);
         return absl::OkStatus();
       });

@@ -137,6 +137,11 @@ int main(int argc, char** argv) {
                  "HOST:PORT of the Prometheus endpoint /metrics (empty: none)")
       ->envname("CKPT_METRICS_LISTEN")
       ->capture_default_str();
+  app.add_option("--http-listen", options.http_listen,
+                 "HOST:PORT of the read-only web page (checkpoints, versions, statistics, "
+                 "diffs, lineage; the same tokens); empty: none")
+      ->envname("CKPT_HTTP_LISTEN")
+      ->capture_default_str();
   app.add_option("--log-level", log_level, "debug, info (one line per RPC), warn, error or off")
       ->envname("CKPT_LOG_LEVEL")
       ->check(CLI::IsMember({"debug", "info", "warn", "error", "off"}))
@@ -246,6 +251,11 @@ int main(int argc, char** argv) {
     std::fprintf(stderr,
                  "ckpt-server: WARNING: access control without TLS: bearer tokens cross the "
                  "network in plaintext (use --tls-cert/--tls-key, or a TLS proxy)\n");
+  }
+  if ((*server)->http_port() != 0) {
+    const std::string host = options.http_listen.substr(0, options.http_listen.rfind(':'));
+    std::fprintf(stderr, "ckpt-server: web page on port %d (http://%s:%d/)\n",
+                 (*server)->http_port(), host.c_str(), (*server)->http_port());
   }
   if ((*server)->metrics_port() != 0) {
     const std::string host = options.metrics_listen.substr(0, options.metrics_listen.rfind(':'));

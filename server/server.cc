@@ -21,6 +21,7 @@
 #include "grpc/health/v1/health.pb.h"
 #include "rpc/pem.h"
 #include "server/service.h"
+#include "server/web_ui.h"
 
 namespace ckpt::server {
 
@@ -30,6 +31,7 @@ struct Server::Impl {
   std::unique_ptr<grpc::Server> server;
   std::unique_ptr<prometheus::Exposer> exposer;
   int metrics_port = 0;
+  std::unique_ptr<WebUi> web;
   std::mutex mu;
   bool shut_down = false;
 };
@@ -119,8 +121,9 @@ absl::Status ListenError(const std::string& what, const std::string& address,
 Server::Server(std::unique_ptr<Impl> impl, int port) : impl_(std::move(impl)), port_(port) {}
 
 Server::~Server() {
-  // Scrapes read the store: stop them first.
+  // Scrapes and pages read the store: stop them first.
   impl_->exposer.reset();
+  impl_->web.reset();
   Shutdown(absl::ZeroDuration());
   impl_->server->Wait();
   // Reactors finish their calls from queued storage work: let it run while
@@ -174,6 +177,15 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
     impl->metrics_port = ports.empty() ? 0 : ports[0];
   }
 
+  if (!options.http_listen.empty()) {
+    absl::StatusOr<std::unique_ptr<WebUi>> web =
+        WebUi::Start(options.http_listen, impl->service.get());
+    if (!web.ok()) {
+      return ListenError("web page", options.http_listen, "--http-listen", web.status().message());
+    }
+    impl->web = *std::move(web);
+  }
+
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -211,6 +223,8 @@ void Server::Shutdown(absl::Duration grace) {
 void Server::Wait() { impl_->server->Wait(); }
 
 int Server::metrics_port() const { return impl_->metrics_port; }
+
+int Server::http_port() const { return impl_->web ? impl_->web->port() : 0; }
 
 bool Server::development_mode() const { return impl_->service->auth().development_mode(); }
 

@@ -73,6 +73,10 @@ struct ServerOptions {
   /// 0 picks a free one. Empty: no endpoint. Default: "" (ckpt-server's
   /// flag defaults to 0.0.0.0:9464).
   std::string metrics_listen;
+  /// HOST:PORT of the read-only web page (server/web_ui.h: checkpoints,
+  /// versions, statistics, diffs, lineage, with the same tokens); port 0
+  /// picks a free one. Empty: no web page. Default: "".
+  std::string http_listen;
   /// Least severe per-RPC and server log lines written to stderr.
   /// Default: kInfo.
   LogLevel log_level = LogLevel::kInfo;
@@ -102,6 +106,8 @@ class Server {
   int port() const { return port_; }
   /// The bound port of the metrics endpoint; 0 when there is none.
   int metrics_port() const;
+  /// The bound port of the web page; 0 when there is none.
+  int http_port() const;
   /// Whether no tokens file is in use (everyone may do everything).
   bool development_mode() const;
   /// Re-reads the tokens file (ckpt-server does on SIGHUP); on error the
