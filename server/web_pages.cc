@@ -190,7 +190,6 @@ th, td { border: 1px solid #ccc; padding: .2em .5em; text-align: left; vertical-
 th { background: #eee; }
 td.num { text-align: right; }
 tr.nonfinite { background: #fcc; }
-tr.nonfinite td.key::after { content: " NaN/Inf"; color: #a00; font-weight: bold; }
 span.bad { color: #a00; font-weight: bold; }
 span.tag { background: #def; border-radius: 3px; padding: 0 .3em; }
 tr.changed { background: #ffe; }
@@ -369,11 +368,9 @@ std::string VersionBody(const VersionInfo& v, const std::vector<LineageStep>& li
     } else {
       cells.resize(cells.size() + 8, node.kind == NodeKind::kTensor ? "-" : "");
     }
-    std::string row =
-        Row(cells, has_stats && node.tensor.stats->nonfinite() > 0 ? "nonfinite" : "");
-    // The key cell carries the marker the stylesheet highlights.
-    row.replace(row.find("<td>"), 4, "<td class=\"key\">");
-    rows += row;
+    const bool bad = has_stats && node.tensor.stats->nonfinite() > 0;
+    if (bad) cells[0] += " <span class=\"bad\">NaN/Inf</span>";
+    rows += Row(cells, bad ? "nonfinite" : "");
   }
   out += Table("tensors",
                {"Key", "Value", "Min", "Max", "Mean", "Std", "L2", "NaN", "+Inf", "-Inf"}, rows);

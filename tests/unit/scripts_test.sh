@@ -9,10 +9,11 @@ fail() { echo "scripts_test: $*" >&2; exit 1; }
 
 server="$("$root/scripts/install-deps.sh" --server --list)"
 full="$("$root/scripts/install-deps.sh" --list)"
-for p in libgrpc++-dev librocksdb-dev libcli11-dev prometheus-cpp-dev cmake ninja-build; do
+for p in libgrpc++-dev librocksdb-dev libcli11-dev prometheus-cpp-dev libcivetweb-dev cmake ninja-build; do
   grep -qx "$p" <<<"$server" || fail "--server lacks $p"
 done
-for p in libtorch-dev python3-torch libgtest-dev libgmock-dev libbenchmark-dev clang; do
+for p in libtorch-dev python3-torch libgtest-dev libgmock-dev libbenchmark-dev clang chromium chromium-driver \
+  python3-selenium; do
   grep -qx "$p" <<<"$server" && fail "--server installs $p, which only the tests need"
   grep -qx "$p" <<<"$full" || fail "the default set lacks $p"
 done
