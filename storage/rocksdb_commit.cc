@@ -25,11 +25,15 @@
 
 namespace ckpt::storage {
 
+using internal::CheckChunkLengths;
 using internal::CheckTagCount;
+using internal::ChunkNeverUploaded;
 using internal::DistinctDigests;
 using internal::MultiGetRefs;
+using internal::NewVersionInfo;
 using internal::Quote;
 using internal::RocksDbUpload;
+using internal::ValidateCommitSpec;
 using internal::VersionContext;
 using internal::WithLatest;
 
@@ -48,12 +52,7 @@ absl::StatusOr<std::unique_ptr<Upload>> RocksDbStore::BeginUpload(absl::string_v
 absl::StatusOr<VersionInfo> RocksDbStore::Commit(CommitSpec spec,
                                                  absl::Span<Upload* const> uploads) {
   const std::string& name = spec.name;
-  CKPT_RETURN_IF_ERROR(ValidateName(name));
-  for (const std::string& tag : spec.tags) CKPT_RETURN_IF_ERROR(ValidateUserTag(tag));
-  CKPT_RETURN_IF_ERROR(
-      Annotate(ValidateMetadata(spec.metadata), absl::StrCat("checkpoint ", Quote(name))));
-  CKPT_RETURN_IF_ERROR(Annotate(ValidateTree(spec.tree, core_->options.max_chunk_bytes),
-                                absl::StrCat("checkpoint ", Quote(name))));
+  CKPT_RETURN_IF_ERROR(ValidateCommitSpec(spec, core_->options.max_chunk_bytes));
   const std::string ns(NamespaceOf(name));
 
   std::vector<RocksDbUpload*> ups;
@@ -117,11 +116,6 @@ absl::StatusOr<VersionInfo> RocksDbStore::Commit(CommitSpec spec,
   absl::flat_hash_map<Digest, uint64_t> lengths;  // Each digest's stored length.
   // Written chunks that become the stored copy; every other one is garbage.
   absl::flat_hash_set<std::pair<const RocksDbUpload*, Digest>> kept;
-  std::vector<std::string> flat_keys;  // Computed on the first error only.
-  auto tensor_key = [&](size_t node) -> const std::string& {
-    if (flat_keys.empty()) flat_keys = FlattenedKeys(spec.tree);
-    return flat_keys[node];
-  };
   for (size_t i = 0; i < digests.size(); ++i) {
     const auto& [d, node] = digests[i];
     RefValue value;
@@ -139,10 +133,7 @@ absl::StatusOr<VersionInfo> RocksDbStore::Commit(CommitSpec spec,
           break;
         }
       }
-      if (owner == nullptr) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "tensor ", Quote(tensor_key(node)), ": chunk ", d.Hex(), " was never uploaded"));
-      }
+      if (owner == nullptr) return ChunkNeverUploaded(spec.tree, node, d);
       kept.insert({owner, d});
       new_bytes += value.length;
       added_bytes += value.length;
@@ -151,17 +142,7 @@ absl::StatusOr<VersionInfo> RocksDbStore::Commit(CommitSpec spec,
     batch.Put(core_->refs_cf, keys[i], EncodeRefValue(value));
   }
   // Every use of a chunk must agree with its stored length.
-  for (size_t n = 0; n < spec.tree.size(); ++n) {
-    const DataRef& data = spec.tree[n].data;
-    for (size_t c = 0; c < data.chunks.size(); ++c) {
-      uint64_t stored = lengths[data.chunks[c]];
-      if (stored != data.ChunkLength(c)) {
-        return absl::FailedPreconditionError(
-            absl::StrCat("tensor ", Quote(tensor_key(n)), ": chunk ", c, " (", data.chunks[c].Hex(),
-                         ") has ", stored, " bytes, expected ", data.ChunkLength(c)));
-      }
-    }
-  }
+  CKPT_RETURN_IF_ERROR(CheckChunkLengths(spec.tree, lengths));
   CKPT_RETURN_IF_ERROR(CheckQuota(core_->options, name, core_->UsageOf(ns), added_bytes));
   // Chunks the uploads wrote that the version does not keep are garbage:
   // unreachable once the pending records go. They stay in their files for
@@ -191,22 +172,7 @@ absl::StatusOr<VersionInfo> RocksDbStore::Commit(CommitSpec spec,
     }
   }
 
-  VersionInfo info;
-  info.name = name;
-  info.version = version;
-  info.create_time_ms = absl::ToUnixMillis(absl::Now());
-  info.step = spec.step;
-  info.epoch = spec.epoch;
-  info.metadata = std::move(spec.metadata);
-  info.num_nodes = spec.tree.size();
-  for (const Node& node : spec.tree) {
-    if (!node.has_data()) continue;
-    ++info.num_tensors;
-    info.data_bytes += node.data.size;
-  }
-  info.new_bytes = new_bytes;
-  info.world_size = spec.world_size;
-  info.parent = spec.parent;
+  VersionInfo info = NewVersionInfo(spec, version, new_bytes);
 
   batch.Put(core_->manifests_cf, VersionKey(name, version), EncodeVersionRecord(info));
   batch.Put(core_->manifests_cf, ManifestKey(name, version), EncodeTree(spec.tree));

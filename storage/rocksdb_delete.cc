@@ -24,6 +24,7 @@ using internal::Quote;
 using internal::ReadTree;
 using internal::ReadVersionRecord;
 using internal::StoreCore;
+using internal::TaggedVersion;
 using internal::TagsByVersion;
 using internal::VersionContext;
 
@@ -37,9 +38,7 @@ absl::StatusOr<uint64_t> RocksDbStore::DeleteVersion(absl::string_view name, uin
   CKPT_ASSIGN_OR_RETURN(auto tags, TagsByVersion(*core_, ro, name));
   const std::vector<std::string>& own_tags = tags[version];
   if (!own_tags.empty() && !force) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("version ", version, " of ", Quote(name), " is tagged '",
-                     absl::StrJoin(own_tags, "', '"), "'; use force"));
+    return TaggedVersion(name, version, own_tags);
   }
 
   const std::string ns(NamespaceOf(name));

@@ -18,6 +18,7 @@
 #include "rocksdb/options.h"
 #include "rocksdb/table.h"
 #include "storage/codec.h"
+#include "storage/rados_store.h"
 #include "storage/rocksdb_status.h"
 #include "storage/rocksdb_store.h"
 #include "storage/store_core.h"
@@ -65,6 +66,10 @@ absl::Status CheckFormat(StoreCore& core) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Store>> Store::Open(const StoreOptions& options) {
+  if (options.backend == StoreBackend::kRados) {
+    CKPT_ASSIGN_OR_RETURN(std::unique_ptr<RadosStore> store, RadosStore::Open(options));
+    return std::unique_ptr<Store>(std::move(store));
+  }
   CKPT_ASSIGN_OR_RETURN(std::unique_ptr<RocksDbStore> store, RocksDbStore::Open(options));
   return std::unique_ptr<Store>(std::move(store));
 }

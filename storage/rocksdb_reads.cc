@@ -48,8 +48,7 @@ absl::StatusOr<VersionInfo> RocksDbStore::GetVersion(absl::string_view name,
       rocksdb::Status s = core_->db->Get(ro, core_->tags_cf, TagKey(name, selector.tag), &value);
       if (s.IsNotFound()) {
         if (latest == 0) return CheckpointNotFound(name);
-        return absl::NotFoundError(
-            absl::StrCat("tag ", Quote(selector.tag), " of ", Quote(name), " not found"));
+        return internal::TagNotFound(name, selector.tag);
       }
       CKPT_RETURN_IF_ERROR(FromRocksDb(s, absl::StrCat("reading tag ", Quote(selector.tag))));
       auto tagged = DecodeBigEndian64(value);
@@ -87,8 +86,7 @@ absl::Status RocksDbStore::ReadChunk(absl::string_view name, const Digest& diges
   std::string ref_bytes;
   rocksdb::Status s = core_->db->Get(ro, core_->refs_cf, RefKey(ns, digest), &ref_bytes);
   if (s.IsNotFound()) {
-    return absl::NotFoundError(
-        absl::StrCat("chunk ", digest.Hex(), " not found in namespace ", Quote(ns)));
+    return internal::ChunkNotFound(ns, digest);
   }
   CKPT_RETURN_IF_ERROR(FromRocksDb(s, absl::StrCat("chunk ", digest.Hex())));
   auto ref = DecodeRefValue(ref_bytes);
@@ -106,18 +104,13 @@ absl::Status RocksDbStore::ReadChunk(absl::string_view name, const Digest& diges
     rocksdb::Status again =
         core_->db->Get(rocksdb::ReadOptions(), core_->refs_cf, RefKey(ns, digest), &now);
     if (again.IsNotFound()) {
-      return absl::NotFoundError(
-          absl::StrCat("chunk ", digest.Hex(), " not found in namespace ", Quote(ns)));
+      return internal::ChunkNotFound(ns, digest);
     }
     return absl::DataLossError(
         absl::StrCat("chunk ", digest.Hex(), " is missing (chunk id ", ref->chunk_id, ")"));
   }
   CKPT_RETURN_IF_ERROR(FromRocksDb(s, absl::StrCat("chunk ", digest.Hex())));
-  if (out->size() != ref->length || Digest::Of(*out) != digest) {
-    out->clear();
-    return absl::DataLossError(absl::StrCat("chunk ", digest.Hex(), " checksum mismatch"));
-  }
-  return absl::OkStatus();
+  return internal::VerifyChunk(digest, ref->length, out);
 }
 
 absl::StatusOr<std::vector<CheckpointSummary>> RocksDbStore::ListCheckpoints(

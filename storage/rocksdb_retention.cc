@@ -45,24 +45,7 @@ absl::StatusOr<RetentionPolicy> RocksDbStore::GetRetention(absl::string_view nam
 }
 
 absl::StatusOr<std::vector<uint64_t>> RocksDbStore::Prune(absl::string_view name, bool dry_run) {
-  CKPT_ASSIGN_OR_RETURN(RetentionPolicy policy, GetRetention(name));
-  CKPT_ASSIGN_OR_RETURN(std::vector<VersionInfo> versions, ListVersions(name));
-  std::vector<uint64_t> chosen = VersionsToPrune(versions, policy);
-  if (dry_run) return chosen;
-  // Each deletion is its own atomic batch. Without force, a version tagged
-  // since the listing is refused and so kept; one deleted meanwhile is gone.
-  std::vector<uint64_t> deleted;
-  for (uint64_t version : chosen) {
-    auto released = DeleteVersion(name, version, /*force=*/false);
-    if (released.ok()) {
-      deleted.push_back(version);
-    } else if (released.status().code() != absl::StatusCode::kFailedPrecondition &&
-               released.status().code() != absl::StatusCode::kNotFound) {
-      return Annotate(released.status(),
-                      absl::StrCat("applying the retention policy of ", Quote(name)));
-    }
-  }
-  return deleted;
+  return internal::PruneVersions(*this, name, dry_run);
 }
 
 }  // namespace ckpt::storage

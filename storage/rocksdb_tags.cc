@@ -17,6 +17,7 @@ namespace ckpt::storage {
 using internal::CheckTagCount;
 using internal::Quote;
 using internal::StoreCore;
+using internal::TagNotFound;
 using internal::VersionContext;
 using internal::VersionNotFound;
 
@@ -43,7 +44,7 @@ absl::Status RocksDbStore::DeleteTag(absl::string_view name, absl::string_view t
   rocksdb::Status s =
       core_->db->Get(rocksdb::ReadOptions(), core_->tags_cf, TagKey(name, tag), &value);
   if (s.IsNotFound()) {
-    return absl::NotFoundError(absl::StrCat("tag ", Quote(tag), " of ", Quote(name), " not found"));
+    return TagNotFound(name, tag);
   }
   CKPT_RETURN_IF_ERROR(FromRocksDb(s, absl::StrCat("reading tag ", Quote(tag))));
   return FromRocksDb(core_->DeleteOne(core_->CommitWriteOptions(), core_->tags_cf,

@@ -62,16 +62,7 @@ absl::Status RocksDbUpload::PutChunk(const Digest& digest, absl::Span<const uint
     return absl::FailedPreconditionError("upload is sealed; no more chunks accepted");
   }
   CKPT_RETURN_IF_ERROR(broken_);
-  if (data.size() > core_->options.max_chunk_bytes) {
-    return absl::InvalidArgumentError(absl::StrCat("chunk ", digest.Hex(), " has ", data.size(),
-                                                   " bytes, more than the ",
-                                                   core_->options.max_chunk_bytes, "-byte limit"));
-  }
-  Digest computed = Digest::Of(data);
-  if (computed != digest) {
-    return absl::InvalidArgumentError(absl::StrCat("chunk digest mismatch: declared ", digest.Hex(),
-                                                   ", computed ", computed.Hex()));
-  }
+  CKPT_RETURN_IF_ERROR(CheckChunk(digest, data, core_->options.max_chunk_bytes));
   if (written_.contains(digest)) return absl::OkStatus();
 
   bool new_block = next_id_ == block_end_;

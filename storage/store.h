@@ -25,6 +25,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "common/retention.h"
 #include "common/types.h"
@@ -61,9 +62,49 @@ struct RocksDbTuning {
   uint64_t manifest_write_buffer_bytes = uint64_t{16} << 20;
 };
 
+/// Where a store keeps its data.
+enum class StoreBackend {
+  /// A RocksDB database in a local directory (StoreOptions::path): the
+  /// default, one server per directory.
+  kRocksDb,
+  /// A Ceph RADOS pool (StoreOptions::rados) that several servers share
+  /// (rados_store.h describes its layout).
+  kRados,
+};
+
+/// The RADOS backend's connection and timing (StoreOptions::rados).
+struct RadosOptions {
+  /// Pool holding every object. Must exist. Default: "ckpt".
+  std::string pool = "ckpt";
+  /// ceph.conf to read (mon addresses, keyring path). Empty: librados'
+  /// default search (CEPH_CONF, /etc/ceph/ceph.conf). Default: "".
+  std::string conf_file;
+  /// cephx user, without "client.". Default: "admin".
+  std::string user = "admin";
+  /// Keyring file; empty: what the conf file says. Default: "".
+  std::string keyring;
+  /// Longest a RADOS call may take before it fails with Unavailable
+  /// (librados waits forever by default). Default: 30 s.
+  absl::Duration op_timeout = absl::Seconds(30);
+  /// How long a live upload's chunks stay protected from garbage collection
+  /// without news from its server (renewed while the upload is used). An
+  /// upload of a server that died is reclaimed this long after its last
+  /// renewal. Default: 10 minutes.
+  absl::Duration upload_lease = absl::Minutes(10);
+  /// The clock difference between servers that garbage collection allows
+  /// for: a chunk touched (written, found by a save, committed) less than
+  /// this long before a collection started is never removed by it.
+  /// Default: 5 minutes.
+  absl::Duration gc_grace = absl::Minutes(5);
+  /// Prepended to every RADOS namespace the store uses, so that several
+  /// stores (e.g. tests) can share one pool. Default: "".
+  std::string namespace_prefix;
+};
+
 /// Options of Store::Open.
 struct StoreOptions {
-  /// Directory of the RocksDB database; created if missing. Required.
+  /// Directory of the RocksDB database; created if missing. Required for
+  /// RocksDB; ignored by RADOS.
   std::string path;
   /// Free disk space that saves leave to the store's metadata, so that on a
   /// full disk deleting versions, gc and a restart still work: a chunk write
@@ -88,6 +129,10 @@ struct StoreOptions {
   std::map<std::string, uint64_t> namespace_quotas;
   /// Tuning of the RocksDB database. Default: see RocksDbTuning.
   RocksDbTuning rocksdb;
+  /// Which backend. Default: RocksDB.
+  StoreBackend backend = StoreBackend::kRocksDb;
+  /// RADOS backend: the cluster, pool and timings. Ignored by RocksDB.
+  RadosOptions rados;
 };
 
 /// The quota of namespace `ns` under `options` (0: no limit).
@@ -174,7 +219,9 @@ class Store {
   /// Closes the store; Uploads still alive keep what they need of it.
   virtual ~Store() = default;
 
-  /// Opens (creating if needed, parent directories included) the RocksDB
+  /// Opens the store of options.backend: for RADOS, connects to the
+  /// cluster and checks the pool (rados_store.h: RadosStore::Open). For
+  /// RocksDB, opens (creating if needed, parent directories included) the
   /// store at options.path. Leftover temporary files of a previous process
   /// are removed. InvalidArgument for an empty path, a zero max_chunk_bytes
   /// or a zero RocksDbTuning value (the cache size excepted);

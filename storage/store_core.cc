@@ -123,16 +123,6 @@ absl::StatusOr<uint64_t> StoreCore::AllocateBlock(uint64_t upload_id) {
 // ---------------------------------------------------------------------------
 // Read helpers
 
-std::string Quote(absl::string_view s) { return absl::StrCat("'", s, "'"); }
-
-absl::Status CheckpointNotFound(absl::string_view name) {
-  return absl::NotFoundError(absl::StrCat("checkpoint ", Quote(name), " not found"));
-}
-
-std::string VersionContext(absl::string_view name, uint64_t version) {
-  return absl::StrCat("checkpoint ", Quote(name), " version ", version);
-}
-
 absl::StatusOr<uint64_t> LatestVersion(StoreCore& core, const rocksdb::ReadOptions& ro,
                                        absl::string_view name) {
   std::string prefix = VersionPrefix(name);
@@ -174,18 +164,8 @@ absl::Status CheckTagCount(StoreCore& core, const rocksdb::ReadOptions& ro, absl
     all.insert(std::move(key.second));
   }
   CKPT_RETURN_IF_ERROR(FromRocksDb(it->status(), "reading tags"));
-  if (all.size() > kMaxTagsPerName) {
-    return absl::ResourceExhaustedError(absl::StrCat(Quote(name), " would have more than ",
-                                                     kMaxTagsPerName, " tags; remove some first"));
-  }
+  if (all.size() > kMaxTagsPerName) return TooManyTags(name);
   return absl::OkStatus();
-}
-
-std::vector<std::string> WithLatest(std::vector<std::string> tags, bool is_latest) {
-  if (is_latest) tags.emplace_back(kLatestTag);
-  std::sort(tags.begin(), tags.end());
-  tags.erase(std::unique(tags.begin(), tags.end()), tags.end());
-  return tags;
 }
 
 absl::StatusOr<bool> HasVersions(StoreCore& core, const rocksdb::ReadOptions& ro,
@@ -198,7 +178,7 @@ absl::Status VersionNotFound(StoreCore& core, const rocksdb::ReadOptions& ro,
                              absl::string_view name, uint64_t version) {
   CKPT_ASSIGN_OR_RETURN(bool any, HasVersions(core, ro, name));
   if (!any) return CheckpointNotFound(name);
-  return absl::NotFoundError(absl::StrCat("version ", version, " of ", Quote(name), " not found"));
+  return storage::internal::VersionNotFound(name, version);
 }
 
 absl::StatusOr<VersionInfo> ReadVersionRecord(StoreCore& core, const rocksdb::ReadOptions& ro,
@@ -224,17 +204,6 @@ absl::StatusOr<Tree> ReadTree(StoreCore& core, const rocksdb::ReadOptions& ro,
   auto tree = DecodeTree(value);
   if (!tree.ok()) return Annotate(tree.status(), VersionContext(name, version));
   return tree;
-}
-
-std::vector<std::pair<Digest, size_t>> DistinctDigests(const Tree& tree) {
-  std::vector<std::pair<Digest, size_t>> out;
-  absl::flat_hash_set<Digest> seen;
-  for (size_t i = 0; i < tree.size(); ++i) {
-    for (const Digest& d : tree[i].data.chunks) {
-      if (seen.insert(d).second) out.emplace_back(d, i);
-    }
-  }
-  return out;
 }
 
 absl::Status MultiGetRefs(StoreCore& core, const rocksdb::ReadOptions& ro,

@@ -28,6 +28,7 @@
 #include "rocksdb/write_batch.h"
 #include "storage/codec.h"
 #include "storage/store.h"
+#include "storage/store_rules.h"
 
 namespace ckpt::storage::internal {
 
@@ -172,12 +173,6 @@ struct StoreCore {
 // Slices as absl::string_view (Debian's Abseil does not alias std's).
 inline absl::string_view View(const rocksdb::Slice& s) { return {s.data(), s.size()}; }
 
-std::string Quote(absl::string_view s);
-
-absl::Status CheckpointNotFound(absl::string_view name);
-
-std::string VersionContext(absl::string_view name, uint64_t version);
-
 absl::Status FsError(const std::error_code& ec, absl::string_view context);
 
 // An iterator over [lower, upper) of one column family (upper empty: no
@@ -218,9 +213,6 @@ absl::StatusOr<std::map<uint64_t, std::vector<std::string>>> TagsByVersion(
 absl::Status CheckTagCount(StoreCore& core, const rocksdb::ReadOptions& ro, absl::string_view name,
                            const std::vector<std::string>& tags);
 
-// Sorted user tags plus "latest" where it applies.
-std::vector<std::string> WithLatest(std::vector<std::string> tags, bool is_latest);
-
 // Whether `name` has any version (for choosing a NotFound message).
 absl::StatusOr<bool> HasVersions(StoreCore& core, const rocksdb::ReadOptions& ro,
                                  absl::string_view name);
@@ -235,10 +227,6 @@ absl::StatusOr<VersionInfo> ReadVersionRecord(StoreCore& core, const rocksdb::Re
 
 absl::StatusOr<Tree> ReadTree(StoreCore& core, const rocksdb::ReadOptions& ro,
                               absl::string_view name, uint64_t version);
-
-// Distinct digests of a tree, in first-use order, with the first node that
-// uses each.
-std::vector<std::pair<Digest, size_t>> DistinctDigests(const Tree& tree);
 
 // Looks up refs keys; values[i] is set for found keys.
 absl::Status MultiGetRefs(StoreCore& core, const rocksdb::ReadOptions& ro,

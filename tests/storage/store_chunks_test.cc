@@ -271,7 +271,7 @@ TEST_P(StoreTest, CommitSeesRefcountChangesSinceItsLookups) {
   EXPECT_EQ(up->bytes_written(), 0u);
   ASSERT_OK_AND_ASSIGN(uint64_t released, store_->DeleteVersion("s/a", 1, false));
   EXPECT_EQ(released, 3u);
-  EXPECT_EQ(store_->NamespaceBytes("s"), 0u);
+  EXPECT_EQ(UsedBytes("s"), 0u);
 
   CommitSpec spec;
   spec.name = "s/b";
@@ -279,14 +279,14 @@ TEST_P(StoreTest, CommitSeesRefcountChangesSinceItsLookups) {
   Upload* ups[] = {up.get()};
   ASSERT_TRUE(store_->Commit(std::move(spec), ups).ok());
   up.reset();
-  EXPECT_EQ(store_->NamespaceBytes("s"), 2500u);
+  EXPECT_EQ(UsedBytes("s"), 2500u);
   ExpectContents("s/b", 1, blobs);
 
   ASSERT_OK_AND_ASSIGN(released, store_->DeleteVersion("s/b", 1, false));
   EXPECT_EQ(released, 3u);  // refcount 1 -> 0, not 2 -> 1
   ASSERT_OK_AND_ASSIGN(GcResult gc, store_->CollectGarbage());
   EXPECT_EQ(gc.chunks_removed, 3u);
-  EXPECT_EQ(store_->NamespaceBytes("s"), 0u);
+  EXPECT_EQ(UsedBytes("s"), 0u);
 }
 
 // Without refs writes in between, the lookups are reused and counts stay

@@ -34,6 +34,15 @@ using ::testing::IsEmpty;
 // Store::Open: InvalidArgument for an empty path or a zero max_chunk_bytes;
 // missing parent directories are created.
 TEST_P(StoreTest, OpenRefusesBadOptionsAndCreatesTheDirectory) {
+  if (GetParam() == Backend::kRados) {
+    // RADOS: no directory; a missing pool and a zero chunk size are refused.
+    StoreOptions options = Options();
+    options.max_chunk_bytes = 0;
+    EXPECT_EQ(OpenStore(GetParam(), options).status().code(), absl::StatusCode::kInvalidArgument);
+    ASSERT_OK_AND_ASSIGN(auto list, store_->ListCheckpoints("", "", 0));
+    EXPECT_THAT(list, IsEmpty());
+    return;
+  }
   StoreOptions options = Options();
   options.path.clear();
   EXPECT_EQ(OpenStore(GetParam(), options).status().code(), absl::StatusCode::kInvalidArgument);
@@ -345,7 +354,7 @@ TEST_P(StoreTest, ReopenKeepsEverything) {
 
 // Every backend of store_test_util.h; the StoreTest cases of
 // store_chunks_test.cc and store_admin_test.cc run under this too.
-INSTANTIATE_TEST_SUITE_P(Backends, StoreTest, ::testing::Values(Backend::kRocksDb),
+INSTANTIATE_TEST_SUITE_P(Backends, StoreTest, ::testing::Values(Backend::kRocksDb, Backend::kRados),
                          [](const ::testing::TestParamInfo<Backend>& info) {
                            return BackendName(info.param);
                          });

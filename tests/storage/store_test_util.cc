@@ -9,7 +9,9 @@
 #include <utility>
 #include <variant>
 
+#include "storage/rados_store.h"
 #include "storage/rocksdb_store.h"
+#include "tests/testing/ceph_cluster.h"
 #include "tests/testing/status_matchers.h"
 
 namespace ckpt::storage::test {
@@ -20,6 +22,8 @@ std::string BackendName(Backend backend) {
   switch (backend) {
     case Backend::kRocksDb:
       return "RocksDb";
+    case Backend::kRados:
+      return "Rados";
   }
   return "Unknown";
 }
@@ -31,6 +35,21 @@ absl::StatusOr<std::unique_ptr<Store>> OpenStore(Backend backend, const StoreOpt
       if (!store.ok()) return store.status();
       return std::unique_ptr<Store>(std::move(store).value());
     }
+    case Backend::kRados: {
+      // The test cluster; the store's own RADOS namespaces, named after its
+      // directory. No grace: one clock.
+      absl::StatusOr<std::string> conf = ckpt::testing::TestCephConf();
+      if (!conf.ok()) return conf.status();
+      StoreOptions rados = options;
+      rados.backend = StoreBackend::kRados;
+      rados.rados.conf_file = *conf;
+      rados.rados.namespace_prefix = fs::path(options.path).parent_path().filename().string() + "/";
+      rados.rados.gc_grace = absl::ZeroDuration();
+      rados.rados.upload_lease = kTestUploadLease;
+      auto store = RadosStore::Open(rados);
+      if (!store.ok()) return store.status();
+      return std::unique_ptr<Store>(std::move(store).value());
+    }
   }
   return absl::InvalidArgumentError("unknown backend");
 }
@@ -39,6 +58,8 @@ absl::StatusOr<uint64_t> CountStoredChunks(Backend backend, Store& store) {
   switch (backend) {
     case Backend::kRocksDb:
       return static_cast<RocksDbStore&>(store).CountChunkKeys();
+    case Backend::kRados:
+      return static_cast<RadosStore&>(store).CountChunkObjects();
   }
   return absl::InvalidArgumentError("unknown backend");
 }
@@ -162,6 +183,14 @@ void StoreHarness::ExpectContents(const std::string& name, uint64_t version,
     }
     EXPECT_EQ(bytes, blobs[i].bytes) << blobs[i].key;
   }
+}
+
+uint64_t StoreHarness::UsedBytes(const std::string& ns) {
+  if (backend_ == Backend::kRados) {
+    auto gc = store_->CollectGarbage();
+    EXPECT_TRUE(gc.ok()) << gc.status();
+  }
+  return store_->NamespaceBytes(ns);
 }
 
 uint64_t StoreHarness::StoredChunks() {

@@ -20,6 +20,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "common/types.h"
 #include "storage/store.h"
@@ -27,7 +28,12 @@
 namespace ckpt::storage::test {
 
 /// The Store backends the conformance suite runs over.
-enum class Backend { kRocksDb };
+enum class Backend { kRocksDb, kRados };
+
+/// The RADOS stores' upload lease in tests: an upload of a "previous
+/// process" (one never destroyed) is collectable this long after its last
+/// use.
+inline constexpr absl::Duration kTestUploadLease = absl::Seconds(3);
 
 /// "RocksDb": the name of `backend` in test names.
 std::string BackendName(Backend backend);
@@ -93,6 +99,11 @@ class StoreHarness {
 
   /// CountStoredChunks of the store under test (0 and a failure on error).
   uint64_t StoredChunks();
+
+  /// NamespaceBytes(ns) where the backend makes it exact: RADOS counts
+  /// exactly as of its last collection (between collections commits add
+  /// what they wrote and deletes subtract), so one runs first there.
+  uint64_t UsedBytes(const std::string& ns);
 
  protected:
   Backend backend_ = Backend::kRocksDb;
