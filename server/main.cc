@@ -197,7 +197,49 @@ int main(int argc, char** argv) {
       ->envname("CKPT_ROCKSDB_MANIFEST_WRITE_BUFFER")
       ->check(CLI::Validator(CheckSize, "SIZE"))
       ->capture_default_str();
+  std::string store_kind = "rocksdb";
+  double rados_timeout_s = absl::ToDoubleSeconds(options.store.rados.op_timeout);
+  double rados_lease_s = absl::ToDoubleSeconds(options.store.rados.upload_lease);
+  double rados_grace_s = absl::ToDoubleSeconds(options.store.rados.gc_grace);
+  app.add_option("--store", store_kind,
+                 "where data lives: rocksdb (--data-dir, one server) or rados (a Ceph pool "
+                 "several servers share)")
+      ->envname("CKPT_STORE")
+      ->check(CLI::IsMember({"rocksdb", "rados"}))
+      ->capture_default_str();
+  app.add_option("--rados-pool", options.store.rados.pool, "RADOS pool (must exist)")
+      ->envname("CKPT_RADOS_POOL")
+      ->capture_default_str();
+  app.add_option("--rados-conf", options.store.rados.conf_file,
+                 "ceph.conf of the cluster (empty: CEPH_CONF or /etc/ceph/ceph.conf)")
+      ->envname("CKPT_RADOS_CONF");
+  app.add_option("--rados-id", options.store.rados.user, "cephx user, without 'client.'")
+      ->envname("CKPT_RADOS_ID")
+      ->capture_default_str();
+  app.add_option("--rados-keyring", options.store.rados.keyring,
+                 "keyring of --rados-id (empty: what ceph.conf says)")
+      ->envname("CKPT_RADOS_KEYRING");
+  app.add_option("--rados-timeout", rados_timeout_s,
+                 "seconds a RADOS call may take before the RPC fails with UNAVAILABLE")
+      ->envname("CKPT_RADOS_TIMEOUT")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--rados-upload-lease", rados_lease_s,
+                 "seconds an upload's chunks stay safe from gc without news from its server")
+      ->envname("CKPT_RADOS_UPLOAD_LEASE")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--rados-gc-grace", rados_grace_s,
+                 "clock difference between servers gc allows for: chunks touched this recently "
+                 "are kept")
+      ->envname("CKPT_RADOS_GC_GRACE")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+  if (store_kind == "rados") options.store.backend = ckpt::storage::StoreBackend::kRados;
+  options.store.rados.op_timeout = absl::Seconds(rados_timeout_s);
+  options.store.rados.upload_lease = absl::Seconds(rados_lease_s);
+  options.store.rados.gc_grace = absl::Seconds(rados_grace_s);
 
   uint64_t quota_bytes = 0;
   ParseSize(namespace_quota, &quota_bytes);
@@ -263,9 +305,15 @@ int main(int argc, char** argv) {
                  (*server)->metrics_port(), host.c_str(), (*server)->metrics_port());
   }
   const bool tls = !options.tls_cert_file.empty();
+  const std::string where =
+      options.store.backend == ckpt::storage::StoreBackend::kRados
+          ? absl::StrCat("RADOS pool ", options.store.rados.pool, " (",
+                         options.store.rados.conf_file.empty() ? "default ceph.conf"
+                                                               : options.store.rados.conf_file,
+                         ", user ", options.store.rados.user, ")")
+          : data_dir;
   std::fprintf(stderr, "ckpt-server %s listening on port %d (%s, %s), data in %s\n", CKPT_VERSION,
-               (*server)->port(), options.listen.c_str(), tls ? "TLS" : "plaintext",
-               data_dir.c_str());
+               (*server)->port(), options.listen.c_str(), tls ? "TLS" : "plaintext", where.c_str());
   std::fprintf(stderr, "ckpt-server: access control %s\n",
                (*server)->development_mode()
                    ? "OFF (development mode)"

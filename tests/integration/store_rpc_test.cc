@@ -126,9 +126,13 @@ class StoreSurface : public Surface, public storage::test::StoreHarness {
 /// client core. Saves use the harness's chunk size, so chunk counts match.
 class ServiceSurface : public Surface {
  public:
-  ServiceSurface() {
+  explicit ServiceSurface(Backend backend) {
     server::ServerOptions options = testing::TestServerOptions(dir_.path());
     options.log_level = server::LogLevel::kWarn;
+    auto store = storage::test::BackendOptions(backend, options.store);
+    EXPECT_TRUE(store.ok()) << store.status();
+    if (!store.ok()) return;
+    options.store = *store;
     auto server = server::Server::Start(options);
     EXPECT_TRUE(server.ok()) << server.status();
     if (!server.ok()) return;
@@ -233,7 +237,7 @@ class StoreRpcTest : public ::testing::TestWithParam<Param> {
     if (GetParam().via == Via::kStore) {
       surface_ = std::make_unique<StoreSurface>(GetParam().backend);
     } else {
-      auto service = std::make_unique<ServiceSurface>();
+      auto service = std::make_unique<ServiceSurface>(GetParam().backend);
       ASSERT_TRUE(service->ready());
       surface_ = std::move(service);
     }
@@ -435,7 +439,9 @@ TEST_P(StoreRpcTest, DeleteThenGcReclaimsExactlyTheUnsharedChunks) {
 
 INSTANTIATE_TEST_SUITE_P(Surfaces, StoreRpcTest,
                          ::testing::Values(Param{Backend::kRocksDb, Via::kStore},
-                                           Param{Backend::kRocksDb, Via::kService}),
+                                           Param{Backend::kRocksDb, Via::kService},
+                                           Param{Backend::kRados, Via::kStore},
+                                           Param{Backend::kRados, Via::kService}),
                          ParamName);
 
 }  // namespace

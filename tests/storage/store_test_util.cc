@@ -9,6 +9,7 @@
 #include <utility>
 #include <variant>
 
+#include "common/status_macros.h"
 #include "storage/rados_store.h"
 #include "storage/rocksdb_store.h"
 #include "tests/testing/ceph_cluster.h"
@@ -28,6 +29,21 @@ std::string BackendName(Backend backend) {
   return "Unknown";
 }
 
+absl::StatusOr<StoreOptions> BackendOptions(Backend backend, const StoreOptions& options) {
+  StoreOptions out = options;
+  if (backend != Backend::kRados) return out;
+  // The test cluster; the store's own RADOS namespaces, named after its
+  // directory. No grace: one clock.
+  absl::StatusOr<std::string> conf = ckpt::testing::TestCephConf();
+  if (!conf.ok()) return conf.status();
+  out.backend = StoreBackend::kRados;
+  out.rados.conf_file = *conf;
+  out.rados.namespace_prefix = fs::path(options.path).parent_path().filename().string() + "/";
+  out.rados.gc_grace = absl::ZeroDuration();
+  out.rados.upload_lease = kTestUploadLease;
+  return out;
+}
+
 absl::StatusOr<std::unique_ptr<Store>> OpenStore(Backend backend, const StoreOptions& options) {
   switch (backend) {
     case Backend::kRocksDb: {
@@ -36,16 +52,7 @@ absl::StatusOr<std::unique_ptr<Store>> OpenStore(Backend backend, const StoreOpt
       return std::unique_ptr<Store>(std::move(store).value());
     }
     case Backend::kRados: {
-      // The test cluster; the store's own RADOS namespaces, named after its
-      // directory. No grace: one clock.
-      absl::StatusOr<std::string> conf = ckpt::testing::TestCephConf();
-      if (!conf.ok()) return conf.status();
-      StoreOptions rados = options;
-      rados.backend = StoreBackend::kRados;
-      rados.rados.conf_file = *conf;
-      rados.rados.namespace_prefix = fs::path(options.path).parent_path().filename().string() + "/";
-      rados.rados.gc_grace = absl::ZeroDuration();
-      rados.rados.upload_lease = kTestUploadLease;
+      CKPT_ASSIGN_OR_RETURN(StoreOptions rados, BackendOptions(backend, options));
       auto store = RadosStore::Open(rados);
       if (!store.ok()) return store.status();
       return std::unique_ptr<Store>(std::move(store).value());

@@ -38,6 +38,11 @@ inline constexpr absl::Duration kTestUploadLease = absl::Seconds(3);
 /// "RocksDb": the name of `backend` in test names.
 std::string BackendName(Backend backend);
 
+/// `options` for `backend`: as is for RocksDB; for RADOS, the test cluster
+/// (ckpt::testing::TestCephConf) with RADOS namespaces of their own named
+/// after options.path's directory, no gc grace and kTestUploadLease.
+absl::StatusOr<StoreOptions> BackendOptions(Backend backend, const StoreOptions& options);
+
 /// Opens (creating) a store of `backend` with `options`; options.path is a
 /// directory of its own that the backend may use as it likes (a backend
 /// without local files derives a unique pool or prefix name from it).

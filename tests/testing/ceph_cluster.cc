@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <mutex>
@@ -38,7 +39,13 @@ void ReapLeftovers() {
     if (name.rfind("ckpt-ceph-", 0) != 0) continue;
     std::ifstream owner(entry.path() / "owner.pid");
     pid_t pid = 0;
-    if (owner >> pid && pid > 0 && kill(pid, 0) == 0) continue;
+    if (!(owner >> pid)) {
+      // Being made right now, or left half made long ago.
+      const auto age = fs::file_time_type::clock::now() - fs::last_write_time(entry.path(), ec);
+      if (ec || age < std::chrono::minutes(10)) continue;
+    } else if (pid > 0 && kill(pid, 0) == 0) {
+      continue;
+    }
     Run(absl::StrCat("bash ", Script(), " stop ", entry.path().string(), "/c; rm -rf ",
                      entry.path().string()));
   }
@@ -66,9 +73,11 @@ absl::StatusOr<std::string> TestCephConf() {
       return;
     }
     cluster_dir = tmpl;
-    auto [out, rc] = Run(absl::StrCat("bash ", Script(), " start ", cluster_dir, "/c 1"));
+    // Owned before it starts: another test process reaps only clusters
+    // whose owner is gone.
     std::ofstream(cluster_dir + "/owner.pid") << getpid();
     atexit(StopCluster);
+    auto [out, rc] = Run(absl::StrCat("bash ", Script(), " start ", cluster_dir, "/c 1"));
     const std::string conf = cluster_dir + "/c/ceph.conf";
     if (rc != 0 || !fs::exists(conf)) {
       result = absl::UnavailableError(absl::StrCat("scripts/ceph-dev-cluster.sh failed: ", out));
