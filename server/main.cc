@@ -219,6 +219,11 @@ int main(int argc, char** argv) {
   app.add_option("--rados-keyring", options.store.rados.keyring,
                  "keyring of --rados-id (empty: what ceph.conf says)")
       ->envname("CKPT_RADOS_KEYRING");
+  app.add_option("--rados-namespace-prefix", options.store.rados.namespace_prefix,
+                 "prepended to the RADOS namespaces this deployment uses, so that several "
+                 "independent deployments can share one pool (every server of one deployment "
+                 "must give the same)")
+      ->envname("CKPT_RADOS_NAMESPACE_PREFIX");
   app.add_option("--rados-timeout", rados_timeout_s,
                  "seconds a RADOS call may take before the RPC fails with UNAVAILABLE")
       ->envname("CKPT_RADOS_TIMEOUT")
