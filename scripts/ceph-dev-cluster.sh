@@ -7,7 +7,7 @@
 #   scripts/ceph-dev-cluster.sh start DIR [OSDS]   starts it (OSDS: 1-3, default 1);
 #                                                  prints the ceph.conf path
 #   scripts/ceph-dev-cluster.sh stop DIR           stops it and deletes DIR
-#   scripts/ceph-dev-cluster.sh env DIR            prints CKPT_RADOS_* for a server
+#   scripts/ceph-dev-cluster.sh env DIR            prints the CKPT_* exports a server needs
 #
 # In DIR: ceph.conf, keyring (client.admin and client.ckpt), the pool "ckpt",
 # logs, and pid files. The monitor's port is one the kernel said was free; a
@@ -146,7 +146,7 @@ case "$cmd" in
     if [[ -d "$dir" ]]; then stop_daemons; rm -rf "$dir"; fi
     ;;
   env)
-    echo "CKPT_STORE=rados CKPT_RADOS_CONF=$dir/ceph.conf CKPT_RADOS_POOL=ckpt CKPT_RADOS_ID=ckpt"
+    echo "export CKPT_STORE=rados CKPT_RADOS_CONF=$dir/ceph.conf CKPT_RADOS_POOL=ckpt CKPT_RADOS_ID=ckpt"
     ;;
   *) usage ;;
 esac

@@ -34,8 +34,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   file.append(kDataSize, '\0');
   ReadOptions options;
   options.max_nodes = 10001;
-  auto read = ReadSafetensors({reinterpret_cast<const uint8_t*>(file.data()), file.size()},
-                              options);
+  auto read =
+      ReadSafetensors({reinterpret_cast<const uint8_t*>(file.data()), file.size()}, options);
   if (read.ok() != header.ok()) __builtin_trap();
   if (read.ok()) {
     for (size_t i = 0; i < read->tree.size(); ++i) {
