@@ -40,48 +40,6 @@ double Seconds(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
 }
 
-struct Data {
-  client::SaveInput input;
-  std::vector<std::string> bytes;  // per node
-  uint64_t total = 0;
-  std::vector<size_t> tensor_nodes;
-};
-
-Data Materialize(const Workload& w, uint64_t seed) {
-  Data d;
-  Node root;
-  root.kind = NodeKind::kDict;
-  root.size = static_cast<uint32_t>(w.shapes.size());
-  d.input.tree.push_back(root);
-  d.bytes.emplace_back();
-  std::mt19937_64 rng(seed);
-  for (const auto& [key, shape] : w.shapes) {
-    Node n;
-    n.kind = NodeKind::kTensor;
-    n.key = key;
-    n.tensor.dtype = DType::kFloat32;
-    n.tensor.shape = shape;
-    n.data.size = *n.tensor.NumBytes();
-    // Distinct finite floats in [1, 2) (random mantissas): incompressible
-    // like trained weights, and statistics take their common path.
-    std::string b(n.data.size, '\0');
-    for (size_t i = 0; i + 8 <= b.size(); i += 8) {
-      const uint64_t v = rng();
-      const uint32_t halves[2] = {static_cast<uint32_t>(v >> 41) | 0x3f800000u,
-                                  static_cast<uint32_t>((v >> 9) & 0x7fffffu) | 0x3f800000u};
-      std::memcpy(&b[i], halves, 8);
-    }
-    d.total += b.size();
-    d.tensor_nodes.push_back(d.input.tree.size());
-    d.input.tree.push_back(std::move(n));
-    d.bytes.push_back(std::move(b));
-  }
-  for (const auto& b : d.bytes) {
-    d.input.bytes.emplace_back(reinterpret_cast<const uint8_t*>(b.data()), b.size());
-  }
-  return d;
-}
-
 // Restores into buffers that already exist (like loading into a module).
 class IntoBuffers : public client::LoadSink {
  public:

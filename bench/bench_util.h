@@ -13,6 +13,8 @@
 #include <utility>
 #include <vector>
 
+#include "client/raw_client.h"
+
 namespace ckpt::bench {
 
 /// Where `program` runs from: itself if it names a path (has a '/'),
@@ -50,6 +52,19 @@ void AddWorkloadOptions(CLI::App& app, WorkloadOptions* options);
 /// The workloads `options` select ("gpt2-small-adam", "20k-small"), and
 /// points the test harness at options.server_bin when it is set.
 std::vector<Workload> SelectWorkloads(const WorkloadOptions& options);
+
+/// A workload's tensors made real: random finite float32 values in [1, 2)
+/// (incompressible, like trained weights), one string per tree node (empty
+/// for the root), and the SaveInput pointing at them.
+struct Data {
+  client::SaveInput input;
+  std::vector<std::string> bytes;  ///< per node
+  uint64_t total = 0;
+  std::vector<size_t> tensor_nodes;
+};
+
+/// `w`'s tensors with values from `seed`.
+Data Materialize(const Workload& w, uint64_t seed);
 
 /// Peak resident set (VmHWM) of a process, in MiB.
 double PeakRssMiB(pid_t pid);
