@@ -260,6 +260,7 @@ class LoadReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
       const size_t chunk_index = run_offset_ / chunk_size;
       if (chunk_ == nullptr || chunk_index != chunk_index_) {
         const Digest& digest = node.data.chunks[chunk_index];
+        ReadAhead(chunk_index);
         auto chunk = std::make_shared<std::string>();
         absl::Status status = service_->store()->ReadChunk(version_.name, digest, chunk.get());
         chunk_ = std::move(chunk);
@@ -309,6 +310,26 @@ class LoadReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
     if (bytes == 0) return false;
     *out = rpc::EncodeDataBatch(pieces);
     return true;
+  }
+
+  // Tells the store which chunks a whole load reads after chunk
+  // `chunk_index` of the current node (sliced loads skip chunks: no hint).
+  void ReadAhead(size_t chunk_index) {
+    if (!slices_.empty()) return;
+    constexpr size_t kAhead = 4;
+    std::vector<Digest> next;
+    size_t node = data_node_;
+    size_t index = chunk_index + 1;
+    while (next.size() < kAhead && node < selection_.tree.size()) {
+      const Node& n = selection_.tree[node];
+      if (n.has_data() && index < n.data.chunks.size()) {
+        next.push_back(n.data.chunks[index++]);
+        continue;
+      }
+      ++node;
+      index = 0;
+    }
+    if (!next.empty()) service_->store()->ReadAhead(version_.name, next);
   }
 
   void OpenDataNode() {

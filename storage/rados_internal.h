@@ -66,6 +66,28 @@ librados::bufferlist Decimal(uint64_t v);
 /// A decimal xattr value; 0 if absent or malformed.
 uint64_t DecimalOf(const std::map<std::string, librados::bufferlist>& attrs, const char* name);
 
+/// A chunk read started ahead of ReadChunk: the operation and its outputs
+/// live until the read completes.
+struct PendingRead {
+  librados::ObjectReadOperation op;
+  librados::bufferlist data, marker, unused;
+  int marker_rc = 0;
+  int read_rc = 0;
+  librados::AioCompletion* completion = nullptr;
+  /// Waits for the read and releases the completion; its return code.
+  int Wait();
+  ~PendingRead();
+};
+
+/// Reads started by ReadAhead, by namespace and digest; at most kMaxAhead
+/// at once server-wide (the oldest is dropped for a new one).
+struct ReadAheadCache {
+  static constexpr size_t kMaxAhead = 16;
+  std::mutex mu;
+  std::map<std::pair<std::string, Digest>, std::shared_ptr<PendingRead>> reads;
+  std::vector<std::pair<std::string, Digest>> order;  // oldest first
+};
+
 /// Connection shared by the store and its live uploads.
 struct RadosCore {
   StoreOptions options;
@@ -88,6 +110,7 @@ struct RadosCore {
   /// collections look there).
   absl::Status RegisterNamespace(absl::string_view ns);
   absl::flat_hash_set<std::string> registered;  // guarded by mu
+  ReadAheadCache ahead;
 };
 
 /// Runs the write operations `ops[i]` on objects `oids[i]` concurrently

@@ -417,21 +417,73 @@ absl::StatusOr<Tree> RadosStore::GetTree(absl::string_view name, uint64_t versio
   return tree;
 }
 
+void RadosStore::ReadAhead(absl::string_view name, absl::Span<const Digest> digests) {
+  if (!ValidateName(name).ok()) return;
+  const std::string ns(NamespaceOf(name));
+  internal::ReadAheadCache& cache = core_->ahead;
+  librados::IoCtx io = core_->Ns(ns);
+  std::vector<std::shared_ptr<internal::PendingRead>> dropped;
+  {
+    std::lock_guard<std::mutex> lock(cache.mu);
+    for (const Digest& digest : digests) {
+      auto key = std::make_pair(ns, digest);
+      if (cache.reads.count(key)) continue;
+      if (cache.order.size() >= internal::ReadAheadCache::kMaxAhead) {
+        auto it = cache.reads.find(cache.order.front());
+        if (it != cache.reads.end()) {
+          dropped.push_back(std::move(it->second));
+          cache.reads.erase(it);
+        }
+        cache.order.erase(cache.order.begin());
+      }
+      auto read = std::make_shared<internal::PendingRead>();
+      read->op.getxattr(internal::kCommitted, &read->marker, &read->marker_rc);
+      read->op.read(0, core_->options.max_chunk_bytes + 1, &read->data, &read->read_rc);
+      read->completion = librados::Rados::aio_create_completion();
+      if (io.aio_operate(ChunkOid(digest), read->completion, &read->op, &read->unused) < 0) {
+        continue;  // ReadChunk reads it itself
+      }
+      cache.reads.emplace(key, std::move(read));
+      cache.order.push_back(std::move(key));
+    }
+  }
+  // Dropped reads finish (and are released) outside the lock.
+  dropped.clear();
+}
+
 absl::Status RadosStore::ReadChunk(absl::string_view name, const Digest& digest, std::string* out) {
   CKPT_RETURN_IF_ERROR(ValidateName(name));
   const absl::string_view ns = NamespaceOf(name);
-  librados::IoCtx io = core_->Ns(ns);
-  // Only chunks a commit used: one read of the marker and the bytes.
-  librados::ObjectReadOperation op;
-  librados::bufferlist bl, marker;
-  int marker_rc = 0, read_rc = 0;
-  op.getxattr(internal::kCommitted, &marker, &marker_rc);
-  op.read(0, core_->options.max_chunk_bytes + 1, &bl, &read_rc);
-  librados::bufferlist unused;
-  const int rc = io.operate(ChunkOid(digest), &op, &unused);
-  if (rc == -ENOENT || rc == -ENODATA || marker_rc < 0) return internal::ChunkNotFound(ns, digest);
+  std::shared_ptr<internal::PendingRead> read;
+  {
+    internal::ReadAheadCache& cache = core_->ahead;
+    std::lock_guard<std::mutex> lock(cache.mu);
+    const auto key = std::make_pair(std::string(ns), digest);
+    if (auto it = cache.reads.find(key); it != cache.reads.end()) {
+      read = std::move(it->second);
+      cache.reads.erase(it);
+      cache.order.erase(std::find(cache.order.begin(), cache.order.end(), key));
+    }
+  }
+  if (read == nullptr) {
+    // Only chunks a commit used: one read of the marker and the bytes.
+    read = std::make_shared<internal::PendingRead>();
+    read->op.getxattr(internal::kCommitted, &read->marker, &read->marker_rc);
+    read->op.read(0, core_->options.max_chunk_bytes + 1, &read->data, &read->read_rc);
+    librados::IoCtx io = core_->Ns(ns);
+    read->completion = librados::Rados::aio_create_completion();
+    const int started =
+        io.aio_operate(ChunkOid(digest), read->completion, &read->op, &read->unused);
+    if (started < 0) {
+      return RadosStatus(started, absl::StrCat("reading chunk ", digest.Hex()));
+    }
+  }
+  const int rc = read->Wait();
+  if (rc == -ENOENT || rc == -ENODATA || read->marker_rc < 0) {
+    return internal::ChunkNotFound(ns, digest);
+  }
   CKPT_RETURN_IF_ERROR(RadosStatus(rc, absl::StrCat("reading chunk ", digest.Hex())));
-  out->assign(bl.c_str(), bl.length());
+  out->assign(read->data.c_str(), read->data.length());
   return internal::VerifyChunk(digest, out->size(), out);
 }
 

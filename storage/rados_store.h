@@ -98,6 +98,8 @@ class RadosStore final : public Store {
   absl::StatusOr<VersionInfo> GetVersion(absl::string_view name,
                                          const VersionSelector& selector) override;
   absl::StatusOr<Tree> GetTree(absl::string_view name, uint64_t version) override;
+  /// Starts reading up to 16 chunks (server-wide) ahead of ReadChunk.
+  void ReadAhead(absl::string_view name, absl::Span<const Digest> digests) override;
   absl::Status ReadChunk(absl::string_view name, const Digest& digest, std::string* out) override;
   absl::StatusOr<std::vector<CheckpointSummary>> ListCheckpoints(absl::string_view prefix,
                                                                  absl::string_view start_after,

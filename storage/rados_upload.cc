@@ -249,6 +249,19 @@ absl::StatusOr<Tree> ReadTreeParts(librados::IoCtx& io, const StoredVersion& v) 
   return DecodeTree(bytes);
 }
 
+int PendingRead::Wait() {
+  if (completion == nullptr) return -EINVAL;
+  completion->wait_for_complete();
+  const int rc = completion->get_return_value();
+  completion->release();
+  completion = nullptr;
+  return rc;
+}
+
+PendingRead::~PendingRead() {
+  if (completion != nullptr) Wait();
+}
+
 // ---------------------------------------------------------------------------
 // Uploads
 

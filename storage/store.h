@@ -268,6 +268,12 @@ class Store {
   /// InvalidArgument for an invalid name.
   virtual absl::StatusOr<Tree> GetTree(absl::string_view name, uint64_t version) = 0;
 
+  /// A hint that these chunks of `name`'s namespace are read next, in
+  /// order: a backend whose reads have latency (RADOS) starts reading them
+  /// into a small cache of its own that ReadChunk takes from; bounded
+  /// server-wide, never required. Default: nothing.
+  virtual void ReadAhead(absl::string_view name, absl::Span<const Digest> digests) {}
+
   /// Reads one chunk of `name`'s namespace into `out` (resized), verifying its
   /// checksum. DataLoss if the bytes do not match the digest, NotFound if the
   /// chunk is missing. The caller adds checkpoint/version/key context.
