@@ -6,6 +6,8 @@
 #
 #   scripts/ceph-dev-cluster.sh start DIR [OSDS]   starts it (OSDS: 1-3, default 1);
 #                                                  prints the ceph.conf path
+#   scripts/ceph-dev-cluster.sh up DIR [OSDS]      starts the cluster DIR holds again
+#                                                  (its data kept), or a new one
 #   scripts/ceph-dev-cluster.sh stop DIR           stops it and deletes DIR
 #   scripts/ceph-dev-cluster.sh env DIR            prints the CKPT_* exports a server needs
 #
@@ -17,7 +19,7 @@
 # (scripts/install-deps.sh installs them).
 set -euo pipefail
 
-usage() { echo "usage: $0 start DIR [OSDS] | stop DIR | env DIR" >&2; exit 2; }
+usage() { echo "usage: $0 start DIR [OSDS] | up DIR [OSDS] | stop DIR | env DIR" >&2; exit 2; }
 [[ $# -ge 2 ]] || usage
 cmd=$1
 dir=$2
@@ -57,10 +59,6 @@ fsid = $fsid
 mon host = [v2:127.0.0.1:$port]
 public addr = 127.0.0.1
 ms bind msgr1 = false
-run dir = $dir/run
-pid file = $dir/run/\$name.pid
-log file = $dir/log/\$name.log
-admin socket = $dir/run/\$name.asok
 keyring = $dir/keyring
 auth cluster required = cephx
 auth service required = cephx
@@ -88,6 +86,16 @@ bluestore cache size = 67108864
 osd memory target = 536870912
 osd op num shards = 1
 osd op num threads per shard = 2
+[mon]
+run dir = $dir/run
+pid file = $dir/run/\$name.pid
+log file = $dir/log/\$name.log
+admin socket = $dir/run/\$name.asok
+[osd]
+run dir = $dir/run
+pid file = $dir/run/\$name.pid
+log file = $dir/log/\$name.log
+admin socket = $dir/run/\$name.asok
 CONF
     if [[ ! -e "$dir/keyring" ]]; then
       ceph-authtool --create-keyring "$dir/keyring" --gen-key -n mon. --cap mon 'allow *' >/dev/null
@@ -126,7 +134,11 @@ CONF
   done
   ceph_ osd pool create ckpt 8 >/dev/null 2>&1
   ceph_ osd pool application enable ckpt ckpt >/dev/null 2>&1 || true
-  # Up when a write goes through.
+  wait_writable
+  echo "$dir/ceph.conf"
+}
+
+wait_writable() {
   local deadline=$((SECONDS + 120))
   until timeout 20 rados -c "$dir/ceph.conf" -p ckpt put ceph-dev-cluster-probe "$dir/ceph.conf" \
     2>/dev/null; do
@@ -137,11 +149,26 @@ CONF
     sleep 0.5
   done
   rados -c "$dir/ceph.conf" -p ckpt rm ceph-dev-cluster-probe
+}
+
+# Starts the daemons of the cluster already in DIR (after a reboot or a
+# container restart): its data is kept.
+restart() {
+  stop_daemons
+  mkdir -p "$dir/run" "$dir/log"
+  ceph-mon -c "$dir/ceph.conf" -i a 2>>"$dir/log/setup.log"
+  local osd id
+  for osd in "$dir"/osd.*; do
+    id=${osd##*.}
+    ceph-osd -c "$dir/ceph.conf" -i "$id" --keyring "$osd/keyring" >>"$dir/log/setup.log" 2>&1
+  done
+  wait_writable
   echo "$dir/ceph.conf"
 }
 
 case "$cmd" in
   start) start ;;
+  up) if [[ -e "$dir/ceph.conf" && -d "$dir/mon.a" ]]; then restart; else start; fi ;;
   stop)
     if [[ -d "$dir" ]]; then stop_daemons; rm -rf "$dir"; fi
     ;;
