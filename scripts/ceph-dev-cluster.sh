@@ -35,7 +35,12 @@ stop_daemons() {
   for pidfile in "$dir"/run/*.pid; do
     [[ -e "$pidfile" ]] || continue
     pid=$(cat "$pidfile" 2>/dev/null || true)
-    if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then kill -9 "$pid" 2>/dev/null || true; fi
+    # Only a daemon of this cluster: a stale pid file's number may belong to
+    # another process by now.
+    if [[ -n "$pid" ]] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null |
+      grep -qF -- "-c $dir/ceph.conf"; then
+      kill -9 "$pid" 2>/dev/null || true
+    fi
     rm -f "$pidfile"
   done
   # Daemons whose pid file was never written (a start killed half way).

@@ -144,7 +144,7 @@ TEST_F(DiskFullTest, SavesStopCleanlyAndDeletesAndGcMakeRoomWithoutARestart) {
     ASSERT_TRUE(deleted.ok()) << deleted.status();
   }
   auto gc = client_->GarbageCollect();
-  ASSERT_TRUE(gc.ok()) << gc.status();
+  ASSERT_TRUE(gc.ok()) << gc.status() << "\nserver log:\n" << server_->Log();
   EXPECT_GT(gc->bytes_removed, uint64_t{40} << 20);
   auto again = SaveBlob("full/blob", 20, 200);
   ASSERT_TRUE(again.ok()) << again.status();
