@@ -1,8 +1,7 @@
 // A RADOS cluster that stops answering: RPCs fail with UNAVAILABLE naming
 // the cluster after --rados-timeout (librados alone would wait forever),
 // nothing half-done becomes visible, and the same server process serves
-// again once the cluster answers. Freezes the test cluster's OSD, so CTest
-// runs it alone (RUN_SERIAL).
+// again once the cluster answers. Freezes the OSD of a cluster of its own.
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -47,11 +46,16 @@ struct Frozen {
 };
 
 TEST(RadosOutageTest, UnavailableWhileTheClusterIsSilentThenServesAgain) {
-  ASSERT_OK_AND_ASSIGN(const std::string conf, testing::TestCephConf());
-  std::ifstream pidfile(std::filesystem::path(conf).parent_path() / "run" / "osd.0.pid");
-  pid_t osd = 0;
-  ASSERT_TRUE(pidfile >> osd) << "no OSD pid file next to " << conf;
   testing::TempDir dir;
+  const std::string cluster = dir.path() + "/ceph";
+  ASSERT_OK_AND_ASSIGN(const std::string conf, testing::StartOwnCephCluster(cluster));
+  struct Stop {
+    std::string dir;
+    ~Stop() { testing::StopCephCluster(dir); }
+  } stop{cluster};
+  std::ifstream pidfile(std::filesystem::path(cluster) / "run" / "osd.0.pid");
+  pid_t osd = 0;
+  ASSERT_TRUE(pidfile >> osd) << "no OSD pid file in " << cluster;
   ASSERT_OK_AND_ASSIGN(auto server,
                        testing::ServerProcess::Start(
                            dir.path() + "/unused",

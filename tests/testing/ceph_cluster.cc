@@ -88,4 +88,16 @@ absl::StatusOr<std::string> TestCephConf() {
   return result;
 }
 
+absl::StatusOr<std::string> StartOwnCephCluster(const std::string& dir) {
+  auto [out, rc] = Run(absl::StrCat("bash ", Script(), " start ", dir, " 1"));
+  if (rc != 0) {
+    return absl::UnavailableError(absl::StrCat("scripts/ceph-dev-cluster.sh failed: ", out));
+  }
+  return dir + "/ceph.conf";
+}
+
+void StopCephCluster(const std::string& dir) {
+  Run(absl::StrCat("bash ", Script(), " stop ", dir));
+}
+
 }  // namespace ckpt::testing

@@ -19,6 +19,14 @@ namespace ckpt::testing {
 /// script's output on failure.
 absl::StatusOr<std::string> TestCephConf();
 
+/// Starts a cluster of this test's own in `dir` (which must not exist;
+/// scripts/ceph-dev-cluster.sh start DIR 1): its ceph.conf. For tests that
+/// disturb the cluster (freeze or kill its daemons).
+absl::StatusOr<std::string> StartOwnCephCluster(const std::string& dir);
+
+/// Stops the cluster in `dir` and deletes `dir`.
+void StopCephCluster(const std::string& dir);
+
 }  // namespace ckpt::testing
 
 #endif  // CKPT_TESTS_TESTING_CEPH_CLUSTER_H_
