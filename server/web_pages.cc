@@ -268,7 +268,6 @@ std::string VersionsBody(absl::string_view name, const std::vector<VersionInfo>&
         "</p>\n");
   }
   // Choices default to the two newest shown: B newer than A.
-  std::string options_b = options;
   const std::string second =
       absl::StrCat("value=\"", Html(Ref(versions.size() > 1 ? versions[1] : versions[0])), "\"");
   std::string options_a = options;
@@ -278,7 +277,7 @@ std::string VersionsBody(absl::string_view name, const std::vector<VersionInfo>&
   absl::StrAppend(&out,
                   "<h2>Compare</h2><form id=\"diff-form\" method=\"get\" action=\"/diff\">"
                   "<label>A <select name=\"a\">",
-                  options_a, "</select></label> <label>B <select name=\"b\">", options_b,
+                  options_a, "</select></label> <label>B <select name=\"b\">", options,
                   "</select></label> <button type=\"submit\">Diff</button></form>\n");
   return out;
 }

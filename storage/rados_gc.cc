@@ -48,7 +48,7 @@ struct Marked {
   uint64_t logical_bytes = 0;
 };
 
-absl::StatusOr<Marked> Mark(internal::RadosCore& core, librados::IoCtx& io, int64_t now_ms) {
+absl::StatusOr<Marked> Mark(librados::IoCtx& io, int64_t now_ms) {
   Marked m;
   try {
     for (auto it = io.nobjects_begin(); it != io.nobjects_end(); ++it) {
@@ -177,7 +177,7 @@ absl::StatusOr<GcResult> RadosStore::CollectGarbage() {
   CKPT_ASSIGN_OR_RETURN(std::vector<std::string> namespaces, core_->Namespaces());
   for (const std::string& ns : namespaces) {
     librados::IoCtx io = core_->Ns(ns);
-    CKPT_ASSIGN_OR_RETURN(Marked m, Mark(*core_, io, start));
+    CKPT_ASSIGN_OR_RETURN(Marked m, Mark(io, start));
     for (const std::string& id : m.expired) {
       for (const std::string& part : m.leases[id]) io.remove(part);
       ++result.orphan_uploads_removed;
@@ -231,7 +231,7 @@ absl::StatusOr<StoreStats> RadosStore::Stats() {
   CKPT_ASSIGN_OR_RETURN(std::vector<std::string> namespaces, core_->Namespaces());
   for (const std::string& ns : namespaces) {
     librados::IoCtx io = core_->Ns(ns);
-    CKPT_ASSIGN_OR_RETURN(Marked m, Mark(*core_, io, internal::NowMs()));
+    CKPT_ASSIGN_OR_RETURN(Marked m, Mark(io, internal::NowMs()));
     stats.checkpoints += m.checkpoints;
     stats.versions += m.versions;
     stats.logical_bytes += m.logical_bytes;

@@ -381,7 +381,10 @@ absl::StatusOr<VersionInfo> RadosStore::GetVersion(absl::string_view name,
                                                    const VersionSelector& selector) {
   CKPT_RETURN_IF_ERROR(ValidateName(name));
   librados::IoCtx io = core_->Ns(NamespaceOf(name));
-  CKPT_ASSIGN_OR_RETURN(Head head, ReadHead(io, name, 0));
+  // A number: one read of the head with its record; a tag or latest: the
+  // head first, to know which record.
+  const bool by_number = selector.tag.empty() && selector.version != 0;
+  CKPT_ASSIGN_OR_RETURN(Head head, ReadHead(io, name, by_number ? selector.version : 0));
   uint64_t version = selector.version;
   if (!selector.tag.empty()) {
     CKPT_RETURN_IF_ERROR(ValidateTag(selector.tag));
@@ -400,9 +403,11 @@ absl::StatusOr<VersionInfo> RadosStore::GetVersion(absl::string_view name,
     if (head.count == 0) return internal::CheckpointNotFound(name);
     version = head.latest;
   }
-  CKPT_ASSIGN_OR_RETURN(Head with_record, ReadHead(io, name, version));
-  CKPT_ASSIGN_OR_RETURN(StoredVersion stored, RecordOf(with_record, name, version));
-  stored.info.tags = TagsOf(with_record, version);
+  if (!by_number) {
+    CKPT_ASSIGN_OR_RETURN(head, ReadHead(io, name, version));
+  }
+  CKPT_ASSIGN_OR_RETURN(StoredVersion stored, RecordOf(head, name, version));
+  stored.info.tags = TagsOf(head, version);
   return stored.info;
 }
 
