@@ -4,11 +4,66 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/names.h"
+#include "common/status_macros.h"
 
 namespace ckpt::server {
+namespace {
+
+// The version's spec: the union of the parts' root dicts, in rank order.
+absl::StatusOr<storage::CommitSpec> MergeParts(const std::string& name, uint32_t world_size,
+                                               std::vector<storage::StagedPart*> parts,
+                                               uint32_t max_chunk_bytes) {
+  storage::CommitSpec spec;
+  spec.name = name;
+  spec.world_size = world_size;
+  Node root;
+  root.kind = NodeKind::kDict;
+  spec.tree.push_back(root);
+  std::set<std::string> tags;
+  std::sort(
+      parts.begin(), parts.end(),
+      [](const storage::StagedPart* a, const storage::StagedPart* b) { return a->rank < b->rank; });
+  for (storage::StagedPart* part : parts) {
+    spec.tree[0].size += part->tree[0].size;
+    spec.tree.insert(spec.tree.end(), std::make_move_iterator(part->tree.begin() + 1),
+                     std::make_move_iterator(part->tree.end()));
+    tags.insert(part->tags.begin(), part->tags.end());
+    spec.metadata.insert(part->metadata.begin(), part->metadata.end());
+  }
+  const storage::StagedPart& first = *parts.front();
+  spec.step = first.step;
+  spec.epoch = first.epoch;
+  spec.parent = first.parent;
+  spec.tags.assign(tags.begin(), tags.end());
+  absl::Status valid = ValidateTree(spec.tree, max_chunk_bytes);
+  if (!valid.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("parts do not merge into one tree: ", valid.message()));
+  }
+  return spec;
+}
+
+absl::Status PartsTimedOut(absl::string_view name, size_t arrived, uint32_t world_size,
+                           absl::Duration timeout) {
+  return absl::DeadlineExceededError(
+      absl::StrCat("only ", arrived, " of ", world_size, " parts of a save of '", name,
+                   "' arrived within ", absl::FormatDuration(timeout), "; nothing was saved"));
+}
+
+absl::Status PartCancelled(uint32_t rank, uint32_t world_size, absl::string_view name) {
+  return absl::AbortedError(absl::StrCat("rank ", rank, " of a ", world_size, "-part save of '",
+                                         Excerpt(name),
+                                         "' was cancelled; the save is "
+                                         "abandoned and nothing was saved"));
+}
+
+}  // namespace
 
 PendingSaves::PendingSaves(storage::Store* store, uint32_t max_chunk_bytes, absl::Duration timeout)
-    : store_(store), max_chunk_bytes_(max_chunk_bytes), timeout_(timeout) {
+    : store_(store),
+      shared_(store->shared_saves()),
+      max_chunk_bytes_(max_chunk_bytes),
+      timeout_(timeout) {
   sweeper_ = std::thread([this] { SweepLoop(); });
 }
 
@@ -16,25 +71,39 @@ PendingSaves::~PendingSaves() { Shutdown(); }
 
 void PendingSaves::Shutdown() {
   std::map<std::pair<std::string, std::string>, Entry> entries;
+  std::map<SharedKey, SharedEntry> shared;
   {
     std::lock_guard<std::mutex> lock(mu_);
     stopping_ = true;
     entries.swap(entries_);
+    shared.swap(shared_entries_);
   }
   cv_.notify_all();
   if (sweeper_.joinable()) sweeper_.join();
-  for (auto& [key, entry] : entries) {
-    Fail(entry, absl::UnavailableError("server shutting down; multi-part save abandoned"));
+  const absl::Status down =
+      absl::UnavailableError("server shutting down; multi-part save abandoned");
+  for (auto& [key, entry] : entries) Fail(entry.parts, down);
+  for (auto& [key, entry] : shared) {
+    // Its other parts may be at other servers: the whole save ends.
+    shared_->Abandon(entry.ticket, down).IgnoreError();
+    for (SavePart& part : entry.parts) {
+      if (part.waiter) {
+        part.waiter->Deliver(down);
+        part.waiter->Unref();
+        part.waiter = nullptr;
+      }
+    }
   }
 }
 
 size_t PendingSaves::size() {
   std::lock_guard<std::mutex> lock(mu_);
-  return entries_.size();
+  return entries_.size() + shared_entries_.size();
 }
 
 absl::Status PendingSaves::AddPart(const std::string& name, const std::string& save_id,
                                    uint32_t world_size, SavePart part) {
+  if (shared_ != nullptr) return AddSharedPart(name, save_id, world_size, std::move(part));
   Entry ready;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -49,17 +118,12 @@ absl::Status PendingSaves::AddPart(const std::string& name, const std::string& s
       it = entries_.emplace(key, std::move(entry)).first;
     }
     Entry& entry = it->second;
+    const uint32_t rank = part.content.rank;
     if (entry.world_size != world_size) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("save '", save_id, "' of '", name, "' has world_size ", entry.world_size,
-                       " but rank ", part.rank, " says ", world_size));
+      return storage::PartWorldSizeMismatch(name, save_id, entry.world_size, rank, world_size);
     }
-    if (entry.parts.count(part.rank)) {
-      return absl::AlreadyExistsError(absl::StrCat("rank ", part.rank, " of save '", save_id,
-                                                   "' of '", name, "' already sent its part"));
-    }
+    if (entry.parts.count(rank)) return storage::PartAlreadySent(name, save_id, rank);
     if (part.waiter) part.waiter->Ref();
-    const uint32_t rank = part.rank;
     entry.parts.emplace(rank, std::move(part));
     if (entry.parts.size() < entry.world_size) return absl::OkStatus();
     ready = std::move(entry);
@@ -70,35 +134,19 @@ absl::Status PendingSaves::AddPart(const std::string& name, const std::string& s
 }
 
 void PendingSaves::CommitEntry(Entry entry) {
-  // The version's root is the union of the parts' root dicts, in rank order.
-  storage::CommitSpec spec;
-  spec.name = entry.name;
-  spec.world_size = entry.world_size;
-  Node root;
-  root.kind = NodeKind::kDict;
-  spec.tree.push_back(root);
-  std::set<std::string> tags;
+  std::vector<storage::StagedPart*> parts;
   std::vector<storage::Upload*> uploads;
   for (auto& [rank, part] : entry.parts) {
-    spec.tree[0].size += part.tree[0].size;
-    spec.tree.insert(spec.tree.end(), std::make_move_iterator(part.tree.begin() + 1),
-                     std::make_move_iterator(part.tree.end()));
-    tags.insert(part.tags.begin(), part.tags.end());
-    spec.metadata.insert(part.metadata.begin(), part.metadata.end());
+    parts.push_back(&part.content);
     uploads.push_back(part.upload.get());
   }
-  const SavePart& first = entry.parts.begin()->second;
-  spec.step = first.step;
-  spec.epoch = first.epoch;
-  spec.parent = first.parent;
-  spec.tags.assign(tags.begin(), tags.end());
   absl::StatusOr<VersionInfo> result;
-  absl::Status valid = ValidateTree(spec.tree, max_chunk_bytes_);
-  if (!valid.ok()) {
-    result = absl::InvalidArgumentError(
-        absl::StrCat("parts do not merge into one tree: ", valid.message()));
+  absl::StatusOr<storage::CommitSpec> spec =
+      MergeParts(entry.name, entry.world_size, parts, max_chunk_bytes_);
+  if (spec.ok()) {
+    result = store_->Commit(*std::move(spec), uploads);
   } else {
-    result = store_->Commit(std::move(spec), uploads);
+    result = spec.status();
   }
   for (auto& [rank, part] : entry.parts) {
     if (part.waiter) {
@@ -109,8 +157,8 @@ void PendingSaves::CommitEntry(Entry entry) {
   }
 }
 
-void PendingSaves::Fail(Entry& entry, const absl::Status& status) {
-  for (auto& [rank, part] : entry.parts) {
+void PendingSaves::Fail(std::map<uint32_t, SavePart>& parts, const absl::Status& status) {
+  for (auto& [rank, part] : parts) {
     if (part.waiter) {
       part.waiter->Deliver(status);
       part.waiter->Unref();
@@ -120,6 +168,7 @@ void PendingSaves::Fail(Entry& entry, const absl::Status& status) {
 }
 
 void PendingSaves::CancelPart(SaveWaiter* waiter) {
+  if (shared_ != nullptr && CancelSharedPart(waiter)) return;
   Entry abandoned;
   uint32_t cancelled_rank = 0;
   {
@@ -139,17 +188,19 @@ void PendingSaves::CancelPart(SaveWaiter* waiter) {
     entries_.erase(found);
   }
   waiter->Unref();
-  Fail(abandoned,
-       absl::AbortedError(absl::StrCat("rank ", cancelled_rank, " of a ", abandoned.world_size,
-                                       "-part save of '", Excerpt(abandoned.name),
-                                       "' was cancelled; the save is "
-                                       "abandoned and nothing was saved")));
+  Fail(abandoned.parts, PartCancelled(cancelled_rank, abandoned.world_size, abandoned.name));
 }
 
 void PendingSaves::SweepLoop() {
   std::unique_lock<std::mutex> lock(mu_);
   while (!stopping_) {
-    cv_.wait_for(lock, std::chrono::milliseconds(500));
+    // Saves staged in a shared store learn their outcome by polling it.
+    cv_.wait_for(lock, std::chrono::milliseconds(shared_entries_.empty() ? 500 : 50));
+    if (!shared_entries_.empty() && !stopping_) {
+      lock.unlock();
+      PollShared();
+      lock.lock();
+    }
     const absl::Time now = absl::Now();
     std::vector<Entry> expired;
     for (auto it = entries_.begin(); it != entries_.end();) {
@@ -163,13 +214,148 @@ void PendingSaves::SweepLoop() {
     if (expired.empty()) continue;
     lock.unlock();
     for (Entry& entry : expired) {
-      Fail(entry, absl::DeadlineExceededError(
-                      absl::StrCat("only ", entry.parts.size(), " of ", entry.world_size,
-                                   " parts of a save of '", entry.name, "' arrived within ",
-                                   absl::FormatDuration(timeout_), "; nothing was saved")));
+      Fail(entry.parts, PartsTimedOut(entry.name, entry.parts.size(), entry.world_size, timeout_));
     }
     lock.lock();
   }
+}
+
+// ---------------------------------------------------------------------------
+// Parts meeting in a shared store.
+
+absl::Status PendingSaves::AddSharedPart(const std::string& name, const std::string& save_id,
+                                         uint32_t world_size, SavePart part) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) return absl::UnavailableError("server shutting down");
+  }
+  CKPT_ASSIGN_OR_RETURN(
+      storage::SaveTicket ticket,
+      shared_->Stage(name, save_id, world_size, timeout_, part.content, *part.upload));
+  // The store holds the part now; only its upload waits here.
+  part.content.tree = Tree();
+  part.memory.Reset();
+  if (part.waiter) part.waiter->Ref();
+  SharedKey key(name, save_id, ticket.round);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    SharedEntry& entry = shared_entries_[key];
+    entry.ticket = ticket;
+    entry.give_up = absl::Now() + 2 * timeout_ + absl::Minutes(1);
+    entry.parts.push_back(std::move(part));
+  }
+  cv_.notify_all();
+  if (ticket.commit) Resolve(key, CommitShared(ticket, world_size));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<VersionInfo> PendingSaves::CommitShared(const storage::SaveTicket& ticket,
+                                                       uint32_t world_size) {
+  absl::StatusOr<VersionInfo> outcome;
+  absl::StatusOr<storage::CollectedSave> collected = shared_->Collect(ticket);
+  if (!collected.ok()) {
+    outcome = collected.status();
+  } else {
+    std::vector<storage::StagedPart*> parts;
+    for (storage::StagedPart& part : collected->parts) parts.push_back(&part);
+    std::vector<storage::Upload*> uploads;
+    for (auto& upload : collected->uploads) uploads.push_back(upload.get());
+    absl::StatusOr<storage::CommitSpec> spec =
+        MergeParts(ticket.name, world_size, parts, max_chunk_bytes_);
+    outcome = spec.ok() ? store_->Commit(*std::move(spec), uploads)
+                        : absl::StatusOr<VersionInfo>(spec.status());
+  }
+  // Unrecorded (the cluster went away), the other servers' parts end with
+  // Unavailable once the claim is stale: the outcome is unknown to them.
+  shared_->Finish(ticket, outcome).IgnoreError();
+  return outcome;
+}
+
+void PendingSaves::Resolve(const SharedKey& key, const absl::StatusOr<VersionInfo>& outcome) {
+  SharedEntry entry;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = shared_entries_.find(key);
+    if (it == shared_entries_.end()) return;
+    entry = std::move(it->second);
+    shared_entries_.erase(it);
+  }
+  for (SavePart& part : entry.parts) {
+    if (outcome.ok()) shared_->Committed(*part.upload);
+    if (part.waiter) {
+      part.waiter->Deliver(outcome);
+      part.waiter->Unref();
+      part.waiter = nullptr;
+    }
+  }
+}
+
+void PendingSaves::PollShared() {
+  struct Polled {
+    SharedKey key;
+    storage::SaveTicket ticket;
+    absl::Time give_up;
+    std::vector<std::shared_ptr<storage::Upload>> uploads;
+  };
+  std::vector<Polled> polled;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [key, entry] : shared_entries_) {
+      Polled p{key, entry.ticket, entry.give_up, {}};
+      for (SavePart& part : entry.parts) p.uploads.push_back(part.upload);
+      polled.push_back(std::move(p));
+    }
+  }
+  for (Polled& p : polled) {
+    for (auto& upload : p.uploads) shared_->KeepAlive(*upload).IgnoreError();
+    absl::StatusOr<storage::SaveState> state = shared_->Poll(p.ticket);
+    if (!state.ok()) {
+      // The cluster may be back by the next poll; not for ever.
+      if (absl::Now() > p.give_up) Resolve(p.key, state.status());
+      continue;
+    }
+    if (state->outcome.has_value()) {
+      Resolve(p.key, *state->outcome);
+    } else if (state->expired) {
+      const absl::Status late =
+          PartsTimedOut(p.ticket.name, state->staged, state->world_size, timeout_);
+      absl::StatusOr<bool> ended = shared_->Abandon(p.ticket, late);
+      if (ended.ok() && *ended) Resolve(p.key, late);
+    }
+  }
+}
+
+bool PendingSaves::CancelSharedPart(SaveWaiter* waiter) {
+  SharedKey key;
+  storage::SaveTicket ticket;
+  uint32_t rank = 0;
+  uint32_t world_size = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    bool found = false;
+    for (auto& [k, entry] : shared_entries_) {
+      for (SavePart& part : entry.parts) {
+        if (part.waiter != waiter) continue;
+        // Its upload stays until the outcome is known: the save may be
+        // committing elsewhere.
+        part.waiter = nullptr;
+        rank = part.content.rank;
+        key = k;
+        ticket = entry.ticket;
+        found = true;
+        break;
+      }
+      if (found) break;
+    }
+    if (!found) return false;
+  }
+  waiter->Unref();
+  auto state = shared_->Poll(ticket);
+  if (state.ok()) world_size = state->world_size;
+  const absl::Status cancelled = PartCancelled(rank, world_size, ticket.name);
+  absl::StatusOr<bool> ended = shared_->Abandon(ticket, cancelled);
+  if (ended.ok() && *ended) Resolve(key, cancelled);
+  return true;
 }
 
 }  // namespace ckpt::server

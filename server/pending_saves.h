@@ -3,6 +3,11 @@
 
 // Multi-part saves: the ranks of one training job each stream their part of
 // one version; the version commits, atomically, when the last part is in.
+// Over a store one server owns (RocksDB) the parts meet here, in memory;
+// over a store servers share (RADOS: Store::shared_saves) they meet in the
+// store, so that they may reach different servers: each server stages the
+// parts it received, the one completing the set commits, and the others
+// poll the store for the outcome.
 
 #include <condition_variable>
 #include <map>
@@ -10,6 +15,8 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <tuple>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -32,14 +39,10 @@ class SaveWaiter {
 
 /// One rank's complete contribution.
 struct SavePart {
-  uint32_t rank = 0;
-  Tree tree;  ///< Root is a dict.
-  std::unique_ptr<storage::Upload> upload;
-  int64_t step = 0;
-  int64_t epoch = 0;
-  std::map<std::string, std::string> metadata;
-  std::vector<std::string> tags;
-  std::string parent;
+  storage::StagedPart content;  ///< Rank, tree (a dict at its root), fields.
+  /// Shared: a server sharing its store renews its lease while the part
+  /// waits.
+  std::shared_ptr<storage::Upload> upload;
   SaveWaiter* waiter = nullptr;  ///< Ref'd by AddPart.
   /// The tree's share of the server's memory budget, released with the part.
   MemoryReservation memory;
@@ -59,8 +62,10 @@ class PendingSaves {
 
   /// Adds a part of save (name, save_id) of `world_size` parts. The waiter
   /// gets the result once all parts are in (committed on the calling thread
-  /// if this part is the last). AlreadyExists if the rank already sent its
-  /// part, InvalidArgument if world_size disagrees with earlier parts.
+  /// if this part is the last, here or, over a shared store, on any
+  /// server). AlreadyExists if the rank already sent its part,
+  /// InvalidArgument if world_size disagrees with earlier parts; a shared
+  /// store's errors while staging.
   absl::Status AddPart(const std::string& name, const std::string& save_id, uint32_t world_size,
                        SavePart part);
 
@@ -80,18 +85,37 @@ class PendingSaves {
     absl::Time deadline;
     std::map<uint32_t, SavePart> parts;
   };
+  // A save staged in a shared store, with the parts this server received.
+  struct SharedEntry {
+    storage::SaveTicket ticket;
+    std::vector<SavePart> parts;
+    absl::Time give_up;  // when failing polls end it
+  };
+  using SharedKey = std::tuple<std::string, std::string, std::string>;
 
   void CommitEntry(Entry entry);
-  static void Fail(Entry& entry, const absl::Status& status);
+  static void Fail(std::map<uint32_t, SavePart>& parts, const absl::Status& status);
   void SweepLoop();
 
+  absl::Status AddSharedPart(const std::string& name, const std::string& save_id,
+                             uint32_t world_size, SavePart part);
+  // Commits a save whose ticket won the claim, from the parts in the store.
+  absl::StatusOr<VersionInfo> CommitShared(const storage::SaveTicket& ticket, uint32_t world_size);
+  // Gives the outcome to the entry's waiters and drops it.
+  void Resolve(const SharedKey& key, const absl::StatusOr<VersionInfo>& outcome);
+  // Polls the shared store for the outcome of every shared entry.
+  void PollShared();
+  bool CancelSharedPart(SaveWaiter* waiter);
+
   storage::Store* store_;
+  storage::SharedSaves* shared_;
   uint32_t max_chunk_bytes_;
   absl::Duration timeout_;
   std::mutex mu_;
   std::condition_variable cv_;
   bool stopping_ = false;
   std::map<std::pair<std::string, std::string>, Entry> entries_;
+  std::map<SharedKey, SharedEntry> shared_entries_;
   std::thread sweeper_;
 };
 

@@ -384,14 +384,14 @@ class SaveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc:
     }
     CKPT_RETURN_IF_ERROR(upload_->Seal());
     SavePart save_part;
-    save_part.rank = part.rank();
-    save_part.tree = std::move(tree_);
+    save_part.content.rank = part.rank();
+    save_part.content.tree = std::move(tree_);
+    save_part.content.step = begin_.step();
+    save_part.content.epoch = begin_.epoch();
+    save_part.content.metadata.insert(begin_.metadata().begin(), begin_.metadata().end());
+    save_part.content.tags.assign(begin_.tags().begin(), begin_.tags().end());
+    save_part.content.parent = begin_.parent();
     save_part.upload = std::move(upload_);
-    save_part.step = begin_.step();
-    save_part.epoch = begin_.epoch();
-    save_part.metadata.insert(begin_.metadata().begin(), begin_.metadata().end());
-    save_part.tags.assign(begin_.tags().begin(), begin_.tags().end());
-    save_part.parent = begin_.parent();
     save_part.waiter = this;
     save_part.memory = std::move(memory_);
     waiting_.store(true);

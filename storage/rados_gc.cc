@@ -35,6 +35,8 @@ namespace {
 struct Marked {
   std::vector<std::string> chunk_oids;  // every c.* object
   std::vector<std::string> tree_oids;   // every m.* object
+  // Every s.* and r.* object (multi-part saves staged, their parts).
+  std::vector<std::string> staged_oids;
   // Upload id -> its lease parts.
   std::map<std::string, std::vector<std::string>> leases;
   // Referenced chunks (digest -> length) and live tree ids.
@@ -57,6 +59,8 @@ absl::StatusOr<Marked> Mark(librados::IoCtx& io, int64_t now_ms) {
         m.chunk_oids.push_back(oid);
       } else if (absl::StartsWith(oid, "m.")) {
         m.tree_oids.push_back(oid);
+      } else if (absl::StartsWith(oid, "s.") || absl::StartsWith(oid, "r.")) {
+        m.staged_oids.push_back(oid);
       } else if (absl::StartsWith(oid, "u.")) {
         const size_t dot = oid.rfind('.');
         m.leases[oid.substr(2, dot - 2)].push_back(oid);
@@ -201,10 +205,18 @@ absl::StatusOr<GcResult> RadosStore::CollectGarbage() {
       oids.push_back(oid);
       sizes.push_back(0);
     }
+    const size_t touched = oids.size();
+    // Staged multi-part saves past their end (deadline plus a lease): gone
+    // unless renewed meanwhile (a new save under the same save_id).
+    for (const std::string& oid : m.staged_oids) {
+      oids.push_back(oid);
+      sizes.push_back(0);
+    }
     std::vector<librados::ObjectWriteOperation> ops(oids.size());
-    for (auto& op : ops) {
-      op.cmpxattr(internal::kTouched, LIBRADOS_CMPXATTR_OP_GT, threshold);
-      op.remove();
+    for (size_t i = 0; i < ops.size(); ++i) {
+      ops[i].cmpxattr(i < touched ? internal::kTouched : internal::kLeaseEnd,
+                      LIBRADOS_CMPXATTR_OP_GT, threshold);
+      ops[i].remove();
     }
     const std::vector<int> rcs = internal::OperateAll(io, oids, ops);
     for (size_t i = 0; i < oids.size(); ++i) {

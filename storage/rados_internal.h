@@ -152,6 +152,12 @@ absl::StatusOr<Tree> ReadTreeParts(librados::IoCtx& io, const StoredVersion& v);
 class RadosUpload final : public Upload {
  public:
   RadosUpload(std::shared_ptr<RadosCore> core, std::string ns);
+  /// A stand-in for another server's sealed upload `id` (a staged part of
+  /// a multi-part save) with what it wrote and pinned: Commit takes it like
+  /// its own; it never writes, renews or drops anything (its server does).
+  RadosUpload(std::shared_ptr<RadosCore> core, std::string ns, std::string id,
+              absl::flat_hash_map<Digest, uint64_t> written,
+              absl::flat_hash_map<Digest, uint64_t> pinned);
   ~RadosUpload() override;
 
   /// Writes the upload's lease (it counts as live from now on).
@@ -165,7 +171,12 @@ class RadosUpload final : public Upload {
 
   const RadosCore* core() const { return core_.get(); }
   const std::string& ns() const { return ns_; }
+  const std::string& id() const { return id_; }
   bool committed() const { return committed_; }
+  /// Renews the lease if a third of it has passed (a sealed upload waiting
+  /// for the other parts of its save). Once sealed, Renew and MarkCommitted
+  /// may be called from different threads.
+  absl::Status Renew();
   /// After its commit: drops its lease (the version references what it
   /// uses; the rest is garbage for the next collection).
   void MarkCommitted();
@@ -205,7 +216,11 @@ class RadosUpload final : public Upload {
   bool sealed_ = false;
   bool committed_ = false;
   absl::Status broken_;
+  std::mutex lease_mu_;  // Renew and MarkCommitted after the seal
 };
+
+/// The RADOS store's meeting point of multi-part saves (rados_saves.cc).
+std::unique_ptr<SharedSaves> MakeSharedSaves(std::shared_ptr<RadosCore> core);
 
 }  // namespace ckpt::storage::internal
 

@@ -242,6 +242,9 @@ absl::StatusOr<std::unique_ptr<Upload>> RadosStore::BeginUpload(absl::string_vie
   return std::unique_ptr<Upload>(std::move(up));
 }
 
+RadosStore::RadosStore(std::shared_ptr<RadosCore> core)
+    : core_(std::move(core)), saves_(internal::MakeSharedSaves(core_)) {}
+
 absl::StatusOr<VersionInfo> RadosStore::Commit(CommitSpec spec, absl::Span<Upload* const> uploads) {
   const std::string name = spec.name;
   CKPT_RETURN_IF_ERROR(internal::ValidateCommitSpec(spec, core_->options.max_chunk_bytes));

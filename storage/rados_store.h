@@ -34,6 +34,17 @@
 //                      or found (16 bytes each, 256k per object); xattr
 //                      ckpt.exp on part 0 = when the lease ends (renewed as
 //                      the upload is used).
+//   s.<32 hex>         a multi-part save staged (key: digest of name and
+//                      save_id): xattrs ckpt.round (tells apart saves that
+//                      reuse a save_id), ckpt.ws, ckpt.dl (deadline),
+//                      ckpt.st ("o" open, "k<ms>" claimed, "c" committed,
+//                      "f" failed), ckpt.exp (removable after); omap
+//                      "r.<rank>" -> the rank's record id (at most
+//                      world_size keys), "out" -> the outcome, "prev" -> the
+//                      outcome of the save before under this save_id.
+//   r.<id>.<i>         a staged part's record (its fields, tree and the
+//                      digests its upload wrote and pinned), in parts of at
+//                      most 4 MiB; xattr ckpt.exp.
 //   q                  xattr ckpt.bytes: the bytes of the namespace's chunks
 //                      (what its quota limits): added by commits, set again
 //                      by each garbage collection.
@@ -52,6 +63,17 @@
 // without a lock held anywhere. A server killed at any point leaves no
 // version, only objects that garbage collection reclaims.
 //
+// Multi-part saves (shared_saves.h): each server writes the records of the
+// parts it received, then adds the rank to s.<key> by a write guarded by
+// the round and the open state. The server whose rank completes the set
+// claims the save ("o" -> "k", guarded: one claim wins), reads every part's
+// record, commits as above with stand-ins for the other servers' uploads
+// (their leases, renewed by their servers while the parts wait, keep the
+// chunks), and writes the outcome. The other servers poll s.<key> for it;
+// past the deadline a poller fails the save ("o" -> "f", guarded), a
+// cancelled rank does the same at once, and a claim unanswered for an
+// upload lease ends as unknown (Unavailable).
+//
 // Garbage collection (one at a time, cluster-wide, under the lock): for
 // each namespace, the chunks referenced by committed versions (their trees)
 // and pinned by live uploads (unexpired leases) are kept; any other chunk
@@ -59,7 +81,8 @@
 // collection's start minus gc_grace", so a chunk touched since (a save found
 // it, a commit used it) survives: an upload pins a chunk before touching it,
 // so the collection either sees the pin or sees the touch. Expired leases
-// are deleted (the chunks of a server that died become collectable).
+// are deleted (the chunks of a server that died become collectable), and so
+// are staged saves and part records past their ckpt.exp.
 //
 // Every RADOS call times out after RadosOptions::op_timeout (Unavailable
 // naming the cluster); librados reconnects by itself, so the server
@@ -127,14 +150,17 @@ class RadosStore final : public Store {
   /// they wrote and deletes subtract what no other version uses (a chunk
   /// deleted, then used again before a collection, is not counted again).
   uint64_t NamespaceBytes(absl::string_view ns) override;
+  /// Parts of a multi-part save may reach different servers.
+  SharedSaves* shared_saves() override { return saves_.get(); }
 
   /// Chunk objects in the store's namespaces (referenced or not): what the
   /// conformance suite counts garbage collection against.
   absl::StatusOr<uint64_t> CountChunkObjects();
 
  private:
-  explicit RadosStore(std::shared_ptr<internal::RadosCore> core) : core_(std::move(core)) {}
+  explicit RadosStore(std::shared_ptr<internal::RadosCore> core);
   std::shared_ptr<internal::RadosCore> core_;
+  std::unique_ptr<SharedSaves> saves_;
 };
 
 }  // namespace ckpt::storage

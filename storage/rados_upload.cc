@@ -268,6 +268,28 @@ PendingRead::~PendingRead() {
 RadosUpload::RadosUpload(std::shared_ptr<RadosCore> core, std::string ns)
     : core_(std::move(core)), ns_(std::move(ns)), id_(RandomId()), io_(core_->Ns(ns_)) {}
 
+RadosUpload::RadosUpload(std::shared_ptr<RadosCore> core, std::string ns, std::string id,
+                         absl::flat_hash_map<Digest, uint64_t> written,
+                         absl::flat_hash_map<Digest, uint64_t> pinned)
+    : core_(std::move(core)),
+      ns_(std::move(ns)),
+      id_(std::move(id)),
+      io_(core_->Ns(ns_)),
+      written_(std::move(written)),
+      pinned_(std::move(pinned)),
+      sealed_(true) {
+  for (const auto& [digest, length] : written_) bytes_written_ += length;
+}
+
+absl::Status RadosUpload::Renew() {
+  std::lock_guard<std::mutex> lock(lease_mu_);
+  if (!broken_.ok() || committed_) return broken_;
+  if (lease_written_ && absl::Now() - lease_renewed_ < core_->options.rados.upload_lease / 3) {
+    return absl::OkStatus();
+  }
+  return FlushPins();
+}
+
 RadosUpload::~RadosUpload() {
   Drain(0).IgnoreError();
   if (committed_) return;
@@ -308,6 +330,7 @@ void RadosUpload::DropLease() {
 }
 
 void RadosUpload::MarkCommitted() {
+  std::lock_guard<std::mutex> lock(lease_mu_);
   committed_ = true;
   DropLease();
 }

@@ -29,6 +29,7 @@
 #include "absl/types/span.h"
 #include "common/retention.h"
 #include "common/types.h"
+#include "storage/shared_saves.h"
 
 namespace ckpt::storage {
 
@@ -358,6 +359,12 @@ class Store {
   /// Commit and DeleteVersion (computed once when the store opens); never
   /// waits for a commit.
   virtual uint64_t NamespaceBytes(absl::string_view ns) = 0;
+
+  /// Where the parts of a multi-part save meet when several servers share
+  /// this store (shared_saves.h); nullptr (the default) for a store one
+  /// server owns, whose server meets them in memory. Lives as long as the
+  /// store.
+  virtual SharedSaves* shared_saves() { return nullptr; }
 };
 
 }  // namespace ckpt::storage

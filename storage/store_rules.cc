@@ -163,3 +163,19 @@ absl::StatusOr<std::vector<uint64_t>> PruneVersions(Store& store, absl::string_v
 }
 
 }  // namespace ckpt::storage::internal
+
+namespace ckpt::storage {
+
+absl::Status PartWorldSizeMismatch(absl::string_view name, absl::string_view save_id,
+                                   uint32_t expected, uint32_t rank, uint32_t world_size) {
+  return absl::InvalidArgumentError(absl::StrCat("save '", save_id, "' of '", name,
+                                                 "' has world_size ", expected, " but rank ", rank,
+                                                 " says ", world_size));
+}
+
+absl::Status PartAlreadySent(absl::string_view name, absl::string_view save_id, uint32_t rank) {
+  return absl::AlreadyExistsError(absl::StrCat("rank ", rank, " of save '", save_id, "' of '", name,
+                                               "' already sent its part"));
+}
+
+}  // namespace ckpt::storage

@@ -3,7 +3,10 @@
 // all at once, concurrent saves of one name through different servers get
 // distinct gap-free versions, a server killed mid-save loses nothing and
 // leaks nothing once its lease ends, and a collection run through one server
-// keeps what another server's live upload wrote.
+// keeps what another server's live upload wrote. The parts of one
+// multi-part save may reach different servers: the version commits when
+// the last is in, whichever server has it, and every part learns the
+// outcome (committed, timed out, abandoned by a cancelled rank, refused).
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -39,6 +42,8 @@ using ::testing::ElementsAreArray;
 constexpr int kServers = 3;
 // Servers collect an upload this long after its last renewal.
 constexpr int kLeaseSeconds = 3;
+// A multi-part save waits this long for all its parts.
+constexpr int kPartTimeoutSeconds = 4;
 
 class RadosServersTest : public ::testing::Test {
  protected:
@@ -54,7 +59,8 @@ class RadosServersTest : public ::testing::Test {
               dir_.path() + "/unused-" + std::to_string(i),
               {"--store", "rados", "--rados-conf", conf_, "--rados-namespace-prefix", prefix_,
                "--rados-gc-grace", "0", "--rados-upload-lease", std::to_string(kLeaseSeconds),
-               "--rados-timeout", "20", "--chunk-size-mib", "1"}));
+               "--rados-timeout", "20", "--chunk-size-mib", "1", "--part-timeout",
+               std::to_string(kPartTimeoutSeconds)}));
       ASSERT_THAT(server->Log(), ::testing::HasSubstr("data in RADOS pool ckpt"));
       servers_.push_back(std::move(server));
       ASSERT_OK_AND_ASSIGN(auto client, client::RawClient::Connect(servers_.back()->address(), {}));
@@ -99,6 +105,29 @@ class RadosServersTest : public ::testing::Test {
     }
     ADD_FAILURE() << "no " << key;
     return "";
+  }
+
+  // Saves part r of a `world_size`-part save through server `server_of[r]`,
+  // all at once; each part's result.
+  std::vector<absl::StatusOr<client::SaveResult>> SaveParts(
+      const std::string& name, const std::string& save_id,
+      const std::vector<std::vector<Blob>>& parts, const std::vector<int>& server_of,
+      uint32_t world_size, const std::vector<absl::Duration>& timeouts = {}) {
+    std::vector<absl::StatusOr<client::SaveResult>> results(parts.size());
+    std::vector<std::thread> threads;
+    for (size_t r = 0; r < parts.size(); ++r) {
+      threads.emplace_back([&, r] {
+        client::SaveOptions options;
+        options.rank = static_cast<uint32_t>(r);
+        options.world_size = world_size;
+        options.save_id = save_id;
+        options.step = 100;
+        if (r < timeouts.size()) options.timeout = timeouts[r];
+        results[r] = clients_[server_of[r]]->Save(name, Input(parts[r]), options);
+      });
+    }
+    for (auto& t : threads) t.join();
+    return results;
   }
 
   std::string conf_;
@@ -236,6 +265,131 @@ TEST_F(RadosServersTest, GcThroughOneServerKeepsAnotherServersLiveUpload) {
   ASSERT_OK(store->Commit(std::move(spec), ups).status());
   up.reset();
   EXPECT_EQ(Read(2, "team/live", 1, "w"), blobs[0].bytes);
+}
+
+TEST_F(RadosServersTest, TheRanksOfOneSaveMayGoThroughDifferentServers) {
+  // Four ranks over three servers (two at server 0), each with its own keys
+  // and one tensor shared by all (deduplicated).
+  const std::string shared = RandomBytes(5000, 50);
+  std::vector<std::vector<Blob>> parts;
+  for (int r = 0; r < 4; ++r) {
+    parts.push_back({{absl::StrCat("rank", r, ".w"), RandomBytes((1 << 20) + 1000 * r, 60 + r)},
+                     {absl::StrCat("rank", r, ".shared"), shared}});
+  }
+  const std::vector<int> server_of = {0, 1, 2, 0};
+  auto results = SaveParts("dist/job", "step-100", parts, server_of, 4);
+  for (int r = 0; r < 4; ++r) {
+    ASSERT_TRUE(results[r].ok()) << "rank " << r << ": " << results[r].status();
+    EXPECT_EQ(results[r]->version.version, 1u) << r;
+    EXPECT_EQ(results[r]->version.world_size, 4u) << r;
+    EXPECT_EQ(results[r]->version.step, 100) << r;
+    EXPECT_EQ(results[r]->version.num_tensors, 8u) << r;
+  }
+  // One version with every rank's keys, the same through every server.
+  for (int s = 0; s < kServers; ++s) {
+    ASSERT_OK_AND_ASSIGN(auto versions, clients_[s]->ListVersions("dist/job"));
+    ASSERT_EQ(versions.size(), 1u) << s;
+    for (int r = 0; r < 4; ++r) {
+      EXPECT_EQ(Read(s, "dist/job", 1, absl::StrCat("rank", r, ".w")), parts[r][0].bytes);
+      EXPECT_EQ(Read(s, "dist/job", 1, absl::StrCat("rank", r, ".shared")), shared);
+    }
+  }
+  // The same save_id again is a new save (the next step), its parts through
+  // other servers: only what changed is sent.
+  parts[2][0].bytes = RandomBytes(1 << 20, 99);
+  results = SaveParts("dist/job", "step-100", parts, {2, 2, 1, 0}, 4);
+  uint64_t sent = 0;
+  for (int r = 0; r < 4; ++r) {
+    ASSERT_TRUE(results[r].ok()) << "rank " << r << ": " << results[r].status();
+    EXPECT_EQ(results[r]->version.version, 2u) << r;
+    sent += results[r]->bytes_sent;
+  }
+  EXPECT_EQ(sent, 1u << 20);
+  EXPECT_EQ(Read(1, "dist/job", 2, "rank2.w"), parts[2][0].bytes);
+  EXPECT_EQ(Read(2, "dist/job", 2, "rank3.w"), parts[3][0].bytes);
+  // No upload left live, no chunk unreferenced.
+  ASSERT_OK_AND_ASSIGN(GcResult gc, clients_[1]->GarbageCollect());
+  EXPECT_EQ(gc.chunks_removed, 0u);
+  ASSERT_OK_AND_ASSIGN(auto info, clients_[0]->GetServerInfo());
+  EXPECT_EQ(info.stats.active_uploads, 0u);
+  EXPECT_EQ(info.stats.garbage_bytes, 0u);
+  EXPECT_EQ(info.stats.chunks, 9u);  // 7 of the ranks' w, the shared one, v2's rank2.w
+}
+
+TEST_F(RadosServersTest, AMissingPartFailsTheSaveAtEveryServer) {
+  std::vector<std::vector<Blob>> parts = {{{"a", RandomBytes(1000, 1)}},
+                                          {{"b", RandomBytes(1000, 2)}}};
+  const auto results = SaveParts("dist/missing", "s1", parts, {0, 1}, 3);
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(results[r].status().code(), absl::StatusCode::kDeadlineExceeded) << r;
+    EXPECT_THAT(results[r].status().message(),
+                ::testing::HasSubstr("only 2 of 3 parts of a save of 'dist/missing' arrived "
+                                     "within 4s; nothing was saved"))
+        << r;
+  }
+  for (int s = 0; s < kServers; ++s) {
+    EXPECT_EQ(clients_[s]->ListVersions("dist/missing").status().code(),
+              absl::StatusCode::kNotFound);
+  }
+  // The uploads are garbage once the save ended.
+  ASSERT_OK_AND_ASSIGN(GcResult gc, clients_[2]->GarbageCollect());
+  EXPECT_EQ(gc.chunks_removed, 2u);
+}
+
+TEST_F(RadosServersTest, ARankCancelledAtOneServerAbandonsTheSaveAtTheOthers) {
+  std::vector<std::vector<Blob>> parts = {{{"a", RandomBytes(1000, 1)}},
+                                          {{"b", RandomBytes(1000, 2)}}};
+  // Rank 1 gives up after 1.5 s (its stream is cancelled while it waits);
+  // rank 0, at another server, learns it long before the part timeout.
+  const absl::Time start = absl::Now();
+  const auto results =
+      SaveParts("dist/cancel", "s1", parts, {0, 1}, 3, {absl::ZeroDuration(), absl::Seconds(1.5)});
+  EXPECT_EQ(results[1].status().code(), absl::StatusCode::kDeadlineExceeded) << results[1].status();
+  EXPECT_EQ(results[0].status().code(), absl::StatusCode::kAborted) << results[0].status();
+  EXPECT_THAT(results[0].status().message(),
+              ::testing::HasSubstr("rank 1 of a 3-part save of 'dist/cancel' was cancelled; the "
+                                   "save is abandoned and nothing was saved"));
+  EXPECT_LT(absl::Now() - start, absl::Seconds(kPartTimeoutSeconds));
+  EXPECT_EQ(clients_[2]->ListVersions("dist/cancel").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(RadosServersTest, PartsThatDoNotMergeAcrossServersCommitNothing) {
+  std::vector<std::vector<Blob>> parts = {{{"same.key", RandomBytes(100, 1)}},
+                                          {{"same.key", RandomBytes(100, 2)}}};
+  const auto results = SaveParts("dist/bad", "s", parts, {1, 2}, 2);
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(results[r].status().code(), absl::StatusCode::kInvalidArgument) << r;
+    EXPECT_THAT(results[r].status().message(),
+                ::testing::HasSubstr("duplicate dict key 'same.key'"))
+        << r;
+  }
+  // A rank whose world size disagrees, and a rank sent twice, are refused
+  // by whichever server gets them.
+  std::vector<absl::StatusOr<client::SaveResult>> mixed(3);
+  std::thread first([&] {
+    client::SaveOptions options;
+    options.world_size = 2;
+    options.save_id = "t";
+    mixed[0] = clients_[0]->Save("dist/bad", Input(parts[0]), options);
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  client::SaveOptions options;
+  options.world_size = 3;
+  options.rank = 1;
+  options.save_id = "t";
+  mixed[1] = clients_[1]->Save("dist/bad", Input(parts[1]), options);
+  options.world_size = 2;
+  options.rank = 0;
+  mixed[2] = clients_[2]->Save("dist/bad", Input(parts[1]), options);
+  first.join();
+  EXPECT_EQ(mixed[1].status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(mixed[1].status().message(),
+              ::testing::HasSubstr("save 't' of 'dist/bad' has world_size 2 but rank 1 says 3"));
+  EXPECT_EQ(mixed[2].status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_THAT(mixed[2].status().message(),
+              ::testing::HasSubstr("rank 0 of save 't' of 'dist/bad' already sent its part"));
+  EXPECT_EQ(mixed[0].status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(clients_[0]->ListVersions("dist/bad").status().code(), absl::StatusCode::kNotFound);
 }
 
 }  // namespace
