@@ -16,11 +16,13 @@
 #include <atomic>
 #include <map>
 #include <memory>
+#include <rados/librados.hpp>
 #include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "client/raw_client.h"
 #include "storage/rados_store.h"
@@ -314,6 +316,46 @@ TEST_F(RadosServersTest, TheRanksOfOneSaveMayGoThroughDifferentServers) {
   EXPECT_EQ(info.stats.active_uploads, 0u);
   EXPECT_EQ(info.stats.garbage_bytes, 0u);
   EXPECT_EQ(info.stats.chunks, 9u);  // 7 of the ranks' w, the shared one, v2's rank2.w
+}
+
+TEST_F(RadosServersTest, APartWaitingAtAKilledServerIsStillCommittedByTheLastPart) {
+  const std::vector<Blob> rank0 = {{"rank0.w", RandomBytes(3 << 20, 70)}};
+  const std::vector<Blob> rank1 = {{"rank1.w", RandomBytes(1000, 71)}};
+  absl::Status first;
+  std::thread waiting([&] {
+    client::SaveOptions options;
+    options.world_size = 2;
+    options.save_id = "s";
+    first = clients_[1]->Save("dist/killed", Input(rank0), options).status();
+  });
+  // Kill its server once rank 0's part is staged (its s.* object is in the
+  // pool).
+  librados::Rados cluster;
+  ASSERT_GE(cluster.init2("client.admin", "ceph", 0), 0);
+  ASSERT_GE(cluster.conf_read_file(conf_.c_str()), 0);
+  ASSERT_GE(cluster.connect(), 0);
+  librados::IoCtx io;
+  ASSERT_GE(cluster.ioctx_create("ckpt", io), 0);
+  io.set_namespace(prefix_ + "dist");
+  bool staged = false;
+  for (int i = 0; i < 1000 && !staged; ++i) {
+    for (auto it = io.nobjects_begin(); it != io.nobjects_end(); ++it) {
+      staged = staged || absl::StartsWith(it->get_oid(), "s.");
+    }
+    if (!staged) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_TRUE(staged);
+  servers_[1]->Kill();
+  waiting.join();
+  EXPECT_EQ(first.code(), absl::StatusCode::kUnavailable) << first;
+  client::SaveOptions options;
+  options.world_size = 2;
+  options.rank = 1;
+  options.save_id = "s";
+  ASSERT_OK_AND_ASSIGN(auto saved, clients_[2]->Save("dist/killed", Input(rank1), options));
+  EXPECT_EQ(saved.version.version, 1u);
+  EXPECT_EQ(Read(0, "dist/killed", 1, "rank0.w"), rank0[0].bytes);
+  EXPECT_EQ(Read(2, "dist/killed", 1, "rank1.w"), rank1[0].bytes);
 }
 
 TEST_F(RadosServersTest, AMissingPartFailsTheSaveAtEveryServer) {
