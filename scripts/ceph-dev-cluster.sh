@@ -8,24 +8,34 @@
 #                                                  prints the ceph.conf path
 #   scripts/ceph-dev-cluster.sh up DIR [OSDS]      starts the cluster DIR holds again
 #                                                  (its data kept), or a new one
+#   scripts/ceph-dev-cluster.sh halt DIR           stops its daemons, keeps DIR
 #   scripts/ceph-dev-cluster.sh stop DIR           stops it and deletes DIR
 #   scripts/ceph-dev-cluster.sh env DIR            prints the CKPT_* exports a server needs
 #
+# CEPH_DEV_ADDR: the address the daemons bind to (default 127.0.0.1; a
+# container's own address to serve other containers: `up` moves a cluster
+# whose address changed). CEPH_DEV_PORT: the monitor's port (default: one
+# the kernel says is free).
+#
 # In DIR: ceph.conf, keyring (client.admin and client.ckpt), the pool "ckpt",
-# logs, and pid files. The monitor's port is one the kernel said was free; a
+# with 3 OSDs also the erasure-coded pool "ckpt-data" (k=2, m=1: for
+# --rados-data-pool), logs, and pid files. The monitor's port is one the kernel said was free; a
 # port taken meanwhile makes the start try another. A cluster left behind by
 # a killed run in DIR is stopped first; `stop` on a directory whose daemons
 # are gone only deletes it. Needs Debian's ceph-mon and ceph-osd
 # (scripts/install-deps.sh installs them).
 set -euo pipefail
 
-usage() { echo "usage: $0 start DIR [OSDS] | up DIR [OSDS] | stop DIR | env DIR" >&2; exit 2; }
+usage() { echo "usage: $0 start DIR [OSDS] | up DIR [OSDS] | halt DIR | stop DIR | env DIR" >&2; exit 2; }
 [[ $# -ge 2 ]] || usage
 cmd=$1
 dir=$2
 osds=${3:-1}
 
+addr=${CEPH_DEV_ADDR:-127.0.0.1}
+
 free_port() {
+  if [[ -n "${CEPH_DEV_PORT:-}" ]]; then echo "$CEPH_DEV_PORT"; return; fi
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 uuid() { python3 -c 'import uuid; print(uuid.uuid4())'; }
@@ -61,8 +71,8 @@ start() {
     cat >"$dir/ceph.conf" <<CONF
 [global]
 fsid = $fsid
-mon host = [v2:127.0.0.1:$port]
-public addr = 127.0.0.1
+mon host = [v2:$addr:$port]
+public addr = $addr
 ms bind msgr1 = false
 keyring = $dir/keyring
 auth cluster required = cephx
@@ -111,7 +121,7 @@ CONF
     fi
     rm -rf "$dir/mon.a" "$dir/monmap"
     mkdir -p "$dir/mon.a"
-    monmaptool --create --addv a "[v2:127.0.0.1:$port]" --fsid "$fsid" "$dir/monmap" >/dev/null
+    monmaptool --create --addv a "[v2:$addr:$port]" --fsid "$fsid" "$dir/monmap" >/dev/null
     ceph-mon -c "$dir/ceph.conf" --mkfs -i a --monmap "$dir/monmap" --keyring "$dir/keyring" \
       2>>"$dir/log/setup.log"
     if ceph-mon -c "$dir/ceph.conf" -i a 2>>"$dir/log/setup.log" && ceph_ status >/dev/null 2>&1; then
@@ -139,28 +149,52 @@ CONF
   done
   ceph_ osd pool create ckpt 8 >/dev/null 2>&1
   ceph_ osd pool application enable ckpt ckpt >/dev/null 2>&1 || true
+  if ((osds == 3)); then
+    ceph_ osd erasure-code-profile set ckpt-ec k=2 m=1 crush-failure-domain=osd >/dev/null 2>&1
+    ceph_ osd pool create ckpt-data 8 8 erasure ckpt-ec >/dev/null 2>&1
+    ceph_ osd pool set ckpt-data allow_ec_overwrites true >/dev/null 2>&1
+    ceph_ osd pool application enable ckpt-data ckpt >/dev/null 2>&1 || true
+    touch "$dir/data-pool"
+  fi
   wait_writable
   echo "$dir/ceph.conf"
 }
 
 wait_writable() {
   local deadline=$((SECONDS + 120))
-  until timeout 20 rados -c "$dir/ceph.conf" -p ckpt put ceph-dev-cluster-probe "$dir/ceph.conf" \
-    2>/dev/null; do
-    if ((SECONDS > deadline)); then
-      echo "ceph-dev-cluster: the pool did not become writable (see $dir/log)" >&2
-      exit 1
-    fi
-    sleep 0.5
+  local pool
+  for pool in ckpt $([[ -e "$dir/data-pool" ]] && echo ckpt-data); do
+    until timeout 20 rados -c "$dir/ceph.conf" -p "$pool" put ceph-dev-cluster-probe \
+      "$dir/ceph.conf" 2>/dev/null; do
+      if ((SECONDS > deadline)); then
+        echo "ceph-dev-cluster: pool $pool did not become writable (see $dir/log)" >&2
+        exit 1
+      fi
+      sleep 0.5
+    done
+    rados -c "$dir/ceph.conf" -p "$pool" rm ceph-dev-cluster-probe
   done
-  rados -c "$dir/ceph.conf" -p ckpt rm ceph-dev-cluster-probe
 }
 
 # Starts the daemons of the cluster already in DIR (after a reboot or a
-# container restart): its data is kept.
+# container restart): its data is kept. A cluster whose address changed (a
+# container's) is moved to CEPH_DEV_ADDR first: the monitor's map and
+# ceph.conf are rewritten.
 restart() {
   stop_daemons
   mkdir -p "$dir/run" "$dir/log"
+  local old port
+  old=$(sed -n 's/^public addr = //p' "$dir/ceph.conf")
+  if [[ "$old" != "$addr" ]]; then
+    port=$(sed -n 's/^mon host = \[v2:.*:\([0-9]*\)\]$/\1/p' "$dir/ceph.conf")
+    port=${CEPH_DEV_PORT:-$port}
+    ceph-mon -c "$dir/ceph.conf" -i a --extract-monmap "$dir/monmap" 2>>"$dir/log/setup.log"
+    monmaptool --rm a "$dir/monmap" >/dev/null
+    monmaptool --addv a "[v2:$addr:$port]" "$dir/monmap" >/dev/null
+    ceph-mon -c "$dir/ceph.conf" -i a --inject-monmap "$dir/monmap" 2>>"$dir/log/setup.log"
+    sed -i -e "s/^mon host = .*/mon host = [v2:$addr:$port]/" -e "s/^public addr = .*/public addr = $addr/" \
+      "$dir/ceph.conf"
+  fi
   ceph-mon -c "$dir/ceph.conf" -i a 2>>"$dir/log/setup.log"
   local osd id
   for osd in "$dir"/osd.*; do
@@ -174,11 +208,13 @@ restart() {
 case "$cmd" in
   start) start ;;
   up) if [[ -e "$dir/ceph.conf" && -d "$dir/mon.a" ]]; then restart; else start; fi ;;
+  halt) if [[ -d "$dir" ]]; then stop_daemons; fi ;;
   stop)
     if [[ -d "$dir" ]]; then stop_daemons; rm -rf "$dir"; fi
     ;;
   env)
-    echo "export CKPT_STORE=rados CKPT_RADOS_CONF=$dir/ceph.conf CKPT_RADOS_POOL=ckpt CKPT_RADOS_ID=ckpt"
+    echo "export CKPT_STORE=rados CKPT_RADOS_CONF=$dir/ceph.conf CKPT_RADOS_POOL=ckpt CKPT_RADOS_ID=ckpt" \
+      "$([[ -e "$dir/data-pool" ]] && echo CKPT_RADOS_DATA_POOL=ckpt-data)"
     ;;
   *) usage ;;
 esac

@@ -207,9 +207,14 @@ int main(int argc, char** argv) {
       ->envname("CKPT_STORE")
       ->check(CLI::IsMember({"rocksdb", "rados"}))
       ->capture_default_str();
-  app.add_option("--rados-pool", options.store.rados.pool, "RADOS pool (must exist)")
+  app.add_option("--rados-pool", options.store.rados.pool,
+                 "RADOS pool of the metadata (must exist; replicated: it uses omap)")
       ->envname("CKPT_RADOS_POOL")
       ->capture_default_str();
+  app.add_option("--rados-data-pool", options.store.rados.data_pool,
+                 "RADOS pool of the chunks (must exist; may be erasure coded; empty: "
+                 "--rados-pool). Every server of one store gives the same")
+      ->envname("CKPT_RADOS_DATA_POOL");
   app.add_option("--rados-conf", options.store.rados.conf_file,
                  "ceph.conf of the cluster (empty: CEPH_CONF or /etc/ceph/ceph.conf)")
       ->envname("CKPT_RADOS_CONF");
@@ -312,7 +317,11 @@ int main(int argc, char** argv) {
   const bool tls = !options.tls_cert_file.empty();
   const std::string where =
       options.store.backend == ckpt::storage::StoreBackend::kRados
-          ? absl::StrCat("RADOS pool ", options.store.rados.pool, " (",
+          ? absl::StrCat("RADOS pool ", options.store.rados.pool,
+                         options.store.rados.data_pool.empty()
+                             ? ""
+                             : absl::StrCat(", chunks in ", options.store.rados.data_pool),
+                         " (",
                          options.store.rados.conf_file.empty() ? "default ceph.conf"
                                                                : options.store.rados.conf_file,
                          ", user ", options.store.rados.user, ")")

@@ -50,8 +50,27 @@ struct Marked {
   uint64_t logical_bytes = 0;
 };
 
-absl::StatusOr<Marked> Mark(librados::IoCtx& io, int64_t now_ms) {
+// The chunk objects of a namespace (`chunks`: its IoCtx in the data pool).
+absl::StatusOr<std::vector<std::string>> ChunkObjects(librados::IoCtx& chunks) {
+  std::vector<std::string> oids;
+  try {
+    for (auto it = chunks.nobjects_begin(); it != chunks.nobjects_end(); ++it) {
+      if (absl::StartsWith(it->get_oid(), "c.")) oids.push_back(it->get_oid());
+    }
+  } catch (const std::exception& e) {
+    return absl::UnavailableError(absl::StrCat("listing chunks: ", e.what()));
+  }
+  return oids;
+}
+
+// `io`: the namespace's IoCtx; `chunks`: the same namespace in the data
+// pool, another pool if `split`.
+absl::StatusOr<Marked> Mark(librados::IoCtx& io, librados::IoCtx& chunks, bool split,
+                            int64_t now_ms) {
   Marked m;
+  if (split) {
+    CKPT_ASSIGN_OR_RETURN(m.chunk_oids, ChunkObjects(chunks));
+  }
   try {
     for (auto it = io.nobjects_begin(); it != io.nobjects_end(); ++it) {
       const std::string& oid = it->get_oid();
@@ -181,37 +200,48 @@ absl::StatusOr<GcResult> RadosStore::CollectGarbage() {
   CKPT_ASSIGN_OR_RETURN(std::vector<std::string> namespaces, core_->Namespaces());
   for (const std::string& ns : namespaces) {
     librados::IoCtx io = core_->Ns(ns);
-    CKPT_ASSIGN_OR_RETURN(Marked m, Mark(io, start));
+    librados::IoCtx chunks = core_->Chunks(ns);
+    CKPT_ASSIGN_OR_RETURN(Marked m, Mark(io, chunks, core_->split, start));
     for (const std::string& id : m.expired) {
       for (const std::string& part : m.leases[id]) io.remove(part);
       ++result.orphan_uploads_removed;
     }
     // Chunks neither referenced nor pinned, untouched since before the
     // grace: removed by a write that checks the touch again.
-    std::vector<std::string> oids;
+    std::vector<std::string> chunk_oids;
     std::vector<uint64_t> sizes;
     for (const std::string& oid : m.chunk_oids) {
       CKPT_ASSIGN_OR_RETURN(Digest d, DigestOfOid(oid));
       if (m.referenced.contains(d) || m.pinned.contains(d)) continue;
       uint64_t size = 0;
       time_t mtime = 0;
-      if (io.stat(oid, &size, &mtime) < 0) continue;
-      oids.push_back(oid);
+      if (chunks.stat(oid, &size, &mtime) < 0) continue;
+      chunk_oids.push_back(oid);
       sizes.push_back(size);
     }
+    std::vector<librados::ObjectWriteOperation> chunk_ops(chunk_oids.size());
+    for (auto& op : chunk_ops) {
+      op.cmpxattr(internal::kTouched, LIBRADOS_CMPXATTR_OP_GT, threshold);
+      op.remove();
+    }
+    const std::vector<int> chunk_rcs = internal::OperateAll(chunks, chunk_oids, chunk_ops);
+    for (size_t i = 0; i < chunk_oids.size(); ++i) {
+      if (chunk_rcs[i] == -ECANCELED || chunk_rcs[i] == -ENOENT) continue;  // touched, or gone
+      CKPT_RETURN_IF_ERROR(RadosStatus(chunk_rcs[i], absl::StrCat("removing ", chunk_oids[i])));
+      ++result.chunks_removed;
+      result.bytes_removed += sizes[i];
+    }
+    // Trees no version uses, the same way.
+    std::vector<std::string> oids;
     for (const std::string& oid : m.tree_oids) {
       const size_t dot = oid.rfind('.');
       if (m.trees.contains(oid.substr(2, dot - 2))) continue;
       oids.push_back(oid);
-      sizes.push_back(0);
     }
     const size_t touched = oids.size();
     // Staged multi-part saves past their end (deadline plus a lease): gone
     // unless renewed meanwhile (a new save under the same save_id).
-    for (const std::string& oid : m.staged_oids) {
-      oids.push_back(oid);
-      sizes.push_back(0);
-    }
+    oids.insert(oids.end(), m.staged_oids.begin(), m.staged_oids.end());
     std::vector<librados::ObjectWriteOperation> ops(oids.size());
     for (size_t i = 0; i < ops.size(); ++i) {
       ops[i].cmpxattr(i < touched ? internal::kTouched : internal::kLeaseEnd,
@@ -222,10 +252,6 @@ absl::StatusOr<GcResult> RadosStore::CollectGarbage() {
     for (size_t i = 0; i < oids.size(); ++i) {
       if (rcs[i] == -ECANCELED || rcs[i] == -ENOENT) continue;  // touched since, or gone
       CKPT_RETURN_IF_ERROR(RadosStatus(rcs[i], absl::StrCat("removing ", oids[i])));
-      if (absl::StartsWith(oids[i], "c.")) {
-        ++result.chunks_removed;
-        result.bytes_removed += sizes[i];
-      }
     }
     // The namespace's bytes as of this collection: what its versions use.
     uint64_t used = 0;
@@ -243,7 +269,8 @@ absl::StatusOr<StoreStats> RadosStore::Stats() {
   CKPT_ASSIGN_OR_RETURN(std::vector<std::string> namespaces, core_->Namespaces());
   for (const std::string& ns : namespaces) {
     librados::IoCtx io = core_->Ns(ns);
-    CKPT_ASSIGN_OR_RETURN(Marked m, Mark(io, internal::NowMs()));
+    librados::IoCtx chunks = core_->Chunks(ns);
+    CKPT_ASSIGN_OR_RETURN(Marked m, Mark(io, chunks, core_->split, internal::NowMs()));
     stats.checkpoints += m.checkpoints;
     stats.versions += m.versions;
     stats.logical_bytes += m.logical_bytes;
@@ -253,7 +280,7 @@ absl::StatusOr<StoreStats> RadosStore::Stats() {
     for (const std::string& oid : m.chunk_oids) {
       uint64_t size = 0;
       time_t mtime = 0;
-      if (io.stat(oid, &size, &mtime) < 0) continue;
+      if (chunks.stat(oid, &size, &mtime) < 0) continue;
       stats.disk_bytes += size;
       auto d = DigestOfOid(oid);
       if (d.ok() && !m.referenced.contains(*d) && !m.pinned.contains(*d)) {
@@ -268,10 +295,9 @@ absl::StatusOr<uint64_t> RadosStore::CountChunkObjects() {
   uint64_t n = 0;
   CKPT_ASSIGN_OR_RETURN(std::vector<std::string> namespaces, core_->Namespaces());
   for (const std::string& ns : namespaces) {
-    librados::IoCtx io = core_->Ns(ns);
-    for (auto it = io.nobjects_begin(); it != io.nobjects_end(); ++it) {
-      if (absl::StartsWith(it->get_oid(), "c.")) ++n;
-    }
+    librados::IoCtx chunks = core_->Chunks(ns);
+    CKPT_ASSIGN_OR_RETURN(std::vector<std::string> oids, ChunkObjects(chunks));
+    n += oids.size();
   }
   return n;
 }

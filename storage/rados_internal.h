@@ -93,12 +93,16 @@ struct RadosCore {
   StoreOptions options;
   librados::Rados cluster;
   librados::IoCtx pool;
-  std::mutex mu;  // guards pool (IoCtx::dup reads it)
+  librados::IoCtx data;  // the chunks' pool: `pool` unless split
+  bool split = false;    // chunks in a pool of their own
+  std::mutex mu;         // guards pool and data (IoCtx::dup reads them)
 
   ~RadosCore();
 
   /// An IoCtx on the RADOS namespace of checkpoint namespace `ns`.
   librados::IoCtx Ns(absl::string_view ns);
+  /// An IoCtx on the RADOS namespace of `ns`'s chunks (in the data pool).
+  librados::IoCtx Chunks(absl::string_view ns);
   /// An IoCtx on the store-wide namespace.
   librados::IoCtx Global();
 
@@ -198,7 +202,8 @@ class RadosUpload final : public Upload {
   std::shared_ptr<RadosCore> core_;
   std::string ns_;
   std::string id_;
-  librados::IoCtx io_;
+  librados::IoCtx io_;      // leases
+  librados::IoCtx chunks_;  // chunks
   absl::flat_hash_map<Digest, uint64_t> written_;
   absl::flat_hash_map<Digest, uint64_t> pinned_;
   absl::flat_hash_map<Digest, uint64_t> write_touch_;  // ckpt.t of each write

@@ -214,21 +214,46 @@ absl::StatusOr<std::unique_ptr<RadosStore>> RadosStore::Open(const StoreOptions&
                                                       r.pool, ")"));
   }
   CKPT_RETURN_IF_ERROR(RadosStatus(pool_rc, absl::StrCat("opening pool ", Quote(r.pool))));
-  // The layout version: written by the first server, checked by the rest.
-  librados::IoCtx global = core->Global();
-  librados::bufferlist format;
-  int got = global.getxattr("format", "ckpt.format", format);
-  if (got == -ENOENT || got == -ENODATA) {
-    librados::ObjectWriteOperation op;
-    op.create(false);
-    op.setxattr("ckpt.format", Decimal(kRadosFormat));
-    CKPT_RETURN_IF_ERROR(RadosStatus(global.operate("format", &op), "writing the layout version"));
+  core->split = !r.data_pool.empty() && r.data_pool != r.pool;
+  const std::string data_pool = core->split ? r.data_pool : r.pool;
+  if (core->split) {
+    const int data_rc = core->cluster.ioctx_create(r.data_pool.c_str(), core->data);
+    if (data_rc == -ENOENT) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("RADOS data pool ", Quote(r.data_pool), " does not exist"));
+    }
+    CKPT_RETURN_IF_ERROR(
+        RadosStatus(data_rc, absl::StrCat("opening data pool ", Quote(r.data_pool))));
   } else {
-    CKPT_RETURN_IF_ERROR(RadosStatus(got, "reading the layout version"));
-    if (format.to_str() != absl::StrCat(kRadosFormat)) {
+    core->data.dup(core->pool);
+  }
+  // The layout version and the chunks' pool: written by the first server
+  // (one exclusive create), checked by the rest.
+  librados::IoCtx global = core->Global();
+  librados::ObjectWriteOperation first;
+  first.create(true);
+  first.setxattr("ckpt.format", Decimal(kRadosFormat));
+  first.setxattr("ckpt.data", Bytes(data_pool));
+  const int created = global.operate("format", &first);
+  if (created != -EEXIST) {
+    CKPT_RETURN_IF_ERROR(RadosStatus(created, "writing the layout version"));
+  } else {
+    std::map<std::string, librados::bufferlist> attrs;
+    CKPT_RETURN_IF_ERROR(
+        RadosStatus(global.getxattrs("format", attrs), "reading the layout version"));
+    const std::string format = attrs["ckpt.format"].to_str();
+    if (format != absl::StrCat(kRadosFormat)) {
       return absl::FailedPreconditionError(absl::StrCat("RADOS pool ", Quote(r.pool),
-                                                        " holds layout version ", format.to_str(),
+                                                        " holds layout version ", format,
                                                         "; this server reads ", kRadosFormat));
+    }
+    // Stores made before data pools keep their chunks in `pool`.
+    const std::string chosen = attrs.count("ckpt.data") ? attrs["ckpt.data"].to_str() : r.pool;
+    if (chosen != data_pool) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("the store in RADOS pool ", Quote(r.pool), " keeps its chunks in pool ",
+                       Quote(chosen), ", not ", Quote(data_pool), ": give --rados-data-pool ",
+                       chosen == r.pool ? "nothing" : chosen));
     }
   }
   return std::unique_ptr<RadosStore>(new RadosStore(std::move(core)));
@@ -292,6 +317,7 @@ absl::StatusOr<VersionInfo> RadosStore::Commit(CommitSpec spec, absl::Span<Uploa
   // Touch every chunk: a collection that has not seen this version keeps
   // what was touched after it started.
   {
+    librados::IoCtx chunks = core_->Chunks(ns);
     std::vector<std::string> oids;
     std::vector<librados::ObjectWriteOperation> ops(digests.size());
     const librados::bufferlist now = Decimal(NowMs());
@@ -301,7 +327,7 @@ absl::StatusOr<VersionInfo> RadosStore::Commit(CommitSpec spec, absl::Span<Uploa
       ops[i].setxattr(internal::kTouched, now);
       ops[i].setxattr(internal::kCommitted, Bytes("1"));
     }
-    const std::vector<int> rcs = internal::OperateAll(io, oids, ops);
+    const std::vector<int> rcs = internal::OperateAll(chunks, oids, ops);
     for (size_t i = 0; i < digests.size(); ++i) {
       if (rcs[i] == -ENOENT) {
         return absl::FailedPreconditionError(absl::StrCat(
@@ -429,7 +455,7 @@ void RadosStore::ReadAhead(absl::string_view name, absl::Span<const Digest> dige
   if (!ValidateName(name).ok()) return;
   const std::string ns(NamespaceOf(name));
   internal::ReadAheadCache& cache = core_->ahead;
-  librados::IoCtx io = core_->Ns(ns);
+  librados::IoCtx io = core_->Chunks(ns);
   std::vector<std::shared_ptr<internal::PendingRead>> dropped;
   {
     std::lock_guard<std::mutex> lock(cache.mu);
@@ -478,7 +504,7 @@ absl::Status RadosStore::ReadChunk(absl::string_view name, const Digest& digest,
     read = std::make_shared<internal::PendingRead>();
     read->op.getxattr(internal::kCommitted, &read->marker, &read->marker_rc);
     read->op.read(0, core_->options.max_chunk_bytes + 1, &read->data, &read->read_rc);
-    librados::IoCtx io = core_->Ns(ns);
+    librados::IoCtx io = core_->Chunks(ns);
     read->completion = librados::Rados::aio_create_completion();
     const int started =
         io.aio_operate(ChunkOid(digest), read->completion, &read->op, &read->unused);

@@ -7,7 +7,10 @@
 //
 // Layout. Every object of a checkpoint namespace NS lives in the RADOS
 // namespace `<namespace_prefix>NS` of the pool; store-wide objects in
-// `<namespace_prefix>@ckpt` ('@' is never in a checkpoint name):
+// `<namespace_prefix>@ckpt` ('@' is never in a checkpoint name). The chunks
+// (c.*) may live in a pool of their own (RadosOptions::data_pool, same
+// namespaces): they use no omap, so that pool may be erasure coded; the
+// rest uses omap and needs a replicated pool.
 //
 //   c.<32 hex>         a chunk: its bytes (<= max_chunk_bytes, 4 MiB: far
 //                      below the OSDs' 128 MiB object limit), xattr ckpt.t =
@@ -49,7 +52,8 @@
 //                      (what its quota limits): added by commits, set again
 //                      by each garbage collection.
 //   @ckpt/ns.<0-15>    the namespaces: omap NS -> "".
-//   @ckpt/format       xattr ckpt.format: the layout version (1).
+//   @ckpt/format       xattr ckpt.format: the layout version (1); ckpt.data:
+//                      the chunks' pool (written once, by the first server).
 //   @ckpt/gc           the lock one garbage collection at a time holds.
 //
 // Commit: the chunks of the tree must be in the uploads (written, or found

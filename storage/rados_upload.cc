@@ -89,6 +89,7 @@ uint64_t DecimalOf(const std::map<std::string, librados::bufferlist>& attrs, con
 }
 
 RadosCore::~RadosCore() {
+  data.close();
   pool.close();
   cluster.shutdown();
 }
@@ -97,6 +98,14 @@ librados::IoCtx RadosCore::Ns(absl::string_view ns) {
   librados::IoCtx io;
   std::lock_guard<std::mutex> lock(mu);
   io.dup(pool);
+  io.set_namespace(absl::StrCat(options.rados.namespace_prefix, ns));
+  return io;
+}
+
+librados::IoCtx RadosCore::Chunks(absl::string_view ns) {
+  librados::IoCtx io;
+  std::lock_guard<std::mutex> lock(mu);
+  io.dup(data);
   io.set_namespace(absl::StrCat(options.rados.namespace_prefix, ns));
   return io;
 }
@@ -266,7 +275,11 @@ PendingRead::~PendingRead() {
 // Uploads
 
 RadosUpload::RadosUpload(std::shared_ptr<RadosCore> core, std::string ns)
-    : core_(std::move(core)), ns_(std::move(ns)), id_(RandomId()), io_(core_->Ns(ns_)) {}
+    : core_(std::move(core)),
+      ns_(std::move(ns)),
+      id_(RandomId()),
+      io_(core_->Ns(ns_)),
+      chunks_(core_->Chunks(ns_)) {}
 
 RadosUpload::RadosUpload(std::shared_ptr<RadosCore> core, std::string ns, std::string id,
                          absl::flat_hash_map<Digest, uint64_t> written,
@@ -275,6 +288,7 @@ RadosUpload::RadosUpload(std::shared_ptr<RadosCore> core, std::string ns, std::s
       ns_(std::move(ns)),
       id_(std::move(id)),
       io_(core_->Ns(ns_)),
+      chunks_(core_->Chunks(ns_)),
       written_(std::move(written)),
       pinned_(std::move(pinned)),
       sealed_(true) {
@@ -319,7 +333,7 @@ void RadosUpload::RemoveWritten(const std::function<bool(const Digest&)>& which)
     ops[k].remove();
     ++k;
   }
-  OperateAll(io_, oids, ops);
+  OperateAll(chunks_, oids, ops);
 }
 
 void RadosUpload::DropLease() {
@@ -385,7 +399,7 @@ absl::StatusOr<std::vector<bool>> RadosUpload::FindMissing(absl::Span<const Dige
   std::vector<librados::AioCompletion*> completions(ask.size());
   for (size_t j = 0; j < ask.size(); ++j) {
     completions[j] = librados::Rados::aio_create_completion();
-    io_.aio_stat(ChunkOid(digests[ask[j]]), completions[j], &sizes[j], &mtimes[j]);
+    chunks_.aio_stat(ChunkOid(digests[ask[j]]), completions[j], &sizes[j], &mtimes[j]);
   }
   std::vector<size_t> present;
   absl::Status status;
@@ -413,7 +427,7 @@ absl::StatusOr<std::vector<bool>> RadosUpload::FindMissing(absl::Span<const Dige
     ops[k].assert_exists();
     ops[k].setxattr(kTouched, now);
   }
-  const std::vector<int> rcs = OperateAll(io_, oids, ops);
+  const std::vector<int> rcs = OperateAll(chunks_, oids, ops);
   for (size_t k = 0; k < present.size(); ++k) {
     const size_t i = ask[present[k]];
     if (rcs[k] == -ENOENT) {
@@ -461,7 +475,7 @@ absl::Status RadosUpload::PutChunk(const Digest& digest, absl::Span<const uint8_
   op.setxattr(kTouched, Decimal(touched));
   write_touch_[digest] = touched;
   librados::AioCompletion* c = librados::Rados::aio_create_completion();
-  const int rc = io_.aio_operate(ChunkOid(digest), c, &op);
+  const int rc = chunks_.aio_operate(ChunkOid(digest), c, &op);
   if (rc < 0) {
     c->release();
     broken_ = RadosStatus(rc, absl::StrCat("writing chunk ", digest.Hex()));

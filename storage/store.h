@@ -75,8 +75,13 @@ enum class StoreBackend {
 
 /// The RADOS backend's connection and timing (StoreOptions::rados).
 struct RadosOptions {
-  /// Pool holding every object. Must exist. Default: "ckpt".
+  /// Pool holding every object but the chunks. Must exist. Default: "ckpt".
   std::string pool = "ckpt";
+  /// Pool holding the chunks (their bytes, xattrs, no omap: it may be
+  /// erasure coded). Must exist. Empty: `pool`. Fixed by the first server
+  /// that uses `pool`: every server must give the same (FailedPrecondition
+  /// otherwise). Default: "".
+  std::string data_pool;
   /// ceph.conf to read (mon addresses, keyring path). Empty: librados'
   /// default search (CEPH_CONF, /etc/ceph/ceph.conf). Default: "".
   std::string conf_file;

@@ -28,37 +28,25 @@ service=ckpt
 image=ckpt-server:latest
 
 t0=$SECONDS
-step() { printf '[container_test +%4ds] %s\n' $((SECONDS - t0)) "$*"; }
-fail() { printf '[container_test] FAIL: %s\n' "$*" >&2; exit 1; }
-
+name=container_test
 work="$(mktemp -d /tmp/ckpt-container-test-XXXXXX)"
-# No systemd here: cgroupfs, runc, file events; no default ulimits (the
-# sandbox refuses them). Harmless on a normal host.
-cat >"$work/containers.conf" <<'EOF'
-[containers]
-default_ulimits = []
-
-[engine]
-cgroup_manager = "cgroupfs"
-runtime = "runc"
-events_logger = "file"
-EOF
-export CONTAINERS_CONF="$work/containers.conf"
+# shellcheck source=tests/container/lib.sh
+source "$root/tests/container/lib.sh"
 
 compose() {
   timeout 300 podman-compose -p "$project" -f "$root/docker-compose.yml" "$@"
 }
 
-container_name() { podman ps -a --filter "label=io.podman.compose.project=$project" --format '{{.Names}}' | head -n1; }
+container_name() { service_container "$service"; }
 
 cleanup() {
   local rc=$?
   if ((rc != 0)); then
-    local name
-    name="$(container_name 2>/dev/null || true)"
-    if [[ -n "$name" ]]; then
-      echo "---- container log ($name) ----" >&2
-      podman logs --tail 50 "$name" >&2 || true
+    local cname
+    cname="$(container_name 2>/dev/null || true)"
+    if [[ -n "$cname" ]]; then
+      echo "---- container log ($cname) ----" >&2
+      podman logs --tail 50 "$cname" >&2 || true
     fi
   fi
   compose down -v >/dev/null 2>&1 || true
@@ -67,67 +55,34 @@ cleanup() {
 }
 trap cleanup EXIT
 
-step "installing podman, podman-compose, runc, debootstrap (if missing)"
-timeout 600 "$root/scripts/install-deps.sh" --container
-command -v grpcurl >/dev/null || fail "grpcurl missing (scripts/install-deps.sh installs it)"
-
-step "base image (debootstrap on first use, then cached)"
-timeout 600 "$root/scripts/podman-base-image.sh"
+container_tools
 
 step "removing leftovers of an earlier run"
 compose down -v >/dev/null 2>&1 || true
 
-step "building $image from deploy/Dockerfile"
-build_start=$SECONDS
-timeout 1200 podman build --network=host -f "$root/deploy/Dockerfile" -t "$image" "$root" \
-  >"$work/build.log" 2>&1 || { tail -40 "$work/build.log" >&2; fail "image build failed"; }
-step "image built in $((SECONDS - build_start)) s"
+build_image deploy/Dockerfile "$image"
 
 # Credentials and ports of this run.
-admin_token="ctest-admin-$(head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-writer_token="ctest-writer-$(head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-writer_sha="$(printf %s "$writer_token" | sha256sum | cut -d' ' -f1)"
-cat >"$work/tokens" <<EOF
-admin   $admin_token  admin  *
-writer  sha256:$writer_sha  write  ctest
-EOF
-chmod 644 "$work/tokens"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+make_tokens
 port="$(free_port)"
 metrics_port="$(free_port)"
 while [[ "$metrics_port" == "$port" ]]; do metrics_port="$(free_port)"; done
 export CKPT_TOKENS_SOURCE="$work/tokens" CKPT_PORT="$port" CKPT_METRICS_PORT="$metrics_port"
 address="127.0.0.1:$port"
 
-wait_healthy() {
-  local name deadline=$((SECONDS + 90))
-  name="$(container_name)"
-  [[ -n "$name" ]] || fail "no container of project $project"
-  # Podman runs HEALTHCHECKs from systemd timers; without systemd, run the
-  # image's check by hand until it passes.
-  until podman healthcheck run "$name" >/dev/null 2>&1; do
-    ((SECONDS < deadline)) || fail "container $name not healthy within 90 s"
-    sleep 1
-  done
-  local health
-  health="$(podman inspect --format '{{.State.Health.Status}}' "$name")"
-  [[ "$health" == healthy ]] || fail "health status '$health'"
-  step "container $name healthy"
-}
-
 ckpt() { timeout 60 "$cli" --server "$address" --timeout 20 "$@"; }
 
 step "podman-compose up -d (gRPC on $port, metrics on $metrics_port)"
 compose up -d >"$work/up.log" 2>&1 || { cat "$work/up.log" >&2; fail "podman-compose up failed"; }
-wait_healthy
-name="$(container_name)"
+cname="$(container_name)"
+wait_healthy "$cname"
 
 step "the server runs as a non-root user and logs no token"
-uid="$(podman exec "$name" id -u)"
+uid="$(podman exec "$cname" id -u)"
 [[ "$uid" == 10001 ]] || fail "server runs as uid $uid"
 # (Outputs are captured before grep: with pipefail, `grep -q` closing a pipe
 # early would fail the writer with SIGPIPE.)
-logs="$(podman logs "$name" 2>&1)"
+logs="$(podman logs "$cname" 2>&1)"
 grep -q "listening on port 50051" <<<"$logs" || fail "no listening line in the log"
 if grep -q "DEVELOPMENT MODE" <<<"$logs"; then fail "server runs without tokens"; fi
 
@@ -223,15 +178,14 @@ check_data() {
 
 step "restart the container"
 compose restart >"$work/restart.log" 2>&1 || { cat "$work/restart.log" >&2; fail "restart failed"; }
-wait_healthy
+wait_healthy "$(container_name)"
 check_data restart
 
 step "recreate the container (down, up): the data lives in the named volume"
 compose down >"$work/down.log" 2>&1 || { cat "$work/down.log" >&2; fail "down failed"; }
 podman volume exists "${project}_ckpt-data" || fail "volume ${project}_ckpt-data gone after down"
 compose up -d >"$work/up2.log" 2>&1 || { cat "$work/up2.log" >&2; fail "second up failed"; }
-wait_healthy
-[[ "$(container_name)" != "" ]] || fail "no container after up"
+wait_healthy "$(container_name)"
 check_data recreate
 
 step "the log names principals, never tokens"

@@ -59,10 +59,10 @@ class RadosServersTest : public ::testing::Test {
           auto server,
           testing::ServerProcess::Start(
               dir_.path() + "/unused-" + std::to_string(i),
-              {"--store", "rados", "--rados-conf", conf_, "--rados-namespace-prefix", prefix_,
-               "--rados-gc-grace", "0", "--rados-upload-lease", std::to_string(kLeaseSeconds),
-               "--rados-timeout", "20", "--chunk-size-mib", "1", "--part-timeout",
-               std::to_string(kPartTimeoutSeconds)}));
+              {"--store", "rados", "--rados-conf", conf_, "--rados-data-pool",
+               testing::kTestDataPool, "--rados-namespace-prefix", prefix_, "--rados-gc-grace", "0",
+               "--rados-upload-lease", std::to_string(kLeaseSeconds), "--rados-timeout", "20",
+               "--chunk-size-mib", "1", "--part-timeout", std::to_string(kPartTimeoutSeconds)}));
       ASSERT_THAT(server->Log(), ::testing::HasSubstr("data in RADOS pool ckpt"));
       servers_.push_back(std::move(server));
       ASSERT_OK_AND_ASSIGN(auto client, client::RawClient::Connect(servers_.back()->address(), {}));
@@ -76,6 +76,7 @@ class RadosServersTest : public ::testing::Test {
     options.backend = storage::StoreBackend::kRados;
     options.rados.conf_file = conf_;
     options.rados.namespace_prefix = prefix_;
+    options.rados.data_pool = testing::kTestDataPool;
     options.rados.gc_grace = absl::ZeroDuration();
     options.max_chunk_bytes = 1 << 20;
     return options;
@@ -109,6 +110,26 @@ class RadosServersTest : public ::testing::Test {
     return "";
   }
 
+  // The objects of checkpoint namespace `ns` in `pool` whose names start
+  // with `prefix`.
+  std::vector<std::string> Objects(const std::string& pool, const std::string& ns,
+                                   const std::string& prefix) {
+    if (!rados_connected_) {
+      EXPECT_GE(rados_.init2("client.admin", "ceph", 0), 0);
+      EXPECT_GE(rados_.conf_read_file(conf_.c_str()), 0);
+      EXPECT_GE(rados_.connect(), 0);
+      rados_connected_ = true;
+    }
+    librados::IoCtx io;
+    EXPECT_GE(rados_.ioctx_create(pool.c_str(), io), 0);
+    io.set_namespace(prefix_ + ns);
+    std::vector<std::string> oids;
+    for (auto it = io.nobjects_begin(); it != io.nobjects_end(); ++it) {
+      if (absl::StartsWith(it->get_oid(), prefix)) oids.push_back(it->get_oid());
+    }
+    return oids;
+  }
+
   // Saves part r of a `world_size`-part save through server `server_of[r]`,
   // all at once; each part's result.
   std::vector<absl::StatusOr<client::SaveResult>> SaveParts(
@@ -134,6 +155,8 @@ class RadosServersTest : public ::testing::Test {
 
   std::string conf_;
   std::string prefix_;
+  librados::Rados rados_;
+  bool rados_connected_ = false;
   testing::TempDir dir_;
   std::vector<std::unique_ptr<testing::ServerProcess>> servers_;
   std::vector<std::unique_ptr<client::RawClient>> clients_;
@@ -269,6 +292,30 @@ TEST_F(RadosServersTest, GcThroughOneServerKeepsAnotherServersLiveUpload) {
   EXPECT_EQ(Read(2, "team/live", 1, "w"), blobs[0].bytes);
 }
 
+TEST_F(RadosServersTest, ChunksLiveInTheErasureCodedDataPoolWhichEveryServerMustName) {
+  const std::vector<Blob> model = {{"w", RandomBytes(2 << 20, 3)}};
+  ASSERT_OK(clients_[0]->Save("team/ec", Input(model), {}).status());
+  // Two 1 MiB chunks in the erasure-coded pool, none beside the metadata
+  // (which uses omap, refused by erasure-coded pools).
+  EXPECT_EQ(Objects(testing::kTestDataPool, "team", "c.").size(), 2u);
+  EXPECT_EQ(Objects("ckpt", "team", "c.").size(), 0u);
+  EXPECT_EQ(Objects("ckpt", "team", "h.").size(), 1u);
+  EXPECT_EQ(Read(1, "team/ec", 1, "w"), model[0].bytes);
+  // A server of the same store that names no data pool, or another one, is
+  // refused before it serves.
+  storage::StoreOptions options = StoreOptions();
+  options.rados.data_pool = "";
+  absl::Status refused = storage::RadosStore::Open(options).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition) << refused;
+  EXPECT_THAT(refused.message(), ::testing::HasSubstr("keeps its chunks in pool 'ckpt-data', not "
+                                                      "'ckpt': give --rados-data-pool ckpt-data"));
+  options.rados.data_pool = "no-such-pool";
+  refused = storage::RadosStore::Open(options).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition) << refused;
+  EXPECT_THAT(refused.message(),
+              ::testing::HasSubstr("RADOS data pool 'no-such-pool' does not exist"));
+}
+
 TEST_F(RadosServersTest, TheRanksOfOneSaveMayGoThroughDifferentServers) {
   // Four ranks over three servers (two at server 0), each with its own keys
   // and one tensor shared by all (deduplicated).
@@ -330,18 +377,9 @@ TEST_F(RadosServersTest, APartWaitingAtAKilledServerIsStillCommittedByTheLastPar
   });
   // Kill its server once rank 0's part is staged (its s.* object is in the
   // pool).
-  librados::Rados cluster;
-  ASSERT_GE(cluster.init2("client.admin", "ceph", 0), 0);
-  ASSERT_GE(cluster.conf_read_file(conf_.c_str()), 0);
-  ASSERT_GE(cluster.connect(), 0);
-  librados::IoCtx io;
-  ASSERT_GE(cluster.ioctx_create("ckpt", io), 0);
-  io.set_namespace(prefix_ + "dist");
   bool staged = false;
   for (int i = 0; i < 1000 && !staged; ++i) {
-    for (auto it = io.nobjects_begin(); it != io.nobjects_end(); ++it) {
-      staged = staged || absl::StartsWith(it->get_oid(), "s.");
-    }
+    staged = !Objects("ckpt", "dist", "s.").empty();
     if (!staged) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   ASSERT_TRUE(staged);

@@ -38,6 +38,7 @@ absl::StatusOr<StoreOptions> BackendOptions(Backend backend, const StoreOptions&
   if (!conf.ok()) return conf.status();
   out.backend = StoreBackend::kRados;
   out.rados.conf_file = *conf;
+  out.rados.data_pool = ckpt::testing::kTestDataPool;
   out.rados.namespace_prefix = fs::path(options.path).parent_path().filename().string() + "/";
   out.rados.gc_grace = absl::ZeroDuration();
   out.rados.upload_lease = kTestUploadLease;

@@ -77,7 +77,7 @@ absl::StatusOr<std::string> TestCephConf() {
     // whose owner is gone.
     std::ofstream(cluster_dir + "/owner.pid") << getpid();
     atexit(StopCluster);
-    auto [out, rc] = Run(absl::StrCat("bash ", Script(), " start ", cluster_dir, "/c 1"));
+    auto [out, rc] = Run(absl::StrCat("bash ", Script(), " start ", cluster_dir, "/c 3"));
     const std::string conf = cluster_dir + "/c/ceph.conf";
     if (rc != 0 || !fs::exists(conf)) {
       result = absl::UnavailableError(absl::StrCat("scripts/ceph-dev-cluster.sh failed: ", out));
