@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # scripts/ceph-dev-cluster.sh keeps what the cluster holds across `up` after
-# its daemons died (a reboot, a container restart), and `stop` leaves
-# nothing: start, write an object, kill -9 the daemons, `up`, read it back.
+# its daemons died (a reboot, a container restart), moves it when its
+# address changed (a container's), and `stop` leaves nothing: start, write
+# an object, kill -9 the daemons, `up`, read it back; `halt`, `up` on
+# another address (127.0.0.2), read it back there.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 script="$root/scripts/ceph-dev-cluster.sh"
@@ -18,6 +20,13 @@ sleep 1
 bash "$script" up "$dir" 1 >/dev/null
 [[ "$(rados -c "$conf" --id ckpt -p ckpt get probe -)" == "kept across a restart" ]] ||
   fail "the object did not survive the restart"
+bash "$script" halt "$dir"
+[[ -e "$dir/ceph.conf" ]] || fail "halt deleted the cluster"
+pgrep -f -- "-c $dir/ceph.conf" >/dev/null && fail "halt left daemons running"
+CEPH_DEV_ADDR=127.0.0.2 bash "$script" up "$dir" 1 >/dev/null
+grep -q '^mon host = \[v2:127.0.0.2:' "$conf" || fail "ceph.conf not moved: $(grep 'mon host' "$conf")"
+[[ "$(rados -c "$conf" --id ckpt -p ckpt get probe -)" == "kept across a restart" ]] ||
+  fail "the object did not survive the move to 127.0.0.2"
 bash "$script" stop "$dir"
 [[ ! -e "$dir" ]] || fail "stop left $dir"
 pgrep -f -- "-c $dir/ceph.conf" >/dev/null && fail "stop left daemons running"
