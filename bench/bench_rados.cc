@@ -8,6 +8,9 @@
 // test.
 //
 //   bench_rados [--scale 0.25] [--workload gpt2|small] [--osds 1]
+//
+// With --osds 3 the rows "rados-ec" keep the chunks in the cluster's
+// erasure-coded pool (k=2, m=1: --rados-data-pool ckpt-data).
 
 #include <unistd.h>
 
@@ -159,26 +162,40 @@ int Run(int argc, char** argv) {
       }
       rows.push_back(*row);
     }
-    for (int n = 1; n <= 3; ++n) {
-      std::vector<std::unique_ptr<testing::ServerProcess>> servers;
-      for (int i = 0; i < n; ++i) {
-        auto s = testing::ServerProcess::Start(
-            dir.path() + "/unused",
-            {"--store", "rados", "--rados-conf", conf, "--rados-namespace-prefix",
-             absl::StrCat(w.name, "-", n, "/"), "--log-level", "warn"});
-        if (!s.ok()) {
-          std::fprintf(stderr, "%s\n", s.status().ToString().c_str());
-          return 1;
+    // With 3 OSDs, also with the chunks in the erasure-coded pool (k=2, m=1).
+    std::vector<std::pair<std::string, std::string>> variants = {{"rados", ""}};
+    if (osds == 3) variants.push_back({"rados-ec", "ckpt-data"});
+    for (const auto& [label, data_pool] : variants) {
+      for (int n = 1; n <= 3 && status == 0; ++n) {
+        std::vector<std::unique_ptr<testing::ServerProcess>> servers;
+        for (int i = 0; i < n; ++i) {
+          std::vector<std::string> flags = {"--store",
+                                            "rados",
+                                            "--rados-conf",
+                                            conf,
+                                            "--rados-namespace-prefix",
+                                            absl::StrCat(w.name, "-", label, "-", n, "/"),
+                                            "--log-level",
+                                            "warn"};
+          if (!data_pool.empty()) {
+            flags.push_back("--rados-data-pool");
+            flags.push_back(data_pool);
+          }
+          auto s = testing::ServerProcess::Start(dir.path() + "/unused", flags);
+          if (!s.ok()) {
+            std::fprintf(stderr, "%s\n", s.status().ToString().c_str());
+            return 1;
+          }
+          servers.push_back(*std::move(s));
         }
-        servers.push_back(*std::move(s));
+        auto row = Measure(label, data, servers);
+        if (!row.ok()) {
+          std::fprintf(stderr, "%s x%d: %s\n", label.c_str(), n, row.status().ToString().c_str());
+          status = 1;
+          break;
+        }
+        rows.push_back(*row);
       }
-      auto row = Measure("rados", data, servers);
-      if (!row.ok()) {
-        std::fprintf(stderr, "rados x%d: %s\n", n, row.status().ToString().c_str());
-        status = 1;
-        break;
-      }
-      rows.push_back(*row);
     }
     for (const Row& r : rows) {
       std::printf("  %-8s %7d %10.2f %10.2f %18.2f\n", r.backend.c_str(), r.servers, r.save_gbps,
