@@ -114,7 +114,12 @@ PYEOF
   fi
   local where
   where="$("$py" -c 'import os, ckpt; print(os.path.realpath(ckpt.__file__))' 2>/dev/null || true)"
-  if [[ "$where" != "$(realpath "$root/python/src/ckpt/__init__.py")" ]]; then
+  # The C accelerator (python/src/ckpt/_speedups.c) is built in place by the
+  # editable install: again when missing or older than its source.
+  local built
+  built="$(ls "$root"/python/src/ckpt/_speedups*.so 2>/dev/null | head -n1 || true)"
+  if [[ "$where" != "$(realpath "$root/python/src/ckpt/__init__.py")" || -z "$built" ||
+        "$root/python/src/ckpt/_speedups.c" -nt "$built" ]]; then
     echo "install-deps: installing the ckpt Python package (pip install -e python)" >&2
     local isolation=()
     # Editable installs need setuptools >= 64; an older one builds in isolation (PyPI).

@@ -13,6 +13,7 @@ by a varint (wire type 0) or ``varint(length)`` and the bytes (wire type 2).
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 # Field tags used below.
@@ -254,3 +255,16 @@ def scatter(message: bytes, node: int, offset: int, sizes: List[int], targets: L
         offset += n
         received += n
     return node, offset, received
+
+
+python_scatter = scatter
+# The same function in C (_speedups.c) when it was built, unless
+# CKPT_PURE_PYTHON=1.
+try:
+    from ckpt import _speedups
+except ImportError:
+    _speedups = None  # type: ignore[assignment]
+if _speedups is not None:
+    _speedups.init(StreamError)
+    if os.environ.get("CKPT_PURE_PYTHON") != "1":
+        scatter = _speedups.scatter  # noqa: F811
