@@ -29,6 +29,8 @@ struct Client::AsyncSaves {
   // Held for the whole of Close(): a second Close() returns only once the
   // first has joined every thread.
   std::mutex closing;
+  // Snapshot buffers reused across saves.
+  internal::SnapshotBuffers snapshots;
 };
 
 Client::Client(std::unique_ptr<RawClient> raw)
@@ -45,7 +47,12 @@ void Client::Close() {
     tasks.swap(async_->tasks);
   }
   for (AsyncSaves::Task& task : tasks) task.thread.join();
+  async_->snapshots.Release();
 }
+
+void Client::ReleaseSnapshotBuffers() { async_->snapshots.Release(); }
+
+uint64_t Client::snapshot_buffer_bytes() const { return async_->snapshots.idle_bytes(); }
 
 absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& target,
                                                         const ClientOptions& options) {
@@ -81,7 +88,7 @@ std::future<absl::StatusOr<SaveResult>> Client::SaveAsync(const std::string& nam
   // The snapshot happens here, on the caller's thread: once this returns the
   // caller may change its tensors.
   auto flat = std::make_shared<absl::StatusOr<internal::FlatValue>>(
-      internal::Flatten(value, /*snapshot=*/true));
+      internal::Flatten(value, /*snapshot=*/true, &async_->snapshots));
   std::promise<absl::StatusOr<SaveResult>> promise;
   std::future<absl::StatusOr<SaveResult>> future = promise.get_future();
   if (!flat->ok()) {
@@ -103,10 +110,14 @@ std::future<absl::StatusOr<SaveResult>> Client::SaveAsync(const std::string& nam
     }
     auto done = std::make_shared<std::atomic<bool>>(false);
     // The thread uses raw_, which outlives it: Close() joins it first.
-    std::thread thread([raw = raw_.get(), name, options = WithParent(options), flat, done,
+    std::thread thread([raw = raw_.get(), snapshots = &async_->snapshots, name,
+                        options = WithParent(options), flat, done,
                         promise = std::move(promise)]() mutable {
       absl::StatusOr<SaveResult> result = raw->Save(name, (*flat)->input, options);
-      flat.reset();  // the snapshot's memory goes before the future is ready
+      // The snapshot's buffer goes back (or away, after Close) before the
+      // future is ready.
+      snapshots->Give(std::move((*flat)->snapshot));
+      flat.reset();
       promise.set_value(std::move(result));
       done->store(true);
     });

@@ -124,9 +124,9 @@ class Client {
   ~Client();
 
   /// Waits until every async save in flight has finished (its future is
-  /// ready). Later SaveAsync calls resolve at once with FailedPrecondition
-  /// ("client is closed"); the other calls keep working until the client is
-  /// destroyed. Idempotent; thread-safe.
+  /// ready) and frees the snapshot buffers. Later SaveAsync calls resolve at
+  /// once with FailedPrecondition ("client is closed"); the other calls keep
+  /// working until the client is destroyed. Idempotent; thread-safe.
   void Close();
 
   /// torch.save: saves `value` as the next version of `name`. CPU tensors
@@ -142,9 +142,22 @@ class Client {
   /// Client may be destroyed before the future is ready (its destructor
   /// waits for the upload, so the version is not lost), and the future stays
   /// valid after that. After Close(): FailedPrecondition.
+  /// The snapshot goes into one host buffer (page-locked when a tensor is on
+  /// a GPU) that the Client keeps once the upload is done and reuses for the
+  /// next SaveAsync that fits in it: from the second save on, the stall is
+  /// a memcpy into memory already mapped. At most two idle buffers are kept
+  /// (a save in flight and the next); ReleaseSnapshotBuffers() or Close()
+  /// frees them.
   std::future<absl::StatusOr<SaveResult>> SaveAsync(const std::string& name,
                                                     const c10::IValue& value,
                                                     const SaveOptions& options);
+
+  /// Frees the snapshot buffers SaveAsync keeps for reuse (those of saves
+  /// still in flight are kept until they finish). Thread-safe.
+  void ReleaseSnapshotBuffers();
+
+  /// Bytes of the snapshot buffers kept for the next SaveAsync.
+  uint64_t snapshot_buffer_bytes() const;
 
   /// torch.load: the value tree of a version, tensors on the devices the
   /// map_location gives.

@@ -4,6 +4,7 @@
 #include <c10/core/DeviceType.h>
 #include <torch/custom_class.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -177,7 +178,7 @@ class Flattener {
     node.kind = NodeKind::kTensor;
     node.tensor.dtype = *dtype;
     node.tensor.shape.assign(tensor.sizes().begin(), tensor.sizes().end());
-    node.tensor.device = tensor.device().str();
+    node.tensor.device = tensor.device().is_cpu() ? "cpu" : tensor.device().str();
     node.tensor.requires_grad = tensor.requires_grad();
     node.data.size = static_cast<uint64_t>(tensor.numel()) * tensor.element_size();
     if (!snapshot_ && !tensor.device().is_cpu() && node.data.size > 0) {
@@ -193,10 +194,16 @@ class Flattener {
       }
       return Add(std::move(node));
     }
+    if (snapshot_) {
+      // Copied into the snapshot buffer once every tensor has been visited
+      // (its size is known then).
+      out_->tensors.push_back(tensor);  // only read (under NoGradGuard)
+      return Add(std::move(node));
+    }
     at::Tensor host;
     try {
       at::Tensor plain = tensor.detach();
-      if (snapshot_ || !plain.device().is_cpu()) {
+      if (!plain.device().is_cpu()) {
         // A host copy of its own: the caller may change the original now.
         host = at::empty(plain.sizes(), plain.options().device(at::kCPU).requires_grad(false));
         host.copy_(plain);
@@ -248,7 +255,100 @@ absl::StatusOr<c10::ScalarType> ToScalarType(DType dtype) {
       absl::StrCat("dtype ", DTypeName(dtype), " is not supported by this LibTorch"));
 }
 
-absl::StatusOr<FlatValue> Flatten(const c10::IValue& value, bool snapshot) {
+namespace {
+
+// Copies the tensors a snapshot visited (out->tensors, in tensor-node order)
+// into one buffer from `buffers` and points the nodes' spans at it.
+absl::Status CopySnapshot(FlatValue* out, SnapshotBuffers* buffers) {
+  constexpr uint64_t kAlign = 64;
+  uint64_t total = 0;
+  bool on_device = false;
+  for (const at::Tensor& t : out->tensors) {
+    total += (static_cast<uint64_t>(t.numel()) * t.element_size() + kAlign - 1) / kAlign * kAlign;
+    on_device = on_device || !t.device().is_cpu();
+  }
+  SnapshotBuffers fresh;
+  try {
+    out->snapshot = (buffers != nullptr ? buffers : &fresh)->Take(total, on_device);
+  } catch (const c10::Error& e) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "allocating a ", total, "-byte snapshot buffer: ", e.what_without_backtrace()));
+  }
+  uint8_t* base = static_cast<uint8_t*>(out->snapshot.data_ptr());
+  at::NoGradGuard no_grad;
+  uint64_t offset = 0;
+  size_t k = 0;
+  for (size_t i = 0; i < out->input.tree.size(); ++i) {
+    const Node& node = out->input.tree[i];
+    if (node.kind != NodeKind::kTensor) continue;
+    const at::Tensor& t = out->tensors[k++];
+    const uint64_t n = node.data.size;
+    uint8_t* dst = base + offset;
+    try {
+      if (n == 0) {
+      } else if (t.device().is_cpu() && t.is_contiguous() && !t.is_conj() && !t.is_neg()) {
+        std::memcpy(dst, t.data_ptr(), n);
+      } else {
+        // Strided, conjugate/negative views and device tensors: through a
+        // view of the buffer (a device copy into page-locked memory).
+        at::from_blob(dst, t.sizes(), t.options().device(at::kCPU).requires_grad(false)).copy_(t);
+      }
+    } catch (const c10::Error& e) {
+      return absl::InternalError(absl::StrCat("tensor '", KeyText(node.key), "' (node ", i,
+                                              "): ", e.what_without_backtrace()));
+    }
+    out->input.bytes[i] = {dst, n};
+    offset += (n + kAlign - 1) / kAlign * kAlign;
+  }
+  out->tensors.clear();  // the caller's tensors are not needed any more
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+at::Tensor SnapshotBuffers::Take(uint64_t bytes, bool pinned) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto best = idle_.end();
+    for (auto it = idle_.begin(); it != idle_.end(); ++it) {
+      if (it->is_pinned() != pinned || static_cast<uint64_t>(it->numel()) < bytes) continue;
+      if (best == idle_.end() || it->numel() < best->numel()) best = it;
+    }
+    if (best != idle_.end()) {
+      at::Tensor buffer = std::move(*best);
+      idle_.erase(best);
+      return buffer;
+    }
+  }
+  return at::empty({static_cast<int64_t>(std::max<uint64_t>(bytes, 1))},
+                   at::TensorOptions().dtype(at::kByte).pinned_memory(pinned));
+}
+
+void SnapshotBuffers::Give(at::Tensor buffer) {
+  if (!buffer.defined()) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  idle_.push_back(std::move(buffer));
+  // The largest kIdle stay.
+  std::sort(idle_.begin(), idle_.end(),
+            [](const at::Tensor& a, const at::Tensor& b) { return a.numel() > b.numel(); });
+  if (idle_.size() > kIdle) idle_.resize(kIdle);
+}
+
+void SnapshotBuffers::Release() {
+  std::vector<at::Tensor> freed;
+  std::lock_guard<std::mutex> lock(mu_);
+  freed.swap(idle_);
+}
+
+uint64_t SnapshotBuffers::idle_bytes() {
+  std::lock_guard<std::mutex> lock(mu_);
+  uint64_t n = 0;
+  for (const at::Tensor& t : idle_) n += static_cast<uint64_t>(t.numel());
+  return n;
+}
+
+absl::StatusOr<FlatValue> Flatten(const c10::IValue& value, bool snapshot,
+                                  SnapshotBuffers* buffers) {
   FlatValue out;
   // Captured before anything is queued: the caller's current streams.
   const CallerStreams caller;
@@ -256,6 +356,9 @@ absl::StatusOr<FlatValue> Flatten(const c10::IValue& value, bool snapshot) {
   // vectors from reallocating strings under the spans by building spans last.
   Flattener flattener(snapshot, &out);
   CKPT_RETURN_IF_ERROR(flattener.Visit(value, {}, ""));
+  if (snapshot) {
+    CKPT_RETURN_IF_ERROR(CopySnapshot(&out, buffers));
+  }
   // Device tensors: one staging per device, ordered after the caller's
   // queued work and the .contiguous() copies just queued.
   std::map<std::string, std::shared_ptr<SaveStaging>> by_device;
@@ -282,6 +385,8 @@ absl::StatusOr<FlatValue> Flatten(const c10::IValue& value, bool snapshot) {
     if (node.kind == NodeKind::kBytes) {
       const std::string& b = out.blobs[blob++];
       out.input.bytes[i] = {reinterpret_cast<const uint8_t*>(b.data()), b.size()};
+    } else if (snapshot) {
+      // Spans into the snapshot buffer already.
     } else if (node.kind == NodeKind::kTensor && out.input.sources[i] == nullptr &&
                node.data.size > 0) {
       const at::Tensor& t = out.tensors[tensor++];

@@ -8,6 +8,7 @@
 
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -19,12 +20,38 @@
 
 namespace ckpt::client::internal {
 
+/// Host buffers that async saves snapshot into, kept across saves: a reused
+/// buffer's pages are mapped already, so the next snapshot copies at memory
+/// speed instead of faulting fresh pages in (the first save's stall is
+/// several times the second's). Thread-safe.
+class SnapshotBuffers {
+ public:
+  /// Idle buffers kept (the largest): a save in flight and the next one.
+  static constexpr size_t kIdle = 2;
+  /// A uint8 host buffer of at least `bytes` (page-locked if `pinned`): the
+  /// smallest idle one that fits, or a new one of exactly `bytes`.
+  at::Tensor Take(uint64_t bytes, bool pinned);
+  /// A buffer back for the next save.
+  void Give(at::Tensor buffer);
+  /// Frees the idle buffers.
+  void Release();
+  /// Bytes of the idle buffers.
+  uint64_t idle_bytes();
+
+ private:
+  std::mutex mu_;
+  std::vector<at::Tensor> idle_;
+};
+
 /// An IValue flattened for RawClient::Save. The spans of `input` point into
-/// `tensors` (contiguous host tensors) and `blobs`: keep this alive during
-/// the save.
+/// `tensors` (contiguous host tensors), `snapshot` and `blobs`: keep this
+/// alive during the save.
 struct FlatValue {
   SaveInput input;
   std::vector<at::Tensor> tensors;
+  /// A snapshot's copy of every tensor (Flatten with snapshot): one buffer,
+  /// from the SnapshotBuffers given (return it there after the save).
+  at::Tensor snapshot;
   std::vector<std::string> blobs;
   /// Staging of device tensors, one per device, shared by its tensors: the
   /// pinned memory of a save is bounded by SaveStaging::kSlots chunks per
@@ -43,8 +70,10 @@ struct FlatValue {
   std::vector<PendingSource> pending;
 };
 
-/// Flattens `value`. With `snapshot`, every tensor is copied to fresh host
-/// memory (so the caller may change its tensors right away); without it CPU
+/// Flattens `value`. With `snapshot`, every tensor is copied into one host
+/// buffer taken from `buffers` (a fresh one if null), pinned if any tensor
+/// is on a device, so the caller may change its tensors right away (CPU
+/// tensors with one memcpy each); without it CPU
 /// contiguous tensors are referenced in place, non-contiguous ones copied one
 /// by one, and device tensors read chunk by chunk through pinned staging
 /// buffers (DeviceSource). Call it on the thread that saves: device reads
@@ -52,7 +81,8 @@ struct FlatValue {
 /// after the .contiguous() copies it queues there).
 /// InvalidArgument naming the key for values that cannot be saved (sparse or
 /// quantized tensors, dict keys other than str/int, objects).
-absl::StatusOr<FlatValue> Flatten(const c10::IValue& value, bool snapshot);
+absl::StatusOr<FlatValue> Flatten(const c10::IValue& value, bool snapshot,
+                                  SnapshotBuffers* buffers = nullptr);
 
 /// ckpt dtype of a LibTorch scalar type; InvalidArgument if none.
 absl::StatusOr<DType> ToDType(c10::ScalarType type);

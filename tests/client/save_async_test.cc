@@ -169,6 +169,75 @@ int ChildMain(const std::string& target) {
   return 0;
 }
 
+TEST_F(SaveAsyncTest, SnapshotBuffersAreReusedAndNeverSharedByTwoSavesInFlight) {
+  std::unique_ptr<Client> client = Connect();
+  ASSERT_NE(client, nullptr);
+  // Besides plain tensors: a strided view, bool, bfloat16, a conjugate
+  // view, 0-d and empty ones (copied through a view of the buffer).
+  auto sd = BigStateDict(3);
+  sd.insert("strided", torch::arange(24, torch::kFloat32).reshape({4, 6}).t());
+  sd.insert("flags", torch::tensor({true, false, true}));
+  sd.insert("half", torch::randn({5}).to(torch::kBFloat16));
+  sd.insert("conj", torch::complex(torch::randn({3}), torch::randn({3})).conj());
+  sd.insert("scalar", torch::tensor(7.5));
+  sd.insert("empty", torch::empty({0, 3}));
+  auto copy = [](const c10::Dict<std::string, at::Tensor>& d) {
+    c10::Dict<std::string, at::Tensor> out;
+    for (const auto& e : d) out.insert(e.key(), e.value().clone());
+    return out;
+  };
+  // A change of every element, whatever the dtype.
+  auto change = [](c10::Dict<std::string, at::Tensor>& d) {
+    for (auto& e : d) {
+      at::Tensor t = e.value();
+      if (t.scalar_type() == at::kBool) {
+        t.logical_not_();
+      } else {
+        t.add_(1);
+      }
+    }
+  };
+  const auto v1 = copy(sd);
+  ASSERT_EQ(client->snapshot_buffer_bytes(), 0u);
+  ASSERT_TRUE(client->SaveAsync("async/reuse", sd, {}).get().ok());
+  const uint64_t kept = client->snapshot_buffer_bytes();
+  EXPECT_GE(kept, 64u << 20);  // the buffer stays for the next save
+  EXPECT_LT(kept, (64u << 20) + 4096);
+
+  // The next save snapshots into it; changing the tensors right after the
+  // call does not reach the version.
+  change(sd);
+  const auto v2 = copy(sd);
+  auto second = client->SaveAsync("async/reuse", sd, {});
+  change(sd);
+  const auto v3 = copy(sd);
+  // A third while the second may still upload: another buffer.
+  auto third = client->SaveAsync("async/reuse", sd, {});
+  change(sd);
+  ASSERT_TRUE(second.get().ok());
+  ASSERT_TRUE(third.get().ok());
+  EXPECT_LE(client->snapshot_buffer_bytes(), 2 * kept);
+  for (auto [version, expected] : {std::pair{1, &v1}, std::pair{2, &v2}, std::pair{3, &v3}}) {
+    TorchLoadOptions options;
+    options.version = version;
+    auto loaded = client->Load("async/reuse", options);
+    ASSERT_TRUE(loaded.ok()) << loaded.status();
+    auto dict = loaded->toGenericDict();
+    ASSERT_EQ(dict.size(), expected->size());
+    for (const auto& e : *expected) {
+      const at::Tensor got = dict.at(e.key()).toTensor();
+      EXPECT_EQ(got.scalar_type(), e.value().scalar_type()) << e.key();
+      EXPECT_TRUE(got.equal(e.value().resolve_conj())) << "v" << version << " " << e.key();
+    }
+  }
+  client->ReleaseSnapshotBuffers();
+  EXPECT_EQ(client->snapshot_buffer_bytes(), 0u);
+  ASSERT_TRUE(client->SaveAsync("async/reuse", sd, {}).get().ok());
+  EXPECT_GT(client->snapshot_buffer_bytes(), 0u);
+  client->Close();
+  EXPECT_EQ(client->snapshot_buffer_bytes(), 0u);
+}
+
 }  // namespace
 }  // namespace ckpt::client
 
