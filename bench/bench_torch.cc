@@ -15,9 +15,9 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
-#include <cstring>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <memory>
 #include <sstream>
@@ -154,11 +154,21 @@ int Run(int argc, char** argv) {
     }
     const double save = total / save_s / 1e9;
 
+    // The incremental save's change: every 10th tensor, skipping those that
+    // would take the changed bytes past 10 % of the total (GPT-2's embedding
+    // alone is 30 %): ~10 % of the tensors holding ~10 % of the bytes.
+    uint64_t changed_bytes = 0;
+    size_t changed = 0;
     {
       torch::NoGradGuard no_grad;
       int i = 0;
       for (auto& e : sd) {
-        if (i++ % 10 == 0) e.value().add_(1.0);
+        const uint64_t n = e.value().numel() * e.value().element_size();
+        if (i++ % 10 == 0 && changed_bytes + n <= total / 10) {
+          e.value().add_(1.0);
+          changed_bytes += n;
+          ++changed;
+        }
       }
     }
     t0 = Clock::now();
@@ -238,9 +248,13 @@ int Run(int argc, char** argv) {
     const double load = total / into_s / 1e9;
     std::printf("  %-34s %6.2f GB/s   (disk x%.2f, python x%.2f, pickle_save x%.2f)\n", "save",
                 save, save / disk, py_save > 0 ? save / py_save : 0, save / pickle_save);
-    std::printf("  %-34s %6.3f s (%.0f%% of full), wire %.1f MB (%.1f%%)\n",
-                "incremental save (10% changed)", inc_s, 100 * inc_s / save_s,
-                inc->bytes_sent / 1e6, 100.0 * inc->bytes_sent / full->bytes_sent);
+    std::printf(
+        "  %-34s %6.3f s (%.0f%% of full; target <= 15%%: %s), wire %.1f MB (%.1f%%); changed "
+        "%zu of %zu tensors, %.1f%% of bytes\n",
+        "incremental save (10% changed)", inc_s, 100 * inc_s / save_s,
+        inc_s <= 0.15 * save_s ? "met" : "NOT met", inc->bytes_sent / 1e6,
+        100.0 * inc->bytes_sent / full->bytes_sent, changed, w.shapes.size(),
+        100.0 * changed_bytes / total);
     std::printf("  %-34s %6.3f s snapshot, %.3f s to commit\n", "async save", stalls[0],
                 async_total_s);
     if (!later.empty()) {
