@@ -89,11 +89,26 @@ std::string KeyText(const NodeKey& key) {
   return "";
 }
 
+// A node's key path ("model/fc.weight", list items by index), spelled out
+// only for messages: a chain of the keys from the root.
+struct Path {
+  const Path* parent = nullptr;
+  const NodeKey* key = nullptr;  // null: the root, or a list item `index`
+  size_t index = 0;
+
+  std::string Text() const {
+    if (parent == nullptr) return "";
+    const std::string up = parent->Text();
+    const std::string here = key != nullptr ? KeyText(*key) : absl::StrCat(index);
+    return up.empty() ? here : absl::StrCat(up, "/", here);
+  }
+};
+
 class Flattener {
  public:
   Flattener(bool snapshot, FlatValue* out) : snapshot_(snapshot), out_(out) {}
 
-  absl::Status Visit(const c10::IValue& v, NodeKey key, const std::string& path) {
+  absl::Status Visit(const c10::IValue& v, NodeKey key, const Path& path) {
     Node node;
     node.key = std::move(key);
     if (v.isTensor()) return AddTensor(v.toTensor(), std::move(node), path);
@@ -130,11 +145,12 @@ class Flattener {
         } else if (k.isInt()) {
           child = k.toInt();
         } else {
-          return absl::InvalidArgumentError(absl::StrCat("dict '", path, "' has a key of type ",
-                                                         k.tagKind(), " (only str and int keys)"));
+          return absl::InvalidArgumentError(absl::StrCat("dict '", path.Text(),
+                                                         "' has a key of type ", k.tagKind(),
+                                                         " (only str and int keys)"));
         }
-        const std::string child_path = Join(path, KeyText(child));
-        CKPT_RETURN_IF_ERROR(Visit(entry.value(), std::move(child), child_path));
+        const Path child_path{&path, &child};
+        CKPT_RETURN_IF_ERROR(Visit(entry.value(), child, child_path));
       }
       return absl::OkStatus();
     } else if (v.isList() || v.isTuple()) {
@@ -149,32 +165,30 @@ class Flattener {
       node.size = static_cast<uint32_t>(items.size());
       CKPT_RETURN_IF_ERROR(Add(std::move(node)));
       for (size_t i = 0; i < items.size(); ++i) {
-        CKPT_RETURN_IF_ERROR(Visit(items[i], {}, Join(path, absl::StrCat(i))));
+        CKPT_RETURN_IF_ERROR(Visit(items[i], {}, Path{&path, nullptr, i}));
       }
       return absl::OkStatus();
     } else {
       return absl::InvalidArgumentError(
-          absl::StrCat("'", path, "': cannot save a value of type ", v.tagKind()));
+          absl::StrCat("'", path.Text(), "': cannot save a value of type ", v.tagKind()));
     }
     return Add(std::move(node));
   }
 
  private:
-  static std::string Join(const std::string& a, const std::string& b) {
-    return a.empty() ? b : absl::StrCat(a, "/", b);
-  }
-
-  absl::Status AddTensor(const at::Tensor& tensor, Node node, const std::string& path) {
+  absl::Status AddTensor(const at::Tensor& tensor, Node node, const Path& path) {
     if (!tensor.defined()) {
       node.kind = NodeKind::kNone;  // an undefined tensor reads back as None
       return Add(std::move(node));
     }
     if (tensor.is_sparse() || tensor.is_quantized() || tensor.is_meta() || tensor.is_mkldnn()) {
       return absl::InvalidArgumentError(
-          absl::StrCat("tensor '", path, "': only dense strided tensors can be saved"));
+          absl::StrCat("tensor '", path.Text(), "': only dense strided tensors can be saved"));
     }
     auto dtype = ToDType(tensor.scalar_type());
-    if (!dtype.ok()) return Annotate(dtype.status(), absl::StrCat("tensor '", path, "'"));
+    if (!dtype.ok()) {
+      return Annotate(dtype.status(), absl::StrCat("tensor '", path.Text(), "'"));
+    }
     node.kind = NodeKind::kTensor;
     node.tensor.dtype = *dtype;
     node.tensor.shape.assign(tensor.sizes().begin(), tensor.sizes().end());
@@ -187,10 +201,11 @@ class Flattener {
       // stream; the staging is ordered after it in Flatten, once every
       // tensor has been visited.
       try {
-        out_->pending.push_back({tensor.detach().contiguous(), path, out_->input.tree.size()});
+        out_->pending.push_back(
+            {tensor.detach().contiguous(), path.Text(), out_->input.tree.size()});
       } catch (const c10::Error& e) {
         return absl::InternalError(
-            absl::StrCat("tensor '", path, "': ", e.what_without_backtrace()));
+            absl::StrCat("tensor '", path.Text(), "': ", e.what_without_backtrace()));
       }
       return Add(std::move(node));
     }
@@ -211,7 +226,8 @@ class Flattener {
         host = plain.contiguous();
       }
     } catch (const c10::Error& e) {
-      return absl::InternalError(absl::StrCat("tensor '", path, "': ", e.what_without_backtrace()));
+      return absl::InternalError(
+          absl::StrCat("tensor '", path.Text(), "': ", e.what_without_backtrace()));
     }
     node.data.size = static_cast<uint64_t>(host.numel()) * host.element_size();
     out_->tensors.push_back(host);
@@ -355,7 +371,7 @@ absl::StatusOr<FlatValue> Flatten(const c10::IValue& value, bool snapshot,
   // Blobs and tensors are referenced by span: reserve nothing, but keep
   // vectors from reallocating strings under the spans by building spans last.
   Flattener flattener(snapshot, &out);
-  CKPT_RETURN_IF_ERROR(flattener.Visit(value, {}, ""));
+  CKPT_RETURN_IF_ERROR(flattener.Visit(value, {}, Path{}));
   if (snapshot) {
     CKPT_RETURN_IF_ERROR(CopySnapshot(&out, buffers));
   }
