@@ -170,6 +170,36 @@ TEST_F(ClientTest, EveryDtypeZeroDimEmptyNonContiguous) {
   EXPECT_EQ(back.toGenericDict().at("zero_dim").toTensor().dim(), 0);
 }
 
+TEST_F(ClientTest, UnsavableValuesAreRefusedNamingTheirKeyPath) {
+  // A sparse tensor deep inside: its path, dict keys and list indices.
+  c10::impl::GenericList layers(c10::AnyType::get());
+  layers.push_back(torch::ones({2}));
+  layers.push_back(torch::ones({2, 2}).to_sparse());
+  c10::impl::GenericDict model(c10::StringType::get(), c10::AnyType::get());
+  model.insert("layers", layers);
+  c10::impl::GenericDict root(c10::StringType::get(), c10::AnyType::get());
+  root.insert("model", model);
+  for (bool async : {false, true}) {
+    absl::Status status = async ? client_->SaveAsync("t/bad", root, {}).get().status()
+                                : client_->Save("t/bad", root, {}).status();
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+    EXPECT_NE(status.message().find("tensor 'model/layers/1': only dense strided tensors can "
+                                    "be saved"),
+              std::string::npos)
+        << status;
+  }
+  // A dict key that is neither str nor int.
+  c10::impl::GenericDict odd(c10::FloatType::get(), c10::AnyType::get());
+  odd.insert(1.5, torch::ones({1}));
+  c10::impl::GenericDict outer(c10::StringType::get(), c10::AnyType::get());
+  outer.insert("opt", odd);
+  absl::Status status = client_->Save("t/bad", outer, {}).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  EXPECT_NE(status.message().find("dict 'opt' has a key of type Double"), std::string::npos)
+      << status;
+  EXPECT_EQ(client_->raw().ListVersions("t/bad").status().code(), absl::StatusCode::kNotFound);
+}
+
 TEST_F(ClientTest, SharedStorageIsStoredOnce) {
   at::Tensor w = torch::randn({256, 256});  // 256 KiB
   c10::Dict<std::string, at::Tensor> tied;
