@@ -209,16 +209,13 @@ absl::StatusOr<GcResult> RadosStore::CollectGarbage() {
     // Chunks neither referenced nor pinned, untouched since before the
     // grace: removed by a write that checks the touch again.
     std::vector<std::string> chunk_oids;
-    std::vector<uint64_t> sizes;
     for (const std::string& oid : m.chunk_oids) {
       CKPT_ASSIGN_OR_RETURN(Digest d, DigestOfOid(oid));
       if (m.referenced.contains(d) || m.pinned.contains(d)) continue;
-      uint64_t size = 0;
-      time_t mtime = 0;
-      if (chunks.stat(oid, &size, &mtime) < 0) continue;
       chunk_oids.push_back(oid);
-      sizes.push_back(size);
     }
+    std::vector<uint64_t> sizes;
+    internal::StatAll(chunks, chunk_oids, &sizes);  // for the bytes reported
     std::vector<librados::ObjectWriteOperation> chunk_ops(chunk_oids.size());
     for (auto& op : chunk_ops) {
       op.cmpxattr(internal::kTouched, LIBRADOS_CMPXATTR_OP_GT, threshold);
@@ -277,12 +274,13 @@ absl::StatusOr<StoreStats> RadosStore::Stats() {
     stats.active_uploads += m.live_uploads;
     stats.chunks += m.referenced.size();
     for (const auto& [d, length] : m.referenced) stats.stored_bytes += length;
-    for (const std::string& oid : m.chunk_oids) {
-      uint64_t size = 0;
-      time_t mtime = 0;
-      if (chunks.stat(oid, &size, &mtime) < 0) continue;
+    std::vector<uint64_t> sizes;
+    const std::vector<int> rcs = internal::StatAll(chunks, m.chunk_oids, &sizes);
+    for (size_t i = 0; i < m.chunk_oids.size(); ++i) {
+      if (rcs[i] < 0) continue;  // removed meanwhile
+      const uint64_t size = sizes[i];
       stats.disk_bytes += size;
-      auto d = DigestOfOid(oid);
+      auto d = DigestOfOid(m.chunk_oids[i]);
       if (d.ok() && !m.referenced.contains(*d) && !m.pinned.contains(*d)) {
         stats.garbage_bytes += size;
       }

@@ -122,6 +122,11 @@ struct RadosCore {
 std::vector<int> OperateAll(librados::IoCtx& io, const std::vector<std::string>& oids,
                             std::vector<librados::ObjectWriteOperation>& ops);
 
+/// Stats objects `oids` concurrently (at most 64 in flight): their sizes
+/// into `sizes`; returns each return code.
+std::vector<int> StatAll(librados::IoCtx& io, const std::vector<std::string>& oids,
+                         std::vector<uint64_t>* sizes);
+
 /// A checkpoint's head: its xattrs and tags (omap "t.*").
 struct Head {
   bool exists = false;

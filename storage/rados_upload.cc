@@ -156,10 +156,10 @@ absl::Status RadosCore::Register(absl::string_view name) {
                      absl::StrCat("registering ", Quote(name)));
 }
 
-std::vector<int> OperateAll(librados::IoCtx& io, const std::vector<std::string>& oids,
-                            std::vector<librados::ObjectWriteOperation>& ops) {
+std::vector<int> RunWindowed(size_t n,
+                             const std::function<int(size_t, librados::AioCompletion*)>& start) {
   constexpr size_t kWindow = 64;
-  std::vector<int> rcs(oids.size(), 0);
+  std::vector<int> rcs(n, 0);
   std::vector<std::pair<size_t, librados::AioCompletion*>> flight;
   auto finish = [&](size_t keep) {
     while (flight.size() > keep) {
@@ -170,9 +170,9 @@ std::vector<int> OperateAll(librados::IoCtx& io, const std::vector<std::string>&
       c->release();
     }
   };
-  for (size_t i = 0; i < oids.size(); ++i) {
+  for (size_t i = 0; i < n; ++i) {
     librados::AioCompletion* c = librados::Rados::aio_create_completion();
-    const int rc = io.aio_operate(oids[i], c, &ops[i]);
+    const int rc = start(i, c);
     if (rc < 0) {
       rcs[i] = rc;
       c->release();
@@ -183,6 +183,22 @@ std::vector<int> OperateAll(librados::IoCtx& io, const std::vector<std::string>&
   }
   finish(0);
   return rcs;
+}
+
+std::vector<int> OperateAll(librados::IoCtx& io, const std::vector<std::string>& oids,
+                            std::vector<librados::ObjectWriteOperation>& ops) {
+  return RunWindowed(oids.size(), [&](size_t i, librados::AioCompletion* c) {
+    return io.aio_operate(oids[i], c, &ops[i]);
+  });
+}
+
+std::vector<int> StatAll(librados::IoCtx& io, const std::vector<std::string>& oids,
+                         std::vector<uint64_t>* sizes) {
+  sizes->assign(oids.size(), 0);
+  std::vector<time_t> mtimes(oids.size(), 0);
+  return RunWindowed(oids.size(), [&](size_t i, librados::AioCompletion* c) {
+    return io.aio_stat(oids[i], c, &(*sizes)[i], &mtimes[i]);
+  });
 }
 
 absl::StatusOr<Head> ReadHead(librados::IoCtx& io, absl::string_view name, uint64_t version) {
@@ -394,19 +410,14 @@ absl::StatusOr<std::vector<bool>> RadosUpload::FindMissing(absl::Span<const Dige
   }
   if (ask.empty()) return missing;
   // Which exist (and their lengths).
-  std::vector<uint64_t> sizes(ask.size(), 0);
-  std::vector<time_t> mtimes(ask.size(), 0);
-  std::vector<librados::AioCompletion*> completions(ask.size());
-  for (size_t j = 0; j < ask.size(); ++j) {
-    completions[j] = librados::Rados::aio_create_completion();
-    chunks_.aio_stat(ChunkOid(digests[ask[j]]), completions[j], &sizes[j], &mtimes[j]);
-  }
+  std::vector<std::string> asked;
+  for (size_t j : ask) asked.push_back(ChunkOid(digests[j]));
+  std::vector<uint64_t> sizes;
+  const std::vector<int> stat_rcs = StatAll(chunks_, asked, &sizes);
   std::vector<size_t> present;
   absl::Status status;
   for (size_t j = 0; j < ask.size(); ++j) {
-    completions[j]->wait_for_complete();
-    const int rc = completions[j]->get_return_value();
-    completions[j]->release();
+    const int rc = stat_rcs[j];
     if (rc == -ENOENT) {
       missing[ask[j]] = true;
     } else if (rc < 0) {
