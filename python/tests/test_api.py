@@ -179,6 +179,60 @@ def test_save_async_snapshots_then_commits(client, name):
         client.save_async({"f": print}, name)  # raised before any snapshot or thread
 
 
+def test_save_async_reuses_its_snapshot_buffer_and_never_shares_one_in_flight(client, name):
+    """The buffer a snapshot went into serves the next save_async; two saves
+    in flight never share one; odd tensors (strided, bool, bfloat16, conj,
+    0-d, empty, a Parameter) are copied right; release and close free them."""
+    state = {
+        "big": torch.randn(1 << 20),
+        "strided": torch.arange(24.0).reshape(4, 6).t(),
+        "flags": torch.tensor([True, False, True]),
+        "half": torch.randn(5).to(torch.bfloat16),
+        "conj": torch.complex(torch.randn(3), torch.randn(3)).conj(),
+        "scalar": torch.tensor(7.5),
+        "empty": torch.empty(0, 3),
+        "param": torch.nn.Parameter(torch.randn(4)),
+    }
+
+    def snapshot():
+        return {k: v.detach().resolve_conj().clone() for k, v in state.items()}
+
+    def change():
+        with torch.no_grad():
+            for v in state.values():
+                if v.dtype == torch.bool:
+                    v.logical_not_()
+                else:
+                    v.add_(1)
+
+    assert client.snapshot_buffer_bytes == 0
+    expected = [snapshot()]
+    client.save_async(state, name).result(timeout=60)
+    kept = client.snapshot_buffer_bytes
+    assert (4 << 20) <= kept < (4 << 20) + 4096
+    change()
+    expected.append(snapshot())
+    second = client.save_async(state, name)
+    change()
+    expected.append(snapshot())
+    third = client.save_async(state, name)  # while the second may still upload
+    change()
+    assert second.result(timeout=60).version == 2 and third.result(timeout=60).version == 3
+    assert client.snapshot_buffer_bytes <= 2 * kept
+    for version, want in enumerate(expected, start=1):
+        got = client.load(f"{name}@{version}")
+        assert list(got) == list(want)
+        for k, v in want.items():
+            assert got[k].dtype == v.dtype and torch.equal(got[k].detach(), v), (version, k)
+        assert isinstance(got["param"], torch.nn.Parameter)
+    client.release_snapshot_buffers()
+    assert client.snapshot_buffer_bytes == 0
+    client.save_async(state, name).result(timeout=60)
+    assert client.snapshot_buffer_bytes > 0
+    client.close()
+    assert client.snapshot_buffer_bytes == 0
+
+
 def test_other_threads_progress_during_a_large_save(client, name):
     state = {f"w{i}": torch.randn(2048, 4096) for i in range(8)}  # 256 MiB
     counter = [0]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import gc
+import threading
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -172,19 +173,92 @@ class Flat:
 
     def __init__(self) -> None:
         self.entries: List[Entry] = []
+        # A snapshot's buffer (flatten with snapshot): every tensor's copy.
+        self.snapshot: Optional[torch.Tensor] = None
 
     @property
     def data_bytes(self) -> int:
         return sum(e.size for e in self.entries)
 
 
-def flatten(value: Any, snapshot: bool = False) -> Flat:
+class SnapshotBuffers:
+    """Host buffers that snapshots copy into, kept across saves: a reused
+    buffer's pages are mapped already, so the next snapshot copies at memory
+    speed. At most ``IDLE`` idle buffers (the largest) are kept. Thread-safe."""
+
+    IDLE = 2
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: List[torch.Tensor] = []
+
+    def take(self, nbytes: int, pinned: bool) -> torch.Tensor:
+        """A uint8 buffer of at least ``nbytes``: the smallest idle one that
+        fits, or a new one."""
+        with self._lock:
+            fits = [b for b in self._idle if b.is_pinned() == pinned and b.numel() >= nbytes]
+            if fits:
+                best = min(fits, key=lambda b: b.numel())
+                self._idle = [b for b in self._idle if b is not best]
+                return best
+        return torch.empty(max(nbytes, 1), dtype=torch.uint8, pin_memory=pinned)
+
+    def give(self, buffer: Optional[torch.Tensor]) -> None:
+        if buffer is None:
+            return
+        with self._lock:
+            self._idle.append(buffer)
+            self._idle.sort(key=lambda b: -b.numel())
+            del self._idle[self.IDLE:]
+
+    def release(self) -> None:
+        with self._lock:
+            self._idle = []
+
+    def idle_bytes(self) -> int:
+        with self._lock:
+            return sum(b.numel() for b in self._idle)
+
+
+_ALIGN = 64
+
+
+def _copy_snapshot(flat: Flat, buffers: Optional[SnapshotBuffers]) -> None:
+    """Copies every tensor entry's data into one buffer from ``buffers``
+    (pinned if a tensor is on a device) and points the entries at it."""
+    tensors = [e for e in flat.entries if e.kind == "tensor"]
+    total = sum((e.size + _ALIGN - 1) // _ALIGN * _ALIGN for e in tensors)
+    on_device = any(not e.data.is_cpu for e in tensors)
+    buffer = (buffers or SnapshotBuffers()).take(total, on_device and torch.cuda.is_available())
+    flat.snapshot = buffer
+    view = memoryview(buffer.numpy())
+    off = 0
+    fast = _VIEW_FAST
+    for e in tensors:
+        t = e.data
+        n = e.size
+        dst = view[off:off + n]
+        if n:
+            if t.is_cpu and t.dtype in fast and t.dim() and t.is_contiguous() and \
+                    not t.is_conj() and not t.is_neg():
+                dst[:] = memoryview(t.numpy()).cast("B")
+            else:
+                with torch.no_grad():
+                    torch.frombuffer(dst, dtype=t.dtype).view(t.shape).copy_(t)
+        e.data = dst
+        off += (n + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
+def flatten(value: Any, snapshot: bool = False,
+            buffers: Optional[SnapshotBuffers] = None) -> Flat:
     """Flattens ``value`` for a save.
 
     Tensors on the CPU are referenced in place (made contiguous when sent) unless
-    ``snapshot``; then every tensor is copied to fresh host memory now, so the
-    caller may change its tensors as soon as this returns. Device tensors are
-    always copied to the host (one at a time unless ``snapshot``).
+    ``snapshot``; then every tensor is copied now into one host buffer taken
+    from ``buffers`` (a fresh one if None; ``Flat.snapshot``, to give back
+    once the save is done), so the caller may change its tensors as soon as
+    this returns. Device tensors are always copied to the host (one at a time
+    unless ``snapshot``).
 
     Raises TypeError naming the key path for a value ckpt cannot store (an
     object, a lambda, a dict key other than str/int, a sparse tensor) and
@@ -194,7 +268,9 @@ def flatten(value: Any, snapshot: bool = False) -> Flat:
     collecting = gc.isenabled()
     gc.disable()  # one Entry per node, no cycles: nothing for the collector
     try:
-        _visit(value, None, "", 0, snapshot, out.entries)
+        _visit(value, None, "", 0, out.entries)
+        if snapshot:
+            _copy_snapshot(out, buffers)
     finally:
         if collecting:
             gc.enable()
@@ -208,13 +284,12 @@ def _where(path: str) -> str:
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 
 
-def _visit(v: Any, key: Union[str, int, None], path: str, depth: int, snapshot: bool,
-           out: List[Entry]) -> None:
+def _visit(v: Any, key: Union[str, int, None], path: str, depth: int, out: List[Entry]) -> None:
     if depth > MAX_DEPTH:
         raise ValueError(f"{_where(path)} is nested deeper than {MAX_DEPTH} levels")
     t = type(v)
     if t in _PLAIN_TENSORS or isinstance(v, torch.Tensor):
-        out.append(_tensor_entry(v, key, path, snapshot))
+        out.append(_tensor_entry(v, key, path))
     elif v is None:
         out.append(Entry(key, "none"))
     elif t is bool:
@@ -244,11 +319,11 @@ def _visit(v: Any, key: Union[str, int, None], path: str, depth: int, snapshot: 
                                 f"{type(k).__name__}; ckpt stores only str and int keys")
             if isinstance(k, int) and not _INT64_MIN <= k <= _INT64_MAX:
                 raise ValueError(f"dict {_where(path)}: key {k} does not fit in 64 bits")
-            _visit(item, k, join(path, str(k)), depth + 1, snapshot, out)
+            _visit(item, k, join(path, str(k)), depth + 1, out)
     elif t is list or t is tuple or t is torch.Size:
         out.append(Entry(key, "list" if t is list else "tuple", len(v)))
         for i, item in enumerate(v):
-            _visit(item, None, join(path, str(i)), depth + 1, snapshot, out)
+            _visit(item, None, join(path, str(i)), depth + 1, out)
     elif isinstance(v, torch.nn.Module):
         raise TypeError(
             f"cannot save {_where(path)}: a {type(v).__qualname__} module object; save its "
@@ -260,8 +335,7 @@ def _visit(v: Any, key: Union[str, int, None], path: str, depth: int, snapshot: 
             "tuples, int, float, bool, str, bytes and None (no pickled objects)")
 
 
-def _tensor_entry(t: torch.Tensor, key: Union[str, int, None], path: str,
-                  snapshot: bool) -> Entry:
+def _tensor_entry(t: torch.Tensor, key: Union[str, int, None], path: str) -> Entry:
     if type(t) not in _PLAIN_TENSORS:
         raise TypeError(f"cannot save {_where(path)}: tensor subclass "
                         f"{type(t).__module__}.{type(t).__qualname__} (save a plain tensor, "
@@ -279,13 +353,9 @@ def _tensor_entry(t: torch.Tensor, key: Union[str, int, None], path: str,
     e.device = "cpu" if device.type == "cpu" else str(device)
     e.requires_grad = t.requires_grad
     e.size = t.nbytes
-    if snapshot:
-        host = torch.empty(t.shape, dtype=t.dtype)
-        host.copy_(t.detach())
-        e.data = tensor_bytes(host)[0]
-    else:
-        # Made contiguous (and copied to the host) when sent.
-        e.data = t.detach() if e.requires_grad else t
+    # Made contiguous (and copied to the host) when sent; a snapshot copies
+    # it into its buffer once every tensor is visited.
+    e.data = t.detach() if e.requires_grad else t
     return e
 
 

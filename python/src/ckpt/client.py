@@ -141,6 +141,8 @@ class Client:
         self._lock = threading.Lock()
         self._channel: Optional[grpc.Channel] = None
         self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        # save_async's snapshot buffers, reused across saves.
+        self._snapshots = _tree.SnapshotBuffers()
         # Lineage: "NAME@VERSION" of the last load/load_state_dict; a save
         # without parent= records it as the new version's parent.
         self._last_loaded = ""
@@ -149,7 +151,8 @@ class Client:
 
     def __getstate__(self) -> Dict[str, Any]:
         state = self.__dict__.copy()
-        for k in ("_lock", "_channel", "_executor", "_stub", "_save_method", "_load_method"):
+        for k in ("_lock", "_channel", "_executor", "_stub", "_save_method", "_load_method",
+                  "_snapshots"):
             state.pop(k, None)
         return state
 
@@ -158,6 +161,7 @@ class Client:
         self._lock = threading.Lock()
         self._channel = None
         self._executor = None
+        self._snapshots = _tree.SnapshotBuffers()
         self._last_loaded = ""  # a copy starts its own lineage
 
     def __repr__(self) -> str:
@@ -170,14 +174,26 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        """Closes the channel (waits for pending save_async calls first)."""
+        """Closes the channel (waits for pending save_async calls first) and
+        frees the snapshot buffers."""
         with self._lock:
             executor, self._executor = self._executor, None
             channel, self._channel = self._channel, None
         if executor is not None:
             executor.shutdown(wait=True)
+        self._snapshots.release()
         if channel is not None:
             channel.close()
+
+    def release_snapshot_buffers(self) -> None:
+        """Frees the host buffers :meth:`save_async` keeps for the next save
+        (those of saves in flight go when they finish)."""
+        self._snapshots.release()
+
+    @property
+    def snapshot_buffer_bytes(self) -> int:
+        """Bytes of the snapshot buffers kept for the next :meth:`save_async`."""
+        return self._snapshots.idle_bytes()
 
     def _connect(self) -> None:
         with self._lock:
@@ -275,16 +291,29 @@ class Client:
         """Like :meth:`save`, but returns once every tensor has been copied to host
         memory (the snapshot): the caller may change its tensors right away. The
         future gives the :class:`SaveResult` (or raises the save's error). Saves of
-        one client run in the order they were started."""
-        flat = _tree.flatten(obj, snapshot=True)
+        one client run in the order they were started. The snapshot goes into one
+        host buffer that the client keeps once the save is done and reuses for the
+        next save_async that fits (a memcpy into memory already mapped); at most
+        two are kept, :meth:`release_snapshot_buffers` or :meth:`close` frees
+        them."""
+        flat = _tree.flatten(obj, snapshot=True, buffers=self._snapshots)
         with self._lock:
             if self._executor is None:
                 self._executor = concurrent.futures.ThreadPoolExecutor(1, "ckpt-save")
             executor = self._executor
-        return executor.submit(self._save_flat, name, flat, step=step, epoch=epoch,
-                               metadata=metadata, tags=tags, timeout=timeout,
-                               tensor_stats=tensor_stats, reject_nonfinite=reject_nonfinite,
-                               parent=self._last_loaded if parent is None else parent)
+        parent = self._last_loaded if parent is None else parent
+
+        def upload() -> SaveResult:
+            try:
+                return self._save_flat(name, flat, step=step, epoch=epoch, metadata=metadata,
+                                       tags=tags, timeout=timeout, tensor_stats=tensor_stats,
+                                       reject_nonfinite=reject_nonfinite, parent=parent)
+            finally:
+                # The buffer serves the next snapshot; this one is done with.
+                buffer, flat.snapshot, flat.entries = flat.snapshot, None, []
+                self._snapshots.give(buffer)
+
+        return executor.submit(upload)
 
     def _save_flat(self, name: str, flat: _tree.Flat, *, step: int = 0, epoch: int = 0,
                    metadata: Optional[Dict[str, Any]] = None, tags: Sequence[str] = (),
