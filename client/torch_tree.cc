@@ -281,7 +281,7 @@ absl::Status CopySnapshot(FlatValue* out, SnapshotBuffers* buffers) {
   bool on_device = false;
   for (const at::Tensor& t : out->tensors) {
     total += (static_cast<uint64_t>(t.numel()) * t.element_size() + kAlign - 1) / kAlign * kAlign;
-    on_device = on_device || !t.device().is_cpu();
+    on_device = on_device || t.is_cuda();  // page-locked memory is CUDA's
   }
   SnapshotBuffers fresh;
   try {

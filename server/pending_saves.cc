@@ -83,12 +83,16 @@ void PendingSaves::Shutdown() {
   const absl::Status down =
       absl::UnavailableError("server shutting down; multi-part save abandoned");
   for (auto& [key, entry] : entries) Fail(entry.parts, down);
+  const absl::Status unknown = absl::UnavailableError(
+      "server shutting down while it commits this multi-part save; whether it was committed "
+      "is unknown: list the versions");
   for (auto& [key, entry] : shared) {
-    // Its other parts may be at other servers: the whole save ends.
-    shared_->Abandon(entry.ticket, down).IgnoreError();
+    // Its other parts may be at other servers: the whole save ends (unless
+    // this server is committing it).
+    if (!entry.committing) shared_->Abandon(entry.ticket, down).IgnoreError();
     for (SavePart& part : entry.parts) {
       if (part.waiter) {
-        part.waiter->Deliver(down);
+        part.waiter->Deliver(entry.committing ? unknown : down);
         part.waiter->Unref();
         part.waiter = nullptr;
       }
@@ -235,14 +239,34 @@ absl::Status PendingSaves::AddSharedPart(const std::string& name, const std::str
   // The store holds the part now; only its upload waits here.
   part.content.tree = Tree();
   part.memory.Reset();
-  if (part.waiter) part.waiter->Ref();
   SharedKey key(name, save_id, ticket.round);
+  bool stopping = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    SharedEntry& entry = shared_entries_[key];
-    entry.ticket = ticket;
-    entry.give_up = absl::Now() + 2 * timeout_ + absl::Minutes(1);
-    entry.parts.push_back(std::move(part));
+    stopping = stopping_;
+    if (!stopping) {
+      if (part.waiter) part.waiter->Ref();
+      SharedEntry& entry = shared_entries_[key];
+      entry.ticket = ticket;
+      entry.give_up = absl::Now() + 2 * timeout_ + absl::Minutes(1);
+      entry.committing = entry.committing || ticket.commit;
+      entry.parts.push_back(std::move(part));
+    }
+  }
+  if (stopping) {
+    // Shut down while staging: nobody here will poll for it.
+    if (!ticket.commit) {
+      const absl::Status down =
+          absl::UnavailableError("server shutting down; multi-part save abandoned");
+      shared_->Abandon(ticket, down).IgnoreError();
+      return down;
+    }
+    // Claimed: the other ranks wait for this commit.
+    absl::StatusOr<VersionInfo> outcome = CommitShared(ticket, world_size);
+    if (outcome.ok()) shared_->Committed(*part.upload);
+    CKPT_RETURN_IF_ERROR(outcome.status());
+    if (part.waiter) part.waiter->Deliver(outcome);
+    return absl::OkStatus();
   }
   cv_.notify_all();
   if (ticket.commit) Resolve(key, CommitShared(ticket, world_size));
@@ -296,17 +320,27 @@ void PendingSaves::PollShared() {
     storage::SaveTicket ticket;
     absl::Time give_up;
     std::vector<std::shared_ptr<storage::Upload>> uploads;
+    std::optional<absl::Status> cancel;
   };
   std::vector<Polled> polled;
   {
     std::lock_guard<std::mutex> lock(mu_);
     for (auto& [key, entry] : shared_entries_) {
-      Polled p{key, entry.ticket, entry.give_up, {}};
+      if (entry.committing) continue;  // its outcome comes from this server
+      Polled p{key, entry.ticket, entry.give_up, {}, std::move(entry.cancel)};
+      entry.cancel.reset();
       for (SavePart& part : entry.parts) p.uploads.push_back(part.upload);
       polled.push_back(std::move(p));
     }
   }
   for (Polled& p : polled) {
+    if (p.cancel.has_value()) {
+      absl::StatusOr<bool> ended = shared_->Abandon(p.ticket, *p.cancel);
+      if (ended.ok() && *ended) {
+        Resolve(p.key, *p.cancel);
+        continue;
+      }
+    }
     for (auto& upload : p.uploads) shared_->KeepAlive(*upload).IgnoreError();
     absl::StatusOr<storage::SaveState> state = shared_->Poll(p.ticket);
     if (!state.ok()) {
@@ -326,22 +360,20 @@ void PendingSaves::PollShared() {
 }
 
 bool PendingSaves::CancelSharedPart(SaveWaiter* waiter) {
-  SharedKey key;
-  storage::SaveTicket ticket;
-  uint32_t rank = 0;
-  uint32_t world_size = 0;
   {
     std::lock_guard<std::mutex> lock(mu_);
     bool found = false;
-    for (auto& [k, entry] : shared_entries_) {
+    for (auto& [key, entry] : shared_entries_) {
       for (SavePart& part : entry.parts) {
         if (part.waiter != waiter) continue;
-        // Its upload stays until the outcome is known: the save may be
-        // committing elsewhere.
+        // Its upload stays until the outcome is known (the save may be
+        // committing elsewhere); the sweeper ends the save in the store (no
+        // RADOS call on this gRPC thread).
         part.waiter = nullptr;
-        rank = part.content.rank;
-        key = k;
-        ticket = entry.ticket;
+        if (!entry.cancel.has_value()) {
+          entry.cancel =
+              PartCancelled(part.content.rank, entry.ticket.world_size, std::get<0>(key));
+        }
         found = true;
         break;
       }
@@ -349,12 +381,8 @@ bool PendingSaves::CancelSharedPart(SaveWaiter* waiter) {
     }
     if (!found) return false;
   }
+  cv_.notify_all();
   waiter->Unref();
-  auto state = shared_->Poll(ticket);
-  if (state.ok()) world_size = state->world_size;
-  const absl::Status cancelled = PartCancelled(rank, world_size, ticket.name);
-  absl::StatusOr<bool> ended = shared_->Abandon(ticket, cancelled);
-  if (ended.ok() && *ended) Resolve(key, cancelled);
   return true;
 }
 

@@ -13,6 +13,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <tuple>
@@ -89,7 +90,10 @@ class PendingSaves {
   struct SharedEntry {
     storage::SaveTicket ticket;
     std::vector<SavePart> parts;
-    absl::Time give_up;  // when failing polls end it
+    absl::Time give_up;       // when failing polls end it
+    bool committing = false;  // this server commits it: not polled
+    // A rank here was cancelled: the sweeper ends the save with this.
+    std::optional<absl::Status> cancel;
   };
   using SharedKey = std::tuple<std::string, std::string, std::string>;
 

@@ -280,7 +280,9 @@ class RadosSharedSaves final : public SharedSaves {
     }
     CKPT_RETURN_IF_ERROR(up->Seal());
     CKPT_RETURN_IF_ERROR(up->Renew());
-    SaveTicket ticket{std::string(name), std::string(save_id), "", false};
+    SaveTicket ticket;
+    ticket.name = std::string(name);
+    ticket.save_id = std::string(save_id);
     librados::IoCtx io = core_->Ns(up->ns());
     const std::string oid = SaveOid(name, save_id);
     const std::string record = EncodePartRecord(part, *up);
@@ -294,11 +296,13 @@ class RadosSharedSaves final : public SharedSaves {
       if (attempt > 0) std::this_thread::sleep_for(std::chrono::milliseconds(attempt));
       CKPT_ASSIGN_OR_RETURN(SaveObject save, ReadSave(io, oid, part.rank));
       const int64_t now = NowMs();
+      int64_t deadline = save.deadline_ms;
       if (!save.exists || Final(save.state) || Stale(save, now)) {
         // A new save under this save_id.
         CKPT_ASSIGN_OR_RETURN(bool opened,
                               Open(io, oid, save, world_size, timeout, now, &ticket.round));
         if (!opened) continue;
+        deadline = now + absl::ToInt64Milliseconds(timeout);
       } else if (ClaimedAt(save.state) >= 0) {
         return absl::AlreadyExistsError(absl::StrCat(
             "save ", Quote(save_id), " of ", Quote(name),
@@ -315,7 +319,10 @@ class RadosSharedSaves final : public SharedSaves {
       const std::string id = NewId();
       std::vector<std::string> oids;
       std::vector<librados::ObjectWriteOperation> ops(parts);
-      const librados::bufferlist expires = Decimal(now + LeaseMs(timeout));
+      // Kept as long as the save's own object (its deadline was set by the
+      // server that opened it).
+      const librados::bufferlist expires =
+          Decimal(static_cast<uint64_t>(deadline + LeaseMs(absl::ZeroDuration())));
       for (size_t p = 0; p < parts; ++p) {
         oids.push_back(RecordOid(id, p));
         ops[p].write_full(
@@ -338,16 +345,14 @@ class RadosSharedSaves final : public SharedSaves {
       CKPT_RETURN_IF_ERROR(RadosStatus(rc, "staging a part of a multi-part save"));
       break;
     }
+    ticket.world_size = world_size;
     // The part that completes the set claims the commit (one claim wins).
-    CKPT_ASSIGN_OR_RETURN(auto ranks, StagedRanks(io, oid));
-    if (ranks.size() >= world_size) {
-      librados::ObjectWriteOperation claim;
-      claim.cmpxattr(kRound, LIBRADOS_CMPXATTR_OP_EQ, Bytes(ticket.round));
-      claim.cmpxattr(kState, LIBRADOS_CMPXATTR_OP_EQ, Bytes("o"));
-      claim.setxattr(kState, Bytes(absl::StrCat("k", NowMs())));
-      const int rc = io.operate(oid, &claim);
-      if (rc != -ECANCELED) CKPT_RETURN_IF_ERROR(RadosStatus(rc, "claiming a multi-part save"));
-      ticket.commit = rc >= 0;
+    // Failing here, after the rank is staged, ends the save for every rank
+    // rather than leaving it to wait for its deadline.
+    absl::Status claimed = Claim(io, oid, &ticket);
+    if (!claimed.ok()) {
+      Abandon(ticket, claimed).IgnoreError();
+      return claimed;
     }
     return ticket;
   }
@@ -494,6 +499,20 @@ class RadosSharedSaves final : public SharedSaves {
     return save.state == "o" && now > save.deadline_ms;
   }
 
+  // Claims the commit of `ticket`'s save if every rank is staged.
+  absl::Status Claim(librados::IoCtx& io, const std::string& oid, SaveTicket* ticket) {
+    CKPT_ASSIGN_OR_RETURN(auto ranks, StagedRanks(io, oid));
+    if (ranks.size() < ticket->world_size) return absl::OkStatus();
+    librados::ObjectWriteOperation claim;
+    claim.cmpxattr(kRound, LIBRADOS_CMPXATTR_OP_EQ, Bytes(ticket->round));
+    claim.cmpxattr(kState, LIBRADOS_CMPXATTR_OP_EQ, Bytes("o"));
+    claim.setxattr(kState, Bytes(absl::StrCat("k", NowMs())));
+    const int rc = io.operate(oid, &claim);
+    if (rc != -ECANCELED) CKPT_RETURN_IF_ERROR(RadosStatus(rc, "claiming a multi-part save"));
+    ticket->commit = rc >= 0;
+    return absl::OkStatus();
+  }
+
   // Starts a new save under s.<key>, the earlier one's outcome kept as
   // "prev". False if another server changed the object meanwhile.
   absl::StatusOr<bool> Open(librados::IoCtx& io, const std::string& oid, const SaveObject& old,
@@ -507,6 +526,10 @@ class RadosSharedSaves final : public SharedSaves {
       std::string outcome;
       if (Final(old.state) && old.outcome.has_value()) {
         outcome = *old.outcome;
+      } else if (ClaimedAt(old.state) >= 0) {
+        outcome = EncodeOutcome(absl::UnavailableError(
+            "the server committing this multi-part save stopped answering; whether it was "
+            "committed is unknown: list the versions"));
       } else {
         outcome = EncodeOutcome(absl::DeadlineExceededError(
             "the multi-part save ended without all its parts (its deadline passed, or the "

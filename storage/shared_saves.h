@@ -42,6 +42,8 @@ struct SaveTicket {
   std::string save_id;
   /// Tells apart successive saves that reuse one save_id.
   std::string round;
+  /// Parts of the save.
+  uint32_t world_size = 0;
   /// Whether the caller's part completed the set and the caller won the
   /// right to commit it (exactly one server does).
   bool commit = false;

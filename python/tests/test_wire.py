@@ -110,6 +110,27 @@ def test_malformed_streams_are_refused_alike(scatter, bad, why):
         assert why in str(raised.value)
 
 
+def test_both_agree_on_odd_encodings():
+    """A known field in a two-byte (non-canonical) tag is an unknown field to
+    both; a varint past 64 bits is refused by both."""
+    c = _speedups()
+    if c is None:
+        pytest.skip("the C accelerator is not built (test_the_c_accelerator_is_built fails)")
+    odd_tag = message(b"\x0a\x04\x9a\x00\x01x")  # field 3 as 0x9a 0x00: skipped
+    huge = message(b"\x0a\x0c\x10" + b"\xff" * 9 + b"\x7f")  # offset of 70 bits
+    outcomes = []
+    for msg in (odd_tag, huge):
+        results = []
+        for scatter in (_wire.python_scatter, c.scatter):
+            try:
+                results.append(("ok", run(scatter, [msg], [8, 8], [True, True])))
+            except (_wire.StreamError, IndexError):
+                results.append(("refused", None))
+        assert results[0] == results[1], results
+        outcomes.append(results[0][0])
+    assert outcomes == ["ok", "refused"]
+
+
 def test_both_agree_on_random_streams_and_corruptions():
     c = _speedups()
     if c is None:

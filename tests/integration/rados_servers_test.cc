@@ -375,11 +375,19 @@ TEST_F(RadosServersTest, APartWaitingAtAKilledServerIsStillCommittedByTheLastPar
     options.save_id = "s";
     first = clients_[1]->Save("dist/killed", Input(rank0), options).status();
   });
-  // Kill its server once rank 0's part is staged (its s.* object is in the
-  // pool).
+  // Kill its server once rank 0's part is staged: the save's s.* object in
+  // the pool lists rank 0.
   bool staged = false;
   for (int i = 0; i < 1000 && !staged; ++i) {
-    staged = !Objects("ckpt", "dist", "s.").empty();
+    for (const std::string& oid : Objects("ckpt", "dist", "s.")) {
+      librados::IoCtx io;
+      ASSERT_GE(rados_.ioctx_create("ckpt", io), 0);
+      io.set_namespace(prefix_ + "dist");
+      std::map<std::string, librados::bufferlist> ranks;
+      bool more = false;
+      staged = staged || (io.omap_get_vals2(oid, "", "r.", 10, &ranks, &more) >= 0 &&
+                          ranks.count("r.0000000000") > 0);
+    }
     if (!staged) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   ASSERT_TRUE(staged);

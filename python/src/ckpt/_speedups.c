@@ -12,8 +12,10 @@
 
 static PyObject *stream_error = NULL; /* ckpt._wire.StreamError, set by init() */
 
+static PyObject *error_class(void) { return stream_error ? stream_error : PyExc_ValueError; }
+
 static PyObject *fail(const char *message) {
-  PyErr_SetString(stream_error ? stream_error : PyExc_ValueError, message);
+  PyErr_SetString(error_class(), message);
   return NULL;
 }
 
@@ -23,6 +25,7 @@ static int read_varint(const uint8_t *buf, Py_ssize_t end, Py_ssize_t *pos, uint
   int shift = 0;
   while (*pos < end) {
     uint8_t b = buf[(*pos)++];
+    if (shift == 63 && b > 1) return 0; /* past 64 bits */
     result |= (uint64_t)(b & 0x7F) << shift;
     if (b < 0x80) {
       *value = result;
@@ -50,7 +53,7 @@ static PyObject *scatter(PyObject *self, PyObject *args) {
   }
   const uint8_t *buf = (const uint8_t *)message.buf;
   const Py_ssize_t len = message.len;
-  const Py_ssize_t nsizes = PyList_GET_SIZE(sizes);
+  Py_ssize_t nsizes = PyList_GET_SIZE(sizes);
   Py_ssize_t received = 0;
   PyObject *result = NULL;
   Py_ssize_t pos = 1;
@@ -63,13 +66,15 @@ static PyObject *scatter(PyObject *self, PyObject *args) {
     fail("malformed data message");
     goto done;
   }
-  if (PyList_GET_SIZE(targets) < nsizes) {
-    fail("fewer targets than nodes");
-    goto done;
-  }
   while (pos < len) {
+    /* (Again each piece: the callbacks may change the lists.) */
+    nsizes = PyList_GET_SIZE(sizes);
+    if (PyList_GET_SIZE(targets) < nsizes) {
+      fail("fewer targets than nodes");
+      goto done;
+    }
     if (buf[pos] != 0x0A) { /* DataBatch.pieces = 1 */
-      PyErr_Format(stream_error, "unexpected field %d in DataBatch", buf[pos] >> 3);
+      PyErr_Format(error_class(), "unexpected field %d in DataBatch", buf[pos] >> 3);
       goto done;
     }
     ++pos;
@@ -83,29 +88,32 @@ static PyObject *scatter(PyObject *self, PyObject *args) {
     Py_ssize_t start = pos;
     while (pos < stop) {
       uint64_t tag, value;
+      const Py_ssize_t tag_at = pos;
       if (!read_varint(buf, stop, &pos, &tag)) {
         fail("malformed DataPiece");
         goto done;
       }
+      /* Known fields only in their one-byte form (as the Python version). */
+      const int known = pos - tag_at == 1;
       if ((tag & 7) == 0) {
         if (!read_varint(buf, stop, &pos, &value)) {
           fail("malformed DataPiece");
           goto done;
         }
-        if (tag == 0x08) index = value;
-        if (tag == 0x10) off = value;
+        if (known && tag == 0x08) index = value;
+        if (known && tag == 0x10) off = value;
       } else if ((tag & 7) == 2) {
         if (!read_varint(buf, stop, &pos, &value) || value > (uint64_t)(stop - pos)) {
           fail("malformed DataPiece");
           goto done;
         }
-        if (tag == 0x1A) {
+        if (known && tag == 0x1A) {
           start = pos;
           n = value;
         }
         pos += (Py_ssize_t)value;
       } else {
-        PyErr_Format(stream_error, "unexpected wire type in DataPiece field %d",
+        PyErr_Format(error_class(), "unexpected wire type in DataPiece field %d",
                      (int)(tag >> 3));
         goto done;
       }
@@ -130,18 +138,30 @@ static PyObject *scatter(PyObject *self, PyObject *args) {
       fail("load stream piece out of range");
       goto done;
     }
-    PyObject *target = PyList_GET_ITEM(targets, node); /* borrowed */
+    PyObject *target = PyList_GET_ITEM(targets, node);
+    Py_INCREF(target); /* held across the callbacks */
     if (target != Py_None) {
       if (Py_TYPE(target) != &PyMemoryView_Type) {
         PyObject *made = PyObject_CallFunction(make, "n", node);
+        Py_DECREF(target);
         if (made == NULL) goto done;
-        if (PyList_SetItem(targets, node, made) < 0) goto done; /* steals made */
+        if (node >= PyList_GET_SIZE(targets)) {
+          Py_DECREF(made);
+          fail("load targets changed during the load");
+          goto done;
+        }
+        Py_INCREF(made);
+        PyList_SetItem(targets, node, made); /* steals one reference */
         target = made;
       }
       Py_buffer dst;
-      if (PyObject_GetBuffer(target, &dst, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) goto done;
+      if (PyObject_GetBuffer(target, &dst, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
+        Py_DECREF(target);
+        goto done;
+      }
       if ((uint64_t)dst.len < off + n) {
         PyBuffer_Release(&dst);
+        Py_DECREF(target);
         fail("load target smaller than its tensor");
         goto done;
       }
@@ -149,10 +169,14 @@ static PyObject *scatter(PyObject *self, PyObject *args) {
       PyBuffer_Release(&dst);
       if (on_complete != Py_None && (Py_ssize_t)(off + n) == size) {
         PyObject *r = PyObject_CallFunction(on_complete, "n", node);
-        if (r == NULL) goto done;
+        if (r == NULL) {
+          Py_DECREF(target);
+          goto done;
+        }
         Py_DECREF(r);
       }
     }
+    Py_DECREF(target);
     offset += (Py_ssize_t)n;
     received += (Py_ssize_t)n;
   }
