@@ -115,6 +115,10 @@ struct RadosCore {
   absl::Status RegisterNamespace(absl::string_view ns);
   absl::flat_hash_set<std::string> registered;  // guarded by mu
   ReadAheadCache ahead;
+
+ private:
+  // A copy of `base` (pool or data) on the RADOS namespace of `ns`.
+  librados::IoCtx InNamespace(librados::IoCtx& base, absl::string_view ns);
 };
 
 /// Runs the write operations `ops[i]` on objects `oids[i]` concurrently

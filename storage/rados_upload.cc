@@ -94,21 +94,17 @@ RadosCore::~RadosCore() {
   cluster.shutdown();
 }
 
-librados::IoCtx RadosCore::Ns(absl::string_view ns) {
+librados::IoCtx RadosCore::InNamespace(librados::IoCtx& base, absl::string_view ns) {
   librados::IoCtx io;
   std::lock_guard<std::mutex> lock(mu);
-  io.dup(pool);
+  io.dup(base);
   io.set_namespace(absl::StrCat(options.rados.namespace_prefix, ns));
   return io;
 }
 
-librados::IoCtx RadosCore::Chunks(absl::string_view ns) {
-  librados::IoCtx io;
-  std::lock_guard<std::mutex> lock(mu);
-  io.dup(data);
-  io.set_namespace(absl::StrCat(options.rados.namespace_prefix, ns));
-  return io;
-}
+librados::IoCtx RadosCore::Ns(absl::string_view ns) { return InNamespace(pool, ns); }
+
+librados::IoCtx RadosCore::Chunks(absl::string_view ns) { return InNamespace(data, ns); }
 
 librados::IoCtx RadosCore::Global() { return Ns(kGlobalNamespace); }
 

@@ -210,6 +210,8 @@ def test_save_async_reuses_its_snapshot_buffer_and_never_shares_one_in_flight(cl
     client.save_async(state, name).result(timeout=60)
     kept = client.snapshot_buffer_bytes
     assert (4 << 20) <= kept < (4 << 20) + 4096
+    client.save_async(state, name + "-again").result(timeout=60)
+    assert client.snapshot_buffer_bytes == kept  # reused: still one buffer, not two
     change()
     expected.append(snapshot())
     second = client.save_async(state, name)

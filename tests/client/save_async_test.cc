@@ -204,6 +204,9 @@ TEST_F(SaveAsyncTest, SnapshotBuffersAreReusedAndNeverSharedByTwoSavesInFlight) 
   EXPECT_GE(kept, 64u << 20);  // the buffer stays for the next save
   EXPECT_LT(kept, (64u << 20) + 4096);
 
+  // A save after it finished reuses it: still one buffer, not two.
+  ASSERT_TRUE(client->SaveAsync("async/reuse-again", sd, {}).get().ok());
+  EXPECT_EQ(client->snapshot_buffer_bytes(), kept);
   // The next save snapshots into it; changing the tensors right after the
   // call does not reach the version.
   change(sd);

@@ -32,22 +32,7 @@ compose() {
   timeout 300 podman-compose -p "$project" -f "$root/docker-compose.rados.yml" "$@"
 }
 
-cleanup() {
-  local rc=$?
-  if ((rc != 0)); then
-    local service cname
-    for service in ceph ckpt-a ckpt-b; do
-      cname="$(service_container "$service" 2>/dev/null || true)"
-      if [[ -n "$cname" ]]; then
-        echo "---- log of $cname ----" >&2
-        podman logs --tail 30 "$cname" >&2 || true
-      fi
-    done
-  fi
-  compose down -v >/dev/null 2>&1 || true
-  rm -rf "$work"
-  exit "$rc"
-}
+services=(ceph ckpt-a ckpt-b)
 trap cleanup EXIT
 
 container_tools

@@ -39,20 +39,7 @@ compose() {
 
 container_name() { service_container "$service"; }
 
-cleanup() {
-  local rc=$?
-  if ((rc != 0)); then
-    local cname
-    cname="$(container_name 2>/dev/null || true)"
-    if [[ -n "$cname" ]]; then
-      echo "---- container log ($cname) ----" >&2
-      podman logs --tail 50 "$cname" >&2 || true
-    fi
-  fi
-  compose down -v >/dev/null 2>&1 || true
-  rm -rf "$work"
-  exit "$rc"
-}
+services=("$service")
 trap cleanup EXIT
 
 container_tools

@@ -48,6 +48,25 @@ service_container() {
     --filter "label=com.docker.compose.service=$1" --format '{{.Names}}' | head -n1
 }
 
+# The EXIT trap of a test (trap cleanup EXIT): on failure the last log lines
+# of the containers of the services in $services (an array), then `compose
+# down -v` (the test's own compose function) and $work removed.
+cleanup() {
+  local rc=$? service cname
+  if ((rc != 0)); then
+    for service in "${services[@]}"; do
+      cname="$(service_container "$service" 2>/dev/null || true)"
+      if [[ -n "$cname" ]]; then
+        echo "---- log of $cname ----" >&2
+        podman logs --tail 50 "$cname" >&2 || true
+      fi
+    done
+  fi
+  compose down -v >/dev/null 2>&1 || true
+  rm -rf "$work"
+  exit "$rc"
+}
+
 # wait_healthy CONTAINER: podman runs HEALTHCHECKs from systemd timers;
 # without systemd, run the image's check by hand until it passes.
 wait_healthy() {

@@ -130,6 +130,16 @@ class RadosServersTest : public ::testing::Test {
     return oids;
   }
 
+  // Every result in `results` failed with `code` and a message holding
+  // `message`.
+  static void ExpectAllFailed(const std::vector<absl::StatusOr<client::SaveResult>>& results,
+                              absl::StatusCode code, const std::string& message) {
+    for (size_t r = 0; r < results.size(); ++r) {
+      EXPECT_EQ(results[r].status().code(), code) << r << ": " << results[r].status();
+      EXPECT_THAT(results[r].status().message(), ::testing::HasSubstr(message)) << r;
+    }
+  }
+
   // Saves part r of a `world_size`-part save through server `server_of[r]`,
   // all at once; each part's result.
   std::vector<absl::StatusOr<client::SaveResult>> SaveParts(
@@ -408,13 +418,9 @@ TEST_F(RadosServersTest, AMissingPartFailsTheSaveAtEveryServer) {
   std::vector<std::vector<Blob>> parts = {{{"a", RandomBytes(1000, 1)}},
                                           {{"b", RandomBytes(1000, 2)}}};
   const auto results = SaveParts("dist/missing", "s1", parts, {0, 1}, 3);
-  for (int r = 0; r < 2; ++r) {
-    EXPECT_EQ(results[r].status().code(), absl::StatusCode::kDeadlineExceeded) << r;
-    EXPECT_THAT(results[r].status().message(),
-                ::testing::HasSubstr("only 2 of 3 parts of a save of 'dist/missing' arrived "
-                                     "within 4s; nothing was saved"))
-        << r;
-  }
+  ExpectAllFailed(results, absl::StatusCode::kDeadlineExceeded,
+                  "only 2 of 3 parts of a save of 'dist/missing' arrived within 4s; nothing was "
+                  "saved");
   for (int s = 0; s < kServers; ++s) {
     EXPECT_EQ(clients_[s]->ListVersions("dist/missing").status().code(),
               absl::StatusCode::kNotFound);
@@ -445,12 +451,7 @@ TEST_F(RadosServersTest, PartsThatDoNotMergeAcrossServersCommitNothing) {
   std::vector<std::vector<Blob>> parts = {{{"same.key", RandomBytes(100, 1)}},
                                           {{"same.key", RandomBytes(100, 2)}}};
   const auto results = SaveParts("dist/bad", "s", parts, {1, 2}, 2);
-  for (int r = 0; r < 2; ++r) {
-    EXPECT_EQ(results[r].status().code(), absl::StatusCode::kInvalidArgument) << r;
-    EXPECT_THAT(results[r].status().message(),
-                ::testing::HasSubstr("duplicate dict key 'same.key'"))
-        << r;
-  }
+  ExpectAllFailed(results, absl::StatusCode::kInvalidArgument, "duplicate dict key 'same.key'");
   // A rank whose world size disagrees, and a rank sent twice, are refused
   // by whichever server gets them.
   std::vector<absl::StatusOr<client::SaveResult>> mixed(3);
