@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -99,17 +99,16 @@ def run_cpp(args, workload):
     binary = args.cpp
     if args.no_cpp or not os.access(binary, os.X_OK):
         return None
-    out = subprocess.run([binary, "--scale", str(args.scale), "--workload", workload,
-                          "--no-python"], capture_output=True, text=True,
-                         timeout=3600).stdout
-
-    def grab(label):
-        m = re.search(r"^\s+" + re.escape(label) + r"\s+([0-9.]+)", out, re.M)
-        return float(m.group(1)) if m else 0.0
-
-    return {"save": grab("save"), "incremental": grab("incremental save (10% changed)"),
-            "load_into": grab("load into existing tensors"),
-            "load_new": grab("load as new tensors"), "text": out}
+    with tempfile.NamedTemporaryFile(suffix=".json") as report:
+        done = subprocess.run([binary, "--scale", str(args.scale), "--workload", workload,
+                               "--runs", "1", "--json", report.name, "--no-python"],
+                              capture_output=True, text=True, timeout=3600)
+        if done.returncode != 0:
+            print(f"  ({binary} failed: {done.stderr.strip()[-300:]})")
+            return None
+        figures = json.load(report)["workloads"][0]["runs"][0]
+    return {"save": figures["save_gbps"], "incremental": figures["incremental_s"],
+            "load_into": figures["load_into_gbps"], "load_new": figures["load_new_gbps"]}
 
 
 def python_run(sd, label, workdir, index):

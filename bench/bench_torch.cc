@@ -1,10 +1,13 @@
 // SPEC §8's workloads through the LibTorch client library, side by side in
-// one run with the baselines: LibTorch torch::pickle_save to a local file
-// (+fsync) and torch::pickle_load, Python torch.save / torch.load of the same
-// shapes (if a Python with torch is found), and the disk's fsync'd write.
+// the same runs with the ceilings and baselines of the same bytes: an fsync'd
+// write, a bare gRPC upload and download (bench_grpc), a single-thread memcpy,
+// LibTorch torch::pickle_save (+fsync) / torch::pickle_load, and Python
+// torch.save (+fsync) / torch.load (if a Python with torch is found). Prints
+// medians and ranges over --runs, the ratios issue 12 sets targets for, and
+// with --json every run's figures.
 //
-//   bench_torch [--scale F] [--workload gpt2|small|all] [--python PATH|COMMAND]
-//               [--server PATH]   (--help says more)
+//   bench_torch [--scale F] [--workload gpt2|small|all] [--runs N] [--json FILE]
+//               [--python PATH|COMMAND] [--server PATH]   (--help says more)
 //
 // The server is the real ckpt-server binary on a fresh directory next to the
 // baseline files (same disk).
@@ -19,10 +22,13 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "bench/bench_util.h"
 #include "client/client.h"
 #include "tests/testing/server_process.h"
@@ -75,12 +81,212 @@ os.unlink(path)
   return {s, l};
 }
 
+// One run's figures, by name (GB/s, seconds, MiB or ratios).
+using Figures = std::map<std::string, double>;
+
+// One run of workload `w` with values from `seed`: its ceilings (fsync'd
+// write, bare gRPC, memcpy, Python), then ckpt on a fresh server.
+absl::StatusOr<Figures> RunOnce(const Workload& w, uint64_t seed, const std::string& dir,
+                                const std::string& python, bool no_python) {
+  Figures f;
+  auto server = testing::ServerProcess::Start(absl::StrCat(dir, "/db-", w.name, "-", seed));
+  if (!server.ok()) return server.status();
+  auto client = client::Client::Connect((*server)->address(), {});
+  if (!client.ok()) return client.status();
+  torch::manual_seed(seed);
+  c10::Dict<std::string, at::Tensor> sd;
+  uint64_t total = 0;
+  for (const auto& [k, s] : w.shapes) {
+    at::Tensor t = torch::randn(s);
+    total += t.numel() * t.element_size();
+    // state_dict-style dotted keys (LoadInto treats '/' as nesting).
+    std::string key = k;
+    std::replace(key.begin(), key.end(), '/', '.');
+    sd.insert(key, t);
+  }
+  f["bytes"] = total;
+
+  // Ceilings of the same bytes, measured in this run.
+  f["disk_write_gbps"] = DiskWriteGBps(dir, total);
+  const BareGrpc grpc = BareGrpcGBps(total);
+  f["grpc_upload_gbps"] = grpc.upload;
+  f["grpc_download_gbps"] = grpc.download;
+  double memcpy_s = 1e9;
+  {
+    std::vector<uint8_t> warm(total);
+    std::memset(warm.data(), 1, warm.size());
+    for (int r = 0; r < 3; ++r) {
+      const auto t0 = Clock::now();
+      uint64_t off = 0;
+      for (const auto& e : sd) {
+        const uint64_t n = e.value().numel() * e.value().element_size();
+        std::memcpy(warm.data() + off, e.value().data_ptr(), n);
+        off += n;
+      }
+      memcpy_s = std::min(memcpy_s, Since(t0));
+    }
+  }
+  f["memcpy_s"] = memcpy_s;
+  if (!no_python) {
+    auto [py_save, py_load] = PythonBaseline(python, w, dir);
+    if (py_save > 0) {
+      f["torch_save_fsync_gbps"] = py_save;
+      f["torch_load_gbps"] = py_load;
+    }
+  }
+
+  // Memory each operation adds on top of the model (client) and on top of
+  // the idle server: the peak resident set is reset before each. The
+  // server's resident set also counts the pages of the chunk files it maps
+  // (page cache, reclaimable); its heap is reported apart.
+  const pid_t server_pid = (*server)->pid();
+  double client_base = 0, server_base = 0;
+  std::unique_ptr<AnonPeakSampler> server_heap;
+  auto start_peak = [&] {
+    client_base = RssMiB(getpid());
+    server_base = RssMiB(server_pid);
+    ResetPeakRss(getpid());
+    ResetPeakRss(server_pid);
+    server_heap = std::make_unique<AnonPeakSampler>(server_pid);
+  };
+  auto end_peak = [&](const std::string& what) {
+    f[what + "_client_mib"] = std::max(0.0, PeakRssMiB(getpid()) - client_base);
+    f[what + "_server_mib"] = std::max(0.0, PeakRssMiB(server_pid) - server_base);
+    f[what + "_server_heap_mib"] = server_heap->Stop();
+  };
+
+  const std::string name = "bench/" + w.name;
+  start_peak();
+  auto t0 = Clock::now();
+  auto full = (*client)->Save(name, sd, {});
+  const double save_s = Since(t0);
+  end_peak("save");
+  if (!full.ok()) return full.status();
+  f["save_gbps"] = total / save_s / 1e9;
+
+  // The incremental save's change: every 10th tensor, skipping those that
+  // would take the changed bytes past 10 % of the total (GPT-2's embedding
+  // alone is 30 %): ~10 % of the tensors holding ~10 % of the bytes.
+  uint64_t changed_bytes = 0;
+  size_t changed = 0;
+  {
+    torch::NoGradGuard no_grad;
+    int i = 0;
+    for (auto& e : sd) {
+      const uint64_t n = e.value().numel() * e.value().element_size();
+      if (i++ % 10 == 0 && changed_bytes + n <= total / 10) {
+        e.value().add_(1.0);
+        changed_bytes += n;
+        ++changed;
+      }
+    }
+  }
+  t0 = Clock::now();
+  auto inc = (*client)->Save(name, sd, {});
+  const double inc_s = Since(t0);
+  if (!inc.ok()) return inc.status();
+  f["incremental_s"] = inc_s;
+  f["incremental_of_full"] = inc_s / save_s;
+  f["incremental_wire_mb"] = inc->bytes_sent / 1e6;
+  f["incremental_changed_tensors"] = changed;
+  f["incremental_changed_bytes_share"] = static_cast<double>(changed_bytes) / total;
+
+  // Five async saves in a row, each waited for: the first snapshots into
+  // fresh memory, the others into the buffer the client kept.
+  std::vector<double> later;
+  for (int i = 0; i < 5; ++i) {
+    t0 = Clock::now();
+    auto future = (*client)->SaveAsync(name + "-async", sd, {});
+    const double stall = Since(t0);
+    auto result = future.get();
+    if (!result.ok()) return result.status();
+    if (i == 0) {
+      f["async_first_stall_s"] = stall;
+      f["async_first_total_s"] = Since(t0);
+    } else {
+      later.push_back(stall);
+    }
+  }
+  f["async_stall_s"] = Summarize(later).median;
+  f["async_stall_of_memcpy"] = f["async_stall_s"] / memcpy_s;
+
+  // Restore into the existing tensors, and as fresh tensors.
+  start_peak();
+  t0 = Clock::now();
+  auto into = (*client)->LoadInto(name, sd, "", true, {});
+  const double into_s = Since(t0);
+  end_peak("load");
+  if (!into.ok()) return into.status();
+  f["load_into_gbps"] = total / into_s / 1e9;
+  t0 = Clock::now();
+  auto fresh = (*client)->Load(name, {});
+  const double fresh_s = Since(t0);
+  if (!fresh.ok()) return fresh.status();
+  fresh = c10::IValue();  // free
+  f["load_new_gbps"] = total / fresh_s / 1e9;
+
+  // LibTorch pickle baselines.
+  const std::string file = dir + "/pickle.pt";
+  t0 = Clock::now();
+  {
+    std::vector<char> bytes = torch::pickle_save(c10::IValue(sd));
+    int fd = open(file.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (write(fd, bytes.data(), bytes.size()) < 0) return absl::InternalError("write failed");
+    fsync(fd);
+    close(fd);
+  }
+  f["pickle_save_gbps"] = total / Since(t0) / 1e9;
+  t0 = Clock::now();
+  {
+    std::ifstream in(file, std::ios::binary);
+    std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    c10::IValue back = torch::pickle_load(bytes);
+  }
+  f["pickle_load_gbps"] = total / Since(t0) / 1e9;
+  unlink(file.c_str());
+
+  // The ratios the targets are about, per run (machines drift between runs).
+  auto ratio = [&](const std::string& out, const std::string& a, const std::string& b) {
+    if (f.count(a) && f.count(b) && f[b] > 0) f[out] = f[a] / f[b];
+  };
+  ratio("save_of_torch_save", "save_gbps", "torch_save_fsync_gbps");
+  ratio("save_of_grpc_upload", "save_gbps", "grpc_upload_gbps");
+  ratio("save_of_disk", "save_gbps", "disk_write_gbps");
+  ratio("load_into_of_grpc_download", "load_into_gbps", "grpc_download_gbps");
+  ratio("load_into_of_torch_load", "load_into_gbps", "torch_load_gbps");
+  client->reset();
+  (*server)->Terminate();
+  return f;
+}
+
+// A figure's median and range over the runs, formatted.
+std::string Cell(const std::vector<Figures>& runs, const std::string& key, const char* format) {
+  std::vector<double> v;
+  for (const auto& f : runs) {
+    auto it = f.find(key);
+    if (it != f.end()) v.push_back(it->second);
+  }
+  if (v.empty()) return "n/a";
+  const Summary s = Summarize(v);
+  if (v.size() == 1) return absl::StrFormat(format, s.median);
+  return absl::StrCat(absl::StrFormat(format, s.median), " (", absl::StrFormat(format, s.min), "-",
+                      absl::StrFormat(format, s.max), ")");
+}
+
+struct Target {
+  std::string what, key;
+  double bound;
+  bool at_most;    // the figure must be <= bound (else >=)
+  bool every_run;  // judged on the worst run, not the median
+};
+
 int Run(int argc, char** argv) {
   std::string python = "/usr/bin/python3";
   CLI::App app{
-      "bench_torch: SPEC §8's workloads through the LibTorch client beside "
-      "torch::pickle_save/load and Python torch.save/torch.load in one run (prints "
-      "numbers; about 1.5 GB of memory and disk at scale 1)"};
+      "bench_torch: SPEC §8's workloads through the LibTorch client beside the ceilings "
+      "(fsync'd write, bare gRPC upload/download, memcpy) and Python torch.save/torch.load, "
+      "measured in the same runs (prints medians and ranges; about 1.5 GB of memory and disk "
+      "at scale 1)"};
   WorkloadOptions workload_options;
   AddWorkloadOptions(app, &workload_options);
   app.add_option("--python", python,
@@ -88,6 +294,12 @@ int Run(int argc, char** argv) {
       ->capture_default_str();
   bool no_python = false;
   app.add_flag("--no-python", no_python, "skip the Python torch.save/torch.load baseline");
+  int runs = 3;
+  app.add_option("--runs", runs, "runs per workload (medians and ranges over them)")
+      ->check(CLI::Range(1, 100))
+      ->capture_default_str();
+  std::string json_path;
+  app.add_option("--json", json_path, "also write every run's figures to this file as JSON");
   CLI11_PARSE(app, argc, argv);
   const std::string python_path = FindProgram(python);
   if (python_path.empty() && app.count("--python") > 0) {
@@ -97,198 +309,108 @@ int Run(int argc, char** argv) {
   }
   if (!python_path.empty()) python = python_path;
   testing::TempDir dir;
-  const double disk = DiskWriteGBps(dir.path());
-  std::printf("ckpt LibTorch client benchmark, scale %.3g\n", workload_options.scale);
-  std::printf("disk fsync'd sequential write: %.2f GB/s\n\n", disk);
+  std::printf(
+      "ckpt LibTorch client benchmark, scale %.3g, %d run(s) per workload: median "
+      "(min-max)\n\n",
+      workload_options.scale, runs);
   const std::vector<Workload> workloads = SelectWorkloads(workload_options);
 
-  int index = 0;
+  const std::vector<Target> targets = {
+      {"save >= 1.0x torch.save+fsync", "save_of_torch_save", 1.0, false, false},
+      {"save >= 0.6x bare gRPC upload", "save_of_grpc_upload", 0.6, false, false},
+      {"load into >= 0.8x bare gRPC download", "load_into_of_grpc_download", 0.8, false, false},
+      {"load into >= 1.0x torch.load, every run", "load_into_of_torch_load", 1.0, false, true},
+      {"incremental <= 15% of the full save", "incremental_of_full", 0.15, true, false},
+      {"async stall <= 1.5x memcpy (2nd-5th)", "async_stall_of_memcpy", 1.5, true, false},
+      {"client memory <= model + 64 MiB (save)", "save_client_mib", 64, true, true},
+      {"client memory <= model + 64 MiB (load)", "load_client_mib", 64, true, true},
+  };
+  nlohmann::json report = {{"benchmark", "bench_torch"},
+                           {"scale", workload_options.scale},
+                           {"runs", runs},
+                           {"python", no_python ? "" : python},
+                           {"workloads", nlohmann::json::array()}};
   for (const Workload& w : workloads) {
-    auto server = testing::ServerProcess::Start(absl::StrCat(dir.path(), "/db", index++));
-    if (!server.ok()) return 1;
-    auto client = client::Client::Connect((*server)->address(), {});
-    if (!client.ok()) return 1;
-    torch::manual_seed(0);
-    c10::Dict<std::string, at::Tensor> sd;
-    uint64_t total = 0;
-    for (const auto& [k, s] : w.shapes) {
-      at::Tensor t = torch::randn(s);
-      total += t.numel() * t.element_size();
-      // state_dict-style dotted keys (LoadInto treats '/' as nesting).
-      std::string key = k;
-      std::replace(key.begin(), key.end(), '/', '.');
-      sd.insert(key, t);
+    std::vector<Figures> figures;
+    for (int r = 0; r < runs; ++r) {
+      auto f = RunOnce(w, r, dir.path(), python, no_python);
+      if (!f.ok()) {
+        std::fprintf(stderr, "bench_torch: %s run %d: %s\n", w.name.c_str(), r + 1,
+                     f.status().ToString().c_str());
+        return 1;
+      }
+      figures.push_back(*std::move(f));
     }
+    const double total = figures[0]["bytes"];
     std::printf("== %s: %zu tensors, %.1f MB\n", w.name.c_str(), w.shapes.size(), total / 1e6);
-
-    // Memory each operation adds on top of the model (client) and on top
-    // of the idle server: the peak resident set is reset before each.
-    const pid_t server_pid = (*server)->pid();
-    // The server's resident set also counts the pages of the chunk files it
-    // maps (page cache, reclaimable); its heap is reported apart.
-    struct Peak {
-      double client = 0, server = 0, server_heap = 0;
+    auto row = [&](const char* label, const std::string& cell) {
+      std::printf("  %-42s %s\n", label, cell.c_str());
     };
-    double client_base = 0, server_base = 0;
-    std::unique_ptr<AnonPeakSampler> server_heap;
-    auto start_peak = [&] {
-      client_base = RssMiB(getpid());
-      server_base = RssMiB(server_pid);
-      ResetPeakRss(getpid());
-      ResetPeakRss(server_pid);
-      server_heap = std::make_unique<AnonPeakSampler>(server_pid);
-    };
-    auto end_peak = [&] {
-      return Peak{std::max(0.0, PeakRssMiB(getpid()) - client_base),
-                  std::max(0.0, PeakRssMiB(server_pid) - server_base), server_heap->Stop()};
-    };
-
-    start_peak();
-    auto t0 = Clock::now();
-    auto full = (*client)->Save("bench/" + w.name, sd, {});
-    const double save_s = Since(t0);
-    const Peak save_peak = end_peak();
-    if (!full.ok()) {
-      std::fprintf(stderr, "%s\n", full.status().ToString().c_str());
+    std::printf(" ceilings and baselines (same bytes, same runs)\n");
+    row("fsync'd write, GB/s", Cell(figures, "disk_write_gbps", "%.2f"));
+    row("bare gRPC upload, GB/s", Cell(figures, "grpc_upload_gbps", "%.2f"));
+    row("bare gRPC download, GB/s", Cell(figures, "grpc_download_gbps", "%.2f"));
+    row("memcpy into warm memory (1 thread), s", Cell(figures, "memcpy_s", "%.3f"));
+    row("Python torch.save+fsync, GB/s", Cell(figures, "torch_save_fsync_gbps", "%.2f"));
+    row("Python torch.load, GB/s", Cell(figures, "torch_load_gbps", "%.2f"));
+    row("LibTorch pickle_save+fsync, GB/s", Cell(figures, "pickle_save_gbps", "%.2f"));
+    row("LibTorch pickle_load, GB/s", Cell(figures, "pickle_load_gbps", "%.2f"));
+    std::printf(" ckpt\n");
+    row("save, GB/s", Cell(figures, "save_gbps", "%.2f"));
+    row("  x torch.save+fsync", Cell(figures, "save_of_torch_save", "%.2f"));
+    row("  x bare gRPC upload", Cell(figures, "save_of_grpc_upload", "%.2f"));
+    row("  x fsync'd write", Cell(figures, "save_of_disk", "%.2f"));
+    row("incremental save (10% changed), s", Cell(figures, "incremental_s", "%.3f"));
+    row("  share of the full save's time", Cell(figures, "incremental_of_full", "%.2f"));
+    std::printf("  %-42s %.0f of %zu tensors, %.1f%% of bytes; %s MB on the wire\n", "  changed",
+                figures[0]["incremental_changed_tensors"], w.shapes.size(),
+                100 * figures[0]["incremental_changed_bytes_share"],
+                Cell(figures, "incremental_wire_mb", "%.1f").c_str());
+    row("async save: first stall, s", Cell(figures, "async_first_stall_s", "%.3f"));
+    row("async save: later stalls (median of 4), s", Cell(figures, "async_stall_s", "%.3f"));
+    row("  x memcpy", Cell(figures, "async_stall_of_memcpy", "%.2f"));
+    row("load into existing tensors, GB/s", Cell(figures, "load_into_gbps", "%.2f"));
+    row("  x bare gRPC download", Cell(figures, "load_into_of_grpc_download", "%.2f"));
+    row("  x torch.load", Cell(figures, "load_into_of_torch_load", "%.2f"));
+    row("load as new tensors, GB/s", Cell(figures, "load_new_gbps", "%.2f"));
+    row("memory added by save: client, MiB", Cell(figures, "save_client_mib", "%.0f"));
+    row("  server (heap), MiB", Cell(figures, "save_server_heap_mib", "%.0f"));
+    row("memory added by load into: client, MiB", Cell(figures, "load_client_mib", "%.0f"));
+    row("  server (heap), MiB", Cell(figures, "load_server_heap_mib", "%.0f"));
+    std::printf(" targets (issue 12)\n");
+    nlohmann::json judged = nlohmann::json::array();
+    for (const Target& t : targets) {
+      std::vector<double> v;
+      for (const auto& f : figures) {
+        if (f.count(t.key)) v.push_back(f.at(t.key));
+      }
+      if (v.empty()) {
+        row(t.what.c_str(), "not measured");
+        continue;
+      }
+      const Summary s = Summarize(v);
+      const double judged_value = t.every_run ? (t.at_most ? s.max : s.min) : s.median;
+      const bool met = t.at_most ? judged_value <= t.bound : judged_value >= t.bound;
+      row(t.what.c_str(), absl::StrFormat("%.2f: %s", judged_value, met ? "met" : "NOT met"));
+      judged.push_back(
+          {{"target", t.what}, {"figure", t.key}, {"value", judged_value}, {"met", met}});
+    }
+    std::printf("\n");
+    nlohmann::json per_run = nlohmann::json::array();
+    for (const auto& f : figures) per_run.push_back(f);
+    report["workloads"].push_back({{"name", w.name},
+                                   {"tensors", w.shapes.size()},
+                                   {"bytes", total},
+                                   {"runs", per_run},
+                                   {"targets", judged}});
+  }
+  if (!json_path.empty()) {
+    std::ofstream out(json_path);
+    out << report.dump(2) << "\n";
+    if (!out) {
+      std::fprintf(stderr, "bench_torch: cannot write %s\n", json_path.c_str());
       return 1;
     }
-    const double save = total / save_s / 1e9;
-
-    // The incremental save's change: every 10th tensor, skipping those that
-    // would take the changed bytes past 10 % of the total (GPT-2's embedding
-    // alone is 30 %): ~10 % of the tensors holding ~10 % of the bytes.
-    uint64_t changed_bytes = 0;
-    size_t changed = 0;
-    {
-      torch::NoGradGuard no_grad;
-      int i = 0;
-      for (auto& e : sd) {
-        const uint64_t n = e.value().numel() * e.value().element_size();
-        if (i++ % 10 == 0 && changed_bytes + n <= total / 10) {
-          e.value().add_(1.0);
-          changed_bytes += n;
-          ++changed;
-        }
-      }
-    }
-    t0 = Clock::now();
-    auto inc = (*client)->Save("bench/" + w.name, sd, {});
-    const double inc_s = Since(t0);
-
-    // Five async saves in a row, each waited for: the first snapshots into
-    // fresh memory, the others into the buffer the client kept. Beside a
-    // single-thread memcpy of the same bytes into warm memory (best of 3).
-    std::vector<double> stalls;
-    double async_total_s = 0;
-    absl::StatusOr<client::SaveResult> async_result;
-    for (int i = 0; i < 5 && (i == 0 || async_result.ok()); ++i) {
-      t0 = Clock::now();
-      auto future = (*client)->SaveAsync("bench/" + w.name + "-async", sd, {});
-      stalls.push_back(Since(t0));
-      async_result = future.get();
-      if (i == 0) async_total_s = Since(t0);
-    }
-    double memcpy_s = 1e9;
-    {
-      std::vector<uint8_t> warm(total);
-      std::memset(warm.data(), 1, warm.size());
-      for (int r = 0; r < 3; ++r) {
-        t0 = Clock::now();
-        uint64_t off = 0;
-        for (const auto& e : sd) {
-          const uint64_t n = e.value().numel() * e.value().element_size();
-          std::memcpy(warm.data() + off, e.value().data_ptr(), n);
-          off += n;
-        }
-        memcpy_s = std::min(memcpy_s, Since(t0));
-      }
-    }
-    std::vector<double> later(stalls.begin() + 1, stalls.end());
-    std::sort(later.begin(), later.end());
-    const double later_median = later.empty() ? 0 : later[later.size() / 2];
-
-    // Restore into the existing tensors, and as fresh tensors.
-    start_peak();
-    t0 = Clock::now();
-    auto into = (*client)->LoadInto("bench/" + w.name, sd, "", true, {});
-    const double into_s = Since(t0);
-    const Peak load_peak = end_peak();
-    t0 = Clock::now();
-    auto fresh = (*client)->Load("bench/" + w.name, {});
-    const double fresh_s = Since(t0);
-    if (!inc.ok() || !async_result.ok() || !into.ok() || !fresh.ok()) {
-      std::fprintf(stderr, "a step failed\n");
-      return 1;
-    }
-    fresh = c10::IValue();  // free
-
-    // LibTorch pickle baselines.
-    const std::string file = dir.path() + "/pickle.pt";
-    t0 = Clock::now();
-    {
-      std::vector<char> bytes = torch::pickle_save(c10::IValue(sd));
-      int fd = open(file.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      if (write(fd, bytes.data(), bytes.size()) < 0) return 1;
-      fsync(fd);
-      close(fd);
-    }
-    const double pickle_save = total / Since(t0) / 1e9;
-    t0 = Clock::now();
-    {
-      std::ifstream in(file, std::ios::binary);
-      std::vector<char> bytes((std::istreambuf_iterator<char>(in)),
-                              std::istreambuf_iterator<char>());
-      c10::IValue back = torch::pickle_load(bytes);
-    }
-    const double pickle_load = total / Since(t0) / 1e9;
-    unlink(file.c_str());
-    auto [py_save, py_load] =
-        no_python ? std::pair<double, double>{0, 0} : PythonBaseline(python, w, dir.path());
-
-    const double load = total / into_s / 1e9;
-    std::printf("  %-34s %6.2f GB/s   (disk x%.2f, python x%.2f, pickle_save x%.2f)\n", "save",
-                save, save / disk, py_save > 0 ? save / py_save : 0, save / pickle_save);
-    std::printf(
-        "  %-34s %6.3f s (%.0f%% of full; target <= 15%%: %s), wire %.1f MB (%.1f%%); changed "
-        "%zu of %zu tensors, %.1f%% of bytes\n",
-        "incremental save (10% changed)", inc_s, 100 * inc_s / save_s,
-        inc_s <= 0.15 * save_s ? "met" : "NOT met", inc->bytes_sent / 1e6,
-        100.0 * inc->bytes_sent / full->bytes_sent, changed, w.shapes.size(),
-        100.0 * changed_bytes / total);
-    std::printf("  %-34s %6.3f s snapshot, %.3f s to commit\n", "async save", stalls[0],
-                async_total_s);
-    if (!later.empty()) {
-      std::printf(
-          "  %-34s first %.3f s, then median %.3f s (%.3f-%.3f) = x%.2f memcpy (%.3f s, "
-          "%.1f GB/s); target <= x1.5: %s\n",
-          "async save stall (5 in a row)", stalls[0], later_median, later.front(), later.back(),
-          later_median / memcpy_s, memcpy_s, total / memcpy_s / 1e9,
-          later_median <= 1.5 * memcpy_s ? "met" : "NOT met");
-    }
-    std::printf("  %-34s %6.2f GB/s   (python x%.2f, pickle_load x%.2f)\n",
-                "load into existing tensors", load, py_load > 0 ? load / py_load : 0,
-                load / pickle_load);
-    std::printf("  %-34s %6.2f GB/s\n", "load as new tensors", total / fresh_s / 1e9);
-    std::printf("  %-34s save %.2f GB/s, load %.2f GB/s\n", "LibTorch pickle_save/load",
-                pickle_save, pickle_load);
-    if (py_save > 0) {
-      std::printf("  %-34s save %.2f GB/s, load %.2f GB/s (%s)\n", "Python torch.save/load",
-                  py_save, py_load, python.c_str());
-    } else {
-      std::printf("  %-34s unavailable (%s has no torch)\n", "Python torch.save/load",
-                  python.c_str());
-    }
-    const double model_mib = total / 1048576.0;
-    std::printf("  %-34s client +%.0f MiB (model %.0f MiB); server +%.0f MiB (heap +%.0f)\n",
-                "peak memory added by save", save_peak.client, model_mib, save_peak.server,
-                save_peak.server_heap);
-    std::printf("  %-34s client +%.0f MiB; server +%.0f MiB (heap +%.0f)\n",
-                "peak memory added by load into", load_peak.client, load_peak.server,
-                load_peak.server_heap);
-    std::printf("  %-34s client <= model + 64 MiB: %s\n\n", "target",
-                std::max(save_peak.client, load_peak.client) <= 64 ? "met" : "NOT met");
-    client->reset();
-    (*server)->Terminate();
   }
   return 0;
 }

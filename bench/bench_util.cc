@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -119,6 +120,31 @@ double DiskWriteGBps(const std::string& dir, uint64_t bytes) {
   close(fd);
   unlink(path.c_str());
   return bytes / secs / 1e9;
+}
+
+BareGrpc BareGrpcGBps(uint64_t bytes) {
+  char self[4096] = {};
+  const ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+  if (n <= 0) return {};
+  std::string dir(self, n);
+  dir = dir.substr(0, dir.rfind('/'));
+  const std::string binary = FindProgram(dir + "/bench_grpc");
+  if (binary.empty()) return {};
+  auto run = testing::RunCommand({binary, "--bytes", std::to_string(bytes)});
+  BareGrpc out;
+  if (run.exit_code != 0 ||
+      std::sscanf(run.out.c_str(), "%lf %lf", &out.upload, &out.download) != 2) {
+    return {};
+  }
+  return out;
+}
+
+Summary Summarize(std::vector<double> values) {
+  if (values.empty()) return {};
+  std::sort(values.begin(), values.end());
+  const size_t n = values.size();
+  const double median = n % 2 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
+  return {median, values.front(), values.back()};
 }
 
 void AddWorkloadOptions(CLI::App& app, WorkloadOptions* options) {

@@ -96,6 +96,20 @@ class AnonPeakSampler {
 /// False where the kernel refuses.
 bool ResetPeakRss(pid_t pid);
 
+/// The transport's ceiling: GB/s of a bare gRPC upload and download of
+/// `bytes` between two processes (bench_grpc, found next to this program).
+struct BareGrpc {
+  double upload = 0, download = 0;
+};
+/// {0, 0} where bench_grpc is missing or fails.
+BareGrpc BareGrpcGBps(uint64_t bytes);
+
+/// Median and range of one figure over a benchmark's runs.
+struct Summary {
+  double median = 0, min = 0, max = 0;
+};
+Summary Summarize(std::vector<double> values);
+
 /// The disk's fsync'd sequential write speed in GB/s: `bytes` written in
 /// 4 MiB blocks to a file in `dir`, then fsync.
 double DiskWriteGBps(const std::string& dir, uint64_t bytes = 1ull << 30);
