@@ -87,7 +87,8 @@ using Figures = std::map<std::string, double>;
 // One run of workload `w` with values from `seed`: its ceilings (fsync'd
 // write, bare gRPC, memcpy, Python), then ckpt on a fresh server.
 absl::StatusOr<Figures> RunOnce(const Workload& w, uint64_t seed, const std::string& dir,
-                                const std::string& python, bool no_python) {
+                                const std::string& python, bool no_python,
+                                const std::string& perf_dir) {
   Figures f;
   auto server = testing::ServerProcess::Start(absl::StrCat(dir, "/db-", w.name, "-", seed));
   if (!server.ok()) return server.status();
@@ -142,7 +143,15 @@ absl::StatusOr<Figures> RunOnce(const Workload& w, uint64_t seed, const std::str
   const pid_t server_pid = (*server)->pid();
   double client_base = 0, server_base = 0;
   std::unique_ptr<AnonPeakSampler> server_heap;
-  auto start_peak = [&] {
+  double client_cpu = 0, server_cpu = 0;
+  std::unique_ptr<PerfRecord> perf;
+  auto start_peak = [&](const std::string& what) {
+    if (!perf_dir.empty()) {
+      perf = PerfRecord::Start({getpid(), server_pid},
+                               absl::StrCat(perf_dir, "/", w.name, "-", what, ".data"));
+    }
+    client_cpu = CpuSeconds(getpid());
+    server_cpu = CpuSeconds(server_pid);
     client_base = RssMiB(getpid());
     server_base = RssMiB(server_pid);
     ResetPeakRss(getpid());
@@ -150,19 +159,23 @@ absl::StatusOr<Figures> RunOnce(const Workload& w, uint64_t seed, const std::str
     server_heap = std::make_unique<AnonPeakSampler>(server_pid);
   };
   auto end_peak = [&](const std::string& what) {
+    f[what + "_client_cpu_s"] = CpuSeconds(getpid()) - client_cpu;
+    f[what + "_server_cpu_s"] = CpuSeconds(server_pid) - server_cpu;
+    if (perf) perf->Stop();
     f[what + "_client_mib"] = std::max(0.0, PeakRssMiB(getpid()) - client_base);
     f[what + "_server_mib"] = std::max(0.0, PeakRssMiB(server_pid) - server_base);
     f[what + "_server_heap_mib"] = server_heap->Stop();
   };
 
   const std::string name = "bench/" + w.name;
-  start_peak();
+  start_peak("save");
   auto t0 = Clock::now();
   auto full = (*client)->Save(name, sd, {});
   const double save_s = Since(t0);
   end_peak("save");
   if (!full.ok()) return full.status();
   f["save_gbps"] = total / save_s / 1e9;
+  f["save_s"] = save_s;
 
   // The incremental save's change: every 10th tensor, skipping those that
   // would take the changed bytes past 10 % of the total (GPT-2's embedding
@@ -211,13 +224,14 @@ absl::StatusOr<Figures> RunOnce(const Workload& w, uint64_t seed, const std::str
   f["async_stall_of_memcpy"] = f["async_stall_s"] / memcpy_s;
 
   // Restore into the existing tensors, and as fresh tensors.
-  start_peak();
+  start_peak("load");
   t0 = Clock::now();
   auto into = (*client)->LoadInto(name, sd, "", true, {});
   const double into_s = Since(t0);
   end_peak("load");
   if (!into.ok()) return into.status();
   f["load_into_gbps"] = total / into_s / 1e9;
+  f["load_into_s"] = into_s;
   t0 = Clock::now();
   auto fresh = (*client)->Load(name, {});
   const double fresh_s = Since(t0);
@@ -300,6 +314,11 @@ int Run(int argc, char** argv) {
       ->capture_default_str();
   std::string json_path;
   app.add_option("--json", json_path, "also write every run's figures to this file as JSON");
+  std::string perf_dir;
+  app.add_option("--perf", perf_dir,
+                 "record the first run's save and load with `perf record` (client and server) "
+                 "into this directory, for bench/perf_phases.py")
+      ->check(CLI::ExistingDirectory);
   CLI11_PARSE(app, argc, argv);
   const std::string python_path = FindProgram(python);
   if (python_path.empty() && app.count("--python") > 0) {
@@ -333,7 +352,7 @@ int Run(int argc, char** argv) {
   for (const Workload& w : workloads) {
     std::vector<Figures> figures;
     for (int r = 0; r < runs; ++r) {
-      auto f = RunOnce(w, r, dir.path(), python, no_python);
+      auto f = RunOnce(w, r, dir.path(), python, no_python, r == 0 ? perf_dir : "");
       if (!f.ok()) {
         std::fprintf(stderr, "bench_torch: %s run %d: %s\n", w.name.c_str(), r + 1,
                      f.status().ToString().c_str());
@@ -373,6 +392,13 @@ int Run(int argc, char** argv) {
     row("  x bare gRPC download", Cell(figures, "load_into_of_grpc_download", "%.2f"));
     row("  x torch.load", Cell(figures, "load_into_of_torch_load", "%.2f"));
     row("load as new tensors, GB/s", Cell(figures, "load_new_gbps", "%.2f"));
+    row("CPU during save: client, s", Cell(figures, "save_client_cpu_s", "%.2f"));
+    row("  server, s (save's wall time)", absl::StrCat(Cell(figures, "save_server_cpu_s", "%.2f"),
+                                                       " (", Cell(figures, "save_s", "%.2f"), ")"));
+    row("CPU during load into: client, s", Cell(figures, "load_client_cpu_s", "%.2f"));
+    row("  server, s (load's wall time)",
+        absl::StrCat(Cell(figures, "load_server_cpu_s", "%.2f"), " (",
+                     Cell(figures, "load_into_s", "%.2f"), ")"));
     row("memory added by save: client, MiB", Cell(figures, "save_client_mib", "%.0f"));
     row("  server (heap), MiB", Cell(figures, "save_server_heap_mib", "%.0f"));
     row("memory added by load into: client, MiB", Cell(figures, "load_client_mib", "%.0f"));

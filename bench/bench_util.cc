@@ -1,6 +1,8 @@
 #include "bench/bench_util.h"
 
 #include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -9,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <random>
 
 #include "absl/strings/str_cat.h"
@@ -120,6 +123,55 @@ double DiskWriteGBps(const std::string& dir, uint64_t bytes) {
   close(fd);
   unlink(path.c_str());
   return bytes / secs / 1e9;
+}
+
+double CpuSeconds(pid_t pid) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
+  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  // Fields after the command name (which may hold spaces): state is the
+  // 3rd field, utime and stime the 14th and 15th.
+  const size_t close = stat.rfind(')');
+  if (close == std::string::npos) return 0;
+  std::vector<std::string> fields = absl::StrSplit(stat.substr(close + 2), ' ');
+  if (fields.size() < 13) return 0;
+  return (std::stod(fields[11]) + std::stod(fields[12])) / sysconf(_SC_CLK_TCK);
+}
+
+std::unique_ptr<PerfRecord> PerfRecord::Start(const std::vector<pid_t>& pids,
+                                              const std::string& path) {
+  const std::string perf = FindProgram("perf");
+  if (perf.empty() || pids.empty()) return nullptr;
+  std::string list;
+  for (pid_t p : pids) absl::StrAppend(&list, list.empty() ? "" : ",", p);
+  std::vector<std::string> args = {perf, "record", "-q", "-F", "1999", "-p", list, "-o", path};
+  const pid_t pid = fork();
+  if (pid < 0) return nullptr;
+  if (pid == 0) {
+    const int devnull = open("/dev/null", O_WRONLY);
+    dup2(devnull, 1);
+    dup2(devnull, 2);
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  // perf attaches to running processes within a few milliseconds; give it
+  // ample time so that the operation's start is in the profile.
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  int status = 0;
+  if (waitpid(pid, &status, WNOHANG) == pid) return nullptr;  // it gave up
+  return std::unique_ptr<PerfRecord>(new PerfRecord(pid));
+}
+
+PerfRecord::~PerfRecord() { Stop(); }
+
+void PerfRecord::Stop() {
+  if (pid_ <= 0) return;
+  kill(pid_, SIGINT);
+  int status = 0;
+  waitpid(pid_, &status, 0);
+  pid_ = -1;
 }
 
 BareGrpc BareGrpcGBps(uint64_t bytes) {

@@ -8,6 +8,7 @@
 #include <CLI/CLI.hpp>
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <thread>
 #include <utility>
@@ -109,6 +110,24 @@ struct Summary {
   double median = 0, min = 0, max = 0;
 };
 Summary Summarize(std::vector<double> values);
+
+/// CPU time (user + system) a process has used so far, in seconds.
+double CpuSeconds(pid_t pid);
+
+/// `perf record` (Debian's linux-perf) sampling some processes, user and
+/// kernel code, until Stop() or destruction; for bench/perf_phases.py.
+class PerfRecord {
+ public:
+  /// Starts recording `pids` into `path`; null where perf cannot be run.
+  static std::unique_ptr<PerfRecord> Start(const std::vector<pid_t>& pids, const std::string& path);
+  ~PerfRecord();
+  /// Stops recording and waits until the file is written.
+  void Stop();
+
+ private:
+  explicit PerfRecord(pid_t pid) : pid_(pid) {}
+  pid_t pid_;
+};
 
 /// The disk's fsync'd sequential write speed in GB/s: `bytes` written in
 /// 4 MiB blocks to a file in `dir`, then fsync.

@@ -7,6 +7,7 @@
 // stream).
 
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/support/byte_buffer.h>
 
 #include <memory>
 #include <mutex>
@@ -39,6 +40,7 @@ class GrpcRawClient final : public RawClient {
       : channel_(std::move(channel)),
         stub_(v1::CheckpointService::NewStub(channel_)),
         health_(grpc::health::v1::Health::NewStub(channel_)),
+        save_method_(kSaveMethod, grpc::internal::RpcMethod::BIDI_STREAMING, channel_),
         options_(options) {}
 
   void Close() override;
@@ -170,9 +172,13 @@ class GrpcRawClient final : public RawClient {
     absl::Status status_;
   };
 
-  using SaveStream = grpc::ClientReaderWriter<v1::SaveRequest, v1::SaveResponse>;
+  // Save is called raw: its chunk messages reference the tensors' bytes
+  // (rpc::EncodeChunkBatch) instead of copying them into protobuf messages.
+  static constexpr char kSaveMethod[] = "/ckpt.v1.CheckpointService/Save";
+  using SaveStream = grpc::ClientReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>;
 
   absl::Status Write(SaveStream* stream, const v1::SaveRequest& request, bool* broken);
+  absl::Status Write(SaveStream* stream, const grpc::ByteBuffer& message, bool* broken);
 
   absl::Status Read(SaveStream* stream, v1::SaveResponse* response, v1::SaveResponse::MsgCase want,
                     bool* broken);
@@ -191,6 +197,7 @@ class GrpcRawClient final : public RawClient {
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::CheckpointService::Stub> stub_;
   std::unique_ptr<grpc::health::v1::Health::Stub> health_;
+  const grpc::internal::RpcMethod save_method_;
   ClientOptions options_;
   std::mutex mu_;
   bool closed_ = false;                       // guarded by mu_

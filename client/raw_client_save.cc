@@ -14,6 +14,7 @@
 #include "rpc/convert.h"
 #include "rpc/grpc_status.h"
 #include "rpc/protocol.h"
+#include "rpc/wire.h"
 
 namespace ckpt::client {
 
@@ -35,7 +36,9 @@ absl::StatusOr<SaveResult> GrpcRawClient::RunSaveCall(grpc::ClientContext& conte
                                                       const std::string& name,
                                                       const SaveInput& input,
                                                       const SaveOptions& options) {
-  auto stream = stub_->Save(&context);
+  std::unique_ptr<SaveStream> stream(
+      grpc::internal::ClientReaderWriterFactory<grpc::ByteBuffer, grpc::ByteBuffer>::Create(
+          channel_.get(), save_method_, &context));
   bool broken = false;
   absl::StatusOr<SaveResult> result = RunSave(stream.get(), name, input, options, &broken);
   if (result.ok()) {
@@ -56,7 +59,12 @@ absl::StatusOr<SaveResult> GrpcRawClient::RunSaveCall(grpc::ClientContext& conte
 
 absl::Status GrpcRawClient::Write(SaveStream* stream, const v1::SaveRequest& request,
                                   bool* broken) {
-  if (!stream->Write(request)) {
+  return Write(stream, rpc::ToByteBuffer(request), broken);
+}
+
+absl::Status GrpcRawClient::Write(SaveStream* stream, const grpc::ByteBuffer& message,
+                                  bool* broken) {
+  if (!stream->Write(message)) {
     *broken = true;
     return absl::UnavailableError("save stream broken while writing");
   }
@@ -65,9 +73,13 @@ absl::Status GrpcRawClient::Write(SaveStream* stream, const v1::SaveRequest& req
 
 absl::Status GrpcRawClient::Read(SaveStream* stream, v1::SaveResponse* response,
                                  v1::SaveResponse::MsgCase want, bool* broken) {
-  if (!stream->Read(response)) {
+  grpc::ByteBuffer raw;
+  if (!stream->Read(&raw)) {
     *broken = true;
     return absl::UnavailableError("save stream ended unexpectedly");
+  }
+  if (absl::Status parsed = rpc::FromByteBuffer(raw, response, "SaveResponse"); !parsed.ok()) {
+    return absl::InternalError(parsed.message());
   }
   if (response->msg_case() != want) {
     return absl::InternalError(absl::StrCat("unexpected save response ", response->msg_case()));
@@ -200,14 +212,16 @@ absl::StatusOr<SaveResult> GrpcRawClient::RunSave(SaveStream* stream, const std:
 absl::Status GrpcRawClient::SendChunks(SaveStream* stream, const v1::NeedChunks& need,
                                        const absl::flat_hash_map<Digest, ChunkSource>& sources,
                                        SaveResult* result, bool* broken) {
-  v1::SaveRequest request;
-  v1::ChunkBatch* batch = request.mutable_chunks();
+  // Pieces of at most kPieceBytes per message, referencing the input's
+  // bytes (it stays unchanged until the save returns); pulled chunks are
+  // copied, their buffer is reused.
+  std::vector<rpc::BorrowedPiece> pieces;
   size_t batch_bytes = 0;
   std::string scratch;  // one pulled chunk (DataSource nodes)
   auto flush = [&]() -> absl::Status {
-    if (batch->pieces_size() == 0) return absl::OkStatus();
-    CKPT_RETURN_IF_ERROR(Write(stream, request, broken));
-    batch->Clear();
+    if (pieces.empty()) return absl::OkStatus();
+    CKPT_RETURN_IF_ERROR(Write(stream, rpc::EncodeChunkBatch(pieces), broken));
+    pieces.clear();
     batch_bytes = 0;
     return absl::OkStatus();
   };
@@ -219,7 +233,10 @@ absl::Status GrpcRawClient::SendChunks(SaveStream* stream, const v1::NeedChunks&
           absl::StrCat("server asked for chunk ", digest.Hex(), " not in this batch"));
     }
     ChunkSource src = it->second;
-    if (src.source != nullptr) {
+    const bool pulled = src.source != nullptr;
+    if (pulled) {
+      // Whatever waits still points into the scratch buffer: send it first.
+      CKPT_RETURN_IF_ERROR(flush());
       scratch.resize(src.length);
       CKPT_RETURN_IF_ERROR(src.source->Read(
           src.offset, absl::Span<uint8_t>(reinterpret_cast<uint8_t*>(scratch.data()), src.length)));
@@ -228,10 +245,9 @@ absl::Status GrpcRawClient::SendChunks(SaveStream* stream, const v1::NeedChunks&
     for (size_t off = 0; off < src.length;) {
       if (batch_bytes >= kPieceBytes) CKPT_RETURN_IF_ERROR(flush());
       const size_t len = std::min(src.length - off, kPieceBytes - batch_bytes);
-      v1::ChunkPiece* piece = batch->add_pieces();
-      piece->set_digest(raw);
-      piece->set_offset(off);
-      piece->set_data(src.data + off, len);
+      pieces.push_back({raw, off,
+                        absl::string_view(reinterpret_cast<const char*>(src.data) + off, len),
+                        pulled});
       batch_bytes += len;
       off += len;
     }

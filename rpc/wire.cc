@@ -15,19 +15,13 @@ namespace {
 using google::protobuf::io::CodedOutputStream;
 
 // Wire tags: (field number << 3) | wire type (0 varint, 2 length-delimited).
-constexpr uint8_t kResponseData = (3 << 3) | 2;  // LoadResponse.data
-constexpr uint8_t kBatchPieces = (1 << 3) | 2;   // DataBatch.pieces
-constexpr uint8_t kPieceNode = (1 << 3) | 0;     // DataPiece.node
-constexpr uint8_t kPieceOffset = (2 << 3) | 0;   // DataPiece.offset
-constexpr uint8_t kPieceData = (3 << 3) | 2;     // DataPiece.data
-
-size_t PieceSize(const SharedPiece& p) {
-  size_t n = 0;
-  if (p.node != 0) n += 1 + CodedOutputStream::VarintSize32(p.node);
-  if (p.offset != 0) n += 1 + CodedOutputStream::VarintSize64(p.offset);
-  if (!p.bytes.empty()) n += 1 + CodedOutputStream::VarintSize64(p.bytes.size()) + p.bytes.size();
-  return n;
-}
+constexpr uint8_t kResponseData = (3 << 3) | 2;   // LoadResponse.data
+constexpr uint8_t kBatchPieces = (1 << 3) | 2;    // DataBatch.pieces, ChunkBatch.pieces
+constexpr uint8_t kPieceNode = (1 << 3) | 0;      // DataPiece.node
+constexpr uint8_t kPieceOffset = (2 << 3) | 0;    // DataPiece.offset, ChunkPiece.offset
+constexpr uint8_t kPieceData = (3 << 3) | 2;      // DataPiece.data, ChunkPiece.data
+constexpr uint8_t kRequestChunks = (3 << 3) | 2;  // SaveRequest.chunks
+constexpr uint8_t kPieceDigest = (1 << 3) | 2;    // ChunkPiece.digest
 
 void PutVarint(std::string* out, uint64_t v) {
   uint8_t buf[10];
@@ -40,45 +34,92 @@ void ReleaseOwner(void* user_data) {
   delete static_cast<std::shared_ptr<const std::string>*>(user_data);
 }
 
-}  // namespace
+// One piece message to encode: its fields before the payload, already
+// encoded, and the payload (field 3, bytes) as a slice of its own.
+struct Encoded {
+  std::string fields;
+  grpc::Slice payload;  // empty: no payload field
+};
 
-grpc::ByteBuffer EncodeDataBatch(absl::Span<const SharedPiece> pieces) {
+// {outer_tag: {pieces: [{fields, data: payload}, ...]}} with each payload
+// as its own slice and the header bytes between them copied into slices.
+grpc::ByteBuffer EncodeBatch(uint8_t outer_tag, std::vector<Encoded>& pieces) {
   std::vector<size_t> sizes;
   sizes.reserve(pieces.size());
   size_t batch = 0;
-  for (const SharedPiece& p : pieces) {
-    sizes.push_back(PieceSize(p));
-    batch += 1 + CodedOutputStream::VarintSize64(sizes.back()) + sizes.back();
+  for (const Encoded& p : pieces) {
+    size_t n = p.fields.size();
+    if (p.payload.size() != 0) {
+      n += 1 + CodedOutputStream::VarintSize64(p.payload.size()) + p.payload.size();
+    }
+    sizes.push_back(n);
+    batch += 1 + CodedOutputStream::VarintSize64(n) + n;
   }
-  // Header bytes between the shared payloads are gathered and cut into
-  // copied slices; each payload becomes a slice of its owner.
   std::vector<grpc::Slice> slices;
   slices.reserve(2 * pieces.size() + 1);
   std::string head;
-  head.push_back(static_cast<char>(kResponseData));
+  head.push_back(static_cast<char>(outer_tag));
   PutVarint(&head, batch);
   for (size_t i = 0; i < pieces.size(); ++i) {
-    const SharedPiece& p = pieces[i];
+    Encoded& p = pieces[i];
     head.push_back(static_cast<char>(kBatchPieces));
     PutVarint(&head, sizes[i]);
-    if (p.node != 0) {
-      head.push_back(static_cast<char>(kPieceNode));
-      PutVarint(&head, p.node);
-    }
-    if (p.offset != 0) {
-      head.push_back(static_cast<char>(kPieceOffset));
-      PutVarint(&head, p.offset);
-    }
-    if (p.bytes.empty()) continue;
+    head += p.fields;
+    if (p.payload.size() == 0) continue;
     head.push_back(static_cast<char>(kPieceData));
-    PutVarint(&head, p.bytes.size());
+    PutVarint(&head, p.payload.size());
     slices.emplace_back(head.data(), head.size());
     head.clear();
-    slices.emplace_back(const_cast<char*>(p.bytes.data()), p.bytes.size(), &ReleaseOwner,
-                        new std::shared_ptr<const std::string>(p.owner));
+    slices.push_back(std::move(p.payload));
   }
   if (!head.empty()) slices.emplace_back(head.data(), head.size());
   return grpc::ByteBuffer(slices.data(), slices.size());
+}
+
+}  // namespace
+
+grpc::ByteBuffer EncodeDataBatch(absl::Span<const SharedPiece> pieces) {
+  std::vector<Encoded> encoded(pieces.size());
+  for (size_t i = 0; i < pieces.size(); ++i) {
+    const SharedPiece& p = pieces[i];
+    Encoded& e = encoded[i];
+    if (p.node != 0) {
+      e.fields.push_back(static_cast<char>(kPieceNode));
+      PutVarint(&e.fields, p.node);
+    }
+    if (p.offset != 0) {
+      e.fields.push_back(static_cast<char>(kPieceOffset));
+      PutVarint(&e.fields, p.offset);
+    }
+    if (!p.bytes.empty()) {
+      e.payload = grpc::Slice(const_cast<char*>(p.bytes.data()), p.bytes.size(), &ReleaseOwner,
+                              new std::shared_ptr<const std::string>(p.owner));
+    }
+  }
+  return EncodeBatch(kResponseData, encoded);
+}
+
+grpc::ByteBuffer EncodeChunkBatch(absl::Span<const BorrowedPiece> pieces) {
+  std::vector<Encoded> encoded(pieces.size());
+  for (size_t i = 0; i < pieces.size(); ++i) {
+    const BorrowedPiece& p = pieces[i];
+    Encoded& e = encoded[i];
+    if (!p.digest.empty()) {
+      e.fields.push_back(static_cast<char>(kPieceDigest));
+      PutVarint(&e.fields, p.digest.size());
+      e.fields.append(p.digest.data(), p.digest.size());
+    }
+    if (p.offset != 0) {
+      e.fields.push_back(static_cast<char>(kPieceOffset));
+      PutVarint(&e.fields, p.offset);
+    }
+    if (!p.bytes.empty()) {
+      e.payload = p.copy ? grpc::Slice(p.bytes.data(), p.bytes.size())
+                         : grpc::Slice(const_cast<char*>(p.bytes.data()), p.bytes.size(),
+                                       grpc::Slice::STATIC_SLICE);
+    }
+  }
+  return EncodeBatch(kRequestChunks, encoded);
 }
 
 grpc::ByteBuffer ToByteBuffer(const google::protobuf::MessageLite& message) {

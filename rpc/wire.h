@@ -1,9 +1,10 @@
 #ifndef CKPT_RPC_WIRE_H_
 #define CKPT_RPC_WIRE_H_
 
-// Messages as grpc::ByteBuffer, for methods registered raw: Load's data
-// messages reference chunk bytes instead of copying them into a protobuf
-// message and again into gRPC's buffer. Internal to server/.
+// Messages as grpc::ByteBuffer, for methods called or registered raw: Load's
+// data messages reference chunk bytes, and Save's chunk messages tensor
+// bytes, instead of copying them into a protobuf message and again into
+// gRPC's buffer. Internal to server/ and client/.
 
 #include <cstdint>
 #include <memory>
@@ -30,6 +31,21 @@ struct SharedPiece {
 /// what serializing that message would produce; each piece's bytes are a
 /// slice of its owner.
 grpc::ByteBuffer EncodeDataBatch(absl::Span<const SharedPiece> pieces);
+
+/// One ChunkPiece whose bytes are borrowed: they must stay valid and
+/// unchanged until the call that sends the message has finished (a save's
+/// tensors do). `copy` copies them instead (bytes in a reused buffer).
+struct BorrowedPiece {
+  absl::string_view digest;
+  uint64_t offset = 0;
+  absl::string_view bytes;
+  bool copy = false;
+};
+
+/// SaveRequest{chunks: ChunkBatch{pieces}} as gRPC message bytes, identical
+/// to what serializing that message would produce; each piece's bytes are
+/// referenced, not copied (unless it asks to be).
+grpc::ByteBuffer EncodeChunkBatch(absl::Span<const BorrowedPiece> pieces);
 
 /// Serializes `message` (copying) into a ByteBuffer.
 grpc::ByteBuffer ToByteBuffer(const google::protobuf::MessageLite& message);

@@ -190,7 +190,7 @@ class SaveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc:
       case v1::SaveRequest::kNodes:
         return OnNodes(request_.nodes());
       case v1::SaveRequest::kChunks:
-        return OnChunks(request_.chunks());
+        return OnChunks(request_.mutable_chunks());
       case v1::SaveRequest::kCommit:
         return OnCommit();
       case v1::SaveRequest::MSG_NOT_SET:
@@ -304,9 +304,10 @@ class SaveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc:
     return absl::OkStatus();
   }
 
-  absl::Status OnChunks(const v1::ChunkBatch& batch) {
+  // Takes the pieces' bytes: the upload may keep them.
+  absl::Status OnChunks(v1::ChunkBatch* batch) {
     if (!upload_) return absl::FailedPreconditionError("SaveBegin must come first");
-    for (const v1::ChunkPiece& piece : batch.pieces()) {
+    for (v1::ChunkPiece& piece : *batch->mutable_pieces()) {
       record_.AddBytesIn(piece.data().size());
       CKPT_ASSIGN_OR_RETURN(Digest digest, Digest::FromBytes(piece.digest()));
       if (assembling_ && digest != current_) {
@@ -335,18 +336,17 @@ class SaveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc:
             absl::StrCat("chunk ", Hex(digest), ": ", buffer_.size() + data.size(),
                          " bytes sent, beyond the ", current_length_, " declared"));
       }
-      absl::Span<const uint8_t> bytes;
+      const uint64_t length = current_length_;
       if (buffer_.empty() && data.size() == current_length_) {
-        // The whole chunk in one piece: no copy.
-        bytes = {reinterpret_cast<const uint8_t*>(data.data()), data.size()};
+        // The whole chunk in one piece: handed over, no copy.
+        CKPT_RETURN_IF_ERROR(upload_->PutChunk(digest, std::move(*piece.mutable_data())));
       } else {
         buffer_.append(data);
         if (buffer_.size() < current_length_) continue;
-        bytes = {reinterpret_cast<const uint8_t*>(buffer_.data()), buffer_.size()};
+        CKPT_RETURN_IF_ERROR(upload_->PutChunk(digest, std::move(buffer_)));
       }
-      CKPT_RETURN_IF_ERROR(upload_->PutChunk(digest, bytes));
       CKPT_CRASH_POINT("save.chunk");
-      bytes_received_ += bytes.size();
+      bytes_received_ += length;
       needed_.erase(digest);
       assembling_ = false;
       buffer_.clear();

@@ -18,6 +18,7 @@ namespace ckpt::storage::internal {
 namespace fs = std::filesystem;
 
 RocksDbUpload::~RocksDbUpload() {
+  StopWriter();
   if (state_ != State::kCommitted) Abandon();
   for (const Digest& d : pinned_) core_->Unpin(RefKey(ns_, d));
   std::lock_guard<std::mutex> lock(core_->mu);
@@ -58,6 +59,17 @@ absl::StatusOr<std::vector<bool>> RocksDbUpload::FindMissing(absl::Span<const Di
 }
 
 absl::Status RocksDbUpload::PutChunk(const Digest& digest, absl::Span<const uint8_t> data) {
+  return Put(digest, data, nullptr);
+}
+
+absl::Status RocksDbUpload::PutChunk(const Digest& digest, std::string&& data) {
+  return Put(digest,
+             absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(data.data()), data.size()),
+             &data);
+}
+
+absl::Status RocksDbUpload::Put(const Digest& digest, absl::Span<const uint8_t> data,
+                                std::string* owned) {
   if (state_ != State::kOpen) {
     return absl::FailedPreconditionError("upload is sealed; no more chunks accepted");
   }
@@ -73,16 +85,26 @@ absl::Status RocksDbUpload::PutChunk(const Digest& digest, absl::Span<const uint
     ranges_.push_back({next_id_, block_end_ - 1});
   }
   const uint64_t id = next_id_;
-  rocksdb::Slice value(reinterpret_cast<const char*>(data.data()), data.size());
   // Free space is looked at every MiB or so (statvfs per small chunk
-  // would cost more than the chunk).
+  // would cost more than the chunk), counting what still waits to be
+  // written.
   absl::Status s;
   unchecked_bytes_ += data.size();
   if (unchecked_bytes_ >= kDiskCheckBytes || written_.empty()) {
-    s = core_->CheckDiskSpace(std::max<uint64_t>(unchecked_bytes_, kDiskCheckBytes));
+    uint64_t queued;
+    {
+      std::lock_guard<std::mutex> lock(queue_mu_);
+      queued = queued_bytes_;
+    }
+    s = core_->CheckDiskSpace(std::max<uint64_t>(unchecked_bytes_, kDiskCheckBytes) + queued);
     unchecked_bytes_ = 0;
   }
-  if (s.ok()) s = AppendToFile(new_block, id, value);
+  if (s.ok()) {
+    std::string bytes = owned != nullptr
+                            ? std::move(*owned)
+                            : std::string(reinterpret_cast<const char*>(data.data()), data.size());
+    s = Enqueue(Append{new_block, id, std::move(bytes)});
+  }
   if (!s.ok()) {
     broken_ = s;  // The file or range is in an unknown state now.
     return s;
@@ -92,6 +114,59 @@ absl::Status RocksDbUpload::PutChunk(const Digest& digest, absl::Span<const uint
   bytes_written_ += data.size();
   if (pinned_.insert(digest).second) core_->Pin(RefKey(ns_, digest));
   return absl::OkStatus();
+}
+
+absl::Status RocksDbUpload::Enqueue(Append append) {
+  std::unique_lock<std::mutex> lock(queue_mu_);
+  if (!writer_thread_.joinable()) writer_thread_ = std::thread([this] { WriterLoop(); });
+  queue_cv_.wait(lock, [&] { return queued_bytes_ < kMaxQueuedBytes || !write_error_.ok(); });
+  CKPT_RETURN_IF_ERROR(write_error_);
+  queued_bytes_ += append.bytes.size();
+  queue_.push_back(std::move(append));
+  queue_cv_.notify_all();
+  return absl::OkStatus();
+}
+
+void RocksDbUpload::WriterLoop() {
+  std::unique_lock<std::mutex> lock(queue_mu_);
+  for (;;) {
+    queue_cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+    if (stop_) return;
+    Append append = std::move(queue_.front());
+    queue_.pop_front();
+    appending_ = true;
+    const bool failed = !write_error_.ok();
+    lock.unlock();
+    // After a failure the rest is only dropped: the upload is broken.
+    absl::Status s = failed
+                         ? absl::OkStatus()
+                         : AppendToFile(append.new_block, append.id,
+                                        rocksdb::Slice(append.bytes.data(), append.bytes.size()));
+    const size_t n = append.bytes.size();
+    append.bytes = std::string();  // freed outside the lock
+    lock.lock();
+    appending_ = false;
+    queued_bytes_ -= n;
+    if (!s.ok() && write_error_.ok()) write_error_ = s;
+    queue_cv_.notify_all();
+  }
+}
+
+absl::Status RocksDbUpload::Drain() {
+  std::unique_lock<std::mutex> lock(queue_mu_);
+  queue_cv_.wait(lock, [&] { return queue_.empty() && !appending_; });
+  return write_error_;
+}
+
+void RocksDbUpload::StopWriter() {
+  {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    stop_ = true;
+    for (const Append& a : queue_) queued_bytes_ -= a.bytes.size();
+    queue_.clear();
+    queue_cv_.notify_all();
+  }
+  if (writer_thread_.joinable()) writer_thread_.join();
 }
 
 absl::Status RocksDbUpload::Seal() {
@@ -149,6 +224,7 @@ absl::Status RocksDbUpload::FinishFile() {
 
 absl::Status RocksDbUpload::SealImpl() {
   if (written_.empty()) return absl::OkStatus();
+  CKPT_RETURN_IF_ERROR(Drain());
   // Recorded before the chunks enter the database: after a crash in
   // between, GC finds and removes them.
   CKPT_RETURN_IF_ERROR(WritePending(/*sync=*/true));
@@ -173,6 +249,7 @@ void RocksDbUpload::RemoveFiles() {
 }
 
 void RocksDbUpload::Abandon() {
+  StopWriter();
   writer_.reset();  // Abandons an unfinished file.
   RemoveFiles();
 }

@@ -5,10 +5,14 @@
 // chunks into SST files of its own chunk-id blocks and ingests them at Seal.
 // RocksDbStore::Commit reads what it wrote and looked up.
 
+#include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -26,8 +30,12 @@ namespace ckpt::storage::internal {
 
 // Pins the chunks FindMissing finds, writes new chunks (ids from chunk-id
 // blocks of its own) into SST files under <path>/ingest/, and at Seal
-// records them as pending and ingests the files. Not thread-safe (see
-// Upload). Holds the StoreCore, so it may outlive the store.
+// records them as pending and ingests the files. The files are written on
+// a thread of the upload's own, in the order the chunks came, so that the
+// copy into the page cache (a save's largest cost) overlaps receiving and
+// verifying the next chunks; at most kMaxQueuedBytes (and one chunk) wait.
+// Not thread-safe (see Upload). Holds the StoreCore, so it may outlive the
+// store.
 class RocksDbUpload final : public Upload {
  public:
   // Where one written chunk lives.
@@ -45,6 +53,7 @@ class RocksDbUpload final : public Upload {
 
   absl::StatusOr<std::vector<bool>> FindMissing(absl::Span<const Digest> digests) override;
   absl::Status PutChunk(const Digest& digest, absl::Span<const uint8_t> data) override;
+  absl::Status PutChunk(const Digest& digest, std::string&& data) override;
 
   bool Has(const Digest& digest) const override {
     return written_.contains(digest) || pinned_.contains(digest);
@@ -75,6 +84,26 @@ class RocksDbUpload final : public Upload {
 
  private:
   absl::Status WritePending(bool sync);
+
+  // Checks and queues one chunk; `owned`, if not null, holds `data` and may
+  // be taken.
+  absl::Status Put(const Digest& digest, absl::Span<const uint8_t> data, std::string* owned);
+
+  // The file writer thread: one queued chunk, written by AppendToFile.
+  struct Append {
+    bool new_block;
+    uint64_t id;
+    std::string bytes;
+  };
+  static constexpr uint64_t kMaxQueuedBytes = 16 << 20;
+  // Queues `append`, waiting while kMaxQueuedBytes wait; the first write
+  // error instead, once there is one.
+  absl::Status Enqueue(Append append);
+  // Waits until every queued chunk is written; the first write error.
+  absl::Status Drain();
+  // Drops what waits and ends the thread.
+  void StopWriter();
+  void WriterLoop();
 
   // kIngest: appends to the current SST file, starting a new one at a block
   // boundary (files must not span blocks, or they would overlap other
@@ -117,6 +146,18 @@ class RocksDbUpload final : public Upload {
   uint64_t writer_bytes_ = 0;
   std::string current_file_;
   std::vector<std::string> files_;
+
+  // The writer thread's queue. writer_, writer_bytes_, current_file_ and
+  // files_ belong to the thread while it runs and to the caller once
+  // Drain() returned or the thread stopped.
+  std::mutex queue_mu_;
+  std::condition_variable queue_cv_;
+  std::deque<Append> queue_;
+  uint64_t queued_bytes_ = 0;
+  bool appending_ = false;  // the thread is writing one it took
+  bool stop_ = false;
+  absl::Status write_error_;  // the first failed write
+  std::thread writer_thread_;
 };
 
 }  // namespace ckpt::storage::internal

@@ -201,10 +201,18 @@ class Upload {
   /// (InvalidArgument on mismatch) and its size (<= max_chunk_bytes,
   /// InvalidArgument otherwise). Writing a digest twice is a no-op.
   /// FailedPrecondition after Seal; ResourceExhausted if the write would
-  /// leave less than StoreOptions::reserved_disk_bytes free. After a failed
-  /// write the Upload is broken: later PutChunk and Seal calls return the
-  /// same error.
+  /// leave less than StoreOptions::reserved_disk_bytes free. A store may
+  /// write in the background: an I/O error then comes back from a later
+  /// PutChunk or from Seal. After a failed write the Upload is broken: later
+  /// PutChunk and Seal calls return the same error.
   virtual absl::Status PutChunk(const Digest& digest, absl::Span<const uint8_t> data) = 0;
+
+  /// PutChunk of bytes the Upload may keep (a store that writes in the
+  /// background then needs no copy of them).
+  virtual absl::Status PutChunk(const Digest& digest, std::string&& data) {
+    return PutChunk(digest, absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(data.data()),
+                                                      data.size()));
+  }
 
   /// Whether this Upload has `digest`, written or pinned.
   virtual bool Has(const Digest& digest) const = 0;

@@ -11,11 +11,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include <chrono>
 #include <filesystem>
 #include <functional>
 #include <map>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "rocksdb/db.h"
@@ -65,6 +67,17 @@ class RocksDbStoreTest : public StoreHarness, public ::testing::Test {
   void TearDown() override { StopStore(); }
 
   RocksDbStore& rocks() { return static_cast<RocksDbStore&>(*store_); }
+
+  // Whether a chunk file appears in ingest/ within 10 s (an upload writes
+  // its files on a thread of its own).
+  bool AwaitIngestFile() {
+    const fs::path dir = fs::path(Options().path) / "ingest";
+    for (int i = 0; i < 1000; ++i) {
+      if (fs::exists(dir) && !fs::is_empty(dir)) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return false;
+  }
 };
 
 TEST_F(RocksDbStoreTest, IngestedFilesLandInTheBottommostLevel) {
@@ -156,7 +169,9 @@ TEST_F(RocksDbStoreTest, GcCountsOnlyChunksReallyWritten) {
     auto up = store_->BeginUpload("a/b");
     ASSERT_TRUE(up.ok());
     ASSERT_OK(UploadMissing(**up, {{"o", RandomBytes(2500, 12)}}));
-    // The chunk file vanishes before the ingest.
+    // The chunk file (written on the upload's own thread) vanishes before
+    // the ingest.
+    ASSERT_TRUE(AwaitIngestFile());
     for (const auto& f : fs::directory_iterator(fs::path(Options().path) / "ingest")) {
       fs::remove(f.path());
     }
@@ -168,15 +183,38 @@ TEST_F(RocksDbStoreTest, GcCountsOnlyChunksReallyWritten) {
   EXPECT_EQ(gc.bytes_removed, 0u);
 }
 
-// An unsealed upload leaves no files behind in ingest/.
+// An unsealed upload leaves no files behind in ingest/, also when destroyed
+// while its thread writes them.
 TEST_F(RocksDbStoreTest, UnsealedUploadDestroyedLeavesNoIngestFiles) {
   {
     auto up = store_->BeginUpload("a/b");
     ASSERT_TRUE(up.ok());
     ASSERT_OK(UploadMissing(**up, Model()));
-    EXPECT_FALSE(fs::is_empty(fs::path(Options().path) / "ingest"));
+    EXPECT_TRUE(AwaitIngestFile());
   }
   EXPECT_TRUE(fs::is_empty(fs::path(Options().path) / "ingest"));
+}
+
+// A chunk file that cannot be written (its directory is gone) breaks the
+// upload: the error comes back from a later PutChunk or from Seal, every
+// call after returns the same error, and nothing reaches the database.
+TEST_F(RocksDbStoreTest, AFailedBackgroundWriteBreaksTheUpload) {
+  {
+    auto up = store_->BeginUpload("a/b");
+    ASSERT_TRUE(up.ok());
+    fs::remove_all(fs::path(Options().path) / "ingest");
+    const std::string first = RandomBytes(2500, 41);
+    const absl::Status put = (*up)->PutChunk(Digest::Of(first), std::string(first));
+    const absl::Status seal = (*up)->Seal();
+    ASSERT_FALSE(seal.ok());
+    EXPECT_THAT(std::string(seal.message()), HasSubstr("creating "));
+    if (!put.ok()) EXPECT_EQ(put, seal);
+    const std::string second = RandomBytes(2500, 42);
+    EXPECT_EQ((*up)->PutChunk(Digest::Of(second), AsBytes(second)), seal);
+    EXPECT_EQ((*up)->Seal(), seal);
+  }
+  ASSERT_OK_AND_ASSIGN(GcResult gc, store_->CollectGarbage());
+  EXPECT_EQ(gc.chunks_removed, 0u);
 }
 
 // Chunk ids never repeat: not after GC removed the newest chunks, not
