@@ -194,9 +194,18 @@ absl::StatusOr<Figures> RunOnce(const Workload& w, uint64_t seed, const std::str
       }
     }
   }
+  std::unique_ptr<PerfRecord> inc_perf;
+  if (!perf_dir.empty()) {
+    inc_perf = PerfRecord::Start({getpid(), server_pid},
+                                 absl::StrCat(perf_dir, "/", w.name, "-incremental.data"));
+  }
+  const double inc_client_cpu = CpuSeconds(getpid()), inc_server_cpu = CpuSeconds(server_pid);
   t0 = Clock::now();
   auto inc = (*client)->Save(name, sd, {});
   const double inc_s = Since(t0);
+  f["incremental_client_cpu_s"] = CpuSeconds(getpid()) - inc_client_cpu;
+  f["incremental_server_cpu_s"] = CpuSeconds(server_pid) - inc_server_cpu;
+  inc_perf.reset();
   if (!inc.ok()) return inc.status();
   f["incremental_s"] = inc_s;
   f["incremental_of_full"] = inc_s / save_s;
@@ -316,7 +325,8 @@ int Run(int argc, char** argv) {
   app.add_option("--json", json_path, "also write every run's figures to this file as JSON");
   std::string perf_dir;
   app.add_option("--perf", perf_dir,
-                 "record the first run's save and load with `perf record` (client and server) "
+                 "record the first run's save, incremental save and load with `perf record` "
+                 "(client and server) "
                  "into this directory, for bench/perf_phases.py")
       ->check(CLI::ExistingDirectory);
   CLI11_PARSE(app, argc, argv);
@@ -381,6 +391,8 @@ int Run(int argc, char** argv) {
     row("  x fsync'd write", Cell(figures, "save_of_disk", "%.2f"));
     row("incremental save (10% changed), s", Cell(figures, "incremental_s", "%.3f"));
     row("  share of the full save's time", Cell(figures, "incremental_of_full", "%.2f"));
+    row("  CPU: client, s", Cell(figures, "incremental_client_cpu_s", "%.3f"));
+    row("  CPU: server, s", Cell(figures, "incremental_server_cpu_s", "%.3f"));
     std::printf("  %-42s %.0f of %zu tensors, %.1f%% of bytes; %s MB on the wire\n", "  changed",
                 figures[0]["incremental_changed_tensors"], w.shapes.size(),
                 100 * figures[0]["incremental_changed_bytes_share"],

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -144,18 +145,18 @@ std::unique_ptr<PerfRecord> PerfRecord::Start(const std::vector<pid_t>& pids,
   std::string list;
   for (pid_t p : pids) absl::StrAppend(&list, list.empty() ? "" : ",", p);
   std::vector<std::string> args = {perf, "record", "-q", "-F", "1999", "-p", list, "-o", path};
-  const pid_t pid = fork();
-  if (pid < 0) return nullptr;
-  if (pid == 0) {
-    const int devnull = open("/dev/null", O_WRONLY);
-    dup2(devnull, 1);
-    dup2(devnull, 2);
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  // posix_spawn, not fork: see testing::RunCommand.
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
+  posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0);
+  pid_t pid = -1;
+  const int spawned = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  if (spawned != 0) return nullptr;
   // perf attaches to running processes within a few milliseconds; give it
   // ample time so that the operation's start is in the profile.
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
