@@ -30,9 +30,7 @@ void PutVarint(std::string* out, uint64_t v) {
 }
 
 // Releases the reference a slice holds on its piece's owner.
-void ReleaseOwner(void* user_data) {
-  delete static_cast<std::shared_ptr<const std::string>*>(user_data);
-}
+void ReleaseOwner(void* user_data) { delete static_cast<std::shared_ptr<const void>*>(user_data); }
 
 // One piece message to encode: its fields before the payload, already
 // encoded, and the payload (field 3, bytes) as a slice of its own.
@@ -93,7 +91,7 @@ grpc::ByteBuffer EncodeDataBatch(absl::Span<const SharedPiece> pieces) {
     }
     if (!p.bytes.empty()) {
       e.payload = grpc::Slice(const_cast<char*>(p.bytes.data()), p.bytes.size(), &ReleaseOwner,
-                              new std::shared_ptr<const std::string>(p.owner));
+                              new std::shared_ptr<const void>(p.owner));
     }
   }
   return EncodeBatch(kResponseData, encoded);

@@ -23,7 +23,7 @@ namespace ckpt::rpc {
 struct SharedPiece {
   uint32_t node = 0;
   uint64_t offset = 0;
-  std::shared_ptr<const std::string> owner;
+  std::shared_ptr<const void> owner;
   absl::string_view bytes;
 };
 

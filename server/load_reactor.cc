@@ -258,31 +258,30 @@ class LoadReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
       const Node& node = selection_.tree[data_node_];
       const uint64_t chunk_size = node.data.chunk_size;
       const size_t chunk_index = run_offset_ / chunk_size;
-      if (chunk_ == nullptr || chunk_index != chunk_index_) {
+      if (chunk_.owner == nullptr || chunk_index != chunk_index_) {
         const Digest& digest = node.data.chunks[chunk_index];
         ReadAhead(chunk_index);
-        auto chunk = std::make_shared<std::string>();
-        absl::Status status = service_->store()->ReadChunk(version_.name, digest, chunk.get());
-        chunk_ = std::move(chunk);
+        auto chunk = service_->store()->ReadSharedChunk(version_.name, digest);
+        chunk_ = chunk.ok() ? *std::move(chunk) : storage::Store::SharedBytes{};
         chunk_index_ = chunk_index;
-        if (!status.ok()) {
-          chunk_ = nullptr;
+        if (!chunk.ok()) {
           const std::vector<std::string> keys = FlattenedKeys(tree_);
-          return Annotate(status, absl::StrCat("checkpoint '", version_.name, "' version ",
-                                               version_.version, " ", NodeKindName(node.kind), " '",
-                                               keys[selection_.source[data_node_]], "'"));
+          return Annotate(chunk.status(),
+                          absl::StrCat("checkpoint '", version_.name, "' version ",
+                                       version_.version, " ", NodeKindName(node.kind), " '",
+                                       keys[selection_.source[data_node_]], "'"));
         }
-        if (chunk_->size() != node.data.ChunkLength(chunk_index)) {
-          return absl::DataLossError(absl::StrCat("checkpoint '", version_.name, "' version ",
-                                                  version_.version, ": chunk ", Hex(digest),
-                                                  " has ", chunk_->size(), " bytes, manifest says ",
-                                                  node.data.ChunkLength(chunk_index)));
+        if (chunk_.bytes.size() != node.data.ChunkLength(chunk_index)) {
+          return absl::DataLossError(
+              absl::StrCat("checkpoint '", version_.name, "' version ", version_.version,
+                           ": chunk ", Hex(digest), " has ", chunk_.bytes.size(),
+                           " bytes, manifest says ", node.data.ChunkLength(chunk_index)));
         }
       }
       const uint64_t in_chunk = run_offset_ - uint64_t{chunk_index} * chunk_size;
       const size_t take = static_cast<size_t>(
-          std::min<uint64_t>({chunk_->size() - in_chunk, run_left_, kPieceBytes - bytes}));
-      const absl::string_view run = absl::string_view(*chunk_).substr(in_chunk, take);
+          std::min<uint64_t>({chunk_.bytes.size() - in_chunk, run_left_, kPieceBytes - bytes}));
+      const absl::string_view run = chunk_.bytes.substr(in_chunk, take);
       if (slice_runs_.has_value() && take < kCopyRunsBelow) {
         if (packed != nullptr && packed_piece.node != data_node_) flush_packed();
         if (packed == nullptr) {
@@ -297,7 +296,7 @@ class LoadReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
         rpc::SharedPiece& piece = pieces.emplace_back();
         piece.node = static_cast<uint32_t>(data_node_);
         piece.offset = node_sent_;
-        piece.owner = chunk_;
+        piece.owner = chunk_.owner;
         piece.bytes = run;
       }
       record_.AddBytesOut(take);
@@ -337,7 +336,7 @@ class LoadReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
     node_open_ = true;
     node_sent_ = 0;
     run_left_ = 0;
-    chunk_ = nullptr;
+    chunk_ = {};
     whole_run_taken_ = false;
     slice_runs_.reset();
     auto it = slice_of_node_.find(data_node_);
@@ -447,7 +446,7 @@ class LoadReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
   uint64_t run_left_ = 0;
   // The last chunk read (of the current node), reused by the runs in it.
   size_t chunk_index_ = 0;
-  std::shared_ptr<const std::string> chunk_;
+  storage::Store::SharedBytes chunk_;  // the chunk being sent (owner null: none)
 };
 
 }  // namespace

@@ -76,13 +76,40 @@ absl::StatusOr<Tree> RocksDbStore::GetTree(absl::string_view name, uint64_t vers
 
 absl::Status RocksDbStore::ReadChunk(absl::string_view name, const Digest& digest,
                                      std::string* out) {
+  CKPT_ASSIGN_OR_RETURN(SharedBytes chunk, ReadSharedChunk(name, digest));
+  out->assign(chunk.bytes.data(), chunk.bytes.size());
+  return absl::OkStatus();
+}
+
+namespace {
+
+// A snapshot, and the iterator that read a chunk on it (if any): what keeps
+// a chunk read without a copy valid.
+struct PinnedRead {
+  explicit PinnedRead(rocksdb::DB* db) : db(db), snapshot(db->GetSnapshot()) {}
+  ~PinnedRead() {
+    it.reset();
+    db->ReleaseSnapshot(snapshot);
+  }
+  PinnedRead(const PinnedRead&) = delete;
+  PinnedRead& operator=(const PinnedRead&) = delete;
+
+  rocksdb::DB* const db;
+  const rocksdb::Snapshot* const snapshot;
+  std::unique_ptr<rocksdb::Iterator> it;
+};
+
+}  // namespace
+
+absl::StatusOr<Store::SharedBytes> RocksDbStore::ReadSharedChunk(absl::string_view name,
+                                                                 const Digest& digest) {
   CKPT_RETURN_IF_ERROR(ValidateName(name));
   absl::string_view ns = NamespaceOf(name);
   // One snapshot for both reads: a concurrent GC cannot remove the chunk
   // between them.
-  rocksdb::ManagedSnapshot snapshot(core_->db);
+  auto pinned = std::make_shared<PinnedRead>(core_->db);
   rocksdb::ReadOptions ro;
-  ro.snapshot = snapshot.snapshot();
+  ro.snapshot = pinned->snapshot;
   std::string ref_bytes;
   rocksdb::Status s = core_->db->Get(ro, core_->refs_cf, RefKey(ns, digest), &ref_bytes);
   if (s.IsNotFound()) {
@@ -96,7 +123,25 @@ absl::Status RocksDbStore::ReadChunk(absl::string_view name, const Digest& diges
   // The digest check below covers every byte with a stronger checksum than
   // the block's: checking both would read each chunk twice.
   ro.verify_checksums = false;
-  s = core_->db->Get(ro, core_->chunks_cf, ChunkKey(ref->chunk_id), out);
+  // A large chunk is read through an iterator left where it found the
+  // chunk: its value then stays in the memory-mapped chunk file, not
+  // copied, for as long as the iterator (holding the snapshot and the files
+  // it reads) is kept. A small one is copied: an iterator costs more.
+  const std::string key = ChunkKey(ref->chunk_id);
+  if (ref->length >= kPinnedReadBytes) {
+    pinned->it.reset(core_->db->NewIterator(ro, core_->chunks_cf));
+    pinned->it->Seek(key);
+    if (pinned->it->Valid() && pinned->it->key() == key) {
+      const rocksdb::Slice value = pinned->it->value();
+      const absl::string_view bytes(value.data(), value.size());
+      CKPT_RETURN_IF_ERROR(internal::VerifyChunkBytes(digest, ref->length, bytes));
+      return SharedBytes{std::move(pinned), bytes};
+    }
+    CKPT_RETURN_IF_ERROR(FromRocksDb(pinned->it->status(), absl::StrCat("chunk ", digest.Hex())));
+    s = rocksdb::Status::NotFound();
+  }
+  auto value = std::make_shared<std::string>();
+  if (ref->length < kPinnedReadBytes) s = core_->db->Get(ro, core_->chunks_cf, key, value.get());
   if (s.IsNotFound()) {
     // A collection may have removed it since the snapshot if the last
     // version using it was just deleted: then it is simply gone.
@@ -110,7 +155,9 @@ absl::Status RocksDbStore::ReadChunk(absl::string_view name, const Digest& diges
         absl::StrCat("chunk ", digest.Hex(), " is missing (chunk id ", ref->chunk_id, ")"));
   }
   CKPT_RETURN_IF_ERROR(FromRocksDb(s, absl::StrCat("chunk ", digest.Hex())));
-  return internal::VerifyChunk(digest, ref->length, out);
+  const absl::string_view bytes(*value);
+  CKPT_RETURN_IF_ERROR(internal::VerifyChunkBytes(digest, ref->length, bytes));
+  return SharedBytes{std::move(value), bytes};
 }
 
 absl::StatusOr<std::vector<CheckpointSummary>> RocksDbStore::ListCheckpoints(

@@ -81,6 +81,8 @@ inline constexpr char kTagsFamily[] = "tags";
 
 /// Largest SST file one upload writes before starting the next.
 inline constexpr uint64_t kMaxIngestFileBytes = uint64_t{256} << 20;
+// Chunks at least this large are read without a copy (ReadSharedChunk).
+inline constexpr uint64_t kPinnedReadBytes = uint64_t{256} << 10;
 
 namespace internal {
 struct StoreCore;
@@ -104,6 +106,8 @@ class RocksDbStore final : public Store {
                                          const VersionSelector& selector) override;
   absl::StatusOr<Tree> GetTree(absl::string_view name, uint64_t version) override;
   absl::Status ReadChunk(absl::string_view name, const Digest& digest, std::string* out) override;
+  absl::StatusOr<SharedBytes> ReadSharedChunk(absl::string_view name,
+                                              const Digest& digest) override;
   absl::StatusOr<std::vector<CheckpointSummary>> ListCheckpoints(absl::string_view prefix,
                                                                  absl::string_view start_after,
                                                                  size_t limit) override;

@@ -294,6 +294,22 @@ class Store {
   virtual absl::Status ReadChunk(absl::string_view name, const Digest& digest,
                                  std::string* out) = 0;
 
+  /// Bytes that stay valid while `owner` lives.
+  struct SharedBytes {
+    std::shared_ptr<const void> owner;
+    absl::string_view bytes;
+  };
+  /// ReadChunk without a copy where the store can (RocksDB: its memory-
+  /// mapped file, pinned); the default reads into a string of its own.
+  virtual absl::StatusOr<SharedBytes> ReadSharedChunk(absl::string_view name,
+                                                      const Digest& digest) {
+    auto chunk = std::make_shared<std::string>();
+    absl::Status status = ReadChunk(name, digest, chunk.get());
+    if (!status.ok()) return status;
+    const absl::string_view bytes(*chunk);
+    return SharedBytes{std::move(chunk), bytes};
+  }
+
   /// Checkpoint names starting with `prefix`, in order, after `start_after`
   /// (exclusive; empty: from the start), at most `limit` (0: no limit),
   /// each with its number of versions and its newest one. InvalidArgument

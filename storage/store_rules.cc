@@ -32,12 +32,17 @@ absl::Status ChunkNotFound(absl::string_view ns, const Digest& digest) {
       absl::StrCat("chunk ", digest.Hex(), " not found in namespace ", Quote(ns)));
 }
 
-absl::Status VerifyChunk(const Digest& digest, uint64_t length, std::string* out) {
-  if (out->size() != length || Digest::Of(*out) != digest) {
-    out->clear();
+absl::Status VerifyChunkBytes(const Digest& digest, uint64_t length, absl::string_view bytes) {
+  if (bytes.size() != length || Digest::Of(bytes) != digest) {
     return absl::DataLossError(absl::StrCat("chunk ", digest.Hex(), " checksum mismatch"));
   }
   return absl::OkStatus();
+}
+
+absl::Status VerifyChunk(const Digest& digest, uint64_t length, std::string* out) {
+  absl::Status status = VerifyChunkBytes(digest, length, *out);
+  if (!status.ok()) out->clear();
+  return status;
 }
 
 absl::Status CheckChunk(const Digest& digest, absl::Span<const uint8_t> data,

@@ -39,6 +39,8 @@ absl::Status ChunkNotFound(absl::string_view ns, const Digest& digest);
 /// holds `length` bytes whose digest is `digest`: every chunk read is
 /// checked so.
 absl::Status VerifyChunk(const Digest& digest, uint64_t length, std::string* out);
+// VerifyChunk of bytes that are not the caller's to clear.
+absl::Status VerifyChunkBytes(const Digest& digest, uint64_t length, absl::string_view bytes);
 
 /// The checks of Upload::PutChunk on the chunk itself: InvalidArgument if it
 /// has more than `max_chunk_bytes` or `digest` is not its digest.

@@ -24,6 +24,7 @@
 #include "storage/codec.h"
 #include "tests/storage/store_test_util.h"
 #include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
 
 namespace ckpt::storage::test {
 namespace {
@@ -400,6 +401,57 @@ TEST(StoreOpenTest, CleansIngestDir) {
     EXPECT_FALSE(fs::exists(leftover));
   }
   fs::remove_all(tmpl);
+}
+
+// Chunks of kPinnedReadBytes and more are read without a copy, smaller ones
+// copied; either stays valid and unchanged for as long as it is held, also
+// once its version is deleted and the chunk collected.
+TEST(RocksDbSharedReadTest, ChunksReadWithoutACopyStayValidWhileHeld) {
+  ckpt::testing::TempDir dir;
+  StoreOptions options;
+  options.path = dir.path() + "/db";
+  options.reserved_disk_bytes = 0;
+  options.max_chunk_bytes = 4 << 20;
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Store> store, OpenStore(Backend::kRocksDb, options));
+  const std::string big = RandomBytes(kPinnedReadBytes + 1, 51);
+  const std::string small = RandomBytes(1000, 52);
+  {
+    ASSERT_OK_AND_ASSIGN(std::unique_ptr<Upload> up, store->BeginUpload("a/b"));
+    CommitSpec spec;
+    spec.name = "a/b";
+    spec.tree.resize(1);
+    spec.tree[0].kind = NodeKind::kDict;
+    spec.tree[0].size = 2;
+    for (const std::string* bytes : {&big, &small}) {
+      ASSERT_OK(up->PutChunk(Digest::Of(*bytes), AsBytes(*bytes)));
+      Node n;
+      n.kind = NodeKind::kTensor;
+      n.key = bytes == &big ? "big" : "small";
+      n.tensor.dtype = DType::kUInt8;
+      n.tensor.shape = {static_cast<int64_t>(bytes->size())};
+      n.data.size = n.data.chunk_size = bytes->size();
+      n.data.chunks = {Digest::Of(*bytes)};
+      spec.tree.push_back(std::move(n));
+    }
+    Upload* ups[] = {up.get()};
+    ASSERT_OK(store->Commit(std::move(spec), ups).status());
+  }
+  ASSERT_OK_AND_ASSIGN(Store::SharedBytes big_read, store->ReadSharedChunk("a/b", Digest::Of(big)));
+  ASSERT_OK_AND_ASSIGN(Store::SharedBytes small_read,
+                       store->ReadSharedChunk("a/b", Digest::Of(small)));
+  EXPECT_EQ(big_read.bytes, big);
+  EXPECT_EQ(small_read.bytes, small);
+  std::string copy;
+  ASSERT_OK(store->ReadChunk("a/b", Digest::Of(big), &copy));
+  EXPECT_EQ(copy, big);
+
+  ASSERT_OK(store->DeleteVersion("a/b", 1, false).status());
+  ASSERT_OK_AND_ASSIGN(GcResult gc, store->CollectGarbage());
+  EXPECT_EQ(gc.chunks_removed, 2u);
+  EXPECT_EQ(store->ReadSharedChunk("a/b", Digest::Of(big)).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(big_read.bytes, big);
+  EXPECT_EQ(small_read.bytes, small);
 }
 
 }  // namespace
