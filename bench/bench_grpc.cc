@@ -1,13 +1,14 @@
 // The transport's ceiling: a bare gRPC stream of the same bytes as a
 // checkpoint, with the gRPC build ckpt links, over loopback, between two
 // processes. Nothing is hashed, parsed or stored: the messages are raw
-// ByteBuffers of 4 MiB that reference one warm block (no copy on the sending
-// side), and the receiver only counts them. What ckpt reaches is then put
+// ByteBuffers of 4 MiB that reference a buffer as large as the transfer (no
+// copy on the sending side), and the receiver only counts them. What ckpt reaches is then put
 // beside this by bench_torch and bench_python.
 //
 //   bench_grpc --bytes N [--runs R]   prints "upload GB/s download GB/s" per run
 //   bench_grpc serve                  (what the first starts as its peer)
 
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -34,18 +35,24 @@ constexpr int kMaxMessage = 8 << 20;
 constexpr char kUpload[] = "/ckpt.bench.Bare/Upload";
 constexpr char kDownload[] = "/ckpt.bench.Bare/Download";
 
-// One warm block every message points into.
-const std::vector<char>& Block() {
-  static const std::vector<char>* block = [] {
-    auto* b = new std::vector<char>(kMessageBytes);
-    for (size_t i = 0; i < b->size(); ++i) (*b)[i] = static_cast<char>(i * 2654435761u >> 24);
-    return b;
-  }();
-  return *block;
+// The bytes sent: one buffer as large as the transfer (like a checkpoint's
+// tensors, not one block that stays in the cache), grown on demand and
+// filled once. Messages are slices of it (no copy).
+std::vector<char>& Source() {
+  static auto* source = new std::vector<char>();
+  return *source;
 }
 
-grpc::ByteBuffer Message(size_t n) {
-  grpc::Slice slice(Block().data(), n, grpc::Slice::STATIC_SLICE);
+void EnsureSource(uint64_t bytes) {
+  std::vector<char>& source = Source();
+  const size_t old = source.size();
+  if (bytes <= old) return;
+  source.resize(bytes);
+  for (size_t i = old; i < source.size(); ++i) source[i] = static_cast<char>(i * 2654435761u >> 24);
+}
+
+grpc::ByteBuffer Message(uint64_t offset, size_t n) {
+  grpc::Slice slice(Source().data() + offset, n, grpc::Slice::STATIC_SLICE);
   return grpc::ByteBuffer(&slice, 1);
 }
 
@@ -97,6 +104,7 @@ class Service : public grpc::CallbackGenericService {
     void OnReadDone(bool ok) override {
       if (!ok) return Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "no size"));
       left_ = ReadU64(in_);
+      EnsureSource(left_);
       Next();
     }
     void OnWriteDone(bool ok) override {
@@ -109,17 +117,17 @@ class Service : public grpc::CallbackGenericService {
     void Next() {
       if (left_ == 0) return Finish(grpc::Status::OK);
       const size_t n = std::min<uint64_t>(left_, kMessageBytes);
+      out_ = Message(offset_, n);
+      offset_ += n;
       left_ -= n;
-      out_ = Message(n);
       StartWrite(&out_);
     }
     grpc::ByteBuffer in_, out_;
-    uint64_t left_ = 0;
+    uint64_t left_ = 0, offset_ = 0;
   };
 };
 
 int Serve() {
-  Block();
   Service service;
   grpc::ServerBuilder builder;
   int port = 0;
@@ -186,14 +194,16 @@ class Call : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> 
   void NextWrite() {
     if (left_ == 0) return StartWritesDone();
     const size_t n = std::min<uint64_t>(left_, kMessageBytes);
+    out_ = Message(offset_, n);
+    offset_ += n;
     left_ -= n;
-    out_ = Message(n);
     StartWrite(&out_);
   }
 
   grpc::ClientContext context_;
   const bool upload_;
   uint64_t left_;
+  uint64_t offset_ = 0;
   grpc::ByteBuffer in_, out_;
   uint64_t counted_ = 0;
   std::mutex mu_;
@@ -211,7 +221,7 @@ double Transfer(grpc::GenericStub* stub, bool upload, uint64_t bytes) {
 
 int Measure(uint64_t bytes, int runs) {
   int to_child[2], from_child[2];
-  if (pipe(to_child) != 0 || pipe(from_child) != 0) return 1;
+  if (pipe2(to_child, O_CLOEXEC) != 0 || pipe2(from_child, O_CLOEXEC) != 0) return 1;
   const pid_t pid = fork();
   if (pid == 0) {
     dup2(to_child[0], 0);
@@ -233,7 +243,7 @@ int Measure(uint64_t bytes, int runs) {
     args.SetMaxSendMessageSize(kMaxMessage);
     grpc::GenericStub stub(grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(port),
                                                      grpc::InsecureChannelCredentials(), args));
-    Block();
+    EnsureSource(bytes);
     Transfer(&stub, true, kMessageBytes);  // connect and warm up
     rc = 0;
     for (int i = 0; i < runs; ++i) {

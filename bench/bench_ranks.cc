@@ -8,6 +8,7 @@
 //   bench_ranks [--scale F] [--ranks N] [--runs R] [--server PATH]
 //   bench_ranks worker ...   (what it starts as its writers and readers)
 
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -178,7 +179,9 @@ struct Child {
 
 Child Spawn(const std::vector<std::string>& args) {
   int to[2], from[2];
-  if (pipe(to) != 0 || pipe(from) != 0) return {};
+  // Close-on-exec: a worker must not hold another's pipe ends (its EOF
+  // would never come).
+  if (pipe2(to, O_CLOEXEC) != 0 || pipe2(from, O_CLOEXEC) != 0) return {};
   const pid_t pid = fork();
   if (pid == 0) {
     dup2(to[0], 0);

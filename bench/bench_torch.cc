@@ -325,8 +325,8 @@ int Run(int argc, char** argv) {
   app.add_option("--json", json_path, "also write every run's figures to this file as JSON");
   std::string perf_dir;
   app.add_option("--perf", perf_dir,
-                 "record the first run's save, incremental save and load with `perf record` "
-                 "(client and server) "
+                 "first record a run's save, incremental save and load with `perf record` "
+                 "(client and server; a run of its own, not in the figures) "
                  "into this directory, for bench/perf_phases.py")
       ->check(CLI::ExistingDirectory);
   CLI11_PARSE(app, argc, argv);
@@ -360,9 +360,19 @@ int Run(int argc, char** argv) {
                            {"python", no_python ? "" : python},
                            {"workloads", nlohmann::json::array()}};
   for (const Workload& w : workloads) {
+    if (!perf_dir.empty()) {
+      // Profiled in a run of its own: perf's sampling would weigh on the
+      // figures.
+      auto profiled = RunOnce(w, 1000, dir.path(), python, /*no_python=*/true, perf_dir);
+      if (!profiled.ok()) {
+        std::fprintf(stderr, "bench_torch: %s profiled run: %s\n", w.name.c_str(),
+                     profiled.status().ToString().c_str());
+        return 1;
+      }
+    }
     std::vector<Figures> figures;
     for (int r = 0; r < runs; ++r) {
-      auto f = RunOnce(w, r, dir.path(), python, no_python, r == 0 ? perf_dir : "");
+      auto f = RunOnce(w, r, dir.path(), python, no_python, "");
       if (!f.ok()) {
         std::fprintf(stderr, "bench_torch: %s run %d: %s\n", w.name.c_str(), r + 1,
                      f.status().ToString().c_str());

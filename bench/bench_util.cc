@@ -144,7 +144,10 @@ std::unique_ptr<PerfRecord> PerfRecord::Start(const std::vector<pid_t>& pids,
   if (perf.empty() || pids.empty()) return nullptr;
   std::string list;
   for (pid_t p : pids) absl::StrAppend(&list, list.empty() ? "" : ",", p);
-  std::vector<std::string> args = {perf, "record", "-q", "-F", "1999", "-p", list, "-o", path};
+  // cpu-clock: periods in nanoseconds on any machine (perf_phases.py sums
+  // them as CPU time).
+  std::vector<std::string> args = {perf,   "record", "-q", "-e", "cpu-clock", "-F",
+                                   "1999", "-p",     list, "-o", path};
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);

@@ -8,8 +8,10 @@ together, user and kernel code). Prints CPU seconds and shares per phase.
 
 Phases are told apart by the sampled function (and its library): a sample in
 xxHash is hashing, in copy_folio_from_iter_atomic a write into the page cache,
-and so on (PHASES below, first match wins). CPU time only: waiting (for the
-disk, for the other side) shows as the gap between CPU seconds and wall time.
+and so on (PHASES below, first match wins). Flat profiles: a kernel routine
+shared by several paths (a user copy) is counted where its name puts it. CPU
+time only: waiting (for the disk, for the other side) shows as the gap between
+CPU seconds and wall time.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ PHASES = [
     ("memory copies (user space)", r"__memmove|__memcpy|\bmemcpy\b|\bmemmove\b"),
     ("writes into the page cache (kernel)",
      r"copy_folio_from_iter|generic_perform_write|ext4_da_|ext4_es_|ext4_check_map|"
-     r"block_commit_write|block_write_|mpage_|filemap_|__filemap|folio_|ext4_buffered|"
+     r"block_commit_write|block_write_|mpage_|ext4_buffered|"
      r"mark_buffer_dirty|__block_commit|create_empty_buffers|balance_dirty"),
+    ("page cache: mapped reads, lookups (kernel)", r"filemap_|__filemap|folio_|readahead"),
     ("fsync, writeback, block I/O (kernel)",
      r"jbd2|ext4_sync|blk_|submit_bio|bio_|iomap|writeback|virtblk|ext4_writepages|"
      r"ext4_io_|file_write_and_wait|__writeback"),

@@ -9,6 +9,7 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/support/byte_buffer.h>
 
+#include <list>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -23,6 +24,7 @@
 #include "common/status_macros.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "rpc/grpc_status.h"
+#include "rpc/wire.h"
 
 namespace ckpt::client {
 
@@ -49,8 +51,10 @@ class GrpcRawClient final : public RawClient {
                                   const SaveOptions& options) override;
 
   // The Save stream on `context`, cancelled when it fails on our side.
+  // `borrowed` counts the chunk slices that reference `input`.
   absl::StatusOr<SaveResult> RunSaveCall(grpc::ClientContext& context, const std::string& name,
-                                         const SaveInput& input, const SaveOptions& options);
+                                         const SaveInput& input, const SaveOptions& options,
+                                         rpc::BorrowedSlices* borrowed);
 
   absl::Status Load(const std::string& name, const LoadOptions& options, LoadSink* sink) override;
 
@@ -185,14 +189,31 @@ class GrpcRawClient final : public RawClient {
 
   absl::StatusOr<SaveResult> RunSave(SaveStream* stream, const std::string& name,
                                      const SaveInput& input, const SaveOptions& options,
-                                     bool* broken);
+                                     rpc::BorrowedSlices* borrowed, bool* broken);
 
   absl::Status SendChunks(SaveStream* stream, const v1::NeedChunks& need,
                           const absl::flat_hash_map<Digest, ChunkSource>& sources,
-                          SaveResult* result, bool* broken);
+                          rpc::BorrowedSlices* borrowed, SaveResult* result, bool* broken);
 
   absl::Status RunLoad(grpc::ClientReader<v1::LoadResponse>* stream,
                        const std::vector<TensorSlice>& slices, LoadSink* sink, bool* broken);
+
+  // The statistics of the tensors of the last saves, by checkpoint name and
+  // node index (RunSave): a tensor whose chunks all hash as they did keeps
+  // them. The kStatsCacheNames names saved last, newest first.
+  struct CachedStats {
+    DType dtype;
+    uint64_t size = 0;
+    uint32_t chunk_size = 0;
+    std::vector<Digest> chunks;
+    TensorStats stats;
+  };
+  using StatsByNode = absl::flat_hash_map<size_t, CachedStats>;
+  static constexpr size_t kStatsCacheNames = 8;
+  // Removes and returns `name`'s entry (empty if none).
+  StatsByNode TakeStats(const std::string& name);
+  // Makes `stats` `name`'s entry.
+  void KeepStats(const std::string& name, StatsByNode stats);
 
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::CheckpointService::Stub> stub_;
@@ -202,6 +223,8 @@ class GrpcRawClient final : public RawClient {
   std::mutex mu_;
   bool closed_ = false;                       // guarded by mu_
   std::set<grpc::ClientContext*> in_flight_;  // guarded by mu_
+  std::mutex stats_mu_;
+  std::list<std::pair<std::string, StatsByNode>> stats_cache_;  // guarded by stats_mu_
 };
 
 }  // namespace ckpt::client

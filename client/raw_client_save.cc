@@ -23,11 +23,15 @@ using rpc::kPieceBytes;
 
 absl::StatusOr<SaveResult> GrpcRawClient::Save(const std::string& name, const SaveInput& input,
                                                const SaveOptions& options) {
+  // Destroyed last, after the call: waits until gRPC holds no slice of
+  // `input` (after a failure it may, for a moment), so that the caller may
+  // free it once Save returns.
+  rpc::BorrowedSlices borrowed;
   grpc::ClientContext context;
   Prepare(&context, options.timeout);
   InFlight in_flight(this, &context);
   CKPT_RETURN_IF_ERROR(in_flight.status());
-  absl::StatusOr<SaveResult> result = RunSaveCall(context, name, input, options);
+  absl::StatusOr<SaveResult> result = RunSaveCall(context, name, input, options, &borrowed);
   if (result.ok()) return result;
   return in_flight.Outcome(result.status(), "the save");
 }
@@ -35,12 +39,14 @@ absl::StatusOr<SaveResult> GrpcRawClient::Save(const std::string& name, const Sa
 absl::StatusOr<SaveResult> GrpcRawClient::RunSaveCall(grpc::ClientContext& context,
                                                       const std::string& name,
                                                       const SaveInput& input,
-                                                      const SaveOptions& options) {
+                                                      const SaveOptions& options,
+                                                      rpc::BorrowedSlices* borrowed) {
   std::unique_ptr<SaveStream> stream(
       grpc::internal::ClientReaderWriterFactory<grpc::ByteBuffer, grpc::ByteBuffer>::Create(
           channel_.get(), save_method_, &context));
   bool broken = false;
-  absl::StatusOr<SaveResult> result = RunSave(stream.get(), name, input, options, &broken);
+  absl::StatusOr<SaveResult> result =
+      RunSave(stream.get(), name, input, options, borrowed, &broken);
   if (result.ok()) {
     stream->WritesDone();
     grpc::Status status = stream->Finish();
@@ -89,7 +95,8 @@ absl::Status GrpcRawClient::Read(SaveStream* stream, v1::SaveResponse* response,
 
 absl::StatusOr<SaveResult> GrpcRawClient::RunSave(SaveStream* stream, const std::string& name,
                                                   const SaveInput& input,
-                                                  const SaveOptions& options, bool* broken) {
+                                                  const SaveOptions& options,
+                                                  rpc::BorrowedSlices* borrowed, bool* broken) {
   const Tree& tree = input.tree;
   if (tree.empty()) return absl::InvalidArgumentError("nothing to save: empty tree");
   if (input.bytes.size() != tree.size()) {
@@ -120,8 +127,14 @@ absl::StatusOr<SaveResult> GrpcRawClient::RunSave(SaveStream* stream, const std:
     size_t next = 0;  // first node of the following batch
   };
   const bool with_stats = options.tensor_stats;
-  auto prepare = [&input, &tree, this, chunk_size,
-                  with_stats](size_t next) -> absl::StatusOr<Batch> {
+  // Each tensor's statistics as this client computed them in its last save
+  // of `name`: a tensor whose chunks all hash as they did then keeps them,
+  // unread (an incremental save then reads what changed once more, not the
+  // rest). Only one batch is prepared at a time, so `current` needs no lock.
+  const StatsByNode previous = TakeStats(name);
+  StatsByNode current;
+  auto prepare = [&input, &tree, this, chunk_size, with_stats, &previous,
+                  &current](size_t next) -> absl::StatusOr<Batch> {
     Batch out;
     std::string scratch;  // one pulled chunk (DataSource nodes)
     v1::NodeBatch* batch = out.request.mutable_nodes();
@@ -147,6 +160,16 @@ absl::StatusOr<SaveResult> GrpcRawClient::RunSave(SaveStream* stream, const std:
             HasStats(node.tensor.dtype)) {
           stats.emplace(node.tensor.dtype);
         }
+        // Whether the chunks so far hash as those of the last save's node
+        // (their statistics are deferred while they do).
+        const CachedStats* before = nullptr;
+        if (stats && source == nullptr) {
+          auto it = previous.find(next);
+          if (it != previous.end() && it->second.dtype == node.tensor.dtype &&
+              it->second.size == node.data.size && it->second.chunk_size == chunk_size) {
+            before = &it->second;
+          }
+        }
         for (uint64_t off = 0; off < node.data.size; off += chunk_size) {
           const size_t len = std::min<uint64_t>(chunk_size, node.data.size - off);
           if (source != nullptr) {
@@ -161,13 +184,29 @@ absl::StatusOr<SaveResult> GrpcRawClient::RunSave(SaveStream* stream, const std:
             continue;
           }
           Digest d = Digest::Of(bytes.subspan(off, len));
-          if (stats) {
+          const size_t index = node.data.chunks.size();
+          if (before != nullptr && before->chunks[index] != d) {
+            // Changed after all: the deferred chunks first (chunk by chunk,
+            // as a fresh pass would add them), then on.
+            for (uint64_t at = 0; at < off; at += chunk_size) {
+              stats->Add(absl::string_view(reinterpret_cast<const char*>(bytes.data() + at),
+                                           std::min<uint64_t>(chunk_size, off - at)));
+            }
+            before = nullptr;
+          }
+          if (stats && before == nullptr) {
             stats->Add(absl::string_view(reinterpret_cast<const char*>(bytes.data() + off), len));
           }
           node.data.chunks.push_back(d);
           out.sources.emplace(d, ChunkSource{bytes.data() + off, len});
         }
-        if (stats) node.tensor.stats = stats->Finish();
+        if (stats) {
+          node.tensor.stats = before != nullptr ? before->stats : stats->Finish();
+          if (source == nullptr) {
+            current[next] = CachedStats{node.tensor.dtype, node.data.size, chunk_size,
+                                        node.data.chunks, *node.tensor.stats};
+          }
+        }
         out.chunks += node.data.chunks.size();
         out.data += node.data.size;
       }
@@ -193,7 +232,8 @@ absl::StatusOr<SaveResult> GrpcRawClient::RunSave(SaveStream* stream, const std:
     if (response.need().batch() != batch_index++) {
       return absl::InternalError("server answered the wrong node batch");
     }
-    CKPT_RETURN_IF_ERROR(SendChunks(stream, response.need(), current->sources, &result, broken));
+    CKPT_RETURN_IF_ERROR(
+        SendChunks(stream, response.need(), current->sources, borrowed, &result, broken));
     result.chunks_total += current->chunks;
     data_done += current->data;
     if (options.progress) options.progress(data_done, data_total);
@@ -203,15 +243,41 @@ absl::StatusOr<SaveResult> GrpcRawClient::RunSave(SaveStream* stream, const std:
   request.mutable_commit();
   CKPT_RETURN_IF_ERROR(Write(stream, request, broken));
   CKPT_RETURN_IF_ERROR(Read(stream, &response, v1::SaveResponse::kResult, broken));
+  KeepStats(name, std::move(current));
   result.version = rpc::FromProto(response.result().version());
   result.pruned_versions.assign(response.result().pruned_versions().begin(),
                                 response.result().pruned_versions().end());
   return result;
 }
 
+GrpcRawClient::StatsByNode GrpcRawClient::TakeStats(const std::string& name) {
+  std::lock_guard<std::mutex> lock(stats_mu_);
+  for (auto it = stats_cache_.begin(); it != stats_cache_.end(); ++it) {
+    if (it->first != name) continue;
+    StatsByNode taken = std::move(it->second);
+    stats_cache_.erase(it);
+    return taken;
+  }
+  return {};
+}
+
+void GrpcRawClient::KeepStats(const std::string& name, StatsByNode stats) {
+  if (stats.empty()) return;
+  std::lock_guard<std::mutex> lock(stats_mu_);
+  for (auto it = stats_cache_.begin(); it != stats_cache_.end(); ++it) {
+    if (it->first == name) {
+      stats_cache_.erase(it);
+      break;
+    }
+  }
+  stats_cache_.emplace_front(name, std::move(stats));
+  if (stats_cache_.size() > kStatsCacheNames) stats_cache_.pop_back();
+}
+
 absl::Status GrpcRawClient::SendChunks(SaveStream* stream, const v1::NeedChunks& need,
                                        const absl::flat_hash_map<Digest, ChunkSource>& sources,
-                                       SaveResult* result, bool* broken) {
+                                       rpc::BorrowedSlices* borrowed, SaveResult* result,
+                                       bool* broken) {
   // Pieces of at most kPieceBytes per message, referencing the input's
   // bytes (it stays unchanged until the save returns); pulled chunks are
   // copied, their buffer is reused.
@@ -220,7 +286,7 @@ absl::Status GrpcRawClient::SendChunks(SaveStream* stream, const v1::NeedChunks&
   std::string scratch;  // one pulled chunk (DataSource nodes)
   auto flush = [&]() -> absl::Status {
     if (pieces.empty()) return absl::OkStatus();
-    CKPT_RETURN_IF_ERROR(Write(stream, rpc::EncodeChunkBatch(pieces), broken));
+    CKPT_RETURN_IF_ERROR(Write(stream, rpc::EncodeChunkBatch(pieces, borrowed), broken));
     pieces.clear();
     batch_bytes = 0;
     return absl::OkStatus();

@@ -6,8 +6,11 @@
 // bytes, instead of copying them into a protobuf message and again into
 // gRPC's buffer. Internal to server/ and client/.
 
+#include <condition_variable>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include "absl/status/status.h"
@@ -42,10 +45,39 @@ struct BorrowedPiece {
   bool copy = false;
 };
 
+/// Counts the borrowed slices of EncodeChunkBatch that gRPC still holds: a
+/// call whose messages borrow memory must not return (letting the caller
+/// free it) before WaitUntilReleased() does. gRPC may hold a slice past
+/// the write that sent it, until its transport has written or dropped it.
+class BorrowedSlices {
+ public:
+  BorrowedSlices() = default;
+  BorrowedSlices(const BorrowedSlices&) = delete;
+  BorrowedSlices& operator=(const BorrowedSlices&) = delete;
+  ~BorrowedSlices() { WaitUntilReleased(); }
+
+  /// Returns once gRPC holds none of the slices counted here.
+  void WaitUntilReleased();
+
+  // For EncodeChunkBatch: one more slice held.
+  void Acquire();
+  // The slices' destroy callback.
+  static void Release(void* self);
+
+ private:
+  std::mutex mu_;
+  std::condition_variable released_;
+  size_t held_ = 0;
+};
+
 /// SaveRequest{chunks: ChunkBatch{pieces}} as gRPC message bytes, identical
 /// to what serializing that message would produce; each piece's bytes are
-/// referenced, not copied (unless it asks to be).
-grpc::ByteBuffer EncodeChunkBatch(absl::Span<const BorrowedPiece> pieces);
+/// referenced, not copied (unless it asks to be, or is under
+/// kCopyPiecesBelow bytes), and counted in `borrowed` until gRPC lets go.
+grpc::ByteBuffer EncodeChunkBatch(absl::Span<const BorrowedPiece> pieces, BorrowedSlices* borrowed);
+
+/// Pieces smaller than this are copied (a slice each would cost more).
+inline constexpr size_t kCopyPiecesBelow = 4096;
 
 /// Serializes `message` (copying) into a ByteBuffer.
 grpc::ByteBuffer ToByteBuffer(const google::protobuf::MessageLite& message);

@@ -341,6 +341,9 @@ class SaveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc:
         // The whole chunk in one piece: handed over, no copy.
         CKPT_RETURN_IF_ERROR(upload_->PutChunk(digest, std::move(*piece.mutable_data())));
       } else {
+        // Sized once (the declared length, checked against max_chunk_bytes):
+        // the buffer is handed over with the chunk, so it never grows twice.
+        if (buffer_.empty()) buffer_.reserve(current_length_);
         buffer_.append(data);
         if (buffer_.size() < current_length_) continue;
         CKPT_RETURN_IF_ERROR(upload_->PutChunk(digest, std::move(buffer_)));

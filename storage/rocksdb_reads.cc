@@ -83,19 +83,28 @@ absl::Status RocksDbStore::ReadChunk(absl::string_view name, const Digest& diges
 
 namespace {
 
-// A snapshot, and the iterator that read a chunk on it (if any): what keeps
-// a chunk read without a copy valid.
+// A read's snapshot, and the iterator left on a chunk read without a copy:
+// the iterator alone keeps the chunk's bytes valid (it is never moved); the
+// snapshot is let go as soon as the chunk is found, so that a load held by
+// a slow client does not keep deleted chunks from being collected. Holds
+// the StoreCore: gRPC may release the bytes after the store is closed.
 struct PinnedRead {
-  explicit PinnedRead(rocksdb::DB* db) : db(db), snapshot(db->GetSnapshot()) {}
+  explicit PinnedRead(std::shared_ptr<internal::StoreCore> core)
+      : core(std::move(core)), snapshot(this->core->db->GetSnapshot()) {}
   ~PinnedRead() {
     it.reset();
-    db->ReleaseSnapshot(snapshot);
+    ReleaseSnapshot();
   }
   PinnedRead(const PinnedRead&) = delete;
   PinnedRead& operator=(const PinnedRead&) = delete;
 
-  rocksdb::DB* const db;
-  const rocksdb::Snapshot* const snapshot;
+  void ReleaseSnapshot() {
+    if (snapshot != nullptr) core->db->ReleaseSnapshot(snapshot);
+    snapshot = nullptr;
+  }
+
+  const std::shared_ptr<internal::StoreCore> core;
+  const rocksdb::Snapshot* snapshot;
   std::unique_ptr<rocksdb::Iterator> it;
 };
 
@@ -107,7 +116,7 @@ absl::StatusOr<Store::SharedBytes> RocksDbStore::ReadSharedChunk(absl::string_vi
   absl::string_view ns = NamespaceOf(name);
   // One snapshot for both reads: a concurrent GC cannot remove the chunk
   // between them.
-  auto pinned = std::make_shared<PinnedRead>(core_->db);
+  auto pinned = std::make_shared<PinnedRead>(core_);
   rocksdb::ReadOptions ro;
   ro.snapshot = pinned->snapshot;
   std::string ref_bytes;
@@ -132,6 +141,7 @@ absl::StatusOr<Store::SharedBytes> RocksDbStore::ReadSharedChunk(absl::string_vi
     pinned->it.reset(core_->db->NewIterator(ro, core_->chunks_cf));
     pinned->it->Seek(key);
     if (pinned->it->Valid() && pinned->it->key() == key) {
+      pinned->ReleaseSnapshot();
       const rocksdb::Slice value = pinned->it->value();
       const absl::string_view bytes(value.data(), value.size());
       CKPT_RETURN_IF_ERROR(internal::VerifyChunkBytes(digest, ref->length, bytes));

@@ -225,6 +225,7 @@ absl::Status RocksDbUpload::FinishFile() {
 absl::Status RocksDbUpload::SealImpl() {
   if (written_.empty()) return absl::OkStatus();
   CKPT_RETURN_IF_ERROR(Drain());
+  StopWriter();  // idle now; a part may wait long for its save to resolve
   // Recorded before the chunks enter the database: after a crash in
   // between, GC finds and removes them.
   CKPT_RETURN_IF_ERROR(WritePending(/*sync=*/true));

@@ -109,6 +109,41 @@ TEST_F(StatsTest, StatisticsAreStoredAndReturned) {
   EXPECT_FALSE(manifest.tree[2].tensor.stats.has_value());
 }
 
+// A client keeps the statistics of its last save of a name: a tensor whose
+// chunks all hash as before keeps them unread, a tensor changed in any chunk
+// gets them afresh. Either way they equal what a new client computes.
+TEST_F(StatsTest, IncrementalSavesKeepTheStatisticsOfUnchangedTensorsOnly) {
+  auto fresh_stats = [&](const std::vector<float>& w, int step) -> std::vector<TensorStats> {
+    auto fresh = client::RawClient::Connect(address(), {});
+    EXPECT_TRUE(fresh.ok());
+    testing::TreeBuilder b = Model(w);
+    const std::string name = "a/fresh-" + std::to_string(step);
+    EXPECT_TRUE((*fresh)->Save(name, b.Input(), {}).ok());
+    auto manifest = (*fresh)->GetManifest(name, 0, "");
+    EXPECT_TRUE(manifest.ok());
+    return {*manifest->tree[2].tensor.stats, *manifest->tree[3].tensor.stats};
+  };
+  std::vector<float> w = Weights();
+  std::vector<std::vector<float>> steps = {w};
+  w.back() = 100;  // the last chunk changes
+  steps.push_back(w);
+  w.front() = -100;  // the first one too
+  steps.push_back(w);
+  steps.push_back(w);  // nothing changes
+  for (size_t i = 0; i < steps.size(); ++i) {
+    SCOPED_TRACE(i);
+    ASSERT_OK_AND_ASSIGN(client::SaveResult saved, Save("a/inc", steps[i]));
+    ASSERT_OK_AND_ASSIGN(client::LoadedValue manifest,
+                         client_->GetManifest("a/inc", saved.version.version, ""));
+    const std::vector<TensorStats> want = fresh_stats(steps[i], static_cast<int>(i));
+    ASSERT_TRUE(manifest.tree[2].tensor.stats.has_value());
+    EXPECT_TRUE(*manifest.tree[2].tensor.stats == want[0]);
+    EXPECT_TRUE(*manifest.tree[3].tensor.stats == want[1]);
+    EXPECT_EQ(manifest.tree[2].tensor.stats->max, i == 0 ? 3.0 : 100.0);
+    EXPECT_EQ(manifest.tree[2].tensor.stats->min, i < 2 ? -3.0 : -100.0);
+  }
+}
+
 TEST_F(StatsTest, TheSaveOptionRefusesNonFiniteValuesAndCommitsNothing) {
   client::SaveOptions guard;
   guard.reject_nonfinite = true;

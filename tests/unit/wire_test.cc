@@ -86,7 +86,8 @@ TEST(WireTest, ChunkBatchIsTheSerializedSaveRequestWithBorrowedBytes) {
     piece->set_offset(p.offset);
     piece->set_data(std::string(p.bytes));
   }
-  grpc::ByteBuffer encoded = EncodeChunkBatch(pieces);
+  BorrowedSlices borrowed;
+  grpc::ByteBuffer encoded = EncodeChunkBatch(pieces, &borrowed);
   EXPECT_EQ(Flatten(encoded), expected.SerializeAsString());
 
   big[0] = 'B';
@@ -100,6 +101,8 @@ TEST(WireTest, ChunkBatchIsTheSerializedSaveRequestWithBorrowedBytes) {
   EXPECT_EQ(parsed.chunks().pieces(2).data(), "scratch");  // copied
   EXPECT_EQ(parsed.chunks().pieces(2).digest(), "");
   EXPECT_EQ(parsed.chunks().pieces(3).data(), "");
+  encoded.Clear();  // the last slice of `big` let go: `borrowed` returns at once
+  borrowed.WaitUntilReleased();
 }
 
 TEST(WireTest, MessagesRoundTripAndGarbageIsInvalidArgument) {
