@@ -127,7 +127,10 @@ class Service : public grpc::CallbackGenericService {
   };
 };
 
-int Serve() {
+// Serves with `bytes` ready to be sent (filled before the port is printed,
+// so that no download is timed filling it).
+int Serve(uint64_t bytes) {
+  EnsureSource(bytes);
   Service service;
   grpc::ServerBuilder builder;
   int port = 0;
@@ -228,7 +231,8 @@ int Measure(uint64_t bytes, int runs) {
     dup2(from_child[1], 1);
     close(to_child[1]);
     close(from_child[0]);
-    execl("/proc/self/exe", "bench_grpc", "serve", nullptr);
+    const std::string size = std::to_string(bytes);
+    execl("/proc/self/exe", "bench_grpc", "serve", "--bytes", size.c_str(), nullptr);
     _exit(127);
   }
   close(to_child[0]);
@@ -274,7 +278,9 @@ int main(int argc, char** argv) {
   app.add_option("--runs", runs, "how many uploads and downloads (one line each)")
       ->capture_default_str();
   auto* serve = app.add_subcommand("serve", "be the peer (prints its port, runs until stdin ends)");
+  uint64_t serve_bytes = 0;
+  serve->add_option("--bytes", serve_bytes, "bytes to have ready for downloads");
   CLI11_PARSE(app, argc, argv);
-  if (serve->parsed()) return ckpt::bench::Serve();
+  if (serve->parsed()) return ckpt::bench::Serve(serve_bytes);
   return ckpt::bench::Measure(bytes, runs);
 }
