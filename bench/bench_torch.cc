@@ -144,12 +144,22 @@ absl::StatusOr<Figures> RunOnce(const Workload& w, uint64_t seed, const std::str
   double client_base = 0, server_base = 0;
   std::unique_ptr<AnonPeakSampler> server_heap;
   double client_cpu = 0, server_cpu = 0;
+  // `perf record` of client and server into DIR/<workload>-<what>.data.
+  auto record = [&](const std::string& what) -> std::unique_ptr<PerfRecord> {
+    if (perf_dir.empty()) return nullptr;
+    const std::string path = absl::StrCat(perf_dir, "/", w.name, "-", what, ".data");
+    auto started = PerfRecord::Start({getpid(), server_pid}, path);
+    if (!started) {
+      std::fprintf(stderr,
+                   "bench_torch: perf record did not start for %s (run as root, or lower "
+                   "/proc/sys/kernel/perf_event_paranoid)\n",
+                   path.c_str());
+    }
+    return started;
+  };
   std::unique_ptr<PerfRecord> perf;
   auto start_peak = [&](const std::string& what) {
-    if (!perf_dir.empty()) {
-      perf = PerfRecord::Start({getpid(), server_pid},
-                               absl::StrCat(perf_dir, "/", w.name, "-", what, ".data"));
-    }
+    perf = record(what);
     client_cpu = CpuSeconds(getpid());
     server_cpu = CpuSeconds(server_pid);
     client_base = RssMiB(getpid());
@@ -194,11 +204,7 @@ absl::StatusOr<Figures> RunOnce(const Workload& w, uint64_t seed, const std::str
       }
     }
   }
-  std::unique_ptr<PerfRecord> inc_perf;
-  if (!perf_dir.empty()) {
-    inc_perf = PerfRecord::Start({getpid(), server_pid},
-                                 absl::StrCat(perf_dir, "/", w.name, "-incremental.data"));
-  }
+  std::unique_ptr<PerfRecord> inc_perf = record("incremental");
   const double inc_client_cpu = CpuSeconds(getpid()), inc_server_cpu = CpuSeconds(server_pid);
   t0 = Clock::now();
   auto inc = (*client)->Save(name, sd, {});
@@ -337,6 +343,10 @@ int Run(int argc, char** argv) {
     return 2;
   }
   if (!python_path.empty()) python = python_path;
+  if (!perf_dir.empty() && FindProgram("perf").empty()) {
+    std::fprintf(stderr, "bench_torch: --perf needs perf (Debian package linux-perf)\n");
+    return 2;
+  }
   testing::TempDir dir;
   std::printf(
       "ckpt LibTorch client benchmark, scale %.3g, %d run(s) per workload: median "
