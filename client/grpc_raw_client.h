@@ -51,10 +51,8 @@ class GrpcRawClient final : public RawClient {
                                   const SaveOptions& options) override;
 
   // The Save stream on `context`, cancelled when it fails on our side.
-  // `borrowed` counts the chunk slices that reference `input`.
   absl::StatusOr<SaveResult> RunSaveCall(grpc::ClientContext& context, const std::string& name,
-                                         const SaveInput& input, const SaveOptions& options,
-                                         rpc::BorrowedSlices* borrowed);
+                                         const SaveInput& input, const SaveOptions& options);
 
   absl::Status Load(const std::string& name, const LoadOptions& options, LoadSink* sink) override;
 
@@ -176,8 +174,9 @@ class GrpcRawClient final : public RawClient {
     absl::Status status_;
   };
 
-  // Save is called raw: its chunk messages reference the tensors' bytes
-  // (rpc::EncodeChunkBatch) instead of copying them into protobuf messages.
+  // Save is called raw: its chunk messages are encoded by
+  // rpc::EncodeChunkBatch (one copy of the tensors' bytes, not a protobuf
+  // message's two).
   static constexpr char kSaveMethod[] = "/ckpt.v1.CheckpointService/Save";
   using SaveStream = grpc::ClientReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>;
 
@@ -189,11 +188,11 @@ class GrpcRawClient final : public RawClient {
 
   absl::StatusOr<SaveResult> RunSave(SaveStream* stream, const std::string& name,
                                      const SaveInput& input, const SaveOptions& options,
-                                     rpc::BorrowedSlices* borrowed, bool* broken);
+                                     bool* broken);
 
   absl::Status SendChunks(SaveStream* stream, const v1::NeedChunks& need,
                           const absl::flat_hash_map<Digest, ChunkSource>& sources,
-                          rpc::BorrowedSlices* borrowed, SaveResult* result, bool* broken);
+                          SaveResult* result, bool* broken);
 
   absl::Status RunLoad(grpc::ClientReader<v1::LoadResponse>* stream,
                        const std::vector<TensorSlice>& slices, LoadSink* sink, bool* broken);

@@ -23,15 +23,11 @@ using rpc::kPieceBytes;
 
 absl::StatusOr<SaveResult> GrpcRawClient::Save(const std::string& name, const SaveInput& input,
                                                const SaveOptions& options) {
-  // Destroyed last, after the call: waits until gRPC holds no slice of
-  // `input` (after a failure it may, for a moment), so that the caller may
-  // free it once Save returns.
-  rpc::BorrowedSlices borrowed;
   grpc::ClientContext context;
   Prepare(&context, options.timeout);
   InFlight in_flight(this, &context);
   CKPT_RETURN_IF_ERROR(in_flight.status());
-  absl::StatusOr<SaveResult> result = RunSaveCall(context, name, input, options, &borrowed);
+  absl::StatusOr<SaveResult> result = RunSaveCall(context, name, input, options);
   if (result.ok()) return result;
   return in_flight.Outcome(result.status(), "the save");
 }
@@ -39,14 +35,12 @@ absl::StatusOr<SaveResult> GrpcRawClient::Save(const std::string& name, const Sa
 absl::StatusOr<SaveResult> GrpcRawClient::RunSaveCall(grpc::ClientContext& context,
                                                       const std::string& name,
                                                       const SaveInput& input,
-                                                      const SaveOptions& options,
-                                                      rpc::BorrowedSlices* borrowed) {
+                                                      const SaveOptions& options) {
   std::unique_ptr<SaveStream> stream(
       grpc::internal::ClientReaderWriterFactory<grpc::ByteBuffer, grpc::ByteBuffer>::Create(
           channel_.get(), save_method_, &context));
   bool broken = false;
-  absl::StatusOr<SaveResult> result =
-      RunSave(stream.get(), name, input, options, borrowed, &broken);
+  absl::StatusOr<SaveResult> result = RunSave(stream.get(), name, input, options, &broken);
   if (result.ok()) {
     stream->WritesDone();
     grpc::Status status = stream->Finish();
@@ -95,8 +89,7 @@ absl::Status GrpcRawClient::Read(SaveStream* stream, v1::SaveResponse* response,
 
 absl::StatusOr<SaveResult> GrpcRawClient::RunSave(SaveStream* stream, const std::string& name,
                                                   const SaveInput& input,
-                                                  const SaveOptions& options,
-                                                  rpc::BorrowedSlices* borrowed, bool* broken) {
+                                                  const SaveOptions& options, bool* broken) {
   const Tree& tree = input.tree;
   if (tree.empty()) return absl::InvalidArgumentError("nothing to save: empty tree");
   if (input.bytes.size() != tree.size()) {
@@ -232,8 +225,7 @@ absl::StatusOr<SaveResult> GrpcRawClient::RunSave(SaveStream* stream, const std:
     if (response.need().batch() != batch_index++) {
       return absl::InternalError("server answered the wrong node batch");
     }
-    CKPT_RETURN_IF_ERROR(
-        SendChunks(stream, response.need(), current->sources, borrowed, &result, broken));
+    CKPT_RETURN_IF_ERROR(SendChunks(stream, response.need(), current->sources, &result, broken));
     result.chunks_total += current->chunks;
     data_done += current->data;
     if (options.progress) options.progress(data_done, data_total);
@@ -276,17 +268,15 @@ void GrpcRawClient::KeepStats(const std::string& name, StatsByNode stats) {
 
 absl::Status GrpcRawClient::SendChunks(SaveStream* stream, const v1::NeedChunks& need,
                                        const absl::flat_hash_map<Digest, ChunkSource>& sources,
-                                       rpc::BorrowedSlices* borrowed, SaveResult* result,
-                                       bool* broken) {
-  // Pieces of at most kPieceBytes per message, referencing the input's
-  // bytes (it stays unchanged until the save returns); pulled chunks are
-  // copied, their buffer is reused.
-  std::vector<rpc::BorrowedPiece> pieces;
+                                       SaveResult* result, bool* broken) {
+  // Pieces of at most kPieceBytes per message, viewing the input's bytes
+  // (or the scratch buffer of a pulled chunk) until the message is encoded.
+  std::vector<rpc::ChunkPieceView> pieces;
   size_t batch_bytes = 0;
   std::string scratch;  // one pulled chunk (DataSource nodes)
   auto flush = [&]() -> absl::Status {
     if (pieces.empty()) return absl::OkStatus();
-    CKPT_RETURN_IF_ERROR(Write(stream, rpc::EncodeChunkBatch(pieces, borrowed), broken));
+    CKPT_RETURN_IF_ERROR(Write(stream, rpc::EncodeChunkBatch(pieces), broken));
     pieces.clear();
     batch_bytes = 0;
     return absl::OkStatus();
@@ -299,9 +289,8 @@ absl::Status GrpcRawClient::SendChunks(SaveStream* stream, const v1::NeedChunks&
           absl::StrCat("server asked for chunk ", digest.Hex(), " not in this batch"));
     }
     ChunkSource src = it->second;
-    const bool pulled = src.source != nullptr;
-    if (pulled) {
-      // Whatever waits still points into the scratch buffer: send it first.
+    if (src.source != nullptr) {
+      // Whatever waits may still view the scratch buffer: send it first.
       CKPT_RETURN_IF_ERROR(flush());
       scratch.resize(src.length);
       CKPT_RETURN_IF_ERROR(src.source->Read(
@@ -311,9 +300,8 @@ absl::Status GrpcRawClient::SendChunks(SaveStream* stream, const v1::NeedChunks&
     for (size_t off = 0; off < src.length;) {
       if (batch_bytes >= kPieceBytes) CKPT_RETURN_IF_ERROR(flush());
       const size_t len = std::min(src.length - off, kPieceBytes - batch_bytes);
-      pieces.push_back({raw, off,
-                        absl::string_view(reinterpret_cast<const char*>(src.data) + off, len),
-                        pulled});
+      pieces.push_back(
+          {raw, off, absl::string_view(reinterpret_cast<const char*>(src.data) + off, len)});
       batch_bytes += len;
       off += len;
     }

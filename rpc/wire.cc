@@ -97,27 +97,10 @@ grpc::ByteBuffer EncodeDataBatch(absl::Span<const SharedPiece> pieces) {
   return EncodeBatch(kResponseData, encoded);
 }
 
-void BorrowedSlices::Acquire() {
-  std::lock_guard<std::mutex> lock(mu_);
-  ++held_;
-}
-
-void BorrowedSlices::Release(void* self) {
-  auto* borrowed = static_cast<BorrowedSlices*>(self);
-  std::lock_guard<std::mutex> lock(borrowed->mu_);
-  if (--borrowed->held_ == 0) borrowed->released_.notify_all();
-}
-
-void BorrowedSlices::WaitUntilReleased() {
-  std::unique_lock<std::mutex> lock(mu_);
-  released_.wait(lock, [&] { return held_ == 0; });
-}
-
-grpc::ByteBuffer EncodeChunkBatch(absl::Span<const BorrowedPiece> pieces,
-                                  BorrowedSlices* borrowed) {
+grpc::ByteBuffer EncodeChunkBatch(absl::Span<const ChunkPieceView> pieces) {
   std::vector<Encoded> encoded(pieces.size());
   for (size_t i = 0; i < pieces.size(); ++i) {
-    const BorrowedPiece& p = pieces[i];
+    const ChunkPieceView& p = pieces[i];
     Encoded& e = encoded[i];
     if (!p.digest.empty()) {
       e.fields.push_back(static_cast<char>(kPieceDigest));
@@ -128,14 +111,7 @@ grpc::ByteBuffer EncodeChunkBatch(absl::Span<const BorrowedPiece> pieces,
       e.fields.push_back(static_cast<char>(kPieceOffset));
       PutVarint(&e.fields, p.offset);
     }
-    if (p.bytes.empty()) continue;
-    if (p.copy || p.bytes.size() < kCopyPiecesBelow) {
-      e.payload = grpc::Slice(p.bytes.data(), p.bytes.size());
-    } else {
-      borrowed->Acquire();
-      e.payload = grpc::Slice(const_cast<char*>(p.bytes.data()), p.bytes.size(),
-                              &BorrowedSlices::Release, borrowed);
-    }
+    if (!p.bytes.empty()) e.payload = grpc::Slice(p.bytes.data(), p.bytes.size());
   }
   return EncodeBatch(kRequestChunks, encoded);
 }

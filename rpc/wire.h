@@ -6,11 +6,9 @@
 // bytes, instead of copying them into a protobuf message and again into
 // gRPC's buffer. Internal to server/ and client/.
 
-#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <string>
 
 #include "absl/status/status.h"
@@ -35,49 +33,20 @@ struct SharedPiece {
 /// slice of its owner.
 grpc::ByteBuffer EncodeDataBatch(absl::Span<const SharedPiece> pieces);
 
-/// One ChunkPiece whose bytes are borrowed: they must stay valid and
-/// unchanged until the call that sends the message has finished (a save's
-/// tensors do). `copy` copies them instead (bytes in a reused buffer).
-struct BorrowedPiece {
+/// One ChunkPiece to encode; its bytes are copied once, into the message.
+struct ChunkPieceView {
   absl::string_view digest;
   uint64_t offset = 0;
   absl::string_view bytes;
-  bool copy = false;
-};
-
-/// Counts the borrowed slices of EncodeChunkBatch that gRPC still holds: a
-/// call whose messages borrow memory must not return (letting the caller
-/// free it) before WaitUntilReleased() does. gRPC may hold a slice past
-/// the write that sent it, until its transport has written or dropped it.
-class BorrowedSlices {
- public:
-  BorrowedSlices() = default;
-  BorrowedSlices(const BorrowedSlices&) = delete;
-  BorrowedSlices& operator=(const BorrowedSlices&) = delete;
-  ~BorrowedSlices() { WaitUntilReleased(); }
-
-  /// Returns once gRPC holds none of the slices counted here.
-  void WaitUntilReleased();
-
-  // For EncodeChunkBatch: one more slice held.
-  void Acquire();
-  // The slices' destroy callback.
-  static void Release(void* self);
-
- private:
-  std::mutex mu_;
-  std::condition_variable released_;
-  size_t held_ = 0;
 };
 
 /// SaveRequest{chunks: ChunkBatch{pieces}} as gRPC message bytes, identical
-/// to what serializing that message would produce; each piece's bytes are
-/// referenced, not copied (unless it asks to be, or is under
-/// kCopyPiecesBelow bytes), and counted in `borrowed` until gRPC lets go.
-grpc::ByteBuffer EncodeChunkBatch(absl::Span<const BorrowedPiece> pieces, BorrowedSlices* borrowed);
-
-/// Pieces smaller than this are copied (a slice each would cost more).
-inline constexpr size_t kCopyPiecesBelow = 4096;
+/// to what serializing that message would produce, with each piece's bytes
+/// copied once into a slice gRPC owns (a protobuf message would take two
+/// copies). Not borrowed: gRPC may hold a message past the write that sent
+/// it (until its transport wrote or dropped it, which a peer that stopped
+/// reading can delay indefinitely), and a save must return at its deadline.
+grpc::ByteBuffer EncodeChunkBatch(absl::Span<const ChunkPieceView> pieces);
 
 /// Serializes `message` (copying) into a ByteBuffer.
 grpc::ByteBuffer ToByteBuffer(const google::protobuf::MessageLite& message);
