@@ -24,9 +24,9 @@ import urllib.request
 
 import torch
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 ARGS = None
@@ -119,9 +119,22 @@ class WebPageTest(unittest.TestCase):
         self.browser.get(self.base + path)
 
     def click(self, element):
-        """Clicks a link or button and waits for the next page."""
+        """Clicks a link or button and waits for the next page (the element gone
+        from the document; chromedriver may say so with a generic error)."""
         element.click()
-        WebDriverWait(self.browser, 30).until(expected_conditions.staleness_of(element))
+
+        def gone(_):
+            try:
+                element.is_enabled()
+                return False
+            except StaleElementReferenceException:
+                return True
+            except WebDriverException as e:
+                if "does not belong to the document" in str(e):
+                    return True
+                raise
+
+        WebDriverWait(self.browser, 30).until(gone)
 
     def login(self, token):
         self.open("/login")
