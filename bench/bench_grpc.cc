@@ -8,7 +8,6 @@
 //   bench_grpc --bytes N [--runs R]   prints "upload GB/s download GB/s" per run
 //   bench_grpc serve                  (what the first starts as its peer)
 
-#include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -23,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "grpcpp/generic/async_generic_service.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
@@ -223,23 +223,9 @@ double Transfer(grpc::GenericStub* stub, bool upload, uint64_t bytes) {
 }
 
 int Measure(uint64_t bytes, int runs) {
-  int to_child[2], from_child[2];
-  if (pipe2(to_child, O_CLOEXEC) != 0 || pipe2(from_child, O_CLOEXEC) != 0) return 1;
-  const pid_t pid = fork();
-  if (pid == 0) {
-    dup2(to_child[0], 0);
-    dup2(from_child[1], 1);
-    close(to_child[1]);
-    close(from_child[0]);
-    const std::string size = std::to_string(bytes);
-    execl("/proc/self/exe", "bench_grpc", "serve", "--bytes", size.c_str(), nullptr);
-    _exit(127);
-  }
-  close(to_child[0]);
-  close(from_child[1]);
+  Child peer = SpawnSelf({"bench_grpc", "serve", "--bytes", std::to_string(bytes)});
   char line[32] = {};
-  const ssize_t n = read(from_child[0], line, sizeof line - 1);
-  const int port = n > 0 ? std::atoi(line) : 0;
+  const int port = peer.out && std::fgets(line, sizeof line, peer.out) ? std::atoi(line) : 0;
   int rc = 1;
   if (port > 0) {
     grpc::ChannelArguments args;
@@ -258,9 +244,10 @@ int Measure(uint64_t bytes, int runs) {
       std::fflush(stdout);
     }
   }
-  close(to_child[1]);
+  if (peer.in) std::fclose(peer.in);  // the peer's signal to end
+  if (peer.out) std::fclose(peer.out);
   int status = 0;
-  waitpid(pid, &status, 0);
+  if (peer.pid > 0) waitpid(peer.pid, &status, 0);
   return rc;
 }
 

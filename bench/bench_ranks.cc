@@ -8,7 +8,6 @@
 //   bench_ranks [--scale F] [--ranks N] [--runs R] [--server PATH]
 //   bench_ranks worker ...   (what it starts as its writers and readers)
 
-#include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -171,34 +170,6 @@ int Worker(const WorkerArgs& a) {
   return 0;
 }
 
-struct Child {
-  pid_t pid = -1;
-  FILE* in = nullptr;   // its stdin
-  FILE* out = nullptr;  // its stdout
-};
-
-Child Spawn(const std::vector<std::string>& args) {
-  int to[2], from[2];
-  // Close-on-exec: a worker must not hold another's pipe ends (its EOF
-  // would never come).
-  if (pipe2(to, O_CLOEXEC) != 0 || pipe2(from, O_CLOEXEC) != 0) return {};
-  const pid_t pid = fork();
-  if (pid == 0) {
-    dup2(to[0], 0);
-    dup2(from[1], 1);
-    close(to[1]);
-    close(from[0]);
-    std::vector<char*> argv;
-    for (const auto& s : args) argv.push_back(const_cast<char*>(s.c_str()));
-    argv.push_back(nullptr);
-    execv("/proc/self/exe", argv.data());
-    _exit(127);
-  }
-  close(to[0]);
-  close(from[1]);
-  return {pid, fdopen(to[1], "w"), fdopen(from[0], "r")};
-}
-
 std::string ReadLine(FILE* f) {
   char line[1024];
   if (!std::fgets(line, sizeof line, f)) return "";
@@ -215,16 +186,16 @@ struct Outcome {
 Outcome RunWorkers(const WorkerArgs& base, int world, pid_t server_pid) {
   std::vector<Child> children;
   for (int r = 0; r < world; ++r) {
-    children.push_back(Spawn({"bench_ranks", "worker",
-                              "--address",   base.address,
-                              "--name",      base.name,
-                              "--op",        base.op,
-                              "--save-id",   base.save_id,
-                              "--scale",     absl::StrCat(base.scale),
-                              "--parts",     absl::StrCat(base.parts),
-                              "--rank",      absl::StrCat(r),
-                              "--world",     absl::StrCat(world),
-                              "--seed",      absl::StrCat(base.seed)}));
+    children.push_back(SpawnSelf({"bench_ranks", "worker",
+                                  "--address",   base.address,
+                                  "--name",      base.name,
+                                  "--op",        base.op,
+                                  "--save-id",   base.save_id,
+                                  "--scale",     absl::StrCat(base.scale),
+                                  "--parts",     absl::StrCat(base.parts),
+                                  "--rank",      absl::StrCat(r),
+                                  "--world",     absl::StrCat(world),
+                                  "--seed",      absl::StrCat(base.seed)}));
   }
   bool failed = false;
   for (auto& c : children) {

@@ -126,6 +126,37 @@ double DiskWriteGBps(const std::string& dir, uint64_t bytes) {
   return bytes / secs / 1e9;
 }
 
+Child SpawnSelf(const std::vector<std::string>& args) {
+  // Close-on-exec: a child must not hold another's pipe ends (its EOF would
+  // never come); dup2 onto 0 and 1 clears the flag for the child's own.
+  int to[2], from[2];
+  if (pipe2(to, O_CLOEXEC) != 0) return {};
+  if (pipe2(from, O_CLOEXEC) != 0) {
+    close(to[0]);
+    close(to[1]);
+    return {};
+  }
+  std::vector<char*> argv;
+  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  // posix_spawn, not fork: see testing::RunCommand.
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, to[0], 0);
+  posix_spawn_file_actions_adddup2(&actions, from[1], 1);
+  pid_t pid = -1;
+  const int spawned = posix_spawn(&pid, "/proc/self/exe", &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  close(to[0]);
+  close(from[1]);
+  if (spawned != 0) {
+    close(to[1]);
+    close(from[0]);
+    return {};
+  }
+  return {pid, fdopen(to[1], "w"), fdopen(from[0], "r")};
+}
+
 double CpuSeconds(pid_t pid) {
   std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
   std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());

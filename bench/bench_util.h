@@ -8,6 +8,7 @@
 #include <CLI/CLI.hpp>
 #include <atomic>
 #include <cstdint>
+#include <cstdio>
 #include <memory>
 #include <string>
 #include <thread>
@@ -104,6 +105,16 @@ struct BareGrpc {
 };
 /// {0, 0} where bench_grpc is missing or fails.
 BareGrpc BareGrpcGBps(uint64_t bytes);
+
+/// A copy of this program (/proc/self/exe) started with `args` (args[0]
+/// its name), its stdin and stdout pipes to us; pid -1 (and null streams)
+/// if it could not be started. Closing `in` is its signal to end.
+struct Child {
+  pid_t pid = -1;
+  FILE* in = nullptr;   // its stdin
+  FILE* out = nullptr;  // its stdout
+};
+Child SpawnSelf(const std::vector<std::string>& args);
 
 /// Median and range of one figure over a benchmark's runs.
 struct Summary {

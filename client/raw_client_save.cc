@@ -2,6 +2,7 @@
 // then the chunks the server asks for, in pieces of at most rpc::kPieceBytes.
 
 #include <algorithm>
+#include <deque>
 #include <future>
 #include <optional>
 
@@ -270,14 +271,17 @@ absl::Status GrpcRawClient::SendChunks(SaveStream* stream, const v1::NeedChunks&
                                        const absl::flat_hash_map<Digest, ChunkSource>& sources,
                                        SaveResult* result, bool* broken) {
   // Pieces of at most kPieceBytes per message, viewing the input's bytes
-  // (or the scratch buffer of a pulled chunk) until the message is encoded.
+  // (or, for DataSource nodes, the chunks pulled for this message; a deque
+  // never moves them) until the message is encoded.
   std::vector<rpc::ChunkPieceView> pieces;
+  std::deque<std::string> pulled;
   size_t batch_bytes = 0;
-  std::string scratch;  // one pulled chunk (DataSource nodes)
   auto flush = [&]() -> absl::Status {
     if (pieces.empty()) return absl::OkStatus();
     CKPT_RETURN_IF_ERROR(Write(stream, rpc::EncodeChunkBatch(pieces), broken));
     pieces.clear();
+    // The last pulled chunk may be the one being cut into pieces: it stays.
+    while (pulled.size() > 1) pulled.pop_front();
     batch_bytes = 0;
     return absl::OkStatus();
   };
@@ -290,12 +294,10 @@ absl::Status GrpcRawClient::SendChunks(SaveStream* stream, const v1::NeedChunks&
     }
     ChunkSource src = it->second;
     if (src.source != nullptr) {
-      // Whatever waits may still view the scratch buffer: send it first.
-      CKPT_RETURN_IF_ERROR(flush());
-      scratch.resize(src.length);
+      std::string& chunk = pulled.emplace_back(src.length, '\0');
       CKPT_RETURN_IF_ERROR(src.source->Read(
-          src.offset, absl::Span<uint8_t>(reinterpret_cast<uint8_t*>(scratch.data()), src.length)));
-      src.data = reinterpret_cast<const uint8_t*>(scratch.data());
+          src.offset, absl::Span<uint8_t>(reinterpret_cast<uint8_t*>(chunk.data()), src.length)));
+      src.data = reinterpret_cast<const uint8_t*>(chunk.data());
     }
     for (size_t off = 0; off < src.length;) {
       if (batch_bytes >= kPieceBytes) CKPT_RETURN_IF_ERROR(flush());

@@ -250,7 +250,6 @@ void RocksDbUpload::RemoveFiles() {
 }
 
 void RocksDbUpload::Abandon() {
-  StopWriter();
   writer_.reset();  // Abandons an unfinished file.
   RemoveFiles();
 }

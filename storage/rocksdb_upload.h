@@ -113,7 +113,8 @@ class RocksDbUpload final : public Upload {
   absl::Status SealImpl();
   void RemoveFiles();
 
-  // Drops what an uncommitted upload holds. Chunks already in the database
+  // Drops what an uncommitted upload holds, once the writer thread has
+  // stopped (only the destructor calls it). Chunks already in the database
   // stay there until CollectGarbage finds the pending record.
   void Abandon();
 

@@ -4,12 +4,14 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <memory>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "client/raw_client.h"
 #include "server/server.h"
 #include "tests/testing/server_fixture.h"
+#include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
 #include "tests/testing/tree_matchers.h"
 #include "tests/testing/trees.h"
@@ -188,6 +190,47 @@ TEST_F(ServiceTest, IncrementalSaveSendsOnlyChangedChunks) {
   // Dedup is per namespace: another namespace stores its own copy.
   auto other = client_->Save("other/m", b.Input(), {});
   EXPECT_EQ(other->bytes_sent, 20u * (256 << 10));
+}
+
+// Nodes whose bytes are pulled through a DataSource (what the LibTorch
+// client uses for device tensors) mixed with nodes in memory: the pulled
+// chunks share messages with the others and straddle message boundaries
+// (odd sizes), and everything loads back byte for byte.
+TEST_F(ServiceTest, PulledNodesShareMessagesAndLoadBackEqual) {
+  class Pull : public client::DataSource {
+   public:
+    explicit Pull(const std::string* bytes) : bytes_(bytes) {}
+    absl::Status Read(uint64_t offset, absl::Span<uint8_t> out) override {
+      std::memcpy(out.data(), bytes_->data() + offset, out.size());
+      bytes_read += out.size();
+      return absl::OkStatus();
+    }
+    uint64_t bytes_read = 0;
+
+   private:
+    const std::string* bytes_;
+  };
+  TreeBuilder b;
+  b.Dict(12);
+  for (int i = 0; i < 12; ++i) {
+    b.Tensor("t" + std::to_string(i), DType::kUInt8, {i == 0 ? 100003 : 300001}, 40 + i);
+  }
+  client::SaveInput input = b.Input();
+  input.sources.assign(input.tree.size(), nullptr);
+  std::vector<std::unique_ptr<Pull>> pulls;
+  for (size_t node = 2; node < input.tree.size(); node += 2) {
+    pulls.push_back(std::make_unique<Pull>(&b.data(node)));
+    input.sources[node] = pulls.back().get();
+    input.bytes[node] = {};
+  }
+  ASSERT_OK_AND_ASSIGN(client::SaveResult saved, client_->Save("pulled/m", input, {}));
+  EXPECT_EQ(saved.bytes_sent, 100003u + 11 * 300001u);
+  for (const auto& pull : pulls) EXPECT_EQ(pull->bytes_read, 2 * 300001u);  // hashed, sent
+  ASSERT_OK_AND_ASSIGN(client::LoadedValue loaded, client_->Load("pulled/m", {}));
+  ASSERT_EQ(loaded.data.size(), input.tree.size());
+  for (size_t node = 1; node < input.tree.size(); ++node) {
+    EXPECT_EQ(loaded.data[node], b.data(node)) << "node " << node;
+  }
 }
 
 TEST_F(ServiceTest, PatternsSelectKeysAndOnlyTheirBytes) {

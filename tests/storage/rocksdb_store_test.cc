@@ -441,6 +441,14 @@ TEST(RocksDbSharedReadTest, ChunksReadWithoutACopyStayValidWhileHeld) {
                        store->ReadSharedChunk("a/b", Digest::Of(small)));
   EXPECT_EQ(big_read.bytes, big);
   EXPECT_EQ(small_read.bytes, small);
+  // Not copied: a second read of the large chunk sees the same bytes in
+  // place (the memory-mapped file); the small one gets a copy of its own.
+  ASSERT_OK_AND_ASSIGN(Store::SharedBytes big_again,
+                       store->ReadSharedChunk("a/b", Digest::Of(big)));
+  ASSERT_OK_AND_ASSIGN(Store::SharedBytes small_again,
+                       store->ReadSharedChunk("a/b", Digest::Of(small)));
+  EXPECT_EQ(big_again.bytes.data(), big_read.bytes.data());
+  EXPECT_NE(small_again.bytes.data(), small_read.bytes.data());
   std::string copy;
   ASSERT_OK(store->ReadChunk("a/b", Digest::Of(big), &copy));
   EXPECT_EQ(copy, big);
