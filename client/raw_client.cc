@@ -283,7 +283,7 @@ absl::StatusOr<std::unique_ptr<RawClient>> RawClient::Connect(const std::string&
                         Credentials(options));
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(kMaxResponseBytes);
-  args.SetMaxSendMessageSize(4 << 20);
+  args.SetMaxSendMessageSize(static_cast<int>(rpc::kMaxRequestBytes));
   if (!options.tls_server_name.empty()) args.SetSslTargetNameOverride(options.tls_server_name);
   auto channel = grpc::CreateCustomChannel(target, credentials, args);
   if (!channel->WaitForConnected(absl::ToChronoTime(absl::Now() + options.connect_timeout))) {

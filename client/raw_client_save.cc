@@ -21,6 +21,7 @@ namespace ckpt::client {
 
 using rpc::kMaxBatchNodes;
 using rpc::kPieceBytes;
+using rpc::MessageDataBytes;
 
 absl::StatusOr<SaveResult> GrpcRawClient::Save(const std::string& name, const SaveInput& input,
                                                const SaveOptions& options) {
@@ -107,6 +108,7 @@ absl::StatusOr<SaveResult> GrpcRawClient::RunSave(SaveStream* stream, const std:
     chunk_size = std::min(options_.chunk_size, response.accepted().max_chunk_bytes());
   }
   if (chunk_size == 0) return absl::InternalError("server announced chunk size 0");
+  const size_t message_data = MessageDataBytes(response.accepted().max_message_bytes(), chunk_size);
 
   SaveResult result;
   uint64_t data_done = 0, data_total = 0;
@@ -226,7 +228,8 @@ absl::StatusOr<SaveResult> GrpcRawClient::RunSave(SaveStream* stream, const std:
     if (response.need().batch() != batch_index++) {
       return absl::InternalError("server answered the wrong node batch");
     }
-    CKPT_RETURN_IF_ERROR(SendChunks(stream, response.need(), current->sources, &result, broken));
+    CKPT_RETURN_IF_ERROR(
+        SendChunks(stream, response.need(), current->sources, message_data, &result, broken));
     result.chunks_total += current->chunks;
     data_done += current->data;
     if (options.progress) options.progress(data_done, data_total);
@@ -269,7 +272,7 @@ void GrpcRawClient::KeepStats(const std::string& name, StatsByNode stats) {
 
 absl::Status GrpcRawClient::SendChunks(SaveStream* stream, const v1::NeedChunks& need,
                                        const absl::flat_hash_map<Digest, ChunkSource>& sources,
-                                       SaveResult* result, bool* broken) {
+                                       size_t message_data, SaveResult* result, bool* broken) {
   // Pieces of at most kPieceBytes per message, viewing the input's bytes
   // (or, for DataSource nodes, the chunks pulled for this message; a deque
   // never moves them) until the message is encoded.
@@ -299,9 +302,14 @@ absl::Status GrpcRawClient::SendChunks(SaveStream* stream, const v1::NeedChunks&
           src.offset, absl::Span<uint8_t>(reinterpret_cast<uint8_t*>(chunk.data()), src.length)));
       src.data = reinterpret_cast<const uint8_t*>(chunk.data());
     }
+    // A chunk that fits in one message goes whole, in one piece: the
+    // server then stores the bytes it received without assembling them.
+    if (src.length <= message_data && src.length > message_data - batch_bytes) {
+      CKPT_RETURN_IF_ERROR(flush());
+    }
     for (size_t off = 0; off < src.length;) {
-      if (batch_bytes >= kPieceBytes) CKPT_RETURN_IF_ERROR(flush());
-      const size_t len = std::min(src.length - off, kPieceBytes - batch_bytes);
+      if (batch_bytes >= message_data) CKPT_RETURN_IF_ERROR(flush());
+      const size_t len = std::min(src.length - off, message_data - batch_bytes);
       pieces.push_back(
           {raw, off, absl::string_view(reinterpret_cast<const char*>(src.data) + off, len)});
       batch_bytes += len;

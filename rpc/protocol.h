@@ -5,12 +5,33 @@
 // checkpoint.proto says what each message holds).
 
 #include <cstddef>
+#include <cstdint>
 
 namespace ckpt::rpc {
 
-/// Largest piece of chunk data in one DataPiece or ChunkPiece; batches of
-/// small pieces are filled up to it. 1 MiB messages stream best over loopback.
+/// Largest piece of data in one DataPiece, and of chunk data in one
+/// ChunkPiece unless the chunk goes whole (MessageDataBytes); batches of
+/// small pieces are filled up to it.
 inline constexpr size_t kPieceBytes = size_t{1} << 20;
+
+/// What a message keeps for everything but chunk data (digests, offsets,
+/// framing): a server accepts messages of at least kPieceBytes plus this.
+inline constexpr size_t kMessageHeadroom = size_t{64} << 10;
+
+/// The largest message a client sends: a 4 MiB chunk and its headroom.
+inline constexpr size_t kMaxRequestBytes = (size_t{4} << 20) + kMessageHeadroom;
+
+/// Data bytes a client puts in one Save chunk message to a server that
+/// accepts messages of up to `max_message_bytes`: a whole chunk of
+/// `chunk_size` when it fits (the server then stores the bytes it received
+/// without assembling pieces), else kPieceBytes.
+inline size_t MessageDataBytes(uint64_t max_message_bytes, uint64_t chunk_size) {
+  if (chunk_size > kPieceBytes && chunk_size + kMessageHeadroom <= kMaxRequestBytes &&
+      max_message_bytes >= chunk_size + kMessageHeadroom) {
+    return static_cast<size_t>(chunk_size);
+  }
+  return kPieceBytes;
+}
 
 /// Node batches (Save's NodeBatch from the client, Load's and GetManifest's
 /// from the server) are filled up to this many encoded bytes...

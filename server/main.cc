@@ -3,10 +3,12 @@
 // the rest: a save that has not committed leaves nothing visible. SIGHUP
 // re-reads the tokens file.
 
+#include <malloc.h>
 #include <signal.h>
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <thread>
 
@@ -49,9 +51,26 @@ std::string CheckSize(std::string& text) {
   return ParseSize(text, &bytes) ? "" : "must be a size such as 1073741824, 512MiB or 10GiB";
 }
 
+// glibc serves allocations above its adaptive mmap threshold with fresh
+// pages from the kernel and gives freed heap tops back: every message and
+// chunk buffer of a save (1-4 MiB, allocated on one thread, freed on
+// another) then faulted its pages in again: 0.3-0.4 of ~3.3 server CPU
+// seconds per 1.5 GB save. Buffers under 32 MiB stay in the heap, and a heap
+// keeps up to 128 MiB free at its top for the next ones. An operator's own
+// GLIBC_TUNABLES malloc settings win.
+void KeepBuffersInTheHeap() {
+#ifdef __GLIBC__
+  const char* tunables = std::getenv("GLIBC_TUNABLES");
+  if (tunables != nullptr && absl::StrContains(tunables, "glibc.malloc.")) return;
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 128 << 20);
+#endif
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  KeepBuffersInTheHeap();
   ckpt::server::ServerOptions options;
   std::string data_dir = "./ckpt-data";
   uint32_t chunk_mib = 4;

@@ -20,6 +20,7 @@
 #include "common/status_macros.h"
 #include "grpc/health/v1/health.pb.h"
 #include "rpc/pem.h"
+#include "rpc/protocol.h"
 #include "server/service.h"
 #include "server/web_ui.h"
 
@@ -139,7 +140,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
     return absl::InvalidArgumentError(absl::StrCat(
         "chunk size ", options.chunk_size, " not in [1, ", options.store.max_chunk_bytes, "]"));
   }
-  if (options.max_message_bytes < (1u << 20) + (64u << 10)) {
+  if (options.max_message_bytes < rpc::kPieceBytes + rpc::kMessageHeadroom) {
     return absl::InvalidArgumentError("max message size must be at least 1 MiB + 64 KiB");
   }
   // Reference the health descriptor so the linker keeps health.pb.cc and

@@ -28,8 +28,11 @@ struct ServerOptions {
   /// Chunk size clients are told to use. Default: 4 MiB. At most
   /// store.max_chunk_bytes.
   uint32_t chunk_size = 4 << 20;
-  /// Largest request or response message. Default: 4 MiB.
-  uint32_t max_message_bytes = 4 << 20;
+  /// Largest request or response message. Default: 4 MiB + 64 KiB, so that
+  /// clients send a whole 4 MiB chunk in one message (the server stores it
+  /// as received); with less, they send 1 MiB pieces that it assembles.
+  /// At least 1 MiB + 64 KiB.
+  uint32_t max_message_bytes = (4 << 20) + (64 << 10);
   /// Most nodes in one saved tree. Default: 1,000,000.
   uint64_t max_tree_nodes = 1'000'000;
   /// Most encoded tree bytes in one save. Default: 256 MiB.

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import ckpt
-from serverproc import cli_binary
+from serverproc import ServerProcess, cli_binary
 
 
 def manifest(client, name):
@@ -108,3 +108,26 @@ def test_server_down_is_unavailable_within_the_deadline():
     with pytest.raises(ckpt.Unavailable):
         ckpt.Client("127.0.0.1:1", timeout=3).load("x/y")
     assert time.monotonic() - t0 < 30
+
+
+@pytest.mark.parametrize("limit", [4 << 20, (4 << 20) + (64 << 10) - 1, (4 << 20) + (64 << 10)])
+def test_chunks_go_whole_or_in_pieces_as_the_server_allows(limit):
+    """Like ServiceTest.ChunksAreStoredTheSameWhetherSentWholeOrInPieces: a
+    4 MiB chunk goes whole in one message only to a server whose messages
+    hold it and 64 KiB more (it would refuse a larger message); either way the
+    values load back equal."""
+    torch.manual_seed(1)
+    value = collections.OrderedDict(
+        [("big", torch.randn((9 << 20) // 4 + 1)), ("piece", torch.randn((1 << 18) + 1)),
+         *[(f"t{i}", torch.randn(175001)) for i in range(4)]])
+    server = ServerProcess(["--max-message-bytes", str(limit)])
+    try:
+        with ckpt.Client(server.address) as client:
+            saved = client.save(value, "framing/m")
+            assert saved.bytes_sent == sum(t.numel() * 4 for t in value.values())
+            back = client.load("framing/m")
+            assert list(back) == list(value)
+            for k, t in value.items():
+                assert torch.equal(back[k], t), k
+    finally:
+        server.close()

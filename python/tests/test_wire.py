@@ -156,3 +156,61 @@ def test_both_agree_on_random_streams_and_corruptions():
             except (_wire.StreamError, IndexError):
                 results.append(("refused", None))
         assert results[0] == results[1], f"trial {trial}: {results}"
+
+
+def _frames(limit, chunks):
+    """The frames ChunkFrames makes of ``chunks`` [(digest, bytes)], parsed
+    back: one list of (digest, offset, data) per frame."""
+    from ckpt.v1 import checkpoint_pb2 as pb
+    frames = _wire.ChunkFrames(limit)
+    out = []
+    for digest, data in chunks:
+        out.extend(frames.add_chunk(digest, memoryview(data)))
+    last = frames.flush()
+    if last:
+        out.append(last)
+    parsed = []
+    for frame in out:
+        request = pb.SaveRequest.FromString(frame)
+        assert request.WhichOneof("msg") == "chunks"
+        parsed.append([(p.digest, p.offset, p.data) for p in request.chunks.pieces])
+    return parsed
+
+
+def test_a_chunk_that_fits_a_frame_is_never_split():
+    """Whole chunks go in one piece (the server stores them as received); a
+    chunk that does not fit the rest of a frame starts the next one; only a
+    chunk larger than the limit is cut, at frame boundaries."""
+    rng = random.Random(5)
+    limit = 1000
+    sizes = [300, 600, 200, 1000, 999, 2500, 1, 0]
+    chunks = [(bytes([i]) * 16, rng.randbytes(n)) for i, n in enumerate(sizes)]
+    frames = _frames(limit, chunks)
+    for frame in frames:
+        assert sum(len(d) for _, _, d in frame) <= limit
+    pieces = [p for frame in frames for p in frame]
+    by_digest = {}
+    for digest, offset, data in pieces:
+        by_digest.setdefault(digest, []).append((offset, data))
+    for digest, data in chunks:
+        got = by_digest[digest]
+        assert b"".join(d for _, d in got) == data
+        assert [o for o, _ in got] == [sum(len(d) for _, d in got[:k]) for k in range(len(got))]
+        if len(data) <= limit:
+            assert len(got) == 1, f"chunk of {len(data)} bytes split"
+    # 300 + 600 share a frame, 200 does not fit after them; 2500 (larger
+    # than a frame) fills the byte left after 999, then whole frames.
+    assert [[len(d) for _, _, d in frame] for frame in frames] == [
+        [300, 600], [200], [1000], [999, 1], [1000], [1000], [499, 1, 0]]
+
+
+def test_whole_chunk_frames_only_when_the_server_accepts_them():
+    """rpc::MessageDataBytes: a 4 MiB chunk goes whole when the server's
+    messages hold it and 64 KiB more, else 1 MiB pieces."""
+    mib = 1 << 20
+    assert _wire.message_data_bytes((4 * mib) + (64 << 10), 4 * mib) == 4 * mib
+    assert _wire.message_data_bytes((4 * mib) + (64 << 10) - 1, 4 * mib) == mib
+    assert _wire.message_data_bytes(4 * mib, 4 * mib) == mib
+    assert _wire.message_data_bytes(64 * mib, 2 * mib) == 2 * mib
+    assert _wire.message_data_bytes(64 * mib, 64 * 1024) == mib
+    assert _wire.message_data_bytes(64 * mib, 8 * mib) == mib  # over what a client sends

@@ -233,6 +233,38 @@ TEST_F(ServiceTest, PulledNodesShareMessagesAndLoadBackEqual) {
   }
 }
 
+// A client sends whole chunks in one message to a server whose messages
+// hold a chunk and its framing (the default), 1 MiB pieces to one whose
+// do not (a server started with --max-message-bytes 4194304, the old
+// default): each stores what was saved, and none is sent a message over its
+// limit (it would refuse it).
+TEST_F(ServiceTest, ChunksAreStoredTheSameWhetherSentWholeOrInPieces) {
+  TreeBuilder b;
+  b.Dict(6);
+  b.Tensor("big", DType::kUInt8, {(9 << 20) + 3}, 60);  // chunks of 4, 4 and 1 MiB + 3
+  b.Tensor("over_a_piece", DType::kUInt8, {(1 << 20) + 1}, 61);
+  for (int i = 0; i < 4; ++i) b.Tensor("t" + std::to_string(i), DType::kUInt8, {700001}, 62 + i);
+  const uint64_t total = (9 << 20) + 3 + (1 << 20) + 1 + 4 * 700001u;
+  const uint32_t limits[] = {4 << 20, (4 << 20) + (64 << 10) - 1, (4 << 20) + (64 << 10), 64 << 20};
+  for (uint32_t limit : limits) {
+    SCOPED_TRACE(absl::StrCat("max_message_bytes ", limit));
+    RestartServer([limit](server::ServerOptions& options) {
+      options.chunk_size = 4 << 20;  // the default (the fixture's is 64 KiB)
+      options.max_message_bytes = limit;
+    });
+    // A namespace of its own: every chunk is sent again.
+    const std::string name = absl::StrCat("framing", limit, "/m");
+    ASSERT_OK_AND_ASSIGN(client::SaveResult saved, client_->Save(name, b.Input(), {}));
+    EXPECT_EQ(saved.bytes_sent, total);
+    EXPECT_EQ(saved.chunks_sent, 3u + 1u + 4u);
+    ASSERT_OK_AND_ASSIGN(client::LoadedValue loaded, client_->Load(name, {}));
+    ASSERT_EQ(loaded.data.size(), b.Input().tree.size());
+    for (size_t node = 1; node < loaded.data.size(); ++node) {
+      EXPECT_EQ(loaded.data[node], b.data(node)) << "node " << node;
+    }
+  }
+}
+
 TEST_F(ServiceTest, PatternsSelectKeysAndOnlyTheirBytes) {
   TreeBuilder b = RichTree();
   ASSERT_TRUE(client_->Save("p/m", b.Input(), {}).ok());

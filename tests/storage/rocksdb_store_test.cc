@@ -13,6 +13,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <map>
 #include <memory>
@@ -268,6 +269,44 @@ TEST_F(RocksDbStoreTest, CorruptChunkIsDataLoss) {
   EXPECT_TRUE(out.empty());
   // Other chunks still read.
   ASSERT_OK(store_->ReadChunk("a/b", MakeTree(Model())[1].data.chunks[0], &out));
+}
+
+// Chunk files carry no RocksDB block checksums (every read checks the
+// chunk's digest instead): a bit flipped on disk inside a chunk is still
+// DataLoss, and the other chunks of the same file still read.
+TEST_F(RocksDbStoreTest, ABitFlippedOnDiskIsDataLoss) {
+  const std::vector<Blob> blobs = {{"a", RandomBytes(5 * kChunk, 71)}};
+  ASSERT_TRUE(Save("a/rot", blobs).ok());
+  const Tree tree = MakeTree(blobs);
+  const Digest hit = tree[1].data.chunks[2], other = tree[1].data.chunks[3];
+  const std::string db_path = Options().path;
+  Close();
+  // Find chunk 2's bytes in the chunk files and flip one bit in its middle.
+  const std::string chunk = blobs[0].bytes.substr(2 * kChunk, kChunk);
+  int flipped = 0;
+  for (const auto& entry : fs::recursive_directory_iterator(db_path)) {
+    if (entry.path().extension() != ".sst") continue;
+    std::string file;
+    {
+      std::ifstream in(entry.path(), std::ios::binary);
+      file.assign(std::istreambuf_iterator<char>(in), {});
+    }
+    const size_t at = file.find(chunk);
+    if (at == std::string::npos) continue;
+    file[at + kChunk / 2] ^= 0x10;
+    std::ofstream out(entry.path(), std::ios::binary | std::ios::trunc);
+    out.write(file.data(), static_cast<std::streamsize>(file.size()));
+    ASSERT_TRUE(out.good());
+    ++flipped;
+  }
+  ASSERT_EQ(flipped, 1);
+  Reopen();
+  std::string out;
+  absl::Status s = store_->ReadChunk("a/rot", hit, &out);
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(s.message(), "chunk " + hit.Hex() + " checksum mismatch");
+  ASSERT_OK(store_->ReadChunk("a/rot", other, &out));
+  EXPECT_EQ(out, blobs[0].bytes.substr(3 * kChunk, kChunk));
 }
 
 TEST(StoreOpenTest, RecordsTheFormatVersionAndRefusesAnother) {

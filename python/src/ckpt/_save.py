@@ -206,6 +206,7 @@ class _SaveCall:
                 chunk_size = min(client._chunk_size, accepted.max_chunk_bytes)
             if chunk_size <= 0:
                 raise Internal("server announced chunk size 0")
+            message_data = _wire.message_data_bytes(accepted.max_message_bytes, chunk_size)
             n = len(self.flat.entries)
             if n == 0:
                 raise InvalidArgument("nothing to save: empty tree")
@@ -222,7 +223,7 @@ class _SaveCall:
                     if need.batch != index:
                         raise Internal("server answered the wrong node batch")
                     index += 1
-                    frames = _wire.ChunkFrames()
+                    frames = _wire.ChunkFrames(message_data)
                     for digest in need.digests:
                         src = batch.sources.get(digest)
                         if src is None:

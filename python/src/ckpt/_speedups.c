@@ -10,6 +10,9 @@
 #include <stdint.h>
 #include <string.h>
 
+/* Pieces at least this large are copied with the GIL released. */
+static const uint64_t kReleaseGilBytes = 64 * 1024;
+
 static PyObject *stream_error = NULL; /* ckpt._wire.StreamError, set by init() */
 
 static PyObject *error_class(void) { return stream_error ? stream_error : PyExc_ValueError; }
@@ -165,7 +168,14 @@ static PyObject *scatter(PyObject *self, PyObject *args) {
         fail("load target smaller than its tensor");
         goto done;
       }
-      memcpy((char *)dst.buf + off, buf + start, (size_t)n);
+      if (n >= kReleaseGilBytes) {
+        /* Both buffers are held (message, dst): other Python threads (the
+           load's reader, the job's own) run while the bytes move. */
+        Py_BEGIN_ALLOW_THREADS memcpy((char *)dst.buf + off, buf + start, (size_t)n);
+        Py_END_ALLOW_THREADS
+      } else {
+        memcpy((char *)dst.buf + off, buf + start, (size_t)n);
+      }
       PyBuffer_Release(&dst);
       if (on_complete != Py_None && (Py_ssize_t)(off + n) == size) {
         PyObject *r = PyObject_CallFunction(on_complete, "n", node);

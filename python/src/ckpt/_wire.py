@@ -74,11 +74,28 @@ def read_varint(buf: memoryview, pos: int) -> Tuple[int, int]:
             raise StreamError("malformed varint")
 
 
+PIECE_BYTES = 1 << 20  # rpc::kPieceBytes
+MESSAGE_HEADROOM = 64 << 10  # rpc::kMessageHeadroom
+MAX_REQUEST_BYTES = (4 << 20) + MESSAGE_HEADROOM  # rpc::kMaxRequestBytes
+
+
+def message_data_bytes(max_message_bytes: int, chunk_size: int) -> int:
+    """Data bytes in one chunk frame to a server that accepts messages of up
+    to ``max_message_bytes`` (rpc::MessageDataBytes): a whole chunk when it
+    fits (the server stores it as received, without assembling pieces), else
+    1 MiB."""
+    if (chunk_size > PIECE_BYTES and chunk_size + MESSAGE_HEADROOM <= MAX_REQUEST_BYTES
+            and max_message_bytes >= chunk_size + MESSAGE_HEADROOM):
+        return chunk_size
+    return PIECE_BYTES
+
+
 class ChunkFrames:
     """Packs chunk pieces into SaveRequest{chunks: ChunkBatch} frames of about
-    ``limit`` data bytes each."""
+    ``limit`` data bytes each; a chunk of at most ``limit`` bytes is never
+    split (it starts a new frame if it does not fit in this one)."""
 
-    def __init__(self, limit: int = 1 << 20) -> None:
+    def __init__(self, limit: int = PIECE_BYTES) -> None:
         self.limit = limit
         self._parts: List[object] = []
         self._body = 0  # ChunkBatch bytes so far
@@ -87,6 +104,8 @@ class ChunkFrames:
     def add_chunk(self, digest: bytes, data: memoryview) -> Iterator[bytes]:
         """Adds one chunk (split into pieces as needed); yields complete frames."""
         n = len(data)
+        if self._data and self.limit - self._data < n <= self.limit:
+            yield self.flush()  # whole, in the next frame
         if n <= self.limit - self._data:  # the common case: one piece, no frame yet
             head = _PIECE_DIGEST + digest + _PIECE_DATA + varint(n)
             lead = _CHUNK_BATCH_PIECES + varint(len(head) + n) + head

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import grpc
 import torch
 
-from ckpt import _tree
+from ckpt import _tree, _wire
 from ckpt._load import _InPlaceSink, _Sink, _ValueSink, _run_load, _tune_malloc
 from ckpt._results import (CheckpointSummary, GcResult, Manifest, ManifestEntry,
                            RetentionPolicy, SaveResult, ServerInfo, TensorStats,
@@ -202,7 +202,7 @@ class Client:
             _OPEN.add(self)
             _tune_malloc()
             options = [("grpc.max_receive_message_length", _MAX_RECEIVE),
-                       ("grpc.max_send_message_length", 4 << 20)]
+                       ("grpc.max_send_message_length", _wire.MAX_REQUEST_BYTES)]
             if self._tls:
                 creds = grpc.ssl_channel_credentials(
                     root_certificates=_read(self._ca_cert, "CA certificate")
