@@ -192,7 +192,7 @@ class GrpcRawClient final : public RawClient {
 
   absl::Status SendChunks(SaveStream* stream, const v1::NeedChunks& need,
                           const absl::flat_hash_map<Digest, ChunkSource>& sources,
-                          size_t message_data, SaveResult* result, bool* broken);
+                          bool whole_chunks, SaveResult* result, bool* broken);
 
   absl::Status RunLoad(grpc::ClientReader<v1::LoadResponse>* stream,
                        const std::vector<TensorSlice>& slices, LoadSink* sink, bool* broken);

@@ -1,5 +1,7 @@
 // GrpcRawClient's Save stream: the tree in node batches hashed one ahead,
-// then the chunks the server asks for, in pieces of at most rpc::kPieceBytes.
+// then the chunks the server asks for: each over rpc::kPieceBytes whole in a
+// message of its own when the server accepts that (rpc::SendsWholeChunks),
+// the rest in messages of at most kPieceBytes of chunk data.
 
 #include <algorithm>
 #include <deque>
@@ -21,7 +23,8 @@ namespace ckpt::client {
 
 using rpc::kMaxBatchNodes;
 using rpc::kPieceBytes;
-using rpc::MessageDataBytes;
+using rpc::kPieceFramingBytes;
+using rpc::SendsWholeChunks;
 
 absl::StatusOr<SaveResult> GrpcRawClient::Save(const std::string& name, const SaveInput& input,
                                                const SaveOptions& options) {
@@ -108,7 +111,7 @@ absl::StatusOr<SaveResult> GrpcRawClient::RunSave(SaveStream* stream, const std:
     chunk_size = std::min(options_.chunk_size, response.accepted().max_chunk_bytes());
   }
   if (chunk_size == 0) return absl::InternalError("server announced chunk size 0");
-  const size_t message_data = MessageDataBytes(response.accepted().max_message_bytes(), chunk_size);
+  const bool whole_chunks = SendsWholeChunks(response.accepted().max_message_bytes(), chunk_size);
 
   SaveResult result;
   uint64_t data_done = 0, data_total = 0;
@@ -229,7 +232,7 @@ absl::StatusOr<SaveResult> GrpcRawClient::RunSave(SaveStream* stream, const std:
       return absl::InternalError("server answered the wrong node batch");
     }
     CKPT_RETURN_IF_ERROR(
-        SendChunks(stream, response.need(), current->sources, message_data, &result, broken));
+        SendChunks(stream, response.need(), current->sources, whole_chunks, &result, broken));
     result.chunks_total += current->chunks;
     data_done += current->data;
     if (options.progress) options.progress(data_done, data_total);
@@ -272,10 +275,10 @@ void GrpcRawClient::KeepStats(const std::string& name, StatsByNode stats) {
 
 absl::Status GrpcRawClient::SendChunks(SaveStream* stream, const v1::NeedChunks& need,
                                        const absl::flat_hash_map<Digest, ChunkSource>& sources,
-                                       size_t message_data, SaveResult* result, bool* broken) {
-  // Pieces of at most kPieceBytes per message, viewing the input's bytes
-  // (or, for DataSource nodes, the chunks pulled for this message; a deque
-  // never moves them) until the message is encoded.
+                                       bool whole_chunks, SaveResult* result, bool* broken) {
+  // Messages of at most kPieceBytes (pieces and their framing), or of one
+  // whole chunk, viewing the input's bytes (or, for DataSource nodes, the
+  // chunks pulled for this message; a deque never moves them) until encoded.
   std::vector<rpc::ChunkPieceView> pieces;
   std::deque<std::string> pulled;
   size_t batch_bytes = 0;
@@ -302,18 +305,27 @@ absl::Status GrpcRawClient::SendChunks(SaveStream* stream, const v1::NeedChunks&
           src.offset, absl::Span<uint8_t>(reinterpret_cast<uint8_t*>(chunk.data()), src.length)));
       src.data = reinterpret_cast<const uint8_t*>(chunk.data());
     }
-    // A chunk that fits in one message goes whole, in one piece: the
-    // server then stores the bytes it received without assembling them.
-    if (src.length <= message_data && src.length > message_data - batch_bytes) {
+    const absl::string_view bytes(reinterpret_cast<const char*>(src.data), src.length);
+    if (whole_chunks && src.length + kPieceFramingBytes > kPieceBytes) {
+      // Whole and alone in its message: the server stores what it received.
       CKPT_RETURN_IF_ERROR(flush());
-    }
-    for (size_t off = 0; off < src.length;) {
-      if (batch_bytes >= message_data) CKPT_RETURN_IF_ERROR(flush());
-      const size_t len = std::min(src.length - off, message_data - batch_bytes);
-      pieces.push_back(
-          {raw, off, absl::string_view(reinterpret_cast<const char*>(src.data) + off, len)});
-      batch_bytes += len;
-      off += len;
+      pieces.push_back({raw, 0, bytes});
+      CKPT_RETURN_IF_ERROR(flush());
+    } else {
+      // Each piece counts its framing too. A chunk that fits in a message
+      // is never split.
+      if (src.length + kPieceFramingBytes <= kPieceBytes &&
+          batch_bytes + src.length + kPieceFramingBytes > kPieceBytes) {
+        CKPT_RETURN_IF_ERROR(flush());
+      }
+      for (size_t off = 0; off < src.length;) {
+        if (batch_bytes + kPieceFramingBytes >= kPieceBytes) CKPT_RETURN_IF_ERROR(flush());
+        const size_t len =
+            std::min(src.length - off, kPieceBytes - batch_bytes - kPieceFramingBytes);
+        pieces.push_back({raw, off, bytes.substr(off, len)});
+        batch_bytes += len + kPieceFramingBytes;
+        off += len;
+      }
     }
     result->bytes_sent += src.length;
     ++result->chunks_sent;

@@ -10,27 +10,32 @@
 namespace ckpt::rpc {
 
 /// Largest piece of data in one DataPiece, and of chunk data in one
-/// ChunkPiece unless the chunk goes whole (MessageDataBytes); batches of
-/// small pieces are filled up to it.
+/// ChunkPiece unless the chunk goes whole (SendsWholeChunks); batches of
+/// small pieces are filled up to it. 1 MiB messages stream well over
+/// loopback; a whole 4 MiB chunk in one message saves the server a copy.
 inline constexpr size_t kPieceBytes = size_t{1} << 20;
 
 /// What a message keeps for everything but chunk data (digests, offsets,
 /// framing): a server accepts messages of at least kPieceBytes plus this.
 inline constexpr size_t kMessageHeadroom = size_t{64} << 10;
 
+/// A bound on a ChunkPiece's bytes besides its data (tags, lengths, digest,
+/// offset): messages of small pieces count it against kPieceBytes, so that
+/// however many pieces share a message, it stays within kPieceBytes.
+inline constexpr size_t kPieceFramingBytes = 40;
+
 /// The largest message a client sends: a 4 MiB chunk and its headroom.
 inline constexpr size_t kMaxRequestBytes = (size_t{4} << 20) + kMessageHeadroom;
 
-/// Data bytes a client puts in one Save chunk message to a server that
-/// accepts messages of up to `max_message_bytes`: a whole chunk of
-/// `chunk_size` when it fits (the server then stores the bytes it received
-/// without assembling pieces), else kPieceBytes.
-inline size_t MessageDataBytes(uint64_t max_message_bytes, uint64_t chunk_size) {
-  if (chunk_size > kPieceBytes && chunk_size + kMessageHeadroom <= kMaxRequestBytes &&
-      max_message_bytes >= chunk_size + kMessageHeadroom) {
-    return static_cast<size_t>(chunk_size);
-  }
-  return kPieceBytes;
+/// Whether a client sends each chunk too large for a message of kPieceBytes
+/// whole, alone in one Save message, to a server that accepts messages of up to
+/// `max_message_bytes` (SaveAccepted): when a chunk of `chunk_size` and its
+/// headroom fit. The server then stores the bytes it received without
+/// assembling pieces. Otherwise, and always for smaller chunks, chunk data
+/// travels in messages of at most kPieceBytes, framing included.
+inline bool SendsWholeChunks(uint64_t max_message_bytes, uint64_t chunk_size) {
+  return chunk_size + kMessageHeadroom <= kMaxRequestBytes &&
+         chunk_size + kMessageHeadroom <= max_message_bytes;
 }
 
 /// Node batches (Save's NodeBatch from the client, Load's and GetManifest's

@@ -3,8 +3,11 @@
 // the rest: a save that has not committed leaves nothing visible. SIGHUP
 // re-reads the tokens file.
 
-#include <malloc.h>
 #include <signal.h>
+
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
@@ -55,15 +58,20 @@ std::string CheckSize(std::string& text) {
 // pages from the kernel and gives freed heap tops back: every message and
 // chunk buffer of a save (1-4 MiB, allocated on one thread, freed on
 // another) then faulted its pages in again: 0.3-0.4 of ~3.3 server CPU
-// seconds per 1.5 GB save. Buffers under 32 MiB stay in the heap, and a heap
-// keeps up to 128 MiB free at its top for the next ones. An operator's own
-// GLIBC_TUNABLES malloc settings win.
+// seconds per 1.5 GB save. Buffers under 32 MiB stay in the heap (8 MiB
+// was too little: page faults came back), and a heap keeps up to 32 MiB free
+// at its top for the next ones (128 MiB made a server that dropped many
+// large trees hold on to their memory). An operator's own malloc settings (GLIBC_TUNABLES,
+// MALLOC_*_ variables) win.
 void KeepBuffersInTheHeap() {
 #ifdef __GLIBC__
   const char* tunables = std::getenv("GLIBC_TUNABLES");
   if (tunables != nullptr && absl::StrContains(tunables, "glibc.malloc.")) return;
+  for (const char* name : {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"}) {
+    if (std::getenv(name) != nullptr) return;
+  }
   mallopt(M_MMAP_THRESHOLD, 32 << 20);
-  mallopt(M_TRIM_THRESHOLD, 128 << 20);
+  mallopt(M_TRIM_THRESHOLD, 32 << 20);
 #endif
 }
 
@@ -103,7 +111,8 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 4))
       ->capture_default_str();
   app.add_option("--max-message-bytes", options.max_message_bytes,
-                 "largest gRPC message accepted or sent")
+                 "largest gRPC message accepted or sent (clients send a chunk whole in one "
+                 "message when it holds the chunk and 64 KiB)")
       ->envname("CKPT_MAX_MESSAGE_BYTES")
       ->capture_default_str();
   app.add_option("--max-tree-nodes", options.max_tree_nodes, "most nodes in one checkpoint")

@@ -347,6 +347,7 @@ class SaveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc:
         buffer_.append(data);
         if (buffer_.size() < current_length_) continue;
         CKPT_RETURN_IF_ERROR(upload_->PutChunk(digest, std::move(buffer_)));
+        service_->telemetry().AddAssembledChunk();
       }
       CKPT_CRASH_POINT("save.chunk");
       bytes_received_ += length;

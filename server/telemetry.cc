@@ -181,6 +181,7 @@ struct Telemetry::Families {
   prometheus::Counter& saved_logical;
   prometheus::Family<prometheus::Gauge>& streams;
   prometheus::Counter& nonfinite_refusals;
+  prometheus::Counter& assembled_chunks;
 };
 
 Telemetry::Telemetry(storage::Store* store, LogLevel level)
@@ -217,6 +218,12 @@ Telemetry::Telemetry(storage::Store* store, LogLevel level)
       prometheus::BuildCounter()
           .Name("ckpt_nonfinite_refusals_total")
           .Help("Saves refused because tensors held NaN or infinities (the NaN/Inf guard)")
+          .Register(r)
+          .Add({}),
+      prometheus::BuildCounter()
+          .Name("ckpt_assembled_chunks_total")
+          .Help("Chunks of saves received in pieces and joined by the server (clients send a "
+                "chunk whole when --max-message-bytes holds it)")
           .Register(r)
           .Add({}),
   });
@@ -261,6 +268,8 @@ void Telemetry::AddSavedLogical(uint64_t bytes) {
 }
 
 void Telemetry::AddNonfiniteRefusal() { families_->nonfinite_refusals.Increment(); }
+
+void Telemetry::AddAssembledChunk() { families_->assembled_chunks.Increment(); }
 
 void Telemetry::StreamOpened(absl::string_view method) {
   families_->streams.Add({{"method", std::string(method)}}).Increment();

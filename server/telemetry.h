@@ -24,6 +24,7 @@
 //                                                       saves, sent or deduplicated
 //   ckpt_streams_in_flight{method}            gauge     Save and Load streams open
 //   ckpt_nonfinite_refusals_total             counter   saves the NaN/Inf guard refused
+//   ckpt_assembled_chunks_total               counter   chunks received in pieces
 //   ckpt_stored_bytes, ckpt_logical_bytes, ckpt_dedup_ratio, ckpt_checkpoints,
 //   ckpt_versions, ckpt_chunks, ckpt_disk_bytes, ckpt_active_uploads
 //                                             gauges    store totals, read at scrape
@@ -105,6 +106,9 @@ class Telemetry {
   void AddSent(absl::string_view method, uint64_t bytes);
   void AddSavedLogical(uint64_t bytes);
   void AddNonfiniteRefusal();
+  /// A chunk of a save arrived in several pieces that the server joined
+  /// (clients send a chunk whole when --max-message-bytes holds it).
+  void AddAssembledChunk();
   void StreamOpened(absl::string_view method);
   void StreamClosed(absl::string_view method);
 

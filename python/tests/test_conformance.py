@@ -110,21 +110,25 @@ def test_server_down_is_unavailable_within_the_deadline():
     assert time.monotonic() - t0 < 30
 
 
-@pytest.mark.parametrize("limit", [4 << 20, (4 << 20) + (64 << 10) - 1, (4 << 20) + (64 << 10)])
-def test_chunks_go_whole_or_in_pieces_as_the_server_allows(limit):
+@pytest.mark.parametrize("limit,assembled", [(4 << 20, 4), ((4 << 20) + (64 << 10) - 1, 4),
+                                             ((4 << 20) + (64 << 10), 0)])
+def test_chunks_go_whole_or_in_pieces_as_the_server_allows(limit, assembled):
     """Like ServiceTest.ChunksAreStoredTheSameWhetherSentWholeOrInPieces: a
-    4 MiB chunk goes whole in one message only to a server whose messages
-    hold it and 64 KiB more (it would refuse a larger message); either way the
-    values load back equal."""
+    chunk over 1 MiB goes whole, alone in its message, only to a server whose
+    messages hold it and 64 KiB more (the server then joins no pieces); no
+    message exceeds the server's limit (it would refuse it), however many
+    small chunks share one; the values load back equal."""
     torch.manual_seed(1)
     value = collections.OrderedDict(
-        [("big", torch.randn((9 << 20) // 4 + 1)), ("piece", torch.randn((1 << 18) + 1)),
-         *[(f"t{i}", torch.randn(175001)) for i in range(4)]])
+        [("big", torch.randn((9 << 20) // 4 + 1)),  # chunks of 4, 4 and 1 MiB + 4
+         ("piece", torch.randn((1 << 18) + 1)),  # 1 MiB + 4
+         *[(f"s{i}", torch.randn(350)) for i in range(3000)]])  # 4.2 MB of 1,400 B
     server = ServerProcess(["--max-message-bytes", str(limit)])
     try:
         with ckpt.Client(server.address) as client:
             saved = client.save(value, "framing/m")
             assert saved.bytes_sent == sum(t.numel() * 4 for t in value.values())
+            assert server.metric("ckpt_assembled_chunks_total") == assembled
             back = client.load("framing/m")
             assert list(back) == list(value)
             for k, t in value.items():

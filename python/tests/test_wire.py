@@ -158,11 +158,11 @@ def test_both_agree_on_random_streams_and_corruptions():
         assert results[0] == results[1], f"trial {trial}: {results}"
 
 
-def _frames(limit, chunks):
-    """The frames ChunkFrames makes of ``chunks`` [(digest, bytes)], parsed
-    back: one list of (digest, offset, data) per frame."""
+def _frames(limit, chunks, whole=False):
+    """The frames ChunkFrames makes of ``chunks`` [(digest, bytes)]: their
+    sizes, and each parsed back into a list of (digest, offset, data)."""
     from ckpt.v1 import checkpoint_pb2 as pb
-    frames = _wire.ChunkFrames(limit)
+    frames = _wire.ChunkFrames(limit, whole)
     out = []
     for digest, data in chunks:
         out.extend(frames.add_chunk(digest, memoryview(data)))
@@ -174,43 +174,62 @@ def _frames(limit, chunks):
         request = pb.SaveRequest.FromString(frame)
         assert request.WhichOneof("msg") == "chunks"
         parsed.append([(p.digest, p.offset, p.data) for p in request.chunks.pieces])
-    return parsed
+    return [len(frame) for frame in out], parsed
+
+
+def _reassembled(chunks, frames):
+    by_digest = {}
+    for frame in frames:
+        for digest, offset, data in frame:
+            got = by_digest.setdefault(digest, [])
+            assert offset == sum(len(d) for d in got)
+            got.append(data)
+    for digest, data in chunks:
+        assert b"".join(by_digest[digest]) == data
 
 
 def test_a_chunk_that_fits_a_frame_is_never_split():
-    """Whole chunks go in one piece (the server stores them as received); a
-    chunk that does not fit the rest of a frame starts the next one; only a
-    chunk larger than the limit is cut, at frame boundaries."""
+    """As the C++ client (SendChunks): each piece counts its data and
+    PIECE_FRAMING (40) against the limit; a chunk that does not fit the rest
+    of a frame starts the next one; only a chunk larger than a frame is cut,
+    at frame boundaries."""
     rng = random.Random(5)
-    limit = 1000
-    sizes = [300, 600, 200, 1000, 999, 2500, 1, 0]
+    sizes = [300, 500, 200, 960, 959, 2500, 1]
     chunks = [(bytes([i]) * 16, rng.randbytes(n)) for i, n in enumerate(sizes)]
-    frames = _frames(limit, chunks)
-    for frame in frames:
-        assert sum(len(d) for _, _, d in frame) <= limit
-    pieces = [p for frame in frames for p in frame]
-    by_digest = {}
-    for digest, offset, data in pieces:
-        by_digest.setdefault(digest, []).append((offset, data))
-    for digest, data in chunks:
-        got = by_digest[digest]
-        assert b"".join(d for _, d in got) == data
-        assert [o for o, _ in got] == [sum(len(d) for _, d in got[:k]) for k in range(len(got))]
-        if len(data) <= limit:
-            assert len(got) == 1, f"chunk of {len(data)} bytes split"
-    # 300 + 600 share a frame, 200 does not fit after them; 2500 (larger
-    # than a frame) fills the byte left after 999, then whole frames.
+    _, frames = _frames(1000, chunks)
+    _reassembled(chunks, frames)
+    # 300 + 500 share a frame (340 + 540 <= 1000), 200 does not fit after
+    # them; 2500 is cut into 960s, and 1 joins its last 580.
     assert [[len(d) for _, _, d in frame] for frame in frames] == [
-        [300, 600], [200], [1000], [999, 1], [1000], [1000], [499, 1, 0]]
+        [300, 500], [200], [960], [959], [960], [960], [580, 1]]
 
 
-def test_whole_chunk_frames_only_when_the_server_accepts_them():
-    """rpc::MessageDataBytes: a 4 MiB chunk goes whole when the server's
-    messages hold it and 64 KiB more, else 1 MiB pieces."""
+def test_whole_chunks_go_alone_in_their_frames():
+    rng = random.Random(6)
+    sizes = [300, 2500, 700, 3000, 100]
+    chunks = [(bytes([i]) * 16, rng.randbytes(n)) for i, n in enumerate(sizes)]
+    _, frames = _frames(1000, chunks, whole=True)
+    _reassembled(chunks, frames)
+    assert [[len(d) for _, _, d in frame] for frame in frames] == [
+        [300], [2500], [700], [3000], [100]]
+
+
+def test_many_small_pieces_stay_within_a_piece_message():
+    """However many pieces share a frame, it stays within 1 MiB (a server
+    accepts 1 MiB + 64 KiB at least): 30,000 chunks of 30 bytes."""
+    chunks = [(i.to_bytes(16, "little"), bytes([i % 251]) * 30) for i in range(30000)]
+    sizes, frames = _frames(_wire.PIECE_BYTES, chunks, whole=True)
+    _reassembled(chunks, frames)
+    assert max(sizes) <= _wire.PIECE_BYTES
+    assert len(frames) == 3  # 14,979 pieces (30 bytes + 40 counted) fill a frame
+
+
+def test_whole_chunks_only_when_the_server_accepts_them():
+    """rpc::SendsWholeChunks: a chunk goes whole when the server's messages
+    hold it and 64 KiB more, and no client message exceeds 4 MiB + 64 KiB."""
     mib = 1 << 20
-    assert _wire.message_data_bytes((4 * mib) + (64 << 10), 4 * mib) == 4 * mib
-    assert _wire.message_data_bytes((4 * mib) + (64 << 10) - 1, 4 * mib) == mib
-    assert _wire.message_data_bytes(4 * mib, 4 * mib) == mib
-    assert _wire.message_data_bytes(64 * mib, 2 * mib) == 2 * mib
-    assert _wire.message_data_bytes(64 * mib, 64 * 1024) == mib
-    assert _wire.message_data_bytes(64 * mib, 8 * mib) == mib  # over what a client sends
+    assert _wire.sends_whole_chunks(4 * mib + (64 << 10), 4 * mib)
+    assert not _wire.sends_whole_chunks(4 * mib + (64 << 10) - 1, 4 * mib)
+    assert not _wire.sends_whole_chunks(4 * mib, 4 * mib)
+    assert _wire.sends_whole_chunks(64 * mib, 2 * mib)
+    assert not _wire.sends_whole_chunks(64 * mib, 4 * mib + 1)

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "client/raw_client.h"
 #include "server/server.h"
+#include "tests/testing/http.h"
 #include "tests/testing/server_fixture.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
@@ -233,34 +234,46 @@ TEST_F(ServiceTest, PulledNodesShareMessagesAndLoadBackEqual) {
   }
 }
 
-// A client sends whole chunks in one message to a server whose messages
-// hold a chunk and its framing (the default), 1 MiB pieces to one whose
-// do not (a server started with --max-message-bytes 4194304, the old
-// default): each stores what was saved, and none is sent a message over its
-// limit (it would refuse it).
+// A client sends each chunk over 1 MiB whole, alone in a message, to a
+// server whose messages hold a chunk and 64 KiB more (the default): the
+// server joins no pieces. To a server started with --max-message-bytes
+// 4194304 (the old default) it sends 1 MiB messages, whose pieces the server
+// joins. Either way the server stores what was saved, and no message
+// exceeds its limit (it would refuse it) however many small chunks share
+// one.
 TEST_F(ServiceTest, ChunksAreStoredTheSameWhetherSentWholeOrInPieces) {
+  constexpr int kSmall = 3000;  // 1,400 bytes each: 4.2 MB in one node batch
   TreeBuilder b;
-  b.Dict(6);
+  b.Dict(2 + kSmall);
   b.Tensor("big", DType::kUInt8, {(9 << 20) + 3}, 60);  // chunks of 4, 4 and 1 MiB + 3
   b.Tensor("over_a_piece", DType::kUInt8, {(1 << 20) + 1}, 61);
-  for (int i = 0; i < 4; ++i) b.Tensor("t" + std::to_string(i), DType::kUInt8, {700001}, 62 + i);
-  const uint64_t total = (9 << 20) + 3 + (1 << 20) + 1 + 4 * 700001u;
-  const uint32_t limits[] = {4 << 20, (4 << 20) + (64 << 10) - 1, (4 << 20) + (64 << 10), 64 << 20};
-  for (uint32_t limit : limits) {
-    SCOPED_TRACE(absl::StrCat("max_message_bytes ", limit));
-    RestartServer([limit](server::ServerOptions& options) {
+  for (int i = 0; i < kSmall; ++i) {
+    b.Tensor("s" + std::to_string(i), DType::kFloat32, {350}, 100 + i);
+  }
+  const uint64_t total = (9 << 20) + 3 + (1 << 20) + 1 + kSmall * 1400u;
+  const struct {
+    uint32_t max_message_bytes;
+    double assembled;  // chunks over 1 MiB: 3 of big, over_a_piece
+  } cases[] = {
+      {4 << 20, 4}, {(4 << 20) + (64 << 10) - 1, 4}, {(4 << 20) + (64 << 10), 0}, {64 << 20, 0}};
+  for (const auto& c : cases) {
+    SCOPED_TRACE(absl::StrCat("max_message_bytes ", c.max_message_bytes));
+    RestartServer([&c](server::ServerOptions& options) {
       options.chunk_size = 4 << 20;  // the default (the fixture's is 64 KiB)
-      options.max_message_bytes = limit;
+      options.max_message_bytes = c.max_message_bytes;
+      options.metrics_listen = "127.0.0.1:0";
     });
     // A namespace of its own: every chunk is sent again.
-    const std::string name = absl::StrCat("framing", limit, "/m");
+    const std::string name = absl::StrCat("framing", c.max_message_bytes, "/m");
     ASSERT_OK_AND_ASSIGN(client::SaveResult saved, client_->Save(name, b.Input(), {}));
     EXPECT_EQ(saved.bytes_sent, total);
-    EXPECT_EQ(saved.chunks_sent, 3u + 1u + 4u);
+    EXPECT_EQ(saved.chunks_sent, 3u + 1u + kSmall);
+    ASSERT_OK_AND_ASSIGN(std::string scrape, testing::HttpGet(server_->metrics_port(), "/metrics"));
+    EXPECT_EQ(testing::MetricValue(scrape, "ckpt_assembled_chunks_total"), c.assembled);
     ASSERT_OK_AND_ASSIGN(client::LoadedValue loaded, client_->Load(name, {}));
     ASSERT_EQ(loaded.data.size(), b.Input().tree.size());
     for (size_t node = 1; node < loaded.data.size(); ++node) {
-      EXPECT_EQ(loaded.data[node], b.data(node)) << "node " << node;
+      ASSERT_EQ(loaded.data[node], b.data(node)) << "node " << node;
     }
   }
 }

@@ -39,6 +39,11 @@ class _Requests:
         self._q: "queue.Queue[Any]" = queue.Queue(depth)
         self.call: Any = None
 
+    def set_depth(self, depth: int) -> None:
+        """At most ``depth`` messages wait from now on."""
+        with self._q.mutex:
+            self._q.maxsize = depth
+
     def __iter__(self):
         while True:
             item = self._q.get()
@@ -206,7 +211,10 @@ class _SaveCall:
                 chunk_size = min(client._chunk_size, accepted.max_chunk_bytes)
             if chunk_size <= 0:
                 raise Internal("server announced chunk size 0")
-            message_data = _wire.message_data_bytes(accepted.max_message_bytes, chunk_size)
+            whole = _wire.sends_whole_chunks(accepted.max_message_bytes, chunk_size)
+            if whole and chunk_size > _wire.PIECE_BYTES:
+                # Frames waiting for grpcio: four of 1 MiB, or two whole chunks.
+                self.requests.set_depth(2)
             n = len(self.flat.entries)
             if n == 0:
                 raise InvalidArgument("nothing to save: empty tree")
@@ -223,7 +231,7 @@ class _SaveCall:
                     if need.batch != index:
                         raise Internal("server answered the wrong node batch")
                     index += 1
-                    frames = _wire.ChunkFrames(message_data)
+                    frames = _wire.ChunkFrames(whole=whole)
                     for digest in need.digests:
                         src = batch.sources.get(digest)
                         if src is None:

@@ -1,8 +1,9 @@
 """Hand-built protobuf frames for the data path (internal).
 
-Chunk data goes up and tensor data comes down in ``bytes`` fields of at most
-1 MiB. Building those messages with the protobuf runtime would copy every byte
-into a Python ``bytes`` and then again into the serialized message; here a
+Chunk data goes up in frames of at most 1 MiB or of one whole chunk, tensor
+data comes down in ``bytes`` fields of at most 1 MiB. Building those messages
+with the protobuf runtime would copy every byte into a Python ``bytes`` and
+then again into the serialized message; here a
 ChunkBatch is assembled by joining small headers and memoryviews of the
 tensors (one copy), and a DataBatch is parsed in place (its pieces are
 memoryview slices of the received message, copied once into the tensors).
@@ -75,60 +76,62 @@ def read_varint(buf: memoryview, pos: int) -> Tuple[int, int]:
 
 
 PIECE_BYTES = 1 << 20  # rpc::kPieceBytes
+PIECE_FRAMING = 40  # rpc::kPieceFramingBytes
 MESSAGE_HEADROOM = 64 << 10  # rpc::kMessageHeadroom
 MAX_REQUEST_BYTES = (4 << 20) + MESSAGE_HEADROOM  # rpc::kMaxRequestBytes
 
 
-def message_data_bytes(max_message_bytes: int, chunk_size: int) -> int:
-    """Data bytes in one chunk frame to a server that accepts messages of up
-    to ``max_message_bytes`` (rpc::MessageDataBytes): a whole chunk when it
-    fits (the server stores it as received, without assembling pieces), else
-    1 MiB."""
-    if (chunk_size > PIECE_BYTES and chunk_size + MESSAGE_HEADROOM <= MAX_REQUEST_BYTES
-            and max_message_bytes >= chunk_size + MESSAGE_HEADROOM):
-        return chunk_size
-    return PIECE_BYTES
+def sends_whole_chunks(max_message_bytes: int, chunk_size: int) -> bool:
+    """rpc::SendsWholeChunks: whether each chunk too large for a 1 MiB frame
+    goes whole, alone in its frame, to a server that accepts messages of up to
+    ``max_message_bytes`` (the server then stores it as received, without
+    assembling pieces)."""
+    return (chunk_size + MESSAGE_HEADROOM <= MAX_REQUEST_BYTES
+            and chunk_size + MESSAGE_HEADROOM <= max_message_bytes)
 
 
 class ChunkFrames:
-    """Packs chunk pieces into SaveRequest{chunks: ChunkBatch} frames of about
-    ``limit`` data bytes each; a chunk of at most ``limit`` bytes is never
-    split (it starts a new frame if it does not fit in this one)."""
+    """Packs chunks into SaveRequest{chunks: ChunkBatch} frames, as the C++
+    client does: a chunk too large for a frame alone and whole when ``whole``;
+    otherwise frames of at most ``limit`` bytes, each piece counting its data
+    and PIECE_FRAMING, a chunk that fits in a frame never split (it starts a
+    new frame if it does not fit in this one)."""
 
-    def __init__(self, limit: int = PIECE_BYTES) -> None:
+    def __init__(self, limit: int = PIECE_BYTES, whole: bool = False) -> None:
         self.limit = limit
+        self.whole = whole
         self._parts: List[object] = []
         self._body = 0  # ChunkBatch bytes so far
-        self._data = 0  # data bytes so far
+        self._used = 0  # data + PIECE_FRAMING per piece so far
+
+    def _piece(self, digest: bytes, off: int, data: memoryview) -> None:
+        head = _PIECE_DIGEST + digest
+        if off:
+            head += _PIECE_OFFSET + varint(off)
+        head += _PIECE_DATA + varint(len(data))
+        lead = _CHUNK_BATCH_PIECES + varint(len(head) + len(data)) + head
+        self._parts.append(lead)
+        self._parts.append(data)
+        self._body += len(lead) + len(data)
+        self._used += len(data) + PIECE_FRAMING
 
     def add_chunk(self, digest: bytes, data: memoryview) -> Iterator[bytes]:
         """Adds one chunk (split into pieces as needed); yields complete frames."""
         n = len(data)
-        if self._data and self.limit - self._data < n <= self.limit:
-            yield self.flush()  # whole, in the next frame
-        if n <= self.limit - self._data:  # the common case: one piece, no frame yet
-            head = _PIECE_DIGEST + digest + _PIECE_DATA + varint(n)
-            lead = _CHUNK_BATCH_PIECES + varint(len(head) + n) + head
-            self._parts.append(lead)
-            self._parts.append(data)
-            self._body += len(lead) + n
-            self._data += n
+        if self.whole and n + PIECE_FRAMING > self.limit:
+            if self._parts:
+                yield self.flush()
+            self._piece(digest, 0, data)
+            yield self.flush()
             return
+        if self._parts and n + PIECE_FRAMING <= self.limit < self._used + n + PIECE_FRAMING:
+            yield self.flush()
         off = 0
         while off < n:
-            if self._data >= self.limit:
+            if self._used + PIECE_FRAMING >= self.limit:
                 yield self.flush()
-            take = min(n - off, self.limit - self._data)
-            head = _PIECE_DIGEST + digest
-            if off:
-                head += _PIECE_OFFSET + varint(off)
-            head += _PIECE_DATA + varint(take)
-            piece_len = len(head) + take
-            lead = _CHUNK_BATCH_PIECES + varint(piece_len) + head
-            self._parts.append(lead)
-            self._parts.append(data[off:off + take])
-            self._body += len(lead) + take
-            self._data += take
+            take = min(n - off, self.limit - self._used - PIECE_FRAMING)
+            self._piece(digest, off, data[off:off + take])
             off += take
 
     def flush(self) -> bytes:
@@ -138,7 +141,7 @@ class ChunkFrames:
         frame = b"".join([_SAVE_REQUEST_CHUNKS, varint(self._body), *self._parts])
         self._parts = []
         self._body = 0
-        self._data = 0
+        self._used = 0
         return frame
 
 
