@@ -1,9 +1,9 @@
 // The transport's ceiling: a bare gRPC stream of the same bytes as a
 // checkpoint, with the gRPC build ckpt links, over loopback, between two
 // processes. Nothing is hashed, parsed or stored: the messages are raw
-// ByteBuffers of 4 MiB that reference a buffer as large as the transfer (no
-// copy on the sending side), and the receiver only counts them. What ckpt reaches is then put
-// beside this by bench_torch and bench_python.
+// ByteBuffers of 4 MiB that reference a buffer as large as the transfer
+// (no copy on the sending side), and the receiver only counts them. What
+// ckpt reaches is then put beside this by bench_torch and bench_python.
 //
 //   bench_grpc --bytes N [--runs R]   prints "upload GB/s download GB/s" per run
 //   bench_grpc serve                  (what the first starts as its peer)

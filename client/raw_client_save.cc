@@ -1,7 +1,8 @@
 // GrpcRawClient's Save stream: the tree in node batches hashed one ahead,
-// then the chunks the server asks for: each over rpc::kPieceBytes whole in a
-// message of its own when the server accepts that (rpc::SendsWholeChunks),
-// the rest in messages of at most kPieceBytes of chunk data.
+// then the chunks the server asks for: each too large for a message of
+// rpc::kPieceBytes whole, in a message of its own, when the server accepts
+// that (rpc::SendsWholeChunks); the rest in messages of at most kPieceBytes,
+// framing included.
 
 #include <algorithm>
 #include <deque>
@@ -263,12 +264,7 @@ GrpcRawClient::StatsByNode GrpcRawClient::TakeStats(const std::string& name) {
 void GrpcRawClient::KeepStats(const std::string& name, StatsByNode stats) {
   if (stats.empty()) return;
   std::lock_guard<std::mutex> lock(stats_mu_);
-  for (auto it = stats_cache_.begin(); it != stats_cache_.end(); ++it) {
-    if (it->first == name) {
-      stats_cache_.erase(it);
-      break;
-    }
-  }
+  stats_cache_.remove_if([&name](const auto& entry) { return entry.first == name; });
   stats_cache_.emplace_front(name, std::move(stats));
   if (stats_cache_.size() > kStatsCacheNames) stats_cache_.pop_back();
 }

@@ -59,10 +59,10 @@ std::string CheckSize(std::string& text) {
 // chunk buffer of a save (1-4 MiB, allocated on one thread, freed on
 // another) then faulted its pages in again: 0.3-0.4 of ~3.3 server CPU
 // seconds per 1.5 GB save. Buffers under 32 MiB stay in the heap (8 MiB
-// was too little: page faults came back), and a heap keeps up to 32 MiB free
-// at its top for the next ones (128 MiB made a server that dropped many
-// large trees hold on to their memory). An operator's own malloc settings (GLIBC_TUNABLES,
-// MALLOC_*_ variables) win.
+// was too little: page faults came back), and a heap keeps up to 32 MiB
+// free at its top for the next ones (128 MiB made a server that dropped
+// many large trees hold on to their memory). An operator's own malloc
+// settings (GLIBC_TUNABLES, MALLOC_*_ variables) win.
 void KeepBuffersInTheHeap() {
 #ifdef __GLIBC__
   const char* tunables = std::getenv("GLIBC_TUNABLES");

@@ -13,6 +13,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "rpc/protocol.h"
 #include "server/telemetry.h"
 #include "storage/store.h"
 
@@ -32,7 +33,7 @@ struct ServerOptions {
   /// clients send a whole 4 MiB chunk in one message (the server stores it
   /// as received); with less, they send 1 MiB pieces that it assembles.
   /// At least 1 MiB + 64 KiB.
-  uint32_t max_message_bytes = (4 << 20) + (64 << 10);
+  uint32_t max_message_bytes = static_cast<uint32_t>(rpc::kMaxRequestBytes);
   /// Most nodes in one saved tree. Default: 1,000,000.
   uint64_t max_tree_nodes = 1'000'000;
   /// Most encoded tree bytes in one save. Default: 256 MiB.

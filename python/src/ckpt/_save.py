@@ -212,7 +212,7 @@ class _SaveCall:
             if chunk_size <= 0:
                 raise Internal("server announced chunk size 0")
             whole = _wire.sends_whole_chunks(accepted.max_message_bytes, chunk_size)
-            if whole and chunk_size > _wire.PIECE_BYTES:
+            if whole and chunk_size + _wire.PIECE_FRAMING > _wire.PIECE_BYTES:
                 # Frames waiting for grpcio: four of 1 MiB, or two whole chunks.
                 self.requests.set_depth(2)
             n = len(self.flat.entries)

@@ -3,10 +3,10 @@
 Chunk data goes up in frames of at most 1 MiB or of one whole chunk, tensor
 data comes down in ``bytes`` fields of at most 1 MiB. Building those messages
 with the protobuf runtime would copy every byte into a Python ``bytes`` and
-then again into the serialized message; here a
-ChunkBatch is assembled by joining small headers and memoryviews of the
-tensors (one copy), and a DataBatch is parsed in place (its pieces are
-memoryview slices of the received message, copied once into the tensors).
+then again into the serialized message; here a ChunkBatch is assembled by
+joining small headers and memoryviews of the tensors (one copy), and a
+DataBatch is parsed in place (its pieces are memoryview slices of the
+received message, copied once into the tensors).
 
 Wire format (proto3): a field is ``varint(number << 3 | wire_type)`` followed
 by a varint (wire type 0) or ``varint(length)`` and the bytes (wire type 2).
