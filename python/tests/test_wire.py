@@ -1,10 +1,12 @@
-"""The load path's hot loop, _wire.scatter, in its two implementations: the C
-accelerator (_speedups.c, built by the package's install) and the Python one
-(CKPT_PURE_PYTHON=1). Both must copy the same bytes to the same places, call
-back at the same points, and refuse the same malformed streams."""
+"""The load path's hot loops, _wire.scatter and _wire.node_facts, in their two
+implementations: the C accelerator (_speedups.c, built by the package's
+install) and the Python one (CKPT_PURE_PYTHON=1). Both must copy the same
+bytes to the same places, call back at the same points, refuse the same
+malformed streams, and read the same facts of every node, however encoded."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import random
 
@@ -233,3 +235,138 @@ def test_whole_chunks_only_when_the_server_accepts_them():
     assert not _wire.sends_whole_chunks(4 * mib, 4 * mib)
     assert _wire.sends_whole_chunks(64 * mib, 2 * mib)
     assert not _wire.sends_whole_chunks(64 * mib, 4 * mib + 1)
+
+
+@pytest.mark.parametrize("scatter", IMPLEMENTATIONS)
+def test_pieces_land_at_addresses(scatter):
+    """A target may be the address of memory the caller holds (a tensor's
+    data_ptr): the pieces land there, make is not called for it."""
+    rng = random.Random(8)
+    sizes = [5, 70000, 3]
+    data = [rng.randbytes(n) for n in sizes]
+    memory = [ctypes.create_string_buffer(n) for n in sizes]
+    targets = [ctypes.addressof(memory[0]), ctypes.addressof(memory[1]), True]
+    made, completed = [], []
+
+    def make(i):
+        made.append(i)
+        return memoryview(bytearray(sizes[i]))
+
+    msgs = [message(piece(0, 0, data[0]), piece(1, 0, data[1][:40000])),
+            message(piece(1, 40000, data[1][40000:]), piece(2, 0, data[2]))]
+    node = offset = 0
+    for m in msgs:
+        node, offset, _ = scatter(m, node, offset, sizes, targets, make, completed.append)
+    assert [m.raw for m in memory[:2]] == data[:2]
+    assert bytes(targets[2]) == data[2]
+    assert made == [2]
+    assert completed == [0, 1, 2]
+
+
+def _speedups_or_skip():
+    c = _speedups()
+    if c is None:
+        pytest.skip("the C accelerator is not built (test_the_c_accelerator_is_built fails)")
+    return c
+
+
+def _random_batch(rng):
+    from ckpt.v1 import checkpoint_pb2 as pb
+    batch = pb.NodeBatch()
+    root = batch.nodes.add()
+    root.dict.size = 0
+    for i in range(rng.randint(1, 12)):
+        node = batch.nodes.add()
+        root.dict.size += 1
+        if rng.random() < 0.5:
+            node.str_key = rng.choice(["w", "é", "a/b", "", "x" * 300])
+        elif rng.random() < 0.5:
+            node.int_key = rng.randint(-(1 << 40), 1 << 40)
+        kind = rng.randint(0, 7)
+        if kind == 0:
+            node.tensor.dtype = rng.randint(0, 20)
+            node.tensor.shape.extend(rng.randint(0, 1 << 33) for _ in range(rng.randint(0, 4)))
+            node.tensor.device = rng.choice(["", "cpu", "cuda:1"])
+            node.tensor.requires_grad = rng.random() < 0.5
+            if rng.random() < 0.8:
+                node.tensor.data.size = rng.randint(0, 1 << 40)
+                node.tensor.data.chunk_size = 4 << 20
+                node.tensor.data.chunks.extend(rng.randbytes(16) for _ in range(rng.randint(0, 3)))
+            if rng.random() < 0.5:
+                node.tensor.stats.count = 3
+                node.tensor.stats.mean = 0.5
+        elif kind == 1:
+            node.bytes.data.size = rng.randint(0, 1 << 20)
+        elif kind == 2:
+            getattr(node, rng.choice(["list", "tuple", "dict"])).size = 0
+        elif kind == 3:
+            node.none.SetInParent()
+        elif kind == 4:
+            node.int_value = rng.randint(-5, 5)
+        elif kind == 5:
+            node.float_value = rng.random()
+        elif kind == 6:
+            node.string_value = "s" * rng.randint(0, 3)
+        else:
+            node.bool_value = True
+    return batch
+
+
+def test_node_facts_agree_with_protobuf():
+    """The C reader returns what protobuf's accessors read (facts_of) for
+    every node protobuf writers encode; for legal encodings they do not
+    write (fields repeated or out of order, a shape not packed: protobuf's
+    merging rules apply) it answers None and node_facts asks protobuf."""
+    from ckpt.v1 import checkpoint_pb2 as pb
+    c = _speedups_or_skip()
+    rng = random.Random(12)
+    for trial in range(300):
+        batch = _random_batch(rng)
+        raw = batch.SerializeToString()
+        expected = [_wire.facts_of(n) for n in batch.nodes]
+        assert c.node_facts(raw) == expected, f"trial {trial}"
+        assert _wire.node_facts(raw, batch.nodes) == expected
+    # Non-canonical encodings of one node: each is legal protobuf.
+    def node_bytes(fields):
+        body = b"".join(fields)
+        return b"\x0a" + _wire.varint(len(body)) + body
+
+    def tensor(*fields):
+        body = b"".join(fields)
+        return b"\x5a" + _wire.varint(len(body)) + body  # Node.tensor = 11
+
+    data = b"\x2a\x02\x08\x20"  # TensorMeta.data {size: 32}
+    cases = [
+        node_bytes([tensor(b"\x08\x01", data), tensor(b"\x08\x02")]),  # tensor twice: merged
+        node_bytes([tensor(b"\x08\x01", b"\x10\x02", b"\x10\x03", data)]),  # shape unpacked
+        node_bytes([tensor(data, b"\x08\x01")]),  # fields out of order
+        node_bytes([b"\x40\x05", b"\x0a\x01k"]),  # int_value, then the key
+        node_bytes([tensor(b"\x08\x01", data), b"\x62\x00"]),  # tensor, then bytes
+    ]
+    for raw in cases:
+        batch = pb.NodeBatch.FromString(raw)
+        expected = [_wire.facts_of(n) for n in batch.nodes]
+        from_c = c.node_facts(raw)
+        assert len(from_c) == 1
+        assert from_c[0] is None or from_c == expected, (raw, from_c, expected)
+        assert _wire.node_facts(raw, batch.nodes) == expected
+    # The canonical cases the C reader does read:
+    assert c.node_facts(cases[4])[0] is not None  # a later value field wins: bytes
+
+
+def test_a_tensor_whose_bytes_disagree_with_its_shape_is_refused():
+    """A load writes a tensor's bytes at its address only when the tree's
+    data size is exactly the tensor's (a server that says more is refused
+    before any byte is written)."""
+    import torch
+    from ckpt import _load
+    from ckpt.errors import Internal
+    facts = [(3, None, 0, (), "", False, 1), (11, "w", 1, (2, 3), "cpu", False, 25)]
+    sink = _load._ValueSink(None)
+    with pytest.raises(Internal, match="'w': the checkpoint holds 25 bytes of data, its "
+                                       "shape and dtype make 24"):
+        sink.on_tree(None, [None, None], facts)
+    module = {"w": torch.zeros(2, 3)}
+    sink = _load._InPlaceSink(module, "", "", None, True, "M")
+    with pytest.raises(Internal, match="'w': the checkpoint holds 25 bytes"):
+        sink.on_tree(None, [None, None], facts)

@@ -89,7 +89,10 @@ class _Sink:
         """For a load with slices, before on_tree: nodes[s] is the index of
         slice s's tensor in the tree (whose data is then the box, packed)."""
 
-    def on_tree(self, version: VersionInfo, nodes: List[pb.Node]) -> None:
+    def on_tree(self, version: VersionInfo, nodes: List[pb.Node],
+                facts: List[_wire.Facts]) -> None:
+        """The selected tree, before its data: its nodes, and what
+        _wire.node_facts read of each (cheaper than protobuf's accessors)."""
         raise NotImplementedError
 
     def on_data(self, node: int, offset: int, data: memoryview) -> None:
@@ -97,11 +100,22 @@ class _Sink:
 
     def scatter_targets(self) -> Optional[Tuple[List[Any], Callable[[int], memoryview],
                                                  Optional[Callable[[int], None]]]]:
-        """The fast path (_wire.scatter), asked after on_tree: for each node the
-        writable memoryview its data goes into (None: not wanted; anything else:
-        replaced by make(node) when its first bytes arrive), make, and a callback
-        run when a node's last byte arrived (or None). None: call on_data."""
+        """The fast path (_wire.scatter), asked after on_tree: for each node
+        where its data goes (a writable memoryview, or the address of a CPU
+        tensor's memory holding exactly the node's bytes, as made by
+        _address; None: not wanted; anything else: replaced by make(node) when
+        its first bytes arrive), make, and a callback run when a node's last
+        byte arrived (or None). None: call on_data."""
         return None
+
+
+def _address(t: torch.Tensor, nbytes: int, key: Callable[[], str]) -> int:
+    """The address of a contiguous CPU tensor's memory for _wire.scatter, once
+    checked to hold exactly ``nbytes`` (what the stream may write there)."""
+    if t.nbytes != nbytes:
+        raise Internal(f"tensor '{key()}': the checkpoint holds {nbytes} bytes of data, "
+                       f"its shape and dtype make {t.nbytes}")
+    return t.data_ptr()
 
 
 def _alloc_host(nbytes: int) -> Tuple[torch.Tensor, memoryview]:
@@ -150,98 +164,101 @@ class _ValueSink(_Sink):
         self.map_location = map_location
         self.version: Optional[VersionInfo] = None
         self.nodes: List[pb.Node] = []
+        self.facts: List[_wire.Facts] = []
         self._keys: Optional[List[str]] = None
         self.tensors: Dict[int, torch.Tensor] = {}
-        # Per node: None (no data), a memoryview its bytes go into, or its
-        # tensor / True (a byte leaf) until _make makes that view.
+        # Per node: None (no data), its tensor's address (_address), or True
+        # (a byte leaf) until _make makes its buffer.
         self.targets: List[Any] = []
-        self.dtypes: Dict[int, torch.dtype] = {}
+        # Tensors that are not plain CPU tensors as saved (another device,
+        # requires_grad): node -> (device, requires_grad).
+        self._special: Dict[int, Tuple[str, bool]] = {}
 
     @property
     def keys(self) -> List[str]:
         """The nodes' key paths, for messages and callables (made when needed:
         a 20,000-tensor load spends ~10 % of its time on them otherwise)."""
         if self._keys is None:
-            self._keys = _tree.flattened_keys(self.nodes)
+            self._keys = _tree.flattened_keys(self.nodes, self.facts)
         return self._keys
 
-    def on_tree(self, version: VersionInfo, nodes: List[pb.Node]) -> None:
+    def on_tree(self, version: VersionInfo, nodes: List[pb.Node],
+                facts: List[_wire.Facts]) -> None:
         self.version = version
         self.nodes = nodes
+        self.facts = facts
         self._keys = None
         targets: List[Any] = [None] * len(nodes)
-        dtypes = self.dtypes
         tensors = self.tensors
+        special = self._special
         empty = torch.empty
         from_pb = _tree.FROM_PB
         any_device = self.map_location is None
-        for i, node in enumerate(nodes):
-            which = node.WhichOneof("value")
-            if which == "tensor":
-                meta = node.tensor
-                dtype = from_pb.get(meta.dtype)
+        # Once per tensor (torch.empty with a tuple costs 1 us more than with
+        # separate sizes).
+        for i, (field, _, code, shape, device, requires_grad, size) in enumerate(facts):
+            if field == _wire.NODE_TENSOR:
+                dtype = from_pb.get(code)
                 if dtype is None:
                     raise InvalidArgument(f"tensor '{self.keys[i]}': dtype "
-                                          f"{pb.DType.Name(meta.dtype)} is not supported by "
+                                          f"{_dtype_name(code)} is not supported by "
                                           f"torch {torch.__version__}")
-                if not any_device or meta.device != "cpu":
-                    target = _tree.target_device(self.map_location, meta.device)
+                if not any_device or device != "cpu":
+                    target = _tree.target_device(self.map_location, device)
                     if target is not None and not _tree.device_available(target):
                         raise FailedPrecondition(
-                            _tree.unavailable_message(self.keys[i], meta.device, target))
-                dtypes[i] = dtype
-                shape = tuple(meta.shape)
-                t = empty(shape, dtype=dtype)
+                            _tree.unavailable_message(self.keys[i], device, target))
+                t = empty(*shape, dtype=dtype) if shape else empty((), dtype=dtype)
                 tensors[i] = t
-                if meta.data.size:
-                    targets[i] = t  # its view is made by _make, as its bytes arrive
-            elif which == "bytes":
+                if size:
+                    targets[i] = (t.data_ptr() if t.nbytes == size else
+                                  _address(t, size, lambda: self.keys[i]))
+                if device != "cpu" or requires_grad:
+                    special[i] = (device, requires_grad)
+            elif field == _wire.NODE_BYTES:
                 targets[i] = True
         self.targets = targets
 
     def _make(self, i: int) -> memoryview:
-        t = self.tensors.get(i)
-        if t is None:  # a byte leaf
-            return memoryview(bytearray(self.nodes[i].bytes.data.size))
-        # A fresh tensor is contiguous: numpy's buffer is its memory.
-        if t.dim() and t.dtype in _tree._NUMPY_NATIVE:
-            return memoryview(t.numpy()).cast("B")
-        return _writable_bytes(t)
+        # Only byte leaves are made: tensors have their address.
+        return memoryview(bytearray(self.facts[i][6]))
 
     def scatter_targets(self):
         return self.targets, self._make, None
 
-    def on_data(self, node: int, offset: int, data: memoryview) -> None:
-        target = self.targets[node]
-        if target.__class__ is not memoryview:
-            target = self.targets[node] = self._make(node)
-        target[offset:offset + len(data)] = data
-
     def build(self, strip_prefix: str = "") -> Any:
-        leaves: Dict[int, Any] = {}
+        # Plain CPU tensors loaded without map_location are their own leaves.
+        if self.map_location is None and not self._special:
+            leaves: Dict[int, Any] = self.tensors
+        else:
+            leaves = {i: self._tensor(i, t) for i, t in self.tensors.items()}
         targets = self.targets
-        for i, node in enumerate(self.nodes):
-            which = node.WhichOneof("value")
-            if which == "tensor":
-                leaves[i] = self._tensor(i, node.tensor)
-            elif which == "bytes":
-                target = targets[i]
+        for i, target in enumerate(targets):
+            if target is True or target.__class__ is memoryview:  # a byte leaf
                 leaves[i] = bytes(target) if target.__class__ is memoryview else b""
         self.targets = []
-        self.tensors.clear()
-        return _tree.build(self.nodes, leaves, strip_prefix)
+        self.tensors = {}
+        self._special = {}
+        return _tree.build(self.nodes, leaves, strip_prefix, self.facts)
 
-    def _tensor(self, i: int, meta: pb.TensorMeta) -> torch.Tensor:
-        t = self.tensors[i]
+    def _tensor(self, i: int, t: torch.Tensor) -> torch.Tensor:
+        device, requires_grad = self._special.get(i, ("cpu", False))
         if callable(self.map_location) and not isinstance(self.map_location, dict):
-            t = _tree.apply_callable(self.map_location, t, meta.device, self.keys[i])
-        elif meta.device != "cpu" or self.map_location is not None:
-            target = _tree.target_device(self.map_location, meta.device)
+            t = _tree.apply_callable(self.map_location, t, device, self.keys[i])
+        elif device != "cpu" or self.map_location is not None:
+            target = _tree.target_device(self.map_location, device)
             if target is not None and target.type != "cpu":
                 t = t.to(target)
-        if meta.requires_grad and (t.is_floating_point() or t.is_complex()):
+        if requires_grad and (t.is_floating_point() or t.is_complex()):
             return torch.nn.Parameter(t, requires_grad=True)
         return t
+
+
+def _dtype_name(code: int) -> str:
+    try:
+        return pb.DType.Name(code)
+    except ValueError:
+        return str(code)
 
 
 def _shape_text(shape: Iterable[int]) -> str:
@@ -262,9 +279,8 @@ class _InPlaceSink(_Sink):
         self.module_name = module_name
         self.missing: List[str] = []
         self.unexpected: List[str] = []
-        self.views: List[Optional[memoryview]] = []
+        self.views: List[Any] = []  # per node, as ValueSink.targets
         self.staged: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}  # node -> (buf, dst)
-        self.sizes: Dict[int, int] = {}
 
     def _key(self, relative: str) -> str:
         key = relative
@@ -272,19 +288,20 @@ class _InPlaceSink(_Sink):
             key = key[len(self.strip_prefix):]
         return self.rename.get(key, key)
 
-    def on_tree(self, version: VersionInfo, nodes: List[pb.Node]) -> None:
-        keys = _tree.flattened_keys(nodes)
+    def on_tree(self, version: VersionInfo, nodes: List[pb.Node],
+                facts: List[_wire.Facts]) -> None:
+        keys = _tree.flattened_keys(nodes, facts)
         root = self.root + "/" if self.root else ""
         seen = set()
         errors: List[str] = []
-        chosen: Dict[int, torch.Tensor] = {}
+        chosen: Dict[int, Tuple[torch.Tensor, int]] = {}  # node -> (tensor, bytes)
         # The loop runs once per stored tensor: lookups hoisted.
         plain_keys = not self.strip_prefix and not self.rename
         cut = len(root)
         get = self.targets.get
         from_pb = _tree.FROM_PB
-        for i, node in enumerate(nodes):
-            if node.WhichOneof("value") != "tensor":
+        for i, (field, _, code, shape, _, _, size) in enumerate(facts):
+            if field != _wire.NODE_TENSOR:
                 continue
             relative = keys[i]
             if cut:
@@ -299,18 +316,17 @@ class _InPlaceSink(_Sink):
                 self.unexpected.append(key)
                 continue
             seen.add(key)
-            meta = node.tensor
-            if tuple(meta.shape) != dst.shape:
+            if shape != dst.shape:
                 errors.append(f"size mismatch for {key}: copying a param with shape "
-                              f"{_shape_text(meta.shape)} from checkpoint, the shape in current "
+                              f"{_shape_text(shape)} from checkpoint, the shape in current "
                               f"model is {_shape_text(dst.shape)}.")
                 continue
-            if from_pb.get(meta.dtype) != dst.dtype:
-                saved = from_pb.get(meta.dtype, pb.DType.Name(meta.dtype))
+            if from_pb.get(code) != dst.dtype:
+                saved = from_pb.get(code, _dtype_name(code))
                 errors.append(f"dtype mismatch for {key}: copying a param with dtype {saved} "
                               f"from checkpoint, the dtype in current model is {dst.dtype}.")
                 continue
-            chosen[i] = dst
+            chosen[i] = (dst, size)
         self.missing = [k for k in self.targets if k not in seen]
         shape_errors = bool(errors)
         if self.strict:
@@ -324,25 +340,27 @@ class _InPlaceSink(_Sink):
             message = "Error(s) in loading state_dict for {}:\n\t{}".format(
                 self.module_name, "\n\t".join(errors))
             raise (InvalidArgument if shape_errors else FailedPrecondition)(message)
-        # Destinations are made as the first bytes of each arrive (_make).
+        # A contiguous CPU tensor takes its bytes where they are; the others
+        # get a buffer as their first bytes arrive (_make), copied in when
+        # complete (_staged_done).
         views: List[Any] = [None] * len(nodes)
-        for i, dst in chosen.items():
-            views[i] = dst
+        for i, (dst, size) in chosen.items():
+            if not size:
+                continue
+            if dst.is_cpu and dst.is_contiguous() and not dst.is_conj() and not dst.is_neg():
+                views[i] = (dst.data_ptr() if dst.nbytes == size else
+                            _address(dst, size, lambda: keys[i]))
+            else:
+                views[i] = dst
         self.nodes = nodes
+        self.facts = facts
         self.views = views
 
     def _make(self, i: int) -> memoryview:
         dst = self.views[i]
-        if dst.is_cpu and dst.is_contiguous() and not dst.is_conj() and not dst.is_neg():
-            if dst.requires_grad:
-                dst = dst.detach()
-            if dst.dim() and dst.dtype in _tree._NUMPY_NATIVE:
-                return memoryview(dst.numpy()).cast("B")
-            return _tree.tensor_bytes(dst)[0]
-        size = self.nodes[i].tensor.data.size
+        size = self.facts[i][6]
         buf, view = _alloc_host(size)
         self.staged[i] = (buf, dst)
-        self.sizes[i] = size
         return view
 
     def scatter_targets(self):
@@ -357,16 +375,6 @@ class _InPlaceSink(_Sink):
             with torch.no_grad():
                 dst.copy_(buf.view(dst.dtype).reshape(dst.shape))
             self.views[node] = None
-
-    def on_data(self, node: int, offset: int, data: memoryview) -> None:
-        view = self.views[node]
-        if view is None:
-            return
-        if view.__class__ is not memoryview:
-            view = self.views[node] = self._make(node)
-        view[offset:offset + len(data)] = data
-        if offset + len(data) == self.sizes.get(node, -1):
-            self._staged_done(node)
 
 
 # ---------------------------------------------------------------- reading the stream
@@ -403,18 +411,19 @@ def _read_load(stream: Any, sink: _Sink,
     header = pb.LoadHeader.FromString(payload)
     info = VersionInfo.from_proto(header.version)
     nodes: List[pb.Node] = []
+    facts: List[_wire.Facts] = []
     while len(nodes) < header.num_nodes:
         field, payload = read("in the tree")
         if field != _wire.LOAD_NODES:
             raise Internal("expected nodes in load stream")
-        nodes.extend(pb.NodeBatch.FromString(payload).nodes)
-    sizes = [0] * len(nodes)
-    for i, n in enumerate(nodes):
-        which = n.WhichOneof("value")
-        if which == "tensor":
-            sizes[i] = n.tensor.data.size
-        elif which == "bytes":
-            sizes[i] = n.bytes.data.size
+        batch = pb.NodeBatch.FromString(payload).nodes
+        nodes.extend(batch)
+        try:
+            facts.extend(_wire.node_facts(payload, batch))
+        except _wire.StreamError as e:
+            raise Internal(f"malformed load stream: {e}") from None
+    leaves = (_wire.NODE_TENSOR, _wire.NODE_BYTES)
+    sizes = [f[6] if f[0] in leaves else 0 for f in facts]
     if slices:
         # A sliced tensor's data is its box, packed.
         slice_nodes = list(header.slice_nodes)
@@ -430,7 +439,7 @@ def _read_load(stream: Any, sink: _Sink,
             sizes[i] = box
         sink.on_slices(slice_nodes)
     sink.data_bytes = header.data_bytes
-    sink.on_tree(info, nodes)
+    sink.on_tree(info, nodes, facts)
     node = 0
     offset = 0
     received = 0

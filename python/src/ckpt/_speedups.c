@@ -10,7 +10,8 @@
 #include <stdint.h>
 #include <string.h>
 
-/* Pieces at least this large are copied with the GIL released. */
+/* A message's copies are made with the GIL released when they move at least
+ * this many bytes. */
 static const uint64_t kReleaseGilBytes = 64 * 1024;
 
 static PyObject *stream_error = NULL; /* ckpt._wire.StreamError, set by init() */
@@ -44,6 +45,77 @@ static Py_ssize_t size_at(PyObject *sizes, Py_ssize_t i) {
   return PyLong_AsSsize_t(PyList_GET_ITEM(sizes, i));
 }
 
+/* The copies of one message, made after its pieces are all checked, with the
+ * GIL released once for all of them when they move enough bytes. */
+typedef struct {
+  char *dst;
+  const uint8_t *src;
+  size_t n;
+} Copy;
+
+typedef struct {
+  Copy *copies;
+  Py_ssize_t num_copies, cap_copies;
+  Py_buffer *held; /* buffers of memoryview targets, released at the end */
+  Py_ssize_t num_held, cap_held;
+  Py_ssize_t *completed; /* nodes whose last byte is in this message */
+  Py_ssize_t num_completed, cap_completed;
+} Plan;
+
+static int grow(void **items, Py_ssize_t *cap, Py_ssize_t need, size_t item) {
+  if (need <= *cap) return 1;
+  Py_ssize_t cap2 = *cap ? *cap * 2 : 64;
+  while (cap2 < need) cap2 *= 2;
+  void *more = PyMem_Realloc(*items, (size_t)cap2 * item);
+  if (more == NULL) {
+    PyErr_NoMemory();
+    return 0;
+  }
+  *items = more;
+  *cap = cap2;
+  return 1;
+}
+
+static void plan_free(Plan *plan) {
+  for (Py_ssize_t i = 0; i < plan->num_held; ++i) PyBuffer_Release(&plan->held[i]);
+  PyMem_Free(plan->copies);
+  PyMem_Free(plan->held);
+  PyMem_Free(plan->completed);
+}
+
+/* Where a piece of `n` bytes at `off` of node `node` goes: a target that is
+ * an int is the address of memory holding the node's sizes[node] bytes (the
+ * caller vouches for it); a memoryview is checked and held. NULL with an
+ * exception set on failure. */
+static char *destination(Plan *plan, PyObject *target, Py_ssize_t node, uint64_t off, uint64_t n,
+                         Py_ssize_t *held_node) {
+  if (PyLong_CheckExact(target)) {
+    void *base = PyLong_AsVoidPtr(target);
+    if (base == NULL) {
+      if (!PyErr_Occurred()) fail("load target address is null");
+      return NULL;
+    }
+    return (char *)base + off;
+  }
+  if (*held_node != node) {
+    if (!grow((void **)&plan->held, &plan->cap_held, plan->num_held + 1, sizeof(Py_buffer))) {
+      return NULL;
+    }
+    if (PyObject_GetBuffer(target, &plan->held[plan->num_held],
+                           PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
+      return NULL;
+    }
+    ++plan->num_held;
+    *held_node = node;
+  }
+  Py_buffer *dst = &plan->held[plan->num_held - 1];
+  if ((uint64_t)dst->len < off + n) {
+    fail("load target smaller than its tensor");
+    return NULL;
+  }
+  return (char *)dst->buf + off;
+}
+
 /* scatter(message, node, offset, sizes, targets, make, on_complete)
  *   -> (node, offset, received); see ckpt._wire.scatter. */
 static PyObject *scatter(PyObject *self, PyObject *args) {
@@ -61,6 +133,9 @@ static PyObject *scatter(PyObject *self, PyObject *args) {
   PyObject *result = NULL;
   Py_ssize_t pos = 1;
   uint64_t length;
+  Plan plan = {0};
+  Py_ssize_t held_node = -1; /* the node of plan.held's last buffer */
+  size_t copied = 0;
   if (len == 0 || buf[0] != 0x1A) { /* LoadResponse.data = 3 */
     fail("expected data in load stream");
     goto done;
@@ -142,58 +217,326 @@ static PyObject *scatter(PyObject *self, PyObject *args) {
       goto done;
     }
     PyObject *target = PyList_GET_ITEM(targets, node);
-    Py_INCREF(target); /* held across the callbacks */
     if (target != Py_None) {
-      if (Py_TYPE(target) != &PyMemoryView_Type) {
+      if (Py_TYPE(target) != &PyMemoryView_Type && !PyLong_CheckExact(target)) {
         PyObject *made = PyObject_CallFunction(make, "n", node);
-        Py_DECREF(target);
         if (made == NULL) goto done;
         if (node >= PyList_GET_SIZE(targets)) {
           Py_DECREF(made);
           fail("load targets changed during the load");
           goto done;
         }
-        Py_INCREF(made);
-        PyList_SetItem(targets, node, made); /* steals one reference */
+        PyList_SetItem(targets, node, made); /* the list holds it */
         target = made;
       }
-      Py_buffer dst;
-      if (PyObject_GetBuffer(target, &dst, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
-        Py_DECREF(target);
-        goto done;
-      }
-      if ((uint64_t)dst.len < off + n) {
-        PyBuffer_Release(&dst);
-        Py_DECREF(target);
-        fail("load target smaller than its tensor");
-        goto done;
-      }
-      if (n >= kReleaseGilBytes) {
-        /* Both buffers are held (message, dst): other Python threads (the
-           load's reader, the job's own) run while the bytes move. */
-        Py_BEGIN_ALLOW_THREADS memcpy((char *)dst.buf + off, buf + start, (size_t)n);
-        Py_END_ALLOW_THREADS
-      } else {
-        memcpy((char *)dst.buf + off, buf + start, (size_t)n);
-      }
-      PyBuffer_Release(&dst);
-      if (on_complete != Py_None && (Py_ssize_t)(off + n) == size) {
-        PyObject *r = PyObject_CallFunction(on_complete, "n", node);
-        if (r == NULL) {
-          Py_DECREF(target);
+      if (n) {
+        char *dst = destination(&plan, target, node, off, n, &held_node);
+        if (dst == NULL) goto done;
+        if (!grow((void **)&plan.copies, &plan.cap_copies, plan.num_copies + 1, sizeof(Copy))) {
           goto done;
         }
-        Py_DECREF(r);
+        plan.copies[plan.num_copies++] = (Copy){dst, buf + start, (size_t)n};
+        copied += (size_t)n;
+      }
+      if (on_complete != Py_None && (Py_ssize_t)(off + n) == size) {
+        if (!grow((void **)&plan.completed, &plan.cap_completed, plan.num_completed + 1,
+                  sizeof(Py_ssize_t))) {
+          goto done;
+        }
+        plan.completed[plan.num_completed++] = node;
       }
     }
-    Py_DECREF(target);
     offset += (Py_ssize_t)n;
     received += (Py_ssize_t)n;
   }
+  /* Every piece checked: the bytes move. The buffers are held (the message,
+     memoryview targets; int targets are the caller's), so other Python
+     threads (the load's reader, the job's own) run meanwhile. */
+  if (copied >= kReleaseGilBytes) {
+    Py_BEGIN_ALLOW_THREADS for (Py_ssize_t i = 0; i < plan.num_copies; ++i) {
+      memcpy(plan.copies[i].dst, plan.copies[i].src, plan.copies[i].n);
+    }
+    Py_END_ALLOW_THREADS
+  } else {
+    for (Py_ssize_t i = 0; i < plan.num_copies; ++i) {
+      memcpy(plan.copies[i].dst, plan.copies[i].src, plan.copies[i].n);
+    }
+  }
+  for (Py_ssize_t i = 0; i < plan.num_completed; ++i) {
+    PyObject *r = PyObject_CallFunction(on_complete, "n", plan.completed[i]);
+    if (r == NULL) goto done;
+    Py_DECREF(r);
+  }
   result = Py_BuildValue("nnn", node, offset, received);
 done:
+  plan_free(&plan);
   PyBuffer_Release(&message);
   return result;
+}
+
+/* ---- node_facts: what loads read of each node of a NodeBatch, in one pass.
+ *
+ * Only the encoding protobuf writers produce is read here: every message's
+ * fields in increasing field-number order, each once (repeated shape packed).
+ * A node encoded otherwise (legal protobuf a hostile server could send,
+ * where merging rules apply) is answered None: the caller reads that node
+ * through the protobuf runtime instead (ckpt._wire.node_facts). */
+
+typedef struct {
+  const uint8_t *buf;
+  Py_ssize_t pos, end;
+} Reader;
+
+/* The next field: its number, wire type and, for wire type 2, the bounds of
+ * its bytes; for 0, its value. 0 on malformed input. */
+static int next_field(Reader *r, uint32_t *number, int *type, uint64_t *value, Py_ssize_t *start) {
+  uint64_t tag;
+  if (!read_varint(r->buf, r->end, &r->pos, &tag)) return 0;
+  *number = (uint32_t)(tag >> 3);
+  *type = (int)(tag & 7);
+  switch (*type) {
+    case 0:
+      return read_varint(r->buf, r->end, &r->pos, value);
+    case 1:
+      if (r->end - r->pos < 8) return 0;
+      r->pos += 8;
+      return 1;
+    case 5:
+      if (r->end - r->pos < 4) return 0;
+      r->pos += 4;
+      return 1;
+    case 2:
+      if (!read_varint(r->buf, r->end, &r->pos, value) || *value > (uint64_t)(r->end - r->pos)) {
+        return 0;
+      }
+      *start = r->pos;
+      r->pos += (Py_ssize_t)*value;
+      return 1;
+    default:
+      return 0;
+  }
+}
+
+/* Field 1, a varint, of a DataRef (size) or a Container (size); -1: not
+ * canonical. (DataRef's field 3, the chunk digests, repeats.) */
+static int data_size(const uint8_t *buf, Py_ssize_t start, Py_ssize_t end, uint64_t *size) {
+  Reader r = {buf, start, end};
+  uint32_t last = 0;
+  *size = 0;
+  while (r.pos < r.end) {
+    uint32_t number;
+    int type;
+    uint64_t value = 0;
+    Py_ssize_t at = 0;
+    if (!next_field(&r, &number, &type, &value, &at)) return -1;
+    if (number < last || (number == last && !(number == 3 && type == 2))) return -1;
+    last = number;
+    if (number == 1) {
+      if (type != 0) return -1;
+      *size = value;
+    }
+  }
+  return 0;
+}
+
+typedef struct {
+  uint32_t value_field; /* Node's value oneof field set last; 0: none */
+  int key_kind;         /* 0 none, 1 str_key, 2 int_key */
+  Py_ssize_t key_start, key_len;
+  int64_t int_key;
+  uint64_t dtype;
+  Py_ssize_t shape_start, shape_end; /* packed shape */
+  Py_ssize_t device_start, device_len;
+  int requires_grad;
+  uint64_t size; /* tensor/bytes data size, container size */
+} Facts;
+
+/* 1: read; 0: not canonical (the caller asks protobuf); -1: malformed. */
+static int read_tensor(const uint8_t *buf, Py_ssize_t start, Py_ssize_t end, Facts *f) {
+  Reader r = {buf, start, end};
+  uint32_t last = 0;
+  while (r.pos < r.end) {
+    uint32_t number;
+    int type;
+    uint64_t value = 0;
+    Py_ssize_t at = 0;
+    if (!next_field(&r, &number, &type, &value, &at)) return -1;
+    if (number <= last) return 0;
+    last = number;
+    if (number == 1 && type == 0) {
+      f->dtype = value;
+    } else if (number == 2 && type == 2) {
+      f->shape_start = at;
+      f->shape_end = at + (Py_ssize_t)value;
+    } else if (number == 3 && type == 2) {
+      f->device_start = at;
+      f->device_len = (Py_ssize_t)value;
+    } else if (number == 4 && type == 0) {
+      f->requires_grad = value != 0;
+    } else if (number == 5 && type == 2) {
+      if (data_size(buf, at, at + (Py_ssize_t)value, &f->size) < 0) return 0;
+    } else if (number == 6 && type == 2) {
+      /* stats: not read by loads */
+    } else if (number <= 6) {
+      return 0; /* a known field in another wire type (e.g. unpacked shape) */
+    }
+  }
+  return 1;
+}
+
+static int read_node(const uint8_t *buf, Py_ssize_t start, Py_ssize_t end, Facts *f) {
+  Reader r = {buf, start, end};
+  uint32_t last = 0;
+  memset(f, 0, sizeof(*f));
+  while (r.pos < r.end) {
+    uint32_t number;
+    int type;
+    uint64_t value = 0;
+    Py_ssize_t at = 0;
+    if (!next_field(&r, &number, &type, &value, &at)) return -1;
+    if (number <= last) return 0;
+    last = number;
+    if (number == 1 && type == 2) {
+      f->key_kind = 1;
+      f->key_start = at;
+      f->key_len = (Py_ssize_t)value;
+    } else if (number == 2 && type == 0) {
+      f->key_kind = 2;
+      f->int_key = (int64_t)value;
+    } else if (number >= 3 && number <= 12) {
+      /* A oneof: the last value set wins. */
+      f->value_field = number;
+      f->dtype = 0;
+      f->shape_start = f->shape_end = 0;
+      f->device_start = f->device_len = 0;
+      f->requires_grad = 0;
+      f->size = 0;
+      const int expected = (number == 7 || number == 8) ? 0 : number == 9 ? 1 : 2;
+      if (type != expected) return 0;
+      if (number >= 3 && number <= 5) {
+        if (data_size(buf, at, at + (Py_ssize_t)value, &f->size) < 0) return 0;
+        f->size = (uint32_t)f->size; /* Container.size is a uint32 */
+      } else if (number == 11) {
+        int read = read_tensor(buf, at, at + (Py_ssize_t)value, f);
+        if (read <= 0) return read;
+      } else if (number == 12) {
+        /* BytesMeta{DataRef data = 1} */
+        Reader m = {buf, at, at + (Py_ssize_t)value};
+        uint32_t mlast = 0;
+        while (m.pos < m.end) {
+          uint32_t mn;
+          int mt;
+          uint64_t mv = 0;
+          Py_ssize_t mat = 0;
+          if (!next_field(&m, &mn, &mt, &mv, &mat)) return -1;
+          if (mn <= mlast) return 0;
+          mlast = mn;
+          if (mn == 1) {
+            if (mt != 2 || data_size(buf, mat, mat + (Py_ssize_t)mv, &f->size) < 0) return 0;
+          }
+        }
+      }
+    }
+  }
+  return 1;
+}
+
+static PyObject *facts_tuple(const uint8_t *buf, const Facts *f) {
+  PyObject *key;
+  if (f->key_kind == 1) {
+    key = PyUnicode_DecodeUTF8((const char *)buf + f->key_start, f->key_len, "strict");
+  } else if (f->key_kind == 2) {
+    key = PyLong_FromLongLong(f->int_key);
+  } else {
+    Py_INCREF(Py_None);
+    key = Py_None;
+  }
+  if (key == NULL) return NULL;
+  PyObject *shape = PyList_New(0);
+  if (shape == NULL) {
+    Py_DECREF(key);
+    return NULL;
+  }
+  Reader r = {buf, f->shape_start, f->shape_end};
+  while (r.pos < r.end) {
+    uint64_t dim;
+    PyObject *d = NULL;
+    if (!read_varint(buf, r.end, &r.pos, &dim) || (d = PyLong_FromLongLong((int64_t)dim)) == NULL ||
+        PyList_Append(shape, d) < 0) {
+      Py_XDECREF(d);
+      Py_DECREF(key);
+      Py_DECREF(shape);
+      if (!PyErr_Occurred()) fail("malformed shape");
+      return NULL;
+    }
+    Py_DECREF(d);
+  }
+  PyObject *shape_tuple = PyList_AsTuple(shape);
+  Py_DECREF(shape);
+  if (shape_tuple == NULL) {
+    Py_DECREF(key);
+    return NULL;
+  }
+  PyObject *device =
+      PyUnicode_DecodeUTF8((const char *)buf + f->device_start, f->device_len, "strict");
+  if (device == NULL) {
+    Py_DECREF(key);
+    Py_DECREF(shape_tuple);
+    return NULL;
+  }
+  /* DType is an enum: an int32, as protobuf reads it. */
+  return Py_BuildValue("INlNNOK", f->value_field, key, (long)(int32_t)f->dtype, shape_tuple,
+                       device, f->requires_grad ? Py_True : Py_False,
+                       (unsigned long long)f->size);
+}
+
+/* node_facts(node_batch) -> [per node: (value field, key, dtype, shape,
+ * device, requires_grad, size) or None]; see ckpt._wire.node_facts. */
+static PyObject *node_facts(PyObject *self, PyObject *arg) {
+  Py_buffer batch;
+  if (PyObject_GetBuffer(arg, &batch, PyBUF_SIMPLE) < 0) return NULL;
+  const uint8_t *buf = (const uint8_t *)batch.buf;
+  PyObject *out = PyList_New(0);
+  Reader r = {buf, 0, batch.len};
+  while (out != NULL && r.pos < r.end) {
+    uint32_t number;
+    int type;
+    uint64_t value = 0;
+    Py_ssize_t at = 0;
+    if (!next_field(&r, &number, &type, &value, &at)) {
+      fail("malformed NodeBatch");
+      Py_CLEAR(out);
+      break;
+    }
+    if (number != 1) continue; /* unknown field */
+    if (type != 2) {
+      fail("malformed NodeBatch");
+      Py_CLEAR(out);
+      break;
+    }
+    Facts f;
+    const int read = read_node(buf, at, at + (Py_ssize_t)value, &f);
+    PyObject *item = NULL;
+    if (read < 0) {
+      fail("malformed Node");
+      Py_CLEAR(out);
+      break;
+    }
+    if (read) {
+      item = facts_tuple(buf, &f);
+    } else {
+      Py_INCREF(Py_None);
+      item = Py_None;
+    }
+    if (item == NULL || PyList_Append(out, item) < 0) {
+      Py_XDECREF(item);
+      Py_CLEAR(out);
+      break;
+    }
+    Py_DECREF(item);
+  }
+  PyBuffer_Release(&batch);
+  return out;
 }
 
 static PyObject *init(PyObject *self, PyObject *error) {
@@ -204,6 +547,7 @@ static PyObject *init(PyObject *self, PyObject *error) {
 
 static PyMethodDef methods[] = {
     {"scatter", scatter, METH_VARARGS, "ckpt._wire.scatter in C."},
+    {"node_facts", node_facts, METH_O, "ckpt._wire.node_facts in C."},
     {"init", init, METH_O, "Sets the exception class of protocol errors."},
     {NULL, NULL, 0, NULL},
 };

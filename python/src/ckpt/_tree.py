@@ -24,6 +24,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from ckpt import _wire
 from ckpt.v1 import checkpoint_pb2 as pb
 
 # torch dtype <-> ckpt.v1.DType. uint16/32/64 exist in torch >= 2.3 only.
@@ -391,23 +392,25 @@ def data_view(data: Data) -> Tuple[memoryview, Any]:
 # ---------------------------------------------------------------- loading
 
 
-def flattened_keys(nodes: Sequence[pb.Node]) -> List[str]:
+def flattened_keys(nodes: Sequence[pb.Node],
+                   facts: Optional[Sequence[_wire.Facts]] = None) -> List[str]:
     """Each node's key path ("model_state_dict/fc.weight", list indices as
-    numbers), like the server's glob patterns see them."""
-    keys = [""] * len(nodes)
+    numbers), like the server's glob patterns see them. ``facts``: the nodes'
+    _wire.node_facts, when the caller has them."""
+    if facts is None:
+        facts = [_wire.facts_of(n) for n in nodes]
+    keys = [""] * len(facts)
     stack: List[List[int]] = []  # [node, remaining, next_index]
-    for i, node in enumerate(nodes):
+    containers = _wire.NODE_CONTAINERS
+    for i, (field, key, _, _, _, _, size) in enumerate(facts):
         if stack:
             parent = stack[-1]
-            which = node.WhichOneof("key")
-            k = node.str_key if which == "str_key" else (
-                str(node.int_key) if which == "int_key" else str(parent[2]))
+            k = key if key.__class__ is str else str(parent[2] if key is None else key)
             keys[i] = join(keys[parent[0]], k)
             parent[2] += 1
             parent[1] -= 1
-        which = node.WhichOneof("value")
-        if which in ("dict", "list", "tuple") and getattr(node, which).size > 0:
-            stack.append([i, getattr(node, which).size, 0])
+        if field in containers and size > 0:
+            stack.append([i, size, 0])
         else:
             while stack and stack[-1][1] == 0:
                 stack.pop()
@@ -476,43 +479,44 @@ def apply_callable(map_location: Callable[..., Any], tensor: torch.Tensor, saved
                     "a device or None")
 
 
-def build(nodes: Sequence[pb.Node], leaves: Sequence[Any], strip_prefix: str = "") -> Any:
+def build(nodes: Sequence[pb.Node], leaves: Sequence[Any], strip_prefix: str = "",
+          facts: Optional[Sequence[_wire.Facts]] = None) -> Any:
     """The Python value of a pre-order tree whose data leaves (tensors, bytes)
-    are given per node index in ``leaves``."""
+    are given per node index in ``leaves`` (``facts``: as flattened_keys)."""
+    if facts is None:
+        facts = [_wire.facts_of(n) for n in nodes]
     pos = [0]
 
     def one(depth: int) -> Any:
         i = pos[0]
         pos[0] += 1
-        node = nodes[i]
-        which = node.WhichOneof("value")
-        if which == "tensor" or which == "bytes":
+        field, _, _, _, _, _, size = facts[i]
+        if field == 11 or field == 12:  # tensor, bytes
             return leaves[i]
-        if which == "none":
+        if field == 6:
             return None
-        if which == "bool_value":
-            return node.bool_value
-        if which == "int_value":
-            return node.int_value
-        if which == "float_value":
-            return node.float_value
-        if which == "string_value":
-            return node.string_value
-        if which in ("list", "tuple"):
-            items = [one(depth + 1) for _ in range(getattr(node, which).size)]
-            return items if which == "list" else tuple(items)
-        if which == "dict":
+        if field == 7:
+            return nodes[i].bool_value
+        if field == 8:
+            return nodes[i].int_value
+        if field == 9:
+            return nodes[i].float_value
+        if field == 10:
+            return nodes[i].string_value
+        if field == 4 or field == 5:  # list, tuple
+            items = [one(depth + 1) for _ in range(size)]
+            return items if field == 4 else tuple(items)
+        if field == 3:  # dict
             entries = []
-            all_tensor = node.dict.size > 0
+            all_tensor = size > 0
             all_str = True
-            for _ in range(node.dict.size):
+            for _ in range(size):
                 at = pos[0]
-                child = nodes[at]
-                kw = child.WhichOneof("key")
-                key: Union[str, int] = child.str_key if kw == "str_key" else child.int_key
-                all_str = all_str and kw == "str_key"
-                which = child.WhichOneof("value")
-                if which == "tensor":  # the common leaf, without a call
+                child, key, _, _, _, _, _ = facts[at]
+                if key is None:
+                    key = 0  # as protobuf reads an unset int_key
+                all_str = all_str and key.__class__ is str
+                if child == 11:  # the common leaf, without a call
                     pos[0] = at + 1
                     entries.append((key, leaves[at]))
                     continue

@@ -14,6 +14,7 @@ by a varint (wire type 0) or ``varint(length)`` and the bytes (wire type 2).
 
 from __future__ import annotations
 
+import ctypes
 import os
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
@@ -197,11 +198,15 @@ def scatter(message: bytes, node: int, offset: int, sizes: List[int], targets: L
     """Copies the pieces of one LoadResponse{data: DataBatch} message into place.
 
     The hot loop of loads: pieces are parsed in place (single-byte varints
-    inline) and each is copied straight into ``targets[node]`` at its offset
-    (nodes whose target is None are skipped; a target that is not yet a
-    memoryview is replaced by ``make(node)`` when its first piece arrives, so
-    that destinations are made while the stream flows rather than before it
-    starts); ``on_complete(node)`` runs when a node's last byte arrived.
+    inline) and each is copied straight into ``targets[node]`` at its offset:
+    a writable memoryview, or an int, the address of memory the caller keeps
+    alive that holds the node's ``sizes[node]`` bytes (a tensor's data_ptr).
+    Nodes whose target is None are skipped; any other target is replaced by
+    ``make(node)`` when its first piece arrives, so that destinations are made
+    while the stream flows rather than before it starts. ``on_complete(node)``
+    runs when a node's last byte arrived (the C version runs it once the
+    message's bytes are in place: it copies them all after checking every
+    piece, without the GIL when they are many).
     ``node``/``offset`` is where the stream stands (pieces must continue it:
     node by node, offsets contiguous, within ``sizes``); returns the new
     position and the data bytes of the message."""
@@ -269,9 +274,13 @@ def scatter(message: bytes, node: int, offset: int, sizes: List[int], targets: L
             raise StreamError("load stream piece out of range")
         target = targets[node]
         if target is not None:
-            if target.__class__ is not memoryview:
+            if target.__class__ is not memoryview and target.__class__ is not int:
                 target = targets[node] = make(node)
-            target[off:off + n] = mv[start:start + n]
+            if target.__class__ is int:
+                if n:
+                    ctypes.memmove(target + off, bytes(mv[start:start + n]), n)
+            else:
+                target[off:off + n] = mv[start:start + n]
             if on_complete is not None and off + n == sizes[node]:
                 on_complete(node)
         offset += n
@@ -280,6 +289,62 @@ def scatter(message: bytes, node: int, offset: int, sizes: List[int], targets: L
 
 
 python_scatter = scatter
+
+
+# Node.value's fields by name (their numbers in checkpoint.proto).
+_VALUE_FIELDS = {"dict": 3, "list": 4, "tuple": 5, "none": 6, "bool_value": 7, "int_value": 8,
+                 "float_value": 9, "string_value": 10, "tensor": 11, "bytes": 12}
+NODE_TENSOR = 11
+NODE_BYTES = 12
+NODE_CONTAINERS = (3, 4, 5)
+
+# (value field, key, dtype, shape, device, requires_grad, size)
+Facts = Tuple[int, Any, int, Tuple[int, ...], str, bool, int]
+
+
+def facts_of(node: Any) -> Facts:
+    """What a load reads of one node, through the protobuf runtime: the
+    number of its value field (0: none), its key (str, int or None), for a
+    tensor its dtype, shape, device and requires_grad, and its size (a
+    tensor's or bytes leaf's data bytes, a container's children; else 0)."""
+    which = node.WhichOneof("key")
+    key = node.str_key if which == "str_key" else node.int_key if which == "int_key" else None
+    which = node.WhichOneof("value")
+    field = _VALUE_FIELDS.get(which, 0)
+    if field == NODE_TENSOR:
+        meta = node.tensor
+        return (field, key, meta.dtype, tuple(meta.shape[:]), meta.device, meta.requires_grad,
+                meta.data.size)
+    size = 0
+    if field == NODE_BYTES:
+        size = node.bytes.data.size
+    elif field in NODE_CONTAINERS:
+        size = getattr(node, which).size
+    return (field, key, 0, (), "", False, size)
+
+
+def python_node_facts(batch: Any, nodes: List[Any]) -> List[Any]:
+    """node_facts's Python version: None for every node (read them all
+    through the protobuf runtime)."""
+    return [None] * len(nodes)
+
+
+def node_facts(batch: Any, nodes: List[Any]) -> List[Facts]:
+    """facts_of for each node of a NodeBatch: ``batch`` is its serialized
+    bytes, ``nodes`` the same batch parsed by protobuf. The C accelerator
+    reads the bytes in one pass (~20x faster than protobuf's accessors) for
+    nodes in the encoding protobuf writers produce; any other node is read
+    through ``nodes``."""
+    facts = _facts_from_bytes(batch, nodes)
+    if len(facts) != len(nodes):
+        facts = [None] * len(nodes)
+    for i, f in enumerate(facts):
+        if f is None:
+            facts[i] = facts_of(nodes[i])
+    return facts
+
+
+_facts_from_bytes = python_node_facts
 # The same function in C (_speedups.c) when it was built, unless
 # CKPT_PURE_PYTHON=1.
 try:
@@ -290,3 +355,4 @@ if _speedups is not None:
     _speedups.init(StreamError)
     if os.environ.get("CKPT_PURE_PYTHON") != "1":
         scatter = _speedups.scatter  # noqa: F811
+        _facts_from_bytes = lambda batch, nodes: _speedups.node_facts(batch)  # noqa: E731

@@ -416,7 +416,7 @@ class _PlanSink(_Sink):
     def on_slices(self, nodes: List[int]) -> None:
         self.by_node = dict(zip(nodes, self.jobs))
 
-    def on_tree(self, version, nodes: List[pb.Node]) -> None:
+    def on_tree(self, version, nodes: List[pb.Node], facts: List[Any]) -> None:
         if any(n.WhichOneof("value") == "bytes" for n in nodes):
             keys = _tree.flattened_keys(nodes)
             for i, node in enumerate(nodes):
