@@ -148,10 +148,10 @@ def dying_worker(rank, world, port, cid, out_dir):
     mesh = init(rank, world, port)
     if rank == 1:
         from ckpt import _tree
-        real = _tree.data_view
+        real = _tree.data_source
         calls = [0]
 
-        def data_view(data):
+        def data_source(data):
             calls[0] += 1
             if calls[0] == 5:  # batches of ~1 KiB: the first ones went out already
                 with open(os.path.join(out_dir, "rank1-killed"), "w") as f:
@@ -159,7 +159,7 @@ def dying_worker(rank, world, port, cid, out_dir):
                 os.kill(os.getpid(), signal.SIGKILL)
             return real(data)
 
-        _tree.data_view = data_view
+        _tree.data_source = data_source
     writer = DyingWriter(block_bytes=1024, batch_bytes=1024)
     dcp.save(sharded(full_state(1), mesh, 0), checkpoint_id=cid, storage_writer=writer)
 

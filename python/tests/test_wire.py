@@ -160,17 +160,24 @@ def test_both_agree_on_random_streams_and_corruptions():
         assert results[0] == results[1], f"trial {trial}: {results}"
 
 
-def _frames(limit, chunks, whole=False):
-    """The frames ChunkFrames makes of ``chunks`` [(digest, bytes)]: their
+FRAMERS = [pytest.param(_wire.python_next_frame, id="python")]
+if _speedups() is not None:
+    FRAMERS.append(pytest.param(_speedups().next_frame, id="c"))
+
+
+def _frames(next_frame, limit, chunks, whole=False):
+    """The frames ``next_frame`` makes of ``chunks`` [(digest, bytes)]: their
     sizes, and each parsed back into a list of (digest, offset, data)."""
     from ckpt.v1 import checkpoint_pb2 as pb
-    frames = _wire.ChunkFrames(limit, whole)
+    listed = [(digest, memoryview(data)) for digest, data in chunks]
     out = []
-    for digest, data in chunks:
-        out.extend(frames.add_chunk(digest, memoryview(data)))
-    last = frames.flush()
-    if last:
-        out.append(last)
+    index = offset = 0
+    while True:
+        frame, index, offset = next_frame(listed, index, offset, limit, whole)
+        if frame is None:
+            break
+        out.append(frame)
+    assert index == len(chunks) and offset == 0
     parsed = []
     for frame in out:
         request = pb.SaveRequest.FromString(frame)
@@ -190,7 +197,8 @@ def _reassembled(chunks, frames):
         assert b"".join(by_digest[digest]) == data
 
 
-def test_a_chunk_that_fits_a_frame_is_never_split():
+@pytest.mark.parametrize("next_frame", FRAMERS)
+def test_a_chunk_that_fits_a_frame_is_never_split(next_frame):
     """As the C++ client (SendChunks): each piece counts its data and
     PIECE_FRAMING (40) against the limit; a chunk that does not fit the rest
     of a frame starts the next one; only a chunk larger than a frame is cut,
@@ -198,7 +206,7 @@ def test_a_chunk_that_fits_a_frame_is_never_split():
     rng = random.Random(5)
     sizes = [300, 500, 200, 960, 959, 2500, 1]
     chunks = [(bytes([i]) * 16, rng.randbytes(n)) for i, n in enumerate(sizes)]
-    _, frames = _frames(1000, chunks)
+    _, frames = _frames(next_frame, 1000, chunks)
     _reassembled(chunks, frames)
     # 300 + 500 share a frame (340 + 540 <= 1000), 200 does not fit after
     # them; 2500 is cut into 960s, and 1 joins its last 580.
@@ -206,21 +214,23 @@ def test_a_chunk_that_fits_a_frame_is_never_split():
         [300, 500], [200], [960], [959], [960], [960], [580, 1]]
 
 
-def test_whole_chunks_go_alone_in_their_frames():
+@pytest.mark.parametrize("next_frame", FRAMERS)
+def test_whole_chunks_go_alone_in_their_frames(next_frame):
     rng = random.Random(6)
     sizes = [300, 2500, 700, 3000, 100]
     chunks = [(bytes([i]) * 16, rng.randbytes(n)) for i, n in enumerate(sizes)]
-    _, frames = _frames(1000, chunks, whole=True)
+    _, frames = _frames(next_frame, 1000, chunks, whole=True)
     _reassembled(chunks, frames)
     assert [[len(d) for _, _, d in frame] for frame in frames] == [
         [300], [2500], [700], [3000], [100]]
 
 
-def test_many_small_pieces_stay_within_a_piece_message():
+@pytest.mark.parametrize("next_frame", FRAMERS)
+def test_many_small_pieces_stay_within_a_piece_message(next_frame):
     """However many pieces share a frame, it stays within 1 MiB (a server
     accepts 1 MiB + 64 KiB at least): 30,000 chunks of 30 bytes."""
     chunks = [(i.to_bytes(16, "little"), bytes([i % 251]) * 30) for i in range(30000)]
-    sizes, frames = _frames(_wire.PIECE_BYTES, chunks, whole=True)
+    sizes, frames = _frames(next_frame, _wire.PIECE_BYTES, chunks, whole=True)
     _reassembled(chunks, frames)
     assert max(sizes) <= _wire.PIECE_BYTES
     assert len(frames) == 3  # 14,979 pieces (30 bytes + 40 counted) fill a frame
@@ -370,3 +380,54 @@ def test_a_tensor_whose_bytes_disagree_with_its_shape_is_refused():
     sink = _load._InPlaceSink(module, "", "", None, True, "M")
     with pytest.raises(Internal, match="'w': the checkpoint holds 25 bytes"):
         sink.on_tree(None, [None, None], facts)
+
+
+def test_both_framers_make_the_same_frames_from_buffers_and_addresses():
+    """Random chunk sizes (empty ones too), limits and modes: the C framer
+    makes byte-identical frames to the Python one, from memoryviews and from
+    (address, length) sources alike; digests agree with xxhash."""
+    import xxhash
+    c = _speedups_or_skip()
+    rng = random.Random(13)
+    for trial in range(200):
+        limit = rng.choice([41, 100, 1000, 5000])
+        whole = rng.random() < 0.5
+        datas = [rng.randbytes(rng.choice([0, 1, 39, 60, 999, 1000, 7000])) for _ in
+                 range(rng.randint(0, 12))]
+        memory = [ctypes.create_string_buffer(d, len(d)) for d in datas]
+        chunks = [(bytes([i]) * 16, memoryview(d)) for i, d in enumerate(datas)]
+        at = [(bytes([i]) * 16, (ctypes.addressof(m) if len(d) else 0, len(d)))
+              for i, (m, d) in enumerate(zip(memory, datas))]
+        expected = []
+        index = offset = 0
+        while True:
+            frame, index, offset = _wire.python_next_frame(chunks, index, offset, limit, whole)
+            if frame is None:
+                break
+            expected.append(frame)
+        for source in (chunks, at):
+            got = []
+            index = offset = 0
+            while True:
+                frame, index, offset = c.next_frame(source, index, offset, limit, whole)
+                if frame is None:
+                    break
+                got.append(frame)
+            assert got == expected, f"trial {trial}"
+        for (_, mv), (_, addr) in zip(chunks, at):
+            want = xxhash.xxh3_128(mv).digest()
+            assert _wire.python_digest(mv) == want
+            if hasattr(c, "digest"):
+                assert c.digest(mv) == want and c.digest(addr) == want
+
+
+def test_the_framer_refuses_what_is_not_a_chunk():
+    c = _speedups_or_skip()
+    with pytest.raises(TypeError):
+        c.next_frame([(b"short", b"x")], 0, 0, 1000, False)
+    with pytest.raises(ValueError):
+        c.next_frame([(b"d" * 16, (0, 5))], 0, 0, 1000, False)  # no memory
+    with pytest.raises(ValueError):
+        c.next_frame([(b"d" * 16, b"abc")], 0, 4, 1000, False)  # offset past the end
+    with pytest.raises(ValueError):
+        c.next_frame([(b"d" * 16, b"abc")], 0, 0, 40, False)  # no room for a piece

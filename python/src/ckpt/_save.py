@@ -11,7 +11,6 @@ import queue
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 import grpc
-import xxhash
 
 from ckpt import _stats, _tree, _wire
 from ckpt._results import SaveResult, VersionInfo
@@ -138,7 +137,7 @@ class _SaveCall:
 
     def _prepare(self, start: int, chunk_size: int, index: int = 2) -> _Batch:
         """Hashes the nodes of the next batch (runs ahead on a worker thread;
-        xxhash releases the GIL). The first batches are small (1/16 and 1/4 of
+        hashing releases the GIL for large chunks). The first batches are small (1/16 and 1/4 of
         the limits: ``index`` is the batch's number) so that the server has
         work before the client has gone through thousands of tensors."""
         entries = self.flat.entries
@@ -153,7 +152,7 @@ class _SaveCall:
         limit = max(1, self.client._batch_bytes // shrink)
         max_nodes = max(1, _MAX_BATCH_NODES // shrink)
         n = len(entries)
-        hasher = xxhash.xxh3_128
+        hasher = _wire.digest
         while i < n and count < max_nodes and proto < _NODE_BATCH_PROTO and (
                 not count or data < limit):
             e = entries[i]
@@ -170,21 +169,28 @@ class _SaveCall:
             if not size:
                 proto += 64
                 continue
-            mv, owner = _tree.data_view(e.data)
+            src, owner = _tree.data_source(e.data)
             owners.append(owner)
-            if len(mv) != size:
-                raise InvalidArgument(f"node {i - 1}: {len(mv)} bytes given, {size} declared")
+            if src.__class__ is tuple:  # (address, length)
+                given = src[1]
+            else:
+                given = len(src)
+            if given != size:
+                raise InvalidArgument(f"node {i - 1}: {given} bytes given, {size} declared")
             ref.chunk_size = chunk_size
             if size <= chunk_size:
-                digest = hasher(mv).digest()
+                digest = hasher(src)
                 ref.chunks.append(digest)
-                sources[digest] = mv
+                sources[digest] = src
                 chunks += 1
             else:
                 digests = []
                 for off in range(0, size, chunk_size):
-                    piece = mv[off:off + chunk_size]
-                    digest = hasher(piece).digest()
+                    if src.__class__ is tuple:
+                        piece = (src[0] + off, min(chunk_size, size - off))
+                    else:
+                        piece = src[off:off + chunk_size]
+                    digest = hasher(piece)
                     digests.append(digest)
                     sources[digest] = piece
                 ref.chunks.extend(digests)
@@ -231,19 +237,17 @@ class _SaveCall:
                     if need.batch != index:
                         raise Internal("server answered the wrong node batch")
                     index += 1
-                    frames = _wire.ChunkFrames(whole=whole)
+                    wanted = []
                     for digest in need.digests:
                         src = batch.sources.get(digest)
                         if src is None:
                             raise Internal(f"server asked for chunk {digest.hex()} not in this "
                                            "batch")
-                        for frame in frames.add_chunk(digest, src):
-                            self.requests.put(frame)
-                        self.bytes_sent += len(src)
+                        wanted.append((digest, src))
+                        self.bytes_sent += src[1] if src.__class__ is tuple else len(src)
                         self.chunks_sent += 1
-                    last = frames.flush()
-                    if last:
-                        self.requests.put(last)
+                    for frame in _wire.frames(wanted, whole=whole):
+                        self.requests.put(frame)
                     self.chunks_total += batch.chunks
                     del batch
                     if not more:

@@ -539,6 +539,228 @@ static PyObject *node_facts(PyObject *self, PyObject *arg) {
   return out;
 }
 
+/* ---- The save path: chunk sources, digests and frames.
+ *
+ * A chunk's source is a buffer (a memoryview) or a tuple (address, length)
+ * of memory the caller keeps alive (a contiguous CPU tensor's, from its
+ * data_ptr): no Python object per chunk beyond the tuple. */
+
+typedef struct {
+  const char *data;
+  Py_ssize_t len;
+  Py_buffer view; /* view.obj != NULL: held, release with source_release */
+} Source;
+
+static int source_get(PyObject *src, Source *out) {
+  memset(out, 0, sizeof(*out));
+  if (PyTuple_Check(src)) {
+    if (PyTuple_GET_SIZE(src) != 2) {
+      PyErr_SetString(PyExc_TypeError, "a chunk source tuple is (address, length)");
+      return 0;
+    }
+    void *address = PyLong_AsVoidPtr(PyTuple_GET_ITEM(src, 0));
+    Py_ssize_t len = PyLong_AsSsize_t(PyTuple_GET_ITEM(src, 1));
+    if (PyErr_Occurred()) return 0;
+    if (len < 0 || (address == NULL && len > 0)) {
+      PyErr_SetString(PyExc_ValueError, "a chunk source needs an address and a length >= 0");
+      return 0;
+    }
+    out->data = (const char *)address;
+    out->len = len;
+    return 1;
+  }
+  if (PyObject_GetBuffer(src, &out->view, PyBUF_C_CONTIGUOUS) < 0) return 0;
+  out->data = (const char *)out->view.buf;
+  out->len = out->view.len;
+  return 1;
+}
+
+static void source_release(Source *s) {
+  if (s->view.obj != NULL) PyBuffer_Release(&s->view);
+}
+
+#if defined(__has_include)
+#if __has_include(<xxhash.h>)
+#define CKPT_HAVE_XXHASH 1
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+#endif
+#endif
+
+#ifdef CKPT_HAVE_XXHASH
+/* digest(source) -> the 16-byte XXH3-128 digest of a chunk (big-endian high
+ * then low 64 bits, as xxhash.xxh3_128().digest()); the GIL is released
+ * while large chunks are read. */
+static PyObject *digest(PyObject *self, PyObject *arg) {
+  Source s;
+  if (!source_get(arg, &s)) return NULL;
+  XXH128_hash_t h;
+  if ((uint64_t)s.len >= kReleaseGilBytes) {
+    Py_BEGIN_ALLOW_THREADS h = XXH3_128bits(s.data, (size_t)s.len);
+    Py_END_ALLOW_THREADS
+  } else {
+    h = XXH3_128bits(s.data, (size_t)s.len);
+  }
+  source_release(&s);
+  XXH128_canonical_t c;
+  XXH128_canonicalFromHash(&c, h);
+  return PyBytes_FromStringAndSize((const char *)c.digest, sizeof(c.digest));
+}
+#endif
+
+static const Py_ssize_t kPieceFraming = 40; /* rpc::kPieceFramingBytes */
+
+static size_t varint_size(uint64_t v) {
+  size_t n = 1;
+  while (v >= 0x80) {
+    v >>= 7;
+    ++n;
+  }
+  return n;
+}
+
+static char *put_varint(char *p, uint64_t v) {
+  while (v >= 0x80) {
+    *p++ = (char)((v & 0x7F) | 0x80);
+    v >>= 7;
+  }
+  *p++ = (char)v;
+  return p;
+}
+
+typedef struct {
+  Py_ssize_t chunk; /* index in chunks */
+  Py_ssize_t off, len;
+} Piece;
+
+/* A piece's ChunkPiece bytes before its data: digest, offset (when not 0),
+ * data's tag and length. */
+static size_t piece_head_size(const Piece *p) {
+  return 2 + 16 + (p->off ? 1 + varint_size((uint64_t)p->off) : 0) + 1 +
+         varint_size((uint64_t)p->len);
+}
+
+/* next_frame(chunks, index, offset, limit, whole) -> (frame, index, offset)
+ * or (None, index, offset) when no piece is left; see ckpt._wire.next_frame. */
+static PyObject *next_frame(PyObject *self, PyObject *args) {
+  PyObject *chunks;
+  Py_ssize_t index, offset, limit;
+  int whole;
+  if (!PyArg_ParseTuple(args, "O!nnnp", &PyList_Type, &chunks, &index, &offset, &limit, &whole)) {
+    return NULL;
+  }
+  const Py_ssize_t n = PyList_GET_SIZE(chunks);
+  if (index < 0 || index > n || offset < 0 || limit <= kPieceFraming) {
+    PyErr_SetString(PyExc_ValueError, "next_frame: bad position or limit");
+    return NULL;
+  }
+  const Py_ssize_t start = index; /* sources[k] is chunks[start + k]'s */
+  Piece *pieces = NULL;
+  Py_ssize_t num = 0, cap = 0;
+  Source *sources = NULL; /* per piece's chunk, held until copied */
+  Py_ssize_t num_sources = 0, cap_sources = 0;
+  Py_ssize_t used = 0;
+  PyObject *result = NULL;
+  int done = 0;
+  while (!done && index < n) {
+    PyObject *item = PyList_GET_ITEM(chunks, index);
+    if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2 ||
+        !PyBytes_Check(PyTuple_GET_ITEM(item, 0)) ||
+        PyBytes_GET_SIZE(PyTuple_GET_ITEM(item, 0)) != 16) {
+      PyErr_SetString(PyExc_TypeError, "chunks are (16-byte digest, source) tuples");
+      goto fail;
+    }
+    if (!grow((void **)&sources, &cap_sources, num_sources + 1, sizeof(Source))) goto fail;
+    if (!source_get(PyTuple_GET_ITEM(item, 1), &sources[num_sources])) goto fail;
+    ++num_sources;
+    const Py_ssize_t len = sources[num_sources - 1].len;
+    if (offset > len) {
+      PyErr_SetString(PyExc_ValueError, "next_frame: offset past the chunk's end");
+      goto fail;
+    }
+    if (offset == 0) {
+      if (whole && len + kPieceFraming > limit) {
+        if (num) break; /* this frame ends; the chunk goes alone in the next */
+        if (!grow((void **)&pieces, &cap, num + 1, sizeof(Piece))) goto fail;
+        pieces[num++] = (Piece){index, 0, len};
+        ++index;
+        break;
+      }
+      if (num && len + kPieceFraming <= limit && limit < used + len + kPieceFraming) break;
+    }
+    while (offset < len) {
+      if (used + kPieceFraming >= limit) {
+        done = 1;
+        break;
+      }
+      Py_ssize_t take = limit - used - kPieceFraming;
+      if (take > len - offset) take = len - offset;
+      if (!grow((void **)&pieces, &cap, num + 1, sizeof(Piece))) goto fail;
+      pieces[num++] = (Piece){index, offset, take};
+      used += take + kPieceFraming;
+      offset += take;
+    }
+    if (!done) {
+      ++index;
+      offset = 0;
+    }
+  }
+  if (num == 0) {
+    result = Py_BuildValue("Onn", Py_None, index, offset);
+    goto fail; /* (releases what is held; result is kept) */
+  }
+  {
+    size_t body = 0;
+    for (Py_ssize_t i = 0; i < num; ++i) {
+      const size_t inner = piece_head_size(&pieces[i]) + (size_t)pieces[i].len;
+      body += 1 + varint_size(inner) + inner;
+    }
+    PyObject *frame = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(1 + varint_size(body) + body));
+    if (frame == NULL) goto fail;
+    char *p = PyBytes_AS_STRING(frame);
+    *p++ = 0x1A; /* SaveRequest.chunks = 3 */
+    p = put_varint(p, body);
+    /* Headers first (they need the GIL for the digests), then the data
+       without it. */
+    char **data_at = PyMem_Malloc((size_t)num * sizeof(char *));
+    if (data_at == NULL) {
+      Py_DECREF(frame);
+      PyErr_NoMemory();
+      goto fail;
+    }
+    for (Py_ssize_t i = 0; i < num; ++i) {
+      const Piece *pc = &pieces[i];
+      const size_t inner = piece_head_size(pc) + (size_t)pc->len;
+      *p++ = 0x0A; /* ChunkBatch.pieces = 1 */
+      p = put_varint(p, inner);
+      *p++ = 0x0A; /* ChunkPiece.digest = 1 */
+      *p++ = 0x10;
+      memcpy(p, PyBytes_AS_STRING(PyTuple_GET_ITEM(PyList_GET_ITEM(chunks, pc->chunk), 0)), 16);
+      p += 16;
+      if (pc->off) {
+        *p++ = 0x10; /* ChunkPiece.offset = 2 */
+        p = put_varint(p, (uint64_t)pc->off);
+      }
+      *p++ = 0x1A; /* ChunkPiece.data = 3 */
+      p = put_varint(p, (uint64_t)pc->len);
+      data_at[i] = p;
+      p += pc->len;
+    }
+    Py_BEGIN_ALLOW_THREADS for (Py_ssize_t i = 0; i < num; ++i) {
+      const Source *s = &sources[pieces[i].chunk - start];
+      memcpy(data_at[i], s->data + pieces[i].off, (size_t)pieces[i].len);
+    }
+    Py_END_ALLOW_THREADS
+    PyMem_Free(data_at);
+    result = Py_BuildValue("Nnn", frame, index, offset);
+  }
+fail:
+  for (Py_ssize_t i = 0; i < num_sources; ++i) source_release(&sources[i]);
+  PyMem_Free(sources);
+  PyMem_Free(pieces);
+  return result;
+}
+
 static PyObject *init(PyObject *self, PyObject *error) {
   Py_XINCREF(error);
   Py_XSETREF(stream_error, error);
@@ -548,6 +770,10 @@ static PyObject *init(PyObject *self, PyObject *error) {
 static PyMethodDef methods[] = {
     {"scatter", scatter, METH_VARARGS, "ckpt._wire.scatter in C."},
     {"node_facts", node_facts, METH_O, "ckpt._wire.node_facts in C."},
+    {"next_frame", next_frame, METH_VARARGS, "ckpt._wire.next_frame in C."},
+#ifdef CKPT_HAVE_XXHASH
+    {"digest", digest, METH_O, "The XXH3-128 digest of a chunk source."},
+#endif
     {"init", init, METH_O, "Sets the exception class of protocol errors."},
     {NULL, NULL, 0, NULL},
 };

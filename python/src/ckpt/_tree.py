@@ -371,6 +371,17 @@ def data_tensor(e: Entry) -> torch.Tensor:
     return torch.frombuffer(e.data, dtype=FROM_PB[e.dtype]).view(e.shape)
 
 
+def data_source(data: Data) -> Tuple[Any, Any]:
+    """A node's bytes as a chunk source (see _wire.next_frame) and an owner to
+    keep alive: a contiguous CPU tensor's (address, length) when the C
+    accelerator frames and hashes chunks (no Python object per chunk but
+    that tuple), else a memoryview (data_view)."""
+    if (_wire.ADDRESS_SOURCES and data.__class__ is not memoryview and data.is_cpu
+            and data.is_contiguous() and not data.is_conj() and not data.is_neg()):
+        return (data.data_ptr(), data.nbytes), data
+    return data_view(data)
+
+
 def data_view(data: Data) -> Tuple[memoryview, Any]:
     """The bytes of a node as a uint8 memoryview, and an owner to keep alive."""
     if isinstance(data, memoryview):

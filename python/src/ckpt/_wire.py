@@ -3,8 +3,8 @@
 Chunk data goes up in frames of at most 1 MiB or of one whole chunk, tensor
 data comes down in ``bytes`` fields of at most 1 MiB. Building those messages
 with the protobuf runtime would copy every byte into a Python ``bytes`` and
-then again into the serialized message; here a ChunkBatch is assembled by
-joining small headers and memoryviews of the tensors (one copy), and a
+then again into the serialized message; here a ChunkBatch frame is assembled
+from small headers and the tensors' memory (one copy, next_frame), and a
 DataBatch is parsed in place (its pieces are memoryview slices of the
 received message, copied once into the tensors).
 
@@ -17,6 +17,8 @@ from __future__ import annotations
 import ctypes
 import os
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+import xxhash
 
 # Field tags used below.
 _SAVE_REQUEST_CHUNKS = b"\x1a"  # SaveRequest.chunks = 3 (ChunkBatch)
@@ -91,59 +93,88 @@ def sends_whole_chunks(max_message_bytes: int, chunk_size: int) -> bool:
             and chunk_size + MESSAGE_HEADROOM <= max_message_bytes)
 
 
-class ChunkFrames:
-    """Packs chunks into SaveRequest{chunks: ChunkBatch} frames, as the C++
-    client does: a chunk too large for a frame alone and whole when ``whole``;
-    otherwise frames of at most ``limit`` bytes, each piece counting its data
-    and PIECE_FRAMING, a chunk that fits in a frame never split (it starts a
-    new frame if it does not fit in this one)."""
+Source = Any  # a chunk's bytes: a buffer, or (address, length) (C accelerator only)
 
-    def __init__(self, limit: int = PIECE_BYTES, whole: bool = False) -> None:
-        self.limit = limit
-        self.whole = whole
-        self._parts: List[object] = []
-        self._body = 0  # ChunkBatch bytes so far
-        self._used = 0  # data + PIECE_FRAMING per piece so far
 
-    def _piece(self, digest: bytes, off: int, data: memoryview) -> None:
+def source_bytes(src: Source) -> memoryview:
+    """A chunk source's bytes as a memoryview (an (address, length) source,
+    which only the C accelerator's callers make, is copied)."""
+    if src.__class__ is tuple:
+        address, length = src
+        return memoryview(ctypes.string_at(address, length) if length else b"")
+    return src
+
+
+def python_next_frame(chunks: List[Tuple[bytes, Source]], index: int, offset: int, limit: int,
+                      whole: bool) -> Tuple[Optional[bytes], int, int]:
+    """The next SaveRequest{chunks: ChunkBatch} frame of ``chunks`` [(16-byte
+    digest, source)] from chunk ``index`` byte ``offset`` on, as the C++
+    client frames them (SendChunks): a chunk too large for a frame goes alone
+    and whole when ``whole``; otherwise frames hold at most ``limit`` bytes,
+    each piece counting its data and PIECE_FRAMING, and a chunk that fits in
+    a frame is never split (it starts the next frame if it does not fit in
+    this one). Returns (frame, index, offset) for the next call, or (None,
+    index, offset) when no piece is left."""
+    if limit <= PIECE_FRAMING:
+        raise ValueError("next_frame: bad position or limit")
+    parts: List[Any] = []
+    body = used = 0
+
+    def piece(digest: bytes, off: int, data: memoryview) -> None:
+        nonlocal body, used
         head = _PIECE_DIGEST + digest
         if off:
             head += _PIECE_OFFSET + varint(off)
         head += _PIECE_DATA + varint(len(data))
         lead = _CHUNK_BATCH_PIECES + varint(len(head) + len(data)) + head
-        self._parts.append(lead)
-        self._parts.append(data)
-        self._body += len(lead) + len(data)
-        self._used += len(data) + PIECE_FRAMING
+        parts.append(lead)
+        parts.append(data)
+        body += len(lead) + len(data)
+        used += len(data) + PIECE_FRAMING
 
-    def add_chunk(self, digest: bytes, data: memoryview) -> Iterator[bytes]:
-        """Adds one chunk (split into pieces as needed); yields complete frames."""
+    full = False
+    while not full and index < len(chunks):
+        digest, src = chunks[index]
+        data = source_bytes(src)
         n = len(data)
-        if self.whole and n + PIECE_FRAMING > self.limit:
-            if self._parts:
-                yield self.flush()
-            self._piece(digest, 0, data)
-            yield self.flush()
-            return
-        if self._parts and n + PIECE_FRAMING <= self.limit < self._used + n + PIECE_FRAMING:
-            yield self.flush()
-        off = 0
-        while off < n:
-            if self._used + PIECE_FRAMING >= self.limit:
-                yield self.flush()
-            take = min(n - off, self.limit - self._used - PIECE_FRAMING)
-            self._piece(digest, off, data[off:off + take])
-            off += take
+        if offset == 0:
+            if whole and n + PIECE_FRAMING > limit:
+                if parts:
+                    break  # this frame ends; the chunk goes alone in the next
+                piece(digest, 0, data)
+                index += 1
+                break
+            if parts and n + PIECE_FRAMING <= limit < used + n + PIECE_FRAMING:
+                break
+        while offset < n:
+            if used + PIECE_FRAMING >= limit:
+                full = True
+                break
+            take = min(n - offset, limit - used - PIECE_FRAMING)
+            piece(digest, offset, data[offset:offset + take])
+            offset += take
+        if not full:
+            index += 1
+            offset = 0
+    if not parts:
+        return None, index, offset
+    return b"".join([_SAVE_REQUEST_CHUNKS, varint(body), *parts]), index, offset
 
-    def flush(self) -> bytes:
-        """The frame of the pieces added so far (b"" if none)."""
-        if not self._parts:
-            return b""
-        frame = b"".join([_SAVE_REQUEST_CHUNKS, varint(self._body), *self._parts])
-        self._parts = []
-        self._body = 0
-        self._used = 0
-        return frame
+
+def frames(chunks: List[Tuple[bytes, Source]], limit: int = PIECE_BYTES,
+           whole: bool = False) -> Iterator[bytes]:
+    """Every frame of ``chunks`` (see next_frame), one at a time."""
+    index = offset = 0
+    while True:
+        frame, index, offset = next_frame(chunks, index, offset, limit, whole)
+        if frame is None:
+            return
+        yield frame
+
+
+def python_digest(src: Source) -> bytes:
+    """A chunk's 16-byte XXH3-128 digest (big-endian high then low 64 bits)."""
+    return xxhash.xxh3_128(source_bytes(src)).digest()
 
 
 def split_oneof(message: bytes) -> Tuple[int, memoryview]:
@@ -345,6 +376,11 @@ def node_facts(batch: Any, nodes: List[Any]) -> List[Facts]:
 
 
 _facts_from_bytes = python_node_facts
+next_frame = python_next_frame
+digest = python_digest
+# Whether chunk sources may be (address, length) tuples: the C accelerator
+# reads them in place (Python would copy them).
+ADDRESS_SOURCES = False
 # The same function in C (_speedups.c) when it was built, unless
 # CKPT_PURE_PYTHON=1.
 try:
@@ -356,3 +392,7 @@ if _speedups is not None:
     if os.environ.get("CKPT_PURE_PYTHON") != "1":
         scatter = _speedups.scatter  # noqa: F811
         _facts_from_bytes = lambda batch, nodes: _speedups.node_facts(batch)  # noqa: E731
+        next_frame = _speedups.next_frame  # noqa: F811
+        if hasattr(_speedups, "digest"):  # built with xxhash.h
+            digest = _speedups.digest  # noqa: F811
+            ADDRESS_SOURCES = True
