@@ -431,3 +431,59 @@ def test_the_framer_refuses_what_is_not_a_chunk():
         c.next_frame([(b"d" * 16, b"abc")], 0, 4, 1000, False)  # offset past the end
     with pytest.raises(ValueError):
         c.next_frame([(b"d" * 16, b"abc")], 0, 0, 40, False)  # no room for a piece
+
+
+def test_tensor_nodes_encode_as_protobuf_does():
+    """_speedups.tensor_node writes the Node Entry.fill writes through
+    protobuf (with the chunk digests and statistics the save adds): random
+    keys, dtypes, shapes, devices, sizes, chunkings, statistics."""
+    import torch
+    import xxhash
+    from ckpt import _tree
+    from ckpt.v1 import checkpoint_pb2 as pb
+    c = _speedups_or_skip()
+    if not hasattr(c, "tensor_node"):
+        pytest.skip("the C accelerator was built without xxhash.h")
+    rng = random.Random(14)
+    for trial in range(300):
+        key = rng.choice([None, "", "w", "é/ß", rng.randint(-(1 << 62), 1 << 62)])
+        e = _tree.Entry(key, "tensor")
+        e.dtype = rng.randint(0, 20)
+        e.shape = tuple(rng.randint(0, 1 << 40) for _ in range(rng.randint(0, 4)))
+        e.device = rng.choice(["cpu", "", "cuda:3"])
+        e.requires_grad = rng.random() < 0.5
+        e.size = rng.choice([0, 1, 100, 4096, 10000])
+        chunk_size = rng.choice([1, 100, 4096, 1 << 22])
+        payload = rng.randbytes(e.size)
+        t = torch.frombuffer(bytearray(payload), dtype=torch.uint8) if e.size else None
+        stats = None
+        if rng.random() < 0.5:
+            message = pb.TensorStats()
+            if rng.random() < 0.7:
+                message.count = rng.randint(0, 9)
+                message.mean = rng.random()
+            stats = message
+        expected = pb.Node()
+        ref = e.fill(expected)
+        digests = []
+        if e.size:
+            ref.chunk_size = chunk_size
+            digests = [xxhash.xxh3_128(payload[o:o + chunk_size]).digest()
+                       for o in range(0, e.size, chunk_size)]
+            ref.chunks.extend(digests)
+        if stats is not None:
+            expected.tensor.stats.CopyFrom(stats)
+            expected.tensor.stats.SetInParent()
+        sources = [None] if not e.size else [memoryview(payload), (t.data_ptr(), e.size)]
+        for source in sources:
+            encoded, got = c.tensor_node(e.key, e.dtype, e.shape, e.device, e.requires_grad,
+                                         e.size, chunk_size, source,
+                                         None if stats is None else stats.SerializeToString())
+            node = pb.Node.FromString(encoded)
+            assert node == expected, f"trial {trial}: {node} != {expected}"
+            assert node.HasField("tensor") and node.tensor.HasField("data")
+            assert node.tensor.HasField("stats") == (stats is not None)
+            assert node.WhichOneof("key") == expected.WhichOneof("key")
+            assert got == digests
+    with pytest.raises(ValueError, match="3 bytes given, 4 declared"):
+        c.tensor_node("w", 1, (1,), "cpu", False, 4, 4, b"abc", None)

@@ -22,6 +22,18 @@ if TYPE_CHECKING:
 
 _MAX_BATCH_NODES = 10000
 _NODE_BATCH_PROTO = 1 << 20
+_SAVE_REQUEST_NODES = b"\x12"  # SaveRequest.nodes = 2 (NodeBatch)
+_NODE = b"\x0a"  # NodeBatch.nodes = 1
+
+
+def _pieces(src: _wire.Source, size: int, chunk_size: int) -> List[_wire.Source]:
+    """A node's data source cut into its chunks' sources."""
+    if size <= chunk_size:
+        return [src]
+    if src.__class__ is tuple:
+        address = src[0]
+        return [(address + off, min(chunk_size, size - off)) for off in range(0, size, chunk_size)]
+    return [src[off:off + chunk_size] for off in range(0, size, chunk_size)]
 
 
 class _Broken(Exception):
@@ -74,7 +86,7 @@ class _Requests:
 @dataclasses.dataclass
 class _Batch:
     request: bytes
-    sources: Dict[bytes, memoryview]
+    sources: Dict[bytes, Any]  # digest -> chunk source (_wire.Source)
     owners: List[Any]
     data: int
     chunks: int
@@ -141,10 +153,8 @@ class _SaveCall:
         the limits: ``index`` is the batch's number) so that the server has
         work before the client has gone through thousands of tensors."""
         entries = self.flat.entries
-        batch = pb.SaveRequest()
-        nodes = batch.nodes.nodes
-        add = nodes.add
-        sources: Dict[bytes, memoryview] = {}
+        framed: List[bytes] = []  # NodeBatch.nodes: tag and length, Node, ...
+        sources: Dict[bytes, _wire.Source] = {}
         owners: List[Any] = []
         data = chunks = proto = count = 0
         i = start
@@ -152,52 +162,56 @@ class _SaveCall:
         limit = max(1, self.client._batch_bytes // shrink)
         max_nodes = max(1, _MAX_BATCH_NODES // shrink)
         n = len(entries)
-        hasher = _wire.digest
+        tensor_node = _wire.tensor_node  # None without the C accelerator
+        varint = _wire.varint
         while i < n and count < max_nodes and proto < _NODE_BATCH_PROTO and (
                 not count or data < limit):
             e = entries[i]
-            node = add()
-            ref = e.fill(node)
             count += 1
             i += 1
-            if ref is None:
-                proto += 32
-                continue
-            if self._stats and e.kind == "tensor":
-                _stats.tensor_stats(_tree.data_tensor(e), node.tensor.stats)
             size = e.size
-            if not size:
-                proto += 64
-                continue
-            src, owner = _tree.data_source(e.data)
-            owners.append(owner)
-            if src.__class__ is tuple:  # (address, length)
-                given = src[1]
+            src = None
+            if size:
+                src, owner = _tree.data_source(e.data)
+                owners.append(owner)
+                given = src[1] if src.__class__ is tuple else len(src)
+                if given != size:
+                    raise InvalidArgument(f"node {i - 1}: {given} bytes given, {size} declared")
+            if e.kind == "tensor" and tensor_node is not None:
+                stats = None
+                if self._stats:
+                    message = pb.TensorStats()
+                    if _stats.tensor_stats(_tree.data_tensor(e), message):
+                        stats = message.SerializeToString()
+                encoded, digests = tensor_node(e.key, e.dtype, e.shape, e.device,
+                                               e.requires_grad, size, chunk_size, src, stats)
             else:
-                given = len(src)
-            if given != size:
-                raise InvalidArgument(f"node {i - 1}: {given} bytes given, {size} declared")
-            ref.chunk_size = chunk_size
-            if size <= chunk_size:
-                digest = hasher(src)
-                ref.chunks.append(digest)
-                sources[digest] = src
-                chunks += 1
-            else:
+                node = pb.Node()
+                ref = e.fill(node)
+                if self._stats and e.kind == "tensor":
+                    _stats.tensor_stats(_tree.data_tensor(e), node.tensor.stats)
                 digests = []
-                for off in range(0, size, chunk_size):
-                    if src.__class__ is tuple:
-                        piece = (src[0] + off, min(chunk_size, size - off))
-                    else:
-                        piece = src[off:off + chunk_size]
-                    digest = hasher(piece)
-                    digests.append(digest)
+                if size:
+                    ref.chunk_size = chunk_size
+                    digests = [_wire.digest(p) for p in _pieces(src, size, chunk_size)]
+                    ref.chunks.extend(digests)
+                encoded = node.SerializeToString()
+            framed.append(_NODE + varint(len(encoded)))
+            framed.append(encoded)
+            if not size:
+                proto += 64 if e.kind in ("tensor", "bytes") else 32
+                continue
+            if len(digests) == 1:
+                sources[digests[0]] = src
+            else:
+                for digest, piece in zip(digests, _pieces(src, size, chunk_size)):
                     sources[digest] = piece
-                ref.chunks.extend(digests)
-                chunks += len(digests)
+            chunks += len(digests)
             data += size
-            proto += 64 + 18 * ((size + chunk_size - 1) // chunk_size)
-        return _Batch(batch.SerializeToString(), sources, owners, data, chunks, i)
+            proto += 64 + 18 * len(digests)
+        body = sum(map(len, framed))
+        request = b"".join([_SAVE_REQUEST_NODES, varint(body), *framed])
+        return _Batch(request, sources, owners, data, chunks, i)
 
     def send(self) -> None:
         """Runs the stream up to and including SaveCommit."""

@@ -761,6 +761,162 @@ fail:
   return result;
 }
 
+#ifdef CKPT_HAVE_XXHASH
+/* A growing byte string for encoding messages. */
+typedef struct {
+  char *data;
+  size_t len, cap;
+} Out;
+
+static int out_reserve(Out *o, size_t more) {
+  if (o->len + more <= o->cap) return 1;
+  size_t cap = o->cap ? o->cap * 2 : 256;
+  while (cap < o->len + more) cap *= 2;
+  char *data = PyMem_Realloc(o->data, cap);
+  if (data == NULL) {
+    PyErr_NoMemory();
+    return 0;
+  }
+  o->data = data;
+  o->cap = cap;
+  return 1;
+}
+
+static int out_varint(Out *o, uint64_t v) {
+  if (!out_reserve(o, 10)) return 0;
+  o->len = (size_t)(put_varint(o->data + o->len, v) - o->data);
+  return 1;
+}
+
+static int out_bytes(Out *o, const void *p, size_t n) {
+  if (n == 0) return 1;
+  if (!out_reserve(o, n)) return 0;
+  memcpy(o->data + o->len, p, n);
+  o->len += n;
+  return 1;
+}
+
+/* A length-delimited field: tag, length, bytes. */
+static int out_field(Out *o, uint8_t tag, const void *p, size_t n) {
+  return out_bytes(o, &tag, 1) && out_varint(o, n) && out_bytes(o, p, n);
+}
+
+/* tensor_node(key, dtype, shape, device, requires_grad, size, chunk_size,
+ *             source, stats) -> (Node bytes, [chunk digests])
+ * The serialized Node of a tensor for a save (see ckpt._save): its data's
+ * chunks of chunk_size bytes hashed from source (a buffer or (address,
+ * length) of `size` bytes; None when size is 0); stats: a serialized
+ * TensorStats or None. The same message Entry.fill writes through protobuf
+ * (tests/test_wire.py compares them). */
+static PyObject *tensor_node(PyObject *self, PyObject *args) {
+  PyObject *key, *shape, *source, *stats;
+  unsigned long long dtype, size, chunk_size;
+  const char *device;
+  Py_ssize_t device_len;
+  int requires_grad;
+  if (!PyArg_ParseTuple(args, "OKOs#pKKOO", &key, &dtype, &shape, &device, &device_len,
+                        &requires_grad, &size, &chunk_size, &source, &stats)) {
+    return NULL;
+  }
+  Out meta = {0}, ref = {0}, node = {0};
+  PyObject *digests = NULL, *result = NULL, *shape_seq = NULL;
+  Source s = {0};
+  int have_source = 0;
+  if (size > 0) {
+    if (chunk_size == 0) {
+      PyErr_SetString(PyExc_ValueError, "tensor_node: chunk_size 0");
+      goto done;
+    }
+    if (!source_get(source, &s)) goto done;
+    have_source = 1;
+    if ((unsigned long long)s.len != size) {
+      PyErr_Format(PyExc_ValueError, "tensor_node: %zd bytes given, %llu declared", s.len, size);
+      goto done;
+    }
+  }
+  const size_t num_chunks = size ? (size_t)((size + chunk_size - 1) / chunk_size) : 0;
+  digests = PyList_New((Py_ssize_t)num_chunks);
+  if (digests == NULL) goto done;
+  /* DataRef{size, chunk_size, chunks} */
+  if (size && !(out_varint(&ref, 0x08) && out_varint(&ref, size) && out_varint(&ref, 0x10) &&
+                out_varint(&ref, chunk_size))) {
+    goto done;
+  }
+  for (size_t i = 0; i < num_chunks; ++i) {
+    const uint64_t off = (uint64_t)i * chunk_size;
+    const size_t len = (size_t)(size - off < chunk_size ? size - off : chunk_size);
+    XXH128_hash_t h;
+    if (len >= kReleaseGilBytes) {
+      Py_BEGIN_ALLOW_THREADS h = XXH3_128bits(s.data + off, len);
+      Py_END_ALLOW_THREADS
+    } else {
+      h = XXH3_128bits(s.data + off, len);
+    }
+    XXH128_canonical_t c;
+    XXH128_canonicalFromHash(&c, h);
+    PyObject *d = PyBytes_FromStringAndSize((const char *)c.digest, 16);
+    if (d == NULL) goto done;
+    PyList_SET_ITEM(digests, (Py_ssize_t)i, d);
+    if (!out_field(&ref, 0x1A, c.digest, 16)) goto done;
+  }
+  /* TensorMeta{dtype, shape (packed), device, requires_grad, data, stats} */
+  if (dtype && !(out_varint(&meta, 0x08) && out_varint(&meta, dtype))) goto done;
+  shape_seq = PySequence_Fast(shape, "tensor_node: shape must be a sequence");
+  if (shape_seq == NULL) goto done;
+  if (PySequence_Fast_GET_SIZE(shape_seq) > 0) {
+    Out dims = {0};
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(shape_seq); ++i) {
+      long long dim = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(shape_seq, i));
+      if ((dim == -1 && PyErr_Occurred()) || !out_varint(&dims, (uint64_t)dim)) {
+        PyMem_Free(dims.data);
+        goto done;
+      }
+    }
+    const int ok = out_field(&meta, 0x12, dims.data, dims.len);
+    PyMem_Free(dims.data);
+    if (!ok) goto done;
+  }
+  if (device_len && !out_field(&meta, 0x1A, device, (size_t)device_len)) goto done;
+  if (requires_grad && !(out_varint(&meta, 0x20) && out_varint(&meta, 1))) goto done;
+  if (!out_field(&meta, 0x2A, ref.data, ref.len)) goto done;
+  if (stats != Py_None) {
+    if (!PyBytes_Check(stats)) {
+      PyErr_SetString(PyExc_TypeError, "tensor_node: stats must be bytes or None");
+      goto done;
+    }
+    if (!out_field(&meta, 0x32, PyBytes_AS_STRING(stats), (size_t)PyBytes_GET_SIZE(stats))) {
+      goto done;
+    }
+  }
+  /* Node{str_key | int_key, tensor} */
+  if (PyUnicode_Check(key)) {
+    Py_ssize_t n;
+    const char *k = PyUnicode_AsUTF8AndSize(key, &n);
+    if (k == NULL || !out_field(&node, 0x0A, k, (size_t)n)) goto done;
+  } else if (PyLong_Check(key)) {
+    long long k = PyLong_AsLongLong(key);
+    if ((k == -1 && PyErr_Occurred()) || !(out_varint(&node, 0x10) && out_varint(&node, (uint64_t)k))) {
+      goto done;
+    }
+  } else if (key != Py_None) {
+    PyErr_SetString(PyExc_TypeError, "tensor_node: key must be str, int or None");
+    goto done;
+  }
+  if (!out_field(&node, 0x5A, meta.data, meta.len)) goto done;
+  PyObject *bytes = PyBytes_FromStringAndSize(node.data, (Py_ssize_t)node.len);
+  if (bytes == NULL) goto done;
+  result = Py_BuildValue("NO", bytes, digests);
+done:
+  if (have_source) source_release(&s);
+  Py_XDECREF(shape_seq);
+  Py_XDECREF(digests);
+  PyMem_Free(meta.data);
+  PyMem_Free(ref.data);
+  PyMem_Free(node.data);
+  return result;
+}
+#endif
+
 static PyObject *init(PyObject *self, PyObject *error) {
   Py_XINCREF(error);
   Py_XSETREF(stream_error, error);
@@ -773,6 +929,7 @@ static PyMethodDef methods[] = {
     {"next_frame", next_frame, METH_VARARGS, "ckpt._wire.next_frame in C."},
 #ifdef CKPT_HAVE_XXHASH
     {"digest", digest, METH_O, "The XXH3-128 digest of a chunk source."},
+    {"tensor_node", tensor_node, METH_VARARGS, "A tensor's serialized Node for a save."},
 #endif
     {"init", init, METH_O, "Sets the exception class of protocol errors."},
     {NULL, NULL, 0, NULL},

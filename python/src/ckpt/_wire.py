@@ -378,6 +378,8 @@ def node_facts(batch: Any, nodes: List[Any]) -> List[Facts]:
 _facts_from_bytes = python_node_facts
 next_frame = python_next_frame
 digest = python_digest
+# The C encoder of a tensor's Node (_speedups.tensor_node), if built.
+tensor_node: Optional[Callable[..., Tuple[bytes, List[bytes]]]] = None
 # Whether chunk sources may be (address, length) tuples: the C accelerator
 # reads them in place (Python would copy them).
 ADDRESS_SOURCES = False
@@ -396,3 +398,4 @@ if _speedups is not None:
         if hasattr(_speedups, "digest"):  # built with xxhash.h
             digest = _speedups.digest  # noqa: F811
             ADDRESS_SOURCES = True
+            tensor_node = _speedups.tensor_node
