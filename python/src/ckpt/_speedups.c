@@ -191,8 +191,7 @@ static PyObject *scatter(PyObject *self, PyObject *args) {
         }
         pos += (Py_ssize_t)value;
       } else {
-        PyErr_Format(error_class(), "unexpected wire type in DataPiece field %d",
-                     (int)(tag >> 3));
+        PyErr_Format(error_class(), "unexpected wire type in DataPiece field %d", (int)(tag >> 3));
         goto done;
       }
     }
@@ -485,9 +484,8 @@ static PyObject *facts_tuple(const uint8_t *buf, const Facts *f) {
     return NULL;
   }
   /* DType is an enum: an int32, as protobuf reads it. */
-  return Py_BuildValue("INlNNOK", f->value_field, key, (long)(int32_t)f->dtype, shape_tuple,
-                       device, f->requires_grad ? Py_True : Py_False,
-                       (unsigned long long)f->size);
+  return Py_BuildValue("INlNNOK", f->value_field, key, (long)(int32_t)f->dtype, shape_tuple, device,
+                       f->requires_grad ? Py_True : Py_False, (unsigned long long)f->size);
 }
 
 /* node_facts(node_batch) -> [per node: (value field, key, dtype, shape,
@@ -750,8 +748,7 @@ static PyObject *next_frame(PyObject *self, PyObject *args) {
       const Source *s = &sources[pieces[i].chunk - start];
       memcpy(data_at[i], s->data + pieces[i].off, (size_t)pieces[i].len);
     }
-    Py_END_ALLOW_THREADS
-    PyMem_Free(data_at);
+    Py_END_ALLOW_THREADS PyMem_Free(data_at);
     result = Py_BuildValue("Nnn", frame, index, offset);
   }
 fail:
@@ -895,7 +892,8 @@ static PyObject *tensor_node(PyObject *self, PyObject *args) {
     if (k == NULL || !out_field(&node, 0x0A, k, (size_t)n)) goto done;
   } else if (PyLong_Check(key)) {
     long long k = PyLong_AsLongLong(key);
-    if ((k == -1 && PyErr_Occurred()) || !(out_varint(&node, 0x10) && out_varint(&node, (uint64_t)k))) {
+    if ((k == -1 && PyErr_Occurred()) ||
+        !(out_varint(&node, 0x10) && out_varint(&node, (uint64_t)k))) {
       goto done;
     }
   } else if (key != Py_None) {
