@@ -362,6 +362,24 @@ def test_node_facts_agree_with_protobuf():
         assert _wire.node_facts(raw, batch.nodes) == expected
     # The canonical cases the C reader does read:
     assert c.node_facts(cases[4])[0] is not None  # a later value field wins: bytes
+    # Encodings the C reader does not decode at all (protobuf does): a group
+    # (wire types 3/4) inside a node, an overlong 10-byte varint, a
+    # NodeBatch.nodes field that is not length-delimited. node_facts asks
+    # protobuf for those nodes (or the whole batch).
+    group = b"\x6b\x08\x01\x6c"  # field 13 as a group holding a varint
+    overlong = b"\x40" + b"\xff" * 9 + b"\x7f"  # int_value, 10 bytes, top byte > 1
+    for raw, whole_batch in [
+        (node_bytes([tensor(b"\x08\x01", data), group]), False),
+        (node_bytes([tensor(b"\x08\x01", group, data)]), False),
+        (node_bytes([b"\x0a\x01k", overlong]), False),
+        (node_bytes([b"\x0a\x01k", tensor(b"\x08\x01")]) + b"\x08\x05", True),
+        (node_bytes([tensor(b"\x08\x01", data)]) + group, True),
+    ]:
+        batch = pb.NodeBatch.FromString(raw)
+        expected = [_wire.facts_of(n) for n in batch.nodes]
+        from_c = c.node_facts(raw)
+        assert from_c == [] if whole_batch else from_c == [None], (raw, from_c)
+        assert _wire.node_facts(raw, batch.nodes) == expected
 
 
 def test_a_tensor_whose_bytes_disagree_with_its_shape_is_refused():
@@ -376,10 +394,19 @@ def test_a_tensor_whose_bytes_disagree_with_its_shape_is_refused():
     with pytest.raises(Internal, match="'w': the checkpoint holds 25 bytes of data, its "
                                        "shape and dtype make 24"):
         sink.on_tree(None, [None, None], facts)
-    module = {"w": torch.zeros(2, 3)}
-    sink = _load._InPlaceSink(module, "", "", None, True, "M")
-    with pytest.raises(Internal, match="'w': the checkpoint holds 25 bytes"):
-        sink.on_tree(None, [None, None], facts)
+    for module in ({"w": torch.zeros(2, 3)}, {"w": torch.zeros(3, 2).t()}):
+        # (a contiguous destination takes the bytes in place, a transposed
+        # one through a staging buffer: both are checked)
+        sink = _load._InPlaceSink(module, "", "", None, True, "M")
+        with pytest.raises(Internal, match="'w': the checkpoint holds 25 bytes"):
+            sink.on_tree(None, [None, None], facts)
+
+
+@pytest.mark.parametrize("scatter", IMPLEMENTATIONS)
+def test_a_position_past_the_node_is_refused(scatter):
+    with pytest.raises(_wire.StreamError):
+        scatter(message(piece(0, 9, b"x")), 0, 9, [8, 8], [True, True],
+                lambda i: memoryview(bytearray(8)), None)
 
 
 def test_both_framers_make_the_same_frames_from_buffers_and_addresses():
@@ -487,3 +514,28 @@ def test_tensor_nodes_encode_as_protobuf_does():
             assert got == digests
     with pytest.raises(ValueError, match="3 bytes given, 4 declared"):
         c.tensor_node("w", 1, (1,), "cpu", False, 4, 4, b"abc", None)
+
+
+def test_str_and_int_subclass_keys_save_as_their_values():
+    """A str Enum or IntEnum dict key is stored as its text or number, through
+    protobuf (Entry.fill) and the C encoder alike."""
+    import enum
+    from ckpt import _tree
+    from ckpt.v1 import checkpoint_pb2 as pb
+
+    class K(str, enum.Enum):
+        W = "w"
+
+    class I(enum.IntEnum):
+        SEVEN = 7
+
+    for key, field, value in [(K.W, "str_key", "w"), (I.SEVEN, "int_key", 7)]:
+        e = _tree.Entry(key, "tensor")
+        e.dtype, e.shape, e.device, e.size = 1, (0,), "cpu", 0
+        node = pb.Node()
+        e.fill(node)
+        assert node.WhichOneof("key") == field and getattr(node, field) == value
+        c = _speedups()
+        if c is not None and hasattr(c, "tensor_node"):
+            encoded, _ = c.tensor_node(key, 1, (0,), "cpu", False, 0, 4, None, None)
+            assert pb.Node.FromString(encoded) == node

@@ -111,7 +111,8 @@ class _Sink:
 
 def _address(t: torch.Tensor, nbytes: int, key: Callable[[], str]) -> int:
     """The address of a contiguous CPU tensor's memory for _wire.scatter, once
-    checked to hold exactly ``nbytes`` (what the stream may write there)."""
+    checked to hold exactly ``nbytes`` (what the stream may write there);
+    Internal (naming the tensor) when it does not."""
     if t.nbytes != nbytes:
         raise Internal(f"tensor '{key()}': the checkpoint holds {nbytes} bytes of data, "
                        f"its shape and dtype make {t.nbytes}")
@@ -124,7 +125,7 @@ def _alloc_host(nbytes: int) -> Tuple[torch.Tensor, memoryview]:
 
 
 def _writable_bytes(t: torch.Tensor) -> memoryview:
-    """A writable uint8 memoryview of a fresh contiguous CPU tensor's memory."""
+    """A writable uint8 memoryview of a contiguous CPU tensor's memory."""
     if t.numel() == 0:
         return memoryview(bytearray())
     if t.dtype in _tree._NUMPY_NATIVE and t.dim():
@@ -345,11 +346,12 @@ class _InPlaceSink(_Sink):
         # complete (_staged_done).
         views: List[Any] = [None] * len(nodes)
         for i, (dst, size) in chosen.items():
+            if dst.nbytes != size:
+                _address(dst, size, lambda: keys[i])  # raises Internal
             if not size:
                 continue
             if dst.is_cpu and dst.is_contiguous() and not dst.is_conj() and not dst.is_neg():
-                views[i] = (dst.data_ptr() if dst.nbytes == size else
-                            _address(dst, size, lambda: keys[i]))
+                views[i] = dst.data_ptr()
             else:
                 views[i] = dst
         self.nodes = nodes

@@ -1,9 +1,14 @@
-/* The hot loop of Python loads in C (internal): ckpt._wire.scatter, the same
- * function with the same checks, ~20x fewer interpreter steps per piece.
- * Optional: ckpt._wire falls back to its Python version when this module
+/* The hot loops of the Python client in C (internal), each the twin of a
+ * Python function in ckpt._wire with the same checks and results:
+ *   loads:  scatter (a data message's pieces into the tensors), node_facts
+ *           (what a load reads of each node of the tree);
+ *   saves:  next_frame (chunk frames from the tensors' memory), digest and
+ *           tensor_node (a tensor's chunk digests and Node record).
+ * Optional: ckpt._wire falls back to the Python versions when this module
  * is not built (or CKPT_PURE_PYTHON=1), and tests/test_wire.py runs both on
- * the same streams, valid and malformed. Plain CPython API, no other
- * library. */
+ * the same inputs, valid and malformed. Plain CPython API; digest and
+ * tensor_node also need xxhash.h (0.8 or later, header-only), and are left
+ * out without it. */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -139,6 +144,14 @@ static PyObject *scatter(PyObject *self, PyObject *args) {
   if (len == 0 || buf[0] != 0x1A) { /* LoadResponse.data = 3 */
     fail("expected data in load stream");
     goto done;
+  }
+  if (node >= 0 && node < nsizes) {
+    const Py_ssize_t size = size_at(sizes, node);
+    if (size == -1 && PyErr_Occurred()) goto done;
+    if (offset < 0 || offset > size) {
+      fail("load stream position out of range");
+      goto done;
+    }
   }
   if (!read_varint(buf, len, &pos, &length) || length != (uint64_t)(len - pos)) {
     fail("malformed data message");
@@ -350,7 +363,9 @@ typedef struct {
   uint64_t size; /* tensor/bytes data size, container size */
 } Facts;
 
-/* 1: read; 0: not canonical (the caller asks protobuf); -1: malformed. */
+/* 1: read; 0: not read here (an encoding protobuf writers do not make, or
+ * one this reader does not decode, such as a group or an overlong varint:
+ * protobuf, which parsed the same bytes, is asked instead). */
 static int read_tensor(const uint8_t *buf, Py_ssize_t start, Py_ssize_t end, Facts *f) {
   Reader r = {buf, start, end};
   uint32_t last = 0;
@@ -359,7 +374,7 @@ static int read_tensor(const uint8_t *buf, Py_ssize_t start, Py_ssize_t end, Fac
     int type;
     uint64_t value = 0;
     Py_ssize_t at = 0;
-    if (!next_field(&r, &number, &type, &value, &at)) return -1;
+    if (!next_field(&r, &number, &type, &value, &at)) return 0;
     if (number <= last) return 0;
     last = number;
     if (number == 1 && type == 0) {
@@ -367,6 +382,11 @@ static int read_tensor(const uint8_t *buf, Py_ssize_t start, Py_ssize_t end, Fac
     } else if (number == 2 && type == 2) {
       f->shape_start = at;
       f->shape_end = at + (Py_ssize_t)value;
+      Py_ssize_t pos = at;
+      uint64_t dim;
+      while (pos < f->shape_end) {
+        if (!read_varint(buf, f->shape_end, &pos, &dim)) return 0;
+      }
     } else if (number == 3 && type == 2) {
       f->device_start = at;
       f->device_len = (Py_ssize_t)value;
@@ -392,7 +412,7 @@ static int read_node(const uint8_t *buf, Py_ssize_t start, Py_ssize_t end, Facts
     int type;
     uint64_t value = 0;
     Py_ssize_t at = 0;
-    if (!next_field(&r, &number, &type, &value, &at)) return -1;
+    if (!next_field(&r, &number, &type, &value, &at)) return 0;
     if (number <= last) return 0;
     last = number;
     if (number == 1 && type == 2) {
@@ -416,8 +436,7 @@ static int read_node(const uint8_t *buf, Py_ssize_t start, Py_ssize_t end, Facts
         if (data_size(buf, at, at + (Py_ssize_t)value, &f->size) < 0) return 0;
         f->size = (uint32_t)f->size; /* Container.size is a uint32 */
       } else if (number == 11) {
-        int read = read_tensor(buf, at, at + (Py_ssize_t)value, f);
-        if (read <= 0) return read;
+        if (!read_tensor(buf, at, at + (Py_ssize_t)value, f)) return 0;
       } else if (number == 12) {
         /* BytesMeta{DataRef data = 1} */
         Reader m = {buf, at, at + (Py_ssize_t)value};
@@ -427,7 +446,7 @@ static int read_node(const uint8_t *buf, Py_ssize_t start, Py_ssize_t end, Facts
           int mt;
           uint64_t mv = 0;
           Py_ssize_t mat = 0;
-          if (!next_field(&m, &mn, &mt, &mv, &mat)) return -1;
+          if (!next_field(&m, &mn, &mt, &mv, &mat)) return 0;
           if (mn <= mlast) return 0;
           mlast = mn;
           if (mn == 1) {
@@ -489,7 +508,8 @@ static PyObject *facts_tuple(const uint8_t *buf, const Facts *f) {
 }
 
 /* node_facts(node_batch) -> [per node: (value field, key, dtype, shape,
- * device, requires_grad, size) or None]; see ckpt._wire.node_facts. */
+ * device, requires_grad, size) or None], or [] for a batch not read here;
+ * see ckpt._wire.node_facts. */
 static PyObject *node_facts(PyObject *self, PyObject *arg) {
   Py_buffer batch;
   if (PyObject_GetBuffer(arg, &batch, PyBUF_SIMPLE) < 0) return NULL;
@@ -501,26 +521,17 @@ static PyObject *node_facts(PyObject *self, PyObject *arg) {
     int type;
     uint64_t value = 0;
     Py_ssize_t at = 0;
-    if (!next_field(&r, &number, &type, &value, &at)) {
-      fail("malformed NodeBatch");
-      Py_CLEAR(out);
+    if (!next_field(&r, &number, &type, &value, &at) || (number == 1 && type != 2)) {
+      /* Not read here (see read_node): no facts at all, so that the caller
+         asks protobuf for every node. */
+      Py_DECREF(out);
+      out = PyList_New(0);
       break;
     }
     if (number != 1) continue; /* unknown field */
-    if (type != 2) {
-      fail("malformed NodeBatch");
-      Py_CLEAR(out);
-      break;
-    }
     Facts f;
-    const int read = read_node(buf, at, at + (Py_ssize_t)value, &f);
     PyObject *item = NULL;
-    if (read < 0) {
-      fail("malformed Node");
-      Py_CLEAR(out);
-      break;
-    }
-    if (read) {
+    if (read_node(buf, at, at + (Py_ssize_t)value, &f)) {
       item = facts_tuple(buf, &f);
     } else {
       Py_INCREF(Py_None);
@@ -579,9 +590,13 @@ static void source_release(Source *s) {
 
 #if defined(__has_include)
 #if __has_include(<xxhash.h>)
-#define CKPT_HAVE_XXHASH 1
 #define XXH_INLINE_ALL
 #include <xxhash.h>
+/* XXH3's output is stable from xxHash 0.8.0 on (what the servers and the
+   xxhash package compute); older headers leave digests to the package. */
+#if XXH_VERSION_NUMBER >= 800
+#define CKPT_HAVE_XXHASH 1
+#endif
 #endif
 #endif
 
@@ -647,9 +662,13 @@ static PyObject *next_frame(PyObject *self, PyObject *args) {
   if (!PyArg_ParseTuple(args, "O!nnnp", &PyList_Type, &chunks, &index, &offset, &limit, &whole)) {
     return NULL;
   }
-  const Py_ssize_t n = PyList_GET_SIZE(chunks);
+  /* A snapshot of the list: reading a source may run Python code. */
+  chunks = PyList_AsTuple(chunks);
+  if (chunks == NULL) return NULL;
+  const Py_ssize_t n = PyTuple_GET_SIZE(chunks);
   if (index < 0 || index > n || offset < 0 || limit <= kPieceFraming) {
     PyErr_SetString(PyExc_ValueError, "next_frame: bad position or limit");
+    Py_DECREF(chunks);
     return NULL;
   }
   const Py_ssize_t start = index; /* sources[k] is chunks[start + k]'s */
@@ -661,7 +680,7 @@ static PyObject *next_frame(PyObject *self, PyObject *args) {
   PyObject *result = NULL;
   int done = 0;
   while (!done && index < n) {
-    PyObject *item = PyList_GET_ITEM(chunks, index);
+    PyObject *item = PyTuple_GET_ITEM(chunks, index);
     if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2 ||
         !PyBytes_Check(PyTuple_GET_ITEM(item, 0)) ||
         PyBytes_GET_SIZE(PyTuple_GET_ITEM(item, 0)) != 16) {
@@ -733,7 +752,7 @@ static PyObject *next_frame(PyObject *self, PyObject *args) {
       p = put_varint(p, inner);
       *p++ = 0x0A; /* ChunkPiece.digest = 1 */
       *p++ = 0x10;
-      memcpy(p, PyBytes_AS_STRING(PyTuple_GET_ITEM(PyList_GET_ITEM(chunks, pc->chunk), 0)), 16);
+      memcpy(p, PyBytes_AS_STRING(PyTuple_GET_ITEM(PyTuple_GET_ITEM(chunks, pc->chunk), 0)), 16);
       p += 16;
       if (pc->off) {
         *p++ = 0x10; /* ChunkPiece.offset = 2 */
@@ -755,6 +774,7 @@ fail:
   for (Py_ssize_t i = 0; i < num_sources; ++i) source_release(&sources[i]);
   PyMem_Free(sources);
   PyMem_Free(pieces);
+  Py_DECREF(chunks);
   return result;
 }
 

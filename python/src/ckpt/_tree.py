@@ -131,7 +131,7 @@ class Entry:
         """Writes this entry into ``node``; returns its DataRef (tensor, bytes) or None."""
         key = self.key
         if key is not None:
-            if type(key) is str:
+            if isinstance(key, str):  # a str subclass (a str Enum) too: its text
                 node.str_key = key
             else:
                 node.int_key = key

@@ -1,11 +1,12 @@
 """The ckpt client: ``torch.save`` / ``torch.load`` / ``load_state_dict`` against a
 ckpt server, and the listing, tagging, retention and garbage-collection calls.
 
-A pure-Python gRPC client (grpcio): control messages are protobuf, tensor bytes
-travel in hand-built frames (see ``_wire``), chunk digests are XXH3-128 computed
-by ``xxhash`` on memoryviews of the tensors' own memory. Every byte moves in C
-(grpcio, xxhash, memcpy) with the GIL released while it waits for the network and
-while it hashes.
+A gRPC client (grpcio): control messages are protobuf, tensor bytes travel in
+hand-built frames (see ``_wire``), chunk digests are XXH3-128 computed on the
+tensors' own memory. Every byte moves in C (grpcio, xxHash, memcpy; the
+per-tensor loops in the optional ``_speedups`` extension), with the GIL
+released while it waits for the network and while it hashes or copies large
+amounts.
 """
 
 from __future__ import annotations
