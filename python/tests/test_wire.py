@@ -394,6 +394,11 @@ def test_a_tensor_whose_bytes_disagree_with_its_shape_is_refused():
     with pytest.raises(Internal, match="'w': the checkpoint holds 25 bytes of data, its "
                                        "shape and dtype make 24"):
         sink.on_tree(None, [None, None], facts)
+    # Less, even none: the tensor would keep uninitialized memory.
+    for size in (23, 0):
+        sink = _load._ValueSink(None)
+        with pytest.raises(Internal, match=f"holds {size} bytes of data"):
+            sink.on_tree(None, [None, None], facts[:1] + [facts[1][:6] + (size,)])
     for module in ({"w": torch.zeros(2, 3)}, {"w": torch.zeros(3, 2).t()}):
         # (a contiguous destination takes the bytes in place, a transposed
         # one through a staging buffer: both are checked)

@@ -211,9 +211,10 @@ class _ValueSink(_Sink):
                             _tree.unavailable_message(self.keys[i], device, target))
                 t = empty(*shape, dtype=dtype) if shape else empty((), dtype=dtype)
                 tensors[i] = t
+                if t.nbytes != size:
+                    _address(t, size, lambda: self.keys[i])  # raises Internal
                 if size:
-                    targets[i] = (t.data_ptr() if t.nbytes == size else
-                                  _address(t, size, lambda: self.keys[i]))
+                    targets[i] = t.data_ptr()
                 if device != "cpu" or requires_grad:
                     special[i] = (device, requires_grad)
             elif field == _wire.NODE_BYTES:

@@ -32,7 +32,8 @@ def _pieces(src: _wire.Source, size: int, chunk_size: int) -> List[_wire.Source]
         return [src]
     if src.__class__ is tuple:
         address = src[0]
-        return [(address + off, min(chunk_size, size - off)) for off in range(0, size, chunk_size)]
+        return [(address + off, min(chunk_size, size - off))
+                for off in range(0, size, chunk_size)]
     return [src[off:off + chunk_size] for off in range(0, size, chunk_size)]
 
 
@@ -148,10 +149,11 @@ class _SaveCall:
         return getattr(response, want)
 
     def _prepare(self, start: int, chunk_size: int, index: int = 2) -> _Batch:
-        """Hashes the nodes of the next batch (runs ahead on a worker thread;
-        hashing releases the GIL for large chunks). The first batches are small (1/16 and 1/4 of
-        the limits: ``index`` is the batch's number) so that the server has
-        work before the client has gone through thousands of tensors."""
+        """Hashes and encodes the nodes of the next batch (runs ahead on a
+        worker thread; hashing releases the GIL for large chunks). The first
+        batches are small (1/16 and 1/4 of the limits: ``index`` is the
+        batch's number) so that the server has work before the client has gone
+        through thousands of tensors."""
         entries = self.flat.entries
         framed: List[bytes] = []  # NodeBatch.nodes: tag and length, Node, ...
         sources: Dict[bytes, _wire.Source] = {}
