@@ -544,3 +544,26 @@ def test_str_and_int_subclass_keys_save_as_their_values():
         if c is not None and hasattr(c, "tensor_node"):
             encoded, _ = c.tensor_node(key, 1, (0,), "cpu", False, 0, 4, None, None)
             assert pb.Node.FromString(encoded) == node
+
+
+def test_snapshot_copies_agree_and_stay_in_the_buffer():
+    """copy_into (an async save's snapshot) in C and Python: the same bytes
+    land at the same offsets; a copy past the buffer is refused."""
+    rng = random.Random(15)
+    datas = [rng.randbytes(n) for n in (0, 1, 100, 70000)]
+    memory = [ctypes.create_string_buffer(d, len(d)) for d in datas]
+    copies, off = [], 0
+    for m, d in zip(memory, datas):
+        copies.append((ctypes.addressof(m) if d else 0, off, len(d)))
+        off += len(d) + 7
+    implementations = [_wire.python_copy_into]
+    if _speedups() is not None:
+        implementations.append(_speedups().copy_into)
+    for copy_into in implementations:
+        buffer = bytearray(off)
+        copy_into(buffer, copies)
+        for (_, at, n), d in zip(copies, datas):
+            assert bytes(buffer[at:at + n]) == d
+        for bad in ([(copies[3][0], off - 10, 70000)], [(0, 0, 5)], [(copies[2][0], -1, 1)]):
+            with pytest.raises(ValueError):
+                copy_into(buffer, bad)

@@ -3,7 +3,8 @@
  *   loads:  scatter (a data message's pieces into the tensors), node_facts
  *           (what a load reads of each node of the tree);
  *   saves:  next_frame (chunk frames from the tensors' memory), digest and
- *           tensor_node (a tensor's chunk digests and Node record).
+ *           tensor_node (a tensor's chunk digests and Node record), copy_into
+ *           (an async save's snapshot).
  * Optional: ckpt._wire falls back to the Python versions when this module
  * is not built (or CKPT_PURE_PYTHON=1), and tests/test_wire.py runs both on
  * the same inputs, valid and malformed. Plain CPython API; digest and
@@ -935,6 +936,49 @@ done:
 }
 #endif
 
+/* copy_into(buffer, copies): copies[i] = (source address, offset, length)
+ * copies `length` bytes of memory the caller holds into the writable buffer
+ * at `offset` (each range checked against the buffer), without the GIL;
+ * see ckpt._wire.copy_into (an async save's snapshot). */
+static PyObject *copy_into(PyObject *self, PyObject *args) {
+  PyObject *target, *list;
+  if (!PyArg_ParseTuple(args, "OO!", &target, &PyList_Type, &list)) return NULL;
+  Py_buffer dst;
+  if (PyObject_GetBuffer(target, &dst, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) return NULL;
+  const Py_ssize_t n = PyList_GET_SIZE(list);
+  Copy *copies = PyMem_Malloc((size_t)(n ? n : 1) * sizeof(Copy));
+  PyObject *result = NULL;
+  if (copies == NULL) {
+    PyErr_NoMemory();
+    goto done;
+  }
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    PyObject *item = PyList_GET_ITEM(list, i);
+    if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 3) {
+      PyErr_SetString(PyExc_TypeError, "copy_into: copies are (address, offset, length)");
+      goto done;
+    }
+    void *src = PyLong_AsVoidPtr(PyTuple_GET_ITEM(item, 0));
+    const Py_ssize_t off = PyLong_AsSsize_t(PyTuple_GET_ITEM(item, 1));
+    const Py_ssize_t len = PyLong_AsSsize_t(PyTuple_GET_ITEM(item, 2));
+    if (PyErr_Occurred()) goto done;
+    if (off < 0 || len < 0 || off > dst.len || len > dst.len - off || (src == NULL && len)) {
+      PyErr_SetString(PyExc_ValueError, "copy_into: a copy outside the buffer");
+      goto done;
+    }
+    copies[i] = (Copy){(char *)dst.buf + off, (const uint8_t *)src, (size_t)len};
+  }
+  Py_BEGIN_ALLOW_THREADS for (Py_ssize_t i = 0; i < n; ++i) {
+    memcpy(copies[i].dst, copies[i].src, copies[i].n);
+  }
+  Py_END_ALLOW_THREADS Py_INCREF(Py_None);
+  result = Py_None;
+done:
+  PyMem_Free(copies);
+  PyBuffer_Release(&dst);
+  return result;
+}
+
 static PyObject *init(PyObject *self, PyObject *error) {
   Py_XINCREF(error);
   Py_XSETREF(stream_error, error);
@@ -945,6 +989,7 @@ static PyMethodDef methods[] = {
     {"scatter", scatter, METH_VARARGS, "ckpt._wire.scatter in C."},
     {"node_facts", node_facts, METH_O, "ckpt._wire.node_facts in C."},
     {"next_frame", next_frame, METH_VARARGS, "ckpt._wire.next_frame in C."},
+    {"copy_into", copy_into, METH_VARARGS, "ckpt._wire.copy_into in C."},
 #ifdef CKPT_HAVE_XXHASH
     {"digest", digest, METH_O, "The XXH3-128 digest of a chunk source."},
     {"tensor_node", tensor_node, METH_VARARGS, "A tensor's serialized Node for a save."},

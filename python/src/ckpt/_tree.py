@@ -234,20 +234,26 @@ def _copy_snapshot(flat: Flat, buffers: Optional[SnapshotBuffers]) -> None:
     flat.snapshot = buffer
     view = memoryview(buffer.numpy())
     off = 0
-    fast = _VIEW_FAST
+    # Contiguous CPU tensors are copied together, in C without the GIL when
+    # the accelerator is built (one call: ~1 us per tensor less than a
+    # memoryview each); the others through torch.
+    plain: List[Tuple[int, int, int]] = []
+    sources: List[torch.Tensor] = []  # alive until copied (entries now point at dst)
     for e in tensors:
         t = e.data
         n = e.size
         dst = view[off:off + n]
         if n:
-            if t.is_cpu and t.dtype in fast and t.dim() and t.is_contiguous() and \
-                    not t.is_conj() and not t.is_neg():
-                dst[:] = memoryview(t.numpy()).cast("B")
+            if t.is_cpu and t.is_contiguous() and not t.is_conj() and not t.is_neg():
+                plain.append((t.data_ptr(), off, n))
+                sources.append(t)
             else:
                 with torch.no_grad():
                     torch.frombuffer(dst, dtype=t.dtype).view(t.shape).copy_(t)
         e.data = dst
         off += (n + _ALIGN - 1) // _ALIGN * _ALIGN
+    _wire.copy_into(view, plain)
+    del sources
 
 
 def flatten(value: Any, snapshot: bool = False,

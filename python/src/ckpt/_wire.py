@@ -172,6 +172,18 @@ def frames(chunks: List[Tuple[bytes, Source]], limit: int = PIECE_BYTES,
         yield frame
 
 
+def python_copy_into(buffer: Any, copies: List[Tuple[int, int, int]]) -> None:
+    """Copies ``length`` bytes from each ``address`` (memory the caller holds)
+    into the writable ``buffer`` at ``offset``: copies = [(address, offset,
+    length)], each range checked against the buffer."""
+    view = memoryview(buffer).cast("B")
+    for address, offset, length in copies:
+        if offset < 0 or length < 0 or offset + length > len(view) or (not address and length):
+            raise ValueError("copy_into: a copy outside the buffer")
+        if length:
+            view[offset:offset + length] = ctypes.string_at(address, length)
+
+
 def python_digest(src: Source) -> bytes:
     """A chunk's 16-byte XXH3-128 digest (big-endian high then low 64 bits)."""
     return xxhash.xxh3_128(source_bytes(src)).digest()
@@ -377,6 +389,7 @@ def node_facts(batch: Any, nodes: List[Any]) -> List[Facts]:
 
 _facts_from_bytes = python_node_facts
 next_frame = python_next_frame
+copy_into = python_copy_into
 digest = python_digest
 # The C encoder of a tensor's Node (_speedups.tensor_node), if built.
 tensor_node: Optional[Callable[..., Tuple[bytes, List[bytes]]]] = None
@@ -395,6 +408,7 @@ if _speedups is not None:
         scatter = _speedups.scatter  # noqa: F811
         _facts_from_bytes = lambda batch, nodes: _speedups.node_facts(batch)  # noqa: E731
         next_frame = _speedups.next_frame  # noqa: F811
+        copy_into = _speedups.copy_into  # noqa: F811
         if hasattr(_speedups, "digest"):  # built with xxhash.h
             digest = _speedups.digest  # noqa: F811
             ADDRESS_SOURCES = True
