@@ -567,3 +567,40 @@ def test_snapshot_copies_agree_and_stay_in_the_buffer():
         for bad in ([(copies[3][0], off - 10, 70000)], [(0, 0, 5)], [(copies[2][0], -1, 1)]):
             with pytest.raises(ValueError):
                 copy_into(buffer, bad)
+
+
+def test_node_facts_agree_with_protobuf_on_corrupted_batches():
+    """Bytes a hostile server could send: random batches with bytes flipped,
+    cut or inserted. Whatever protobuf accepts, node_facts reads exactly as
+    protobuf's accessors do (the C reader answers None where unsure); it never
+    fails on what protobuf parsed."""
+    from google.protobuf.message import DecodeError
+    from ckpt.v1 import checkpoint_pb2 as pb
+    c = _speedups_or_skip()
+    rng = random.Random(16)
+    accepted = 0
+    for trial in range(3000):
+        raw = bytearray(_random_batch(rng).SerializeToString())
+        for _ in range(rng.randint(1, 3)):
+            what = rng.random()
+            at = rng.randrange(len(raw) + 1)
+            if what < 0.6 and at < len(raw):
+                raw[at] = rng.getrandbits(8)
+            elif what < 0.8:
+                raw[at:at] = bytes([rng.getrandbits(8)])
+            else:
+                del raw[at:]
+        raw = bytes(raw)
+        try:
+            batch = pb.NodeBatch.FromString(raw)
+        except DecodeError:
+            continue
+        accepted += 1
+        expected = [_wire.facts_of(n) for n in batch.nodes]
+        from_c = c.node_facts(raw)
+        if from_c:
+            assert len(from_c) == len(expected), f"trial {trial}"
+            for got, want in zip(from_c, expected):
+                assert got is None or got == want, f"trial {trial}: {got} != {want}"
+        assert _wire.node_facts(raw, batch.nodes) == expected, f"trial {trial}"
+    assert accepted > 300  # the test must exercise accepted corruptions
