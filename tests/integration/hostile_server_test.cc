@@ -1,0 +1,182 @@
+// The client core against a hostile server: a fake CheckpointService whose
+// Load streams break the protocol (pieces out of order, out of range, a
+// node's data skipped, a tree whose sizes disagree with its shapes, a stream
+// cut short). The client must refuse each with a precise status, never
+// write past what the tree declares, and load a well-formed stream.
+
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include <memory>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "ckpt/v1/checkpoint.grpc.pb.h"
+#include "client/raw_client.h"
+
+namespace ckpt {
+namespace {
+
+// Sends `script` in order, then OK.
+class ScriptedLoad final : public v1::CheckpointService::Service {
+ public:
+  grpc::Status Load(grpc::ServerContext*, const v1::LoadRequest*,
+                    grpc::ServerWriter<v1::LoadResponse>* writer) override {
+    for (const v1::LoadResponse& message : script) writer->Write(message);
+    return grpc::Status::OK;
+  }
+  std::vector<v1::LoadResponse> script;
+};
+
+v1::Node TensorNode(const std::string& key, std::vector<int64_t> shape, uint64_t size) {
+  v1::Node node;
+  node.set_str_key(key);
+  v1::TensorMeta* t = node.mutable_tensor();
+  t->set_dtype(v1::DTYPE_FLOAT32);
+  for (int64_t d : shape) t->add_shape(d);
+  t->set_device("cpu");
+  t->mutable_data()->set_size(size);
+  if (size > 0) {
+    t->mutable_data()->set_chunk_size(static_cast<uint32_t>(size));
+    t->mutable_data()->add_chunks(std::string(16, 'd'));
+  }
+  return node;
+}
+
+// A header and the tree {a: float32[2], b: float32[0], c: float32[1]}
+// (node sizes 8, 0, 4: 12 data bytes).
+std::vector<v1::LoadResponse> Tree(uint64_t size_of_a = 8) {
+  std::vector<v1::LoadResponse> out(2);
+  v1::LoadHeader* header = out[0].mutable_header();
+  header->mutable_version()->set_name("team/run");
+  header->mutable_version()->set_version(1);
+  header->set_num_nodes(4);
+  header->set_data_bytes(size_of_a + 4);
+  v1::NodeBatch* nodes = out[1].mutable_nodes();
+  nodes->add_nodes()->mutable_dict()->set_size(3);
+  *nodes->add_nodes() = TensorNode("a", {2}, size_of_a);
+  *nodes->add_nodes() = TensorNode("b", {0}, 0);
+  *nodes->add_nodes() = TensorNode("c", {1}, 4);
+  return out;
+}
+
+v1::LoadResponse Pieces(std::vector<std::tuple<uint32_t, uint64_t, std::string>> pieces) {
+  v1::LoadResponse out;
+  for (const auto& [node, offset, data] : pieces) {
+    v1::DataPiece* p = out.mutable_data()->add_pieces();
+    p->set_node(node);
+    p->set_offset(offset);
+    p->set_data(data);
+  }
+  return out;
+}
+
+class HostileServerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    grpc::ServerBuilder builder;
+    int port = 0;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    builder.RegisterService(&service_);
+    server_ = builder.BuildAndStart();
+    ASSERT_NE(server_, nullptr);
+    auto client = client::RawClient::Connect("127.0.0.1:" + std::to_string(port), {});
+    ASSERT_TRUE(client.ok()) << client.status();
+    client_ = *std::move(client);
+  }
+  void TearDown() override {
+    client_.reset();
+    if (server_) server_->Shutdown();
+  }
+
+  absl::StatusOr<client::LoadedValue> LoadWith(std::vector<v1::LoadResponse> script) {
+    service_.script = std::move(script);
+    return client_->Load("team/run", {});
+  }
+
+  ScriptedLoad service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<client::RawClient> client_;
+};
+
+TEST_F(HostileServerTest, AWellFormedStreamLoads) {
+  auto script = Tree();
+  script.push_back(Pieces({{1, 0, "abcd"}, {1, 4, "efgh"}}));
+  script.push_back(Pieces({{3, 0, "ijkl"}}));
+  auto loaded = LoadWith(script);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  ASSERT_EQ(loaded->data.size(), 4u);
+  EXPECT_EQ(loaded->data[1], "abcdefgh");
+  EXPECT_EQ(loaded->data[2], "");
+  EXPECT_EQ(loaded->data[3], "ijkl");
+}
+
+TEST_F(HostileServerTest, BrokenStreamsAreRefusedPrecisely) {
+  struct Case {
+    const char* what;
+    std::vector<v1::LoadResponse> data;
+    absl::StatusCode code;
+    const char* message;
+  };
+  const std::vector<Case> cases = {
+      {"a node before the last one was complete",
+       {Pieces({{1, 0, "abcd"}, {3, 0, "ijkl"}})},
+       absl::StatusCode::kInternal,
+       "load stream pieces out of order"},
+      {"a node after its successor",
+       {Pieces({{3, 0, "ijkl"}, {1, 0, "abcdefgh"}})},
+       absl::StatusCode::kInternal,
+       "load stream skipped a node's data"},
+      {"a gap in a node's bytes",
+       {Pieces({{1, 0, "abcd"}, {1, 5, "fgh"}})},
+       absl::StatusCode::kInternal,
+       "load stream piece out of range"},
+      {"bytes past a node's end",
+       {Pieces({{1, 0, "abcdefghXXXXXXXX"}})},
+       absl::StatusCode::kInternal,
+       "load stream piece out of range"},
+      {"a node that does not exist",
+       {Pieces({{1, 0, "abcdefgh"}, {9, 0, "ijkl"}})},
+       absl::StatusCode::kInternal,
+       "load stream pieces out of order"},
+      {"no data message at all",
+       {},
+       absl::StatusCode::kUnavailable,
+       "load stream ended in the data"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    auto script = Tree();
+    script.insert(script.end(), c.data.begin(), c.data.end());
+    auto loaded = LoadWith(script);
+    ASSERT_FALSE(loaded.ok());
+    EXPECT_EQ(loaded.status().code(), c.code) << loaded.status();
+    EXPECT_NE(loaded.status().message().find(c.message), std::string::npos) << loaded.status();
+  }
+}
+
+TEST_F(HostileServerTest, ATreeWhoseSizesDisagreeWithItsShapesIsRefused) {
+  // float32[2] is 8 bytes; the tree says 64: a client trusting it would
+  // write 56 bytes past the tensor.
+  auto script = Tree(/*size_of_a=*/64);
+  script.push_back(Pieces({{1, 0, std::string(64, 'x')}, {3, 0, "ijkl"}}));
+  auto loaded = LoadWith(script);
+  ASSERT_FALSE(loaded.ok());
+  EXPECT_EQ(loaded.status().code(), absl::StatusCode::kInvalidArgument) << loaded.status();
+  EXPECT_NE(loaded.status().message().find("bytes but the data declares 64"), std::string::npos)
+      << loaded.status();
+}
+
+TEST_F(HostileServerTest, AStreamCutInTheTreeIsUnavailable) {
+  auto script = Tree();
+  script.pop_back();  // the header announces 4 nodes; none follow
+  auto loaded = LoadWith(script);
+  ASSERT_FALSE(loaded.ok());
+  EXPECT_EQ(loaded.status().code(), absl::StatusCode::kUnavailable) << loaded.status();
+  EXPECT_NE(loaded.status().message().find("load stream ended in the tree"), std::string::npos)
+      << loaded.status();
+}
+
+}  // namespace
+}  // namespace ckpt
