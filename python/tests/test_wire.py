@@ -165,19 +165,25 @@ if _speedups() is not None:
     FRAMERS.append(pytest.param(_speedups().next_frame, id="c"))
 
 
+def _all_frames(next_frame, chunks, limit, whole):
+    """Every frame ``next_frame`` makes of ``chunks`` [(digest, source)],
+    calling it until it answers None at the end of the list."""
+    out = []
+    index = offset = 0
+    while True:
+        frame, index, offset = next_frame(chunks, index, offset, limit, whole)
+        if frame is None:
+            assert index == len(chunks) and offset == 0
+            return out
+        out.append(frame)
+
+
 def _frames(next_frame, limit, chunks, whole=False):
     """The frames ``next_frame`` makes of ``chunks`` [(digest, bytes)]: their
     sizes, and each parsed back into a list of (digest, offset, data)."""
     from ckpt.v1 import checkpoint_pb2 as pb
     listed = [(digest, memoryview(data)) for digest, data in chunks]
-    out = []
-    index = offset = 0
-    while True:
-        frame, index, offset = next_frame(listed, index, offset, limit, whole)
-        if frame is None:
-            break
-        out.append(frame)
-    assert index == len(chunks) and offset == 0
+    out = _all_frames(next_frame, listed, limit, whole)
     parsed = []
     for frame in out:
         request = pb.SaveRequest.FromString(frame)
@@ -430,22 +436,9 @@ def test_both_framers_make_the_same_frames_from_buffers_and_addresses():
         chunks = [(bytes([i]) * 16, memoryview(d)) for i, d in enumerate(datas)]
         at = [(bytes([i]) * 16, (ctypes.addressof(m) if len(d) else 0, len(d)))
               for i, (m, d) in enumerate(zip(memory, datas))]
-        expected = []
-        index = offset = 0
-        while True:
-            frame, index, offset = _wire.python_next_frame(chunks, index, offset, limit, whole)
-            if frame is None:
-                break
-            expected.append(frame)
+        expected = _all_frames(_wire.python_next_frame, chunks, limit, whole)
         for source in (chunks, at):
-            got = []
-            index = offset = 0
-            while True:
-                frame, index, offset = c.next_frame(source, index, offset, limit, whole)
-                if frame is None:
-                    break
-                got.append(frame)
-            assert got == expected, f"trial {trial}"
+            assert _all_frames(c.next_frame, source, limit, whole) == expected, f"trial {trial}"
         for (_, mv), (_, addr) in zip(chunks, at):
             want = xxhash.xxh3_128(mv).digest()
             assert _wire.python_digest(mv) == want

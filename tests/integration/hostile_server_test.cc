@@ -112,70 +112,51 @@ TEST_F(HostileServerTest, AWellFormedStreamLoads) {
   EXPECT_EQ(loaded->data[3], "ijkl");
 }
 
+// `tree` (Tree(), as built) followed by `data`.
+std::vector<v1::LoadResponse> Script(std::vector<v1::LoadResponse> tree,
+                                     std::vector<v1::LoadResponse> data) {
+  tree.insert(tree.end(), data.begin(), data.end());
+  return tree;
+}
+
 TEST_F(HostileServerTest, BrokenStreamsAreRefusedPrecisely) {
   struct Case {
     const char* what;
-    std::vector<v1::LoadResponse> data;
+    std::vector<v1::LoadResponse> script;
     absl::StatusCode code;
     const char* message;
   };
+  std::vector<v1::LoadResponse> cut_in_tree = Tree();
+  cut_in_tree.pop_back();  // the header announces 4 nodes; none follow
   const std::vector<Case> cases = {
       {"a node before the last one was complete",
-       {Pieces({{1, 0, "abcd"}, {3, 0, "ijkl"}})},
-       absl::StatusCode::kInternal,
+       Script(Tree(), {Pieces({{1, 0, "abcd"}, {3, 0, "ijkl"}})}), absl::StatusCode::kInternal,
        "load stream pieces out of order"},
-      {"a node after its successor",
-       {Pieces({{3, 0, "ijkl"}, {1, 0, "abcdefgh"}})},
-       absl::StatusCode::kInternal,
-       "load stream skipped a node's data"},
-      {"a gap in a node's bytes",
-       {Pieces({{1, 0, "abcd"}, {1, 5, "fgh"}})},
-       absl::StatusCode::kInternal,
-       "load stream piece out of range"},
-      {"bytes past a node's end",
-       {Pieces({{1, 0, "abcdefghXXXXXXXX"}})},
-       absl::StatusCode::kInternal,
-       "load stream piece out of range"},
-      {"a node that does not exist",
-       {Pieces({{1, 0, "abcdefgh"}, {9, 0, "ijkl"}})},
-       absl::StatusCode::kInternal,
-       "load stream pieces out of order"},
-      {"no data message at all",
-       {},
-       absl::StatusCode::kUnavailable,
+      {"a node after its successor", Script(Tree(), {Pieces({{3, 0, "ijkl"}, {1, 0, "abcdefgh"}})}),
+       absl::StatusCode::kInternal, "load stream skipped a node's data"},
+      {"a gap in a node's bytes", Script(Tree(), {Pieces({{1, 0, "abcd"}, {1, 5, "fgh"}})}),
+       absl::StatusCode::kInternal, "load stream piece out of range"},
+      {"bytes past a node's end", Script(Tree(), {Pieces({{1, 0, "abcdefghXXXXXXXX"}})}),
+       absl::StatusCode::kInternal, "load stream piece out of range"},
+      {"a node that does not exist", Script(Tree(), {Pieces({{1, 0, "abcdefgh"}, {9, 0, "ijkl"}})}),
+       absl::StatusCode::kInternal, "load stream pieces out of order"},
+      {"no data message at all", Tree(), absl::StatusCode::kUnavailable,
        "load stream ended in the data"},
+      {"a stream cut in the tree", cut_in_tree, absl::StatusCode::kUnavailable,
+       "load stream ended in the tree"},
+      // float32[2] is 8 bytes; the tree says 64: a client trusting it would
+      // write 56 bytes past the tensor.
+      {"a tree whose size disagrees with its shape",
+       Script(Tree(/*size_of_a=*/64), {Pieces({{1, 0, std::string(64, 'x')}, {3, 0, "ijkl"}})}),
+       absl::StatusCode::kInvalidArgument, "bytes but the data declares 64"},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.what);
-    auto script = Tree();
-    script.insert(script.end(), c.data.begin(), c.data.end());
-    auto loaded = LoadWith(script);
+    auto loaded = LoadWith(c.script);
     ASSERT_FALSE(loaded.ok());
     EXPECT_EQ(loaded.status().code(), c.code) << loaded.status();
     EXPECT_NE(loaded.status().message().find(c.message), std::string::npos) << loaded.status();
   }
-}
-
-TEST_F(HostileServerTest, ATreeWhoseSizesDisagreeWithItsShapesIsRefused) {
-  // float32[2] is 8 bytes; the tree says 64: a client trusting it would
-  // write 56 bytes past the tensor.
-  auto script = Tree(/*size_of_a=*/64);
-  script.push_back(Pieces({{1, 0, std::string(64, 'x')}, {3, 0, "ijkl"}}));
-  auto loaded = LoadWith(script);
-  ASSERT_FALSE(loaded.ok());
-  EXPECT_EQ(loaded.status().code(), absl::StatusCode::kInvalidArgument) << loaded.status();
-  EXPECT_NE(loaded.status().message().find("bytes but the data declares 64"), std::string::npos)
-      << loaded.status();
-}
-
-TEST_F(HostileServerTest, AStreamCutInTheTreeIsUnavailable) {
-  auto script = Tree();
-  script.pop_back();  // the header announces 4 nodes; none follow
-  auto loaded = LoadWith(script);
-  ASSERT_FALSE(loaded.ok());
-  EXPECT_EQ(loaded.status().code(), absl::StatusCode::kUnavailable) << loaded.status();
-  EXPECT_NE(loaded.status().message().find("load stream ended in the tree"), std::string::npos)
-      << loaded.status();
 }
 
 }  // namespace

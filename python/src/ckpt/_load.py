@@ -102,21 +102,19 @@ class _Sink:
                                                  Optional[Callable[[int], None]]]]:
         """The fast path (_wire.scatter), asked after on_tree: for each node
         where its data goes (a writable memoryview, or the address of a CPU
-        tensor's memory holding exactly the node's bytes, as made by
-        _address; None: not wanted; anything else: replaced by make(node) when
+        tensor's memory holding exactly the node's bytes, checked with
+        _size_mismatch; None: not wanted; anything else: replaced by make(node) when
         its first bytes arrive), make, and a callback run when a node's last
         byte arrived (or None). None: call on_data."""
         return None
 
 
-def _address(t: torch.Tensor, nbytes: int, key: Callable[[], str]) -> int:
-    """The address of a contiguous CPU tensor's memory for _wire.scatter, once
-    checked to hold exactly ``nbytes`` (what the stream may write there);
-    Internal (naming the tensor) when it does not."""
-    if t.nbytes != nbytes:
-        raise Internal(f"tensor '{key()}': the checkpoint holds {nbytes} bytes of data, "
-                       f"its shape and dtype make {t.nbytes}")
-    return t.data_ptr()
+def _size_mismatch(t: torch.Tensor, nbytes: int, key: Callable[[], str]) -> Internal:
+    """The error for a tensor the tree gives ``nbytes`` of data that its shape
+    and dtype do not make: a tensor's address goes to _wire.scatter only once
+    its nbytes equal what the stream may write there."""
+    return Internal(f"tensor '{key()}': the checkpoint holds {nbytes} bytes of data, "
+                    f"its shape and dtype make {t.nbytes}")
 
 
 def _alloc_host(nbytes: int) -> Tuple[torch.Tensor, memoryview]:
@@ -168,7 +166,7 @@ class _ValueSink(_Sink):
         self.facts: List[_wire.Facts] = []
         self._keys: Optional[List[str]] = None
         self.tensors: Dict[int, torch.Tensor] = {}
-        # Per node: None (no data), its tensor's address (_address), or True
+        # Per node: None (no data), its tensor's address, or True
         # (a byte leaf) until _make makes its buffer.
         self.targets: List[Any] = []
         # Tensors that are not plain CPU tensors as saved (another device,
@@ -212,7 +210,7 @@ class _ValueSink(_Sink):
                 t = empty(*shape, dtype=dtype) if shape else empty((), dtype=dtype)
                 tensors[i] = t
                 if t.nbytes != size:
-                    _address(t, size, lambda: self.keys[i])  # raises Internal
+                    raise _size_mismatch(t, size, lambda: self.keys[i])
                 if size:
                     targets[i] = t.data_ptr()
                 if device != "cpu" or requires_grad:
@@ -348,10 +346,10 @@ class _InPlaceSink(_Sink):
         views: List[Any] = [None] * len(nodes)
         for i, (dst, size) in chosen.items():
             if dst.nbytes != size:
-                _address(dst, size, lambda: keys[i])  # raises Internal
+                raise _size_mismatch(dst, size, lambda: keys[i])
             if not size:
                 continue
-            if dst.is_cpu and dst.is_contiguous() and not dst.is_conj() and not dst.is_neg():
+            if _tree.holds_its_values(dst):
                 views[i] = dst.data_ptr()
             else:
                 views[i] = dst
@@ -421,10 +419,7 @@ def _read_load(stream: Any, sink: _Sink,
             raise Internal("expected nodes in load stream")
         batch = pb.NodeBatch.FromString(payload).nodes
         nodes.extend(batch)
-        try:
-            facts.extend(_wire.node_facts(payload, batch))
-        except _wire.StreamError as e:
-            raise Internal(f"malformed load stream: {e}") from None
+        facts.extend(_wire.node_facts(payload, batch))
     leaves = (_wire.NODE_TENSOR, _wire.NODE_BYTES)
     sizes = [f[6] if f[0] in leaves else 0 for f in facts]
     if slices:

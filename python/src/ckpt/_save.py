@@ -173,12 +173,14 @@ class _SaveCall:
             i += 1
             size = e.size
             src = None
+            pieces: List[_wire.Source] = []
             if size:
                 src, owner = _tree.data_source(e.data)
                 owners.append(owner)
                 given = src[1] if src.__class__ is tuple else len(src)
                 if given != size:
                     raise InvalidArgument(f"node {i - 1}: {given} bytes given, {size} declared")
+                pieces = _pieces(src, size, chunk_size)
             if e.kind == "tensor" and tensor_node is not None:
                 stats = None
                 if self._stats:
@@ -195,7 +197,7 @@ class _SaveCall:
                 digests = []
                 if size:
                     ref.chunk_size = chunk_size
-                    digests = [_wire.digest(p) for p in _pieces(src, size, chunk_size)]
+                    digests = [_wire.digest(p) for p in pieces]
                     ref.chunks.extend(digests)
                 encoded = node.SerializeToString()
             framed.append(_NODE + varint(len(encoded)))
@@ -203,11 +205,8 @@ class _SaveCall:
             if not size:
                 proto += 64 if e.kind in ("tensor", "bytes") else 32
                 continue
-            if len(digests) == 1:
-                sources[digests[0]] = src
-            else:
-                for digest, piece in zip(digests, _pieces(src, size, chunk_size)):
-                    sources[digest] = piece
+            for digest, piece in zip(digests, pieces):
+                sources[digest] = piece
             chunks += len(digests)
             data += size
             proto += 64 + 18 * len(digests)

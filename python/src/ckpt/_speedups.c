@@ -330,26 +330,56 @@ static int next_field(Reader *r, uint32_t *number, int *type, uint64_t *value, P
   }
 }
 
-/* Field 1, a varint, of a DataRef (size) or a Container (size); -1: not
+typedef struct {
+  uint32_t number;
+  int type;
+  uint64_t value; /* wire type 0: the value; 2: the length */
+  Py_ssize_t at;  /* wire type 2: where the bytes start */
+} Field;
+
+/* The next field of a message in the encoding protobuf writers make: field
+ * numbers increasing, only `repeated` (0: none) may follow itself. 1: a
+ * field; 0: the message's end; -1: malformed, or any other order. */
+static int next_in_order(Reader *r, uint32_t *last, uint32_t repeated, Field *f) {
+  f->value = 0;
+  f->at = 0;
+  if (r->pos >= r->end) return 0;
+  if (!next_field(r, &f->number, &f->type, &f->value, &f->at) || f->number == 0) return -1;
+  if (f->number < *last || (f->number == *last && f->number != repeated)) return -1;
+  *last = f->number;
+  return 1;
+}
+
+/* Field 1, a varint, of a DataRef (size) or a Container (size); 0: not
  * canonical. (DataRef's field 3, the chunk digests, repeats.) */
 static int data_size(const uint8_t *buf, Py_ssize_t start, Py_ssize_t end, uint64_t *size) {
   Reader r = {buf, start, end};
   uint32_t last = 0;
+  Field f;
+  int got;
   *size = 0;
-  while (r.pos < r.end) {
-    uint32_t number;
-    int type;
-    uint64_t value = 0;
-    Py_ssize_t at = 0;
-    if (!next_field(&r, &number, &type, &value, &at)) return -1;
-    if (number < last || (number == last && !(number == 3 && type == 2))) return -1;
-    last = number;
-    if (number == 1) {
-      if (type != 0) return -1;
-      *size = value;
+  while ((got = next_in_order(&r, &last, 3, &f)) > 0) {
+    if (f.number == 1) {
+      if (f.type != 0) return 0;
+      *size = f.value;
     }
   }
-  return 0;
+  return got == 0;
+}
+
+/* BytesMeta{DataRef data = 1}: the data's size; 0: not canonical. */
+static int bytes_size(const uint8_t *buf, Py_ssize_t start, Py_ssize_t end, uint64_t *size) {
+  Reader r = {buf, start, end};
+  uint32_t last = 0;
+  Field f;
+  int got;
+  *size = 0;
+  while ((got = next_in_order(&r, &last, 0, &f)) > 0) {
+    if (f.number == 1 && (f.type != 2 || !data_size(buf, f.at, f.at + (Py_ssize_t)f.value, size))) {
+      return 0;
+    }
+  }
+  return got == 0;
 }
 
 typedef struct {
@@ -370,14 +400,13 @@ typedef struct {
 static int read_tensor(const uint8_t *buf, Py_ssize_t start, Py_ssize_t end, Facts *f) {
   Reader r = {buf, start, end};
   uint32_t last = 0;
-  while (r.pos < r.end) {
-    uint32_t number;
-    int type;
-    uint64_t value = 0;
-    Py_ssize_t at = 0;
-    if (!next_field(&r, &number, &type, &value, &at)) return 0;
-    if (number <= last) return 0;
-    last = number;
+  Field field;
+  int got;
+  while ((got = next_in_order(&r, &last, 0, &field)) > 0) {
+    const uint32_t number = field.number;
+    const int type = field.type;
+    const uint64_t value = field.value;
+    const Py_ssize_t at = field.at;
     if (number == 1 && type == 0) {
       f->dtype = value;
     } else if (number == 2 && type == 2) {
@@ -394,28 +423,29 @@ static int read_tensor(const uint8_t *buf, Py_ssize_t start, Py_ssize_t end, Fac
     } else if (number == 4 && type == 0) {
       f->requires_grad = value != 0;
     } else if (number == 5 && type == 2) {
-      if (data_size(buf, at, at + (Py_ssize_t)value, &f->size) < 0) return 0;
+      if (!data_size(buf, at, at + (Py_ssize_t)value, &f->size)) return 0;
     } else if (number == 6 && type == 2) {
       /* stats: not read by loads */
     } else if (number <= 6) {
       return 0; /* a known field in another wire type (e.g. unpacked shape) */
     }
   }
-  return 1;
+  return got == 0;
 }
 
+/* As read_tensor, for a Node: its key and value (the last value field wins,
+ * as in a oneof). */
 static int read_node(const uint8_t *buf, Py_ssize_t start, Py_ssize_t end, Facts *f) {
   Reader r = {buf, start, end};
   uint32_t last = 0;
+  Field field;
+  int got;
   memset(f, 0, sizeof(*f));
-  while (r.pos < r.end) {
-    uint32_t number;
-    int type;
-    uint64_t value = 0;
-    Py_ssize_t at = 0;
-    if (!next_field(&r, &number, &type, &value, &at)) return 0;
-    if (number <= last) return 0;
-    last = number;
+  while ((got = next_in_order(&r, &last, 0, &field)) > 0) {
+    const uint32_t number = field.number;
+    const int type = field.type;
+    const uint64_t value = field.value;
+    const Py_ssize_t at = field.at;
     if (number == 1 && type == 2) {
       f->key_kind = 1;
       f->key_start = at;
@@ -424,7 +454,6 @@ static int read_node(const uint8_t *buf, Py_ssize_t start, Py_ssize_t end, Facts
       f->key_kind = 2;
       f->int_key = (int64_t)value;
     } else if (number >= 3 && number <= 12) {
-      /* A oneof: the last value set wins. */
       f->value_field = number;
       f->dtype = 0;
       f->shape_start = f->shape_end = 0;
@@ -434,30 +463,16 @@ static int read_node(const uint8_t *buf, Py_ssize_t start, Py_ssize_t end, Facts
       const int expected = (number == 7 || number == 8) ? 0 : number == 9 ? 1 : 2;
       if (type != expected) return 0;
       if (number >= 3 && number <= 5) {
-        if (data_size(buf, at, at + (Py_ssize_t)value, &f->size) < 0) return 0;
+        if (!data_size(buf, at, at + (Py_ssize_t)value, &f->size)) return 0;
         f->size = (uint32_t)f->size; /* Container.size is a uint32 */
       } else if (number == 11) {
         if (!read_tensor(buf, at, at + (Py_ssize_t)value, f)) return 0;
       } else if (number == 12) {
-        /* BytesMeta{DataRef data = 1} */
-        Reader m = {buf, at, at + (Py_ssize_t)value};
-        uint32_t mlast = 0;
-        while (m.pos < m.end) {
-          uint32_t mn;
-          int mt;
-          uint64_t mv = 0;
-          Py_ssize_t mat = 0;
-          if (!next_field(&m, &mn, &mt, &mv, &mat)) return 0;
-          if (mn <= mlast) return 0;
-          mlast = mn;
-          if (mn == 1) {
-            if (mt != 2 || data_size(buf, mat, mat + (Py_ssize_t)mv, &f->size) < 0) return 0;
-          }
-        }
+        if (!bytes_size(buf, at, at + (Py_ssize_t)value, &f->size)) return 0;
       }
     }
   }
-  return 1;
+  return got == 0;
 }
 
 static PyObject *facts_tuple(const uint8_t *buf, const Facts *f) {

@@ -244,7 +244,7 @@ def _copy_snapshot(flat: Flat, buffers: Optional[SnapshotBuffers]) -> None:
         n = e.size
         dst = view[off:off + n]
         if n:
-            if t.is_cpu and t.is_contiguous() and not t.is_conj() and not t.is_neg():
+            if holds_its_values(t):
                 plain.append((t.data_ptr(), off, n))
                 sources.append(t)
             else:
@@ -377,13 +377,19 @@ def data_tensor(e: Entry) -> torch.Tensor:
     return torch.frombuffer(e.data, dtype=FROM_PB[e.dtype]).view(e.shape)
 
 
+def holds_its_values(t: torch.Tensor) -> bool:
+    """Whether a tensor's memory holds its values in row-major order, as a
+    checkpoint stores them: a contiguous CPU tensor without a conj or neg bit
+    (its bytes can be read or written at its data_ptr)."""
+    return t.is_cpu and t.is_contiguous() and not t.is_conj() and not t.is_neg()
+
+
 def data_source(data: Data) -> Tuple[Any, Any]:
     """A node's bytes as a chunk source (see _wire.next_frame) and an owner to
     keep alive: a contiguous CPU tensor's (address, length) when the C
     accelerator frames and hashes chunks (no Python object per chunk but
     that tuple), else a memoryview (data_view)."""
-    if (_wire.ADDRESS_SOURCES and data.__class__ is not memoryview and data.is_cpu
-            and data.is_contiguous() and not data.is_conj() and not data.is_neg()):
+    if _wire.ADDRESS_SOURCES and data.__class__ is not memoryview and holds_its_values(data):
         return (data.data_ptr(), data.nbytes), data
     return data_view(data)
 
