@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <deque>
 #include <mutex>
 #include <optional>
 
@@ -260,16 +261,13 @@ class LoadReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
       const size_t chunk_index = run_offset_ / chunk_size;
       if (chunk_.owner == nullptr || chunk_index != chunk_index_) {
         const Digest& digest = node.data.chunks[chunk_index];
-        ReadAhead(chunk_index);
-        auto chunk = service_->store()->ReadSharedChunk(version_.name, digest);
-        chunk_ = chunk.ok() ? *std::move(chunk) : storage::Store::SharedBytes{};
+        const absl::Status read = ReadChunk(chunk_index);
         chunk_index_ = chunk_index;
-        if (!chunk.ok()) {
+        if (!read.ok()) {
           const std::vector<std::string> keys = FlattenedKeys(tree_);
-          return Annotate(chunk.status(),
-                          absl::StrCat("checkpoint '", version_.name, "' version ",
-                                       version_.version, " ", NodeKindName(node.kind), " '",
-                                       keys[selection_.source[data_node_]], "'"));
+          return Annotate(read, absl::StrCat("checkpoint '", version_.name, "' version ",
+                                             version_.version, " ", NodeKindName(node.kind), " '",
+                                             keys[selection_.source[data_node_]], "'"));
         }
         if (chunk_.bytes.size() != node.data.ChunkLength(chunk_index)) {
           return absl::DataLossError(
@@ -311,24 +309,66 @@ class LoadReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
     return true;
   }
 
-  // Tells the store which chunks a whole load reads after chunk
-  // `chunk_index` of the current node (sliced loads skip chunks: no hint).
-  void ReadAhead(size_t chunk_index) {
-    if (!slices_.empty()) return;
-    constexpr size_t kAhead = 4;
-    std::vector<Digest> next;
-    size_t node = data_node_;
-    size_t index = chunk_index + 1;
-    while (next.size() < kAhead && node < selection_.tree.size()) {
-      const Node& n = selection_.tree[node];
-      if (n.has_data() && index < n.data.chunks.size()) {
-        next.push_back(n.data.chunks[index++]);
+  // Reads chunk `chunk_index` of the current data node into chunk_ (left
+  // empty on error). A whole load reads the chunks in order: small ones
+  // together (kReadTogether of them, at most kPieceBytes), and it tells the
+  // store which kAhead come after them.
+  absl::Status ReadChunk(size_t chunk_index) {
+    chunk_ = {};
+    const Digest& digest = selection_.tree[data_node_].data.chunks[chunk_index];
+    if (!slices_.empty()) {
+      CKPT_ASSIGN_OR_RETURN(chunk_, service_->store()->ReadSharedChunk(version_.name, digest));
+      return absl::OkStatus();
+    }
+    // (Never out of step; a mismatch would only cost a read again.)
+    if (!read_.empty() && read_.front().digest != digest) read_.clear();
+    if (read_.empty()) {
+      constexpr size_t kReadTogether = 64;
+      constexpr size_t kAhead = 4;
+      ChunkPosition at{data_node_, chunk_index};
+      const std::vector<Digest> together = NextChunks(&at, kReadTogether, kPieceBytes);
+      const std::vector<Digest> ahead = NextChunks(&at, kAhead, UINT64_MAX);
+      auto chunks = service_->store()->ReadSharedChunks(version_.name, together);
+      for (size_t i = 0; i < together.size(); ++i) {
+        ChunkRead& chunk = read_.emplace_back();
+        chunk.digest = together[i];
+        if (chunks[i].ok()) {
+          chunk.bytes = std::move(*chunks[i]);
+        } else {
+          chunk.status = chunks[i].status();
+        }
+      }
+      if (!ahead.empty()) service_->store()->ReadAhead(version_.name, ahead);
+    }
+    const absl::Status status = read_.front().status;
+    if (status.ok()) chunk_ = std::move(read_.front().bytes);
+    read_.pop_front();
+    return status;
+  }
+
+  // A chunk of a selected node: chunk `index` of selection_.tree[node].
+  struct ChunkPosition {
+    size_t node;
+    size_t index;
+  };
+  // The digests of the next chunks a whole load reads from *at on, advancing
+  // *at past them: at most `count`, and past the first only while their
+  // lengths add up to at most `max_bytes`.
+  std::vector<Digest> NextChunks(ChunkPosition* at, size_t count, uint64_t max_bytes) {
+    std::vector<Digest> out;
+    uint64_t bytes = 0;
+    while (out.size() < count && at->node < selection_.tree.size()) {
+      const Node& n = selection_.tree[at->node];
+      if (!n.has_data() || at->index >= n.data.chunks.size()) {
+        ++at->node;
+        at->index = 0;
         continue;
       }
-      ++node;
-      index = 0;
+      bytes += n.data.ChunkLength(at->index);
+      if (!out.empty() && bytes > max_bytes) break;
+      out.push_back(n.data.chunks[at->index++]);
     }
-    if (!next.empty()) service_->store()->ReadAhead(version_.name, next);
+    return out;
   }
 
   void OpenDataNode() {
@@ -447,6 +487,13 @@ class LoadReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
   // The last chunk read (of the current node), reused by the runs in it.
   size_t chunk_index_ = 0;
   storage::Store::SharedBytes chunk_;  // the chunk being sent (owner null: none)
+  // Chunks a whole load has read and not yet sent, in the order it sends them.
+  struct ChunkRead {
+    Digest digest;
+    absl::Status status;
+    storage::Store::SharedBytes bytes;
+  };
+  std::deque<ChunkRead> read_;
 };
 
 }  // namespace

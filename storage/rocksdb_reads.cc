@@ -170,6 +170,66 @@ absl::StatusOr<Store::SharedBytes> RocksDbStore::ReadSharedChunk(absl::string_vi
   return SharedBytes{std::move(value), bytes};
 }
 
+std::vector<absl::StatusOr<Store::SharedBytes>> RocksDbStore::ReadSharedChunks(
+    absl::string_view name, absl::Span<const Digest> digests) {
+  std::vector<absl::StatusOr<SharedBytes>> out(digests.size(), absl::UnknownError("not read"));
+  if (absl::Status valid = ValidateName(name); !valid.ok()) {
+    for (auto& result : out) result = valid;
+    return out;
+  }
+  const absl::string_view ns = NamespaceOf(name);
+  // Small chunks: their references and then their bytes in two batched
+  // lookups from one snapshot, the bytes copied into one buffer. Large ones,
+  // and any small one not read that way (missing, damaged, a read error),
+  // go through ReadSharedChunk, which says precisely what is wrong.
+  std::vector<std::string> ref_keys;
+  ref_keys.reserve(digests.size());
+  for (const Digest& digest : digests) ref_keys.push_back(RefKey(ns, digest));
+  rocksdb::ManagedSnapshot snapshot(core_->db);
+  rocksdb::ReadOptions ro;
+  ro.snapshot = snapshot.snapshot();
+  std::vector<std::optional<RefValue>> refs;
+  std::vector<size_t> small;  // indexes into digests
+  std::vector<std::string> chunk_keys;
+  uint64_t small_bytes = 0;
+  if (internal::MultiGetRefs(*core_, ro, ref_keys, &refs).ok()) {
+    for (size_t i = 0; i < digests.size(); ++i) {
+      if (!refs[i].has_value() || refs[i]->length >= kPinnedReadBytes) continue;
+      small.push_back(i);
+      chunk_keys.push_back(ChunkKey(refs[i]->chunk_id));
+      small_bytes += refs[i]->length;
+    }
+  }
+  if (!small.empty()) {
+    ro.fill_cache = false;
+    ro.verify_checksums = false;  // the digest covers every byte (see ReadSharedChunk)
+    std::vector<rocksdb::Slice> keys(chunk_keys.begin(), chunk_keys.end());
+    std::vector<rocksdb::PinnableSlice> values(keys.size());
+    std::vector<rocksdb::Status> statuses(keys.size());
+    core_->db->MultiGet(ro, core_->chunks_cf, keys.size(), keys.data(), values.data(),
+                        statuses.data());
+    auto buffer = std::make_shared<std::string>();
+    buffer->reserve(small_bytes);
+    std::vector<std::pair<size_t, size_t>> placed;  // (index, offset in buffer)
+    for (size_t k = 0; k < small.size(); ++k) {
+      const size_t i = small[k];
+      if (!statuses[k].ok() || values[k].size() != refs[i]->length) continue;
+      placed.emplace_back(i, buffer->size());
+      buffer->append(values[k].data(), values[k].size());
+    }
+    for (const auto& [i, offset] : placed) {
+      const absl::string_view bytes = absl::string_view(*buffer).substr(offset, refs[i]->length);
+      if (internal::VerifyChunkBytes(digests[i], refs[i]->length, bytes).ok()) {
+        out[i] = SharedBytes{buffer, bytes};
+      }
+    }
+  }
+  for (size_t i = 0; i < digests.size(); ++i) {
+    if (!out[i].ok()) out[i] = ReadSharedChunk(name, digests[i]);
+  }
+  return out;
+}
+
 absl::StatusOr<std::vector<CheckpointSummary>> RocksDbStore::ListCheckpoints(
     absl::string_view prefix, absl::string_view start_after, size_t limit) {
   CKPT_RETURN_IF_ERROR(ValidatePrefix(prefix));

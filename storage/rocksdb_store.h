@@ -108,6 +108,8 @@ class RocksDbStore final : public Store {
   absl::Status ReadChunk(absl::string_view name, const Digest& digest, std::string* out) override;
   absl::StatusOr<SharedBytes> ReadSharedChunk(absl::string_view name,
                                               const Digest& digest) override;
+  std::vector<absl::StatusOr<SharedBytes>> ReadSharedChunks(
+      absl::string_view name, absl::Span<const Digest> digests) override;
   absl::StatusOr<std::vector<CheckpointSummary>> ListCheckpoints(absl::string_view prefix,
                                                                  absl::string_view start_after,
                                                                  size_t limit) override;

@@ -307,6 +307,19 @@ TEST_F(RocksDbStoreTest, ABitFlippedOnDiskIsDataLoss) {
   EXPECT_EQ(s.message(), "chunk " + hit.Hex() + " checksum mismatch");
   ASSERT_OK(store_->ReadChunk("a/rot", other, &out));
   EXPECT_EQ(out, blobs[0].bytes.substr(3 * kChunk, kChunk));
+  // Read together with its neighbours, it alone is refused, with the same
+  // message.
+  const auto together = store_->ReadSharedChunks("a/rot", tree[1].data.chunks);
+  ASSERT_EQ(together.size(), 5u);
+  for (size_t i = 0; i < together.size(); ++i) {
+    SCOPED_TRACE(i);
+    if (i == 2) {
+      EXPECT_EQ(together[i].status(), s);
+      continue;
+    }
+    ASSERT_OK(together[i].status());
+    EXPECT_EQ(together[i]->bytes, blobs[0].bytes.substr(i * kChunk, kChunk));
+  }
 }
 
 TEST(StoreOpenTest, RecordsTheFormatVersionAndRefusesAnother) {
@@ -491,6 +504,17 @@ TEST(RocksDbSharedReadTest, ChunksReadWithoutACopyStayValidWhileHeld) {
   std::string copy;
   ASSERT_OK(store->ReadChunk("a/b", Digest::Of(big), &copy));
   EXPECT_EQ(copy, big);
+  // Read together: the large chunk in place as alone, the small ones copied
+  // into one buffer they share.
+  const std::vector<Digest> together = {Digest::Of(small), Digest::Of(big), Digest::Of(small)};
+  std::vector<absl::StatusOr<Store::SharedBytes>> batch = store->ReadSharedChunks("a/b", together);
+  ASSERT_EQ(batch.size(), 3u);
+  for (const auto& chunk : batch) ASSERT_OK(chunk.status());
+  EXPECT_EQ(batch[0]->bytes, small);
+  EXPECT_EQ(batch[1]->bytes.data(), big_read.bytes.data());
+  EXPECT_EQ(batch[2]->bytes, small);
+  EXPECT_EQ(batch[2]->bytes.data(), batch[0]->bytes.data() + small.size());
+  EXPECT_EQ(batch[2]->owner, batch[0]->owner);
 
   ASSERT_OK(store->DeleteVersion("a/b", 1, false).status());
   ASSERT_OK_AND_ASSIGN(GcResult gc, store->CollectGarbage());
@@ -499,6 +523,10 @@ TEST(RocksDbSharedReadTest, ChunksReadWithoutACopyStayValidWhileHeld) {
             absl::StatusCode::kNotFound);
   EXPECT_EQ(big_read.bytes, big);
   EXPECT_EQ(small_read.bytes, small);
+  EXPECT_EQ(batch[1]->bytes, big);
+  EXPECT_EQ(batch[2]->bytes, small);
+  EXPECT_EQ(store->ReadSharedChunks("a/b", together)[0].status().code(),
+            absl::StatusCode::kNotFound);
 }
 
 }  // namespace

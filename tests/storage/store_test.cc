@@ -80,6 +80,50 @@ TEST_P(StoreTest, CommitThenReadBack) {
   EXPECT_EQ(StoredChunks(), 5u);
 }
 
+// ReadSharedChunks: one result per digest, in order, each what
+// ReadSharedChunk returns (the bytes; NotFound for a chunk the namespace
+// lacks, also one another namespace holds); a digest asked twice is read
+// twice; an invalid name fails every result.
+TEST_P(StoreTest, ReadSharedChunksAnswersEachDigestInOrder) {
+  ASSERT_TRUE(Save("a/b", Model()).ok());
+  ASSERT_OK_AND_ASSIGN(Tree tree, store_->GetTree("a/b", 1));
+  std::vector<Digest> asked;
+  for (const Node& node : tree) {
+    if (node.has_data())
+      asked.insert(asked.end(), node.data.chunks.begin(), node.data.chunks.end());
+  }
+  ASSERT_EQ(asked.size(), 5u);
+  const Digest missing = Digest::Of("nope");
+  asked.insert(asked.begin() + 2, missing);
+  asked.push_back(asked[0]);
+  const std::vector<absl::StatusOr<Store::SharedBytes>> read =
+      store_->ReadSharedChunks("a/b", asked);
+  ASSERT_EQ(read.size(), asked.size());
+  for (size_t i = 0; i < asked.size(); ++i) {
+    SCOPED_TRACE(i);
+    if (asked[i] == missing) {
+      EXPECT_EQ(read[i].status().code(), absl::StatusCode::kNotFound);
+      EXPECT_EQ(read[i].status().message(),
+                store_->ReadSharedChunk("a/b", missing).status().message());
+      continue;
+    }
+    ASSERT_OK(read[i].status());
+    std::string one;
+    ASSERT_OK(store_->ReadChunk("a/b", asked[i], &one));
+    EXPECT_EQ(read[i]->bytes, one);
+    EXPECT_EQ(Digest::Of(read[i]->bytes), asked[i]);
+  }
+  const auto other = store_->ReadSharedChunks("other/x", absl::MakeConstSpan(asked).first(1));
+  ASSERT_EQ(other.size(), 1u);
+  EXPECT_EQ(other[0].status().code(), absl::StatusCode::kNotFound);
+  const auto invalid = store_->ReadSharedChunks("bad name", absl::MakeConstSpan(asked).first(2));
+  ASSERT_EQ(invalid.size(), 2u);
+  for (const auto& result : invalid) {
+    EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument);
+  }
+  EXPECT_TRUE(store_->ReadSharedChunks("a/b", {}).empty());
+}
+
 TEST_P(StoreTest, CommitStoresMetadata) {
   auto up = store_->BeginUpload("a/b");
   ASSERT_TRUE(up.ok());
