@@ -43,6 +43,7 @@ class GrpcRawClient final : public RawClient {
         stub_(v1::CheckpointService::NewStub(channel_)),
         health_(grpc::health::v1::Health::NewStub(channel_)),
         save_method_(kSaveMethod, grpc::internal::RpcMethod::BIDI_STREAMING, channel_),
+        load_method_(kLoadMethod, grpc::internal::RpcMethod::SERVER_STREAMING, channel_),
         options_(options) {}
 
   void Close() override;
@@ -194,8 +195,14 @@ class GrpcRawClient final : public RawClient {
                           const absl::flat_hash_map<Digest, ChunkSource>& sources,
                           bool whole_chunks, SaveResult* result, bool* broken);
 
-  absl::Status RunLoad(grpc::ClientReader<v1::LoadResponse>* stream,
-                       const std::vector<TensorSlice>& slices, LoadSink* sink, bool* broken);
+  // Load is called raw too: the data pieces go from gRPC's buffers
+  // straight to the sink (rpc::DecodeDataBatch), not through a protobuf
+  // message's copy.
+  static constexpr char kLoadMethod[] = "/ckpt.v1.CheckpointService/Load";
+  using LoadStream = grpc::ClientReader<grpc::ByteBuffer>;
+
+  absl::Status RunLoad(LoadStream* stream, const std::vector<TensorSlice>& slices, LoadSink* sink,
+                       bool* broken);
 
   // The statistics of the tensors of the last saves, by checkpoint name and
   // node index (RunSave): a tensor whose chunks all hash as they did keeps
@@ -218,6 +225,7 @@ class GrpcRawClient final : public RawClient {
   std::unique_ptr<v1::CheckpointService::Stub> stub_;
   std::unique_ptr<grpc::health::v1::Health::Stub> health_;
   const grpc::internal::RpcMethod save_method_;
+  const grpc::internal::RpcMethod load_method_;
   ClientOptions options_;
   std::mutex mu_;
   bool closed_ = false;                       // guarded by mu_

@@ -9,6 +9,7 @@
 #include "common/status_macros.h"
 #include "rpc/convert.h"
 #include "rpc/grpc_status.h"
+#include "rpc/wire.h"
 
 namespace ckpt::client {
 
@@ -24,7 +25,8 @@ absl::Status GrpcRawClient::Load(const std::string& name, const LoadOptions& opt
 absl::Status GrpcRawClient::RunLoadCall(grpc::ClientContext& context, const std::string& name,
                                         const LoadOptions& options, LoadSink* sink) {
   const v1::LoadRequest request = ToLoadRequest(name, options);
-  auto stream = stub_->Load(&context, request);
+  std::unique_ptr<LoadStream> stream(grpc::internal::ClientReaderFactory<grpc::ByteBuffer>::Create(
+      channel_.get(), load_method_, &context, request));
   bool broken = false;
   absl::Status status = RunLoad(stream.get(), options.slices, sink, &broken);
   if (!status.ok() && !broken) context.TryCancel();
@@ -65,16 +67,21 @@ absl::StatusOr<LoadedValue> GrpcRawClient::Load(const std::string& name,
   return std::move(collect.value);
 }
 
-absl::Status GrpcRawClient::RunLoad(grpc::ClientReader<v1::LoadResponse>* stream,
-                                    const std::vector<TensorSlice>& slices, LoadSink* sink,
-                                    bool* broken) {
+absl::Status GrpcRawClient::RunLoad(LoadStream* stream, const std::vector<TensorSlice>& slices,
+                                    LoadSink* sink, bool* broken) {
+  grpc::ByteBuffer raw;
   v1::LoadResponse response;
   auto read = [&](const char* where) -> absl::Status {
-    if (stream->Read(&response)) return absl::OkStatus();
+    if (stream->Read(&raw)) return absl::OkStatus();
     *broken = true;
     return absl::UnavailableError(absl::StrCat("load stream ended ", where));
   };
+  auto parse = [&]() -> absl::Status {
+    if (rpc::FromByteBuffer(raw, &response, "LoadResponse").ok()) return absl::OkStatus();
+    return absl::InternalError("malformed LoadResponse in load stream");
+  };
   CKPT_RETURN_IF_ERROR(read("before the header"));
+  CKPT_RETURN_IF_ERROR(parse());
   if (!response.has_header()) return absl::InternalError("load stream without header");
   const VersionInfo version = rpc::FromProto(response.header().version());
   const uint64_t num_nodes = response.header().num_nodes();
@@ -84,6 +91,7 @@ absl::Status GrpcRawClient::RunLoad(grpc::ClientReader<v1::LoadResponse>* stream
   Tree tree;
   while (tree.size() < num_nodes) {
     CKPT_RETURN_IF_ERROR(read("in the tree"));
+    CKPT_RETURN_IF_ERROR(parse());
     if (!response.has_nodes()) return absl::InternalError("expected nodes in load stream");
     for (const auto& n : response.nodes().nodes()) {
       CKPT_ASSIGN_OR_RETURN(Node node, rpc::FromProto(n));
@@ -111,29 +119,44 @@ absl::Status GrpcRawClient::RunLoad(grpc::ClientReader<v1::LoadResponse>* stream
   size_t node = 0;
   uint64_t offset = 0;
   uint64_t received = 0;
+  auto take = [&](const rpc::ReceivedPiece& piece) -> absl::Status {
+    if (piece.node != node) {
+      if (piece.node < node || piece.node >= tree.size() || offset != expect[node]) {
+        return absl::InternalError("load stream pieces out of order");
+      }
+      for (size_t skipped = node + 1; skipped < piece.node; ++skipped) {
+        if (expect[skipped] != 0) return absl::InternalError("load stream skipped a node's data");
+      }
+      node = piece.node;
+      offset = 0;
+    }
+    if (piece.offset != offset || piece.size > expect[node] - offset) {
+      return absl::InternalError("load stream piece out of range");
+    }
+    for (absl::string_view part : piece.parts) {
+      CKPT_RETURN_IF_ERROR(sink->OnData(node, offset, part));
+      offset += part.size();
+    }
+    received += piece.size;
+    return absl::OkStatus();
+  };
+  rpc::DataBatchView batch;
   while (received < data_bytes) {
     CKPT_RETURN_IF_ERROR(read("in the data"));
-    if (!response.has_data()) return absl::InternalError("expected data in load stream");
-    for (const auto& piece : response.data().pieces()) {
-      if (piece.node() != node) {
-        if (piece.node() < node || piece.node() >= tree.size() || offset != expect[node]) {
-          return absl::InternalError("load stream pieces out of order");
-        }
-        for (size_t skipped = node + 1; skipped < piece.node(); ++skipped) {
-          if (expect[skipped] != 0) {
-            return absl::InternalError("load stream skipped a node's data");
-          }
-        }
-        node = piece.node();
-        offset = 0;
+    if (!rpc::DecodeDataBatch(raw, &batch)) {
+      // Another encoding of a data message, or not one at all.
+      CKPT_RETURN_IF_ERROR(parse());
+      if (!response.has_data()) return absl::InternalError("expected data in load stream");
+      batch.pieces.clear();
+      for (const auto& p : response.data().pieces()) {
+        rpc::ReceivedPiece& piece = batch.pieces.emplace_back();
+        piece.node = p.node();
+        piece.offset = p.offset();
+        piece.size = p.data().size();
+        piece.parts.push_back(p.data());
       }
-      if (piece.offset() != offset || piece.data().size() > expect[node] - offset) {
-        return absl::InternalError("load stream piece out of range");
-      }
-      CKPT_RETURN_IF_ERROR(sink->OnData(node, offset, piece.data()));
-      offset += piece.data().size();
-      received += piece.data().size();
     }
+    for (const rpc::ReceivedPiece& piece : batch.pieces) CKPT_RETURN_IF_ERROR(take(piece));
   }
   return absl::OkStatus();
 }

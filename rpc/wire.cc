@@ -1,5 +1,6 @@
 #include "rpc/wire.h"
 
+#include <algorithm>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -114,6 +115,112 @@ grpc::ByteBuffer EncodeChunkBatch(absl::Span<const ChunkPieceView> pieces) {
     if (!p.bytes.empty()) e.payload = grpc::Slice(p.bytes.data(), p.bytes.size());
   }
   return EncodeBatch(kRequestChunks, encoded);
+}
+
+namespace {
+
+// Reads a message's bytes across its slices.
+class SliceReader {
+ public:
+  explicit SliceReader(const std::vector<grpc::Slice>& slices) : slices_(slices) { Settle(); }
+
+  uint64_t consumed() const { return consumed_; }
+  bool at_end() const { return slice_ == slices_.size(); }
+
+  bool Byte(uint8_t* out) {
+    if (at_end()) return false;
+    *out = slices_[slice_].begin()[at_];
+    Advance(1);
+    return true;
+  }
+
+  // A varint of at most 10 bytes whose value fits 64 bits.
+  bool Varint(uint64_t* out) {
+    uint64_t value = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+      uint8_t b;
+      if (!Byte(&b)) return false;
+      if (shift == 63 && b > 1) return false;
+      value |= uint64_t{b & 0x7fu} << shift;
+      if ((b & 0x80) == 0) {
+        *out = value;
+        return true;
+      }
+    }
+    return false;
+  }
+
+  // The next n bytes, where they lie, appended to *parts.
+  bool Take(uint64_t n, std::vector<absl::string_view>* parts) {
+    while (n > 0) {
+      if (at_end()) return false;
+      const grpc::Slice& slice = slices_[slice_];
+      const size_t take = static_cast<size_t>(std::min<uint64_t>(n, slice.size() - at_));
+      parts->emplace_back(reinterpret_cast<const char*>(slice.begin()) + at_, take);
+      Advance(take);
+      n -= take;
+    }
+    return true;
+  }
+
+ private:
+  void Advance(size_t n) {
+    at_ += n;
+    consumed_ += n;
+    Settle();
+  }
+  // Skips finished (and empty) slices.
+  void Settle() {
+    while (slice_ < slices_.size() && at_ == slices_[slice_].size()) {
+      ++slice_;
+      at_ = 0;
+    }
+  }
+
+  const std::vector<grpc::Slice>& slices_;
+  size_t slice_ = 0;
+  size_t at_ = 0;
+  uint64_t consumed_ = 0;
+};
+
+}  // namespace
+
+bool DecodeDataBatch(const grpc::ByteBuffer& buffer, DataBatchView* out) {
+  out->pieces.clear();
+  out->slices.clear();
+  if (!buffer.Dump(&out->slices).ok()) return false;
+  SliceReader in(out->slices);
+  uint8_t tag;
+  uint64_t batch;
+  if (!in.Byte(&tag) || tag != kResponseData || !in.Varint(&batch)) return false;
+  const uint64_t batch_end = in.consumed() + batch;
+  while (in.consumed() < batch_end) {
+    uint64_t length;
+    if (!in.Byte(&tag) || tag != kBatchPieces || !in.Varint(&length)) return false;
+    const uint64_t piece_end = in.consumed() + length;
+    ReceivedPiece& piece = out->pieces.emplace_back();
+    uint8_t last = 0;  // fields in increasing order, each at most once
+    while (in.consumed() < piece_end) {
+      if (!in.Byte(&tag) || tag <= last) return false;
+      last = tag;
+      uint64_t value;
+      if (!in.Varint(&value)) return false;
+      if (tag == kPieceNode) {
+        if (value > UINT32_MAX) return false;
+        piece.node = static_cast<uint32_t>(value);
+      } else if (tag == kPieceOffset) {
+        piece.offset = value;
+      } else if (tag == kPieceData) {
+        if (value > piece_end - std::min(piece_end, in.consumed())) return false;
+        piece.size = value;
+        if (!in.Take(value, &piece.parts)) return false;
+      } else {
+        return false;
+      }
+    }
+    if (in.consumed() != piece_end) return false;
+  }
+  return in.consumed() == batch_end && in.at_end();
 }
 
 grpc::ByteBuffer ToByteBuffer(const google::protobuf::MessageLite& message) {

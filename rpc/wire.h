@@ -10,12 +10,14 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "ckpt/v1/checkpoint.pb.h"
 #include "grpcpp/support/byte_buffer.h"
+#include "grpcpp/support/slice.h"
 
 namespace ckpt::rpc {
 
@@ -32,6 +34,30 @@ struct SharedPiece {
 /// what serializing that message would produce; each piece's bytes are a
 /// slice of its owner.
 grpc::ByteBuffer EncodeDataBatch(absl::Span<const SharedPiece> pieces);
+
+/// A DataPiece of a received message, its bytes where they lie in the
+/// message's slices: `parts`, in order, `size` bytes in all (a piece may
+/// span slices).
+struct ReceivedPiece {
+  uint32_t node = 0;
+  uint64_t offset = 0;
+  uint64_t size = 0;
+  std::vector<absl::string_view> parts;
+};
+
+/// A received LoadResponse{data: DataBatch{pieces}}, read without copying
+/// the pieces' bytes; `slices` keeps them alive.
+struct DataBatchView {
+  std::vector<grpc::Slice> slices;
+  std::vector<ReceivedPiece> pieces;
+};
+
+/// Reads `buffer` into *out if it holds LoadResponse{data: DataBatch{pieces}}
+/// in the form EncodeDataBatch writes (each piece's fields at most once, in
+/// field order); the pieces are what parsing the message would give. False
+/// for any other message: a header, nodes, another encoding of the same
+/// (parse those with FromByteBuffer, which also says what is malformed).
+bool DecodeDataBatch(const grpc::ByteBuffer& buffer, DataBatchView* out);
 
 /// One ChunkPiece to encode; its bytes are copied once, into the message.
 struct ChunkPieceView {
