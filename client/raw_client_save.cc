@@ -133,6 +133,7 @@ absl::StatusOr<SaveResult> GrpcRawClient::RunSave(SaveStream* stream, const std:
   // rest). Only one batch is prepared at a time, so `current` needs no lock.
   const StatsByNode previous = TakeStats(name);
   StatsByNode current;
+  current.reserve(tree.size());
   auto prepare = [&input, &tree, this, chunk_size, with_stats, &previous,
                   &current](size_t next) -> absl::StatusOr<Batch> {
     Batch out;

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <mutex>
+#include <numeric>
 #include <optional>
 #include <string>
 #include <utility>
@@ -113,7 +114,8 @@ absl::StatusOr<VersionInfo> RocksDbStore::Commit(CommitSpec spec,
   rocksdb::WriteBatch batch;
   uint64_t new_bytes = 0;
   uint64_t added_bytes = 0;  // new_bytes plus unreferenced chunks referenced again
-  absl::flat_hash_map<Digest, uint64_t> lengths;  // Each digest's stored length.
+  absl::flat_hash_map<Digest, uint64_t> lengths;        // Each digest's stored length.
+  std::vector<std::string> ref_values(digests.size());  // encoded, by digests' index
   // Written chunks that become the stored copy; every other one is garbage.
   absl::flat_hash_set<std::pair<const RocksDbUpload*, Digest>> kept;
   for (size_t i = 0; i < digests.size(); ++i) {
@@ -139,8 +141,16 @@ absl::StatusOr<VersionInfo> RocksDbStore::Commit(CommitSpec spec,
       added_bytes += value.length;
     }
     lengths[d] = value.length;
-    batch.Put(core_->refs_cf, keys[i], EncodeRefValue(value));
+    ref_values[i] = EncodeRefValue(value);
   }
+  // Written in key order: with the refs memtable's insert hint
+  // (rocksdb_open.cc) each entry's place is found from the last one's, not
+  // from the top of the skip list (a 20,000-tensor commit's memtable inserts
+  // cost ~40 % less).
+  std::vector<size_t> order(digests.size());
+  std::iota(order.begin(), order.end(), size_t{0});
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return keys[a] < keys[b]; });
+  for (size_t i : order) batch.Put(core_->refs_cf, keys[i], ref_values[i]);
   // Every use of a chunk must agree with its stored length.
   CKPT_RETURN_IF_ERROR(CheckChunkLengths(spec.tree, lengths));
   CKPT_RETURN_IF_ERROR(CheckQuota(core_->options, name, core_->UsageOf(ns), added_bytes));

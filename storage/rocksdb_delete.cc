@@ -1,6 +1,7 @@
 // Deleting a version: its records, its tags (with force) and one reference
 // of each of its chunks, in one batch that may use the reserved disk space.
 
+#include <algorithm>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -44,6 +45,8 @@ absl::StatusOr<uint64_t> RocksDbStore::DeleteVersion(absl::string_view name, uin
   const std::string ns(NamespaceOf(name));
   std::vector<std::string> keys;
   for (const auto& [d, node] : DistinctDigests(tree)) keys.push_back(RefKey(ns, d));
+  // In key order, as Commit writes them (the memtable's inserts are cheaper).
+  std::sort(keys.begin(), keys.end());
   std::vector<std::optional<RefValue>> refs;
   CKPT_RETURN_IF_ERROR(
       Annotate(MultiGetRefs(*core_, ro, keys, &refs), VersionContext(name, version)));
