@@ -177,6 +177,11 @@ class LoadSink {
   /// A piece of node `node`'s data at `offset` (pieces arrive in node order,
   /// offsets increasing; every byte exactly once). An error aborts the load.
   virtual absl::Status OnData(size_t node, uint64_t offset, absl::string_view bytes) = 0;
+  /// Whether OnData may get a piece in parts, as it lies in the transport's
+  /// buffers (consecutive calls, offsets continuing), instead of whole: a
+  /// sink that copies each call's bytes once says true and saves the copy
+  /// that joins them. Asked after OnTree. Default: false.
+  virtual bool AcceptsPartialPieces() const { return false; }
 };
 
 /// A loaded value with its data in memory.

@@ -61,6 +61,7 @@ absl::StatusOr<LoadedValue> GrpcRawClient::Load(const std::string& name,
       out.append(bytes.data(), bytes.size());
       return absl::OkStatus();
     }
+    bool AcceptsPartialPieces() const override { return true; }
   } collect;
   collect.sliced = !options.slices.empty();
   CKPT_RETURN_IF_ERROR(Load(name, options, &collect));
@@ -115,6 +116,8 @@ absl::Status GrpcRawClient::RunLoad(LoadStream* stream, const std::vector<Tensor
   }
   if (!slices.empty()) CKPT_RETURN_IF_ERROR(sink->OnSlices(slice_nodes));
   CKPT_RETURN_IF_ERROR(sink->OnTree(version, tree));
+  const bool partial_pieces = sink->AcceptsPartialPieces();
+  std::string joined;  // a piece in parts, joined for a sink that wants it whole
   // Pieces must arrive in order: node by node, offsets contiguous.
   size_t node = 0;
   uint64_t offset = 0;
@@ -133,9 +136,16 @@ absl::Status GrpcRawClient::RunLoad(LoadStream* stream, const std::vector<Tensor
     if (piece.offset != offset || piece.size > expect[node] - offset) {
       return absl::InternalError("load stream piece out of range");
     }
-    for (absl::string_view part : piece.parts) {
-      CKPT_RETURN_IF_ERROR(sink->OnData(node, offset, part));
-      offset += part.size();
+    if (piece.parts.size() > 1 && !partial_pieces) {
+      joined.clear();
+      for (absl::string_view part : piece.parts) joined.append(part.data(), part.size());
+      CKPT_RETURN_IF_ERROR(sink->OnData(node, offset, joined));
+      offset += joined.size();
+    } else {
+      for (absl::string_view part : piece.parts) {
+        CKPT_RETURN_IF_ERROR(sink->OnData(node, offset, part));
+        offset += part.size();
+      }
     }
     received += piece.size;
     return absl::OkStatus();

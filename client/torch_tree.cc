@@ -201,8 +201,8 @@ class Flattener {
       // stream; the staging is ordered after it in Flatten, once every
       // tensor has been visited.
       try {
-        out_->pending.push_back(
-            {tensor.detach().contiguous(), path.Text(), out_->input.tree.size()});
+        out_->pending.push_back({tensor.detach().resolve_conj().resolve_neg().contiguous(),
+                                 path.Text(), out_->input.tree.size()});
       } catch (const c10::Error& e) {
         return absl::InternalError(
             absl::StrCat("tensor '", path.Text(), "': ", e.what_without_backtrace()));
@@ -218,12 +218,17 @@ class Flattener {
     at::Tensor host;
     try {
       // A contiguous CPU tensor is read where it is (no detached alias: two
-      // allocations per tensor that a save of 20,000 tensors felt).
-      if (tensor.device().is_cpu() && tensor.is_contiguous()) {
+      // allocations per tensor that a save of 20,000 tensors felt); its
+      // storage is held, so that its bytes outlive a `.data =` or `set_()`
+      // of another thread during the save.
+      if (tensor.device().is_cpu() && tensor.is_contiguous() && !tensor.is_conj() &&
+          !tensor.is_neg()) {
         out_->tensors.push_back(tensor);
+        out_->storages.push_back(tensor.storage());
         return Add(std::move(node), static_cast<int>(out_->tensors.size()) - 1, -1);
       }
-      at::Tensor plain = tensor.detach();
+      // Conjugate and negative views hold their values unresolved.
+      at::Tensor plain = tensor.detach().resolve_conj().resolve_neg();
       if (!plain.device().is_cpu()) {
         // A host copy of its own: the caller may change the original now.
         host = at::empty(plain.sizes(), plain.options().device(at::kCPU).requires_grad(false));
@@ -486,6 +491,9 @@ absl::Status IValueSink::OnTree(const VersionInfo& version, const Tree& tree) {
     }
     host_direct_[i] = device.is_cpu();
   }
+  partial_pieces_ = std::none_of(tensors_.begin(), tensors_.end(), [](const at::Tensor& t) {
+    return t.defined() && !t.device().is_cpu();
+  });
   return absl::OkStatus();
 }
 

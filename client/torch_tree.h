@@ -49,6 +49,8 @@ class SnapshotBuffers {
 struct FlatValue {
   SaveInput input;
   std::vector<at::Tensor> tensors;
+  /// Storages of tensors read in place (kept whatever their tensors do).
+  std::vector<c10::Storage> storages;
   /// A snapshot's copy of every tensor (Flatten with snapshot): one buffer,
   /// from the SnapshotBuffers given (return it there after the save).
   at::Tensor snapshot;
@@ -103,6 +105,8 @@ class IValueSink : public LoadSink {
 
   absl::Status OnTree(const VersionInfo& version, const Tree& tree) override;
   absl::Status OnData(size_t node, uint64_t offset, absl::string_view bytes) override;
+  /// True unless a tensor goes to a device (its copies are staged whole).
+  bool AcceptsPartialPieces() const override { return partial_pieces_; }
 
   /// Waits for the asynchronous host-to-device copies (host
   /// synchronisation: the tensors are ready for whatever the caller queues
@@ -135,6 +139,7 @@ class IValueSink : public LoadSink {
   std::vector<at::Tensor> tensors_;  // per node
   std::vector<std::string> blobs_;   // per node (byte leaves)
   std::vector<bool> host_direct_;    // data written straight into tensors_[i]
+  bool partial_pieces_ = false;      // no destination on a device (OnTree)
   // Declared after tensors_, so destroyed before them: each uploader's
   // destructor waits for its copies before the tensors they write are freed
   // (a failed load must not leave copies into freed memory).

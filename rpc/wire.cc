@@ -134,7 +134,8 @@ class SliceReader {
     return true;
   }
 
-  // A varint of at most 10 bytes whose value fits 64 bits.
+  // A varint in its shortest encoding (a longer one is left to protobuf,
+  // which refuses some), of at most 10 bytes, whose value fits 64 bits.
   bool Varint(uint64_t* out) {
     uint64_t value = 0;
     for (int shift = 0; shift < 64; shift += 7) {
@@ -143,12 +144,16 @@ class SliceReader {
       if (shift == 63 && b > 1) return false;
       value |= uint64_t{b & 0x7fu} << shift;
       if ((b & 0x80) == 0) {
+        if (shift > 0 && b == 0) return false;
         *out = value;
         return true;
       }
     }
     return false;
   }
+
+  // A length prefix: a varint below 2^31, as protobuf accepts.
+  bool Length(uint64_t* out) { return Varint(out) && *out <= INT32_MAX; }
 
   // The next n bytes, where they lie, appended to *parts.
   bool Take(uint64_t n, std::vector<absl::string_view>* parts) {
@@ -192,11 +197,11 @@ bool DecodeDataBatch(const grpc::ByteBuffer& buffer, DataBatchView* out) {
   SliceReader in(out->slices);
   uint8_t tag;
   uint64_t batch;
-  if (!in.Byte(&tag) || tag != kResponseData || !in.Varint(&batch)) return false;
+  if (!in.Byte(&tag) || tag != kResponseData || !in.Length(&batch)) return false;
   const uint64_t batch_end = in.consumed() + batch;
   while (in.consumed() < batch_end) {
     uint64_t length;
-    if (!in.Byte(&tag) || tag != kBatchPieces || !in.Varint(&length)) return false;
+    if (!in.Byte(&tag) || tag != kBatchPieces || !in.Length(&length)) return false;
     const uint64_t piece_end = in.consumed() + length;
     ReceivedPiece& piece = out->pieces.emplace_back();
     uint8_t last = 0;  // fields in increasing order, each at most once
@@ -204,7 +209,7 @@ bool DecodeDataBatch(const grpc::ByteBuffer& buffer, DataBatchView* out) {
       if (!in.Byte(&tag) || tag <= last) return false;
       last = tag;
       uint64_t value;
-      if (!in.Varint(&value)) return false;
+      if (!(tag == kPieceData ? in.Length(&value) : in.Varint(&value))) return false;
       if (tag == kPieceNode) {
         if (value > UINT32_MAX) return false;
         piece.node = static_cast<uint32_t>(value);

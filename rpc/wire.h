@@ -54,7 +54,8 @@ struct DataBatchView {
 
 /// Reads `buffer` into *out if it holds LoadResponse{data: DataBatch{pieces}}
 /// in the form EncodeDataBatch writes (each piece's fields at most once, in
-/// field order); the pieces are what parsing the message would give. False
+/// field order, varints in their shortest encoding); the pieces are what
+/// parsing the message would give. False
 /// for any other message: a header, nodes, another encoding of the same
 /// (parse those with FromByteBuffer, which also says what is malformed).
 bool DecodeDataBatch(const grpc::ByteBuffer& buffer, DataBatchView* out);

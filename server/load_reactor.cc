@@ -310,9 +310,9 @@ class LoadReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
   }
 
   // Reads chunk `chunk_index` of the current data node into chunk_ (left
-  // empty on error). A whole load reads the chunks in order: small ones
-  // together (kReadTogether of them, at most kPieceBytes), and it tells the
-  // store which kAhead come after them.
+  // empty on error). A whole load reads the chunks in order, as many at
+  // once as the store reads to advantage (Store::read_batch, at most
+  // kPieceBytes of them), after telling the store which kAhead follow.
   absl::Status ReadChunk(size_t chunk_index) {
     chunk_ = {};
     const Digest& digest = selection_.tree[data_node_].data.chunks[chunk_index];
@@ -323,11 +323,12 @@ class LoadReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
     // (Never out of step; a mismatch would only cost a read again.)
     if (!read_.empty() && read_.front().digest != digest) read_.clear();
     if (read_.empty()) {
-      constexpr size_t kReadTogether = 64;
       constexpr size_t kAhead = 4;
       ChunkPosition at{data_node_, chunk_index};
-      const std::vector<Digest> together = NextChunks(&at, kReadTogether, kPieceBytes);
+      const std::vector<Digest> together =
+          NextChunks(&at, std::max<size_t>(1, service_->store()->read_batch()), kPieceBytes);
       const std::vector<Digest> ahead = NextChunks(&at, kAhead, UINT64_MAX);
+      if (!ahead.empty()) service_->store()->ReadAhead(version_.name, ahead);
       auto chunks = service_->store()->ReadSharedChunks(version_.name, together);
       for (size_t i = 0; i < together.size(); ++i) {
         ChunkRead& chunk = read_.emplace_back();
@@ -338,7 +339,6 @@ class LoadReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
           chunk.status = chunks[i].status();
         }
       }
-      if (!ahead.empty()) service_->store()->ReadAhead(version_.name, ahead);
     }
     const absl::Status status = read_.front().status;
     if (status.ok()) chunk_ = std::move(read_.front().bytes);

@@ -110,6 +110,8 @@ class RocksDbStore final : public Store {
                                               const Digest& digest) override;
   std::vector<absl::StatusOr<SharedBytes>> ReadSharedChunks(
       absl::string_view name, absl::Span<const Digest> digests) override;
+  /// 64: small chunks are read together (ReadSharedChunks).
+  size_t read_batch() const override { return 64; }
   absl::StatusOr<std::vector<CheckpointSummary>> ListCheckpoints(absl::string_view prefix,
                                                                  absl::string_view start_after,
                                                                  size_t limit) override;

@@ -314,16 +314,18 @@ class Store {
   /// per digest, in order, each what ReadSharedChunk returns for it. A store
   /// may read them together (RocksDB: batched lookups from one snapshot,
   /// small chunks copied into one buffer they share, so a result may keep
-  /// the others' bytes alive too). The default hints ReadAhead of them all,
-  /// then reads one at a time.
+  /// the others' bytes alive too). The default reads one at a time.
   virtual std::vector<absl::StatusOr<SharedBytes>> ReadSharedChunks(
       absl::string_view name, absl::Span<const Digest> digests) {
-    ReadAhead(name, digests);
     std::vector<absl::StatusOr<SharedBytes>> out;
     out.reserve(digests.size());
     for (const Digest& digest : digests) out.push_back(ReadSharedChunk(name, digest));
     return out;
   }
+
+  /// How many chunks a reader should ask ReadSharedChunks for at once: more
+  /// only where reading them together is cheaper. Default: 1.
+  virtual size_t read_batch() const { return 1; }
 
   /// Checkpoint names starting with `prefix`, in order, after `start_after`
   /// (exclusive; empty: from the start), at most `limit` (0: no limit),

@@ -170,6 +170,37 @@ TEST_F(ClientTest, EveryDtypeZeroDimEmptyNonContiguous) {
   EXPECT_EQ(back.toGenericDict().at("zero_dim").toTensor().dim(), 0);
 }
 
+// Conjugate and negative views keep their values unresolved in memory: a
+// save stores the values they stand for, read in place or through a copy.
+TEST_F(ClientTest, ConjugateAndNegativeViewsAreSavedWithTheValuesTheyShow) {
+  const at::Tensor z = torch::complex(torch::randn({3}), torch::randn({3}));
+  const at::Tensor x = torch::randn({4});
+  c10::impl::GenericDict root(c10::StringType::get(), c10::AnyType::get());
+  root.insert("conj", z.conj());                    // contiguous, conjugate bit
+  root.insert("neg", at::_neg_view(x));             // contiguous, negative bit
+  root.insert("conj_imag", torch::imag(z.conj()));  // strided, negative bit
+  ASSERT_TRUE(z.conj().is_conj() && z.conj().is_contiguous());
+  ASSERT_TRUE(at::_neg_view(x).is_neg() && at::_neg_view(x).is_contiguous());
+  ASSERT_TRUE(torch::imag(z.conj()).is_neg());
+  for (bool async : {false, true}) {
+    SCOPED_TRACE(async);
+    const std::string name = async ? "t/views-async" : "t/views";
+    auto saved = async ? client_->SaveAsync(name, root, {}).get() : client_->Save(name, root, {});
+    ASSERT_TRUE(saved.ok()) << saved.status();
+    auto loaded = client_->Load(name, {});
+    ASSERT_TRUE(loaded.ok()) << loaded.status();
+    auto dict = loaded->toGenericDict();
+    const at::Tensor conj = dict.at("conj").toTensor();
+    const at::Tensor neg = dict.at("neg").toTensor();
+    const at::Tensor conj_imag = dict.at("conj_imag").toTensor();
+    EXPECT_FALSE(conj.is_conj() || neg.is_neg() || conj_imag.is_neg());
+    EXPECT_TRUE(torch::equal(torch::real(conj), torch::real(z)));
+    EXPECT_TRUE(torch::equal(torch::imag(conj), -torch::imag(z)));
+    EXPECT_TRUE(torch::equal(neg, -x));
+    EXPECT_TRUE(torch::equal(conj_imag, -torch::imag(z)));
+  }
+}
+
 TEST_F(ClientTest, UnsavableValuesAreRefusedNamingTheirKeyPath) {
   // A sparse tensor deep inside: its path, dict keys and list indices.
   c10::impl::GenericList layers(c10::AnyType::get());

@@ -196,6 +196,8 @@ TEST(WireTest, DecodeDataBatchLeavesOtherEncodingsToProtobuf) {
       {"node past 32 bits", std::string("\x1a\x08\x0a\x06\x08\x80\x80\x80\x80\x10", 10)},
       {"two data fields", SomePieces().SerializeAsString() + SomePieces().SerializeAsString()},
       {"data past the piece", std::string("\x1a\x05\x0a\x03\x1a\x05x", 7)},
+      {"padded length", std::string("\x1a\x84\x00\x0a\x02\x08\x01", 7)},
+      {"padded node", std::string("\x1a\x05\x0a\x03\x08\x81\x00", 7)},
       {"truncated", SomePieces().SerializeAsString().substr(0, 40)},
   };
   for (const auto& [what, bytes] : refused) {
