@@ -112,6 +112,53 @@ TEST_F(HostileServerTest, AWellFormedStreamLoads) {
   EXPECT_EQ(loaded->data[3], "ijkl");
 }
 
+// A piece arrives in the parts gRPC received it in: a sink that takes parts
+// gets them as they lie (consecutive offsets), any other sink each piece
+// whole, and both the same bytes.
+TEST_F(HostileServerTest, PiecesReachASinkWholeUnlessItTakesParts) {
+  constexpr uint64_t kPiece = 1 << 20;
+  std::vector<v1::LoadResponse> script(2);
+  v1::LoadHeader* header = script[0].mutable_header();
+  header->mutable_version()->set_name("team/run");
+  header->mutable_version()->set_version(1);
+  header->set_num_nodes(2);
+  header->set_data_bytes(3 * kPiece);
+  v1::NodeBatch* nodes = script[1].mutable_nodes();
+  nodes->add_nodes()->mutable_dict()->set_size(1);
+  *nodes->add_nodes() = TensorNode("a", {3 * kPiece / 4}, 3 * kPiece);
+  std::string bytes(3 * kPiece, '\0');
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<char>(i * 7 + i / 4096);
+  script.push_back(Pieces({{1, 0, bytes.substr(0, kPiece)},
+                           {1, kPiece, bytes.substr(kPiece, kPiece)},
+                           {1, 2 * kPiece, bytes.substr(2 * kPiece)}}));
+  service_.script = script;
+
+  struct Recorder : client::LoadSink {
+    bool parts = false;
+    std::string data;
+    std::vector<std::pair<uint64_t, size_t>> calls;  // (offset, size)
+    absl::Status OnTree(const VersionInfo&, const ckpt::Tree&) override { return absl::OkStatus(); }
+    absl::Status OnData(size_t node, uint64_t offset, absl::string_view b) override {
+      EXPECT_EQ(node, 1u);
+      EXPECT_EQ(offset, data.size());
+      calls.emplace_back(offset, b.size());
+      data.append(b.data(), b.size());
+      return absl::OkStatus();
+    }
+    bool AcceptsPartialPieces() const override { return parts; }
+  };
+  Recorder whole;
+  ASSERT_TRUE(client_->Load("team/run", {}, &whole).ok());
+  EXPECT_EQ(whole.data, bytes);
+  EXPECT_EQ(whole.calls, (std::vector<std::pair<uint64_t, size_t>>{
+                             {0, kPiece}, {kPiece, kPiece}, {2 * kPiece, kPiece}}));
+  Recorder parts;
+  parts.parts = true;
+  ASSERT_TRUE(client_->Load("team/run", {}, &parts).ok());
+  EXPECT_EQ(parts.data, bytes);
+  EXPECT_GT(parts.calls.size(), 3u);  // the message did arrive in parts
+}
+
 // `tree` (Tree(), as built) followed by `data`.
 std::vector<v1::LoadResponse> Script(std::vector<v1::LoadResponse> tree,
                                      std::vector<v1::LoadResponse> data) {
