@@ -286,7 +286,8 @@ absl::StatusOr<std::unique_ptr<RawClient>> RawClient::Connect(const std::string&
   args.SetMaxSendMessageSize(static_cast<int>(rpc::kMaxRequestBytes));
   if (!options.tls_server_name.empty()) args.SetSslTargetNameOverride(options.tls_server_name);
   auto channel = grpc::CreateCustomChannel(target, credentials, args);
-  if (!channel->WaitForConnected(absl::ToChronoTime(absl::Now() + options.connect_timeout))) {
+  if (options.connect_timeout > absl::ZeroDuration() &&
+      !channel->WaitForConnected(absl::ToChronoTime(absl::Now() + options.connect_timeout))) {
     return absl::UnavailableError(absl::StrCat(
         "cannot reach ckpt server at ", target, " within ",
         absl::FormatDuration(options.connect_timeout),

@@ -31,7 +31,9 @@ namespace ckpt::client {
 
 /// Options of RawClient::Connect.
 struct ClientOptions {
-  /// How long Connect waits for the server to answer. Default: 10 s.
+  /// How long Connect waits for the server to answer. Zero: Connect does not
+  /// wait; the channel connects on the first call, which then reports an
+  /// unreachable server (Unavailable) like any call. Default: 10 s.
   absl::Duration connect_timeout = absl::Seconds(10);
   /// Deadline of unary RPCs. Default: 60 s.
   absl::Duration rpc_timeout = absl::Seconds(60);

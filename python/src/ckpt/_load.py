@@ -22,6 +22,17 @@ from ckpt.v1 import checkpoint_pb2 as pb
 
 _PREFETCH = os.environ.get("CKPT_LOAD_PREFETCH", "1") != "0"
 
+# The native load path: the C++ client core (python/native/core.cc, built by
+# CMake next to this file) reads the Load stream from gRPC's buffers straight
+# into the tensors. Without it (not built, CKPT_NATIVE_LOAD=0 or
+# CKPT_PURE_PYTHON=1) loads read the stream through grpcio (_run_load).
+native: Any = None
+if os.environ.get("CKPT_NATIVE_LOAD", "1") != "0" and os.environ.get("CKPT_PURE_PYTHON") != "1":
+    try:
+        from ckpt import _core as native  # type: ignore[attr-defined,no-redef]
+    except ImportError:
+        native = None
+
 
 class _Prefetch:
     """Reads a response stream on a helper thread, a few messages ahead.
@@ -397,6 +408,31 @@ def _run_load(call: Any, sink: _Sink,
         if isinstance(stream, _Prefetch):
             stream.close()
 
+def _receive_tree(sink: _Sink, info: VersionInfo, nodes: List[pb.Node],
+                  facts: List[_wire.Facts], slice_nodes: List[int],
+                  slices: Sequence[Any]) -> List[int]:
+    """Hands a load's tree to the sink (on_slices, on_tree); returns the bytes
+    of data each node gets: its size, or its box's for a sliced tensor."""
+    leaves = (_wire.NODE_TENSOR, _wire.NODE_BYTES)
+    sizes = [f[6] if f[0] in leaves else 0 for f in facts]
+    if slices:
+        # A sliced tensor's data is its box, packed.
+        if len(slice_nodes) != len(slices):
+            raise Internal(f"load header places {len(slice_nodes)} slices, "
+                           f"{len(slices)} were asked for")
+        for s, i in zip(slices, slice_nodes):
+            if i >= len(nodes) or nodes[i].WhichOneof("value") != "tensor":
+                raise Internal("load header places a slice on a node that is not a tensor")
+            box = _tree.dtype_size(nodes[i].tensor.dtype)
+            for n in s.length:
+                box *= n
+            sizes[i] = box
+        sink.on_slices(slice_nodes)
+    sink.data_bytes = sum(sizes)
+    sink.on_tree(info, nodes, facts)
+    return sizes
+
+
 def _read_load(stream: Any, sink: _Sink,
                slices: Sequence[pb.TensorSlice] = ()) -> VersionInfo:
 
@@ -420,24 +456,8 @@ def _read_load(stream: Any, sink: _Sink,
         batch = pb.NodeBatch.FromString(payload).nodes
         nodes.extend(batch)
         facts.extend(_wire.node_facts(payload, batch))
-    leaves = (_wire.NODE_TENSOR, _wire.NODE_BYTES)
-    sizes = [f[6] if f[0] in leaves else 0 for f in facts]
-    if slices:
-        # A sliced tensor's data is its box, packed.
-        slice_nodes = list(header.slice_nodes)
-        if len(slice_nodes) != len(slices):
-            raise Internal(f"load header places {len(slice_nodes)} slices, "
-                           f"{len(slices)} were asked for")
-        for s, i in zip(slices, slice_nodes):
-            if i >= len(nodes) or nodes[i].WhichOneof("value") != "tensor":
-                raise Internal("load header places a slice on a node that is not a tensor")
-            box = _tree.dtype_size(nodes[i].tensor.dtype)
-            for n in s.length:
-                box *= n
-            sizes[i] = box
-        sink.on_slices(slice_nodes)
+    sizes = _receive_tree(sink, info, nodes, facts, list(header.slice_nodes), slices)
     sink.data_bytes = header.data_bytes
-    sink.on_tree(info, nodes, facts)
     node = 0
     offset = 0
     received = 0
@@ -478,3 +498,35 @@ def _read_load(stream: Any, sink: _Sink,
     for _ in stream:  # the server ends the stream: check its status
         pass
     return info
+
+
+def _run_native_load(core: Any, name: str, sink: _Sink, version: int, tag: str,
+                     patterns: Sequence[str], skip_data: bool, timeout: Optional[float],
+                     slices: Sequence[pb.TensorSlice] = ()) -> VersionInfo:
+    """A load through the native path: the C++ core checks the stream as it
+    does for the C++ client and asks ``on_tree`` where the data goes; the
+    sink decides as for a load read with grpcio. Raises ``native.StatusError``
+    for a failed call."""
+    received: List[VersionInfo] = []
+
+    def on_tree(version_bytes: bytes, node_bytes: bytes, slice_nodes: Optional[List[int]]) -> Any:
+        info = VersionInfo.from_proto(pb.VersionInfo.FromString(version_bytes))
+        batch = pb.NodeBatch.FromString(node_bytes).nodes
+        nodes = list(batch)
+        facts = list(_wire.node_facts(node_bytes, batch))
+        _receive_tree(sink, info, nodes, facts, slice_nodes or [], slices)
+        received.append(info)
+        fast = sink.scatter_targets()
+        return sink.on_data if fast is None else fast
+
+    collecting = gc.isenabled()
+    gc.disable()  # as in _run_load
+    try:
+        core.load(name, version, tag, list(patterns), skip_data, timeout,
+                  [(s.key, list(s.start), list(s.length)) for s in slices], on_tree)
+    finally:
+        if collecting:
+            gc.enable()
+    if not received:
+        raise Internal("load ended without its tree")
+    return received[0]

@@ -23,12 +23,14 @@ import grpc
 import torch
 
 from ckpt import _tree, _wire
-from ckpt._load import _InPlaceSink, _Sink, _ValueSink, _run_load, _tune_malloc
+from ckpt import _load
+from ckpt._load import (_InPlaceSink, _Sink, _ValueSink, _run_load, _run_native_load,
+                        _tune_malloc)
 from ckpt._results import (CheckpointSummary, GcResult, Manifest, ManifestEntry,
                            RetentionPolicy, SaveResult, ServerInfo, TensorStats,
                            VersionInfo)
 from ckpt._save import Part, _SaveCall
-from ckpt.errors import NotFound, from_rpc_error
+from ckpt.errors import NotFound, from_rpc_error, from_status
 from ckpt.v1 import checkpoint_pb2 as pb
 from ckpt.v1 import checkpoint_pb2_grpc as pb_grpc
 
@@ -141,6 +143,10 @@ class Client:
         self._batch_bytes = batch_bytes
         self._lock = threading.Lock()
         self._channel: Optional[grpc.Channel] = None
+        # The native load path's connection (_load.native.Client) and the
+        # process that opened it (a forked child opens its own).
+        self._native: Any = None
+        self._native_pid = 0
         self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
         # save_async's snapshot buffers, reused across saves.
         self._snapshots = _tree.SnapshotBuffers()
@@ -153,7 +159,7 @@ class Client:
     def __getstate__(self) -> Dict[str, Any]:
         state = self.__dict__.copy()
         for k in ("_lock", "_channel", "_executor", "_stub", "_save_method", "_load_method",
-                  "_snapshots"):
+                  "_snapshots", "_native", "_native_pid"):
             state.pop(k, None)
         return state
 
@@ -161,6 +167,8 @@ class Client:
         self.__dict__.update(state)
         self._lock = threading.Lock()
         self._channel = None
+        self._native = None
+        self._native_pid = 0
         self._executor = None
         self._snapshots = _tree.SnapshotBuffers()
         self._last_loaded = ""  # a copy starts its own lineage
@@ -180,9 +188,12 @@ class Client:
         with self._lock:
             executor, self._executor = self._executor, None
             channel, self._channel = self._channel, None
+            native, self._native = self._native, None
         if executor is not None:
             executor.shutdown(wait=True)
         self._snapshots.release()
+        if native is not None and self._native_pid == os.getpid():
+            native.close()
         if channel is not None:
             channel.close()
 
@@ -342,10 +353,37 @@ class Client:
 
     # -- load
 
+    def _native_client(self) -> Any:
+        """The native load path's connection (None without it): opened on
+        first use in each process, with this client's target, token and TLS
+        settings (checked by _connect first)."""
+        if _load.native is None:
+            return None
+        self._connect()
+        with self._lock:
+            if self._native is None or self._native_pid != os.getpid():
+                def path(p: Optional[PathLike]) -> str:
+                    return os.fspath(p) if p else ""
+                try:
+                    self._native = _load.native.Client(
+                        self.target, self._token, self._tls, path(self._ca_cert),
+                        path(self._cert), path(self._key), self._tls_server_name or "")
+                except _load.native.StatusError as e:
+                    raise from_status(e.args[0], e.args[1], self.target) from None
+                self._native_pid = os.getpid()
+            return self._native
+
     def _load_stream(self, name: str, sink: _Sink, version: int = 0, tag: str = "",
                      patterns: Sequence[str] = (), skip_data: bool = False,
                      timeout: Optional[float] = None,
                      slices: Sequence[pb.TensorSlice] = ()) -> VersionInfo:
+        native = self._native_client()
+        if native is not None:
+            try:
+                return _run_native_load(native, name, sink, version, tag, patterns, skip_data,
+                                        timeout, slices)
+            except _load.native.StatusError as e:
+                raise from_status(e.args[0], e.args[1], self.target) from None
         self._connect()
         request = pb.LoadRequest(name=name, version=version, tag=tag, patterns=list(patterns),
                                  skip_data=skip_data, slices=list(slices))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Type
+from typing import Dict, Optional, Type, Union
 
 import grpc
 
@@ -104,10 +104,21 @@ def error_for(code: grpc.StatusCode, details: str) -> Error:
     return _BY_CODE.get(code, Error)(details, code)
 
 
+_BY_NUMBER: Dict[int, grpc.StatusCode] = {code.value[0]: code for code in grpc.StatusCode}
+
+
 def from_rpc_error(error: grpc.RpcError, target: str = "") -> Error:
     """Converts a :class:`grpc.RpcError` raised by grpcio."""
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     details = (error.details() if hasattr(error, "details") else None) or str(error)
+    return from_status(code, details, target)
+
+
+def from_status(code: Union[grpc.StatusCode, int], details: str, target: str = "") -> Error:
+    """The error for a failed call's status (a code or its number), naming
+    ``target`` when the server could not be reached."""
+    if not isinstance(code, grpc.StatusCode):
+        code = _BY_NUMBER.get(code, grpc.StatusCode.UNKNOWN)
     if code == grpc.StatusCode.UNAVAILABLE and target:
         details = (f"{details} (is ckpt-server running at {target}? set the address with "
                    "ckpt.Client(target) or the CKPT_SERVER environment variable)")

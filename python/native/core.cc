@@ -1,0 +1,506 @@
+// ckpt._core: the Python package's native load path. A Load stream read by
+// the C++ client core (client/raw_client.h) straight from gRPC's buffers into
+// the tensors' memory, with the GIL released while bytes move: grpcio copies
+// each received message three times before Python sees it, which caps a
+// pure-Python load well below the C++ client.
+//
+// The Python side keeps every decision: the core hands it the version and the
+// selected tree (as the protobuf bytes the server sent), and Python answers
+// where each node's bytes go, exactly as it does for a load read with grpcio
+// (ckpt._load). Saves and every other call stay on grpcio.
+//
+// Links the client core without LibTorch (tensors arrive as addresses or
+// buffers) and Debian's gRPC as shared libraries; only PyInit__core is
+// exported, so a process that also imports grpcio keeps two separate gRPC
+// runtimes that do not see each other.
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "client/encoded.h"
+#include "client/raw_client.h"
+#include "common/slice.h"
+
+namespace {
+
+using ckpt::TensorSlice;
+using ckpt::Tree;
+using ckpt::VersionInfo;
+using ckpt::client::LoadOptions;
+using ckpt::client::LoadSink;
+using ckpt::client::RawClient;
+
+// ckpt._core.StatusError(code: int, details: str): a failed call; ckpt maps
+// it onto its exception classes.
+PyObject* status_error = nullptr;
+
+// Checks for Ctrl-C (and other signals' handlers) after this many bytes.
+constexpr uint64_t kSignalCheckBytes = 64ull << 20;
+
+// Owns one Python reference. Destroy with the GIL held.
+class Ref {
+ public:
+  Ref() = default;
+  explicit Ref(PyObject* p) : p_(p) {}
+  Ref(const Ref&) = delete;
+  Ref& operator=(const Ref&) = delete;
+  Ref(Ref&& other) noexcept : p_(std::exchange(other.p_, nullptr)) {}
+  Ref& operator=(Ref&& other) noexcept {
+    Py_XDECREF(p_);
+    p_ = std::exchange(other.p_, nullptr);
+    return *this;
+  }
+  ~Ref() { Py_XDECREF(p_); }
+  PyObject* get() const { return p_; }
+  explicit operator bool() const { return p_ != nullptr; }
+
+ private:
+  PyObject* p_ = nullptr;
+};
+
+// Holds the GIL for a scope, from a thread that released it.
+class Gil {
+ public:
+  Gil() : state_(PyGILState_Ensure()) {}
+  ~Gil() { PyGILState_Release(state_); }
+  Gil(const Gil&) = delete;
+  Gil& operator=(const Gil&) = delete;
+
+ private:
+  PyGILState_STATE state_;
+};
+
+void RaiseStatus(const absl::Status& status) {
+  Ref args(Py_BuildValue("(is#)", static_cast<int>(status.code()), status.message().data(),
+                         static_cast<Py_ssize_t>(status.message().size())));
+  if (args) PyErr_SetObject(status_error, args.get());
+}
+
+// In PySink: returns Failed() (the pending Python error) when `expr` is
+// false.
+#define CKPT_PY_RETURN_IF_ERROR(expr) \
+  do {                                \
+    if (!(expr)) return Failed();     \
+  } while (0)
+
+// Where one node's bytes go.
+struct Target {
+  enum Kind { kSkip, kAddress, kBuffer, kMake };
+  Kind kind = kSkip;
+  char* base = nullptr;
+  uint64_t capacity = 0;  // bytes writable at base
+  Py_buffer view{};       // kBuffer: held until the load ends
+};
+
+// The load's sink: asks Python's on_tree where the data goes, then copies
+// pieces there without the GIL (the "fast" answer: a list of targets, as
+// ckpt._wire.scatter takes them) or hands them to Python's on_data (the
+// other answer, for sinks that place bytes themselves).
+//
+// on_tree(version: bytes, nodes: bytes, slice_nodes: list[int] | None)
+//   -> (targets, make, on_complete) | on_data
+// targets[i]: None (not wanted), an int (the address of memory holding
+// exactly node i's bytes: the caller checked its size), a writable buffer,
+// or anything else, replaced by make(i) (a writable buffer) when node i's
+// first bytes arrive; on_complete(i) (unless None) runs when node i's last
+// byte has arrived. on_data(node, offset, memoryview) gets each piece (or
+// part of one) in order; the view is released after the call.
+class PySink : public LoadSink {
+ public:
+  PySink(PyObject* on_tree, const std::vector<TensorSlice>& slices)
+      : on_tree_(on_tree), slices_(slices) {
+    Py_INCREF(on_tree);
+  }
+  // With the GIL held.
+  ~PySink() override {
+    for (Target& t : targets_) {
+      if (t.kind == Target::kBuffer) PyBuffer_Release(&t.view);
+    }
+    Py_XDECREF(error_type_);
+    Py_XDECREF(error_value_);
+    Py_XDECREF(error_traceback_);
+  }
+
+  absl::Status OnSlices(absl::Span<const uint32_t> nodes) override {
+    slice_nodes_.assign(nodes.begin(), nodes.end());
+    return absl::OkStatus();
+  }
+
+  absl::Status OnTree(const VersionInfo& version, const Tree& tree) override {
+    sizes_.resize(tree.size());
+    for (size_t i = 0; i < tree.size(); ++i) sizes_[i] = tree[i].data.size;
+    for (size_t s = 0; s < slice_nodes_.size() && s < slices_.size(); ++s) {
+      // The client core checked each box against its tensor already.
+      auto box = ckpt::SliceBytes(tree[slice_nodes_[s]].tensor, slices_[s]);
+      if (!box.ok()) return box.status();
+      sizes_[slice_nodes_[s]] = *box;
+    }
+    const std::string version_bytes = ckpt::client::EncodeVersionInfo(version);
+    const std::string node_bytes = ckpt::client::EncodeNodeBatch(tree);
+    Gil gil;
+    Ref slice_nodes;
+    if (slices_.empty()) {
+      slice_nodes = Ref(Py_NewRef(Py_None));
+    } else {
+      slice_nodes = Ref(PyList_New(static_cast<Py_ssize_t>(slice_nodes_.size())));
+      if (!slice_nodes) return Failed();
+      for (size_t s = 0; s < slice_nodes_.size(); ++s) {
+        PyObject* n = PyLong_FromUnsignedLong(slice_nodes_[s]);
+        if (n == nullptr) return Failed();
+        PyList_SET_ITEM(slice_nodes.get(), static_cast<Py_ssize_t>(s), n);
+      }
+    }
+    Ref answer(PyObject_CallFunction(on_tree_.get(), "y#y#O", version_bytes.data(),
+                                     static_cast<Py_ssize_t>(version_bytes.size()),
+                                     node_bytes.data(), static_cast<Py_ssize_t>(node_bytes.size()),
+                                     slice_nodes.get()));
+    if (!answer) return Failed();
+    if (PyCallable_Check(answer.get())) {
+      on_data_ = std::move(answer);
+      return absl::OkStatus();
+    }
+    PyObject* targets;
+    PyObject* make;
+    PyObject* on_complete;
+    if (!PyArg_ParseTuple(answer.get(), "O!OO", &PyList_Type, &targets, &make, &on_complete)) {
+      return Failed();
+    }
+    if (PyList_GET_SIZE(targets) < static_cast<Py_ssize_t>(tree.size())) {
+      PyErr_SetString(PyExc_ValueError, "fewer load targets than nodes");
+      return Failed();
+    }
+    targets_list_ = Ref(Py_NewRef(targets));
+    make_ = Ref(Py_NewRef(make));
+    if (on_complete != Py_None) on_complete_ = Ref(Py_NewRef(on_complete));
+    targets_.resize(tree.size());
+    for (size_t i = 0; i < tree.size(); ++i) {
+      PyObject* item = PyList_GET_ITEM(targets, static_cast<Py_ssize_t>(i));
+      Target& t = targets_[i];
+      if (item == Py_None) {
+        t.kind = Target::kSkip;
+      } else if (PyLong_CheckExact(item)) {
+        t.base = static_cast<char*>(PyLong_AsVoidPtr(item));
+        if (t.base == nullptr) {
+          if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "load target address is null");
+          return Failed();
+        }
+        t.kind = Target::kAddress;
+        t.capacity = sizes_[i];
+      } else if (PyMemoryView_Check(item)) {
+        CKPT_PY_RETURN_IF_ERROR(Hold(item, &t));
+      } else {
+        t.kind = Target::kMake;
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status OnData(size_t node, uint64_t offset, absl::string_view bytes) override {
+    since_signal_check_ += bytes.size();
+    if (since_signal_check_ >= kSignalCheckBytes) {
+      since_signal_check_ = 0;
+      Gil gil;
+      if (PyErr_CheckSignals() < 0) return Failed();
+    }
+    if (on_data_) return Deliver(node, offset, bytes);
+    Target& t = targets_[node];
+    if (t.kind == Target::kSkip) return absl::OkStatus();
+    if (t.kind == Target::kMake) {
+      Gil gil;
+      Ref made(PyObject_CallFunction(make_.get(), "n", static_cast<Py_ssize_t>(node)));
+      if (!made) return Failed();
+      CKPT_PY_RETURN_IF_ERROR(Hold(made.get(), &t));
+      // The list holds what was made, as ckpt._wire.scatter leaves it.
+      if (static_cast<Py_ssize_t>(node) >= PyList_GET_SIZE(targets_list_.get())) {
+        PyErr_SetString(PyExc_ValueError, "load targets changed during the load");
+        return Failed();
+      }
+      Py_INCREF(made.get());
+      PyList_SetItem(targets_list_.get(), static_cast<Py_ssize_t>(node), made.get());
+    }
+    if (offset + bytes.size() > t.capacity) {
+      return absl::InternalError("load target smaller than its tensor");
+    }
+    std::memcpy(t.base + offset, bytes.data(), bytes.size());
+    if (on_complete_ && offset + bytes.size() == sizes_[node]) {
+      Gil gil;
+      Ref done(PyObject_CallFunction(on_complete_.get(), "n", static_cast<Py_ssize_t>(node)));
+      if (!done) return Failed();
+    }
+    return absl::OkStatus();
+  }
+
+  // Pieces are copied once wherever they lie in gRPC's buffers.
+  bool AcceptsPartialPieces() const override { return true; }
+
+  // With the GIL: sets the Python error a callback raised, if one did.
+  bool RestoreError() {
+    if (error_type_ == nullptr) return false;
+    PyErr_Restore(std::exchange(error_type_, nullptr), std::exchange(error_value_, nullptr),
+                  std::exchange(error_traceback_, nullptr));
+    return true;
+  }
+
+ private:
+  // With the GIL: a writable, contiguous buffer of `object` held as t's
+  // destination.
+  bool Hold(PyObject* object, Target* t) {
+    if (PyObject_GetBuffer(object, &t->view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
+      return false;
+    }
+    t->kind = Target::kBuffer;
+    t->base = static_cast<char*>(t->view.buf);
+    t->capacity = static_cast<uint64_t>(t->view.len);
+    return true;
+  }
+
+  // With the GIL: on_data(node, offset, a read-only view of the bytes).
+  absl::Status Deliver(size_t node, uint64_t offset, absl::string_view bytes) {
+    Gil gil;
+    Ref view(PyMemoryView_FromMemory(const_cast<char*>(bytes.data()),
+                                     static_cast<Py_ssize_t>(bytes.size()), PyBUF_READ));
+    if (!view) return Failed();
+    Ref r(PyObject_CallFunction(on_data_.get(), "nKO", static_cast<Py_ssize_t>(node),
+                                static_cast<unsigned long long>(offset), view.get()));
+    if (!r) return Failed();
+    // The bytes are gRPC's: no view of them may outlive the call.
+    Ref released(PyObject_CallMethod(view.get(), "release", nullptr));
+    if (!released) return Failed();
+    return absl::OkStatus();
+  }
+
+  // With the GIL: keeps the pending Python error (the first one) for
+  // RestoreError and aborts the load.
+  absl::Status Failed() {
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    if (error_type_ == nullptr && type != nullptr) {
+      error_type_ = type;
+      error_value_ = value;
+      error_traceback_ = traceback;
+    } else {
+      Py_XDECREF(type);
+      Py_XDECREF(value);
+      Py_XDECREF(traceback);
+    }
+    return absl::CancelledError("the load's Python callback raised");
+  }
+
+  Ref on_tree_;
+  const std::vector<TensorSlice>& slices_;
+  std::vector<uint32_t> slice_nodes_;
+  std::vector<uint64_t> sizes_;
+  std::vector<Target> targets_;
+  Ref targets_list_;
+  Ref make_;
+  Ref on_complete_;
+  Ref on_data_;
+  uint64_t since_signal_check_ = 0;
+  PyObject* error_type_ = nullptr;
+  PyObject* error_value_ = nullptr;
+  PyObject* error_traceback_ = nullptr;
+};
+
+// ---------------------------------------------------------------- Client
+
+struct ClientObject {
+  PyObject_HEAD RawClient* client;
+};
+
+int ClientInit(PyObject* self, PyObject* args, PyObject* kwargs) {
+  static const char* keywords[] = {"target", "token", "tls",         "ca_cert",
+                                   "cert",   "key",   "server_name", nullptr};
+  const char* target;
+  const char* token = "";
+  int tls = 0;
+  const char* ca_cert = "";
+  const char* cert = "";
+  const char* key = "";
+  const char* server_name = "";
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "s|spssss", const_cast<char**>(keywords), &target,
+                                   &token, &tls, &ca_cert, &cert, &key, &server_name)) {
+    return -1;
+  }
+  ckpt::client::ClientOptions options;
+  options.connect_timeout = absl::ZeroDuration();  // like grpcio: connect on first use
+  options.token = token;
+  options.tls = tls != 0;
+  options.tls_ca_file = ca_cert;
+  options.tls_cert_file = cert;
+  options.tls_key_file = key;
+  options.tls_server_name = server_name;
+  auto connected = RawClient::Connect(target, options);
+  if (!connected.ok()) {
+    RaiseStatus(connected.status());
+    return -1;
+  }
+  auto* c = reinterpret_cast<ClientObject*>(self);
+  delete c->client;
+  c->client = connected->release();
+  return 0;
+}
+
+void ClientDealloc(PyObject* self) {
+  auto* c = reinterpret_cast<ClientObject*>(self);
+  RawClient* client = std::exchange(c->client, nullptr);
+  if (client != nullptr) {
+    Py_BEGIN_ALLOW_THREADS delete client;
+    Py_END_ALLOW_THREADS
+  }
+  Py_TYPE(self)->tp_free(self);
+}
+
+PyObject* ClientClose(PyObject* self, PyObject*) {
+  auto* c = reinterpret_cast<ClientObject*>(self);
+  if (c->client != nullptr) c->client->Close();
+  Py_RETURN_NONE;
+}
+
+// Strings of a sequence of str.
+bool StringList(PyObject* seq, const char* what, std::vector<std::string>* out) {
+  Ref fast(PySequence_Fast(seq, what));
+  if (!fast) return false;
+  const Py_ssize_t n = PySequence_Fast_GET_SIZE(fast.get());
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    Py_ssize_t size;
+    const char* s = PyUnicode_AsUTF8AndSize(PySequence_Fast_GET_ITEM(fast.get(), i), &size);
+    if (s == nullptr) return false;
+    out->emplace_back(s, static_cast<size_t>(size));
+  }
+  return true;
+}
+
+bool UintList(PyObject* seq, std::vector<uint64_t>* out) {
+  Ref fast(PySequence_Fast(seq, "a slice's start and length are sequences of int"));
+  if (!fast) return false;
+  const Py_ssize_t n = PySequence_Fast_GET_SIZE(fast.get());
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    const unsigned long long v = PyLong_AsUnsignedLongLong(PySequence_Fast_GET_ITEM(fast.get(), i));
+    if (v == static_cast<unsigned long long>(-1) && PyErr_Occurred()) return false;
+    out->push_back(v);
+  }
+  return true;
+}
+
+// load(name, version, tag, patterns, skip_data, timeout, slices, on_tree):
+// streams the version through on_tree's answer (see PySink). timeout: seconds
+// or None; slices: a sequence of (key, start, length). Raises StatusError for
+// a failed call, or what a callback raised.
+PyObject* ClientLoad(PyObject* self, PyObject* args) {
+  auto* c = reinterpret_cast<ClientObject*>(self);
+  const char* name;
+  unsigned long long version;
+  const char* tag;
+  PyObject* patterns;
+  int skip_data;
+  PyObject* timeout;
+  PyObject* slices;
+  PyObject* on_tree;
+  if (!PyArg_ParseTuple(args, "sKsOpOOO", &name, &version, &tag, &patterns, &skip_data, &timeout,
+                        &slices, &on_tree)) {
+    return nullptr;
+  }
+  if (c->client == nullptr) {
+    RaiseStatus(absl::FailedPreconditionError("client is closed"));
+    return nullptr;
+  }
+  LoadOptions options;
+  options.version = version;
+  options.tag = tag;
+  options.skip_data = skip_data != 0;
+  if (!StringList(patterns, "patterns are a sequence of str", &options.patterns)) return nullptr;
+  if (timeout != Py_None) {
+    const double seconds = PyFloat_AsDouble(timeout);
+    if (seconds == -1.0 && PyErr_Occurred()) return nullptr;
+    options.timeout = absl::Seconds(seconds);
+  }
+  Ref fast(PySequence_Fast(slices, "slices are a sequence of (key, start, length)"));
+  if (!fast) return nullptr;
+  for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(fast.get()); ++i) {
+    const char* key;
+    Py_ssize_t key_size;
+    PyObject* start;
+    PyObject* length;
+    if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast.get(), i), "s#OO", &key, &key_size, &start,
+                          &length)) {
+      return nullptr;
+    }
+    TensorSlice& s = options.slices.emplace_back();
+    s.key.assign(key, static_cast<size_t>(key_size));
+    if (!UintList(start, &s.start) || !UintList(length, &s.length)) return nullptr;
+  }
+  Py_INCREF(self);  // the client outlives the call
+  Ref hold(self);
+  PySink sink(on_tree, options.slices);
+  absl::Status status;
+  Py_BEGIN_ALLOW_THREADS status = c->client->Load(name, options, &sink);
+  Py_END_ALLOW_THREADS if (sink.RestoreError()) return nullptr;
+  if (!status.ok()) {
+    RaiseStatus(status);
+    return nullptr;
+  }
+  Py_RETURN_NONE;
+}
+
+PyMethodDef client_methods[] = {
+    {"load", ClientLoad, METH_VARARGS,
+     "load(name, version, tag, patterns, skip_data, timeout, slices, on_tree): streams a "
+     "version into the places on_tree names."},
+    {"close", ClientClose, METH_NOARGS,
+     "Cancels the loads in flight; later loads fail (FAILED_PRECONDITION)."},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyType_Slot client_slots[] = {
+    {Py_tp_doc, const_cast<char*>("Client(target, token='', tls=False, ca_cert='', cert='', "
+                                  "key='', server_name=''): the C++ client core's connection "
+                                  "(connects on first use).")},
+    {Py_tp_init, reinterpret_cast<void*>(ClientInit)},
+    {Py_tp_new, reinterpret_cast<void*>(PyType_GenericNew)},
+    {Py_tp_dealloc, reinterpret_cast<void*>(ClientDealloc)},
+    {Py_tp_methods, client_methods},
+    {0, nullptr}};
+
+PyType_Spec client_spec = {"ckpt._core.Client", sizeof(ClientObject), 0, Py_TPFLAGS_DEFAULT,
+                           client_slots};
+
+PyModuleDef module_def = {PyModuleDef_HEAD_INIT,
+                          "ckpt._core",
+                          "The C++ client core's load path (internal; see ckpt._load).",
+                          -1,
+                          nullptr,
+                          nullptr,
+                          nullptr,
+                          nullptr,
+                          nullptr};
+
+}  // namespace
+
+PyMODINIT_FUNC PyInit__core() {
+  Ref module(PyModule_Create(&module_def));
+  if (!module) return nullptr;
+  status_error = PyErr_NewExceptionWithDoc(
+      "ckpt._core.StatusError", "A failed call: args are (gRPC status code as int, details).",
+      nullptr, nullptr);
+  if (status_error == nullptr) return nullptr;
+  Py_INCREF(status_error);
+  if (PyModule_AddObject(module.get(), "StatusError", status_error) < 0) return nullptr;
+  PyObject* type = PyType_FromSpec(&client_spec);
+  if (type == nullptr || PyModule_AddObject(module.get(), "Client", type) < 0) {
+    Py_XDECREF(type);
+    return nullptr;
+  }
+  PyObject* out = module.get();
+  Py_INCREF(out);
+  return out;
+}
