@@ -16,6 +16,7 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <unistd.h>
 
 #include <cstdint>
 #include <cstring>
@@ -316,7 +317,13 @@ class PySink : public LoadSink {
 
 struct ClientObject {
   PyObject_HEAD RawClient* client;
+  // The process that opened it. A forked child shares the parent's sockets
+  // and gRPC's polling state: it must neither close nor free the client
+  // (shutting down the sockets would cut the parent's calls), so it leaks it.
+  pid_t pid;
 };
+
+bool InOtherProcess(const ClientObject* c) { return c->pid != getpid(); }
 
 int ClientInit(PyObject* self, PyObject* args, PyObject* kwargs) {
   static const char* keywords[] = {"target", "token", "tls",         "ca_cert",
@@ -346,15 +353,16 @@ int ClientInit(PyObject* self, PyObject* args, PyObject* kwargs) {
     return -1;
   }
   auto* c = reinterpret_cast<ClientObject*>(self);
-  delete c->client;
+  if (c->client != nullptr && !InOtherProcess(c)) delete c->client;
   c->client = connected->release();
+  c->pid = getpid();
   return 0;
 }
 
 void ClientDealloc(PyObject* self) {
   auto* c = reinterpret_cast<ClientObject*>(self);
   RawClient* client = std::exchange(c->client, nullptr);
-  if (client != nullptr) {
+  if (client != nullptr && !InOtherProcess(c)) {
     Py_BEGIN_ALLOW_THREADS delete client;
     Py_END_ALLOW_THREADS
   }
@@ -363,7 +371,7 @@ void ClientDealloc(PyObject* self) {
 
 PyObject* ClientClose(PyObject* self, PyObject*) {
   auto* c = reinterpret_cast<ClientObject*>(self);
-  if (c->client != nullptr) c->client->Close();
+  if (c->client != nullptr && !InOtherProcess(c)) c->client->Close();
   Py_RETURN_NONE;
 }
 
@@ -413,6 +421,11 @@ PyObject* ClientLoad(PyObject* self, PyObject* args) {
   }
   if (c->client == nullptr) {
     RaiseStatus(absl::FailedPreconditionError("client is closed"));
+    return nullptr;
+  }
+  if (InOtherProcess(c)) {
+    RaiseStatus(absl::FailedPreconditionError(
+        "the native load path's client was opened in another process (forked from it)"));
     return nullptr;
   }
   LoadOptions options;

@@ -414,6 +414,17 @@ def test_a_tensor_whose_bytes_disagree_with_its_shape_is_refused():
 
 
 @pytest.mark.parametrize("scatter", IMPLEMENTATIONS)
+def test_a_skipped_node_is_refused(scatter):
+    """A piece may pass over nodes without data only (as the C++ client)."""
+    out, _, _, end = run(scatter, [message(piece(0, 0, b"a" * 8), piece(2, 0, b"c" * 8))],
+                         [8, 0, 8], [True, True, True])
+    assert (out[0], out[2], end) == (b"a" * 8, b"c" * 8, (2, 8, 16))
+    with pytest.raises(_wire.StreamError, match="load stream skipped a node's data"):
+        run(scatter, [message(piece(0, 0, b"a" * 8), piece(2, 0, b"c" * 8))], [8, 8, 8],
+            [True, True, True])
+
+
+@pytest.mark.parametrize("scatter", IMPLEMENTATIONS)
 def test_a_position_past_the_node_is_refused(scatter):
     with pytest.raises(_wire.StreamError):
         scatter(message(piece(0, 9, b"x")), 0, 9, [8, 8], [True, True],

@@ -33,6 +33,21 @@ if os.environ.get("CKPT_NATIVE_LOAD", "1") != "0" and os.environ.get("CKPT_PURE_
     except ImportError:
         native = None
 
+# The process whose loads started the native path's gRPC runtime. A process
+# forked from it after that shares the runtime's polling state (its epoll
+# set) and would steal the parent's network events: it loads through grpcio.
+_native_pid = 0
+
+
+def native_in_this_process() -> Any:
+    """The native load path, if this process may use it (see _native_pid)."""
+    global _native_pid
+    if native is None:
+        return None
+    if _native_pid == 0:
+        _native_pid = os.getpid()
+    return native if _native_pid == os.getpid() else None
+
 
 class _Prefetch:
     """Reads a response stream on a helper thread, a few messages ahead.
@@ -478,7 +493,10 @@ def _read_load(stream: Any, sink: _Sink,
                 node, offset, got = scatter(message, node, offset, sizes, targets, make,
                                             on_complete)
             except (_wire.StreamError, IndexError) as e:
-                raise Internal(f"malformed load stream: {e}") from None
+                # (the protocol's own refusals read as the C++ client's)
+                text = str(e)
+                raise Internal(text if "load stream" in text else
+                               f"malformed load stream: {text}") from None
             received += got
     while received < header.data_bytes:
         field, payload = read("in the data")
@@ -488,6 +506,8 @@ def _read_load(stream: Any, sink: _Sink,
             if index != node:
                 if index < node or index >= len(nodes) or offset != sizes[node]:
                     raise Internal("load stream pieces out of order")
+                if any(sizes[node + 1:index]):
+                    raise Internal("load stream skipped a node's data")
                 node = index
                 offset = 0
             if off != offset or len(data) > sizes[node] - offset:

@@ -220,6 +220,14 @@ static PyObject *scatter(PyObject *self, PyObject *args) {
         fail("load stream pieces out of order");
         goto done;
       }
+      for (Py_ssize_t skipped = node + 1; skipped < (Py_ssize_t)index; ++skipped) {
+        const Py_ssize_t size = size_at(sizes, skipped);
+        if (size == -1 && PyErr_Occurred()) goto done;
+        if (size != 0) {
+          fail("load stream skipped a node's data");
+          goto done;
+        }
+      }
       node = (Py_ssize_t)index;
       offset = 0;
     }

@@ -311,6 +311,8 @@ def scatter(message: bytes, node: int, offset: int, sizes: List[int], targets: L
         if index != node:
             if index < node or index >= len(sizes) or offset != sizes[node]:
                 raise StreamError("load stream pieces out of order")
+            if any(sizes[node + 1:index]):
+                raise StreamError("load stream skipped a node's data")
             node = index
             offset = 0
         if off != offset or n > sizes[node] - offset:

@@ -357,7 +357,8 @@ class Client:
         """The native load path's connection (None without it): opened on
         first use in each process, with this client's target, token and TLS
         settings (checked by _connect first)."""
-        if _load.native is None:
+        native = _load.native_in_this_process()
+        if native is None:
             return None
         self._connect()
         with self._lock:
@@ -365,10 +366,10 @@ class Client:
                 def path(p: Optional[PathLike]) -> str:
                     return os.fspath(p) if p else ""
                 try:
-                    self._native = _load.native.Client(
+                    self._native = native.Client(
                         self.target, self._token, self._tls, path(self._ca_cert),
                         path(self._cert), path(self._key), self._tls_server_name or "")
-                except _load.native.StatusError as e:
+                except native.StatusError as e:
                     raise from_status(e.args[0], e.args[1], self.target) from None
                 self._native_pid = os.getpid()
             return self._native
@@ -383,7 +384,9 @@ class Client:
                 return _run_native_load(native, name, sink, version, tag, patterns, skip_data,
                                         timeout, slices)
             except _load.native.StatusError as e:
-                raise from_status(e.args[0], e.args[1], self.target) from None
+                # A stream the core refused names no server problem to hint at.
+                own = e.args[1].startswith("load stream ")
+                raise from_status(e.args[0], e.args[1], "" if own else self.target) from None
         self._connect()
         request = pb.LoadRequest(name=name, version=version, tag=tag, patterns=list(patterns),
                                  skip_data=skip_data, slices=list(slices))
