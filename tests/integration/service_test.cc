@@ -476,6 +476,32 @@ TEST_F(ServiceTest, DeadlineIsHonoured) {
   EXPECT_EQ(client_->Load("d/model", load).status().code(), absl::StatusCode::kDeadlineExceeded);
 }
 
+// connect_timeout zero: Connect returns at once, even for an address where
+// no server listens; calls then report Unavailable, and a client made before
+// its server answers works once it does.
+TEST_F(ServiceTest, ConnectWithoutWaitingReportsAnUnreachableServerOnTheFirstCall) {
+  client::ClientOptions lazy;
+  lazy.connect_timeout = absl::ZeroDuration();
+  const absl::Time start = absl::Now();
+  auto down = RawClient::Connect("127.0.0.1:1", lazy);
+  ASSERT_TRUE(down.ok()) << down.status();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  client::CallOptions quick;
+  quick.timeout = absl::Seconds(10);
+  EXPECT_EQ((*down)->ListVersions("a/b", quick).status().code(), absl::StatusCode::kUnavailable);
+  LoadOptions load;
+  load.timeout = absl::Seconds(10);
+  EXPECT_EQ((*down)->Load("a/b", load).status().code(), absl::StatusCode::kUnavailable);
+
+  auto up = RawClient::Connect(address(), lazy);
+  ASSERT_TRUE(up.ok()) << up.status();
+  TreeBuilder b = testing::StateDict(2, 16, 1);
+  ASSERT_TRUE((*up)->Save("lazy/m", b.Input(), {}).ok());
+  auto loaded = (*up)->Load("lazy/m", {});
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  ExpectSameTree(b.tree(), loaded->tree);
+}
+
 // Per-call options of the unary calls: their own deadline (covering every
 // page of a listing) and extra metadata.
 TEST_F(ServiceTest, CallOptionsSetTheDeadlineOfOneCall) {
