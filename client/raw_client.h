@@ -14,6 +14,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -146,6 +147,28 @@ struct SaveResult {
   std::vector<uint64_t> pruned_versions;
 };
 
+/// Stops one call from another thread, like Arrow's StopSource: a load given
+/// it (LoadOptions::stop) returns Cancelled once Stop() is called, at once,
+/// even while it waits for the server. Other calls of the client go on.
+/// Stop() before the call starts makes it return Cancelled right away.
+/// Thread-safe; must outlive the call it is given to.
+class StopSource {
+ public:
+  /// Stops the call (idempotent).
+  void Stop();
+  /// Whether Stop() was called.
+  bool stopped() const;
+
+  /// For the client running the call: `cancel` runs on Stop() while it is
+  /// set (at once if Stop() came first); Attach(nullptr) unsets it.
+  void Attach(std::function<void()> cancel);
+
+ private:
+  mutable std::mutex mu_;
+  bool stopped_ = false;
+  std::function<void()> cancel_;
+};
+
 /// Per-load options.
 struct LoadOptions {
   /// Version number; 0 uses `tag` (empty: "latest").
@@ -164,6 +187,9 @@ struct LoadOptions {
   std::vector<TensorSlice> slices;
   /// Deadline of the whole load; zero: none.
   absl::Duration timeout = absl::ZeroDuration();
+  /// Stops this load from another thread (Cancelled); null: none. Not
+  /// owned. Default: null.
+  StopSource* stop = nullptr;
 };
 
 /// Receives a load as it streams. Calls come from the loading thread.

@@ -13,13 +13,42 @@
 
 namespace ckpt::client {
 
+// The cancel hook runs under the lock: Attach(nullptr) at the end of a call
+// waits for a Stop() in progress, so it never cancels a finished call's
+// context.
+void StopSource::Stop() {
+  std::lock_guard<std::mutex> lock(mu_);
+  stopped_ = true;
+  if (cancel_) cancel_();
+}
+
+bool StopSource::stopped() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return stopped_;
+}
+
+void StopSource::Attach(std::function<void()> cancel) {
+  std::lock_guard<std::mutex> lock(mu_);
+  cancel_ = std::move(cancel);
+  if (stopped_ && cancel_) cancel_();
+}
+
 absl::Status GrpcRawClient::Load(const std::string& name, const LoadOptions& options,
                                  LoadSink* sink) {
   grpc::ClientContext context;
   Prepare(&context, options.timeout);
   InFlight in_flight(this, &context);
   CKPT_RETURN_IF_ERROR(in_flight.status());
-  return in_flight.Outcome(RunLoadCall(context, name, options, sink), "the load");
+  if (options.stop == nullptr) {
+    return in_flight.Outcome(RunLoadCall(context, name, options, sink), "the load");
+  }
+  options.stop->Attach([&context] { context.TryCancel(); });
+  absl::Status status = RunLoadCall(context, name, options, sink);
+  options.stop->Attach(nullptr);
+  if (!status.ok() && options.stop->stopped()) {
+    return absl::CancelledError("the load was stopped");
+  }
+  return in_flight.Outcome(std::move(status), "the load");
 }
 
 absl::Status GrpcRawClient::RunLoadCall(grpc::ClientContext& context, const std::string& name,
@@ -113,6 +142,12 @@ absl::Status GrpcRawClient::RunLoad(LoadStream* stream, const std::vector<Tensor
       return absl::InternalError("load header places a slice on a node that is not a tensor");
     }
     CKPT_ASSIGN_OR_RETURN(expect[i], SliceBytes(tree[i].tensor, slices[s]));
+  }
+  uint64_t tree_bytes = 0;
+  for (uint64_t n : expect) tree_bytes += n;
+  if (data_bytes != 0 && data_bytes != tree_bytes) {
+    return absl::InternalError(absl::StrCat("load header announces ", data_bytes,
+                                            " data bytes, the tree holds ", tree_bytes));
   }
   if (!slices.empty()) CKPT_RETURN_IF_ERROR(sink->OnSlices(slice_nodes));
   CKPT_RETURN_IF_ERROR(sink->OnTree(version, tree));

@@ -18,11 +18,16 @@
 #include <Python.h>
 #include <unistd.h>
 
+#include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -32,6 +37,7 @@
 #include "client/encoded.h"
 #include "client/raw_client.h"
 #include "common/slice.h"
+#include "common/status_macros.h"
 
 namespace {
 
@@ -45,9 +51,6 @@ using ckpt::client::RawClient;
 // ckpt._core.StatusError(code: int, details: str): a failed call; ckpt maps
 // it onto its exception classes.
 PyObject* status_error = nullptr;
-
-// Checks for Ctrl-C (and other signals' handlers) after this many bytes.
-constexpr uint64_t kSignalCheckBytes = 64ull << 20;
 
 // Owns one Python reference. Destroy with the GIL held.
 class Ref {
@@ -70,64 +73,135 @@ class Ref {
   PyObject* p_ = nullptr;
 };
 
-// Holds the GIL for a scope, from a thread that released it.
-class Gil {
- public:
-  Gil() : state_(PyGILState_Ensure()) {}
-  ~Gil() { PyGILState_Release(state_); }
-  Gil(const Gil&) = delete;
-  Gil& operator=(const Gil&) = delete;
-
- private:
-  PyGILState_STATE state_;
-};
-
 void RaiseStatus(const absl::Status& status) {
-  Ref args(Py_BuildValue("(is#)", static_cast<int>(status.code()), status.message().data(),
-                         static_cast<Py_ssize_t>(status.message().size())));
+  // (details from a server need not be UTF-8)
+  Ref details(PyUnicode_DecodeUTF8(status.message().data(),
+                                   static_cast<Py_ssize_t>(status.message().size()), "replace"));
+  if (!details) return;
+  Ref args(Py_BuildValue("(iO)", static_cast<int>(status.code()), details.get()));
   if (args) PyErr_SetObject(status_error, args.get());
 }
 
-// In PySink: returns Failed() (the pending Python error) when `expr` is
-// false.
-#define CKPT_PY_RETURN_IF_ERROR(expr) \
-  do {                                \
-    if (!(expr)) return Failed();     \
-  } while (0)
+PyObject* NewRef(PyObject* p) {
+  Py_INCREF(p);
+  return p;
+}
+
+// Runs a load on a helper thread, without the GIL, while the thread that
+// called load() serves the load's Python work (the sink's callbacks) with
+// the GIL: they run on the caller's thread, with its thread-local state
+// (grad mode, current CUDA stream). Between requests the caller checks for
+// signals every 100 ms, so Ctrl-C stops a load even while it waits for the
+// server.
+class CallerThread {
+ public:
+  // From the load's thread: runs `work` on the calling thread, with the
+  // GIL, and returns its status.
+  absl::Status Run(const std::function<absl::Status()>& work) {
+    std::unique_lock<std::mutex> lock(mu_);
+    request_ = &work;
+    wake_.notify_all();
+    wake_.wait(lock, [&] { return request_ == nullptr; });
+    return result_;
+  }
+
+  // On the calling thread, with the GIL (held again on return): runs `load`
+  // on a helper thread and serves its Run() requests until it returns. When
+  // a signal handler raises, `interrupted` runs once with the GIL (it keeps
+  // the error and stops the load).
+  absl::Status Serve(const std::function<absl::Status()>& load,
+                     const std::function<void()>& interrupted) {
+    absl::Status status;
+    bool done = false;
+    std::thread worker([&] {
+      absl::Status s;
+      try {
+        s = load();
+      } catch (const std::exception& e) {
+        s = absl::ResourceExhaustedError(absl::StrCat("load failed: ", e.what()));
+      }
+      std::lock_guard<std::mutex> lock(mu_);
+      status = std::move(s);
+      done = true;
+      wake_.notify_all();
+    });
+    PyThreadState* saved = PyEval_SaveThread();
+    std::unique_lock<std::mutex> lock(mu_);
+    bool stopped = false;
+    for (;;) {
+      wake_.wait_for(lock, std::chrono::milliseconds(100),
+                     [&] { return done || request_ != nullptr; });
+      if (request_ != nullptr) {
+        const std::function<absl::Status()>* work = request_;
+        lock.unlock();
+        PyEval_RestoreThread(saved);
+        absl::Status result = (*work)();
+        saved = PyEval_SaveThread();
+        lock.lock();
+        result_ = std::move(result);
+        request_ = nullptr;
+        wake_.notify_all();
+        continue;
+      }
+      if (done) break;
+      if (stopped) continue;
+      lock.unlock();
+      PyEval_RestoreThread(saved);
+      if (PyErr_CheckSignals() < 0) {
+        stopped = true;
+        interrupted();
+      }
+      saved = PyEval_SaveThread();
+      lock.lock();
+    }
+    lock.unlock();
+    worker.join();
+    PyEval_RestoreThread(saved);
+    return status;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable wake_;
+  const std::function<absl::Status()>* request_ = nullptr;
+  absl::Status result_;
+};
 
 // Where one node's bytes go.
 struct Target {
   enum Kind { kSkip, kAddress, kBuffer, kMake };
   Kind kind = kSkip;
+  bool made = false;  // kBuffer from make(): on_complete runs for it
   char* base = nullptr;
   uint64_t capacity = 0;  // bytes writable at base
-  Py_buffer view{};       // kBuffer: held until the load ends
+  Py_buffer view{};       // kBuffer: held until the node is complete
 };
 
-// The load's sink: asks Python's on_tree where the data goes, then copies
-// pieces there without the GIL (the "fast" answer: a list of targets, as
-// ckpt._wire.scatter takes them) or hands them to Python's on_data (the
-// other answer, for sinks that place bytes themselves).
+// The load's sink. Python's on_tree says where the data goes; pieces are
+// then copied there on the load's thread without the GIL (the "fast"
+// answer: a list of targets, as ckpt._wire.scatter takes them) or handed to
+// Python's on_data (the other answer, for sinks that place bytes
+// themselves). Every Python call goes through CallerThread::Run.
 //
 // on_tree(version: bytes, nodes: bytes, slice_nodes: list[int] | None)
 //   -> (targets, make, on_complete) | on_data
 // targets[i]: None (not wanted), an int (the address of memory holding
 // exactly node i's bytes: the caller checked its size), a writable buffer,
-// or anything else, replaced by make(i) (a writable buffer) when node i's
-// first bytes arrive; on_complete(i) (unless None) runs when node i's last
-// byte has arrived. on_data(node, offset, memoryview) gets each piece (or
-// part of one) in order; the view is released after the call.
+// or anything else, replaced in the list by make(i) (a writable buffer) when
+// node i's first bytes arrive; on_complete(i) (unless None) runs when the
+// last byte of a node whose target was made has arrived (the sinks stage
+// bytes in what make() returns; addresses and given buffers need no
+// completion call, and 20,000 of them would cost 20,000 thread switches).
+// Buffers are let go as their node completes. on_data(node, offset,
+// memoryview) gets each piece whole, in order; the view is released after
+// the call, so it must not be kept (nor slices of it).
 class PySink : public LoadSink {
  public:
-  PySink(PyObject* on_tree, const std::vector<TensorSlice>& slices)
-      : on_tree_(on_tree), slices_(slices) {
-    Py_INCREF(on_tree);
-  }
+  PySink(CallerThread* caller, PyObject* on_tree, const std::vector<TensorSlice>& slices)
+      : caller_(caller), on_tree_(NewRef(on_tree)), slices_(slices) {}
   // With the GIL held.
   ~PySink() override {
-    for (Target& t : targets_) {
-      if (t.kind == Target::kBuffer) PyBuffer_Release(&t.view);
-    }
+    for (Target& t : targets_) Release(&t);
     Py_XDECREF(error_type_);
     Py_XDECREF(error_value_);
     Py_XDECREF(error_traceback_);
@@ -149,10 +223,63 @@ class PySink : public LoadSink {
     }
     const std::string version_bytes = ckpt::client::EncodeVersionInfo(version);
     const std::string node_bytes = ckpt::client::EncodeNodeBatch(tree);
-    Gil gil;
+    return caller_->Run([&] { return AskOnTree(version_bytes, node_bytes, tree.size()); });
+  }
+
+  absl::Status OnData(size_t node, uint64_t offset, absl::string_view bytes) override {
+    if (on_data_) return caller_->Run([&] { return Deliver(node, offset, bytes); });
+    Target& t = targets_[node];
+    if (t.kind == Target::kSkip) return absl::OkStatus();
+    if (t.kind == Target::kMake) {
+      CKPT_RETURN_IF_ERROR(caller_->Run([&] { return Make(node, &t); }));
+    }
+    if (offset + bytes.size() > t.capacity) {
+      return absl::InternalError("load target smaller than its tensor");
+    }
+    std::memcpy(t.base + offset, bytes.data(), bytes.size());
+    if (t.kind == Target::kBuffer && offset + bytes.size() == sizes_[node]) {
+      return caller_->Run([&] { return Complete(node, &t); });
+    }
+    return absl::OkStatus();
+  }
+
+  // Pieces are copied where they lie in gRPC's buffers; Python's on_data
+  // gets them whole (one call per piece, not per slice of the transport).
+  bool AcceptsPartialPieces() const override { return !on_data_; }
+
+  // With the GIL: keeps the pending Python error (the first one) for
+  // RestoreError; returns the status that aborts the load.
+  absl::Status Failed() {
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    if (error_type_ == nullptr && type != nullptr) {
+      error_type_ = type;
+      error_value_ = value;
+      error_traceback_ = traceback;
+    } else {
+      Py_XDECREF(type);
+      Py_XDECREF(value);
+      Py_XDECREF(traceback);
+    }
+    return absl::CancelledError("the load's Python callback raised");
+  }
+
+  // With the GIL: sets the Python error a callback raised, if one did.
+  bool RestoreError() {
+    if (error_type_ == nullptr) return false;
+    PyErr_Restore(std::exchange(error_type_, nullptr), std::exchange(error_value_, nullptr),
+                  std::exchange(error_traceback_, nullptr));
+    return true;
+  }
+
+ private:
+  // With the GIL: on_tree(...), and its answer taken apart.
+  absl::Status AskOnTree(const std::string& version_bytes, const std::string& node_bytes,
+                         size_t num_nodes) {
+    if (error_type_ != nullptr) return absl::CancelledError("the load was interrupted");
     Ref slice_nodes;
     if (slices_.empty()) {
-      slice_nodes = Ref(Py_NewRef(Py_None));
+      slice_nodes = Ref(NewRef(Py_None));
     } else {
       slice_nodes = Ref(PyList_New(static_cast<Py_ssize_t>(slice_nodes_.size())));
       if (!slice_nodes) return Failed();
@@ -177,15 +304,15 @@ class PySink : public LoadSink {
     if (!PyArg_ParseTuple(answer.get(), "O!OO", &PyList_Type, &targets, &make, &on_complete)) {
       return Failed();
     }
-    if (PyList_GET_SIZE(targets) < static_cast<Py_ssize_t>(tree.size())) {
+    if (PyList_GET_SIZE(targets) < static_cast<Py_ssize_t>(num_nodes)) {
       PyErr_SetString(PyExc_ValueError, "fewer load targets than nodes");
       return Failed();
     }
-    targets_list_ = Ref(Py_NewRef(targets));
-    make_ = Ref(Py_NewRef(make));
-    if (on_complete != Py_None) on_complete_ = Ref(Py_NewRef(on_complete));
-    targets_.resize(tree.size());
-    for (size_t i = 0; i < tree.size(); ++i) {
+    targets_list_ = Ref(NewRef(targets));
+    make_ = Ref(NewRef(make));
+    if (on_complete != Py_None) on_complete_ = Ref(NewRef(on_complete));
+    targets_.resize(num_nodes);
+    for (size_t i = 0; i < num_nodes; ++i) {
       PyObject* item = PyList_GET_ITEM(targets, static_cast<Py_ssize_t>(i));
       Target& t = targets_[i];
       if (item == Py_None) {
@@ -199,7 +326,7 @@ class PySink : public LoadSink {
         t.kind = Target::kAddress;
         t.capacity = sizes_[i];
       } else if (PyMemoryView_Check(item)) {
-        CKPT_PY_RETURN_IF_ERROR(Hold(item, &t));
+        if (!Hold(item, &t)) return Failed();
       } else {
         t.kind = Target::kMake;
       }
@@ -207,56 +334,57 @@ class PySink : public LoadSink {
     return absl::OkStatus();
   }
 
-  absl::Status OnData(size_t node, uint64_t offset, absl::string_view bytes) override {
-    since_signal_check_ += bytes.size();
-    if (since_signal_check_ >= kSignalCheckBytes) {
-      since_signal_check_ = 0;
-      Gil gil;
-      if (PyErr_CheckSignals() < 0) return Failed();
+  // With the GIL: make(node), held as t's destination and stored in the
+  // targets list (as ckpt._wire.scatter leaves it).
+  absl::Status Make(size_t node, Target* t) {
+    if (error_type_ != nullptr) return absl::CancelledError("the load was interrupted");
+    Ref made(PyObject_CallFunction(make_.get(), "n", static_cast<Py_ssize_t>(node)));
+    if (!made || !Hold(made.get(), t)) return Failed();
+    t->made = true;
+    if (static_cast<Py_ssize_t>(node) >= PyList_GET_SIZE(targets_list_.get())) {
+      PyErr_SetString(PyExc_ValueError, "load targets changed during the load");
+      return Failed();
     }
-    if (on_data_) return Deliver(node, offset, bytes);
-    Target& t = targets_[node];
-    if (t.kind == Target::kSkip) return absl::OkStatus();
-    if (t.kind == Target::kMake) {
-      Gil gil;
-      Ref made(PyObject_CallFunction(make_.get(), "n", static_cast<Py_ssize_t>(node)));
-      if (!made) return Failed();
-      CKPT_PY_RETURN_IF_ERROR(Hold(made.get(), &t));
-      // The list holds what was made, as ckpt._wire.scatter leaves it.
-      if (static_cast<Py_ssize_t>(node) >= PyList_GET_SIZE(targets_list_.get())) {
-        PyErr_SetString(PyExc_ValueError, "load targets changed during the load");
-        return Failed();
-      }
-      Py_INCREF(made.get());
-      PyList_SetItem(targets_list_.get(), static_cast<Py_ssize_t>(node), made.get());
-    }
-    if (offset + bytes.size() > t.capacity) {
-      return absl::InternalError("load target smaller than its tensor");
-    }
-    std::memcpy(t.base + offset, bytes.data(), bytes.size());
-    if (on_complete_ && offset + bytes.size() == sizes_[node]) {
-      Gil gil;
-      Ref done(PyObject_CallFunction(on_complete_.get(), "n", static_cast<Py_ssize_t>(node)));
-      if (!done) return Failed();
-    }
+    PyList_SetItem(targets_list_.get(), static_cast<Py_ssize_t>(node), NewRef(made.get()));
     return absl::OkStatus();
   }
 
-  // Pieces are copied once wherever they lie in gRPC's buffers.
-  bool AcceptsPartialPieces() const override { return true; }
-
-  // With the GIL: sets the Python error a callback raised, if one did.
-  bool RestoreError() {
-    if (error_type_ == nullptr) return false;
-    PyErr_Restore(std::exchange(error_type_, nullptr), std::exchange(error_value_, nullptr),
-                  std::exchange(error_traceback_, nullptr));
-    return true;
+  // With the GIL: node's last byte arrived in its buffer.
+  absl::Status Complete(size_t node, Target* t) {
+    const bool made = t->made;
+    Release(t);
+    if (!made || !on_complete_ || error_type_ != nullptr) return absl::OkStatus();
+    Ref done(PyObject_CallFunction(on_complete_.get(), "n", static_cast<Py_ssize_t>(node)));
+    if (!done) return Failed();
+    return absl::OkStatus();
   }
 
- private:
+  // With the GIL: on_data(node, offset, a read-only view of the bytes); the
+  // view is released whatever the call did (the bytes are gRPC's).
+  absl::Status Deliver(size_t node, uint64_t offset, absl::string_view bytes) {
+    if (error_type_ != nullptr) return absl::CancelledError("the load was interrupted");
+    Ref view(PyMemoryView_FromMemory(const_cast<char*>(bytes.data()),
+                                     static_cast<Py_ssize_t>(bytes.size()), PyBUF_READ));
+    if (!view) return Failed();
+    Ref r(PyObject_CallFunction(on_data_.get(), "nKO", static_cast<Py_ssize_t>(node),
+                                static_cast<unsigned long long>(offset), view.get()));
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    Ref released(PyObject_CallMethod(view.get(), "release", nullptr));
+    if (!released) {
+      Py_XDECREF(type);
+      Py_XDECREF(value);
+      Py_XDECREF(traceback);
+      return Failed();  // a view of it was kept (BufferError)
+    }
+    PyErr_Restore(type, value, traceback);
+    if (!r) return Failed();
+    return absl::OkStatus();
+  }
+
   // With the GIL: a writable, contiguous buffer of `object` held as t's
-  // destination.
-  bool Hold(PyObject* object, Target* t) {
+  // destination; false with a Python error set.
+  static bool Hold(PyObject* object, Target* t) {
     if (PyObject_GetBuffer(object, &t->view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
       return false;
     }
@@ -266,38 +394,15 @@ class PySink : public LoadSink {
     return true;
   }
 
-  // With the GIL: on_data(node, offset, a read-only view of the bytes).
-  absl::Status Deliver(size_t node, uint64_t offset, absl::string_view bytes) {
-    Gil gil;
-    Ref view(PyMemoryView_FromMemory(const_cast<char*>(bytes.data()),
-                                     static_cast<Py_ssize_t>(bytes.size()), PyBUF_READ));
-    if (!view) return Failed();
-    Ref r(PyObject_CallFunction(on_data_.get(), "nKO", static_cast<Py_ssize_t>(node),
-                                static_cast<unsigned long long>(offset), view.get()));
-    if (!r) return Failed();
-    // The bytes are gRPC's: no view of them may outlive the call.
-    Ref released(PyObject_CallMethod(view.get(), "release", nullptr));
-    if (!released) return Failed();
-    return absl::OkStatus();
+  // With the GIL: lets go of t's buffer; t takes no more bytes.
+  static void Release(Target* t) {
+    if (t->kind == Target::kBuffer) PyBuffer_Release(&t->view);
+    t->kind = Target::kSkip;
+    t->base = nullptr;
+    t->capacity = 0;
   }
 
-  // With the GIL: keeps the pending Python error (the first one) for
-  // RestoreError and aborts the load.
-  absl::Status Failed() {
-    PyObject *type, *value, *traceback;
-    PyErr_Fetch(&type, &value, &traceback);
-    if (error_type_ == nullptr && type != nullptr) {
-      error_type_ = type;
-      error_value_ = value;
-      error_traceback_ = traceback;
-    } else {
-      Py_XDECREF(type);
-      Py_XDECREF(value);
-      Py_XDECREF(traceback);
-    }
-    return absl::CancelledError("the load's Python callback raised");
-  }
-
+  CallerThread* caller_;
   Ref on_tree_;
   const std::vector<TensorSlice>& slices_;
   std::vector<uint32_t> slice_nodes_;
@@ -307,7 +412,6 @@ class PySink : public LoadSink {
   Ref make_;
   Ref on_complete_;
   Ref on_data_;
-  uint64_t since_signal_check_ = 0;
   PyObject* error_type_ = nullptr;
   PyObject* error_value_ = nullptr;
   PyObject* error_traceback_ = nullptr;
@@ -326,6 +430,12 @@ struct ClientObject {
 bool InOtherProcess(const ClientObject* c) { return c->pid != getpid(); }
 
 int ClientInit(PyObject* self, PyObject* args, PyObject* kwargs) {
+  auto* c = reinterpret_cast<ClientObject*>(self);
+  if (c->client != nullptr) {
+    // (a load may be running on the client it has)
+    PyErr_SetString(PyExc_RuntimeError, "ckpt._core.Client is initialized already");
+    return -1;
+  }
   static const char* keywords[] = {"target", "token", "tls",         "ca_cert",
                                    "cert",   "key",   "server_name", nullptr};
   const char* target;
@@ -352,8 +462,6 @@ int ClientInit(PyObject* self, PyObject* args, PyObject* kwargs) {
     RaiseStatus(connected.status());
     return -1;
   }
-  auto* c = reinterpret_cast<ClientObject*>(self);
-  if (c->client != nullptr && !InOtherProcess(c)) delete c->client;
   c->client = connected->release();
   c->pid = getpid();
   return 0;
@@ -366,7 +474,9 @@ void ClientDealloc(PyObject* self) {
     Py_BEGIN_ALLOW_THREADS delete client;
     Py_END_ALLOW_THREADS
   }
-  Py_TYPE(self)->tp_free(self);
+  PyTypeObject* type = Py_TYPE(self);
+  type->tp_free(self);
+  Py_DECREF(type);  // instances of a heap type hold a reference to it
 }
 
 PyObject* ClientClose(PyObject* self, PyObject*) {
@@ -401,41 +511,25 @@ bool UintList(PyObject* seq, std::vector<uint64_t>* out) {
   return true;
 }
 
-// load(name, version, tag, patterns, skip_data, timeout, slices, on_tree):
-// streams the version through on_tree's answer (see PySink). timeout: seconds
-// or None; slices: a sequence of (key, start, length). Raises StatusError for
-// a failed call, or what a callback raised.
-PyObject* ClientLoad(PyObject* self, PyObject* args) {
-  auto* c = reinterpret_cast<ClientObject*>(self);
-  const char* name;
-  unsigned long long version;
-  const char* tag;
-  PyObject* patterns;
-  int skip_data;
-  PyObject* timeout;
-  PyObject* slices;
-  PyObject* on_tree;
-  if (!PyArg_ParseTuple(args, "sKsOpOOO", &name, &version, &tag, &patterns, &skip_data, &timeout,
-                        &slices, &on_tree)) {
-    return nullptr;
-  }
-  if (c->client == nullptr) {
-    RaiseStatus(absl::FailedPreconditionError("client is closed"));
-    return nullptr;
-  }
-  if (InOtherProcess(c)) {
-    RaiseStatus(absl::FailedPreconditionError(
-        "the native load path's client was opened in another process (forked from it)"));
+PyObject* Load(ClientObject* c, const char* name, long long version, const char* tag,
+               PyObject* patterns, int skip_data, PyObject* timeout, PyObject* slices,
+               PyObject* on_tree) {
+  if (version < 0) {
+    PyErr_SetString(PyExc_ValueError, "version must be 0 (latest or the tag) or more");
     return nullptr;
   }
   LoadOptions options;
-  options.version = version;
+  options.version = static_cast<uint64_t>(version);
   options.tag = tag;
   options.skip_data = skip_data != 0;
   if (!StringList(patterns, "patterns are a sequence of str", &options.patterns)) return nullptr;
   if (timeout != Py_None) {
     const double seconds = PyFloat_AsDouble(timeout);
     if (seconds == -1.0 && PyErr_Occurred()) return nullptr;
+    if (!(seconds > 0)) {  // as grpcio: no time left
+      RaiseStatus(absl::DeadlineExceededError("Deadline Exceeded"));
+      return nullptr;
+    }
     options.timeout = absl::Seconds(seconds);
   }
   Ref fast(PySequence_Fast(slices, "slices are a sequence of (key, start, length)"));
@@ -453,17 +547,63 @@ PyObject* ClientLoad(PyObject* self, PyObject* args) {
     s.key.assign(key, static_cast<size_t>(key_size));
     if (!UintList(start, &s.start) || !UintList(length, &s.length)) return nullptr;
   }
-  Py_INCREF(self);  // the client outlives the call
-  Ref hold(self);
-  PySink sink(on_tree, options.slices);
-  absl::Status status;
-  Py_BEGIN_ALLOW_THREADS status = c->client->Load(name, options, &sink);
-  Py_END_ALLOW_THREADS if (sink.RestoreError()) return nullptr;
+  ckpt::client::StopSource stop;
+  options.stop = &stop;
+  CallerThread caller;
+  PySink sink(&caller, on_tree, options.slices);
+  RawClient* client = c->client;
+  const std::string load_name = name;
+  absl::Status status =
+      caller.Serve([&] { return client->Load(load_name, options, &sink); },
+                   [&] {
+                     sink.Failed().IgnoreError();  // keeps the KeyboardInterrupt for the caller
+                     stop.Stop();
+                   });
+  if (sink.RestoreError()) return nullptr;
   if (!status.ok()) {
     RaiseStatus(status);
     return nullptr;
   }
   Py_RETURN_NONE;
+}
+
+// load(name, version, tag, patterns, skip_data, timeout, slices, on_tree):
+// streams the version through on_tree's answer (see PySink). timeout:
+// seconds or None; slices: a sequence of (key, start, length). Raises
+// StatusError for a failed call, or what a callback (or a signal handler:
+// KeyboardInterrupt) raised, which also stops the load.
+PyObject* ClientLoad(PyObject* self, PyObject* args) {
+  auto* c = reinterpret_cast<ClientObject*>(self);
+  const char* name;
+  long long version;
+  const char* tag;
+  PyObject* patterns;
+  int skip_data;
+  PyObject* timeout;
+  PyObject* slices;
+  PyObject* on_tree;
+  if (!PyArg_ParseTuple(args, "sLsOpOOO", &name, &version, &tag, &patterns, &skip_data, &timeout,
+                        &slices, &on_tree)) {
+    return nullptr;
+  }
+  if (c->client == nullptr) {
+    RaiseStatus(absl::FailedPreconditionError("client is closed"));
+    return nullptr;
+  }
+  if (InOtherProcess(c)) {
+    RaiseStatus(absl::FailedPreconditionError(
+        "the native load path's client was opened in another process (forked from it)"));
+    return nullptr;
+  }
+  Ref hold(NewRef(self));  // the client outlives the call
+  try {
+    return Load(c, name, version, tag, patterns, skip_data, timeout, slices, on_tree);
+  } catch (const std::bad_alloc&) {
+    return PyErr_NoMemory();
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+    return nullptr;
+  }
 }
 
 PyMethodDef client_methods[] = {

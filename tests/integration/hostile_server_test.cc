@@ -175,6 +175,10 @@ TEST_F(HostileServerTest, BrokenStreamsAreRefusedPrecisely) {
   };
   std::vector<v1::LoadResponse> cut_in_tree = Tree();
   cut_in_tree.pop_back();  // the header announces 4 nodes; none follow
+  // The header announces 8 bytes of the tree's 12: a client stopping there
+  // would hand back 'c' unfilled.
+  std::vector<v1::LoadResponse> short_header = Tree();
+  short_header[0].mutable_header()->set_data_bytes(8);
   const std::vector<Case> cases = {
       {"a node before the last one was complete",
        Script(Tree(), {Pieces({{1, 0, "abcd"}, {3, 0, "ijkl"}})}), absl::StatusCode::kInternal,
@@ -191,6 +195,9 @@ TEST_F(HostileServerTest, BrokenStreamsAreRefusedPrecisely) {
        "load stream ended in the data"},
       {"a stream cut in the tree", cut_in_tree, absl::StatusCode::kUnavailable,
        "load stream ended in the tree"},
+      {"a header announcing less data than the tree holds",
+       Script(short_header, {Pieces({{1, 0, "abcdefgh"}})}), absl::StatusCode::kInternal,
+       "load header announces 8 data bytes, the tree holds 12"},
       // float32[2] is 8 bytes; the tree says 64: a client trusting it would
       // write 56 bytes past the tensor.
       {"a tree whose size disagrees with its shape",

@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "client/raw_client.h"
 #include "server/server.h"
 #include "tests/testing/http.h"
@@ -563,6 +564,70 @@ TEST_F(ServiceTest, CloseCancelsCallsInFlightAndRefusesLaterOnes) {
   auto full = client_->Load("c/saved", {});
   ASSERT_TRUE(full.ok()) << full.status();
   EXPECT_EQ(full->data[2], b.data(2));
+}
+
+// A StopSource stops its own load (Cancelled), from another thread or from
+// the sink, even before it starts; the client's other loads go on.
+TEST_F(ServiceTest, AStopSourceStopsItsLoadAlone) {
+  TreeBuilder b = testing::StateDict(16, 1 << 18, 3);  // 16 MiB
+  ASSERT_TRUE(client_->Save("s/m", b.Input(), {}).ok());
+
+  client::StopSource early;
+  early.Stop();
+  LoadOptions stopped;
+  stopped.stop = &early;
+  auto refused = client_->Load("s/m", stopped);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kCancelled) << refused.status();
+  EXPECT_EQ(refused.status().message(), "the load was stopped");
+
+  // Stopped by a thread that waits until the load has begun.
+  struct Signals : client::LoadSink {
+    absl::Notification tree;
+    absl::Status OnTree(const VersionInfo&, const Tree&) override {
+      tree.Notify();
+      return absl::OkStatus();
+    }
+    absl::Status OnData(size_t, uint64_t, absl::string_view) override { return absl::OkStatus(); }
+  } sink;
+  client::StopSource stop;
+  LoadOptions options;
+  options.stop = &stop;
+  std::thread stopper([&] {
+    sink.tree.WaitForNotification();
+    stop.Stop();
+  });
+  // The other load shares the client and is not stopped.
+  auto other = client_->Load("s/m", {});
+  absl::Status status = client_->Load("s/m", options, &sink);
+  stopper.join();
+  ASSERT_TRUE(other.ok()) << other.status();
+  EXPECT_EQ(other->data[2], b.data(2));
+  // (The stop may land after the last piece: then the load is complete.)
+  if (!status.ok()) {
+    EXPECT_EQ(status.code(), absl::StatusCode::kCancelled) << status;
+    EXPECT_EQ(status.message(), "the load was stopped");
+  }
+  EXPECT_TRUE(stop.stopped());
+
+  // Stopped from the sink, at its first piece (of 16 MiB).
+  struct StopOnData : client::LoadSink {
+    client::StopSource* stop;
+    size_t pieces = 0;
+    absl::Status OnTree(const VersionInfo&, const Tree&) override { return absl::OkStatus(); }
+    absl::Status OnData(size_t, uint64_t, absl::string_view) override {
+      if (++pieces == 1) stop->Stop();
+      return absl::OkStatus();
+    }
+  } stopping;
+  client::StopSource own;
+  stopping.stop = &own;
+  LoadOptions cut;
+  cut.stop = &own;
+  absl::Status cut_status = client_->Load("s/m", cut, &stopping);
+  EXPECT_EQ(cut_status.code(), absl::StatusCode::kCancelled) << cut_status;
+  auto after = client_->Load("s/m", {});
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(after->data[2], b.data(2));
 }
 
 // Retention: a policy set before the first save is applied after each

@@ -131,7 +131,9 @@ class _Sink:
         tensor's memory holding exactly the node's bytes, checked with
         _size_mismatch; None: not wanted; anything else: replaced by make(node) when
         its first bytes arrive), make, and a callback run when a node's last
-        byte arrived (or None). None: call on_data."""
+        byte arrived (or None): for every node whose target make() made (the
+        native path runs it for those only, _wire.scatter for every node it
+        wrote). None: call on_data."""
         return None
 
 

@@ -283,6 +283,10 @@ static PyObject *scatter(PyObject *self, PyObject *args) {
       memcpy(plan.copies[i].dst, plan.copies[i].src, plan.copies[i].n);
     }
   }
+  /* The targets are let go before their completion callbacks (which may
+     free or release a staging buffer). */
+  for (Py_ssize_t i = 0; i < plan.num_held; ++i) PyBuffer_Release(&plan.held[i]);
+  plan.num_held = 0;
   for (Py_ssize_t i = 0; i < plan.num_completed; ++i) {
     PyObject *r = PyObject_CallFunction(on_complete, "n", plan.completed[i]);
     if (r == NULL) goto done;

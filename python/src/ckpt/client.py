@@ -30,7 +30,7 @@ from ckpt._results import (CheckpointSummary, GcResult, Manifest, ManifestEntry,
                            RetentionPolicy, SaveResult, ServerInfo, TensorStats,
                            VersionInfo)
 from ckpt._save import Part, _SaveCall
-from ckpt.errors import NotFound, from_rpc_error, from_status
+from ckpt.errors import DeadlineExceeded, NotFound, from_rpc_error, from_status
 from ckpt.v1 import checkpoint_pb2 as pb
 from ckpt.v1 import checkpoint_pb2_grpc as pb_grpc
 
@@ -378,6 +378,9 @@ class Client:
                      patterns: Sequence[str] = (), skip_data: bool = False,
                      timeout: Optional[float] = None,
                      slices: Sequence[pb.TensorSlice] = ()) -> VersionInfo:
+        if timeout is not None and timeout <= 0:
+            # (grpcio would race the server for it)
+            raise DeadlineExceeded("Deadline Exceeded")
         native = self._native_client()
         if native is not None:
             try:
