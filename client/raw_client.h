@@ -74,6 +74,29 @@ struct CallOptions {
   std::vector<std::pair<std::string, std::string>> headers;
 };
 
+/// Stops one call from another thread, like Arrow's StopSource: a save or
+/// load given it (SaveOptions::stop, LoadOptions::stop) returns Cancelled
+/// once Stop() is called, at once, even while it waits for the server (a
+/// stopped save leaves no version). Other calls of the client go on. Stop()
+/// before the call starts makes it return Cancelled right away.
+/// Thread-safe; must outlive the call it is given to.
+class StopSource {
+ public:
+  /// Stops the call (idempotent).
+  void Stop();
+  /// Whether Stop() was called.
+  bool stopped() const;
+
+  /// For the client running the call: `cancel` runs on Stop() while it is
+  /// set (at once if Stop() came first); Attach(nullptr) unsets it.
+  void Attach(std::function<void()> cancel);
+
+ private:
+  mutable std::mutex mu_;
+  bool stopped_ = false;
+  std::function<void()> cancel_;
+};
+
 /// Per-save options.
 struct SaveOptions {
   int64_t step = 0;
@@ -108,6 +131,9 @@ struct SaveOptions {
   /// its missing chunks sent, with the data bytes done so far and the total
   /// (e.g. for a progress bar). Default: none.
   std::function<void(uint64_t done, uint64_t total)> progress;
+  /// Stops this save from another thread (Cancelled, no version); null:
+  /// none. Not owned. Default: null.
+  StopSource* stop = nullptr;
 };
 
 /// A value tree to save. `tree` holds every node; for tensor and byte nodes
@@ -145,28 +171,6 @@ struct SaveResult {
   /// Versions the name's retention policy deleted once this one committed,
   /// oldest first (rank 0 of a multi-part save only).
   std::vector<uint64_t> pruned_versions;
-};
-
-/// Stops one call from another thread, like Arrow's StopSource: a load given
-/// it (LoadOptions::stop) returns Cancelled once Stop() is called, at once,
-/// even while it waits for the server. Other calls of the client go on.
-/// Stop() before the call starts makes it return Cancelled right away.
-/// Thread-safe; must outlive the call it is given to.
-class StopSource {
- public:
-  /// Stops the call (idempotent).
-  void Stop();
-  /// Whether Stop() was called.
-  bool stopped() const;
-
-  /// For the client running the call: `cancel` runs on Stop() while it is
-  /// set (at once if Stop() came first); Attach(nullptr) unsets it.
-  void Attach(std::function<void()> cancel);
-
- private:
-  mutable std::mutex mu_;
-  bool stopped_ = false;
-  std::function<void()> cancel_;
 };
 
 /// Per-load options.

@@ -1,13 +1,16 @@
-// ckpt._core: the Python package's native load path. A Load stream read by
-// the C++ client core (client/raw_client.h) straight from gRPC's buffers into
-// the tensors' memory, with the GIL released while bytes move: grpcio copies
-// each received message three times before Python sees it, which caps a
-// pure-Python load well below the C++ client.
+// ckpt._core: the Python package's native path. The C++ client core
+// (client/raw_client.h) reads Load streams from gRPC's buffers straight into
+// the tensors' memory and sends a single writer's saves from the tensors'
+// memory, with the GIL released while bytes move: grpcio copies each
+// received message three times before Python sees it, and each sent one
+// twice, which caps a pure-Python client well below the C++ one.
 //
-// The Python side keeps every decision: the core hands it the version and the
-// selected tree (as the protobuf bytes the server sent), and Python answers
-// where each node's bytes go, exactly as it does for a load read with grpcio
-// (ckpt._load). Saves and every other call stay on grpcio.
+// The Python side keeps every decision: for a load the core hands it the
+// version and the selected tree (as the protobuf bytes the server sent), and
+// Python answers where each node's bytes go, exactly as it does for a load
+// read with grpcio (ckpt._load); a save gets the entries ckpt._tree flattened
+// and where each one's bytes lie. Multi-part (DCP) saves, saves of tensors
+// not in host memory, and every other call stay on grpcio.
 //
 // Links the client core without LibTorch (tensors arrive as addresses or
 // buffers) and Debian's gRPC as shared libraries; only PyInit__core is
@@ -22,11 +25,13 @@
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
+#include <deque>
 #include <functional>
 #include <limits>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -41,6 +46,8 @@
 
 namespace {
 
+using ckpt::Node;
+using ckpt::NodeKind;
 using ckpt::TensorSlice;
 using ckpt::Tree;
 using ckpt::VersionInfo;
@@ -436,8 +443,8 @@ int ClientInit(PyObject* self, PyObject* args, PyObject* kwargs) {
     PyErr_SetString(PyExc_RuntimeError, "ckpt._core.Client is initialized already");
     return -1;
   }
-  static const char* keywords[] = {"target", "token", "tls",         "ca_cert",
-                                   "cert",   "key",   "server_name", nullptr};
+  static const char* keywords[] = {"target", "token",       "tls",        "ca_cert",     "cert",
+                                   "key",    "server_name", "chunk_size", "batch_bytes", nullptr};
   const char* target;
   const char* token = "";
   int tls = 0;
@@ -445,8 +452,11 @@ int ClientInit(PyObject* self, PyObject* args, PyObject* kwargs) {
   const char* cert = "";
   const char* key = "";
   const char* server_name = "";
-  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "s|spssss", const_cast<char**>(keywords), &target,
-                                   &token, &tls, &ca_cert, &cert, &key, &server_name)) {
+  unsigned int chunk_size = 0;
+  unsigned long long batch_bytes = 64ull << 20;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "s|spssssIK", const_cast<char**>(keywords),
+                                   &target, &token, &tls, &ca_cert, &cert, &key, &server_name,
+                                   &chunk_size, &batch_bytes)) {
     return -1;
   }
   ckpt::client::ClientOptions options;
@@ -457,6 +467,8 @@ int ClientInit(PyObject* self, PyObject* args, PyObject* kwargs) {
   options.tls_cert_file = cert;
   options.tls_key_file = key;
   options.tls_server_name = server_name;
+  options.chunk_size = chunk_size;
+  if (batch_bytes > 0) options.batch_bytes = batch_bytes;
   auto connected = RawClient::Connect(target, options);
   if (!connected.ok()) {
     RaiseStatus(connected.status());
@@ -606,10 +618,279 @@ PyObject* ClientLoad(PyObject* self, PyObject* args) {
   }
 }
 
+// ---------------------------------------------------------------- saves
+
+// Python buffers held for the length of a save (released with the GIL).
+class HeldBuffers {
+ public:
+  HeldBuffers() = default;
+  HeldBuffers(const HeldBuffers&) = delete;
+  HeldBuffers& operator=(const HeldBuffers&) = delete;
+  ~HeldBuffers() {
+    for (Py_buffer& b : buffers_) PyBuffer_Release(&b);
+  }
+  // The bytes of `object` (a contiguous buffer), held; false with a Python
+  // error set.
+  bool Hold(PyObject* object, absl::Span<const uint8_t>* out) {
+    Py_buffer& b = buffers_.emplace_back();
+    if (PyObject_GetBuffer(object, &b, PyBUF_C_CONTIGUOUS) < 0) {
+      buffers_.pop_back();
+      return false;
+    }
+    *out =
+        absl::Span<const uint8_t>(static_cast<const uint8_t*>(b.buf), static_cast<size_t>(b.len));
+    return true;
+  }
+
+ private:
+  std::deque<Py_buffer> buffers_;  // (stable addresses)
+};
+
+// Attribute `name` of `object` as a new reference, or null with an error.
+Ref Attr(PyObject* object, const char* name) { return Ref(PyObject_GetAttrString(object, name)); }
+
+// One ckpt._tree.Entry (key, kind, value, size, dtype, shape, device,
+// requires_grad) as a Node; false with a Python error set.
+bool EntryNode(PyObject* entry, Node* node) {
+  Ref key = Attr(entry, "key");
+  Ref kind = Attr(entry, "kind");
+  Ref value = Attr(entry, "value");
+  if (!key || !kind || !value) return false;
+  if (PyUnicode_Check(key.get())) {
+    Py_ssize_t n;
+    const char* k = PyUnicode_AsUTF8AndSize(key.get(), &n);
+    if (k == nullptr) return false;
+    node->key = std::string(k, static_cast<size_t>(n));
+  } else if (PyLong_Check(key.get())) {
+    const long long k = PyLong_AsLongLong(key.get());
+    if (k == -1 && PyErr_Occurred()) return false;
+    node->key = static_cast<int64_t>(k);
+  }
+  const char* k = PyUnicode_AsUTF8(kind.get());
+  if (k == nullptr) return false;
+  const std::string_view what(k);
+  auto count = [&](NodeKind container) {
+    node->kind = container;
+    const unsigned long n = PyLong_AsUnsignedLong(value.get());
+    if (n == static_cast<unsigned long>(-1) && PyErr_Occurred()) return false;
+    node->size = static_cast<uint32_t>(n);
+    return true;
+  };
+  auto data_size = [&]() {
+    Ref size = Attr(entry, "size");
+    if (!size) return false;
+    node->data.size = PyLong_AsUnsignedLongLong(size.get());
+    return !PyErr_Occurred();
+  };
+  if (what == "dict") return count(NodeKind::kDict);
+  if (what == "list") return count(NodeKind::kList);
+  if (what == "tuple") return count(NodeKind::kTuple);
+  if (what == "none") {
+    node->kind = NodeKind::kNone;
+  } else if (what == "bool") {
+    node->kind = NodeKind::kBool;
+    node->bool_value = value.get() == Py_True;
+  } else if (what == "int") {
+    node->kind = NodeKind::kInt;
+    node->int_value = PyLong_AsLongLong(value.get());
+    if (PyErr_Occurred()) return false;
+  } else if (what == "float") {
+    node->kind = NodeKind::kFloat;
+    node->float_value = PyFloat_AsDouble(value.get());
+    if (PyErr_Occurred()) return false;
+  } else if (what == "str") {
+    node->kind = NodeKind::kString;
+    Py_ssize_t n;
+    const char* text = PyUnicode_AsUTF8AndSize(value.get(), &n);
+    if (text == nullptr) return false;
+    node->string_value.assign(text, static_cast<size_t>(n));
+  } else if (what == "bytes") {
+    node->kind = NodeKind::kBytes;
+    return data_size();
+  } else if (what == "tensor") {
+    node->kind = NodeKind::kTensor;
+    Ref dtype = Attr(entry, "dtype");
+    Ref shape = Attr(entry, "shape");
+    Ref device = Attr(entry, "device");
+    Ref requires_grad = Attr(entry, "requires_grad");
+    if (!dtype || !shape || !device || !requires_grad) return false;
+    node->tensor.dtype = static_cast<ckpt::DType>(PyLong_AsLong(dtype.get()));
+    Ref dims(PySequence_Fast(shape.get(), "a tensor's shape is a sequence of int"));
+    if (!dims) return false;
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(dims.get()); ++i) {
+      node->tensor.shape.push_back(PyLong_AsLongLong(PySequence_Fast_GET_ITEM(dims.get(), i)));
+    }
+    const char* d = PyUnicode_AsUTF8(device.get());
+    if (d == nullptr) return false;
+    node->tensor.device = d;
+    node->tensor.requires_grad = requires_grad.get() == Py_True;
+    if (PyErr_Occurred()) return false;
+    return data_size();
+  } else {
+    PyErr_Format(PyExc_ValueError, "unknown entry kind '%s'", k);
+    return false;
+  }
+  return true;
+}
+
+PyObject* Save(ClientObject* c, const char* name, PyObject* entries, PyObject* sources,
+               long long step, long long epoch, PyObject* metadata, PyObject* tags,
+               PyObject* timeout, int tensor_stats, int reject_nonfinite, const char* parent) {
+  ckpt::client::SaveInput input;
+  HeldBuffers held;
+  Ref entry_list(PySequence_Fast(entries, "entries are a sequence"));
+  Ref source_list(PySequence_Fast(sources, "sources are a sequence"));
+  if (!entry_list || !source_list) return nullptr;
+  const Py_ssize_t n = PySequence_Fast_GET_SIZE(entry_list.get());
+  if (PySequence_Fast_GET_SIZE(source_list.get()) != n) {
+    PyErr_SetString(PyExc_ValueError, "one source per entry");
+    return nullptr;
+  }
+  input.tree.resize(static_cast<size_t>(n));
+  input.bytes.resize(static_cast<size_t>(n));
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    if (!EntryNode(PySequence_Fast_GET_ITEM(entry_list.get(), i), &input.tree[i])) return nullptr;
+    PyObject* source = PySequence_Fast_GET_ITEM(source_list.get(), i);
+    if (source == Py_None) continue;
+    if (PyTuple_Check(source)) {  // (address, length): memory the caller holds
+      void* address;
+      unsigned long long length;
+      if (!PyArg_ParseTuple(
+              source, "O&K",
+              +[](PyObject* o, void* out) -> int {
+                *static_cast<void**>(out) = PyLong_AsVoidPtr(o);
+                return PyErr_Occurred() ? 0 : 1;
+              },
+              &address, &length)) {
+        return nullptr;
+      }
+      input.bytes[i] = absl::Span<const uint8_t>(static_cast<const uint8_t*>(address), length);
+    } else if (!held.Hold(source, &input.bytes[i])) {
+      return nullptr;
+    }
+  }
+  ckpt::client::SaveOptions options;
+  options.step = step;
+  options.epoch = epoch;
+  options.tensor_stats = tensor_stats != 0;
+  options.reject_nonfinite = reject_nonfinite != 0;
+  options.parent = parent;
+  if (!StringList(tags, "tags are a sequence of str", &options.tags)) return nullptr;
+  if (metadata != Py_None) {
+    PyObject* k;
+    PyObject* v;
+    Py_ssize_t pos = 0;
+    if (!PyDict_Check(metadata)) {
+      PyErr_SetString(PyExc_TypeError, "metadata is a dict of str");
+      return nullptr;
+    }
+    while (PyDict_Next(metadata, &pos, &k, &v)) {
+      const char* ks = PyUnicode_AsUTF8(k);
+      const char* vs = ks == nullptr ? nullptr : PyUnicode_AsUTF8(v);
+      if (vs == nullptr) return nullptr;
+      options.metadata[ks] = vs;
+    }
+  }
+  if (timeout != Py_None) {
+    const double seconds = PyFloat_AsDouble(timeout);
+    if (seconds == -1.0 && PyErr_Occurred()) return nullptr;
+    if (!(seconds > 0)) {
+      RaiseStatus(absl::DeadlineExceededError("Deadline Exceeded"));
+      return nullptr;
+    }
+    options.timeout = absl::Seconds(seconds);
+  }
+  ckpt::client::StopSource stop;
+  options.stop = &stop;
+  CallerThread caller;
+  RawClient* client = c->client;
+  const std::string save_name = name;
+  absl::StatusOr<ckpt::client::SaveResult> result;
+  PyObject* interrupt_type = nullptr;
+  PyObject* interrupt_value = nullptr;
+  PyObject* interrupt_traceback = nullptr;
+  absl::Status status = caller.Serve(
+      [&] {
+        result = client->Save(save_name, input, options);
+        return result.status();
+      },
+      [&] {
+        PyErr_Fetch(&interrupt_type, &interrupt_value, &interrupt_traceback);
+        stop.Stop();
+      });
+  if (interrupt_type != nullptr) {
+    PyErr_Restore(interrupt_type, interrupt_value, interrupt_traceback);
+    return nullptr;
+  }
+  if (!status.ok()) {
+    RaiseStatus(status);
+    return nullptr;
+  }
+  const std::string version = ckpt::client::EncodeVersionInfo(result->version);
+  Ref pruned(PyList_New(0));
+  if (!pruned) return nullptr;
+  for (uint64_t v : result->pruned_versions) {
+    Ref number(PyLong_FromUnsignedLongLong(v));
+    if (!number || PyList_Append(pruned.get(), number.get()) < 0) return nullptr;
+  }
+  return Py_BuildValue("(y#KKKO)", version.data(), static_cast<Py_ssize_t>(version.size()),
+                       static_cast<unsigned long long>(result->bytes_sent),
+                       static_cast<unsigned long long>(result->chunks_total),
+                       static_cast<unsigned long long>(result->chunks_sent), pruned.get());
+}
+
+// save(name, entries, sources, step, epoch, metadata, tags, timeout,
+// tensor_stats, reject_nonfinite, parent) -> (version: bytes (VersionInfo),
+// bytes_sent, chunks_total, chunks_sent, pruned_versions): saves ckpt._tree
+// entries, each node's bytes from sources[i] (None, an (address, length)
+// the caller keeps valid, or a buffer). Raises StatusError, or
+// KeyboardInterrupt (the save stopped: no version).
+PyObject* ClientSave(PyObject* self, PyObject* args) {
+  auto* c = reinterpret_cast<ClientObject*>(self);
+  const char* name;
+  PyObject* entries;
+  PyObject* sources;
+  long long step;
+  long long epoch;
+  PyObject* metadata;
+  PyObject* tags;
+  PyObject* timeout;
+  int tensor_stats;
+  int reject_nonfinite;
+  const char* parent;
+  if (!PyArg_ParseTuple(args, "sOOLLOOOpps", &name, &entries, &sources, &step, &epoch, &metadata,
+                        &tags, &timeout, &tensor_stats, &reject_nonfinite, &parent)) {
+    return nullptr;
+  }
+  if (c->client == nullptr) {
+    RaiseStatus(absl::FailedPreconditionError("client is closed"));
+    return nullptr;
+  }
+  if (InOtherProcess(c)) {
+    RaiseStatus(absl::FailedPreconditionError(
+        "the native path's client was opened in another process (forked from it)"));
+    return nullptr;
+  }
+  Ref hold(NewRef(self));
+  try {
+    return Save(c, name, entries, sources, step, epoch, metadata, tags, timeout, tensor_stats,
+                reject_nonfinite, parent);
+  } catch (const std::bad_alloc&) {
+    return PyErr_NoMemory();
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+    return nullptr;
+  }
+}
+
 PyMethodDef client_methods[] = {
     {"load", ClientLoad, METH_VARARGS,
      "load(name, version, tag, patterns, skip_data, timeout, slices, on_tree): streams a "
      "version into the places on_tree names."},
+    {"save", ClientSave, METH_VARARGS,
+     "save(name, entries, sources, step, epoch, metadata, tags, timeout, tensor_stats, "
+     "reject_nonfinite, parent): saves flattened entries; returns (version, bytes_sent, "
+     "chunks_total, chunks_sent, pruned_versions)."},
     {"close", ClientClose, METH_NOARGS,
      "Cancels the loads in flight; later loads fail (FAILED_PRECONDITION)."},
     {nullptr, nullptr, 0, nullptr}};

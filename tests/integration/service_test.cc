@@ -567,8 +567,9 @@ TEST_F(ServiceTest, CloseCancelsCallsInFlightAndRefusesLaterOnes) {
 }
 
 // A StopSource stops its own load (Cancelled), from another thread or from
-// the sink, even before it starts; the client's other loads go on.
-TEST_F(ServiceTest, AStopSourceStopsItsLoadAlone) {
+// the sink, even before it starts; the client's other loads go on. A save
+// stopped halfway commits nothing.
+TEST_F(ServiceTest, AStopSourceStopsItsCallAlone) {
   TreeBuilder b = testing::StateDict(16, 1 << 18, 3);  // 16 MiB
   ASSERT_TRUE(client_->Save("s/m", b.Input(), {}).ok());
 
@@ -628,6 +629,23 @@ TEST_F(ServiceTest, AStopSourceStopsItsLoadAlone) {
   auto after = client_->Load("s/m", {});
   ASSERT_TRUE(after.ok()) << after.status();
   EXPECT_EQ(after->data[2], b.data(2));
+
+  // A save stopped halfway leaves no version.
+  client::ClientOptions small_batches;
+  small_batches.batch_bytes = 1 << 20;
+  auto writer = RawClient::Connect(address(), small_batches);
+  ASSERT_TRUE(writer.ok()) << writer.status();
+  client::StopSource save_stop;
+  SaveOptions save;
+  save.stop = &save_stop;
+  save.progress = [&](uint64_t done, uint64_t total) {
+    if (done > 0 && done < total) save_stop.Stop();
+  };
+  auto stopped_save = (*writer)->Save("s/stopped", b.Input(), save);
+  EXPECT_EQ(stopped_save.status().code(), absl::StatusCode::kCancelled) << stopped_save.status();
+  EXPECT_EQ(stopped_save.status().message(), "the save was stopped");
+  EXPECT_EQ(client_->ListVersions("s/stopped").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE((*writer)->Save("s/next", b.Input(), {}).ok());  // the client goes on
 }
 
 // Retention: a policy set before the first save is applied after each

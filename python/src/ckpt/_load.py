@@ -22,12 +22,13 @@ from ckpt.v1 import checkpoint_pb2 as pb
 
 _PREFETCH = os.environ.get("CKPT_LOAD_PREFETCH", "1") != "0"
 
-# The native load path: the C++ client core (python/native/core.cc, built by
-# CMake next to this file) reads the Load stream from gRPC's buffers straight
-# into the tensors. Without it (not built, CKPT_NATIVE_LOAD=0 or
-# CKPT_PURE_PYTHON=1) loads read the stream through grpcio (_run_load).
+# The native path: the C++ client core (python/native/core.cc, built by CMake
+# next to this file) reads the Load stream from gRPC's buffers straight into
+# the tensors, and sends a single writer's saves of host tensors from their
+# memory (Client._native_save). Without it (not built, CKPT_NATIVE=0 or
+# CKPT_PURE_PYTHON=1) loads and saves go through grpcio (_run_load, _save).
 native: Any = None
-if os.environ.get("CKPT_NATIVE_LOAD", "1") != "0" and os.environ.get("CKPT_PURE_PYTHON") != "1":
+if os.environ.get("CKPT_NATIVE", "1") != "0" and os.environ.get("CKPT_PURE_PYTHON") != "1":
     try:
         from ckpt import _core as native  # type: ignore[attr-defined,no-redef]
     except ImportError:

@@ -332,11 +332,56 @@ class Client:
                    part: Optional[Part] = None, timeout: Optional[float] = None,
                    tensor_stats: bool = False, reject_nonfinite: bool = False,
                    parent: str = "") -> SaveResult:
+        if part is None:
+            saved = self._native_save(name, flat, step, epoch, metadata, tags, timeout,
+                                      tensor_stats, reject_nonfinite, parent)
+            if saved is not None:
+                return saved
         call = self._start_save(name, flat, step=step, epoch=epoch, metadata=metadata,
                                 tags=tags, part=part, timeout=timeout,
                                 tensor_stats=tensor_stats, reject_nonfinite=reject_nonfinite,
                                 parent=parent)
         return call.result()
+
+    def _native_save(self, name: str, flat: _tree.Flat, step: int, epoch: int,
+                     metadata: Optional[Dict[str, Any]], tags: Sequence[str],
+                     timeout: Optional[float], tensor_stats: bool, reject_nonfinite: bool,
+                     parent: str) -> Optional[SaveResult]:
+        """A single writer's save through the native path (the C++ client core
+        hashes, frames and sends the bytes where they lie), when every tensor
+        holds its values in host memory (a snapshot's do); None otherwise: the
+        grpcio path reads the others chunk by chunk (GPU tensors through
+        bounded staging)."""
+        sources: List[Any] = []
+        for e in flat.entries:
+            data = e.data
+            if e.kind == "tensor":
+                if data.__class__ is memoryview:
+                    sources.append(data)
+                elif _tree.holds_its_values(data):
+                    sources.append((data.data_ptr(), e.size) if e.size else None)
+                else:
+                    return None
+            elif e.kind == "bytes":
+                sources.append(data)
+            else:
+                sources.append(None)
+        core = self._native_client()
+        if core is None:
+            return None
+        if timeout is not None and timeout <= 0:
+            raise DeadlineExceeded("Deadline Exceeded")
+        try:
+            version, bytes_sent, chunks_total, chunks_sent, pruned = core.save(
+                name, flat.entries, sources, step, epoch,
+                {str(k): str(v) for k, v in (metadata or {}).items()}, list(tags), timeout,
+                # (rejecting non-finite values takes the statistics)
+                tensor_stats or reject_nonfinite, reject_nonfinite, parent or "")
+        except _load.native.StatusError as e:
+            raise from_status(e.args[0], e.args[1], self.target) from None
+        info = VersionInfo.from_proto(pb.VersionInfo.FromString(version))
+        return SaveResult(info.name, info.version, bytes_sent, info.new_bytes, info.data_bytes,
+                          chunks_total, chunks_sent, pruned, info)
 
     def _start_save(self, name: str, flat: _tree.Flat, *, step: int = 0, epoch: int = 0,
                     metadata: Optional[Dict[str, Any]] = None, tags: Sequence[str] = (),
@@ -368,7 +413,8 @@ class Client:
                 try:
                     self._native = native.Client(
                         self.target, self._token, self._tls, path(self._ca_cert),
-                        path(self._cert), path(self._key), self._tls_server_name or "")
+                        path(self._cert), path(self._key), self._tls_server_name or "",
+                        self._chunk_size, self._batch_bytes)
                 except native.StatusError as e:
                     raise from_status(e.args[0], e.args[1], self.target) from None
                 self._native_pid = os.getpid()
