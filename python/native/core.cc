@@ -178,7 +178,6 @@ class CallerThread {
 struct Target {
   enum Kind { kSkip, kAddress, kBuffer, kMake };
   Kind kind = kSkip;
-  bool made = false;  // kBuffer from make(): on_complete runs for it
   char* base = nullptr;
   uint64_t capacity = 0;  // bytes writable at base
   Py_buffer view{};       // kBuffer: held until the node is complete
@@ -195,13 +194,17 @@ struct Target {
 // targets[i]: None (not wanted), an int (the address of memory holding
 // exactly node i's bytes: the caller checked its size), a writable buffer,
 // or anything else, replaced in the list by make(i) (a writable buffer) when
-// node i's first bytes arrive; on_complete(i) (unless None) runs when the
-// last byte of a node whose target was made has arrived (the sinks stage
-// bytes in what make() returns; addresses and given buffers need no
-// completion call, and 20,000 of them would cost 20,000 thread switches).
-// Buffers are let go as their node completes. on_data(node, offset,
+// node i's first bytes arrive. on_complete(i) (unless None) runs after the
+// last byte of a node whose target is a buffer (given or made) has arrived,
+// and that buffer is let go first; nodes written at an address get none.
+// Completions run in batches (at most kCompletedBatch nodes or
+// kCompletedBytes of buffers, and the rest after the load): each batch is
+// one switch to the calling thread. on_data(node, offset,
 // memoryview) gets each piece whole, in order; the view is released after
 // the call, so it must not be kept (nor slices of it).
+constexpr size_t kCompletedBatch = 256;
+constexpr uint64_t kCompletedBytes = 64ull << 20;
+
 class PySink : public LoadSink {
  public:
   PySink(CallerThread* caller, PyObject* on_tree, const std::vector<TensorSlice>& slices)
@@ -245,9 +248,29 @@ class PySink : public LoadSink {
     }
     std::memcpy(t.base + offset, bytes.data(), bytes.size());
     if (t.kind == Target::kBuffer && offset + bytes.size() == sizes_[node]) {
-      return caller_->Run([&] { return Complete(node, &t); });
+      completed_.push_back(node);
+      completed_bytes_ += sizes_[node];
+      if (completed_.size() >= kCompletedBatch || completed_bytes_ >= kCompletedBytes) {
+        return caller_->Run([&] { return FlushCompleted(); });
+      }
     }
     return absl::OkStatus();
+  }
+
+  // With the GIL: lets go of the buffers of the nodes completed since the
+  // last call and runs on_complete for each, in order. Called in batches
+  // (each is a switch to the calling thread) and once after the load.
+  absl::Status FlushCompleted() {
+    absl::Status status;
+    for (size_t node : completed_) {
+      Release(&targets_[node]);
+      if (!on_complete_ || error_type_ != nullptr || !status.ok()) continue;
+      Ref done(PyObject_CallFunction(on_complete_.get(), "n", static_cast<Py_ssize_t>(node)));
+      if (!done) status = Failed();
+    }
+    completed_.clear();
+    completed_bytes_ = 0;
+    return status;
   }
 
   // Pieces are copied where they lie in gRPC's buffers; Python's on_data
@@ -347,22 +370,11 @@ class PySink : public LoadSink {
     if (error_type_ != nullptr) return absl::CancelledError("the load was interrupted");
     Ref made(PyObject_CallFunction(make_.get(), "n", static_cast<Py_ssize_t>(node)));
     if (!made || !Hold(made.get(), t)) return Failed();
-    t->made = true;
     if (static_cast<Py_ssize_t>(node) >= PyList_GET_SIZE(targets_list_.get())) {
       PyErr_SetString(PyExc_ValueError, "load targets changed during the load");
       return Failed();
     }
     PyList_SetItem(targets_list_.get(), static_cast<Py_ssize_t>(node), NewRef(made.get()));
-    return absl::OkStatus();
-  }
-
-  // With the GIL: node's last byte arrived in its buffer.
-  absl::Status Complete(size_t node, Target* t) {
-    const bool made = t->made;
-    Release(t);
-    if (!made || !on_complete_ || error_type_ != nullptr) return absl::OkStatus();
-    Ref done(PyObject_CallFunction(on_complete_.get(), "n", static_cast<Py_ssize_t>(node)));
-    if (!done) return Failed();
     return absl::OkStatus();
   }
 
@@ -419,6 +431,8 @@ class PySink : public LoadSink {
   Ref make_;
   Ref on_complete_;
   Ref on_data_;
+  std::vector<size_t> completed_;  // nodes whose buffer is full, not yet flushed
+  uint64_t completed_bytes_ = 0;
   PyObject* error_type_ = nullptr;
   PyObject* error_value_ = nullptr;
   PyObject* error_traceback_ = nullptr;
@@ -571,6 +585,7 @@ PyObject* Load(ClientObject* c, const char* name, long long version, const char*
                      sink.Failed().IgnoreError();  // keeps the KeyboardInterrupt for the caller
                      stop.Stop();
                    });
+  if (status.ok()) sink.FlushCompleted().IgnoreError();  // (the sink keeps an error)
   if (sink.RestoreError()) return nullptr;
   if (!status.ok()) {
     RaiseStatus(status);

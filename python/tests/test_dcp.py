@@ -292,6 +292,23 @@ def test_writer_and_reader_pickle_without_connection(server):
     assert not CkptStorageReader.validate_checkpoint_id("/tmp/checkpoint")
 
 
+def test_load_into_tensors_that_cannot_take_bytes_in_place(server):
+    """Targets whose memory does not hold their values in stored order (a
+    transposed view) or in the stored dtype get each box through a staging
+    buffer, copied in when the box is complete; the others in place."""
+    cid = f"ckpt://{server.address}/pytest-dcp/staged"
+    state = {"w": torch.randn(6, 4), "h": torch.randn(5, 3), "b": torch.arange(7.0),
+             "blob": b"abc", "n": 2}
+    dcp.save(state, storage_writer=CkptStorageWriter(cid), no_dist=True)
+    target = {"w": torch.zeros(4, 6).t(), "h": torch.zeros(5, 3, dtype=torch.float64),
+              "b": torch.zeros(7), "blob": b"", "n": 0}
+    dcp.load(target, storage_reader=CkptStorageReader(cid), no_dist=True)
+    assert not target["w"].is_contiguous() and torch.equal(target["w"], state["w"])
+    assert target["h"].dtype == torch.float64 and torch.equal(target["h"], state["h"].double())
+    assert torch.equal(target["b"], state["b"])
+    assert target["blob"] == b"abc" and target["n"] == 2
+
+
 def test_dcp_async_save_in_a_background_process(server):
     from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType
     cid = f"ckpt://{server.address}/pytest-dcp/async-process"

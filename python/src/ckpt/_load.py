@@ -132,9 +132,10 @@ class _Sink:
         tensor's memory holding exactly the node's bytes, checked with
         _size_mismatch; None: not wanted; anything else: replaced by make(node) when
         its first bytes arrive), make, and a callback run when a node's last
-        byte arrived (or None): for every node whose target make() made (the
-        native path runs it for those only, _wire.scatter for every node it
-        wrote). None: call on_data."""
+        byte arrived (or None): for every node whose target is a buffer, given
+        or made (the native path runs it for those only, in batches, after
+        letting go of the buffer; _wire.scatter for every node it wrote).
+        None: call on_data."""
         return None
 
 

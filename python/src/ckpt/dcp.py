@@ -412,6 +412,7 @@ class _PlanSink(_Sink):
         self.on_job = on_job
         self.by_node: Dict[int, _SliceJob] = {}
         self.leaves: Dict[int, Tuple[str, memoryview, int]] = {}
+        self.num_nodes = 0
 
     def on_slices(self, nodes: List[int]) -> None:
         self.by_node = dict(zip(nodes, self.jobs))
@@ -442,30 +443,39 @@ class _PlanSink(_Sink):
             elif (region.device.type == "cpu" and region.dtype == stored and
                   region.is_contiguous() and not region.is_conj() and not region.is_neg()):
                 job.view = _writable_bytes(region)
-            else:
-                job.staged, job.view = _alloc_host(job.nbytes)
+        self.num_nodes = len(nodes)
 
-    def on_data(self, node: int, offset: int, data: memoryview) -> None:
+    def scatter_targets(self):
+        # A box lands in its target's memory, or in a staging buffer made
+        # when its first bytes arrive (_make) and copied in when it is
+        # complete (_complete); a byte leaf in its buffer.
+        targets: List[Any] = [None] * self.num_nodes
+        for i, job in self.by_node.items():
+            if job.nbytes:
+                targets[i] = job.view if job.view is not None else True
+        for i, (_, view, _) in self.leaves.items():
+            targets[i] = view
+        return targets, self._make, self._complete
+
+    def _make(self, node: int) -> memoryview:
+        job = self.by_node[node]
+        job.staged, job.view = _alloc_host(job.nbytes)
+        return job.view
+
+    def _complete(self, node: int) -> None:
         job = self.by_node.get(node)
         if job is not None:
-            end = offset + len(data)
-            job.view[offset:end] = data
-            if end == job.nbytes:
-                if job.staged is not None:
-                    box = job.staged.view(job.dtype).reshape(tuple(job.length))
-                    with torch.no_grad():
-                        job.region.copy_(box)
-                    job.staged = None
-                job.view = None
-                self.on_job(job)
+            if job.staged is not None:
+                box = job.staged.view(job.dtype).reshape(tuple(job.length))
+                with torch.no_grad():
+                    job.region.copy_(box)
+                job.staged = None
+            job.view = None
+            self.on_job(job)
             return
-        leaf = self.leaves.get(node)
-        if leaf is None:
-            return
-        key, view, size = leaf
-        view[offset:offset + len(data)] = data
-        if offset + len(data) == size:
-            del self.leaves[node]
+        leaf = self.leaves.pop(node, None)
+        if leaf is not None:
+            key, view, _ = leaf
             self.on_bytes(key, bytes(view))
 
 
