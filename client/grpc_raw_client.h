@@ -139,6 +139,25 @@ class GrpcRawClient final : public RawClient {
                              "the call");
   }
 
+  // Points a StopSource (none: nothing) at a call's context while the call
+  // runs: Stop() cancels it. Detached on every way out of the scope.
+  class StopAttachment {
+   public:
+    StopAttachment(StopSource* stop, grpc::ClientContext* context) : stop_(stop) {
+      if (stop_ != nullptr) stop_->Attach([context] { context->TryCancel(); });
+    }
+    ~StopAttachment() {
+      if (stop_ != nullptr) stop_->Attach(nullptr);
+    }
+    StopAttachment(const StopAttachment&) = delete;
+    StopAttachment& operator=(const StopAttachment&) = delete;
+    // Whether the call was stopped.
+    bool stopped() const { return stop_ != nullptr && stop_->stopped(); }
+
+   private:
+    StopSource* stop_;
+  };
+
   // Registers a call's context while it runs, so that Close() can cancel it.
   class InFlight {
    public:

@@ -77,8 +77,9 @@ struct CallOptions {
 /// Stops one call from another thread, like Arrow's StopSource: a save or
 /// load given it (SaveOptions::stop, LoadOptions::stop) returns Cancelled
 /// once Stop() is called, at once, even while it waits for the server (a
-/// stopped save leaves no version). Other calls of the client go on. Stop()
-/// before the call starts makes it return Cancelled right away.
+/// save stopped before its commit leaves no version; one whose commit was
+/// done returns its result). Other calls of the client go on. Stop() before
+/// the call starts makes it return Cancelled right away.
 /// Thread-safe; must outlive the call it is given to.
 class StopSource {
  public:

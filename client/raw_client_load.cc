@@ -39,14 +39,11 @@ absl::Status GrpcRawClient::Load(const std::string& name, const LoadOptions& opt
   Prepare(&context, options.timeout);
   InFlight in_flight(this, &context);
   CKPT_RETURN_IF_ERROR(in_flight.status());
-  if (options.stop == nullptr) {
-    return in_flight.Outcome(RunLoadCall(context, name, options, sink), "the load");
-  }
-  options.stop->Attach([&context] { context.TryCancel(); });
-  absl::Status status = RunLoadCall(context, name, options, sink);
-  options.stop->Attach(nullptr);
-  if (!status.ok() && options.stop->stopped()) {
-    return absl::CancelledError("the load was stopped");
+  absl::Status status;
+  {
+    StopAttachment stop(options.stop, &context);
+    status = RunLoadCall(context, name, options, sink);
+    if (!status.ok() && stop.stopped()) return absl::CancelledError("the load was stopped");
   }
   return in_flight.Outcome(std::move(status), "the load");
 }

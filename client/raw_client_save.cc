@@ -33,13 +33,11 @@ absl::StatusOr<SaveResult> GrpcRawClient::Save(const std::string& name, const Sa
   Prepare(&context, options.timeout);
   InFlight in_flight(this, &context);
   CKPT_RETURN_IF_ERROR(in_flight.status());
-  if (options.stop != nullptr) options.stop->Attach([&context] { context.TryCancel(); });
-  absl::StatusOr<SaveResult> result = RunSaveCall(context, name, input, options);
-  if (options.stop != nullptr) {
-    options.stop->Attach(nullptr);
-    if (!result.ok() && options.stop->stopped()) {
-      return absl::CancelledError("the save was stopped");
-    }
+  absl::StatusOr<SaveResult> result;
+  {
+    StopAttachment stop(options.stop, &context);
+    result = RunSaveCall(context, name, input, options);
+    if (!result.ok() && stop.stopped()) return absl::CancelledError("the save was stopped");
   }
   if (result.ok()) return result;
   return in_flight.Outcome(result.status(), "the save");

@@ -102,6 +102,18 @@ PyObject* NewRef(PyObject* p) {
 // server.
 class CallerThread {
  public:
+  // Runs `work`; a C++ exception becomes a status (none may leave Serve
+  // while the worker runs).
+  static absl::Status Guarded(const std::function<absl::Status()>& work) {
+    try {
+      return work();
+    } catch (const std::bad_alloc&) {
+      return absl::ResourceExhaustedError("out of memory in the load's callback");
+    } catch (const std::exception& e) {
+      return absl::InternalError(e.what());
+    }
+  }
+
   // From the load's thread: runs `work` on the calling thread, with the
   // GIL, and returns its status.
   absl::Status Run(const std::function<absl::Status()>& work) {
@@ -125,7 +137,7 @@ class CallerThread {
       try {
         s = load();
       } catch (const std::exception& e) {
-        s = absl::ResourceExhaustedError(absl::StrCat("load failed: ", e.what()));
+        s = absl::ResourceExhaustedError(absl::StrCat("the call failed: ", e.what()));
       }
       std::lock_guard<std::mutex> lock(mu_);
       status = std::move(s);
@@ -142,7 +154,7 @@ class CallerThread {
         const std::function<absl::Status()>* work = request_;
         lock.unlock();
         PyEval_RestoreThread(saved);
-        absl::Status result = (*work)();
+        absl::Status result = Guarded(*work);
         saved = PyEval_SaveThread();
         lock.lock();
         result_ = std::move(result);
@@ -156,7 +168,10 @@ class CallerThread {
       PyEval_RestoreThread(saved);
       if (PyErr_CheckSignals() < 0) {
         stopped = true;
-        interrupted();
+        Guarded([&] {
+          interrupted();
+          return absl::OkStatus();
+        }).IgnoreError();
       }
       saved = PyEval_SaveThread();
       lock.lock();
@@ -482,7 +497,7 @@ int ClientInit(PyObject* self, PyObject* args, PyObject* kwargs) {
   options.tls_key_file = key;
   options.tls_server_name = server_name;
   options.chunk_size = chunk_size;
-  if (batch_bytes > 0) options.batch_bytes = batch_bytes;
+  options.batch_bytes = batch_bytes;
   auto connected = RawClient::Connect(target, options);
   if (!connected.ok()) {
     RaiseStatus(connected.status());
@@ -729,11 +744,15 @@ bool EntryNode(PyObject* entry, Node* node) {
     Ref device = Attr(entry, "device");
     Ref requires_grad = Attr(entry, "requires_grad");
     if (!dtype || !shape || !device || !requires_grad) return false;
-    node->tensor.dtype = static_cast<ckpt::DType>(PyLong_AsLong(dtype.get()));
+    const long code = PyLong_AsLong(dtype.get());
+    if (code == -1 && PyErr_Occurred()) return false;
+    node->tensor.dtype = static_cast<ckpt::DType>(code);  // the client core checks it
     Ref dims(PySequence_Fast(shape.get(), "a tensor's shape is a sequence of int"));
     if (!dims) return false;
     for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(dims.get()); ++i) {
-      node->tensor.shape.push_back(PyLong_AsLongLong(PySequence_Fast_GET_ITEM(dims.get(), i)));
+      const long long dim = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(dims.get(), i));
+      if (dim == -1 && PyErr_Occurred()) return false;
+      node->tensor.shape.push_back(dim);
     }
     const char* d = PyUnicode_AsUTF8(device.get());
     if (d == nullptr) return false;
@@ -800,10 +819,13 @@ PyObject* Save(ClientObject* c, const char* name, PyObject* entries, PyObject* s
       return nullptr;
     }
     while (PyDict_Next(metadata, &pos, &k, &v)) {
-      const char* ks = PyUnicode_AsUTF8(k);
-      const char* vs = ks == nullptr ? nullptr : PyUnicode_AsUTF8(v);
+      Py_ssize_t kn;
+      Py_ssize_t vn;
+      const char* ks = PyUnicode_AsUTF8AndSize(k, &kn);
+      const char* vs = ks == nullptr ? nullptr : PyUnicode_AsUTF8AndSize(v, &vn);
       if (vs == nullptr) return nullptr;
-      options.metadata[ks] = vs;
+      options.metadata[std::string(ks, static_cast<size_t>(kn))] =
+          std::string(vs, static_cast<size_t>(vn));
     }
   }
   if (timeout != Py_None) {
@@ -859,7 +881,8 @@ PyObject* Save(ClientObject* c, const char* name, PyObject* entries, PyObject* s
 // bytes_sent, chunks_total, chunks_sent, pruned_versions): saves ckpt._tree
 // entries, each node's bytes from sources[i] (None, an (address, length)
 // the caller keeps valid, or a buffer). Raises StatusError, or
-// KeyboardInterrupt (the save stopped: no version).
+// KeyboardInterrupt (the save stopped: no version, unless its commit was
+// done already).
 PyObject* ClientSave(PyObject* self, PyObject* args) {
   auto* c = reinterpret_cast<ClientObject*>(self);
   const char* name;

@@ -292,10 +292,30 @@ def test_writer_and_reader_pickle_without_connection(server):
     assert not CkptStorageReader.validate_checkpoint_id("/tmp/checkpoint")
 
 
-def test_load_into_tensors_that_cannot_take_bytes_in_place(server):
+def test_load_into_tensors_that_cannot_take_bytes_in_place(server, monkeypatch):
     """Targets whose memory does not hold their values in stored order (a
     transposed view) or in the stored dtype get each box through a staging
-    buffer, copied in when the box is complete; the others in place."""
+    buffer, made when its bytes arrive, copied in and freed when the box is
+    complete; the others in place."""
+    import weakref
+    from ckpt import dcp as ckpt_dcp
+    staging, done, alive = {}, [], []
+    make, complete = ckpt_dcp._PlanSink._make, ckpt_dcp._PlanSink._complete
+
+    # (keyed by sink and node: a read plan may take several loads)
+    def tracked_make(self, node):
+        view = make(self, node)
+        staging[id(self), node] = weakref.ref(view)  # (what holds the buffer's memory)
+        return view
+
+    def tracked_complete(self, node):
+        # Every box completed before this one has let go of its buffer.
+        alive.extend(n for n in done if n in staging and staging[n]() is not None)
+        complete(self, node)
+        done.append((id(self), node))
+
+    monkeypatch.setattr(ckpt_dcp._PlanSink, "_make", tracked_make)
+    monkeypatch.setattr(ckpt_dcp._PlanSink, "_complete", tracked_complete)
     cid = f"ckpt://{server.address}/pytest-dcp/staged"
     state = {"w": torch.randn(6, 4), "h": torch.randn(5, 3), "b": torch.arange(7.0),
              "blob": b"abc", "n": 2}
@@ -307,6 +327,7 @@ def test_load_into_tensors_that_cannot_take_bytes_in_place(server):
     assert target["h"].dtype == torch.float64 and torch.equal(target["h"], state["h"].double())
     assert torch.equal(target["b"], state["b"])
     assert target["blob"] == b"abc" and target["n"] == 2
+    assert len(staging) == 2 and alive == []
 
 
 def test_dcp_async_save_in_a_background_process(server):

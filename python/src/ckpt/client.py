@@ -356,10 +356,12 @@ class Client:
         for e in flat.entries:
             data = e.data
             if e.kind == "tensor":
-                if data.__class__ is memoryview:
+                if not e.size:
+                    sources.append(None)
+                elif data.__class__ is memoryview:
                     sources.append(data)
                 elif _tree.holds_its_values(data):
-                    sources.append((data.data_ptr(), e.size) if e.size else None)
+                    sources.append((data.data_ptr(), e.size))
                 else:
                     return None
             elif e.kind == "bytes":
@@ -373,7 +375,7 @@ class Client:
             raise DeadlineExceeded("Deadline Exceeded")
         try:
             version, bytes_sent, chunks_total, chunks_sent, pruned = core.save(
-                name, flat.entries, sources, step, epoch,
+                name, flat.entries, sources, int(step), int(epoch),
                 {str(k): str(v) for k, v in (metadata or {}).items()}, list(tags), timeout,
                 # (rejecting non-finite values takes the statistics)
                 tensor_stats or reject_nonfinite, reject_nonfinite, parent or "")
@@ -414,7 +416,8 @@ class Client:
                     self._native = native.Client(
                         self.target, self._token, self._tls, path(self._ca_cert),
                         path(self._cert), path(self._key), self._tls_server_name or "",
-                        self._chunk_size, self._batch_bytes)
+                        # (0: a node per batch, as the grpcio path)
+                        self._chunk_size, max(int(self._batch_bytes), 1))
                 except native.StatusError as e:
                     raise from_status(e.args[0], e.args[1], self.target) from None
                 self._native_pid = os.getpid()

@@ -413,6 +413,7 @@ class _PlanSink(_Sink):
         self.by_node: Dict[int, _SliceJob] = {}
         self.leaves: Dict[int, Tuple[str, memoryview, int]] = {}
         self.num_nodes = 0
+        self._targets: List[Any] = []
 
     def on_slices(self, nodes: List[int]) -> None:
         self.by_node = dict(zip(nodes, self.jobs))
@@ -455,6 +456,8 @@ class _PlanSink(_Sink):
                 targets[i] = job.view if job.view is not None else True
         for i, (_, view, _) in self.leaves.items():
             targets[i] = view
+        # Kept: a made staging buffer sits in the list until _complete.
+        self._targets = targets
         return targets, self._make, self._complete
 
     def _make(self, node: int) -> memoryview:
@@ -463,6 +466,7 @@ class _PlanSink(_Sink):
         return job.view
 
     def _complete(self, node: int) -> None:
+        self._targets[node] = None  # the staging buffer goes with the job's
         job = self.by_node.get(node)
         if job is not None:
             if job.staged is not None:
