@@ -17,6 +17,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <future>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "client/client.h"
@@ -217,10 +218,17 @@ TEST_F(SaveAsyncTest, SnapshotBuffersAreReusedAndNeverSharedByTwoSavesInFlight) 
   // A third while the second may still upload: another buffer.
   auto third = client->SaveAsync("async/reuse", sd, {});
   change(sd);
-  ASSERT_TRUE(second.get().ok());
-  ASSERT_TRUE(third.get().ok());
+  auto second_saved = second.get();
+  auto third_saved = third.get();
+  ASSERT_TRUE(second_saved.ok()) << second_saved.status();
+  ASSERT_TRUE(third_saved.ok()) << third_saved.status();
   EXPECT_LE(client->snapshot_buffer_bytes(), 2 * kept);
-  for (auto [version, expected] : {std::pair{1, &v1}, std::pair{2, &v2}, std::pair{3, &v3}}) {
+  // Versions are numbered in commit order: the third save may commit first.
+  EXPECT_EQ(std::set<uint64_t>({second_saved->version.version, third_saved->version.version}),
+            std::set<uint64_t>({2, 3}));
+  for (auto [version, expected] :
+       {std::pair{uint64_t{1}, &v1}, std::pair{second_saved->version.version, &v2},
+        std::pair{third_saved->version.version, &v3}}) {
     TorchLoadOptions options;
     options.version = version;
     auto loaded = client->Load("async/reuse", options);
