@@ -24,6 +24,7 @@ build_pkgs=(
   librados-dev libradospp-dev
   libtorch-dev
   zlib1g-dev
+  python3-dev
   clang libclang-rt-14-dev clang-format
   python3-torch
   chromium chromium-driver python3-selenium
@@ -33,7 +34,7 @@ build_pkgs=(
 runtime_pkgs=(libgrpc++1.51 libprotobuf32 libxxhash0 libsnappy1v5 liblz4-1 libzstd1 libbz2-1.0
   zlib1g libssl3 libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 libcivetweb1 librados2 ca-certificates)
 # --server-build: build_pkgs without these.
-server_build_skip=(libtorch-dev python3-torch clang libclang-rt-14-dev clang-format libgtest-dev libgmock-dev
+server_build_skip=(libtorch-dev python3-torch python3-dev clang libclang-rt-14-dev clang-format libgtest-dev libgmock-dev
   googletest libbenchmark-dev git chromium chromium-driver python3-selenium ceph-mon ceph-osd)
 container_pkgs=(podman podman-compose runc debootstrap uidmap containernetworking-plugins
   iptables ca-certificates)

@@ -552,6 +552,45 @@ bool UintList(PyObject* seq, std::vector<uint64_t>* out) {
   return true;
 }
 
+// Runs one call of the client `self` (a ClientObject): refused once closed
+// or in a process forked from the one that opened it; the client is held
+// for the call; a C++ exception becomes a Python one.
+PyObject* Call(PyObject* self, const std::function<PyObject*()>& call) {
+  auto* c = reinterpret_cast<ClientObject*>(self);
+  if (c->client == nullptr) {
+    RaiseStatus(absl::FailedPreconditionError("client is closed"));
+    return nullptr;
+  }
+  if (InOtherProcess(c)) {
+    RaiseStatus(absl::FailedPreconditionError(
+        "the native path's client was opened in another process (forked from it)"));
+    return nullptr;
+  }
+  Ref hold(NewRef(self));
+  try {
+    return call();
+  } catch (const std::bad_alloc&) {
+    return PyErr_NoMemory();
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+    return nullptr;
+  }
+}
+
+// A call's timeout in seconds (None: none) as `out`; false with a Python
+// error set, DeadlineExceeded when no time is left (as grpcio).
+bool Timeout(PyObject* timeout, absl::Duration* out) {
+  if (timeout == Py_None) return true;
+  const double seconds = PyFloat_AsDouble(timeout);
+  if (seconds == -1.0 && PyErr_Occurred()) return false;
+  if (!(seconds > 0)) {
+    RaiseStatus(absl::DeadlineExceededError("Deadline Exceeded"));
+    return false;
+  }
+  *out = absl::Seconds(seconds);
+  return true;
+}
+
 PyObject* Load(ClientObject* c, const char* name, long long version, const char* tag,
                PyObject* patterns, int skip_data, PyObject* timeout, PyObject* slices,
                PyObject* on_tree) {
@@ -564,15 +603,7 @@ PyObject* Load(ClientObject* c, const char* name, long long version, const char*
   options.tag = tag;
   options.skip_data = skip_data != 0;
   if (!StringList(patterns, "patterns are a sequence of str", &options.patterns)) return nullptr;
-  if (timeout != Py_None) {
-    const double seconds = PyFloat_AsDouble(timeout);
-    if (seconds == -1.0 && PyErr_Occurred()) return nullptr;
-    if (!(seconds > 0)) {  // as grpcio: no time left
-      RaiseStatus(absl::DeadlineExceededError("Deadline Exceeded"));
-      return nullptr;
-    }
-    options.timeout = absl::Seconds(seconds);
-  }
+  if (!Timeout(timeout, &options.timeout)) return nullptr;
   Ref fast(PySequence_Fast(slices, "slices are a sequence of (key, start, length)"));
   if (!fast) return nullptr;
   for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(fast.get()); ++i) {
@@ -628,24 +659,9 @@ PyObject* ClientLoad(PyObject* self, PyObject* args) {
                         &slices, &on_tree)) {
     return nullptr;
   }
-  if (c->client == nullptr) {
-    RaiseStatus(absl::FailedPreconditionError("client is closed"));
-    return nullptr;
-  }
-  if (InOtherProcess(c)) {
-    RaiseStatus(absl::FailedPreconditionError(
-        "the native load path's client was opened in another process (forked from it)"));
-    return nullptr;
-  }
-  Ref hold(NewRef(self));  // the client outlives the call
-  try {
+  return Call(self, [&] {
     return Load(c, name, version, tag, patterns, skip_data, timeout, slices, on_tree);
-  } catch (const std::bad_alloc&) {
-    return PyErr_NoMemory();
-  } catch (const std::exception& e) {
-    PyErr_SetString(PyExc_RuntimeError, e.what());
-    return nullptr;
-  }
+  });
 }
 
 // ---------------------------------------------------------------- saves
@@ -828,15 +844,7 @@ PyObject* Save(ClientObject* c, const char* name, PyObject* entries, PyObject* s
           std::string(vs, static_cast<size_t>(vn));
     }
   }
-  if (timeout != Py_None) {
-    const double seconds = PyFloat_AsDouble(timeout);
-    if (seconds == -1.0 && PyErr_Occurred()) return nullptr;
-    if (!(seconds > 0)) {
-      RaiseStatus(absl::DeadlineExceededError("Deadline Exceeded"));
-      return nullptr;
-    }
-    options.timeout = absl::Seconds(seconds);
-  }
+  if (!Timeout(timeout, &options.timeout)) return nullptr;
   ckpt::client::StopSource stop;
   options.stop = &stop;
   CallerThread caller;
@@ -900,25 +908,10 @@ PyObject* ClientSave(PyObject* self, PyObject* args) {
                         &tags, &timeout, &tensor_stats, &reject_nonfinite, &parent)) {
     return nullptr;
   }
-  if (c->client == nullptr) {
-    RaiseStatus(absl::FailedPreconditionError("client is closed"));
-    return nullptr;
-  }
-  if (InOtherProcess(c)) {
-    RaiseStatus(absl::FailedPreconditionError(
-        "the native path's client was opened in another process (forked from it)"));
-    return nullptr;
-  }
-  Ref hold(NewRef(self));
-  try {
+  return Call(self, [&] {
     return Save(c, name, entries, sources, step, epoch, metadata, tags, timeout, tensor_stats,
                 reject_nonfinite, parent);
-  } catch (const std::bad_alloc&) {
-    return PyErr_NoMemory();
-  } catch (const std::exception& e) {
-    PyErr_SetString(PyExc_RuntimeError, e.what());
-    return nullptr;
-  }
+  });
 }
 
 PyMethodDef client_methods[] = {

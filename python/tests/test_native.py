@@ -8,6 +8,7 @@ it, TLS beside grpcio's, forked children, closed clients, Ctrl-C."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import re
 import shutil
@@ -322,24 +323,32 @@ def test_a_closed_client_reopens(client, name):
     assert client.load(name)["x"].equal(torch.ones(3))
 
 
+@contextlib.contextmanager
+def interrupted_at_once():
+    """SIGINT half a second in: the block must raise KeyboardInterrupt within
+    10 s (its call's own deadline is 60 s)."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals reach the main thread only")
+    timer = threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT))
+    started = time.monotonic()
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        timer.cancel()
+    assert time.monotonic() - started < 10
+
+
 def test_ctrl_c_stops_a_load_that_waits_for_the_server(load_path):
     """SIGINT while the server sends nothing raises KeyboardInterrupt at once
     (not when the deadline passes), cancels the call, and the client loads
     again afterwards."""
-    if threading.current_thread() is not threading.main_thread():
-        pytest.skip("signals reach the main thread only")
     fake = FakeServer([header(4, 24), TREE, STALL], then=GOOD)
     try:
         with ckpt.Client(f"127.0.0.1:{fake.port}") as client:
-            timer = threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT))
-            started = time.monotonic()
-            timer.start()
-            try:
-                with pytest.raises(KeyboardInterrupt):
-                    client.load("fake/x", timeout=60)
-            finally:
-                timer.cancel()
-            assert time.monotonic() - started < 10
+            with interrupted_at_once():
+                client.load("fake/x", timeout=60)
             assert client.load("fake/x", timeout=60)["c"].equal(C)
     finally:
         fake.close()
@@ -390,20 +399,11 @@ def test_a_staging_buffer_is_let_go_when_its_tensor_is_complete(load_path):
 
 
 def test_ctrl_c_stops_a_save_that_waits_for_the_server(load_path):
-    if threading.current_thread() is not threading.main_thread():
-        pytest.skip("signals reach the main thread only")
     fake = FakeServer([])
     try:
         with ckpt.Client(f"127.0.0.1:{fake.port}") as client:
-            timer = threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT))
-            started = time.monotonic()
-            timer.start()
-            try:
-                with pytest.raises(KeyboardInterrupt):
-                    client.save({"x": torch.ones(4)}, "fake/x", timeout=60)
-            finally:
-                timer.cancel()
-            assert time.monotonic() - started < 10
+            with interrupted_at_once():
+                client.save({"x": torch.ones(4)}, "fake/x", timeout=60)
     finally:
         fake.close()
 

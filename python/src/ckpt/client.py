@@ -143,10 +143,9 @@ class Client:
         self._batch_bytes = batch_bytes
         self._lock = threading.Lock()
         self._channel: Optional[grpc.Channel] = None
-        # The native load path's connection (_load.native.Client) and the
-        # process that opened it (a forked child opens its own).
+        # The native path's connection (_load.native.Client; a forked child
+        # neither uses nor closes its parent's: see _load.native_in_this_process).
         self._native: Any = None
-        self._native_pid = 0
         self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
         # save_async's snapshot buffers, reused across saves.
         self._snapshots = _tree.SnapshotBuffers()
@@ -159,7 +158,7 @@ class Client:
     def __getstate__(self) -> Dict[str, Any]:
         state = self.__dict__.copy()
         for k in ("_lock", "_channel", "_executor", "_stub", "_save_method", "_load_method",
-                  "_snapshots", "_native", "_native_pid"):
+                  "_snapshots", "_native"):
             state.pop(k, None)
         return state
 
@@ -168,7 +167,6 @@ class Client:
         self._lock = threading.Lock()
         self._channel = None
         self._native = None
-        self._native_pid = 0
         self._executor = None
         self._snapshots = _tree.SnapshotBuffers()
         self._last_loaded = ""  # a copy starts its own lineage
@@ -192,7 +190,7 @@ class Client:
         if executor is not None:
             executor.shutdown(wait=True)
         self._snapshots.release()
-        if native is not None and self._native_pid == os.getpid():
+        if native is not None:  # (a no-op in a forked child)
             native.close()
         if channel is not None:
             channel.close()
@@ -409,7 +407,7 @@ class Client:
             return None
         self._connect()
         with self._lock:
-            if self._native is None or self._native_pid != os.getpid():
+            if self._native is None:
                 def path(p: Optional[PathLike]) -> str:
                     return os.fspath(p) if p else ""
                 try:
@@ -420,7 +418,6 @@ class Client:
                         self._chunk_size, max(int(self._batch_bytes), 1))
                 except native.StatusError as e:
                     raise from_status(e.args[0], e.args[1], self.target) from None
-                self._native_pid = os.getpid()
             return self._native
 
     def _load_stream(self, name: str, sink: _Sink, version: int = 0, tag: str = "",
