@@ -12,6 +12,7 @@
 #include "rocksdb/db.h"
 #include "rocksdb/utilities/checkpoint.h"
 #include "storage/codec.h"
+#include "storage/rocksdb_log.h"
 #include "storage/rocksdb_status.h"
 #include "storage/rocksdb_store.h"
 #include "storage/store_core.h"
@@ -51,6 +52,7 @@ absl::StatusOr<BackupInfo> RocksDbStore::Backup(const std::string& dir) {
   if (ec) return FsError(ec, absl::StrCat("listing backup ", dir));
   // Open the copy read-only: it must open, and its versions are counted.
   rocksdb::DBOptions db_options;
+  db_options.info_log = internal::DiscardingRocksDbLog();  // no LOG written into the copy
   std::vector<std::string> names;
   CKPT_RETURN_IF_ERROR(FromRocksDb(rocksdb::DB::ListColumnFamilies(db_options, dir, &names),
                                    absl::StrCat("reading backup ", dir)));

@@ -20,6 +20,7 @@
 #include "rocksdb/table.h"
 #include "storage/codec.h"
 #include "storage/rados_store.h"
+#include "storage/rocksdb_log.h"
 #include "storage/rocksdb_status.h"
 #include "storage/rocksdb_store.h"
 #include "storage/store_core.h"
@@ -106,7 +107,9 @@ absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(const StoreOpti
   db_options.create_missing_column_families = true;
   db_options.max_background_jobs = tuning.max_background_jobs;
   db_options.bytes_per_sync = 1 << 20;
-  db_options.keep_log_file_num = 4;
+  // RocksDB's LOG through our logger: its own aborts on a full disk.
+  db_options.info_log = internal::OpenRocksDbLog(options.path, /*keep_files=*/4,
+                                                 /*max_file_bytes=*/uint64_t{64} << 20);
   // Recovered WAL records stay in the memtables rather than being flushed
   // while opening: a restart on a full disk needs no room for new files.
   db_options.avoid_flush_during_recovery = true;

@@ -26,8 +26,29 @@ namespace fs = std::filesystem;
 // ---------------------------------------------------------------------------
 // StoreCore
 
+uint64_t StoreCore::WriteHeadroom() const {
+  return std::max(options.rocksdb.write_buffer_bytes, options.rocksdb.manifest_write_buffer_bytes);
+}
+
 rocksdb::Status StoreCore::Write(const rocksdb::WriteOptions& write_options,
                                  rocksdb::WriteBatch* batch, Room room) {
+  const uint64_t bytes = batch->GetDataSize();
+  uint64_t free = FreeSpace();
+  if (free < bytes + WriteHeadroom()) {
+    if (room == Room::kMayUseReserve) {
+      DropReserve();
+      free = FreeSpace();
+    }
+    const uint64_t needed = bytes + (room == Room::kNormal ? WriteHeadroom() : kMinWriteRoom);
+    if (free < needed) {
+      return rocksdb::Status::NoSpace(
+          absl::StrCat("disk full: ", free, " bytes free where the store lives, this write needs ",
+                       needed, "; nothing was written (",
+                       room == Room::kNormal ? "delete versions and run gc, or add space"
+                                             : "free space on that disk: the reserve is used up",
+                       ")"));
+    }
+  }
   rocksdb::Status s = db->Write(write_options, batch);
   if (s.ok() || !(s.IsNoSpace() || s.IsIOError())) return s;
   if (room == Room::kNormal) {

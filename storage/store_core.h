@@ -61,15 +61,26 @@ struct StoreCore {
   // that lead to freeing space (deletes, gc) do.
   enum class Room { kNormal, kMayUseReserve };
 
-  // Every metadata write goes through here. A write error (a full disk)
-  // stops RocksDB's writes until it recovers: its SstFileManager resumes by
-  // itself once the largest memtable fits in the free space, looking every
-  // few seconds, and a manual Resume() answers Busy meanwhile. A write that
-  // may use the reserve drops the reserve file and waits for that recovery
-  // (up to kRecoveryWait); others try one Resume() and give up.
+  // Every metadata write goes through here. It reaches RocksDB only when
+  // the disk has room for it and for flushing the memtable it lands in
+  // (kWriteHeadroom): RocksDB 7.8 does not come back from a failed WAL write
+  // (Debian's build aborts on the WAL's next append or sync), so a full disk
+  // must refuse writes before RocksDB meets it. A write that may use the
+  // reserve drops the reserve file first when the disk is that full, and
+  // goes ahead with room for itself alone (kMinWriteRoom) so that deletes
+  // still free space; others are refused, NoSpace, with nothing written.
+  // Should RocksDB still fail a write (another process took the space
+  // between the check and the write), its writes stop until it recovers:
+  // its SstFileManager resumes by itself once the largest memtable fits in
+  // the free space, looking every few seconds, and a manual Resume()
+  // answers Busy meanwhile. A write that may use the reserve waits for that
+  // recovery (up to kRecoveryWait); others try one Resume() and give up.
   rocksdb::Status Write(const rocksdb::WriteOptions& write_options, rocksdb::WriteBatch* batch,
                         Room room = Room::kNormal);
   static constexpr absl::Duration kRecoveryWait = absl::Seconds(15);
+  static constexpr uint64_t kMinWriteRoom = uint64_t{1} << 20;
+  // Free bytes a write needs besides its own: the largest memtable.
+  uint64_t WriteHeadroom() const;
 
   // Writes a batch that touches the refs CF, then bumps refs_generation
   // (whether or not it landed). Every refs write goes through here, under

@@ -54,9 +54,10 @@ std::string CliBinary() {
 }
 
 absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
-    const std::string& data_dir, const std::vector<std::string>& extra_flags) {
+    const std::string& data_dir, const std::vector<std::string>& extra_flags,
+    const std::string& log_path) {
   std::unique_ptr<ServerProcess> p(new ServerProcess());
-  p->log_path_ = data_dir + ".server.log";
+  p->log_path_ = log_path.empty() ? data_dir + ".server.log" : log_path;
   std::vector<std::string> args = {ServerBinary(), "--listen", "127.0.0.1:0", "--data-dir",
                                    data_dir};
   if (std::find(extra_flags.begin(), extra_flags.end(), "--shutdown-grace") == extra_flags.end()) {

@@ -22,9 +22,12 @@ std::string CliBinary();
 class ServerProcess {
  public:
   /// Starts ckpt-server on `data_dir` with extra flags; waits until it
-  /// prints its port (at most 30 s).
+  /// prints its port (at most 30 s). Its output goes to `log_path`
+  /// (default: `<data_dir>.server.log`; tests that fill the data's disk keep
+  /// it elsewhere).
   static absl::StatusOr<std::unique_ptr<ServerProcess>> Start(
-      const std::string& data_dir, const std::vector<std::string>& extra_flags = {});
+      const std::string& data_dir, const std::vector<std::string>& extra_flags = {},
+      const std::string& log_path = "");
   ~ServerProcess();  ///< SIGKILLs the server if still running.
 
   int port() const { return port_; }
