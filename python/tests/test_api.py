@@ -77,6 +77,15 @@ def test_errors_carry_grpc_codes(client, name):
     with pytest.raises(ckpt.Unavailable, match="CKPT_SERVER") as err:
         ckpt.Client("127.0.0.1:1", timeout=5).versions(name)
     assert err.value.code == grpc.StatusCode.UNAVAILABLE
+    # Arguments in the wrong order (torch.save's is obj, f): said in words,
+    # nothing saved.
+    with pytest.raises(TypeError, match="the object comes first"):
+        client.save(name, {"x": 2})
+    with pytest.raises(TypeError, match="the object comes first"):
+        client.save_async(name, {"x": 2})
+    with pytest.raises(TypeError, match="checkpoint name is a str, not dict"):
+        client.load({"x": 2})
+    assert client.load(name) == {"x": 1}
 
 
 TOKENS = {"writer": "writer-token-0123456789", "reader": "reader-token-0123456789",

@@ -64,8 +64,14 @@ def escape_glob(text: str) -> str:
     return "".join("\\" + c if c in "*?[\\" else c for c in text)
 
 
+def _check_name(name: Any, hint: str = "") -> None:
+    if not isinstance(name, str):
+        raise TypeError(f"a checkpoint name is a str, not {type(name).__name__}{hint}")
+
+
 def _parse_ref(name: str, version: int, tag: str) -> Tuple[str, int, str]:
     """NAME@VERSION / NAME@TAG (like the CLI) unless version or tag is given."""
+    _check_name(name)
     if "@" in name and not version and not tag:
         name, sel = name.split("@", 1)
         if sel.isdigit() and int(sel) > 0:
@@ -286,6 +292,7 @@ class Client:
         (``load``/``load_state_dict``), as a resumed job would; ``parent=""`` for
         none.
         """
+        _check_name(name, " (save(obj, name): the object comes first, as in torch.save)")
         flat = _tree.flatten(obj, snapshot=False)
         part = Part(rank, world_size, save_id) if world_size > 1 else None
         return self._save_flat(name, flat, step=step, epoch=epoch, metadata=metadata,
@@ -306,6 +313,7 @@ class Client:
         next save_async that fits (a memcpy into memory already mapped); at most
         two are kept, :meth:`release_snapshot_buffers` or :meth:`close` frees
         them."""
+        _check_name(name, " (save_async(obj, name): the object comes first, as in torch.save)")
         flat = _tree.flatten(obj, snapshot=True, buffers=self._snapshots)
         with self._lock:
             if self._executor is None:
