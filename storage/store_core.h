@@ -63,7 +63,7 @@ struct StoreCore {
 
   // Every metadata write goes through here. It reaches RocksDB only when
   // the disk has room for it and for flushing the memtable it lands in
-  // (kWriteHeadroom): RocksDB 7.8 does not come back from a failed WAL write
+  // (WriteHeadroom()): RocksDB 7.8 does not come back from a failed WAL write
   // (Debian's build aborts on the WAL's next append or sync), so a full disk
   // must refuse writes before RocksDB meets it. A write that may use the
   // reserve drops the reserve file first when the disk is that full, and
