@@ -191,6 +191,8 @@ TEST_F(DiskFullTest, WithNoReserveAFullDiskRefusesWritesAndTheServerServesOn) {
     auto refused = SaveBlob("full/blob", 1, 100 + round);
     EXPECT_FALSE(refused.ok()) << "round " << round;
     EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted) << refused.status();
+    EXPECT_EQ(refused.status().message().find(mount_), std::string::npos)
+        << "the store's path leaks to clients: " << refused.status();
     for (int i = 0; i < 4; ++i) {
       absl::Status tagged = client_->SetTag("full/blob", absl::StrCat("t", round, "-", i), 1);
       EXPECT_EQ(tagged.code(), absl::StatusCode::kResourceExhausted) << tagged;
