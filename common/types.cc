@@ -3,12 +3,11 @@
 #include <xxhash.h>
 // Debian's libxxhash picks XXH3's widest vector code (AVX2, AVX-512) for the
 // CPU at run time in its *_dispatch entry points; the plain ones are SSE2
-// (~1.4x slower here, and every byte saved or loaded is hashed once).
-#if defined(__x86_64__) && defined(__has_include)
-#if __has_include(<xxh_x86dispatch.h>)
+// (~1.4x slower here, and every byte saved or loaded is hashed once). CMake
+// defines CKPT_HAVE_XXH3_DISPATCH where the library links them.
+#ifdef CKPT_HAVE_XXH3_DISPATCH
 #include <xxh_x86dispatch.h>
 #define CKPT_XXH3_128 XXH3_128bits_dispatch
-#endif
 #endif
 #ifndef CKPT_XXH3_128
 #define CKPT_XXH3_128 XXH3_128bits

@@ -134,9 +134,11 @@ int main(int argc, char** argv) {
       ->envname("CKPT_WORKER_THREADS")
       ->check(CLI::Range(1, 256))
       ->capture_default_str();
-  app.add_option("--reserved-disk-mib", reserved_disk_mib,
-                 "free disk space (MiB) saves leave for deletes, gc and restarts: a save that "
-                 "would leave less is refused with RESOURCE_EXHAUSTED (0: off)")
+  app.add_option(
+         "--reserved-disk-mib", reserved_disk_mib,
+         "free disk space (MiB) saves leave for deletes, gc and restarts: a save that "
+         "would leave less is refused with RESOURCE_EXHAUSTED (0: no reserve file; saves still "
+         "leave the largest memtable + 1 MiB for commits)")
       ->envname("CKPT_RESERVED_DISK_MIB")
       ->capture_default_str();
   app.add_flag("--no-sync", no_sync,

@@ -3,6 +3,7 @@
 #include "storage/rocksdb_log.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <unistd.h>
 
@@ -80,14 +81,25 @@ class FileLogger : public rocksdb::Logger {
     if (line.back() != '\n') line.push_back('\n');
 
     std::lock_guard<std::mutex> lock(mu_);
-    if (max_file_bytes_ > 0 && bytes_ + line.size() > max_file_bytes_) RotateLocked();
-    if (fd_ < 0) return;
-    // One write(2) per line; a short or failed one (no room) drops the rest
-    // of the line and nothing else: the next line starts on its own.
+    if (fd_ < 0) {
+      // The LOG could not be opened (no room for it, no descriptor left):
+      // try again, at most once a second.
+      const int64_t now = NowMicros();
+      if (now - last_open_attempt_ < 1000000) return;
+      RotateLocked();
+      if (fd_ < 0) return;
+    } else if (max_file_bytes_ > 0 && bytes_ + line.size() > max_file_bytes_) {
+      RotateLocked();
+      if (fd_ < 0) return;
+    }
+    // One write(2) per line. A short one (no room) drops the rest of the
+    // line and nothing else: the next line that finds room starts on a line
+    // of its own.
+    if (cut_line_) line.insert(line.begin(), '\n');
     const ssize_t written = write(fd_, line.data(), line.size());
-    if (written > 0) bytes_ += written;
-    if (written >= 0 && static_cast<size_t>(written) < line.size()) {
-      if (write(fd_, "\n", 1) == 1) ++bytes_;
+    if (written > 0) {
+      bytes_ += written;
+      cut_line_ = static_cast<size_t>(written) < line.size();
     }
   }
 
@@ -103,10 +115,15 @@ class FileLogger : public rocksdb::Logger {
     if (fd_ >= 0) close(fd_);
     fd_ = -1;
     bytes_ = 0;
+    cut_line_ = false;
+    last_open_attempt_ = NowMicros();
     std::error_code ec;
     const fs::path live = fs::path(dir_) / kLogName;
     if (fs::exists(live, ec)) {
-      fs::rename(live, fs::path(dir_) / absl::StrCat(kOldPrefix, NowMicros()), ec);
+      // Stamps only grow, even if the clock steps back: the newest file
+      // always sorts last.
+      last_stamp_ = std::max(last_stamp_ + 1, NowMicros());
+      fs::rename(live, fs::path(dir_) / absl::StrCat(kOldPrefix, last_stamp_), ec);
     }
     std::vector<std::string> old;
     for (fs::directory_iterator it(dir_, ec), end; !ec && it != end; it.increment(ec)) {
@@ -120,6 +137,9 @@ class FileLogger : public rocksdb::Logger {
     const size_t keep_old = static_cast<size_t>(keep_files_ - 1);
     for (size_t i = 0; i + keep_old < old.size(); ++i) fs::remove(fs::path(dir_) / old[i], ec);
     fd_ = open(live.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    // (A LOG that could not be moved aside is appended to: count its bytes.)
+    struct stat st;
+    if (fd_ >= 0 && fstat(fd_, &st) == 0) bytes_ = static_cast<uint64_t>(st.st_size);
   }
 
   const std::string dir_;
@@ -128,6 +148,9 @@ class FileLogger : public rocksdb::Logger {
   mutable std::mutex mu_;
   int fd_ = -1;
   uint64_t bytes_ = 0;
+  bool cut_line_ = false;  // the last line written was cut short
+  int64_t last_open_attempt_ = 0;
+  int64_t last_stamp_ = 0;  // of the newest LOG.old.<stamp> this logger made
 };
 
 class DiscardingLogger : public rocksdb::Logger {

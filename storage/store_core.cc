@@ -74,13 +74,15 @@ uint64_t StoreCore::FreeBytes(const std::string& path) {
 }
 
 absl::Status StoreCore::CheckDiskSpace(uint64_t bytes) const {
-  const uint64_t reserved = options.reserved_disk_bytes;
-  if (reserved == 0) return absl::OkStatus();
+  // Chunks never take the room a commit's metadata write needs (Write), not
+  // even with no reserve: the save could not commit, and a concurrent
+  // commit would meet the full disk in RocksDB.
+  const uint64_t keep = std::max(options.reserved_disk_bytes, WriteHeadroom() + kMinWriteRoom);
   const uint64_t free = FreeSpace();
-  if (free >= reserved && free - reserved >= bytes) return absl::OkStatus();
+  if (free >= keep && free - keep >= bytes) return absl::OkStatus();
   return absl::ResourceExhaustedError(absl::StrCat(
       "disk full: ", free, " bytes free where the store lives, a save needs ", bytes, " more and ",
-      reserved,
+      keep,
       " stay reserved for deletes and gc; nothing was saved (delete versions and run gc, or "
       "add space)"));
 }

@@ -101,7 +101,8 @@ struct StoreCore {
   static uint64_t FreeBytes(const std::string& path);
 
   // ResourceExhausted if writing `bytes` of chunks would leave less than
-  // the reserved space free.
+  // the reserved space free, or less than a metadata write needs
+  // (WriteHeadroom() + kMinWriteRoom) when the reserve is smaller.
   absl::Status CheckDiskSpace(uint64_t bytes) const;
 
   void DropReserve();
