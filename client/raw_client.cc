@@ -16,6 +16,27 @@
 #include "rpc/protocol.h"
 
 namespace ckpt::client {
+
+// The cancel hook runs under the lock: Attach(nullptr) at the end of a call
+// waits for a Stop() in progress, so it never cancels a finished call's
+// context.
+void StopSource::Stop() {
+  std::lock_guard<std::mutex> lock(mu_);
+  stopped_ = true;
+  if (cancel_) cancel_();
+}
+
+bool StopSource::stopped() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return stopped_;
+}
+
+void StopSource::Attach(std::function<void()> cancel) {
+  std::lock_guard<std::mutex> lock(mu_);
+  cancel_ = std::move(cancel);
+  if (stopped_ && cancel_) cancel_();
+}
+
 namespace {
 
 using rpc::kMaxResponseBytes;

@@ -13,26 +13,6 @@
 
 namespace ckpt::client {
 
-// The cancel hook runs under the lock: Attach(nullptr) at the end of a call
-// waits for a Stop() in progress, so it never cancels a finished call's
-// context.
-void StopSource::Stop() {
-  std::lock_guard<std::mutex> lock(mu_);
-  stopped_ = true;
-  if (cancel_) cancel_();
-}
-
-bool StopSource::stopped() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return stopped_;
-}
-
-void StopSource::Attach(std::function<void()> cancel) {
-  std::lock_guard<std::mutex> lock(mu_);
-  cancel_ = std::move(cancel);
-  if (stopped_ && cancel_) cancel_();
-}
-
 absl::Status GrpcRawClient::Load(const std::string& name, const LoadOptions& options,
                                  LoadSink* sink) {
   grpc::ClientContext context;

@@ -359,7 +359,10 @@ def test_no_time_left_is_deadline_exceeded(load_path, client, name):
     for timeout in (0, -1.5):
         with pytest.raises(ckpt.DeadlineExceeded):
             client.load(name, timeout=timeout)
+        with pytest.raises(ckpt.DeadlineExceeded):
+            client.save({"x": torch.zeros(2)}, name, timeout=timeout)
     assert client.load(name, timeout=30)["x"].equal(torch.ones(2))
+    assert [v.version for v in client.versions(name)] == [1]
 
 
 class _Staging(_load._Sink):

@@ -69,6 +69,13 @@ def _check_name(name: Any, hint: str = "") -> None:
         raise TypeError(f"a checkpoint name is a str, not {type(name).__name__}{hint}")
 
 
+def _check_deadline(timeout: Optional[float]) -> None:
+    """A deadline already past raises at once (grpcio would race the server
+    for it, and the native path would start the call)."""
+    if timeout is not None and timeout <= 0:
+        raise DeadlineExceeded("Deadline Exceeded")
+
+
 def _parse_ref(name: str, version: int, tag: str) -> Tuple[str, int, str]:
     """NAME@VERSION / NAME@TAG (like the CLI) unless version or tag is given."""
     _check_name(name)
@@ -338,6 +345,7 @@ class Client:
                    part: Optional[Part] = None, timeout: Optional[float] = None,
                    tensor_stats: bool = False, reject_nonfinite: bool = False,
                    parent: str = "") -> SaveResult:
+        _check_deadline(timeout)
         if part is None:
             saved = self._native_save(name, flat, step, epoch, metadata, tags, timeout,
                                       tensor_stats, reject_nonfinite, parent)
@@ -377,8 +385,6 @@ class Client:
         core = self._native_client()
         if core is None:
             return None
-        if timeout is not None and timeout <= 0:
-            raise DeadlineExceeded("Deadline Exceeded")
         try:
             version, bytes_sent, chunks_total, chunks_sent, pruned = core.save(
                 name, flat.entries, sources, int(step), int(epoch),
@@ -432,9 +438,7 @@ class Client:
                      patterns: Sequence[str] = (), skip_data: bool = False,
                      timeout: Optional[float] = None,
                      slices: Sequence[pb.TensorSlice] = ()) -> VersionInfo:
-        if timeout is not None and timeout <= 0:
-            # (grpcio would race the server for it)
-            raise DeadlineExceeded("Deadline Exceeded")
+        _check_deadline(timeout)
         native = self._native_client()
         if native is not None:
             try:
