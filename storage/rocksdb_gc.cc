@@ -5,12 +5,15 @@
 #include <algorithm>
 #include <limits>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "common/status_macros.h"
 #include "rocksdb/convenience.h"
 #include "rocksdb/db.h"
@@ -98,12 +101,14 @@ std::vector<ChunkIdRange> MergeRanges(std::vector<ChunkIdRange> ranges) {
 // quarter of it is garbage, rewritten by deleting its unreferenced id ranges
 // and compacting exactly its key range (a range tombstone that spanned other
 // files would make the compaction rewrite those too). Files with less
-// garbage wait; their dead chunks are already unreachable.
-absl::Status ReclaimChunkFiles(StoreCore& core, const ChunkUse& use) {
-  if (use.damaged) return absl::OkStatus();
+// garbage wait; their dead chunks are already unreachable. Returns the bytes
+// of the files dropped whole.
+absl::StatusOr<uint64_t> ReclaimChunkFiles(StoreCore& core, const ChunkUse& use) {
+  if (use.damaged) return 0;
   std::vector<rocksdb::LiveFileMetaData> files;
   core.db->GetLiveFilesMetaData(&files);
   std::vector<ChunkIdRange> drop, rewrite;
+  uint64_t dropped_bytes = 0;
   for (const rocksdb::LiveFileMetaData& f : files) {
     // L0 files may overlap one another; DeleteFilesInRanges skips them too.
     if (f.column_family_name != kChunksFamily || f.level == 0) continue;
@@ -113,6 +118,7 @@ absl::Status ReclaimChunkFiles(StoreCore& core, const ChunkUse& use) {
     auto [live, live_bytes] = use.Referenced(*lo, *hi);
     if (live == 0) {
       drop.push_back({*lo, *hi});
+      dropped_bytes += f.size;
       continue;
     }
     const uint64_t entries = f.num_entries - std::min(f.num_entries, f.num_deletions);
@@ -164,7 +170,155 @@ absl::Status ReclaimChunkFiles(StoreCore& core, const ChunkUse& use) {
     CKPT_RETURN_IF_ERROR(FromRocksDb(core.db->CompactRange(compact, core.chunks_cf, &begin, &end),
                                      "compacting a chunk file"));
   }
-  return absl::OkStatus();
+  return dropped_bytes;
+}
+
+// What a first phase removed, and whether it stopped for lack of room
+// before the end.
+struct PhaseOne {
+  GcResult removed;
+  bool cut_short = false;
+};
+
+// Largest batch of deletes the first phase writes at once. One batch of
+// every dead entry could need more room than a full disk's reserve holds
+// (1 M dead references take ~30 MB); bounded batches let it go as far as
+// the room allows.
+constexpr size_t kGcBatchBytes = size_t{1} << 20;
+
+// Phase 1 of a collection, under the commit mutex: drops unreferenced,
+// unpinned refs entries and the pending records of dead uploads, in synced
+// batches of at most kGcBatchBytes; from then on their chunks are
+// unreachable. Fills `use` for the second phase. A batch refused for lack
+// of room ends the phase there (cut_short): the entries not dropped count as
+// referenced, so their chunks stay. Dead references go in chunk id order, so
+// that the batches written free whole chunk files in the second phase.
+absl::StatusOr<PhaseOne> DropDeadEntries(StoreCore& core, ChunkUse& use) {
+  std::lock_guard<std::mutex> commit_lock(core.commit_mu);
+  rocksdb::ReadOptions ro;
+  ro.fill_cache = false;
+
+  // Every block a live upload holds, and every block handed out later, is
+  // off limits: a commit may still reference chunks there.
+  {
+    std::lock_guard<std::mutex> lock(core.mu);
+    for (const auto& [id, blocks] : core.live_blocks) {
+      use.live_blocks.insert(use.live_blocks.end(), blocks.begin(), blocks.end());
+    }
+    use.first_new_block = core.next_block;
+  }
+  std::sort(use.live_blocks.begin(), use.live_blocks.end());
+
+  // One delete and what it removes; `referenced` is what stays referenced
+  // when it is not written.
+  struct Entry {
+    rocksdb::ColumnFamilyHandle* cf;
+    std::string key;
+    GcResult removes;
+    std::optional<RefValue> referenced;
+  };
+  std::vector<Entry> entries;
+  {
+    // Uploads begun after this copy have ids >= first_unseen: live too.
+    absl::flat_hash_set<uint64_t> live;
+    uint64_t first_unseen;
+    {
+      std::lock_guard<std::mutex> lock(core.mu);
+      live = core.live_uploads;
+      first_unseen = core.next_upload_id;
+    }
+    ScanIterator it(core.db, core.default_cf, ro, std::string(kPendingPrefix),
+                    PrefixSuccessor(kPendingPrefix));
+    for (it->SeekToFirst(); it->Valid(); it->Next()) {
+      auto id = ParsePendingKey(View(it->key()));
+      if (id.ok() && (live.contains(*id) || *id >= first_unseen)) continue;
+      Entry entry{core.default_cf, it->key().ToString(), {}, std::nullopt};
+      entry.removes.orphan_uploads_removed = 1;
+      auto record = DecodePendingRecord(View(it->value()));
+      if (id.ok() && record.ok()) {  // Unreadable: nothing to count.
+        // What is really on disk: an upload whose ingest failed (a full
+        // disk) recorded chunks it never wrote.
+        for (const ChunkIdRange& r : record->ranges) {
+          ScanIterator chunks(
+              core.db, core.chunks_cf, ro, ChunkKey(r.lo),
+              r.hi == std::numeric_limits<uint64_t>::max() ? std::string() : ChunkKey(r.hi + 1));
+          for (chunks->SeekToFirst(); chunks->Valid(); chunks->Next()) {
+            ++entry.removes.chunks_removed;
+            entry.removes.bytes_removed += chunks->value().size();
+          }
+          CKPT_RETURN_IF_ERROR(FromRocksDb(chunks->status(), "scanning a dead upload's chunks"));
+        }
+      }
+      entries.push_back(std::move(entry));
+    }
+    CKPT_RETURN_IF_ERROR(FromRocksDb(it->status(), "scanning pending uploads"));
+  }
+
+  std::vector<Entry> dead;
+  {
+    std::unique_ptr<rocksdb::Iterator> it(core.db->NewIterator(ro, core.refs_cf));
+    for (it->SeekToFirst(); it->Valid(); it->Next()) {
+      auto value = DecodeRefValue(View(it->value()));
+      if (!value.ok()) {
+        // A damaged entry might point anywhere: keep its whole block.
+        use.damaged = true;
+        continue;
+      }
+      if (value->refcount != 0) {
+        use.referenced.emplace_back(value->chunk_id, value->length);
+        continue;
+      }
+      dead.push_back({core.refs_cf, it->key().ToString(), {1, value->length, 0}, *value});
+    }
+    CKPT_RETURN_IF_ERROR(FromRocksDb(it->status(), "scanning chunk refs"));
+  }
+  std::sort(dead.begin(), dead.end(), [](const Entry& a, const Entry& b) {
+    return a.referenced->chunk_id < b.referenced->chunk_id;
+  });
+
+  // Held until the batches are written: see StoreCore::pin_mu.
+  std::lock_guard<std::mutex> pin_lock(core.pin_mu);
+  for (Entry& entry : dead) {
+    if (core.pins.contains(entry.key)) {
+      use.referenced.emplace_back(entry.referenced->chunk_id, entry.referenced->length);
+    } else {
+      entries.push_back(std::move(entry));
+    }
+  }
+  PhaseOne out;
+  rocksdb::WriteOptions sync;
+  sync.sync = true;
+  size_t next = 0;  // entries[next..] are not written yet
+  while (next < entries.size()) {
+    rocksdb::WriteBatch batch;
+    size_t end = next;
+    for (; end < entries.size() && batch.GetDataSize() < kGcBatchBytes; ++end) {
+      batch.Delete(entries[end].cf, entries[end].key);
+    }
+    rocksdb::Status s = core.WriteRefs(sync, &batch, StoreCore::Room::kMayUseReserve);
+    if (!s.ok()) {
+      // Refused before anything was written (StoreCore::Write): stop here
+      // when an earlier batch made progress; otherwise it is the answer.
+      if (!s.IsNoSpace() || next == 0) {
+        return FromRocksDb(s, "collecting garbage");
+      }
+      out.cut_short = true;
+      break;
+    }
+    for (; next < end; ++next) {
+      const GcResult& r = entries[next].removes;
+      out.removed.chunks_removed += r.chunks_removed;
+      out.removed.bytes_removed += r.bytes_removed;
+      out.removed.orphan_uploads_removed += r.orphan_uploads_removed;
+    }
+  }
+  for (size_t i = next; i < entries.size(); ++i) {
+    if (const auto& ref = entries[i].referenced) {
+      use.referenced.emplace_back(ref->chunk_id, ref->length);
+    }
+  }
+  std::sort(use.referenced.begin(), use.referenced.end());
+  return out;
 }
 
 }  // namespace
@@ -172,110 +326,33 @@ absl::Status ReclaimChunkFiles(StoreCore& core, const ChunkUse& use) {
 absl::StatusOr<GcResult> RocksDbStore::CollectGarbage() {
   std::lock_guard<std::mutex> gc_lock(core_->gc_mu);
   GcResult result;
-  ChunkUse use;
-
-  // Phase 1, under the commit mutex: drop unreferenced, unpinned refs
-  // entries and the pending records of dead uploads, in one synced batch.
-  // From then on their chunks are unreachable.
-  {
-    std::lock_guard<std::mutex> commit_lock(core_->commit_mu);
-    rocksdb::ReadOptions ro;
-    ro.fill_cache = false;
-
-    // Every block a live upload holds, and every block handed out later, is
-    // off limits: a commit may still reference chunks there.
-    {
-      std::lock_guard<std::mutex> lock(core_->mu);
-      for (const auto& [id, blocks] : core_->live_blocks) {
-        use.live_blocks.insert(use.live_blocks.end(), blocks.begin(), blocks.end());
-      }
-      use.first_new_block = core_->next_block;
-    }
-    std::sort(use.live_blocks.begin(), use.live_blocks.end());
-
-    struct Candidate {
-      std::string key;
-      RefValue value;
-    };
-    std::vector<Candidate> candidates;
-    {
-      std::unique_ptr<rocksdb::Iterator> it(core_->db->NewIterator(ro, core_->refs_cf));
-      for (it->SeekToFirst(); it->Valid(); it->Next()) {
-        auto value = DecodeRefValue(View(it->value()));
-        if (!value.ok()) {
-          // A damaged entry might point anywhere: keep its whole block.
-          use.damaged = true;
-          continue;
-        }
-        if (value->refcount == 0) {
-          candidates.push_back({it->key().ToString(), *value});
-        } else {
-          use.referenced.emplace_back(value->chunk_id, value->length);
-        }
-      }
-      CKPT_RETURN_IF_ERROR(FromRocksDb(it->status(), "scanning chunk refs"));
-    }
-
-    rocksdb::WriteBatch batch;
-    {
-      // Uploads begun after this copy have ids >= first_unseen: live too.
-      absl::flat_hash_set<uint64_t> live;
-      uint64_t first_unseen;
-      {
-        std::lock_guard<std::mutex> lock(core_->mu);
-        live = core_->live_uploads;
-        first_unseen = core_->next_upload_id;
-      }
-      ScanIterator it(core_->db, core_->default_cf, ro, std::string(kPendingPrefix),
-                      PrefixSuccessor(kPendingPrefix));
-      for (it->SeekToFirst(); it->Valid(); it->Next()) {
-        auto id = ParsePendingKey(View(it->key()));
-        if (id.ok() && (live.contains(*id) || *id >= first_unseen)) continue;
-        batch.Delete(core_->default_cf, it->key());
-        ++result.orphan_uploads_removed;
-        auto record = DecodePendingRecord(View(it->value()));
-        if (!id.ok() || !record.ok()) continue;  // Unreadable: nothing to count.
-        // What is really on disk: an upload whose ingest failed (a full
-        // disk) recorded chunks it never wrote.
-        for (const ChunkIdRange& r : record->ranges) {
-          ScanIterator chunks(
-              core_->db, core_->chunks_cf, ro, ChunkKey(r.lo),
-              r.hi == std::numeric_limits<uint64_t>::max() ? std::string() : ChunkKey(r.hi + 1));
-          for (chunks->SeekToFirst(); chunks->Valid(); chunks->Next()) {
-            ++result.chunks_removed;
-            result.bytes_removed += chunks->value().size();
-          }
-          CKPT_RETURN_IF_ERROR(FromRocksDb(chunks->status(), "scanning a dead upload's chunks"));
-        }
-      }
-      CKPT_RETURN_IF_ERROR(FromRocksDb(it->status(), "scanning pending uploads"));
-    }
-
-    // Held until the batch is written: see StoreCore::pin_mu.
-    std::lock_guard<std::mutex> pin_lock(core_->pin_mu);
-    for (const Candidate& c : candidates) {
-      if (core_->pins.contains(c.key)) {
-        use.referenced.emplace_back(c.value.chunk_id, c.value.length);
-        continue;
-      }
-      batch.Delete(core_->refs_cf, c.key);
-      ++result.chunks_removed;
-      result.bytes_removed += c.value.length;
-    }
-    std::sort(use.referenced.begin(), use.referenced.end());
-    if (batch.Count() > 0) {
-      rocksdb::WriteOptions sync;
-      sync.sync = true;
-      CKPT_RETURN_IF_ERROR(FromRocksDb(
-          core_->WriteRefs(sync, &batch, StoreCore::Room::kMayUseReserve), "collecting garbage"));
-    }
-  }
-
   // Phase 2, with commits running again: reclaim the space of chunk files.
   // A file without one referenced chunk is dropped whole; a file with enough
   // garbage is rewritten by a compaction of its own key range only, so other
-  // chunk files are never rewritten.
-  CKPT_RETURN_IF_ERROR(ReclaimChunkFiles(*core_, use));
+  // chunk files are never rewritten. When the first phase was cut short by a
+  // full disk, the files it freed make room for the next round.
+  // A round refused for room after the previous one dropped files waits a
+  // little (kRecoveryWait) for the space to show: RocksDB deletes a dropped
+  // file once no running job uses it, and recovers from a flush that found
+  // no room (StoreCore::Write) once there is.
+  absl::Time wait_until = absl::InfinitePast();
+  for (int round = 0;; ++round) {
+    ChunkUse use;
+    absl::StatusOr<PhaseOne> one = DropDeadEntries(*core_, use);
+    if (!one.ok()) {
+      if (round == 0 || !absl::IsResourceExhausted(one.status())) return one.status();
+      // Nothing more fits: what the earlier rounds removed is the answer.
+      if (absl::Now() >= wait_until) break;
+      absl::SleepFor(absl::Milliseconds(100));
+      continue;
+    }
+    result.chunks_removed += one->removed.chunks_removed;
+    result.bytes_removed += one->removed.bytes_removed;
+    result.orphan_uploads_removed += one->removed.orphan_uploads_removed;
+    CKPT_ASSIGN_OR_RETURN(const uint64_t dropped, ReclaimChunkFiles(*core_, use));
+    if (!one->cut_short) break;
+    wait_until = dropped > 0 ? absl::Now() + StoreCore::kRecoveryWait : absl::InfinitePast();
+  }
   core_->RestoreReserve();
   return result;
 }

@@ -75,6 +75,8 @@ struct StoreCore {
   // the free space, looking every few seconds, and a manual Resume()
   // answers Busy meanwhile. A write that may use the reserve waits for that
   // recovery (up to kRecoveryWait); others try one Resume() and give up.
+  // The same holds when such a write, with little room, fills a memtable
+  // whose flush then finds none.
   rocksdb::Status Write(const rocksdb::WriteOptions& write_options, rocksdb::WriteBatch* batch,
                         Room room = Room::kNormal);
   static constexpr absl::Duration kRecoveryWait = absl::Seconds(15);
