@@ -6,9 +6,13 @@
 
 #include <algorithm>
 #include <cstring>
+#include <system_error>
+#include <thread>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/types/span.h"
 #include "client/staging.h"
 #include "common/status_macros.h"
 
@@ -284,6 +288,47 @@ absl::StatusOr<c10::ScalarType> ToScalarType(DType dtype) {
 
 namespace {
 
+struct PlainCopy {
+  uint8_t* dst;
+  const uint8_t* src;
+  uint64_t bytes;
+};
+
+// Performs `copies` on this thread and up to three helpers, each taking an
+// equal share of the bytes, a copy split between threads where the shares
+// meet: an async save's stall is the snapshot's copy, and one thread copies
+// at a fraction of what the memory can do. A share without a thread to be
+// had is copied here.
+void CopyInParallel(absl::Span<const PlainCopy> copies) {
+  constexpr uint64_t kBytesPerThread = uint64_t{16} << 20;
+  uint64_t total = 0;
+  for (const PlainCopy& c : copies) total += c.bytes;
+  const uint64_t cores = std::max(1u, std::thread::hardware_concurrency());
+  const uint64_t threads =
+      std::max<uint64_t>(1, std::min({cores, uint64_t{4}, total / kBytesPerThread}));
+  // Bytes [begin, end) of all the copies, in order.
+  auto share = [copies](uint64_t begin, uint64_t end) {
+    uint64_t at = 0;  // where a copy starts among all the bytes
+    for (size_t i = 0; i < copies.size() && at < end; at += copies[i++].bytes) {
+      const PlainCopy& c = copies[i];
+      const uint64_t lo = begin > at ? begin - at : 0;
+      const uint64_t hi = std::min(end - at, c.bytes);
+      if (lo < hi) std::memcpy(c.dst + lo, c.src + lo, hi - lo);
+    }
+  };
+  std::vector<std::thread> helpers;
+  for (uint64_t t = 0; t + 1 < threads; ++t) {
+    const uint64_t begin = total / threads * t, end = total / threads * (t + 1);
+    try {
+      helpers.emplace_back(share, begin, end);
+    } catch (const std::system_error&) {
+      share(begin, end);
+    }
+  }
+  share(total / threads * (threads - 1), total);
+  for (std::thread& h : helpers) h.join();
+}
+
 // Copies the tensors a snapshot visited (out->tensors, in tensor-node order)
 // into one buffer from `buffers` and points the nodes' spans at it.
 absl::Status CopySnapshot(FlatValue* out, SnapshotBuffers* buffers) {
@@ -303,6 +348,10 @@ absl::Status CopySnapshot(FlatValue* out, SnapshotBuffers* buffers) {
   }
   uint8_t* base = static_cast<uint8_t*>(out->snapshot.data_ptr());
   at::NoGradGuard no_grad;
+  // Plain copies (contiguous host tensors) are shared with helper threads;
+  // the rest (views, device tensors) stays on this thread, whose current
+  // CUDA stream orders a device copy after the caller's work.
+  std::vector<PlainCopy> plain;
   uint64_t offset = 0;
   size_t k = 0;
   for (size_t i = 0; i < out->input.tree.size(); ++i) {
@@ -314,7 +363,7 @@ absl::Status CopySnapshot(FlatValue* out, SnapshotBuffers* buffers) {
     try {
       if (n == 0) {
       } else if (t.device().is_cpu() && t.is_contiguous() && !t.is_conj() && !t.is_neg()) {
-        std::memcpy(dst, t.data_ptr(), n);
+        plain.push_back({dst, static_cast<const uint8_t*>(t.data_ptr()), n});
       } else {
         // Strided, conjugate/negative views and device tensors: through a
         // view of the buffer (a device copy into page-locked memory).
@@ -327,6 +376,7 @@ absl::Status CopySnapshot(FlatValue* out, SnapshotBuffers* buffers) {
     out->input.bytes[i] = {dst, n};
     offset += (n + kAlign - 1) / kAlign * kAlign;
   }
+  CopyInParallel(plain);
   out->tensors.clear();  // the caller's tensors are not needed any more
   return absl::OkStatus();
 }

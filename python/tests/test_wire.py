@@ -552,9 +552,11 @@ def test_str_and_int_subclass_keys_save_as_their_values():
 
 def test_snapshot_copies_agree_and_stay_in_the_buffer():
     """copy_into (an async save's snapshot) in C and Python: the same bytes
-    land at the same offsets; a copy past the buffer is refused."""
+    land at the same offsets; a copy past the buffer is refused. Over 32 MiB
+    in all, so that the C copy shares the bytes between threads (splitting
+    copies where the shares meet)."""
     rng = random.Random(15)
-    datas = [rng.randbytes(n) for n in (0, 1, 100, 70000)]
+    datas = [rng.randbytes(n) for n in (0, 1, 100, 70000, 23_000_001, 3, 19_000_000, 5)]
     memory = [ctypes.create_string_buffer(d, len(d)) for d in datas]
     copies, off = [], 0
     for m, d in zip(memory, datas):
@@ -568,6 +570,9 @@ def test_snapshot_copies_agree_and_stay_in_the_buffer():
         copy_into(buffer, copies)
         for (_, at, n), d in zip(copies, datas):
             assert bytes(buffer[at:at + n]) == d
+        gaps = [(at + n, copies[i + 1][1] if i + 1 < len(copies) else off)
+                for i, (_, at, n) in enumerate(copies)]
+        assert all(buffer[lo:hi] == bytes(hi - lo) for lo, hi in gaps)  # nothing else written
         for bad in ([(copies[3][0], off - 10, 70000)], [(0, 0, 5)], [(copies[2][0], -1, 1)]):
             with pytest.raises(ValueError):
                 copy_into(buffer, bad)

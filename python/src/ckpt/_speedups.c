@@ -13,8 +13,10 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <string.h>
+#include <unistd.h>
 
 /* A message's copies are made with the GIL released when they move at least
  * this many bytes. */
@@ -963,6 +965,56 @@ done:
 }
 #endif
 
+/* Copies copies[0..n) on this thread and up to three helper threads, each
+ * taking an equal share of the bytes, a copy split between threads where
+ * the shares meet (one thread copies at a fraction of what the memory can
+ * do; an async save's stall is this copy). Without a helper thread to be
+ * had, its share is copied here. Called without the GIL. */
+typedef struct {
+  const Copy *copies;
+  Py_ssize_t n;
+  size_t begin, end; /* the share: bytes [begin, end) of all copies in order */
+} CopyShare;
+
+static void *copy_share(void *arg) {
+  const CopyShare *share = arg;
+  size_t at = 0; /* where copies[i] starts among all the bytes */
+  for (Py_ssize_t i = 0; i < share->n && at < share->end; at += share->copies[i++].n) {
+    const Copy *c = &share->copies[i];
+    const size_t lo = share->begin > at ? share->begin - at : 0;
+    const size_t hi = share->end - at < c->n ? share->end - at : c->n;
+    if (lo < hi) memcpy(c->dst + lo, c->src + lo, hi - lo);
+  }
+  return NULL;
+}
+
+static void copy_in_parallel(const Copy *copies, Py_ssize_t n) {
+  enum { kMaxThreads = 4 };
+  const size_t kBytesPerThread = (size_t)16 << 20;
+  size_t total = 0;
+  for (Py_ssize_t i = 0; i < n; ++i) total += copies[i].n;
+  const long cores = sysconf(_SC_NPROCESSORS_ONLN);
+  size_t threads = total / kBytesPerThread;
+  if (cores >= 1 && threads > (size_t)cores) threads = (size_t)cores;
+  if (threads > kMaxThreads) threads = kMaxThreads;
+  if (threads < 1) threads = 1;
+  CopyShare shares[kMaxThreads];
+  pthread_t helpers[kMaxThreads];
+  int started[kMaxThreads] = {0};
+  for (size_t t = 0; t < threads; ++t) {
+    shares[t] = (CopyShare){copies, n, total / threads * t,
+                            t + 1 == threads ? total : total / threads * (t + 1)};
+  }
+  for (size_t t = 0; t + 1 < threads; ++t) {
+    started[t] = pthread_create(&helpers[t], NULL, copy_share, &shares[t]) == 0;
+    if (!started[t]) copy_share(&shares[t]);
+  }
+  copy_share(&shares[threads - 1]);
+  for (size_t t = 0; t + 1 < threads; ++t) {
+    if (started[t]) pthread_join(helpers[t], NULL);
+  }
+}
+
 /* copy_into(buffer, copies): copies[i] = (source address, offset, length)
  * copies `length` bytes of memory the caller holds into the writable buffer
  * at `offset` (each range checked against the buffer), without the GIL;
@@ -995,9 +1047,7 @@ static PyObject *copy_into(PyObject *self, PyObject *args) {
     }
     copies[i] = (Copy){(char *)dst.buf + off, (const uint8_t *)src, (size_t)len};
   }
-  Py_BEGIN_ALLOW_THREADS for (Py_ssize_t i = 0; i < n; ++i) {
-    memcpy(copies[i].dst, copies[i].src, copies[i].n);
-  }
+  Py_BEGIN_ALLOW_THREADS copy_in_parallel(copies, n);
   Py_END_ALLOW_THREADS Py_INCREF(Py_None);
   result = Py_None;
 done:
