@@ -178,52 +178,44 @@ std::vector<absl::StatusOr<Store::SharedBytes>> RocksDbStore::ReadSharedChunks(
     return out;
   }
   const absl::string_view ns = NamespaceOf(name);
-  // Small chunks: their references and then their bytes in two batched
-  // lookups from one snapshot, the bytes copied into one buffer. Large ones,
-  // and any small one not read that way (missing, damaged, a read error),
-  // go through ReadSharedChunk, which says precisely what is wrong.
+  // Small chunks: their references in one batched lookup, then their bytes
+  // through one iterator that keeps every block it read pinned (in the
+  // memory-mapped chunk files: nothing is copied) for as long as it lives,
+  // both from one snapshot. Large ones, and any small one not read that way
+  // (missing, damaged, a read error), go through ReadSharedChunk, which says
+  // precisely what is wrong.
   std::vector<std::string> ref_keys;
   ref_keys.reserve(digests.size());
   for (const Digest& digest : digests) ref_keys.push_back(RefKey(ns, digest));
-  rocksdb::ManagedSnapshot snapshot(core_->db);
+  auto pinned = std::make_shared<PinnedRead>(core_);
   rocksdb::ReadOptions ro;
-  ro.snapshot = snapshot.snapshot();
+  ro.snapshot = pinned->snapshot;
   std::vector<std::optional<RefValue>> refs;
-  std::vector<size_t> small;  // indexes into digests
-  std::vector<std::string> chunk_keys;
-  uint64_t small_bytes = 0;
+  std::vector<std::pair<std::string, size_t>> small;  // (chunk key, index into digests)
   if (internal::MultiGetRefs(*core_, ro, ref_keys, &refs).ok()) {
     for (size_t i = 0; i < digests.size(); ++i) {
       if (!refs[i].has_value() || refs[i]->length >= kPinnedReadBytes) continue;
-      small.push_back(i);
-      chunk_keys.push_back(ChunkKey(refs[i]->chunk_id));
-      small_bytes += refs[i]->length;
+      small.emplace_back(ChunkKey(refs[i]->chunk_id), i);
     }
   }
   if (!small.empty()) {
     ro.fill_cache = false;
     ro.verify_checksums = false;  // the digest covers every byte (see ReadSharedChunk)
-    std::vector<rocksdb::Slice> keys(chunk_keys.begin(), chunk_keys.end());
-    std::vector<rocksdb::PinnableSlice> values(keys.size());
-    std::vector<rocksdb::Status> statuses(keys.size());
-    core_->db->MultiGet(ro, core_->chunks_cf, keys.size(), keys.data(), values.data(),
-                        statuses.data());
-    auto buffer = std::make_shared<std::string>();
-    buffer->reserve(small_bytes);
-    std::vector<std::pair<size_t, size_t>> placed;  // (index, offset in buffer)
-    for (size_t k = 0; k < small.size(); ++k) {
-      const size_t i = small[k];
-      if (!statuses[k].ok() || values[k].size() != refs[i]->length) continue;
-      placed.emplace_back(i, buffer->size());
-      buffer->append(values[k].data(), values[k].size());
-    }
-    for (const auto& [i, offset] : placed) {
-      const absl::string_view bytes = absl::string_view(*buffer).substr(offset, refs[i]->length);
-      if (internal::VerifyChunkBytes(digests[i], refs[i]->length, bytes).ok()) {
-        out[i] = SharedBytes{buffer, bytes};
+    ro.pin_data = true;
+    std::sort(small.begin(), small.end());  // forward seeks
+    pinned->it.reset(core_->db->NewIterator(ro, core_->chunks_cf));
+    for (const auto& [key, i] : small) {
+      pinned->it->Seek(key);
+      if (!pinned->it->Valid() || pinned->it->key() != key) continue;
+      const rocksdb::Slice value = pinned->it->value();
+      const absl::string_view bytes(value.data(), value.size());
+      if (bytes.size() == refs[i]->length &&
+          internal::VerifyChunkBytes(digests[i], refs[i]->length, bytes).ok()) {
+        out[i] = SharedBytes{pinned, bytes};
       }
     }
   }
+  pinned->ReleaseSnapshot();  // the iterator keeps the files it read
   for (size_t i = 0; i < digests.size(); ++i) {
     if (!out[i].ok()) out[i] = ReadSharedChunk(name, digests[i]);
   }

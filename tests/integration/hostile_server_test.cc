@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <memory>
+#include <mutex>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -18,15 +19,29 @@
 namespace ckpt {
 namespace {
 
-// Sends `script` in order, then OK.
+// Sends the script set last in order, then OK. Each call sends its own
+// copy: a client that refuses a message returns while the call may still be
+// writing, and the next case sets a new script.
 class ScriptedLoad final : public v1::CheckpointService::Service {
  public:
   grpc::Status Load(grpc::ServerContext*, const v1::LoadRequest*,
                     grpc::ServerWriter<v1::LoadResponse>* writer) override {
-    for (const v1::LoadResponse& message : script) writer->Write(message);
+    std::vector<v1::LoadResponse> messages;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      messages = script_;
+    }
+    for (const v1::LoadResponse& message : messages) writer->Write(message);
     return grpc::Status::OK;
   }
-  std::vector<v1::LoadResponse> script;
+  void set_script(std::vector<v1::LoadResponse> script) {
+    std::lock_guard<std::mutex> lock(mu_);
+    script_ = std::move(script);
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<v1::LoadResponse> script_;
 };
 
 v1::Node TensorNode(const std::string& key, std::vector<int64_t> shape, uint64_t size) {
@@ -91,7 +106,7 @@ class HostileServerTest : public ::testing::Test {
   }
 
   absl::StatusOr<client::LoadedValue> LoadWith(std::vector<v1::LoadResponse> script) {
-    service_.script = std::move(script);
+    service_.set_script(std::move(script));
     return client_->Load("team/run", {});
   }
 
@@ -131,7 +146,7 @@ TEST_F(HostileServerTest, PiecesReachASinkWholeUnlessItTakesParts) {
   script.push_back(Pieces({{1, 0, bytes.substr(0, kPiece)},
                            {1, kPiece, bytes.substr(kPiece, kPiece)},
                            {1, 2 * kPiece, bytes.substr(2 * kPiece)}}));
-  service_.script = script;
+  service_.set_script(script);
 
   struct Recorder : client::LoadSink {
     bool parts = false;
