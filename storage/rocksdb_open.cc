@@ -60,8 +60,12 @@ absl::Status CheckFormat(StoreCore& core) {
   }
   rocksdb::WriteOptions w;
   w.sync = true;
+  // A few bytes without which the server cannot start: they may use the
+  // room kept for deletes and gc (a new store on a nearly full disk opens,
+  // and refuses saves in words until there is room).
   return FromRocksDb(
-      core.PutOne(w, core.default_cf, kFormatKey, EncodeBigEndian64(kStoreFormatVersion)),
+      core.PutOne(w, core.default_cf, kFormatKey, EncodeBigEndian64(kStoreFormatVersion),
+                  StoreCore::Room::kMayUseReserve),
       "recording the store's format version");
 }
 

@@ -58,9 +58,9 @@ class DiskFullTest : public ::testing::Test {
     if (mounted_) testing::RunCommand({"umount", "-l", mount_});
   }
 
-  void Start(int reserved_mib = kReservedMiB) {
+  void Start(int reserved_mib = kReservedMiB, const std::string& db = "db") {
     server_.reset();  // its destructor removes the log the new one writes
-    auto server = testing::ServerProcess::Start(mount_ + "/db",
+    auto server = testing::ServerProcess::Start(mount_ + "/" + db,
                                                 {"--reserved-disk-mib", absl::StrCat(reserved_mib)},
                                                 dir_.path() + "/server.log");
     ASSERT_TRUE(server.ok()) << server.status();
@@ -231,6 +231,29 @@ TEST_F(DiskFullTest, GcOnAFullDiskCollectsMoreDeadChunksThanTheReserveCouldDelet
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_EQ(again->chunks_removed, 0u);
   ASSERT_TRUE(client_->Health().ok());
+}
+
+// A new store on a disk with a few MiB left and no reserve: the server
+// starts (its format record may use the room kept for deletes and gc),
+// serves, refuses saves in words, and saves once there is room.
+TEST_F(DiskFullTest, ANewStoreOpensOnANearlyFullDiskWithNoReserve) {
+  client_.reset();
+  server_.reset();
+  FillDisk("filler");
+  ASSERT_EQ(
+      truncate((mount_ + "/filler").c_str(),
+               static_cast<off_t>(std::filesystem::file_size(mount_ + "/filler")) - (4 << 20)),
+      0);
+  Start(/*reserved_mib=*/0, "new-db");
+  ASSERT_NE(server_, nullptr);
+  ASSERT_TRUE(client_->Health().ok());
+  auto refused = SaveBlob("full/blob", 1, 1);
+  ASSERT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted) << refused.status();
+  EXPECT_NE(refused.status().message().find("disk full"), std::string::npos) << refused.status();
+  std::filesystem::remove(mount_ + "/filler");
+  auto saved = SaveBlob("full/blob", 1, 2);
+  ASSERT_TRUE(saved.ok()) << saved.status() << "\nserver log:\n" << server_->Log();
+  ExpectAllLoad("full/blob");
 }
 
 // With no reserved space (--reserved-disk-mib 0) every write meets the full
