@@ -317,6 +317,7 @@ void CopyInParallel(absl::Span<const PlainCopy> copies) {
     }
   };
   std::vector<std::thread> helpers;
+  helpers.reserve(threads - 1);  // no throw with a thread started
   for (uint64_t t = 0; t + 1 < threads; ++t) {
     const uint64_t begin = total / threads * t, end = total / threads * (t + 1);
     try {

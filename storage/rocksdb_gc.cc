@@ -297,8 +297,10 @@ absl::StatusOr<PhaseOne> DropDeadEntries(StoreCore& core, ChunkUse& use) {
     }
     rocksdb::Status s = core.WriteRefs(sync, &batch, StoreCore::Room::kMayUseReserve);
     if (!s.ok()) {
-      // Refused before anything was written (StoreCore::Write): stop here
-      // when an earlier batch made progress; otherwise it is the answer.
+      // No room (StoreCore::Write refuses before RocksDB sees the batch; a
+      // RocksDB that met the full disk itself may have kept it: counting
+      // its entries as referenced is safe either way): stop here when an
+      // earlier batch made progress; otherwise it is the answer.
       if (!s.IsNoSpace() || next == 0) {
         return FromRocksDb(s, "collecting garbage");
       }
@@ -332,18 +334,25 @@ absl::StatusOr<GcResult> RocksDbStore::CollectGarbage() {
   // chunk files are never rewritten. When the first phase was cut short by a
   // full disk, the files it freed make room for the next round.
   // A round refused for room after the previous one dropped files waits a
-  // little (kRecoveryWait) for the space to show: RocksDB deletes a dropped
-  // file once no running job uses it, and recovers from a flush that found
-  // no room (StoreCore::Write) once there is.
-  absl::Time wait_until = absl::InfinitePast();
+  // little (up to kRecoveryWait, looking at the free space only) for the
+  // room of a batch to show, then tries once more: RocksDB deletes a dropped
+  // file once no reader or job uses it.
+  bool may_wait = false;
   for (int round = 0;; ++round) {
     ChunkUse use;
     absl::StatusOr<PhaseOne> one = DropDeadEntries(*core_, use);
     if (!one.ok()) {
       if (round == 0 || !absl::IsResourceExhausted(one.status())) return one.status();
       // Nothing more fits: what the earlier rounds removed is the answer.
-      if (absl::Now() >= wait_until) break;
-      absl::SleepFor(absl::Milliseconds(100));
+      if (!may_wait) break;
+      may_wait = false;
+      // What the next batch needs (StoreCore::Write).
+      const uint64_t needed =
+          kGcBatchBytes + StoreCore::kMinWriteRoom + core_->FlushRoomFor(kGcBatchBytes);
+      const absl::Time deadline = absl::Now() + StoreCore::kRecoveryWait;
+      while (core_->FreeSpace() < needed && absl::Now() < deadline) {
+        absl::SleepFor(absl::Milliseconds(100));
+      }
       continue;
     }
     result.chunks_removed += one->removed.chunks_removed;
@@ -351,7 +360,7 @@ absl::StatusOr<GcResult> RocksDbStore::CollectGarbage() {
     result.orphan_uploads_removed += one->removed.orphan_uploads_removed;
     CKPT_ASSIGN_OR_RETURN(const uint64_t dropped, ReclaimChunkFiles(*core_, use));
     if (!one->cut_short) break;
-    wait_until = dropped > 0 ? absl::Now() + StoreCore::kRecoveryWait : absl::InfinitePast();
+    may_wait = dropped > 0;
   }
   core_->RestoreReserve();
   return result;

@@ -138,6 +138,7 @@ absl::StatusOr<Store::SharedBytes> RocksDbStore::ReadSharedChunk(absl::string_vi
   // it reads) is kept. A small one is copied: an iterator costs more.
   const std::string key = ChunkKey(ref->chunk_id);
   if (ref->length >= kPinnedReadBytes) {
+    ro.background_purge_on_iterator_cleanup = true;  // see ReadSharedChunks
     pinned->it.reset(core_->db->NewIterator(ro, core_->chunks_cf));
     pinned->it->Seek(key);
     if (pinned->it->Valid() && pinned->it->key() == key) {
@@ -202,6 +203,9 @@ std::vector<absl::StatusOr<Store::SharedBytes>> RocksDbStore::ReadSharedChunks(
     ro.fill_cache = false;
     ro.verify_checksums = false;  // the digest covers every byte (see ReadSharedChunk)
     ro.pin_data = true;
+    // The last holder may be a gRPC thread: deleting the files the iterator
+    // kept (gc dropped them meanwhile) is left to RocksDB's own threads.
+    ro.background_purge_on_iterator_cleanup = true;
     std::sort(small.begin(), small.end());  // forward seeks
     pinned->it.reset(core_->db->NewIterator(ro, core_->chunks_cf));
     for (const auto& [key, i] : small) {

@@ -35,9 +35,12 @@
 // directory is opened by one process at a time (RocksDB's LOCK file).
 //
 // Garbage collection (CollectGarbage):
-//  1. Under the commit mutex, in one synced batch: deletes refs entries with
-//     refcount 0 that no live Upload pins, and the pending records of dead
-//     uploads. Their chunks are unreachable from then on.
+//  1. Under the commit mutex, in synced batches of at most 1 MiB: deletes
+//     refs entries with refcount 0 that no live Upload pins (in chunk id
+//     order), and the pending records of dead uploads. Their chunks are
+//     unreachable from then on. On a disk without room for the next batch
+//     the phase stops there (the rest counts as referenced), step 2 frees
+//     the files of what it deleted, and another round goes on.
 //  2. With commits running again: looks at each chunk file (each
 //     belongs to one upload's id block) outside the blocks of live uploads.
 //     A file with no referenced chunk is dropped whole (DeleteFilesInRanges);

@@ -313,8 +313,9 @@ class Store {
   /// ReadSharedChunk of several chunks of `name`'s namespace: one result
   /// per digest, in order, each what ReadSharedChunk returns for it. A store
   /// may read them together (RocksDB: batched lookups from one snapshot,
-  /// small chunks copied into one buffer they share, so a result may keep
-  /// the others' bytes alive too). The default reads one at a time.
+  /// small chunks read in place through one iterator that all their results
+  /// share, so a result may keep the others' bytes, and the chunk files
+  /// they are in, alive too). The default reads one at a time.
   virtual std::vector<absl::StatusOr<SharedBytes>> ReadSharedChunks(
       absl::string_view name, absl::Span<const Digest> digests) {
     std::vector<absl::StatusOr<SharedBytes>> out;

@@ -39,14 +39,16 @@ rocksdb::Status StoreCore::Write(const rocksdb::WriteOptions& write_options,
       DropReserve();
       free = FreeSpace();
     }
-    const uint64_t needed = bytes + (room == Room::kNormal ? WriteHeadroom() : kMinWriteRoom);
+    const uint64_t needed =
+        bytes + (room == Room::kNormal ? WriteHeadroom() : kMinWriteRoom + FlushRoomFor(bytes));
     if (free < needed) {
-      return rocksdb::Status::NoSpace(
-          absl::StrCat("disk full: ", free, " bytes free where the store lives, this write needs ",
-                       needed, "; nothing was written (",
-                       room == Room::kNormal ? "delete versions and run gc, or add space"
+      return rocksdb::Status::NoSpace(absl::StrCat(
+          "disk full: ", free, " bytes free where the store lives, this write needs ", needed,
+          "; nothing was written (",
+          room == Room::kNormal              ? "delete versions and run gc, or add space"
+          : options.reserved_disk_bytes == 0 ? "free space on that disk"
                                              : "free space on that disk: the reserve is used up",
-                       ")"));
+          ")"));
     }
   }
   rocksdb::Status s = db->Write(write_options, batch);
@@ -65,6 +67,21 @@ rocksdb::Status StoreCore::Write(const rocksdb::WriteOptions& write_options,
     absl::SleepFor(absl::Milliseconds(100));
   } while (absl::Now() < deadline);
   return s;
+}
+
+uint64_t StoreCore::FlushRoomFor(uint64_t bytes) const {
+  uint64_t room = 0;
+  for (rocksdb::ColumnFamilyHandle* cf : {default_cf, chunks_cf, refs_cf, manifests_cf, tags_cf}) {
+    if (cf == nullptr) continue;
+    const uint64_t limit = cf == manifests_cf ? options.rocksdb.manifest_write_buffer_bytes
+                                              : options.rocksdb.write_buffer_bytes;
+    uint64_t active = 0;
+    if (!db->GetIntProperty(cf, rocksdb::DB::Properties::kCurSizeActiveMemTable, &active)) {
+      active = limit;  // unknown: as if full
+    }
+    if (active + bytes >= limit) room += active;
+  }
+  return room;
 }
 
 uint64_t StoreCore::FreeBytes(const std::string& path) {

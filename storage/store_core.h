@@ -67,22 +67,24 @@ struct StoreCore {
   // (Debian's build aborts on the WAL's next append or sync), so a full disk
   // must refuse writes before RocksDB meets it. A write that may use the
   // reserve drops the reserve file first when the disk is that full, and
-  // goes ahead with room for itself alone (kMinWriteRoom) so that deletes
-  // still free space; others are refused, NoSpace, with nothing written.
+  // goes ahead with room for itself (kMinWriteRoom) and for the flush it
+  // would set off (FlushRoomFor) so that deletes still free space; others
+  // are refused, NoSpace, with nothing written.
   // Should RocksDB still fail a write (another process took the space
   // between the check and the write), its writes stop until it recovers:
   // its SstFileManager resumes by itself once the largest memtable fits in
   // the free space, looking every few seconds, and a manual Resume()
   // answers Busy meanwhile. A write that may use the reserve waits for that
   // recovery (up to kRecoveryWait); others try one Resume() and give up.
-  // The same holds when such a write, with little room, fills a memtable
-  // whose flush then finds none.
   rocksdb::Status Write(const rocksdb::WriteOptions& write_options, rocksdb::WriteBatch* batch,
                         Room room = Room::kNormal);
   static constexpr absl::Duration kRecoveryWait = absl::Seconds(15);
   static constexpr uint64_t kMinWriteRoom = uint64_t{1} << 20;
   // Free bytes a write needs besides its own: the largest memtable.
   uint64_t WriteHeadroom() const;
+  // What the flushes that `bytes` more written would set off may write: the
+  // active memtable of each column family those bytes could fill.
+  uint64_t FlushRoomFor(uint64_t bytes) const;
 
   // Writes a batch that touches the refs CF, then bumps refs_generation
   // (whether or not it landed). Every refs write goes through here, under
@@ -129,7 +131,8 @@ struct StoreCore {
 
   // Guards `pins`: refs keys (namespace \0 digest) that live uploads found or
   // wrote, with counts. CollectGarbage holds it from its pin check until its
-  // batch is written, so that a pin taken before a refs lookup always wins.
+  // batches are written, so that a pin taken before a refs lookup always
+  // wins.
   std::mutex pin_mu;
   absl::flat_hash_map<std::string, uint64_t> pins;
 

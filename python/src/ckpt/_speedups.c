@@ -965,11 +965,7 @@ done:
 }
 #endif
 
-/* Copies copies[0..n) on this thread and up to three helper threads, each
- * taking an equal share of the bytes, a copy split between threads where
- * the shares meet (one thread copies at a fraction of what the memory can
- * do; an async save's stall is this copy). Without a helper thread to be
- * had, its share is copied here. Called without the GIL. */
+/* One thread's share of copy_in_parallel's copies. */
 typedef struct {
   const Copy *copies;
   Py_ssize_t n;
@@ -988,6 +984,11 @@ static void *copy_share(void *arg) {
   return NULL;
 }
 
+/* Copies copies[0..n) on this thread and up to three helper threads, each
+ * taking an equal share of the bytes, a copy split between threads where
+ * the shares meet (one thread copies at a fraction of what the memory can
+ * do; an async save's stall is this copy). Without a helper thread to be
+ * had, its share is copied here. Called without the GIL. */
 static void copy_in_parallel(const Copy *copies, Py_ssize_t n) {
   enum { kMaxThreads = 4 };
   const size_t kBytesPerThread = (size_t)16 << 20;
