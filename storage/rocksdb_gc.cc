@@ -290,11 +290,17 @@ absl::StatusOr<PhaseOne> DropDeadEntries(StoreCore& core, ChunkUse& use) {
   sync.sync = true;
   size_t next = 0;  // entries[next..] are not written yet
   while (next < entries.size()) {
-    rocksdb::WriteBatch batch;
+    // Up to kGcBatchBytes of entries, written in key order (the refs
+    // memtable's insert hint: rocksdb_open.cc).
     size_t end = next;
-    for (; end < entries.size() && batch.GetDataSize() < kGcBatchBytes; ++end) {
-      batch.Delete(entries[end].cf, entries[end].key);
+    for (uint64_t bytes = 0; end < entries.size() && bytes < kGcBatchBytes; ++end) {
+      bytes += entries[end].key.size() + 8;  // a delete's record, about
     }
+    std::sort(entries.begin() + static_cast<ptrdiff_t>(next),
+              entries.begin() + static_cast<ptrdiff_t>(end),
+              [](const Entry& a, const Entry& b) { return a.key < b.key; });
+    rocksdb::WriteBatch batch;
+    for (size_t i = next; i < end; ++i) batch.Delete(entries[i].cf, entries[i].key);
     rocksdb::Status s = core.WriteRefs(sync, &batch, StoreCore::Room::kMayUseReserve);
     if (!s.ok()) {
       // No room (StoreCore::Write refuses before RocksDB sees the batch; a
