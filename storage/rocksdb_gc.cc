@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/crash_point.h"
 #include "common/status_macros.h"
 #include "rocksdb/convenience.h"
 #include "rocksdb/db.h"
@@ -313,6 +314,7 @@ absl::StatusOr<PhaseOne> DropDeadEntries(StoreCore& core, ChunkUse& use) {
       out.cut_short = true;
       break;
     }
+    CKPT_CRASH_POINT("gc.after_batch");
     for (; next < end; ++next) {
       const GcResult& r = entries[next].removes;
       out.removed.chunks_removed += r.chunks_removed;
@@ -364,6 +366,7 @@ absl::StatusOr<GcResult> RocksDbStore::CollectGarbage() {
     result.chunks_removed += one->removed.chunks_removed;
     result.bytes_removed += one->removed.bytes_removed;
     result.orphan_uploads_removed += one->removed.orphan_uploads_removed;
+    CKPT_CRASH_POINT("gc.before_reclaim");
     CKPT_ASSIGN_OR_RETURN(const uint64_t dropped, ReclaimChunkFiles(*core_, use));
     if (!one->cut_short) break;
     may_wait = dropped > 0;

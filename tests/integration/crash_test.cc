@@ -248,6 +248,82 @@ TEST_F(CrashTest, KilledServerNeverExposesPartialVersionsNorLosesCommittedOnes) 
   EXPECT_EQ(CountChunkKeys(db()), referenced);
 }
 
+// SIGKILL in the middle of a garbage collection (after its first batch of
+// deletes, and between its phases): no chunk a version references is ever
+// lost, and the next collection finishes the job.
+TEST_F(CrashTest, KilledGcLosesNoReferencedChunkAndTheNextGcFinishes) {
+  // 20,000 tensors of 64 bytes; `shared_with_keep` of them the kept
+  // version's own bytes (deduplicated), the rest distinct.
+  constexpr int kSmall = 20000;
+  auto small = [](uint64_t seed, int shared_with_keep) {
+    testing::TreeBuilder b;
+    b.Dict(kSmall);
+    for (int i = 0; i < kSmall; ++i) {
+      b.Tensor(absl::StrCat("layers.", i, ".weight"), DType::kFloat32, {16},
+               i < shared_with_keep ? uint64_t{7000000} + i : seed * 100000 + i);
+    }
+    return b;
+  };
+  const testing::TreeBuilder keep = small(0, kSmall);
+  {
+    auto server = StartServer("");
+    ASSERT_TRUE(server);
+    auto client = client::RawClient::Connect(server->address(), {});
+    ASSERT_TRUE(client.ok());
+    ASSERT_TRUE((*client)->Save("gc/keep", keep.Input(), {}).ok());
+    // 4 versions of which 2,000 tensors each are the kept version's: 72,000
+    // dead references once they are deleted, ~1.7 MB of deletes (two
+    // batches).
+    for (uint64_t seed = 1; seed <= 4; ++seed) {
+      auto saved = (*client)->Save("gc/dead", small(seed, 2000).Input(), {});
+      ASSERT_TRUE(saved.ok()) << saved.status();
+      ASSERT_TRUE((*client)->DeleteVersion("gc/dead", saved->version.version, false).ok());
+    }
+    client->reset();
+    server->Terminate();
+  }
+  auto expect_keep_loads = [&](client::RawClient& client) {
+    auto loaded = client.Load("gc/keep", {});
+    ASSERT_TRUE(loaded.ok()) << loaded.status();
+    ASSERT_EQ(loaded->data.size(), keep.tree().size());
+    for (size_t n = 0; n < keep.tree().size(); ++n) {
+      ASSERT_EQ(loaded->data[n], keep.data(n)) << "node " << n;
+    }
+  };
+  for (const char* point : {"gc.after_batch:1", "gc.before_reclaim:1"}) {
+    SCOPED_TRACE(point);
+    auto server = StartServer(point);
+    ASSERT_TRUE(server);
+    auto client = client::RawClient::Connect(server->address(), {});
+    ASSERT_TRUE(client.ok());
+    EXPECT_FALSE((*client)->GarbageCollect().ok()) << "the crash point was not reached";
+    client->reset();
+    server.reset();
+    server = StartServer("");
+    ASSERT_TRUE(server);
+    client = client::RawClient::Connect(server->address(), {});
+    ASSERT_TRUE(client.ok());
+    expect_keep_loads(**client);
+    client->reset();
+    server->Terminate();
+  }
+  auto server = StartServer("");
+  ASSERT_TRUE(server);
+  auto client = client::RawClient::Connect(server->address(), {});
+  ASSERT_TRUE(client.ok());
+  ASSERT_TRUE((*client)->GarbageCollect().ok());
+  expect_keep_loads(**client);
+  auto again = (*client)->GarbageCollect();
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->chunks_removed, 0u);
+  auto info = (*client)->GetServerInfo();
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->stats.chunks, uint64_t{kSmall});
+  client->reset();
+  server->Terminate();
+  EXPECT_EQ(CountChunkKeys(db()), uint64_t{kSmall});
+}
+
 }  // namespace
 }  // namespace ckpt
 
