@@ -145,7 +145,9 @@ class Client {
   /// The snapshot goes into one host buffer (page-locked when a tensor is on
   /// a GPU) that the Client keeps once the upload is done and reuses for the
   /// next SaveAsync that fits in it: from the second save on, the stall is
-  /// a memcpy into memory already mapped. At most two idle buffers are kept
+  /// a copy into memory already mapped, shared by up to 4 threads (host
+  /// tensors; device ones are copied on the calling thread, ordered on its
+  /// current CUDA stream). At most two idle buffers are kept
   /// (a save in flight and the next); ReleaseSnapshotBuffers() or Close()
   /// frees them.
   std::future<absl::StatusOr<SaveResult>> SaveAsync(const std::string& name,
