@@ -114,9 +114,14 @@ absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(const StoreOpti
   // RocksDB's LOG through our logger: its own aborts on a full disk.
   db_options.info_log = internal::OpenRocksDbLog(options.path, /*keep_files=*/4,
                                                  /*max_file_bytes=*/uint64_t{64} << 20);
-  // Recovered WAL records stay in the memtables rather than being flushed
-  // while opening: a restart on a full disk needs no room for new files.
-  db_options.avoid_flush_during_recovery = true;
+  // Recovered WAL records are flushed while opening when the disk has room
+  // for every memtable (the memtables start empty, as deletes and gc on a
+  // full disk later expect); on a fuller disk they stay in the memtables: a
+  // restart on a full disk needs no room for new files.
+  const uint64_t memtables =
+      2 * (4 * tuning.write_buffer_bytes + tuning.manifest_write_buffer_bytes);  // two per family
+  db_options.avoid_flush_during_recovery =
+      StoreCore::FreeBytes(options.path) < options.reserved_disk_bytes + memtables;
   // No preallocation: a WAL would otherwise take 1.1x a memtable (70 MiB) of
   // the disk up front, space the free-space checks cannot see.
   db_options.allow_fallocate = false;

@@ -33,14 +33,14 @@ uint64_t StoreCore::WriteHeadroom() const {
 rocksdb::Status StoreCore::Write(const rocksdb::WriteOptions& write_options,
                                  rocksdb::WriteBatch* batch, Room room) {
   const uint64_t bytes = batch->GetDataSize();
+  const uint64_t needed =
+      bytes + (room == Room::kNormal ? WriteHeadroom() : kMinWriteRoom + FlushRoomFor(bytes));
   uint64_t free = FreeSpace();
-  if (free < bytes + WriteHeadroom()) {
+  if (free < needed) {
     if (room == Room::kMayUseReserve) {
       DropReserve();
       free = FreeSpace();
     }
-    const uint64_t needed =
-        bytes + (room == Room::kNormal ? WriteHeadroom() : kMinWriteRoom + FlushRoomFor(bytes));
     if (free < needed) {
       return rocksdb::Status::NoSpace(absl::StrCat(
           "disk full: ", free, " bytes free where the store lives, this write needs ", needed,
@@ -72,14 +72,17 @@ rocksdb::Status StoreCore::Write(const rocksdb::WriteOptions& write_options,
 uint64_t StoreCore::FlushRoomFor(uint64_t bytes) const {
   uint64_t room = 0;
   for (rocksdb::ColumnFamilyHandle* cf : {default_cf, chunks_cf, refs_cf, manifests_cf, tags_cf}) {
-    if (cf == nullptr) continue;
     const uint64_t limit = cf == manifests_cf ? options.rocksdb.manifest_write_buffer_bytes
                                               : options.rocksdb.write_buffer_bytes;
-    uint64_t active = 0;
-    if (!db->GetIntProperty(cf, rocksdb::DB::Properties::kCurSizeActiveMemTable, &active)) {
-      active = limit;  // unknown: as if full
-    }
-    if (active + bytes >= limit) room += active;
+    uint64_t active = limit, all = limit;  // unknown: as if full
+    db->GetIntProperty(cf, rocksdb::DB::Properties::kCurSizeActiveMemTable, &active);
+    db->GetIntProperty(cf, rocksdb::DB::Properties::kCurSizeAllMemTables, &all);
+    // Memtables already waiting for their flush.
+    room += all - std::min(all, active);
+    // A write takes about twice its batch bytes in a memtable (keys with
+    // sequence numbers, skip-list nodes), and RocksDB switches memtables
+    // within an eighth of the limit.
+    if (active + 2 * bytes + limit / 8 >= limit) room += active + 2 * bytes;
   }
   return room;
 }

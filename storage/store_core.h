@@ -82,8 +82,9 @@ struct StoreCore {
   static constexpr uint64_t kMinWriteRoom = uint64_t{1} << 20;
   // Free bytes a write needs besides its own: the largest memtable.
   uint64_t WriteHeadroom() const;
-  // What the flushes that `bytes` more written would set off may write: the
-  // active memtable of each column family those bytes could fill.
+  // What flushes may write before `bytes` more written are safe: memtables
+  // waiting for their flush, and the active memtable of each column family
+  // those bytes could fill.
   uint64_t FlushRoomFor(uint64_t bytes) const;
 
   // Writes a batch that touches the refs CF, then bumps refs_generation

@@ -290,12 +290,19 @@ TEST_F(CrashTest, KilledGcLosesNoReferencedChunkAndTheNextGcFinishes) {
       ASSERT_EQ(loaded->data[n], keep.data(n)) << "node " << n;
     }
   };
+  uint64_t garbage = 0;  // before the first gc: every dead chunk
   for (const char* point : {"gc.after_batch:1", "gc.before_reclaim:1"}) {
     SCOPED_TRACE(point);
     auto server = StartServer(point);
     ASSERT_TRUE(server);
     auto client = client::RawClient::Connect(server->address(), {});
     ASSERT_TRUE(client.ok());
+    if (garbage == 0) {
+      auto info = (*client)->GetServerInfo();
+      ASSERT_TRUE(info.ok());
+      garbage = info->stats.garbage_bytes;
+      EXPECT_EQ(garbage, uint64_t{72000} * 64);
+    }
     EXPECT_FALSE((*client)->GarbageCollect().ok()) << "the crash point was not reached";
     client->reset();
     server.reset();
@@ -304,6 +311,15 @@ TEST_F(CrashTest, KilledGcLosesNoReferencedChunkAndTheNextGcFinishes) {
     client = client::RawClient::Connect(server->address(), {});
     ASSERT_TRUE(client.ok());
     expect_keep_loads(**client);
+    auto info = (*client)->GetServerInfo();
+    ASSERT_TRUE(info.ok());
+    EXPECT_EQ(info->stats.chunks, uint64_t{kSmall});
+    if (std::string(point) == "gc.after_batch:1") {
+      // Cut short after its first batch: part of the dead references
+      // deleted, the rest left for the next collection.
+      EXPECT_GT(info->stats.garbage_bytes, 0u);
+      EXPECT_LT(info->stats.garbage_bytes, garbage);
+    }
     client->reset();
     server->Terminate();
   }

@@ -213,7 +213,8 @@ TEST_F(DiskFullTest, GcOnAFullDiskCollectsMoreDeadChunksThanTheReserveCouldDelet
   // A restart ends RocksDB's flushes and compactions of the writes above
   // (one meeting the disk filled under it would fail and stop RocksDB's
   // writes until it has that much room again: README "Metrics, logs and
-  // limits"), and the disk fills while the server runs.
+  // limits") and, with room on the disk, flushes what it recovered: the
+  // memtables start empty. Then the disk fills while the server runs.
   server_->Kill();
   client_.reset();
   Start(/*reserved_mib=*/3);
