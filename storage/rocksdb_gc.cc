@@ -174,6 +174,12 @@ absl::StatusOr<uint64_t> ReclaimChunkFiles(StoreCore& core, const ChunkUse& use)
   return dropped_bytes;
 }
 
+void AddTo(GcResult& total, const GcResult& more) {
+  total.chunks_removed += more.chunks_removed;
+  total.bytes_removed += more.bytes_removed;
+  total.orphan_uploads_removed += more.orphan_uploads_removed;
+}
+
 // What a first phase removed, and whether it stopped for lack of room
 // before the end.
 struct PhaseOne {
@@ -315,12 +321,7 @@ absl::StatusOr<PhaseOne> DropDeadEntries(StoreCore& core, ChunkUse& use) {
       break;
     }
     CKPT_CRASH_POINT("gc.after_batch");
-    for (; next < end; ++next) {
-      const GcResult& r = entries[next].removes;
-      out.removed.chunks_removed += r.chunks_removed;
-      out.removed.bytes_removed += r.bytes_removed;
-      out.removed.orphan_uploads_removed += r.orphan_uploads_removed;
-    }
+    for (; next < end; ++next) AddTo(out.removed, entries[next].removes);
   }
   for (size_t i = next; i < entries.size(); ++i) {
     if (const auto& ref = entries[i].referenced) {
@@ -354,18 +355,14 @@ absl::StatusOr<GcResult> RocksDbStore::CollectGarbage() {
       // Nothing more fits: what the earlier rounds removed is the answer.
       if (!may_wait) break;
       may_wait = false;
-      // What the next batch needs (StoreCore::Write).
-      const uint64_t needed =
-          kGcBatchBytes + StoreCore::kMinWriteRoom + core_->FlushRoomFor(kGcBatchBytes);
+      const uint64_t needed = core_->RoomNeeded(kGcBatchBytes, StoreCore::Room::kMayUseReserve);
       const absl::Time deadline = absl::Now() + StoreCore::kRecoveryWait;
       while (core_->FreeSpace() < needed && absl::Now() < deadline) {
         absl::SleepFor(absl::Milliseconds(100));
       }
       continue;
     }
-    result.chunks_removed += one->removed.chunks_removed;
-    result.bytes_removed += one->removed.bytes_removed;
-    result.orphan_uploads_removed += one->removed.orphan_uploads_removed;
+    AddTo(result, one->removed);
     CKPT_CRASH_POINT("gc.before_reclaim");
     CKPT_ASSIGN_OR_RETURN(const uint64_t dropped, ReclaimChunkFiles(*core_, use));
     if (!one->cut_short) break;

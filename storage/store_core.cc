@@ -32,9 +32,7 @@ uint64_t StoreCore::WriteHeadroom() const {
 
 rocksdb::Status StoreCore::Write(const rocksdb::WriteOptions& write_options,
                                  rocksdb::WriteBatch* batch, Room room) {
-  const uint64_t bytes = batch->GetDataSize();
-  const uint64_t needed =
-      bytes + (room == Room::kNormal ? WriteHeadroom() : kMinWriteRoom + FlushRoomFor(bytes));
+  const uint64_t needed = RoomNeeded(batch->GetDataSize(), room);
   uint64_t free = FreeSpace();
   if (free < needed) {
     if (room == Room::kMayUseReserve) {
@@ -67,6 +65,10 @@ rocksdb::Status StoreCore::Write(const rocksdb::WriteOptions& write_options,
     absl::SleepFor(absl::Milliseconds(100));
   } while (absl::Now() < deadline);
   return s;
+}
+
+uint64_t StoreCore::RoomNeeded(uint64_t bytes, Room room) const {
+  return bytes + (room == Room::kNormal ? WriteHeadroom() : kMinWriteRoom + FlushRoomFor(bytes));
 }
 
 uint64_t StoreCore::FlushRoomFor(uint64_t bytes) const {

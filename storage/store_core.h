@@ -82,6 +82,9 @@ struct StoreCore {
   static constexpr uint64_t kMinWriteRoom = uint64_t{1} << 20;
   // Free bytes a write needs besides its own: the largest memtable.
   uint64_t WriteHeadroom() const;
+  // The free space Write asks of a batch of `bytes` (before the reserve is
+  // dropped, and after).
+  uint64_t RoomNeeded(uint64_t bytes, Room room) const;
   // What flushes may write before `bytes` more written are safe: memtables
   // waiting for their flush, and the active memtable of each column family
   // those bytes could fill.

@@ -73,6 +73,15 @@ class DiskFullTest : public ::testing::Test {
     client_ = *std::move(client);
   }
 
+  // Stops the server SetUp started and starts one with `reserved_mib` on a
+  // store without that server's reserve file.
+  void RestartWithReserve(int reserved_mib) {
+    client_.reset();
+    server_.reset();
+    std::filesystem::remove(mount_ + "/db/RESERVED");
+    Start(reserved_mib);
+  }
+
   // Writes a file until the file system has no byte left (another process
   // filling the disk).
   void FillDisk(const std::string& name) {
@@ -185,22 +194,14 @@ TEST_F(DiskFullTest, SavesStopCleanlyAndDeletesAndGcMakeRoomWithoutARestart) {
 // on in the room that made, and in the end collects them all, so that saves
 // work again without removing anything else.
 TEST_F(DiskFullTest, GcOnAFullDiskCollectsMoreDeadChunksThanTheReserveCouldDeleteAtOnce) {
-  client_.reset();
-  server_.reset();
-  std::filesystem::remove(mount_ + "/db/RESERVED");  // the first server's
-  Start(/*reserved_mib=*/3);
+  RestartWithReserve(3);
   ASSERT_TRUE(SaveBlob("full/blob", 1, 1).ok());
   // 6 versions of 20,000 distinct 256-byte tensors: 120,000 chunks whose
   // references take ~2.9 MB of deletes, more than the 3 MiB reserve leaves
   // after the 1 MiB every write keeps.
   constexpr int kVersions = 6, kTensors = 20000;
   for (int v = 0; v < kVersions; ++v) {
-    testing::TreeBuilder b;
-    b.Dict(kTensors);
-    for (int i = 0; i < kTensors; ++i) {
-      b.Tensor(absl::StrCat("layers.", i, ".weight"), DType::kFloat32, {64},
-               uint64_t{100000} * (v + 1) + i);
-    }
+    const testing::TreeBuilder b = testing::StateDict(kTensors, 64, uint64_t{100000} * (v + 1));
     auto saved = client_->Save("full/many", b.Input(), {});
     ASSERT_TRUE(saved.ok()) << "version " << v << ": " << saved.status();
   }
@@ -267,10 +268,7 @@ TEST_F(DiskFullTest, ANewStoreOpensOnANearlyFullDiskWithNoReserve) {
 // through a logger that drops what finds no room: the server serves on,
 // refuses in words, and saves again once space is freed.
 TEST_F(DiskFullTest, WithNoReserveAFullDiskRefusesWritesAndTheServerServesOn) {
-  client_.reset();
-  server_.reset();
-  std::filesystem::remove(mount_ + "/db/RESERVED");  // the first server's
-  Start(/*reserved_mib=*/0);
+  RestartWithReserve(0);
   ASSERT_TRUE(SaveBlob("full/blob", 4, 1).ok());
   for (int round = 0; round < 12; ++round) {
     FillDisk("filler");
