@@ -56,6 +56,8 @@ Shapes Part(const Shapes& all, int p, int n) {
 
 // The bytes of parts `parts` of n (part p's values from seed*1000+p) as one
 // dict.
+std::string PartPrefix(int part) { return absl::StrCat("part", part, "/"); }
+
 Data PartsData(const Shapes& all, const std::vector<int>& parts, int n, uint64_t seed) {
   Data out;
   Node root;
@@ -65,6 +67,8 @@ Data PartsData(const Shapes& all, const std::vector<int>& parts, int n, uint64_t
   for (int p : parts) {
     Data d = Materialize({"part", Part(all, p, n)}, seed * 1000 + p);
     for (size_t i = 1; i < d.input.tree.size(); ++i) {
+      // "part3/<key>": a reader selects each of its parts with one pattern.
+      d.input.tree[i].key = PartPrefix(p) + std::get<std::string>(d.input.tree[i].key);
       out.input.tree.push_back(std::move(d.input.tree[i]));
       out.bytes.push_back(std::move(d.bytes[i]));
     }
@@ -153,9 +157,7 @@ int Worker(const WorkerArgs& a) {
   } else {
     client::LoadOptions options;
     if (a.world > 1) {
-      for (size_t i = 1; i < data.input.tree.size(); ++i) {
-        options.patterns.push_back(std::get<std::string>(data.input.tree[i].key));
-      }
+      for (int p : parts) options.patterns.push_back(PartPrefix(p) + "*");
     }
     status = (*client)->Load(a.name, options, &sink);
   }
