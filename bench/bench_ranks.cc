@@ -146,6 +146,7 @@ int Worker(const WorkerArgs& a) {
   std::fflush(stdout);
   char go[8];
   if (!std::fgets(go, sizeof go, stdin)) return 1;
+  const double cpu_at_go = CpuSeconds(getpid());
   absl::Status status;
   if (a.op == "save") {
     client::SaveOptions options;
@@ -161,6 +162,7 @@ int Worker(const WorkerArgs& a) {
     }
     status = (*client)->Load(a.name, options, &sink);
   }
+  const double cpu = CpuSeconds(getpid()) - cpu_at_go;
   std::printf("done %s\n", status.ok() ? "" : status.ToString().c_str());
   std::fflush(stdout);
   if (!status.ok()) return 1;
@@ -168,7 +170,7 @@ int Worker(const WorkerArgs& a) {
     std::printf("mismatch\n");
     return 1;
   }
-  std::printf("ok %llu\n", static_cast<unsigned long long>(data.total));
+  std::printf("ok %llu %.3f\n", static_cast<unsigned long long>(data.total), cpu);
   return 0;
 }
 
@@ -184,6 +186,7 @@ std::string ReadLine(FILE* f) {
 // failure) and the server heap it added.
 struct Outcome {
   double gbps = 0, seconds = 0, server_heap_mib = 0;
+  double server_cpu = 0, workers_cpu = 0;  // seconds, from "go" to "done"
 };
 Outcome RunWorkers(const WorkerArgs& base, int world, pid_t server_pid) {
   std::vector<Child> children;
@@ -209,6 +212,7 @@ Outcome RunWorkers(const WorkerArgs& base, int world, pid_t server_pid) {
   }
   Outcome outcome;
   AnonPeakSampler heap(server_pid);
+  const double server_cpu_at_go = CpuSeconds(server_pid);
   const auto t0 = Clock::now();
   for (auto& c : children) {
     if (c.in) {
@@ -224,12 +228,15 @@ Outcome RunWorkers(const WorkerArgs& base, int world, pid_t server_pid) {
     }
   }
   outcome.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  outcome.server_cpu = CpuSeconds(server_pid) - server_cpu_at_go;
   outcome.server_heap_mib = heap.Stop();
   uint64_t total = 0;
   for (auto& c : children) {
     const std::string line = c.out ? ReadLine(c.out) : "";
     if (line.rfind("ok ", 0) == 0) {
-      total += std::stoull(line.substr(3));
+      size_t end = 0;
+      total += std::stoull(line.substr(3), &end);
+      outcome.workers_cpu += std::stod(line.substr(3 + end));
     } else {
       std::fprintf(stderr, "bench_ranks: %s check: %s\n", base.op.c_str(), line.c_str());
       failed = true;
@@ -313,6 +320,11 @@ int Run(int argc, char** argv) {
     figures["one_load"].push_back(one_load.gbps);
     figures["n_load"].push_back(n_load.gbps);
     figures["load_ratio"].push_back(n_load.gbps / one_load.gbps);
+    for (const auto& [key, o] : {std::pair{"one_save", &one_save}, std::pair{"n_save", &n_save},
+                                 std::pair{"one_load", &one_load}, std::pair{"n_load", &n_load}}) {
+      figures[absl::StrCat(key, "_server_cpu")].push_back(o->server_cpu);
+      figures[absl::StrCat(key, "_workers_cpu")].push_back(o->workers_cpu);
+    }
     figures["save_heap"].push_back(n_save.server_heap_mib);
     figures["load_heap"].push_back(n_load.server_heap_mib);
   }
@@ -326,6 +338,15 @@ int Run(int argc, char** argv) {
   cell("load, 1 reader", "one_load", " GB/s");
   cell(absl::StrCat("load, ", ranks, " readers (own parts)").c_str(), "n_load", " GB/s");
   cell("  aggregate x 1 reader", "load_ratio", "");
+  const std::string n = absl::StrCat(ranks);
+  cell("CPU, 1 writer: server", "one_save_server_cpu", " s");
+  cell("               writer", "one_save_workers_cpu", " s");
+  cell(absl::StrCat("CPU, ", n, " writers: server").c_str(), "n_save_server_cpu", " s");
+  cell("               writers (sum)", "n_save_workers_cpu", " s");
+  cell("CPU, 1 reader: server", "one_load_server_cpu", " s");
+  cell("               reader", "one_load_workers_cpu", " s");
+  cell(absl::StrCat("CPU, ", n, " readers: server").c_str(), "n_load_server_cpu", " s");
+  cell("               readers (sum)", "n_load_workers_cpu", " s");
   cell("server heap added, N writers", "save_heap", " MiB");
   cell("server heap added, N readers", "load_heap", " MiB");
   const double save_ratio = Summarize(figures["save_ratio"]).median;
