@@ -1,5 +1,6 @@
 #include "server/pending_saves.h"
 
+#include <algorithm>
 #include <set>
 
 #include "absl/strings/str_cat.h"
@@ -55,6 +56,14 @@ absl::Status PartCancelled(uint32_t rank, uint32_t world_size, absl::string_view
                                          Excerpt(name),
                                          "' was cancelled; the save is "
                                          "abandoned and nothing was saved"));
+}
+
+absl::Status PartAbandoned(uint32_t rank, uint32_t world_size, absl::string_view name,
+                           const absl::Status& why) {
+  return absl::AbortedError(
+      absl::StrCat("rank ", rank, " of a ", world_size, "-part save of '", Excerpt(name),
+                   "' ended before its part was in (", absl::StatusCodeToString(why.code()), ": ",
+                   Excerpt(why.message(), 256), "); the save is abandoned and nothing was saved"));
 }
 
 }  // namespace
@@ -113,6 +122,7 @@ absl::Status PendingSaves::AddPart(const std::string& name, const std::string& s
     std::lock_guard<std::mutex> lock(mu_);
     if (stopping_) return absl::UnavailableError("server shutting down");
     auto key = std::make_pair(name, save_id);
+    CKPT_RETURN_IF_ERROR(CheckAbandonedLocked(key, part.begun));
     auto it = entries_.find(key);
     if (it == entries_.end()) {
       Entry entry;
@@ -195,6 +205,49 @@ void PendingSaves::CancelPart(SaveWaiter* waiter) {
   Fail(abandoned.parts, PartCancelled(cancelled_rank, abandoned.world_size, abandoned.name));
 }
 
+absl::Status PendingSaves::CheckAbandonedLocked(const std::pair<std::string, std::string>& key,
+                                                uint64_t begun) {
+  auto it = abandoned_.find(key);
+  if (it == abandoned_.end()) return absl::OkStatus();
+  // A stream that began after the abandonment is a new save.
+  if (begun > it->second.sequence) {
+    abandoned_.erase(it);
+    return absl::OkStatus();
+  }
+  return it->second.status;
+}
+
+void PendingSaves::AbandonSave(const std::string& name, const std::string& save_id, uint32_t rank,
+                               uint32_t world_size, const absl::Status& why) {
+  const absl::Status status = PartAbandoned(rank, world_size, name, why);
+  Entry abandoned;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) return;
+    auto key = std::make_pair(name, save_id);
+    if (abandoned_.size() >= kMaxAbandoned && abandoned_.count(key) == 0) {
+      auto oldest = std::min_element(
+          abandoned_.begin(), abandoned_.end(),
+          [](const auto& a, const auto& b) { return a.second.sequence < b.second.sequence; });
+      abandoned_.erase(oldest);
+    }
+    abandoned_[key] = Abandoned{Sequence(), status, absl::Now() + timeout_};
+    // Parts of it staged in a shared store through this server: the sweeper
+    // ends the save there (the other servers' parts learn it by polling).
+    for (auto& [shared_key, entry] : shared_entries_) {
+      if (std::get<0>(shared_key) != name || std::get<1>(shared_key) != save_id) continue;
+      if (!entry.cancel.has_value() && !entry.committing) entry.cancel = status;
+    }
+    auto it = entries_.find(key);
+    if (it != entries_.end()) {
+      abandoned = std::move(it->second);
+      entries_.erase(it);
+    }
+  }
+  cv_.notify_all();
+  Fail(abandoned.parts, status);
+}
+
 void PendingSaves::SweepLoop() {
   std::unique_lock<std::mutex> lock(mu_);
   while (!stopping_) {
@@ -206,6 +259,9 @@ void PendingSaves::SweepLoop() {
       lock.lock();
     }
     const absl::Time now = absl::Now();
+    for (auto it = abandoned_.begin(); it != abandoned_.end();) {
+      it = it->second.until <= now ? abandoned_.erase(it) : std::next(it);
+    }
     std::vector<Entry> expired;
     for (auto it = entries_.begin(); it != entries_.end();) {
       if (it->second.deadline <= now) {
@@ -232,6 +288,7 @@ absl::Status PendingSaves::AddSharedPart(const std::string& name, const std::str
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (stopping_) return absl::UnavailableError("server shutting down");
+    CKPT_RETURN_IF_ERROR(CheckAbandonedLocked(std::make_pair(name, save_id), part.begun));
   }
   CKPT_ASSIGN_OR_RETURN(
       storage::SaveTicket ticket,

@@ -9,6 +9,7 @@
 // parts it received, the one completing the set commits, and the others
 // poll the store for the outcome.
 
+#include <atomic>
 #include <condition_variable>
 #include <map>
 #include <memory>
@@ -47,6 +48,8 @@ struct SavePart {
   SaveWaiter* waiter = nullptr;  ///< Ref'd by AddPart.
   /// The tree's share of the server's memory budget, released with the part.
   MemoryReservation memory;
+  /// PendingSaves::Sequence() when the rank's stream began (its SaveBegin).
+  uint64_t begun = 0;
 };
 
 /// Registry of multi-part saves in progress. Thread-safe.
@@ -76,6 +79,20 @@ class PendingSaves {
   /// `waiter` waits for nothing (its save already resolved).
   void CancelPart(SaveWaiter* waiter);
 
+  /// A number that orders the start of a rank's stream against abandoned
+  /// saves: taken when the stream's SaveBegin arrives (SavePart::begun).
+  uint64_t Sequence() { return sequence_.fetch_add(1, std::memory_order_acq_rel) + 1; }
+
+  /// Rank `rank`'s stream of save (name, save_id) ended before its part was
+  /// in (cancelled, refused, broken): the save cannot complete. The parts
+  /// waiting for it get Aborted, saying why, at once (over a shared store:
+  /// once the sweeper has ended the save there, for every server); parts of
+  /// streams that began before this get it when they arrive, until
+  /// --part-timeout from now. A stream that begins later starts a new save
+  /// with that save_id.
+  void AbandonSave(const std::string& name, const std::string& save_id, uint32_t rank,
+                   uint32_t world_size, const absl::Status& why);
+
   /// Number of saves waiting for parts.
   size_t size();
 
@@ -96,8 +113,21 @@ class PendingSaves {
     std::optional<absl::Status> cancel;
   };
   using SharedKey = std::tuple<std::string, std::string, std::string>;
+  // A save abandoned by AbandonSave: what a part of a stream that began
+  // before it gets.
+  struct Abandoned {
+    uint64_t sequence;  // Sequence() at the abandonment
+    absl::Status status;
+    absl::Time until;
+  };
+  // At most this many abandoned saves are remembered (the oldest go first).
+  static constexpr size_t kMaxAbandoned = 4096;
 
   void CommitEntry(Entry entry);
+  // The status a part of a stream that began at `begun` gets if its save
+  // was abandoned since; OK otherwise (forgetting an abandonment older than
+  // the stream).
+  absl::Status CheckAbandonedLocked(const std::pair<std::string, std::string>& key, uint64_t begun);
   static void Fail(std::map<uint32_t, SavePart>& parts, const absl::Status& status);
   void SweepLoop();
 
@@ -120,6 +150,8 @@ class PendingSaves {
   bool stopping_ = false;
   std::map<std::pair<std::string, std::string>, Entry> entries_;
   std::map<SharedKey, SharedEntry> shared_entries_;
+  std::map<std::pair<std::string, std::string>, Abandoned> abandoned_;
+  std::atomic<uint64_t> sequence_{0};
   std::thread sweeper_;
 };
 

@@ -6,6 +6,7 @@
 #include <deque>
 #include <map>
 #include <mutex>
+#include <optional>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
@@ -226,6 +227,11 @@ class SaveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc:
     }
     CKPT_ASSIGN_OR_RETURN(upload_, service_->store()->BeginUpload(begin.name()));
     begin_ = begin;
+    if (part.world_size() > 1) {
+      begun_ = service_->pending().Sequence();
+      std::lock_guard<std::mutex> lock(mu_);
+      part_of_ = PartOf{begin.name(), part.save_id(), part.rank(), part.world_size()};
+    }
     CKPT_CRASH_POINT("save.begin");
     v1::SaveResponse response;
     v1::SaveAccepted* accepted = response.mutable_accepted();
@@ -398,8 +404,14 @@ class SaveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc:
     save_part.upload = std::move(upload_);
     save_part.waiter = this;
     save_part.memory = std::move(memory_);
+    save_part.begun = begun_;
     waiting_.store(true);
-    if (cancelled_.load()) return absl::CancelledError("save cancelled");
+    if (cancelled_.load()) {
+      const absl::Status cancelled = absl::CancelledError("save cancelled");
+      service_->pending().AbandonSave(begin_.name(), part.save_id(), part.rank(), part.world_size(),
+                                      cancelled);
+      return cancelled;
+    }
     CKPT_RETURN_IF_ERROR(service_->pending().AddPart(begin_.name(), part.save_id(),
                                                      part.world_size(), std::move(save_part)));
     // OnCancel may have run between the check above and AddPart, finding no
@@ -456,11 +468,26 @@ class SaveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc:
     PumpLocked();
   }
 
+  // Ends the stream with `status` (the first call wins). A rank of a
+  // multi-part save that fails before its part is handed over abandons the
+  // save: the other ranks get Aborted instead of waiting --part-timeout.
   void FinishOnce(const absl::Status& status) {
+    std::optional<PartOf> abandons;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (finish_requested_) return;
+      finish_requested_ = true;
+      finish_status_ = status;
+      if (!status.ok() && !waiting_.load()) abandons = std::move(part_of_);
+      if (!abandons) {
+        PumpLocked();
+        return;
+      }
+    }
+    // Outside mu_: other ranks' streams get the news (their FinishOnce).
+    service_->pending().AbandonSave(abandons->name, abandons->save_id, abandons->rank,
+                                    abandons->world_size, status);
     std::lock_guard<std::mutex> lock(mu_);
-    if (finish_requested_) return;
-    finish_requested_ = true;
-    finish_status_ = status;
     PumpLocked();
   }
 
@@ -515,6 +542,16 @@ class SaveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc:
 
   std::atomic<bool> cancelled_{false};
   std::atomic<bool> waiting_{false};
+  uint64_t begun_ = 0;  // PendingSaves::Sequence() at a multi-part SaveBegin
+
+  // Which part of which multi-part save this stream carries (under mu_: any
+  // thread may end the stream).
+  struct PartOf {
+    std::string name;
+    std::string save_id;
+    uint32_t rank;
+    uint32_t world_size;
+  };
 
   // Write queue.
   std::mutex mu_;
@@ -524,6 +561,7 @@ class SaveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc:
   bool finish_requested_ = false;
   bool finished_ = false;
   absl::Status finish_status_;
+  std::optional<PartOf> part_of_;
 };
 
 }  // namespace

@@ -250,6 +250,105 @@ TEST_F(HostileTest, AbandonedPartsAreDroppedAndTreeMemoryIsBoundedServerWide) {
   EXPECT_NE(first_status.error_code(), grpc::StatusCode::OK);
 }
 
+// A rank whose stream fails before its part is in (killed, cancelled,
+// refused) abandons its multi-part save: ranks already waiting get ABORTED
+// at once, ranks whose streams began before the failure get it when they
+// commit, instead of waiting --part-timeout; a save begun afterwards with
+// the same save_id is a new save and commits.
+TEST_F(HostileTest, ARankThatFailsBeforeItsPartIsInAbortsTheOtherRanksAtOnce) {
+  Start({"--part-timeout", "30"});
+  auto part_of = [](uint32_t rank, const std::string& save_id) {
+    v1::PartInfo part;
+    part.set_world_size(2);
+    part.set_rank(rank);
+    part.set_save_id(save_id);
+    return part;
+  };
+  // Rank `rank`'s stream: its SaveBegin and one node batch, answered.
+  struct Open {
+    grpc::ClientContext context;
+    std::unique_ptr<grpc::ClientReaderWriter<v1::SaveRequest, v1::SaveResponse>> stream;
+  };
+  auto open = [&](Open& o, uint32_t rank, const std::string& save_id) {
+    o.stream = stub_->Save(&o.context);
+    v1::SaveRequest request;
+    v1::SaveResponse response;
+    request.mutable_begin()->set_name("mp/a");
+    *request.mutable_begin()->mutable_part() = part_of(rank, save_id);
+    ASSERT_TRUE(o.stream->Write(request) && o.stream->Read(&response));
+    request.Clear();
+    *request.mutable_nodes()->add_nodes() = Dict(1);
+    *request.mutable_nodes()->add_nodes() = Int(absl::StrCat("rank", rank), rank);
+    ASSERT_TRUE(o.stream->Write(request) && o.stream->Read(&response));
+  };
+  auto commit = [](Open& o) {
+    v1::SaveRequest request;
+    request.mutable_commit();
+    o.stream->Write(request);
+    o.stream->WritesDone();
+    v1::SaveResponse response;
+    while (o.stream->Read(&response)) {
+    }
+    return o.stream->Finish();
+  };
+  auto cancel = [](Open& o) {
+    o.context.TryCancel();
+    return o.stream->Finish();
+  };
+  // (Its own end reads CANCELLED or ABORTED "save stream ended before
+  // SaveCommit": whichever the server sees first.)
+  const std::string why = "rank 1 of a 2-part save of 'mp/a' ended before its part was in (";
+  const std::string end = "); the save is abandoned and nothing was saved";
+
+  // Rank 0 waits with its part in; rank 1 is killed while sending its own.
+  {
+    Open rank0, rank1;
+    open(rank0, 0, "s1");
+    open(rank1, 1, "s1");
+    grpc::Status waited;
+    std::thread waiter([&] { waited = commit(rank0); });
+    ASSERT_TRUE(WaitForActiveUploads(2));
+    const auto cancelled_at = std::chrono::steady_clock::now();
+    EXPECT_EQ(cancel(rank1).error_code(), grpc::StatusCode::CANCELLED);
+    waiter.join();
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - cancelled_at).count();
+    EXPECT_EQ(waited.error_code(), grpc::StatusCode::ABORTED) << waited.error_message();
+    EXPECT_NE(waited.error_message().find(why), std::string::npos) << waited.error_message();
+    EXPECT_NE(waited.error_message().find(end), std::string::npos) << waited.error_message();
+    EXPECT_LT(seconds, 10.0) << "rank 0 waited for --part-timeout";
+  }
+  // Rank 1 fails first, while rank 0 is still sending: rank 0's part is
+  // refused when it arrives.
+  {
+    Open rank0, rank1;
+    open(rank0, 0, "s2");
+    open(rank1, 1, "s2");
+    EXPECT_EQ(cancel(rank1).error_code(), grpc::StatusCode::CANCELLED);
+    const grpc::Status late = commit(rank0);
+    EXPECT_EQ(late.error_code(), grpc::StatusCode::ABORTED) << late.error_message();
+    EXPECT_NE(late.error_message().find(why), std::string::npos) << late.error_message();
+  }
+  EXPECT_EQ(client_->ListVersions("mp/a").status().code(), absl::StatusCode::kNotFound);
+  // The job tries again with the same save_id: a new save, which commits.
+  {
+    Open rank0, rank1;
+    open(rank0, 0, "s2");
+    open(rank1, 1, "s2");
+    grpc::Status first;
+    std::thread waiter([&] { first = commit(rank0); });
+    const grpc::Status second = commit(rank1);
+    waiter.join();
+    EXPECT_TRUE(first.ok()) << first.error_message();
+    EXPECT_TRUE(second.ok()) << second.error_message();
+  }
+  auto versions = client_->ListVersions("mp/a");
+  ASSERT_TRUE(versions.ok()) << versions.status();
+  ASSERT_EQ(versions->size(), 1u);
+  EXPECT_EQ((*versions)[0].world_size, 2u);
+  WaitForActiveUploads(0);
+}
+
 // Point 6: keys past 64 KiB are refused; a long key shared by many
 // children costs memory once per child only within the flattened-key total.
 TEST_F(HostileTest, LongKeysAreRefusedAndFlattenedKeysStayLinear) {
