@@ -112,7 +112,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--max-message-bytes", options.max_message_bytes,
                  "largest gRPC message accepted or sent (clients send a chunk whole in one "
-                 "message when it holds the chunk and 64 KiB)")
+                 "message when it holds the chunk and 64 KiB); at least 1 MiB + 64 KiB")
       ->envname("CKPT_MAX_MESSAGE_BYTES")
       ->capture_default_str();
   app.add_option("--max-tree-nodes", options.max_tree_nodes, "most nodes in one checkpoint")
@@ -163,10 +163,11 @@ int main(int argc, char** argv) {
   app.add_option("--tls-client-ca", options.tls_client_ca_file,
                  "PEM CA certificates: require client certificates they signed (mTLS)")
       ->envname("CKPT_TLS_CLIENT_CA");
-  app.add_option("--metrics-listen", options.metrics_listen,
-                 "HOST:PORT of the Prometheus endpoint /metrics (empty: none)")
-      ->envname("CKPT_METRICS_LISTEN")
-      ->capture_default_str();
+  CLI::Option* metrics_listen =
+      app.add_option("--metrics-listen", options.metrics_listen,
+                     "HOST:PORT of the Prometheus endpoint /metrics (empty: none)")
+          ->envname("CKPT_METRICS_LISTEN")
+          ->capture_default_str();
   app.add_option("--http-listen", options.http_listen,
                  "HOST:PORT of the read-only web page (checkpoints, versions, statistics, "
                  "diffs, lineage; the same tokens); empty: none")
@@ -276,6 +277,12 @@ int main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+  // CLI11 reads an empty variable as an unset one; CKPT_METRICS_LISTEN=""
+  // means "none", like the flag.
+  if (const char* env = std::getenv("CKPT_METRICS_LISTEN");
+      metrics_listen->count() == 0 && env != nullptr && *env == '\0') {
+    options.metrics_listen.clear();
+  }
   if (store_kind == "rados") options.store.backend = ckpt::storage::StoreBackend::kRados;
   options.store.rados.op_timeout = absl::Seconds(rados_timeout_s);
   options.store.rados.upload_lease = absl::Seconds(rados_lease_s);

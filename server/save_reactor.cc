@@ -286,12 +286,19 @@ class SaveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc:
     }
     if (!memory_.Grow(memory)) {
       const MemoryBudget& budget = service_->tree_memory();
-      return absl::ResourceExhaustedError(
-          absl::StrCat("server busy: checkpoint trees in flight hold ", budget.used(),
-                       " bytes of memory and "
-                       "this save's would take ",
-                       memory_.bytes() + memory, " (--max-tree-memory ", budget.limit(),
-                       "); nothing was saved, retry later"));
+      const uint64_t wanted = memory_.bytes() + memory;
+      if (wanted > budget.limit()) {
+        // Alone past the limit: waiting would not help.
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "this save's tree needs ", wanted,
+            " bytes of server memory, more than all saves "
+            "in flight may hold (--max-tree-memory ",
+            budget.limit(), "); nothing was saved (save fewer nodes, or raise --max-tree-memory)"));
+      }
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "server busy: checkpoint trees in flight hold ", budget.used(),
+          " bytes of memory and this save's would take ", wanted, " (--max-tree-memory ",
+          budget.limit(), "); nothing was saved, retry later"));
     }
     CKPT_ASSIGN_OR_RETURN(std::vector<bool> missing, upload_->FindMissing(fresh));
     for (size_t i = 0; i < fresh.size(); ++i) {

@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "rocksdb/cache.h"
@@ -195,9 +196,17 @@ absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(const StoreOpti
       {kManifestsFamily, manifest_options},
       {kTagsFamily, meta_options},
   };
-  CKPT_RETURN_IF_ERROR(
-      FromRocksDb(rocksdb::DB::Open(db_options, options.path, families, &core->handles, &core->db),
-                  absl::StrCat("opening store at ", options.path)));
+  rocksdb::Status opened =
+      rocksdb::DB::Open(db_options, options.path, families, &core->handles, &core->db);
+  if (opened.IsIOError() && absl::StrContains(opened.ToString(), "While lock file")) {
+    // RocksDB's "IO error: While lock file: .../LOCK: Resource temporarily
+    // unavailable" does not say who holds it.
+    return absl::FailedPreconditionError(
+        absl::StrCat("the store at ", options.path,
+                     " is in use by another process (another ckpt-server?), which holds its LOCK "
+                     "file: stop that one or choose another --data-dir"));
+  }
+  CKPT_RETURN_IF_ERROR(FromRocksDb(opened, absl::StrCat("opening store at ", options.path)));
   core->default_cf = core->handles[0];
   core->chunks_cf = core->handles[1];
   core->refs_cf = core->handles[2];

@@ -349,6 +349,27 @@ TEST_F(HostileTest, ARankThatFailsBeforeItsPartIsInAbortsTheOtherRanksAtOnce) {
   WaitForActiveUploads(0);
 }
 
+// A save whose tree alone is past --max-tree-memory is told that waiting
+// will not help; smaller saves go through.
+TEST_F(HostileTest, ATreeLargerThanTheWholeTreeBudgetIsNotToldToRetry) {
+  Start({"--max-tree-memory", "100000"});
+  std::vector<v1::Node> nodes = {Dict(2000)};
+  for (int i = 0; i < 2000; ++i) nodes.push_back(Int(absl::StrCat("k", i), i));
+  const grpc::Status big = SaveNodes("t/big", nodes);
+  EXPECT_EQ(big.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << big.error_message();
+  EXPECT_EQ(big.error_message().rfind("this save's tree needs ", 0), 0u) << big.error_message();
+  EXPECT_NE(big.error_message().find(" bytes of server memory, more than all saves in flight "
+                                     "may hold (--max-tree-memory 100000); nothing was saved "
+                                     "(save fewer nodes, or raise --max-tree-memory)"),
+            std::string::npos)
+      << big.error_message();
+  EXPECT_EQ(big.error_message().find("retry later"), std::string::npos);
+  nodes = {Dict(10)};
+  for (int i = 0; i < 10; ++i) nodes.push_back(Int(absl::StrCat("k", i), i));
+  const grpc::Status small = SaveNodes("t/small", nodes);
+  EXPECT_TRUE(small.ok()) << small.error_message();
+}
+
 // Point 6: keys past 64 KiB are refused; a long key shared by many
 // children costs memory once per child only within the flattened-key total.
 TEST_F(HostileTest, LongKeysAreRefusedAndFlattenedKeysStayLinear) {

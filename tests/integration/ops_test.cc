@@ -377,6 +377,35 @@ TEST(ServerLogTest, RocksDbTuningFlagsReachTheDatabase) {
 // A second server on a taken port must not start (gRPC's SO_REUSEPORT would
 // let it, and clients would be split between two stores); a taken metrics
 // port is said in words. `timeout` ends a server that wrongly starts.
+TEST(ServerLogTest, ASecondServerOnOneStoreIsRefusedInWords) {
+  testing::TempDir dir;
+  auto first = testing::ServerProcess::Start(dir.path() + "/db");
+  ASSERT_TRUE(first.ok()) << first.status();
+  auto second =
+      testing::RunCommand({"timeout", "30", testing::ServerBinary(), "--data-dir",
+                           dir.path() + "/db", "--listen", "127.0.0.1:0", "--metrics-listen", ""});
+  EXPECT_EQ(second.exit_code, 1) << second.err;
+  EXPECT_THAT(second.err, HasSubstr("ckpt-server: FAILED_PRECONDITION: the store at " + dir.path() +
+                                    "/db is in use by another process (another ckpt-server?), "
+                                    "which holds its LOCK file: stop that one or choose another "
+                                    "--data-dir"));
+  // The first one serves on.
+  auto stats =
+      testing::RunCommand({testing::CliBinary(), "--server", (*first)->address(), "stats"});
+  EXPECT_EQ(stats.exit_code, 0) << stats.err;
+}
+
+// CKPT_METRICS_LISTEN="" turns the endpoint off, like --metrics-listen "".
+TEST(ServerLogTest, AnEmptyMetricsVariableMeansNoEndpoint) {
+  testing::TempDir dir;
+  auto run = testing::RunCommand({"timeout", "3", testing::ServerBinary(), "--data-dir",
+                                  dir.path() + "/db", "--listen", "127.0.0.1:0"},
+                                 {"CKPT_METRICS_LISTEN="});
+  EXPECT_THAT(run.err, HasSubstr(" listening on port "));
+  EXPECT_THAT(run.err, Not(HasSubstr("metrics on port")));
+  EXPECT_THAT(run.err, HasSubstr("ckpt-server: stopped"));
+}
+
 TEST(ServerLogTest, TakenPortsAreRefusedInWords) {
   testing::TempDir dir;
   auto first = testing::ServerProcess::Start(dir.path() + "/db");
