@@ -63,12 +63,13 @@ bool CheckpointService::EnterStream(absl::string_view method) {
     return false;
   }
   telemetry_->StreamOpened(method);
+  heap_trimmer_.Busy();
   return true;
 }
 
 void CheckpointService::LeaveStream(absl::string_view method) {
   telemetry_->StreamClosed(method);
-  streams_.fetch_sub(1);
+  if (streams_.fetch_sub(1) == 1) heap_trimmer_.Idle();
 }
 
 absl::Status CheckpointService::TooManyStreams() const {

@@ -16,6 +16,7 @@
 #include "ckpt/v1/checkpoint.grpc.pb.h"
 #include "common/executor.h"
 #include "server/auth.h"
+#include "server/heap_trimmer.h"
 #include "server/idle_watchdog.h"
 #include "server/memory_budget.h"
 #include "server/server.h"
@@ -169,6 +170,8 @@ class CheckpointService final : public RawCheckpointService {
   std::unique_ptr<PendingSaves> pending_;
   std::unique_ptr<Executor> executor_;
   std::atomic<int> streams_{0};
+  // Gives what a burst of streams freed back to the system once none is open.
+  HeapTrimmer heap_trimmer_{absl::Seconds(1)};
 
   std::mutex drain_mu_;
   std::condition_variable drain_cv_;

@@ -11,6 +11,7 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <fstream>
 #include <thread>
@@ -368,6 +369,52 @@ TEST_F(HostileTest, ATreeLargerThanTheWholeTreeBudgetIsNotToldToRetry) {
   for (int i = 0; i < 10; ++i) nodes.push_back(Int(absl::StrCat("k", i), i));
   const grpc::Status small = SaveNodes("t/small", nodes);
   EXPECT_TRUE(small.ok()) << small.error_message();
+}
+
+// What a burst of concurrent saves made the server's heap take goes back to
+// the system once no stream is open (glibc keeps freed memory in its
+// arenas: a server kept 1 GB after 64 saves at once). The server keeps up
+// to 32 MiB free at the top of each arena for the next buffers (its
+// M_TRIM_THRESHOLD); with glibc's own threshold, as here, only live memory
+// stays.
+TEST_F(HostileTest, TheMemoryOfABurstOfSavesGoesBackOnceTheServerIsIdle) {
+  setenv("MALLOC_TRIM_THRESHOLD_", "131072", 1);
+  Start({});
+  unsetenv("MALLOC_TRIM_THRESHOLD_");
+  const double before = ProcStatusMiB(server_->pid(), "RssAnon:");
+  constexpr int kSaves = 16;
+  std::vector<testing::TreeBuilder> trees;
+  for (int i = 0; i < kSaves; ++i) trees.push_back(testing::StateDict(8, 1 << 20, 100 + i));
+  double peak = before;
+  std::atomic<bool> saving{true};
+  std::thread sampler([&] {
+    while (saving.load()) {
+      peak = std::max(peak, ProcStatusMiB(server_->pid(), "RssAnon:"));
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  });
+  std::vector<std::thread> savers;
+  std::vector<absl::Status> results(kSaves);
+  for (int i = 0; i < kSaves; ++i) {
+    savers.emplace_back([&, i] {
+      auto client = client::RawClient::Connect(server_->address(), {});
+      results[i] = client.ok()
+                       ? (*client)->Save(absl::StrCat("burst/s", i), trees[i].Input(), {}).status()
+                       : client.status();
+    });
+  }
+  for (auto& t : savers) t.join();
+  saving.store(false);
+  sampler.join();
+  for (const absl::Status& r : results) ASSERT_TRUE(r.ok()) << r;
+  ASSERT_GT(peak - before, 150.0) << "the burst took too little memory to tell";
+  double after = peak;
+  for (int i = 0; i < 100 && after - before > 32.0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    after = ProcStatusMiB(server_->pid(), "RssAnon:");
+  }
+  EXPECT_LT(after - before, 32.0) << "heap before " << before << " MiB, peak " << peak
+                                  << " MiB, 10 s after the saves " << after << " MiB";
 }
 
 // Point 6: keys past 64 KiB are refused; a long key shared by many

@@ -1,0 +1,50 @@
+#ifndef CKPT_SERVER_HEAP_TRIMMER_H_
+#define CKPT_SERVER_HEAP_TRIMMER_H_
+
+// Gives the heap's free memory back to the system once the server has been
+// idle for a moment: glibc keeps what a burst of saves freed in its arenas
+// (a server that held 1.3 GB for 64 saves at once kept 1 GB after them), so
+// without this the server's resident memory stays at its highest.
+
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+#include <thread>
+
+#include "absl/time/time.h"
+
+namespace ckpt::server {
+
+/// Calls malloc_trim on its own thread when the server has stayed idle for
+/// `quiet` after Idle(). Thread-safe.
+class HeapTrimmer {
+ public:
+  explicit HeapTrimmer(absl::Duration quiet);
+  /// Stops the thread.
+  ~HeapTrimmer();
+
+  /// Work started (a stream opened): a pending trim waits for the next Idle.
+  void Busy();
+  /// The last stream ended.
+  void Idle();
+
+  /// Trims done so far.
+  uint64_t trims();
+
+ private:
+  void Loop();
+
+  const absl::Duration quiet_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;
+  bool idle_ = false;     // Idle() since the last Busy()
+  uint64_t busy_ = 0;     // Busy() calls so far
+  uint64_t trimmed_ = 0;  // busy_ when the heap was last trimmed
+  uint64_t trims_ = 0;
+  std::thread thread_;
+};
+
+}  // namespace ckpt::server
+
+#endif  // CKPT_SERVER_HEAP_TRIMMER_H_
