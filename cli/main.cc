@@ -127,6 +127,8 @@
 //   5 DEADLINE_EXCEEDED    6 FAILED_PRECONDITION / ALREADY_EXISTS
 //   7 UNAUTHENTICATED / PERMISSION_DENIED
 
+#include <grpc/support/log.h>
+
 #include <CLI/CLI.hpp>
 #include <cstdlib>
 #include <iostream>
@@ -236,7 +238,16 @@ void PrintError(const absl::Status& status) {
             << std::endl;
 }
 
+// gRPC's own log lines (a failed TLS handshake, a refused connection) come
+// before the CLI's message, which says the same in words: dropped unless
+// GRPC_VERBOSITY asks for them.
+void QuietGrpcLogs() {
+  if (std::getenv("GRPC_VERBOSITY") != nullptr) return;
+  gpr_set_log_function([](gpr_log_func_args*) {});
+}
+
 int Main(int argc, char** argv) {
+  QuietGrpcLogs();
   CLI::App app("ckpt: inspect and manage checkpoints on a ckpt server", "ckpt");
   app.set_version_flag("--version", "ckpt " CKPT_VERSION);
   app.require_subcommand(1);

@@ -578,6 +578,11 @@ TEST_F(TlsTest, CliHintsAtTlsWhenOnlyOneSideUsesIt) {
   EXPECT_EQ(tls_client.exit_code, 4);
   EXPECT_THAT(tls_client.err,
               HasSubstr("(the server there speaks plaintext gRPC, without TLS: drop --tls"));
+  // The message in words, without gRPC's own log lines before it.
+  for (const auto* run : {&plaintext_client, &tls_client}) {
+    EXPECT_THAT(run->err, Not(HasSubstr("Handshake failed"))) << run->err;
+    EXPECT_EQ(run->err.rfind("ckpt: UNAVAILABLE: ", 0), 0u) << run->err;
+  }
 
   // Nothing listening: said as such.
   const std::string gone = (*plain_server)->address();
