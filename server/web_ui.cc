@@ -287,9 +287,10 @@ struct WebRequest {
       Response r;
       r.status = 405;
       r.content_type = "text/plain; charset=utf-8";
-      r.body = "the ckpt web page is read-only: GET and HEAD only\n";
+      r.body = "the ckpt web page is read-only: GET and HEAD only (and POST /login)\n";
       r.headers = "Allow: GET, HEAD\r\n";
-      r.outcome = absl::InvalidArgumentError(absl::StrCat("method ", Excerpt(method)));
+      // Recorded (log, ckpt_requests_total) as gRPC's "method not supported".
+      r.outcome = absl::UnimplementedError(absl::StrCat("method ", Excerpt(method)));
       return r;
     }
     if (path == "/login") return Login();
