@@ -344,7 +344,9 @@ def test_tls_with_ca_cert_and_tls_server_name(tmp_path, monkeypatch):
         tls = ckpt.Client(server.address, ca_cert=cert, tls_server_name="ckpt-test")
         assert tls.save({"x": torch.ones(2)}, "pytest/tls").version == 1
         assert tls.load("pytest/tls")["x"].equal(torch.ones(2))
-        with pytest.raises(ckpt.Unavailable):
+        # TLS on one side only is said as such (as the ckpt CLI says it).
+        with pytest.raises(ckpt.Unavailable, match="the server there answers with TLS, not "
+                           r"plaintext gRPC: pass tls=True \(CKPT_TLS=1\)"):
             ckpt.Client(server.address, timeout=5).versions("pytest/tls")  # plaintext
         monkeypatch.setenv("CKPT_CA_CERT", str(cert))
         monkeypatch.setenv("CKPT_TLS_SERVER_NAME", "ckpt-test")
@@ -353,3 +355,13 @@ def test_tls_with_ca_cert_and_tls_server_name(tmp_path, monkeypatch):
             ckpt.Client(server.address, cert=cert)
     finally:
         server.close()
+    plain = ServerProcess([])
+    try:
+        with pytest.raises(ckpt.Unavailable, match="the server there speaks plaintext gRPC, "
+                           "without TLS: drop tls=True"):
+            ckpt.Client(plain.address, ca_cert=cert, tls_server_name="ckpt-test",
+                        timeout=5).versions("pytest/tls")
+    finally:
+        plain.close()
+    with pytest.raises(ckpt.Unavailable, match=f"nothing accepts connections at {plain.address}"):
+        ckpt.Client(plain.address, timeout=5).versions("pytest/tls")

@@ -272,7 +272,7 @@ class _SaveCall:
             self.requests.put(commit.SerializeToString())
         except grpc.RpcError as e:
             self._abort()
-            raise from_rpc_error(e, client.target) from None
+            raise from_rpc_error(e, client.target, client._tls) from None
         except _Broken:
             self._abort()
             raise self._status_error() from None
@@ -292,7 +292,7 @@ class _SaveCall:
                 pass
         except grpc.RpcError as e:
             self._abort()
-            raise from_rpc_error(e, self.client.target) from None
+            raise from_rpc_error(e, self.client.target, self.client._tls) from None
         except BaseException:
             self._abort(cancel=True)
             raise
@@ -314,5 +314,5 @@ class _SaveCall:
             for _ in self.call:
                 pass
         except grpc.RpcError as e:
-            return from_rpc_error(e, self.client.target)
+            return from_rpc_error(e, self.client.target, self.client._tls)
         return Unavailable("save stream broken while writing")

@@ -259,7 +259,7 @@ class Client:
             return getattr(self._stub, method)(request, metadata=self._metadata(),
                                                timeout=self._timeout)
         except grpc.RpcError as e:
-            raise from_rpc_error(e, self.target) from None
+            raise from_rpc_error(e, self.target, self._tls) from None
 
     # -- save
 
@@ -392,7 +392,7 @@ class Client:
                 # (rejecting non-finite values takes the statistics)
                 tensor_stats or reject_nonfinite, reject_nonfinite, parent or "")
         except _load.native.StatusError as e:
-            raise from_status(e.args[0], e.args[1], self.target) from None
+            raise from_status(e.args[0], e.args[1], self.target, self._tls) from None
         info = VersionInfo.from_proto(pb.VersionInfo.FromString(version))
         return SaveResult(info.name, info.version, bytes_sent, info.new_bytes, info.data_bytes,
                           chunks_total, chunks_sent, pruned, info)
@@ -431,7 +431,7 @@ class Client:
                         # (0: a node per batch, as the grpcio path)
                         self._chunk_size, max(int(self._batch_bytes), 1))
                 except native.StatusError as e:
-                    raise from_status(e.args[0], e.args[1], self.target) from None
+                    raise from_status(e.args[0], e.args[1], self.target, self._tls) from None
             return self._native
 
     def _load_stream(self, name: str, sink: _Sink, version: int = 0, tag: str = "",
@@ -447,7 +447,8 @@ class Client:
             except _load.native.StatusError as e:
                 # A stream the core refused names no server problem to hint at.
                 own = e.args[1].startswith("load stream ")
-                raise from_status(e.args[0], e.args[1], "" if own else self.target) from None
+                raise from_status(e.args[0], e.args[1], "" if own else self.target,
+                                  self._tls) from None
         self._connect()
         request = pb.LoadRequest(name=name, version=version, tag=tag, patterns=list(patterns),
                                  skip_data=skip_data, slices=list(slices))
@@ -456,7 +457,7 @@ class Client:
         try:
             return _run_load(call, sink, slices)
         except grpc.RpcError as e:
-            raise from_rpc_error(e, self.target) from None
+            raise from_rpc_error(e, self.target, self._tls) from None
         except BaseException:
             call.cancel()  # also ends a prefetching thread's iteration
             raise

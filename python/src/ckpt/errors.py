@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import select
+import socket
 from typing import Dict, Optional, Type, Union
 
 import grpc
@@ -107,19 +109,82 @@ def error_for(code: grpc.StatusCode, details: str) -> Error:
 _BY_NUMBER: Dict[int, grpc.StatusCode] = {code.value[0]: code for code in grpc.StatusCode}
 
 
-def from_rpc_error(error: grpc.RpcError, target: str = "") -> Error:
+def from_rpc_error(error: grpc.RpcError, target: str = "", tls: bool = False) -> Error:
     """Converts a :class:`grpc.RpcError` raised by grpcio."""
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     details = (error.details() if hasattr(error, "details") else None) or str(error)
-    return from_status(code, details, target)
+    return from_status(code, details, target, tls)
 
 
-def from_status(code: Union[grpc.StatusCode, int], details: str, target: str = "") -> Error:
-    """The error for a failed call's status (a code or its number), naming
-    ``target`` when the server could not be reached."""
+def from_status(code: Union[grpc.StatusCode, int], details: str, target: str = "",
+                tls: bool = False) -> Error:
+    """The error for a failed call's status (a code or its number), with a hint
+    about ``target`` (reached with ``tls`` or not) when the server could not be
+    reached."""
     if not isinstance(code, grpc.StatusCode):
         code = _BY_NUMBER.get(code, grpc.StatusCode.UNKNOWN)
     if code == grpc.StatusCode.UNAVAILABLE and target:
-        details = (f"{details} (is ckpt-server running at {target}? set the address with "
-                   "ckpt.Client(target) or the CKPT_SERVER environment variable)")
+        details = f"{details}{_connect_hint(target, tls)}"
     return error_for(code, details)
+
+
+# An HTTP/2 client preface and an empty SETTINGS frame: a plaintext gRPC
+# server answers with its own SETTINGS frame, a TLS one with an alert (or by
+# closing the connection).
+_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+def _probe_listener(target: str, timeout: float = 2.0) -> str:
+    """What listens at ``target`` (host:port): "grpc" (plaintext gRPC), "tls",
+    "nothing" (connection refused) or "unknown"."""
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit() or "/" in host:
+        return "unknown"
+    host = host.strip("[]") or "localhost"
+    try:
+        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    except OSError:
+        return "unknown"
+    for family, kind, proto, _, address in infos:
+        try:
+            with socket.socket(family, kind, proto) as sock:
+                sock.settimeout(timeout)
+                try:
+                    sock.connect(address)
+                except ConnectionRefusedError:
+                    continue
+                sock.sendall(_PREFACE)
+                ready, _, _ = select.select([sock], [], [], timeout)
+                if not ready:
+                    return "unknown"
+                answer = sock.recv(9)
+        except OSError:
+            continue
+        if len(answer) >= 4 and answer[3] == 0x04:
+            return "grpc"  # an HTTP/2 SETTINGS frame
+        if not answer or answer[0] in (0x15, 0x16):
+            return "tls"  # a TLS alert or handshake record, or closed on the preface
+        return "unknown"
+    return "nothing"
+
+
+def _connect_hint(target: str, tls: bool) -> str:
+    """Why ``target`` may be unreachable: TLS on one side only is the usual
+    cause when something does listen there (what the ``ckpt`` CLI says too)."""
+    found = _probe_listener(target)
+    if found == "grpc" and tls:
+        return (" (the server there speaks plaintext gRPC, without TLS: drop tls=True, ca_cert, "
+                "cert and CKPT_TLS/CKPT_CA_CERT/CKPT_CERT, or start the server with --tls-cert "
+                "and --tls-key)")
+    if found == "tls":
+        if tls:
+            return (" (the server there speaks TLS: check ca_cert, tls_server_name and, if it "
+                    "requires client certificates, cert and key)")
+        return (" (the server there answers with TLS, not plaintext gRPC: pass tls=True "
+                "(CKPT_TLS=1) and ca_cert='CA.pem' if its certificate is not signed by the "
+                "system's roots)")
+    if found == "nothing":
+        return (f" (nothing accepts connections at {target}: is ckpt-server running? set the "
+                "address with ckpt.Client(target) or the CKPT_SERVER environment variable)")
+    return (f" (is ckpt-server running at {target}? set the address with "
+            "ckpt.Client(target) or the CKPT_SERVER environment variable)")
