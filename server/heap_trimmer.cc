@@ -17,16 +17,16 @@ HeapTrimmer::~HeapTrimmer() {
   thread_.join();
 }
 
-void HeapTrimmer::Busy() {
+void HeapTrimmer::StreamOpened() {
   std::lock_guard<std::mutex> lock(mu_);
-  ++busy_;
-  idle_ = false;
+  ++open_;
+  ++opened_;
 }
 
-void HeapTrimmer::Idle() {
+void HeapTrimmer::StreamClosed() {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    idle_ = true;
+    if (--open_ != 0) return;
   }
   cv_.notify_all();
 }
@@ -39,17 +39,17 @@ uint64_t HeapTrimmer::trims() {
 void HeapTrimmer::Loop() {
   std::unique_lock<std::mutex> lock(mu_);
   while (!stopping_) {
-    // Only after work since the last trim: an idle server is not trimmed
+    // Only after streams since the last trim: an idle server is not trimmed
     // again and again.
-    cv_.wait(lock, [&] { return stopping_ || (idle_ && busy_ != trimmed_); });
+    cv_.wait(lock, [&] { return stopping_ || (open_ == 0 && opened_ != trimmed_); });
     if (stopping_) break;
-    const uint64_t busy = busy_;
-    // Idle for `quiet_` with no new work: trim.
+    const uint64_t opened = opened_;
+    // No stream opened for `quiet_`: trim.
     if (cv_.wait_for(lock, absl::ToChronoNanoseconds(quiet_),
-                     [&] { return stopping_ || busy_ != busy || !idle_; })) {
+                     [&] { return stopping_ || opened_ != opened; })) {
       continue;
     }
-    trimmed_ = busy;
+    trimmed_ = opened;
     ++trims_;
     lock.unlock();
 #ifdef __GLIBC__

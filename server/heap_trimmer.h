@@ -15,18 +15,18 @@
 
 namespace ckpt::server {
 
-/// Calls malloc_trim on its own thread when the server has stayed idle for
-/// `quiet` after Idle(). Thread-safe.
+/// Calls malloc_trim on its own thread once no stream has been open for
+/// `quiet` (once after each burst of streams). Thread-safe.
 class HeapTrimmer {
  public:
   explicit HeapTrimmer(absl::Duration quiet);
   /// Stops the thread.
   ~HeapTrimmer();
 
-  /// Work started (a stream opened): a pending trim waits for the next Idle.
-  void Busy();
-  /// The last stream ended.
-  void Idle();
+  /// A Save or Load stream opened: a pending trim waits until none is open.
+  void StreamOpened();
+  /// A stream opened before ended.
+  void StreamClosed();
 
   /// Trims done so far.
   uint64_t trims();
@@ -38,9 +38,9 @@ class HeapTrimmer {
   std::mutex mu_;
   std::condition_variable cv_;
   bool stopping_ = false;
-  bool idle_ = false;     // Idle() since the last Busy()
-  uint64_t busy_ = 0;     // Busy() calls so far
-  uint64_t trimmed_ = 0;  // busy_ when the heap was last trimmed
+  int64_t open_ = 0;      // streams open
+  uint64_t opened_ = 0;   // streams opened so far
+  uint64_t trimmed_ = 0;  // opened_ when the heap was last trimmed
   uint64_t trims_ = 0;
   std::thread thread_;
 };

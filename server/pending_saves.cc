@@ -208,30 +208,35 @@ void PendingSaves::CancelPart(SaveWaiter* waiter) {
 absl::Status PendingSaves::CheckAbandonedLocked(const std::pair<std::string, std::string>& key,
                                                 uint64_t begun) {
   auto it = abandoned_.find(key);
-  if (it == abandoned_.end()) return absl::OkStatus();
-  // A stream that began after the abandonment is a new save.
-  if (begun > it->second.sequence) {
-    abandoned_.erase(it);
-    return absl::OkStatus();
-  }
+  // A stream that began after the save ended is a new save (the record
+  // stays for the older ones).
+  if (it == abandoned_.end() || begun > it->second.sequence) return absl::OkStatus();
   return it->second.status;
 }
 
-void PendingSaves::AbandonSave(const std::string& name, const std::string& save_id, uint32_t rank,
-                               uint32_t world_size, const absl::Status& why) {
+void PendingSaves::RememberEndedLocked(const std::pair<std::string, std::string>& key,
+                                       const absl::Status& status) {
+  if (abandoned_.size() >= kMaxAbandoned && abandoned_.count(key) == 0) {
+    auto oldest = std::min_element(
+        abandoned_.begin(), abandoned_.end(),
+        [](const auto& a, const auto& b) { return a.second.sequence < b.second.sequence; });
+    abandoned_.erase(oldest);
+  }
+  abandoned_[key] = Abandoned{Sequence(), status, absl::Now() + timeout_};
+}
+
+void PendingSaves::AbandonSave(const std::string& name, const std::string& save_id, uint64_t begun,
+                               uint32_t rank, uint32_t world_size, const absl::Status& why) {
   const absl::Status status = PartAbandoned(rank, world_size, name, why);
   Entry abandoned;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (stopping_) return;
     auto key = std::make_pair(name, save_id);
-    if (abandoned_.size() >= kMaxAbandoned && abandoned_.count(key) == 0) {
-      auto oldest = std::min_element(
-          abandoned_.begin(), abandoned_.end(),
-          [](const auto& a, const auto& b) { return a.second.sequence < b.second.sequence; });
-      abandoned_.erase(oldest);
-    }
-    abandoned_[key] = Abandoned{Sequence(), status, absl::Now() + timeout_};
+    // A stream of a save that already ended (abandoned, timed out) fails
+    // late: the save under that save_id now is another one.
+    if (!CheckAbandonedLocked(key, begun).ok()) return;
+    RememberEndedLocked(key, status);
     // Parts of it staged in a shared store through this server: the sweeper
     // ends the save there (the other servers' parts learn it by polling).
     for (auto& [shared_key, entry] : shared_entries_) {
@@ -265,6 +270,9 @@ void PendingSaves::SweepLoop() {
     std::vector<Entry> expired;
     for (auto it = entries_.begin(); it != entries_.end();) {
       if (it->second.deadline <= now) {
+        // Its late parts, and the failures of its streams, belong to it.
+        RememberEndedLocked(it->first, PartsTimedOut(it->second.name, it->second.parts.size(),
+                                                     it->second.world_size, timeout_));
         expired.push_back(std::move(it->second));
         it = entries_.erase(it);
       } else {
@@ -304,6 +312,12 @@ absl::Status PendingSaves::AddSharedPart(const std::string& name, const std::str
     if (!stopping) {
       if (part.waiter) part.waiter->Ref();
       SharedEntry& entry = shared_entries_[key];
+      // Abandoned while it was being staged: the sweeper ends it in the
+      // store (unless this part completes it: then the store decides).
+      if (absl::Status ended = CheckAbandonedLocked(std::make_pair(name, save_id), part.begun);
+          !ended.ok() && !entry.cancel.has_value() && !ticket.commit) {
+        entry.cancel = ended;
+      }
       entry.ticket = ticket;
       entry.give_up = absl::Now() + 2 * timeout_ + absl::Minutes(1);
       entry.committing = entry.committing || ticket.commit;

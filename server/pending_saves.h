@@ -83,15 +83,18 @@ class PendingSaves {
   /// saves: taken when the stream's SaveBegin arrives (SavePart::begun).
   uint64_t Sequence() { return sequence_.fetch_add(1, std::memory_order_acq_rel) + 1; }
 
-  /// Rank `rank`'s stream of save (name, save_id) ended before its part was
-  /// in (cancelled, refused, broken): the save cannot complete. The parts
-  /// waiting for it get Aborted, saying why, at once (over a shared store:
-  /// once the sweeper has ended the save there, for every server); parts of
-  /// streams that began before this get it when they arrive, until
-  /// --part-timeout from now. A stream that begins later starts a new save
-  /// with that save_id.
-  void AbandonSave(const std::string& name, const std::string& save_id, uint32_t rank,
-                   uint32_t world_size, const absl::Status& why);
+  /// Rank `rank`'s stream of save (name, save_id), begun at `begun`
+  /// (Sequence()), ended before its part was in (cancelled, refused,
+  /// broken): the save cannot complete. The parts waiting for it here get
+  /// Aborted, saying why, at once (over a shared store: those staged
+  /// through this server, once the sweeper has ended the save there, which
+  /// the other servers then learn by polling); parts of streams that began
+  /// before this get it when they arrive, until --part-timeout from now. A
+  /// stream that begins later starts a new save with that save_id; a
+  /// stream of a save that already ended (abandoned or timed out since it
+  /// began) abandons nothing.
+  void AbandonSave(const std::string& name, const std::string& save_id, uint64_t begun,
+                   uint32_t rank, uint32_t world_size, const absl::Status& why);
 
   /// Number of saves waiting for parts.
   size_t size();
@@ -113,8 +116,8 @@ class PendingSaves {
     std::optional<absl::Status> cancel;
   };
   using SharedKey = std::tuple<std::string, std::string, std::string>;
-  // A save abandoned by AbandonSave: what a part of a stream that began
-  // before it gets.
+  // A save that ended without its parts (AbandonSave, a timeout): what a
+  // part of a stream that began before that gets.
   struct Abandoned {
     uint64_t sequence;  // Sequence() at the abandonment
     absl::Status status;
@@ -128,6 +131,10 @@ class PendingSaves {
   // was abandoned since; OK otherwise (forgetting an abandonment older than
   // the stream).
   absl::Status CheckAbandonedLocked(const std::pair<std::string, std::string>& key, uint64_t begun);
+  // Records that save `key` ended with `status` (abandoned, timed out), for
+  // --part-timeout; at most kMaxAbandoned records, the oldest dropped.
+  void RememberEndedLocked(const std::pair<std::string, std::string>& key,
+                           const absl::Status& status);
   static void Fail(std::map<uint32_t, SavePart>& parts, const absl::Status& status);
   void SweepLoop();
 

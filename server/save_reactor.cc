@@ -225,13 +225,13 @@ class SaveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc:
       return absl::InvalidArgumentError(
           absl::StrCat("rank ", part.rank(), " given without world_size"));
     }
-    CKPT_ASSIGN_OR_RETURN(upload_, service_->store()->BeginUpload(begin.name()));
-    begin_ = begin;
     if (part.world_size() > 1) {
       begun_ = service_->pending().Sequence();
       std::lock_guard<std::mutex> lock(mu_);
-      part_of_ = PartOf{begin.name(), part.save_id(), part.rank(), part.world_size()};
+      part_of_ = PartOf{begin.name(), part.save_id(), begun_, part.rank(), part.world_size()};
     }
+    CKPT_ASSIGN_OR_RETURN(upload_, service_->store()->BeginUpload(begin.name()));
+    begin_ = begin;
     CKPT_CRASH_POINT("save.begin");
     v1::SaveResponse response;
     v1::SaveAccepted* accepted = response.mutable_accepted();
@@ -415,8 +415,8 @@ class SaveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc:
     waiting_.store(true);
     if (cancelled_.load()) {
       const absl::Status cancelled = absl::CancelledError("save cancelled");
-      service_->pending().AbandonSave(begin_.name(), part.save_id(), part.rank(), part.world_size(),
-                                      cancelled);
+      service_->pending().AbandonSave(begin_.name(), part.save_id(), begun_, part.rank(),
+                                      part.world_size(), cancelled);
       return cancelled;
     }
     CKPT_RETURN_IF_ERROR(service_->pending().AddPart(begin_.name(), part.save_id(),
@@ -492,8 +492,8 @@ class SaveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc:
       }
     }
     // Outside mu_: other ranks' streams get the news (their FinishOnce).
-    service_->pending().AbandonSave(abandons->name, abandons->save_id, abandons->rank,
-                                    abandons->world_size, status);
+    service_->pending().AbandonSave(abandons->name, abandons->save_id, abandons->begun,
+                                    abandons->rank, abandons->world_size, status);
     std::lock_guard<std::mutex> lock(mu_);
     PumpLocked();
   }
@@ -556,6 +556,7 @@ class SaveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc:
   struct PartOf {
     std::string name;
     std::string save_id;
+    uint64_t begun;
     uint32_t rank;
     uint32_t world_size;
   };

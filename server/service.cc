@@ -63,13 +63,14 @@ bool CheckpointService::EnterStream(absl::string_view method) {
     return false;
   }
   telemetry_->StreamOpened(method);
-  heap_trimmer_.Busy();
+  heap_trimmer_.StreamOpened();
   return true;
 }
 
 void CheckpointService::LeaveStream(absl::string_view method) {
   telemetry_->StreamClosed(method);
-  if (streams_.fetch_sub(1) == 1) heap_trimmer_.Idle();
+  streams_.fetch_sub(1);
+  heap_trimmer_.StreamClosed();
 }
 
 absl::Status CheckpointService::TooManyStreams() const {

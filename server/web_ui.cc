@@ -288,7 +288,7 @@ struct WebRequest {
       r.status = 405;
       r.content_type = "text/plain; charset=utf-8";
       r.body = "the ckpt web page is read-only: GET and HEAD only (and POST /login)\n";
-      r.headers = "Allow: GET, HEAD\r\n";
+      r.headers = path == "/login" ? "Allow: GET, HEAD, POST\r\n" : "Allow: GET, HEAD\r\n";
       // Recorded (log, ckpt_requests_total) as gRPC's "method not supported".
       r.outcome = absl::UnimplementedError(absl::StrCat("method ", Excerpt(method)));
       return r;

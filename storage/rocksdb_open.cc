@@ -198,7 +198,8 @@ absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(const StoreOpti
   };
   rocksdb::Status opened =
       rocksdb::DB::Open(db_options, options.path, families, &core->handles, &core->db);
-  if (opened.IsIOError() && absl::StrContains(opened.ToString(), "While lock file")) {
+  if (opened.IsIOError() && absl::StrContains(opened.ToString(), "While lock file") &&
+      absl::StrContains(opened.ToString(), "Resource temporarily unavailable")) {
     // RocksDB's "IO error: While lock file: .../LOCK: Resource temporarily
     // unavailable" does not say who holds it.
     return absl::FailedPreconditionError(

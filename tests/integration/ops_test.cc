@@ -374,9 +374,7 @@ TEST(ServerLogTest, RocksDbTuningFlagsReachTheDatabase) {
       testing::ServerProcess::Start(dir.path() + "/db3", {"--rocksdb-background-jobs", "0"}).ok());
 }
 
-// A second server on a taken port must not start (gRPC's SO_REUSEPORT would
-// let it, and clients would be split between two stores); a taken metrics
-// port is said in words. `timeout` ends a server that wrongly starts.
+// A second server on a store in use is refused in words (RocksDB's LOCK).
 TEST(ServerLogTest, ASecondServerOnOneStoreIsRefusedInWords) {
   testing::TempDir dir;
   auto first = testing::ServerProcess::Start(dir.path() + "/db");
@@ -398,7 +396,7 @@ TEST(ServerLogTest, ASecondServerOnOneStoreIsRefusedInWords) {
 // CKPT_METRICS_LISTEN="" turns the endpoint off, like --metrics-listen "".
 TEST(ServerLogTest, AnEmptyMetricsVariableMeansNoEndpoint) {
   testing::TempDir dir;
-  auto run = testing::RunCommand({"timeout", "3", testing::ServerBinary(), "--data-dir",
+  auto run = testing::RunCommand({"timeout", "8", testing::ServerBinary(), "--data-dir",
                                   dir.path() + "/db", "--listen", "127.0.0.1:0"},
                                  {"CKPT_METRICS_LISTEN="});
   EXPECT_THAT(run.err, HasSubstr(" listening on port "));
@@ -406,6 +404,9 @@ TEST(ServerLogTest, AnEmptyMetricsVariableMeansNoEndpoint) {
   EXPECT_THAT(run.err, HasSubstr("ckpt-server: stopped"));
 }
 
+// A second server on a taken port must not start (gRPC's SO_REUSEPORT would
+// let it, and clients would be split between two stores); a taken metrics
+// port is said in words. `timeout` ends a server that wrongly starts.
 TEST(ServerLogTest, TakenPortsAreRefusedInWords) {
   testing::TempDir dir;
   auto first = testing::ServerProcess::Start(dir.path() + "/db");

@@ -53,9 +53,29 @@ std::string CliBinary() {
   return env ? env : CKPT_CLI_BIN;
 }
 
+namespace {
+
+// This process's environment, with `env`'s NAME=VALUE entries replacing or
+// adding.
+std::vector<std::string> EnvironmentWith(const std::vector<std::string>& env) {
+  std::vector<std::string> vars;
+  for (char** e = environ; *e != nullptr; ++e) {
+    const std::string var(*e);
+    const std::string name = var.substr(0, var.find('='));
+    const bool replaced = std::any_of(env.begin(), env.end(), [&](const std::string& x) {
+      return x.substr(0, x.find('=')) == name;
+    });
+    if (!replaced) vars.push_back(var);
+  }
+  vars.insert(vars.end(), env.begin(), env.end());
+  return vars;
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
     const std::string& data_dir, const std::vector<std::string>& extra_flags,
-    const std::string& log_path) {
+    const std::string& log_path, const std::vector<std::string>& env) {
   std::unique_ptr<ServerProcess> p(new ServerProcess());
   p->log_path_ = log_path.empty() ? data_dir + ".server.log" : log_path;
   std::vector<std::string> args = {ServerBinary(), "--listen", "127.0.0.1:0", "--data-dir",
@@ -72,13 +92,16 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
   // A fresh log per start, so that a restart's port line is the only one.
   int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   if (fd < 0) return absl::InternalError("cannot create " + log);
+  // Built before the fork: the child only calls what is safe there.
+  std::vector<std::string> vars = EnvironmentWith(env);
+  auto argv = Argv(args);
+  auto envp = Argv(vars);
   pid_t pid = fork();
   if (pid < 0) return absl::InternalError("fork failed");
   if (pid == 0) {
     dup2(fd, 2);
     dup2(fd, 1);
-    auto argv = Argv(args);
-    execv(argv[0], argv.data());
+    execve(argv[0], argv.data(), envp.data());
     _exit(127);
   }
   close(fd);
@@ -139,17 +162,7 @@ CommandResult RunCommand(const std::vector<std::string>& argv_in,
   int out_fd = mkstemp(out_tmpl);
   int err_fd = mkstemp(err_tmpl);
   std::vector<std::string> args = argv_in;
-  // The environment, with `env`'s NAME=VALUE entries replacing or adding.
-  std::vector<std::string> vars;
-  for (char** e = environ; *e != nullptr; ++e) {
-    const std::string var(*e);
-    const std::string name = var.substr(0, var.find('='));
-    const bool replaced = std::any_of(env.begin(), env.end(), [&](const std::string& x) {
-      return x.substr(0, x.find('=')) == name;
-    });
-    if (!replaced) vars.push_back(var);
-  }
-  vars.insert(vars.end(), env.begin(), env.end());
+  std::vector<std::string> vars = EnvironmentWith(env);
   // posix_spawn, not fork: a fork would mark every page of a large parent
   // (a benchmark holding gigabytes) copy-on-write, and its next writes
   // would fault page by page.

@@ -25,9 +25,11 @@ class ServerProcess {
   /// prints its port (at most 30 s). Its output goes to `log_path`
   /// (default: `<data_dir>.server.log`; tests that fill the data's disk keep
   /// it elsewhere).
+  /// `env`: NAME=VALUE entries added to (or replacing in) the server's
+  /// environment.
   static absl::StatusOr<std::unique_ptr<ServerProcess>> Start(
       const std::string& data_dir, const std::vector<std::string>& extra_flags = {},
-      const std::string& log_path = "");
+      const std::string& log_path = "", const std::vector<std::string>& env = {});
   ~ServerProcess();  ///< SIGKILLs the server if still running.
 
   int port() const { return port_; }

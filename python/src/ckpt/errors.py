@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import select
 import socket
 from typing import Dict, Optional, Type, Union
 
@@ -124,7 +123,7 @@ def from_status(code: Union[grpc.StatusCode, int], details: str, target: str = "
     if not isinstance(code, grpc.StatusCode):
         code = _BY_NUMBER.get(code, grpc.StatusCode.UNKNOWN)
     if code == grpc.StatusCode.UNAVAILABLE and target:
-        details = f"{details}{_connect_hint(target, tls)}"
+        details = f"{details}{_connect_hint(target, tls, details)}"
     return error_for(code, details)
 
 
@@ -134,44 +133,48 @@ def from_status(code: Union[grpc.StatusCode, int], details: str, target: str = "
 _PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 
 
-def _probe_listener(target: str, timeout: float = 2.0) -> str:
+# What grpcio and gRPC core say when no connection could be made (as opposed
+# to a server that answered UNAVAILABLE itself, e.g. while shutting down).
+_NO_CONNECTION = ("failed to connect", "connection refused", "socket closed", "handshake",
+                  "connections to all backends failing", "unavailable: ipv")
+
+
+def _probe_listener(target: str, timeout: float = 1.0) -> str:
     """What listens at ``target`` (host:port): "grpc" (plaintext gRPC), "tls",
-    "nothing" (connection refused) or "unknown"."""
+    "nothing" (connection refused) or "unknown" (anything else: a timeout, an
+    unreachable host, a name that does not resolve). One address, at most
+    ``timeout`` to connect and as long to read."""
     host, sep, port = target.rpartition(":")
     if not sep or not port.isdigit() or "/" in host:
         return "unknown"
     host = host.strip("[]") or "localhost"
-    try:
-        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
-    except OSError:
-        return "unknown"
-    for family, kind, proto, _, address in infos:
+    infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.settimeout(timeout)
         try:
-            with socket.socket(family, kind, proto) as sock:
-                sock.settimeout(timeout)
-                try:
-                    sock.connect(address)
-                except ConnectionRefusedError:
-                    continue
-                sock.sendall(_PREFACE)
-                ready, _, _ = select.select([sock], [], [], timeout)
-                if not ready:
-                    return "unknown"
-                answer = sock.recv(9)
-        except OSError:
-            continue
-        if len(answer) >= 4 and answer[3] == 0x04:
-            return "grpc"  # an HTTP/2 SETTINGS frame
-        if not answer or answer[0] in (0x15, 0x16):
-            return "tls"  # a TLS alert or handshake record, or closed on the preface
-        return "unknown"
-    return "nothing"
+            sock.connect(address)
+        except ConnectionRefusedError:
+            return "nothing"
+        sock.sendall(_PREFACE)
+        answer = sock.recv(9)
+    if len(answer) >= 4 and answer[3] == 0x04:
+        return "grpc"  # an HTTP/2 SETTINGS frame
+    if not answer or answer[0] in (0x15, 0x16):
+        return "tls"  # a TLS alert or handshake record, or closed on the preface
+    return "unknown"
 
 
-def _connect_hint(target: str, tls: bool) -> str:
+def _connect_hint(target: str, tls: bool, details: str = "") -> str:
     """Why ``target`` may be unreachable: TLS on one side only is the usual
-    cause when something does listen there (what the ``ckpt`` CLI says too)."""
-    found = _probe_listener(target)
+    cause when something does listen there (what the ``ckpt`` CLI says too).
+    Probes only when no connection could be made."""
+    found = "unknown"
+    if any(s in details.lower() for s in _NO_CONNECTION):
+        try:
+            found = _probe_listener(target)
+        except Exception:  # a timeout, a bad name or port: no hint beyond the generic one
+            found = "unknown"
     if found == "grpc" and tls:
         return (" (the server there speaks plaintext gRPC, without TLS: drop tls=True, ca_cert, "
                 "cert and CKPT_TLS/CKPT_CA_CERT/CKPT_CERT, or start the server with --tls-cert "
