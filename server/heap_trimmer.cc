@@ -44,19 +44,28 @@ void HeapTrimmer::Loop() {
     cv_.wait(lock, [&] { return stopping_ || (open_ == 0 && opened_ != trimmed_); });
     if (stopping_) break;
     const uint64_t opened = opened_;
-    // No stream opened for `quiet_`: trim.
-    if (cv_.wait_for(lock, absl::ToChronoNanoseconds(quiet_),
-                     [&] { return stopping_ || opened_ != opened; })) {
-      continue;
-    }
+    // True if a stream opens (or the trimmer stops) within `d`.
+    auto interrupted = [&](absl::Duration d) {
+      return cv_.wait_for(lock, absl::ToChronoNanoseconds(d),
+                          [&] { return stopping_ || opened_ != opened; });
+    };
+    // No stream opened for `quiet_`: trim; then every ten times that for a
+    // minute of such, for what is freed late (RocksDB's compactions of the
+    // burst's files, uploads finishing on their own threads).
+    if (interrupted(quiet_)) continue;
     trimmed_ = opened;
-    ++trims_;
-    lock.unlock();
-#ifdef __GLIBC__
-    malloc_trim(0);
-#endif
-    lock.lock();
+    Trim(lock);
+    for (int i = 0; i < kLateTrims && !interrupted(10 * quiet_); ++i) Trim(lock);
   }
+}
+
+void HeapTrimmer::Trim(std::unique_lock<std::mutex>& lock) {
+  ++trims_;
+  lock.unlock();
+#ifdef __GLIBC__
+  malloc_trim(0);
+#endif
+  lock.lock();
 }
 
 }  // namespace ckpt::server

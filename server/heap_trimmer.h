@@ -16,7 +16,8 @@
 namespace ckpt::server {
 
 /// Calls malloc_trim on its own thread once no stream has been open for
-/// `quiet` (once after each burst of streams). Thread-safe.
+/// `quiet`, then every 10 x `quiet` while none opens, kLateTrims times.
+/// Thread-safe.
 class HeapTrimmer {
  public:
   explicit HeapTrimmer(absl::Duration quiet);
@@ -32,7 +33,11 @@ class HeapTrimmer {
   uint64_t trims();
 
  private:
+  static constexpr int kLateTrims = 6;
+
   void Loop();
+  // malloc_trim, outside `lock` (mu_).
+  void Trim(std::unique_lock<std::mutex>& lock);
 
   const absl::Duration quiet_;
   std::mutex mu_;

@@ -225,17 +225,17 @@ void PendingSaves::RememberEndedLocked(const std::pair<std::string, std::string>
   abandoned_[key] = Abandoned{Sequence(), status, absl::Now() + timeout_};
 }
 
-void PendingSaves::AbandonSave(const std::string& name, const std::string& save_id, uint64_t begun,
+bool PendingSaves::AbandonSave(const std::string& name, const std::string& save_id, uint64_t begun,
                                uint32_t rank, uint32_t world_size, const absl::Status& why) {
   const absl::Status status = PartAbandoned(rank, world_size, name, why);
   Entry abandoned;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (stopping_) return;
+    if (stopping_) return false;
     auto key = std::make_pair(name, save_id);
     // A stream of a save that already ended (abandoned, timed out) fails
     // late: the save under that save_id now is another one.
-    if (!CheckAbandonedLocked(key, begun).ok()) return;
+    if (!CheckAbandonedLocked(key, begun).ok()) return false;
     RememberEndedLocked(key, status);
     // Parts of it staged in a shared store through this server: the sweeper
     // ends the save there (the other servers' parts learn it by polling).
@@ -251,6 +251,7 @@ void PendingSaves::AbandonSave(const std::string& name, const std::string& save_
   }
   cv_.notify_all();
   Fail(abandoned.parts, status);
+  return true;
 }
 
 void PendingSaves::SweepLoop() {

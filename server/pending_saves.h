@@ -93,7 +93,9 @@ class PendingSaves {
   /// stream that begins later starts a new save with that save_id; a
   /// stream of a save that already ended (abandoned or timed out since it
   /// began) abandons nothing.
-  void AbandonSave(const std::string& name, const std::string& save_id, uint64_t begun,
+  /// Returns whether it abandoned the save (false for a stream of a save
+  /// that already ended, or while shutting down).
+  bool AbandonSave(const std::string& name, const std::string& save_id, uint64_t begun,
                    uint32_t rank, uint32_t world_size, const absl::Status& why);
 
   /// Number of saves waiting for parts.

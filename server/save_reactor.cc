@@ -61,6 +61,7 @@ class SaveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc:
     StartRead(&raw_request_);
   }
   ~SaveReactor() override {
+    PartNoLongerWaiting();
     upload_.reset();  // discards what an uncommitted save wrote
     if (stream_counted_) service_->LeaveStream("Save");
     if (counted_) service_->Leave();
@@ -89,6 +90,7 @@ class SaveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc:
   void OnCancel() override {
     cancelled_.store(true);
     if (waiting_.load()) service_->pending().CancelPart(this);
+    PartNoLongerWaiting();
     FinishOnce(absl::CancelledError("save cancelled; nothing was saved"));
   }
 
@@ -115,6 +117,7 @@ class SaveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc:
 
   // SaveWaiter
   void Deliver(const absl::StatusOr<VersionInfo>& result) override {
+    PartNoLongerWaiting();
     if (result.ok()) {
       record_.set_version(result->version);
       std::vector<uint64_t> pruned;
@@ -415,12 +418,18 @@ class SaveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc:
     waiting_.store(true);
     if (cancelled_.load()) {
       const absl::Status cancelled = absl::CancelledError("save cancelled");
-      service_->pending().AbandonSave(begin_.name(), part.save_id(), begun_, part.rank(),
-                                      part.world_size(), cancelled);
+      Abandon(begin_.name(), part.save_id(), begun_, part.rank(), part.world_size(), cancelled);
       return cancelled;
     }
-    CKPT_RETURN_IF_ERROR(service_->pending().AddPart(begin_.name(), part.save_id(),
-                                                     part.world_size(), std::move(save_part)));
+    // Counted before AddPart: the last part's commit delivers at once.
+    part_counted_.store(true);
+    service_->telemetry().PartWaiting();
+    absl::Status added = service_->pending().AddPart(begin_.name(), part.save_id(),
+                                                     part.world_size(), std::move(save_part));
+    if (!added.ok()) {
+      PartNoLongerWaiting();
+      return added;
+    }
     // OnCancel may have run between the check above and AddPart, finding no
     // part to cancel: cancel it now, or it would be held until the save
     // resolves.
@@ -475,6 +484,20 @@ class SaveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc:
     PumpLocked();
   }
 
+  // PendingSaves::AbandonSave, counted.
+  void Abandon(const std::string& name, const std::string& save_id, uint64_t begun, uint32_t rank,
+               uint32_t world_size, const absl::Status& why) {
+    if (service_->pending().AbandonSave(name, save_id, begun, rank, world_size, why)) {
+      service_->telemetry().AddAbandonedSave();
+    }
+  }
+
+  // This stream's part, counted as waiting, is not any more (delivered,
+  // cancelled, refused): once.
+  void PartNoLongerWaiting() {
+    if (part_counted_.exchange(false)) service_->telemetry().PartDone();
+  }
+
   // Ends the stream with `status` (the first call wins). A rank of a
   // multi-part save that fails before its part is handed over abandons the
   // save: the other ranks get Aborted instead of waiting --part-timeout.
@@ -492,8 +515,8 @@ class SaveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc:
       }
     }
     // Outside mu_: other ranks' streams get the news (their FinishOnce).
-    service_->pending().AbandonSave(abandons->name, abandons->save_id, abandons->begun,
-                                    abandons->rank, abandons->world_size, status);
+    Abandon(abandons->name, abandons->save_id, abandons->begun, abandons->rank,
+            abandons->world_size, status);
     std::lock_guard<std::mutex> lock(mu_);
     PumpLocked();
   }
@@ -549,7 +572,8 @@ class SaveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc:
 
   std::atomic<bool> cancelled_{false};
   std::atomic<bool> waiting_{false};
-  uint64_t begun_ = 0;  // PendingSaves::Sequence() at a multi-part SaveBegin
+  std::atomic<bool> part_counted_{false};  // in ckpt_parts_waiting
+  uint64_t begun_ = 0;                     // PendingSaves::Sequence() at a multi-part SaveBegin
 
   // Which part of which multi-part save this stream carries (under mu_: any
   // thread may end the stream).

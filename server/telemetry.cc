@@ -182,6 +182,8 @@ struct Telemetry::Families {
   prometheus::Family<prometheus::Gauge>& streams;
   prometheus::Counter& nonfinite_refusals;
   prometheus::Counter& assembled_chunks;
+  prometheus::Gauge& parts_waiting;
+  prometheus::Counter& abandoned_saves;
 };
 
 Telemetry::Telemetry(storage::Store* store, LogLevel level)
@@ -224,6 +226,17 @@ Telemetry::Telemetry(storage::Store* store, LogLevel level)
           .Name("ckpt_assembled_chunks_total")
           .Help("Chunks of saves received in pieces and joined by the server (clients send a "
                 "chunk whole when --max-message-bytes holds it)")
+          .Register(r)
+          .Add({}),
+      prometheus::BuildGauge()
+          .Name("ckpt_parts_waiting")
+          .Help("Parts of multi-part saves held waiting for their other ranks")
+          .Register(r)
+          .Add({}),
+      prometheus::BuildCounter()
+          .Name("ckpt_abandoned_saves_total")
+          .Help("Multi-part saves abandoned because a rank's stream failed before its part "
+                "was in")
           .Register(r)
           .Add({}),
   });
@@ -278,6 +291,12 @@ void Telemetry::StreamOpened(absl::string_view method) {
 void Telemetry::StreamClosed(absl::string_view method) {
   families_->streams.Add({{"method", std::string(method)}}).Decrement();
 }
+
+void Telemetry::PartWaiting() { families_->parts_waiting.Increment(); }
+
+void Telemetry::PartDone() { families_->parts_waiting.Decrement(); }
+
+void Telemetry::AddAbandonedSave() { families_->abandoned_saves.Increment(); }
 
 CallRecord::CallRecord(Telemetry* telemetry, absl::string_view method, std::string peer)
     : telemetry_(telemetry), method_(method), peer_(std::move(peer)), start_(absl::Now()) {}

@@ -23,6 +23,10 @@
 //   ckpt_saved_logical_bytes_total            counter   tensor bytes of committed
 //                                                       saves, sent or deduplicated
 //   ckpt_streams_in_flight{method}            gauge     Save and Load streams open
+//   ckpt_parts_waiting                        gauge     multi-part parts waiting for
+//                                                       their other ranks
+//   ckpt_abandoned_saves_total                counter   multi-part saves abandoned
+//                                                       (a rank failed before its part)
 //   ckpt_nonfinite_refusals_total             counter   saves the NaN/Inf guard refused
 //   ckpt_assembled_chunks_total               counter   chunks received in pieces
 //   ckpt_stored_bytes, ckpt_logical_bytes, ckpt_dedup_ratio, ckpt_checkpoints,
@@ -111,6 +115,11 @@ class Telemetry {
   void AddAssembledChunk();
   void StreamOpened(absl::string_view method);
   void StreamClosed(absl::string_view method);
+  /// A multi-part save's part starts / stops waiting for its other ranks.
+  void PartWaiting();
+  void PartDone();
+  /// A multi-part save was abandoned: a rank failed before its part was in.
+  void AddAbandonedSave();
 
  private:
   struct Families;

@@ -20,6 +20,7 @@
 #include "absl/strings/str_split.h"
 #include "ckpt/v1/checkpoint.grpc.pb.h"
 #include "client/raw_client.h"
+#include "tests/testing/http.h"
 #include "tests/testing/server_process.h"
 #include "tests/testing/temp_dir.h"
 #include "tests/testing/trees.h"
@@ -91,6 +92,21 @@ class HostileTest : public ::testing::Test {
     while (std::chrono::steady_clock::now() < deadline) {
       auto info = client_->GetServerInfo();
       if (info.ok() && info->stats.active_uploads == n) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return false;
+  }
+
+  double Metric(const std::string& series) {
+    auto scrape = testing::HttpGet(server_->metrics_port(), "/metrics");
+    EXPECT_TRUE(scrape.ok()) << scrape.status();
+    return testing::MetricValue(scrape.value_or(""), series);
+  }
+  // Polls the metrics (for at most 10 s) until `series` is `value`.
+  bool WaitForMetric(const std::string& series, double value) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (Metric(series) == value) return true;
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
     return false;
@@ -308,10 +324,7 @@ TEST_F(HostileTest, ARankThatFailsBeforeItsPartIsInAbortsTheOtherRanksAtOnce) {
     open(rank1, 1, "s1");
     grpc::Status waited;
     std::thread waiter([&] { waited = commit(rank0); });
-    // Rank 0's part is in once the server has its commit (the server shows
-    // no waiting parts: on a slow run rank 0 may still be committing, and
-    // gets the same answer at its commit, the case below).
-    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    ASSERT_TRUE(WaitForMetric("ckpt_parts_waiting", 1));
     const auto cancelled_at = std::chrono::steady_clock::now();
     EXPECT_EQ(cancel(rank1).error_code(), grpc::StatusCode::CANCELLED);
     waiter.join();
@@ -350,6 +363,8 @@ TEST_F(HostileTest, ARankThatFailsBeforeItsPartIsInAbortsTheOtherRanksAtOnce) {
   ASSERT_TRUE(versions.ok()) << versions.status();
   ASSERT_EQ(versions->size(), 1u);
   EXPECT_EQ((*versions)[0].world_size, 2u);
+  EXPECT_TRUE(WaitForMetric("ckpt_parts_waiting", 0));
+  EXPECT_EQ(Metric("ckpt_abandoned_saves_total"), 2);
   WaitForActiveUploads(0);
 }
 
@@ -379,11 +394,12 @@ TEST_F(HostileTest, ATreeLargerThanTheWholeTreeBudgetIsNotToldToRetry) {
 // arenas: a server kept 1 GB after 64 saves at once). The server keeps up
 // to 32 MiB free at the top of each arena for the next buffers (its
 // M_TRIM_THRESHOLD); with glibc's own threshold, as here, only live memory
-// stays.
+// stays (5-45 MiB under load: caches, compactions of the burst's files; the
+// previous server kept 50-140 MiB after 16 saves).
 TEST_F(HostileTest, TheMemoryOfABurstOfSavesGoesBackOnceTheServerIsIdle) {
   Start({}, {"MALLOC_TRIM_THRESHOLD_=131072"});
   const double before = ProcStatusMiB(server_->pid(), "RssAnon:");
-  constexpr int kSaves = 16;
+  constexpr int kSaves = 24;
   std::vector<testing::TreeBuilder> trees;
   for (int i = 0; i < kSaves; ++i) trees.push_back(testing::StateDict(8, 1 << 20, 100 + i));
   double peak = before;
@@ -410,12 +426,12 @@ TEST_F(HostileTest, TheMemoryOfABurstOfSavesGoesBackOnceTheServerIsIdle) {
   for (const absl::Status& r : results) ASSERT_TRUE(r.ok()) << r;
   ASSERT_GT(peak - before, 100.0) << "the burst took too little memory to tell";
   double after = peak;
-  for (int i = 0; i < 100 && after - before > 32.0; ++i) {
+  for (int i = 0; i < 300 && after - before > 64.0; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
     after = ProcStatusMiB(server_->pid(), "RssAnon:");
   }
-  EXPECT_LT(after - before, 32.0) << "heap before " << before << " MiB, peak " << peak
-                                  << " MiB, 10 s after the saves " << after << " MiB";
+  EXPECT_LT(after - before, 64.0) << "heap before " << before << " MiB, peak " << peak
+                                  << " MiB, 30 s after the saves " << after << " MiB";
 }
 
 // Point 6: keys past 64 KiB are refused; a long key shared by many
