@@ -31,11 +31,6 @@ void HeapTrimmer::StreamClosed() {
   cv_.notify_all();
 }
 
-uint64_t HeapTrimmer::trims() {
-  std::lock_guard<std::mutex> lock(mu_);
-  return trims_;
-}
-
 void HeapTrimmer::Loop() {
   std::unique_lock<std::mutex> lock(mu_);
   while (!stopping_) {
@@ -60,7 +55,6 @@ void HeapTrimmer::Loop() {
 }
 
 void HeapTrimmer::Trim(std::unique_lock<std::mutex>& lock) {
-  ++trims_;
   lock.unlock();
 #ifdef __GLIBC__
   malloc_trim(0);

@@ -29,15 +29,12 @@ class HeapTrimmer {
   /// A stream opened before ended.
   void StreamClosed();
 
-  /// Trims done so far.
-  uint64_t trims();
-
  private:
   static constexpr int kLateTrims = 6;
 
   void Loop();
   // malloc_trim, outside `lock` (mu_).
-  void Trim(std::unique_lock<std::mutex>& lock);
+  static void Trim(std::unique_lock<std::mutex>& lock);
 
   const absl::Duration quiet_;
   std::mutex mu_;
@@ -46,7 +43,6 @@ class HeapTrimmer {
   int64_t open_ = 0;      // streams open
   uint64_t opened_ = 0;   // streams opened so far
   uint64_t trimmed_ = 0;  // opened_ when the heap was last trimmed
-  uint64_t trims_ = 0;
   std::thread thread_;
 };
 

@@ -122,7 +122,7 @@ absl::Status PendingSaves::AddPart(const std::string& name, const std::string& s
     std::lock_guard<std::mutex> lock(mu_);
     if (stopping_) return absl::UnavailableError("server shutting down");
     auto key = std::make_pair(name, save_id);
-    CKPT_RETURN_IF_ERROR(CheckAbandonedLocked(key, part.begun));
+    CKPT_RETURN_IF_ERROR(CheckEndedLocked(key, part.begun));
     auto it = entries_.find(key);
     if (it == entries_.end()) {
       Entry entry;
@@ -205,24 +205,24 @@ void PendingSaves::CancelPart(SaveWaiter* waiter) {
   Fail(abandoned.parts, PartCancelled(cancelled_rank, abandoned.world_size, abandoned.name));
 }
 
-absl::Status PendingSaves::CheckAbandonedLocked(const std::pair<std::string, std::string>& key,
-                                                uint64_t begun) {
-  auto it = abandoned_.find(key);
+absl::Status PendingSaves::CheckEndedLocked(const std::pair<std::string, std::string>& key,
+                                            uint64_t begun) {
+  auto it = ended_.find(key);
   // A stream that began after the save ended is a new save (the record
   // stays for the older ones).
-  if (it == abandoned_.end() || begun > it->second.sequence) return absl::OkStatus();
+  if (it == ended_.end() || begun > it->second.sequence) return absl::OkStatus();
   return it->second.status;
 }
 
 void PendingSaves::RememberEndedLocked(const std::pair<std::string, std::string>& key,
                                        const absl::Status& status) {
-  if (abandoned_.size() >= kMaxAbandoned && abandoned_.count(key) == 0) {
-    auto oldest = std::min_element(
-        abandoned_.begin(), abandoned_.end(),
-        [](const auto& a, const auto& b) { return a.second.sequence < b.second.sequence; });
-    abandoned_.erase(oldest);
+  if (ended_.size() >= kMaxEnded && ended_.count(key) == 0) {
+    auto oldest = std::min_element(ended_.begin(), ended_.end(), [](const auto& a, const auto& b) {
+      return a.second.sequence < b.second.sequence;
+    });
+    ended_.erase(oldest);
   }
-  abandoned_[key] = Abandoned{Sequence(), status, absl::Now() + timeout_};
+  ended_[key] = Ended{Sequence(), status, absl::Now() + timeout_};
 }
 
 bool PendingSaves::AbandonSave(const std::string& name, const std::string& save_id, uint64_t begun,
@@ -235,7 +235,7 @@ bool PendingSaves::AbandonSave(const std::string& name, const std::string& save_
     auto key = std::make_pair(name, save_id);
     // A stream of a save that already ended (abandoned, timed out) fails
     // late: the save under that save_id now is another one.
-    if (!CheckAbandonedLocked(key, begun).ok()) return false;
+    if (!CheckEndedLocked(key, begun).ok()) return false;
     RememberEndedLocked(key, status);
     // Parts of it staged in a shared store through this server: the sweeper
     // ends the save there (the other servers' parts learn it by polling).
@@ -265,8 +265,8 @@ void PendingSaves::SweepLoop() {
       lock.lock();
     }
     const absl::Time now = absl::Now();
-    for (auto it = abandoned_.begin(); it != abandoned_.end();) {
-      it = it->second.until <= now ? abandoned_.erase(it) : std::next(it);
+    for (auto it = ended_.begin(); it != ended_.end();) {
+      it = it->second.until <= now ? ended_.erase(it) : std::next(it);
     }
     std::vector<Entry> expired;
     for (auto it = entries_.begin(); it != entries_.end();) {
@@ -297,7 +297,7 @@ absl::Status PendingSaves::AddSharedPart(const std::string& name, const std::str
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (stopping_) return absl::UnavailableError("server shutting down");
-    CKPT_RETURN_IF_ERROR(CheckAbandonedLocked(std::make_pair(name, save_id), part.begun));
+    CKPT_RETURN_IF_ERROR(CheckEndedLocked(std::make_pair(name, save_id), part.begun));
   }
   CKPT_ASSIGN_OR_RETURN(
       storage::SaveTicket ticket,
@@ -315,7 +315,7 @@ absl::Status PendingSaves::AddSharedPart(const std::string& name, const std::str
       SharedEntry& entry = shared_entries_[key];
       // Abandoned while it was being staged: the sweeper ends it in the
       // store (unless this part completes it: then the store decides).
-      if (absl::Status ended = CheckAbandonedLocked(std::make_pair(name, save_id), part.begun);
+      if (absl::Status ended = CheckEndedLocked(std::make_pair(name, save_id), part.begun);
           !ended.ok() && !entry.cancel.has_value() && !ticket.commit) {
         entry.cancel = ended;
       }

@@ -120,21 +120,21 @@ class PendingSaves {
   using SharedKey = std::tuple<std::string, std::string, std::string>;
   // A save that ended without its parts (AbandonSave, a timeout): what a
   // part of a stream that began before that gets.
-  struct Abandoned {
-    uint64_t sequence;  // Sequence() at the abandonment
+  struct Ended {
+    uint64_t sequence;  // Sequence() when it ended
     absl::Status status;
     absl::Time until;
   };
-  // At most this many abandoned saves are remembered (the oldest go first).
-  static constexpr size_t kMaxAbandoned = 4096;
+  // At most this many ended saves are remembered (the oldest go first).
+  static constexpr size_t kMaxEnded = 4096;
 
   void CommitEntry(Entry entry);
   // The status a part of a stream that began at `begun` gets if its save
-  // was abandoned since; OK otherwise (forgetting an abandonment older than
-  // the stream).
-  absl::Status CheckAbandonedLocked(const std::pair<std::string, std::string>& key, uint64_t begun);
+  // ended since (abandoned, timed out); OK otherwise (a stream begun later
+  // is a new save).
+  absl::Status CheckEndedLocked(const std::pair<std::string, std::string>& key, uint64_t begun);
   // Records that save `key` ended with `status` (abandoned, timed out), for
-  // --part-timeout; at most kMaxAbandoned records, the oldest dropped.
+  // --part-timeout; at most kMaxEnded records, the oldest dropped.
   void RememberEndedLocked(const std::pair<std::string, std::string>& key,
                            const absl::Status& status);
   static void Fail(std::map<uint32_t, SavePart>& parts, const absl::Status& status);
@@ -159,7 +159,7 @@ class PendingSaves {
   bool stopping_ = false;
   std::map<std::pair<std::string, std::string>, Entry> entries_;
   std::map<SharedKey, SharedEntry> shared_entries_;
-  std::map<std::pair<std::string, std::string>, Abandoned> abandoned_;
+  std::map<std::pair<std::string, std::string>, Ended> ended_;
   std::atomic<uint64_t> sequence_{0};
   std::thread sweeper_;
 };

@@ -7,6 +7,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <utility>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
@@ -139,6 +140,16 @@ class SaveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc:
   void Unref() override { RefCounted::Unref(); }
 
  private:
+  // Which part of which multi-part save this stream carries (under mu_: any
+  // thread may end the stream).
+  struct PartOf {
+    std::string name;
+    std::string save_id;
+    uint64_t begun;
+    uint32_t rank;
+    uint32_t world_size;
+  };
+
   void HandleRequest() {
     if (finish_requested()) return;
     absl::Status status = Dispatch();
@@ -229,9 +240,9 @@ class SaveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc:
           absl::StrCat("rank ", part.rank(), " given without world_size"));
     }
     if (part.world_size() > 1) {
-      begun_ = service_->pending().Sequence();
+      const uint64_t begun = service_->pending().Sequence();
       std::lock_guard<std::mutex> lock(mu_);
-      part_of_ = PartOf{begin.name(), part.save_id(), begun_, part.rank(), part.world_size()};
+      part_of_ = PartOf{begin.name(), part.save_id(), begun, part.rank(), part.world_size()};
     }
     CKPT_ASSIGN_OR_RETURN(upload_, service_->store()->BeginUpload(begin.name()));
     begin_ = begin;
@@ -414,11 +425,18 @@ class SaveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc:
     save_part.upload = std::move(upload_);
     save_part.waiter = this;
     save_part.memory = std::move(memory_);
-    save_part.begun = begun_;
+    std::optional<PartOf> mine;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      mine = part_of_;  // set by SaveBegin of a multi-part save
+    }
+    // Taken by FinishOnce: the stream ended meanwhile, abandoning the save.
+    if (!mine) return absl::CancelledError("save cancelled");
+    save_part.begun = mine->begun;
     waiting_.store(true);
     if (cancelled_.load()) {
       const absl::Status cancelled = absl::CancelledError("save cancelled");
-      Abandon(begin_.name(), part.save_id(), begun_, part.rank(), part.world_size(), cancelled);
+      Abandon(*mine, cancelled);
       return cancelled;
     }
     // Counted before AddPart: the last part's commit delivers at once.
@@ -485,9 +503,9 @@ class SaveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc:
   }
 
   // PendingSaves::AbandonSave, counted.
-  void Abandon(const std::string& name, const std::string& save_id, uint64_t begun, uint32_t rank,
-               uint32_t world_size, const absl::Status& why) {
-    if (service_->pending().AbandonSave(name, save_id, begun, rank, world_size, why)) {
+  void Abandon(const PartOf& part, const absl::Status& why) {
+    if (service_->pending().AbandonSave(part.name, part.save_id, part.begun, part.rank,
+                                        part.world_size, why)) {
       service_->telemetry().AddAbandonedSave();
     }
   }
@@ -508,15 +526,14 @@ class SaveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc:
       if (finish_requested_) return;
       finish_requested_ = true;
       finish_status_ = status;
-      if (!status.ok() && !waiting_.load()) abandons = std::move(part_of_);
+      if (!status.ok() && !waiting_.load()) abandons = std::exchange(part_of_, std::nullopt);
       if (!abandons) {
         PumpLocked();
         return;
       }
     }
     // Outside mu_: other ranks' streams get the news (their FinishOnce).
-    Abandon(abandons->name, abandons->save_id, abandons->begun, abandons->rank,
-            abandons->world_size, status);
+    Abandon(*abandons, status);
     std::lock_guard<std::mutex> lock(mu_);
     PumpLocked();
   }
@@ -573,17 +590,6 @@ class SaveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc:
   std::atomic<bool> cancelled_{false};
   std::atomic<bool> waiting_{false};
   std::atomic<bool> part_counted_{false};  // in ckpt_parts_waiting
-  uint64_t begun_ = 0;                     // PendingSaves::Sequence() at a multi-part SaveBegin
-
-  // Which part of which multi-part save this stream carries (under mu_: any
-  // thread may end the stream).
-  struct PartOf {
-    std::string name;
-    std::string save_id;
-    uint64_t begun;
-    uint32_t rank;
-    uint32_t world_size;
-  };
 
   // Write queue.
   std::mutex mu_;

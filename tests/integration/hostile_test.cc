@@ -98,18 +98,10 @@ class HostileTest : public ::testing::Test {
   }
 
   double Metric(const std::string& series) {
-    auto scrape = testing::HttpGet(server_->metrics_port(), "/metrics");
-    EXPECT_TRUE(scrape.ok()) << scrape.status();
-    return testing::MetricValue(scrape.value_or(""), series);
+    return testing::ScrapeMetric(server_->metrics_port(), series);
   }
-  // Polls the metrics (for at most 10 s) until `series` is `value`.
   bool WaitForMetric(const std::string& series, double value) {
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-    while (std::chrono::steady_clock::now() < deadline) {
-      if (Metric(series) == value) return true;
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    return false;
+    return testing::WaitForMetric(server_->metrics_port(), series, value, 10);
   }
 
   static v1::Node Dict(uint32_t size, const std::string& key = "") {

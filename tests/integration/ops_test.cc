@@ -55,12 +55,7 @@ class OpsTest : public testing::ServerTest {
 
   // Polls the endpoint until `series` has `value` (at most 30 s).
   bool WaitForMetric(const std::string& series, double value) {
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-    while (std::chrono::steady_clock::now() < deadline) {
-      if (Metric(series) == value) return true;
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    return false;
+    return testing::WaitForMetric(server_->metrics_port(), series, value);
   }
 
   using SaveStream = grpc::ClientReaderWriter<v1::SaveRequest, v1::SaveResponse>;

@@ -21,6 +21,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "rocksdb/db.h"
 #include "storage/codec.h"
 #include "tests/storage/store_test_util.h"
@@ -533,6 +534,52 @@ TEST(RocksDbSharedReadTest, ChunksReadWithoutACopyStayValidWhileHeld) {
   EXPECT_EQ(batch[2]->bytes, small);
   EXPECT_EQ(store->ReadSharedChunks("a/b", together)[0].status().code(),
             absl::StatusCode::kNotFound);
+}
+
+// A batch of small chunks is read by one iterator, which steps to the next
+// chunk or seeks: asked out of order, with gaps and a chunk twice, every
+// chunk comes from that iterator (one owner: none fell back to a read of
+// its own) with its own bytes.
+TEST(RocksDbSharedReadTest, ABatchOfSmallChunksIsReadByOneIteratorAcrossGaps) {
+  ckpt::testing::TempDir dir;
+  StoreOptions options;
+  options.path = dir.path() + "/db";
+  options.reserved_disk_bytes = 0;
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Store> store, OpenStore(Backend::kRocksDb, options));
+  constexpr int kChunks = 8;
+  std::vector<std::string> bytes;
+  {
+    ASSERT_OK_AND_ASSIGN(std::unique_ptr<Upload> up, store->BeginUpload("a/b"));
+    CommitSpec spec;
+    spec.name = "a/b";
+    spec.tree.resize(1);
+    spec.tree[0].kind = NodeKind::kDict;
+    spec.tree[0].size = kChunks;
+    for (int i = 0; i < kChunks; ++i) {
+      bytes.push_back(RandomBytes(1000 + i, 60 + i));
+      ASSERT_OK(up->PutChunk(Digest::Of(bytes.back()), AsBytes(bytes.back())));
+      Node n;
+      n.kind = NodeKind::kTensor;
+      n.key = absl::StrCat("t", i);
+      n.tensor.dtype = DType::kUInt8;
+      n.tensor.shape = {static_cast<int64_t>(bytes.back().size())};
+      n.data.size = n.data.chunk_size = bytes.back().size();
+      n.data.chunks = {Digest::Of(bytes.back())};
+      spec.tree.push_back(std::move(n));
+    }
+    Upload* ups[] = {up.get()};
+    ASSERT_OK(store->Commit(std::move(spec), ups).status());
+  }
+  const std::vector<int> asked = {5, 0, 1, 3, 1, 7, 4};
+  std::vector<Digest> digests;
+  for (int i : asked) digests.push_back(Digest::Of(bytes[i]));
+  std::vector<absl::StatusOr<Store::SharedBytes>> read = store->ReadSharedChunks("a/b", digests);
+  ASSERT_EQ(read.size(), asked.size());
+  for (size_t k = 0; k < asked.size(); ++k) {
+    ASSERT_OK(read[k].status());
+    EXPECT_EQ(read[k]->bytes, bytes[asked[k]]) << "chunk " << asked[k];
+    EXPECT_EQ(read[k]->owner, read[0]->owner) << "chunk " << asked[k] << " read on its own";
+  }
 }
 
 }  // namespace

@@ -5,8 +5,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <sstream>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 
@@ -55,6 +57,20 @@ double MetricValue(const std::string& scrape, const std::string& series) {
     }
   }
   return -1;
+}
+
+double ScrapeMetric(int port, const std::string& series) {
+  absl::StatusOr<std::string> scrape = HttpGet(port, "/metrics");
+  return scrape.ok() ? MetricValue(*scrape, series) : -1;
+}
+
+bool WaitForMetric(int port, const std::string& series, double value, int seconds) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (ScrapeMetric(port, series) == value) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return false;
 }
 
 }  // namespace ckpt::testing

@@ -17,6 +17,14 @@ absl::StatusOr<std::string> HttpGet(int port, const std::string& path);
 /// `ckpt_requests_total{code="OK",method="Save"}`) in a scrape; -1 if absent.
 double MetricValue(const std::string& scrape, const std::string& series);
 
+/// MetricValue of `series` in a scrape of http://127.0.0.1:PORT/metrics; -1
+/// if absent or the scrape failed.
+double ScrapeMetric(int port, const std::string& series);
+
+/// Polls ScrapeMetric until `series` is `value`, for at most `seconds`;
+/// whether it got there.
+bool WaitForMetric(int port, const std::string& series, double value, int seconds = 30);
+
 }  // namespace ckpt::testing
 
 #endif  // CKPT_TESTS_TESTING_HTTP_H_
