@@ -116,6 +116,8 @@ absl::StatusOr<VersionInfo> RocksDbStore::Commit(CommitSpec spec,
   uint64_t added_bytes = 0;  // new_bytes plus unreferenced chunks referenced again
   absl::flat_hash_map<Digest, uint64_t> lengths;        // Each digest's stored length.
   std::vector<std::string> ref_values(digests.size());  // encoded, by digests' index
+  std::vector<std::pair<Digest, internal::ChunkLocations::Location>> locations;
+  locations.reserve(digests.size());
   // Written chunks that become the stored copy; every other one is garbage.
   absl::flat_hash_set<std::pair<const RocksDbUpload*, Digest>> kept;
   for (size_t i = 0; i < digests.size(); ++i) {
@@ -142,6 +144,9 @@ absl::StatusOr<VersionInfo> RocksDbStore::Commit(CommitSpec spec,
     }
     lengths[d] = value.length;
     ref_values[i] = EncodeRefValue(value);
+    if (value.length < kPinnedReadBytes) {  // what loads read by location (rocksdb_reads.cc)
+      locations.emplace_back(d, internal::ChunkLocations::Location{value.chunk_id, value.length});
+    }
   }
   // Written in key order: with the refs memtable's insert hint
   // (rocksdb_open.cc) each entry's place is found from the last one's, not
@@ -195,6 +200,7 @@ absl::StatusOr<VersionInfo> RocksDbStore::Commit(CommitSpec spec,
                                    VersionContext(name, version)));
   CKPT_CRASH_POINT("commit.after_write");
   core_->AddUsage(ns, added_bytes, 0);
+  core_->locations.Add(ns, locations);
   for (RocksDbUpload* up : ups) up->MarkCommitted();
   info.tags = WithLatest(std::move(spec.tags), /*is_latest=*/true);
   return info;

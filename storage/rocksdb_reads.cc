@@ -179,24 +179,40 @@ std::vector<absl::StatusOr<Store::SharedBytes>> RocksDbStore::ReadSharedChunks(
     return out;
   }
   const absl::string_view ns = NamespaceOf(name);
-  // Small chunks: their references in one batched lookup, then their bytes
-  // through one iterator that keeps every block it read pinned (in the
-  // memory-mapped chunk files: nothing is copied) for as long as it lives,
-  // both from one snapshot. Large ones, and any small one not read that way
-  // (missing, damaged, a read error), go through ReadSharedChunk, which says
-  // precisely what is wrong.
-  std::vector<std::string> ref_keys;
-  ref_keys.reserve(digests.size());
-  for (const Digest& digest : digests) ref_keys.push_back(RefKey(ns, digest));
+  // Small chunks: where they are, from the locations of recent commits and
+  // reads or else from their refs entries (one batched lookup), then their
+  // bytes through one iterator that keeps every block it read pinned (in
+  // the memory-mapped chunk files: nothing is copied) for as long as it
+  // lives, from one snapshot. A location is a hint (chunk_locations.h): the
+  // bytes read are checked against the digest. Large ones, and any small one
+  // not read that way (missing, damaged, moved, a read error), go through
+  // ReadSharedChunk, which says precisely what is wrong.
+  using Location = internal::ChunkLocations::Location;
+  std::vector<std::optional<Location>> where = core_->locations.Find(ns, digests);
   auto pinned = std::make_shared<PinnedRead>(core_);
   rocksdb::ReadOptions ro;
   ro.snapshot = pinned->snapshot;
+  std::vector<size_t> unknown;
+  std::vector<std::string> ref_keys;
+  for (size_t i = 0; i < digests.size(); ++i) {
+    if (where[i].has_value()) continue;
+    unknown.push_back(i);
+    ref_keys.push_back(RefKey(ns, digests[i]));
+  }
   std::vector<std::optional<RefValue>> refs;
+  if (!unknown.empty() && internal::MultiGetRefs(*core_, ro, ref_keys, &refs).ok()) {
+    std::vector<std::pair<Digest, Location>> found;
+    for (size_t j = 0; j < unknown.size(); ++j) {
+      if (!refs[j].has_value() || refs[j]->length >= kPinnedReadBytes) continue;
+      where[unknown[j]] = Location{refs[j]->chunk_id, refs[j]->length};
+      found.emplace_back(digests[unknown[j]], *where[unknown[j]]);
+    }
+    core_->locations.Add(ns, found);
+  }
   std::vector<std::pair<std::string, size_t>> small;  // (chunk key, index into digests)
-  if (internal::MultiGetRefs(*core_, ro, ref_keys, &refs).ok()) {
-    for (size_t i = 0; i < digests.size(); ++i) {
-      if (!refs[i].has_value() || refs[i]->length >= kPinnedReadBytes) continue;
-      small.emplace_back(ChunkKey(refs[i]->chunk_id), i);
+  for (size_t i = 0; i < digests.size(); ++i) {
+    if (where[i].has_value() && where[i]->length < kPinnedReadBytes) {
+      small.emplace_back(ChunkKey(where[i]->chunk_id), i);
     }
   }
   if (!small.empty()) {
@@ -219,8 +235,8 @@ std::vector<absl::StatusOr<Store::SharedBytes>> RocksDbStore::ReadSharedChunks(
       if (!pinned->it->Valid() || pinned->it->key() != key) continue;
       const rocksdb::Slice value = pinned->it->value();
       const absl::string_view bytes(value.data(), value.size());
-      if (bytes.size() == refs[i]->length &&
-          internal::VerifyChunkBytes(digests[i], refs[i]->length, bytes).ok()) {
+      if (bytes.size() == where[i]->length &&
+          internal::VerifyChunkBytes(digests[i], where[i]->length, bytes).ok()) {
         out[i] = SharedBytes{pinned, bytes};
       }
     }

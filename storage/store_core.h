@@ -26,6 +26,7 @@
 #include "rocksdb/options.h"
 #include "rocksdb/slice.h"
 #include "rocksdb/write_batch.h"
+#include "storage/chunk_locations.h"
 #include "storage/codec.h"
 #include "storage/store.h"
 #include "storage/store_rules.h"
@@ -56,6 +57,12 @@ struct StoreCore {
   // its commit, knows those lookups are still exact: no refs write landed
   // since, so the commit need not read the same entries again.
   std::atomic<uint64_t> refs_generation{0};
+
+  // Where the chunks of recent commits and reads are: loads read small
+  // chunks found here without their refs lookups (a hint: see
+  // chunk_locations.h). At most 2^18 entries, ~13 MiB.
+  static constexpr size_t kChunkLocations = size_t{1} << 18;
+  ChunkLocations locations{kChunkLocations};
 
   // Whether a metadata write may use the reserved disk space: only writes
   // that lead to freeing space (deletes, gc) do.

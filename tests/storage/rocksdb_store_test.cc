@@ -23,6 +23,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "rocksdb/db.h"
+#include "rocksdb/perf_context.h"
+#include "rocksdb/perf_level.h"
 #include "storage/codec.h"
 #include "tests/storage/store_test_util.h"
 #include "tests/testing/status_matchers.h"
@@ -540,36 +542,55 @@ TEST(RocksDbSharedReadTest, ChunksReadWithoutACopyStayValidWhileHeld) {
 // chunk or seeks: asked out of order, with gaps and a chunk twice, every
 // chunk comes from that iterator (one owner: none fell back to a read of
 // its own) with its own bytes.
+// Commits `count` small chunks (random bytes, 1000 + i bytes each) as the
+// tensors of version 1 of `name`; returns their bytes.
+std::vector<std::string> CommitSmallChunks(Store& store, const std::string& name, int count,
+                                           int seed) {
+  std::vector<std::string> bytes;
+  auto up = store.BeginUpload(name);
+  EXPECT_OK(up.status());
+  if (!up.ok()) return bytes;
+  CommitSpec spec;
+  spec.name = name;
+  spec.tree.resize(1);
+  spec.tree[0].kind = NodeKind::kDict;
+  spec.tree[0].size = count;
+  for (int i = 0; i < count; ++i) {
+    bytes.push_back(RandomBytes(1000 + i, seed + i));
+    EXPECT_OK((*up)->PutChunk(Digest::Of(bytes.back()), AsBytes(bytes.back())));
+    Node n;
+    n.kind = NodeKind::kTensor;
+    n.key = absl::StrCat("t", i);
+    n.tensor.dtype = DType::kUInt8;
+    n.tensor.shape = {static_cast<int64_t>(bytes.back().size())};
+    n.data.size = n.data.chunk_size = bytes.back().size();
+    n.data.chunks = {Digest::Of(bytes.back())};
+    spec.tree.push_back(std::move(n));
+  }
+  Upload* ups[] = {up->get()};
+  EXPECT_OK(store.Commit(std::move(spec), ups).status());
+  return bytes;
+}
+
+// Bytes of values RocksDB's MultiGet found on this thread while `read` ran:
+// for a read of chunks, those of the refs entries it looked up.
+uint64_t MultiGetBytesDuring(const std::function<void()>& read) {
+  rocksdb::SetPerfLevel(rocksdb::PerfLevel::kEnableCount);
+  rocksdb::get_perf_context()->Reset();
+  read();
+  const uint64_t lookups = rocksdb::get_perf_context()->multiget_read_bytes;
+  rocksdb::SetPerfLevel(rocksdb::PerfLevel::kDisable);
+  return lookups;
+}
+
 TEST(RocksDbSharedReadTest, ABatchOfSmallChunksIsReadByOneIteratorAcrossGaps) {
   ckpt::testing::TempDir dir;
   StoreOptions options;
   options.path = dir.path() + "/db";
   options.reserved_disk_bytes = 0;
   ASSERT_OK_AND_ASSIGN(std::unique_ptr<Store> store, OpenStore(Backend::kRocksDb, options));
-  constexpr int kChunks = 8;
-  std::vector<std::string> bytes;
-  {
-    ASSERT_OK_AND_ASSIGN(std::unique_ptr<Upload> up, store->BeginUpload("a/b"));
-    CommitSpec spec;
-    spec.name = "a/b";
-    spec.tree.resize(1);
-    spec.tree[0].kind = NodeKind::kDict;
-    spec.tree[0].size = kChunks;
-    for (int i = 0; i < kChunks; ++i) {
-      bytes.push_back(RandomBytes(1000 + i, 60 + i));
-      ASSERT_OK(up->PutChunk(Digest::Of(bytes.back()), AsBytes(bytes.back())));
-      Node n;
-      n.kind = NodeKind::kTensor;
-      n.key = absl::StrCat("t", i);
-      n.tensor.dtype = DType::kUInt8;
-      n.tensor.shape = {static_cast<int64_t>(bytes.back().size())};
-      n.data.size = n.data.chunk_size = bytes.back().size();
-      n.data.chunks = {Digest::Of(bytes.back())};
-      spec.tree.push_back(std::move(n));
-    }
-    Upload* ups[] = {up.get()};
-    ASSERT_OK(store->Commit(std::move(spec), ups).status());
-  }
+  const std::vector<std::string> bytes = CommitSmallChunks(*store, "a/b", 8, 60);
+  ASSERT_EQ(bytes.size(), 8u);
   const std::vector<int> asked = {5, 0, 1, 3, 1, 7, 4};
   std::vector<Digest> digests;
   for (int i : asked) digests.push_back(Digest::Of(bytes[i]));
@@ -579,6 +600,71 @@ TEST(RocksDbSharedReadTest, ABatchOfSmallChunksIsReadByOneIteratorAcrossGaps) {
     ASSERT_OK(read[k].status());
     EXPECT_EQ(read[k]->bytes, bytes[asked[k]]) << "chunk " << asked[k];
     EXPECT_EQ(read[k]->owner, read[0]->owner) << "chunk " << asked[k] << " read on its own";
+  }
+}
+
+// The chunks of a version just committed (or read once) are found by where
+// the commit put them: a load of many small chunks makes no refs lookup
+// each. After a restart they are looked up once, then found.
+TEST(RocksDbSharedReadTest, SmallChunksOfARecentCommitAreReadWithoutRefsLookups) {
+  ckpt::testing::TempDir dir;
+  StoreOptions options;
+  options.path = dir.path() + "/db";
+  options.reserved_disk_bytes = 0;
+  std::vector<Digest> digests;
+  std::vector<std::string> bytes;
+  auto check = [&](Store& store, bool expect_lookups) {
+    std::vector<absl::StatusOr<Store::SharedBytes>> read;
+    const uint64_t looked_up =
+        MultiGetBytesDuring([&] { read = store.ReadSharedChunks("a/b", digests); });
+    ASSERT_EQ(read.size(), bytes.size());
+    for (size_t i = 0; i < bytes.size(); ++i) {
+      ASSERT_OK(read[i].status());
+      EXPECT_EQ(read[i]->bytes, bytes[i]) << "chunk " << i;
+    }
+    if (expect_lookups) {
+      EXPECT_GE(looked_up, bytes.size());  // a few bytes per refs entry
+    } else {
+      EXPECT_EQ(looked_up, 0u);
+    }
+  };
+  {
+    ASSERT_OK_AND_ASSIGN(std::unique_ptr<Store> store, OpenStore(Backend::kRocksDb, options));
+    bytes = CommitSmallChunks(*store, "a/b", 16, 7);
+    ASSERT_EQ(bytes.size(), 16u);
+    for (const std::string& b : bytes) digests.push_back(Digest::Of(b));
+    check(*store, /*expect_lookups=*/false);
+  }
+  // Reopened: the refs entries are looked up once again.
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Store> store, OpenStore(Backend::kRocksDb, options));
+  check(*store, /*expect_lookups=*/true);
+  check(*store, /*expect_lookups=*/false);
+}
+
+// A location outlives its chunk: once the version is deleted and collected,
+// reading the chunk is NotFound as before, not some other chunk's bytes; a
+// new version with the same bytes is read from where its commit put them.
+TEST(RocksDbSharedReadTest, TheLocationOfACollectedChunkIsNotTakenForIt) {
+  ckpt::testing::TempDir dir;
+  StoreOptions options;
+  options.path = dir.path() + "/db";
+  options.reserved_disk_bytes = 0;
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Store> store, OpenStore(Backend::kRocksDb, options));
+  const std::vector<std::string> bytes = CommitSmallChunks(*store, "a/b", 4, 11);
+  ASSERT_EQ(bytes.size(), 4u);
+  std::vector<Digest> digests;
+  for (const std::string& b : bytes) digests.push_back(Digest::Of(b));
+  for (auto& read : store->ReadSharedChunks("a/b", digests)) ASSERT_OK(read.status());
+  ASSERT_OK(store->DeleteVersion("a/b", 1, false).status());
+  ASSERT_OK(store->CollectGarbage().status());
+  for (auto& read : store->ReadSharedChunks("a/b", digests)) {
+    EXPECT_EQ(read.status().code(), absl::StatusCode::kNotFound) << read.status();
+  }
+  ASSERT_EQ(CommitSmallChunks(*store, "a/b", 4, 11), bytes);
+  std::vector<absl::StatusOr<Store::SharedBytes>> read = store->ReadSharedChunks("a/b", digests);
+  for (size_t i = 0; i < bytes.size(); ++i) {
+    ASSERT_OK(read[i].status());
+    EXPECT_EQ(read[i]->bytes, bytes[i]);
   }
 }
 
