@@ -307,8 +307,16 @@ absl::StatusOr<PhaseOne> DropDeadEntries(StoreCore& core, ChunkUse& use) {
               entries.begin() + static_cast<ptrdiff_t>(end),
               [](const Entry& a, const Entry& b) { return a.key < b.key; });
     rocksdb::WriteBatch batch;
-    for (size_t i = next; i < end; ++i) batch.Delete(entries[i].cf, entries[i].key);
-    rocksdb::Status s = core.WriteRefs(sync, &batch, StoreCore::Room::kMayUseReserve);
+    std::vector<std::pair<std::string, Digest>> gone;  // (namespace, digest)
+    for (size_t i = next; i < end; ++i) {
+      batch.Delete(entries[i].cf, entries[i].key);
+      if (entries[i].cf != core.refs_cf) continue;
+      if (auto key = ParseRefKey(entries[i].key); key.ok()) gone.push_back(std::move(*key));
+    }
+    // Loads no longer find these chunks where they were (ChunkLocations).
+    rocksdb::Status s;
+    core.locations.Forget(
+        gone, [&] { s = core.WriteRefs(sync, &batch, StoreCore::Room::kMayUseReserve); });
     if (!s.ok()) {
       // No room (StoreCore::Write refuses before RocksDB sees the batch; a
       // RocksDB that met the full disk itself may have kept it: counting

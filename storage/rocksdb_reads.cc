@@ -116,6 +116,7 @@ absl::StatusOr<Store::SharedBytes> RocksDbStore::ReadSharedChunk(absl::string_vi
   absl::string_view ns = NamespaceOf(name);
   // One snapshot for both reads: a concurrent GC cannot remove the chunk
   // between them.
+  const uint64_t forgets = core_->locations.forgets();  // before the snapshot
   auto pinned = std::make_shared<PinnedRead>(core_);
   rocksdb::ReadOptions ro;
   ro.snapshot = pinned->snapshot;
@@ -168,6 +169,11 @@ absl::StatusOr<Store::SharedBytes> RocksDbStore::ReadSharedChunk(absl::string_vi
   CKPT_RETURN_IF_ERROR(FromRocksDb(s, absl::StrCat("chunk ", digest.Hex())));
   const absl::string_view bytes(*value);
   CKPT_RETURN_IF_ERROR(internal::VerifyChunkBytes(digest, ref->length, bytes));
+  // Where ReadSharedChunks will find it next time (it came here when it had
+  // no location, or a stale one).
+  const std::pair<Digest, internal::ChunkLocations::Location> found{digest,
+                                                                    {ref->chunk_id, ref->length}};
+  core_->locations.Add(ns, {&found, 1}, forgets);
   return SharedBytes{std::move(value), bytes};
 }
 
@@ -188,10 +194,13 @@ std::vector<absl::StatusOr<Store::SharedBytes>> RocksDbStore::ReadSharedChunks(
   // not read that way (missing, damaged, moved, a read error), go through
   // ReadSharedChunk, which says precisely what is wrong.
   using Location = internal::ChunkLocations::Location;
-  std::vector<std::optional<Location>> where = core_->locations.Find(ns, digests);
+  // In this order: what is found (or added) then belongs to refs entries
+  // that were there at the snapshot (see ChunkLocations).
+  const uint64_t forgets = core_->locations.forgets();
   auto pinned = std::make_shared<PinnedRead>(core_);
   rocksdb::ReadOptions ro;
   ro.snapshot = pinned->snapshot;
+  std::vector<std::optional<Location>> where = core_->locations.Find(ns, digests);
   std::vector<size_t> unknown;
   std::vector<std::string> ref_keys;
   for (size_t i = 0; i < digests.size(); ++i) {
@@ -207,7 +216,7 @@ std::vector<absl::StatusOr<Store::SharedBytes>> RocksDbStore::ReadSharedChunks(
       where[unknown[j]] = Location{refs[j]->chunk_id, refs[j]->length};
       found.emplace_back(digests[unknown[j]], *where[unknown[j]]);
     }
-    core_->locations.Add(ns, found);
+    core_->locations.Add(ns, found, forgets);
   }
   std::vector<std::pair<std::string, size_t>> small;  // (chunk key, index into digests)
   for (size_t i = 0; i < digests.size(); ++i) {

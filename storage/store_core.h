@@ -58,10 +58,11 @@ struct StoreCore {
   // since, so the commit need not read the same entries again.
   std::atomic<uint64_t> refs_generation{0};
 
-  // Where the chunks of recent commits and reads are: loads read small
-  // chunks found here without their refs lookups (a hint: see
-  // chunk_locations.h). At most 2^18 entries, ~13 MiB.
-  static constexpr size_t kChunkLocations = size_t{1} << 18;
+  // Where the small chunks of recent commits and reads are: loads read
+  // them without their refs lookups (a hint: see chunk_locations.h). At
+  // most 2^17 chunks, ~10 MiB. Commits add to it under commit_mu; garbage
+  // collection forgets what it drops before dropping it.
+  static constexpr size_t kChunkLocations = size_t{1} << 17;
   ChunkLocations locations{kChunkLocations};
 
   // Whether a metadata write may use the reserved disk space: only writes

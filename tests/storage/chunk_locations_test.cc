@@ -1,6 +1,7 @@
 // The RocksDB store's record of where recent chunks are
 // (storage/chunk_locations.h): found by namespace and digest, bounded, the
-// oldest half dropped first, entries in use kept.
+// oldest half dropped first, entries in use kept, forgotten entries gone
+// for good.
 
 #include "storage/chunk_locations.h"
 
@@ -73,6 +74,34 @@ TEST(ChunkLocationsTest, AnEntryFoundAmongTheOlderHalfIsKept) {
   for (int i = 10; i < 14; ++i) AddOne(locations, "a", i);  // which then turns older
   EXPECT_TRUE(FindOne(locations, "a", 0).has_value());
   EXPECT_FALSE(FindOne(locations, "a", 1).has_value());
+}
+
+TEST(ChunkLocationsTest, ForgottenEntriesGoAndReadersThatLookedBeforeCannotAddThemBack) {
+  ChunkLocations locations(100);
+  AddOne(locations, "a", 1);
+  AddOne(locations, "a", 2);
+  const uint64_t seen = locations.forgets();  // a reader's, before its lookups
+  bool dropped = false;
+  const std::vector<std::pair<std::string, Digest>> gone = {{"a", D(1)}, {"b", D(2)}};
+  locations.Forget(gone, [&] { dropped = true; });
+  EXPECT_TRUE(dropped);
+  EXPECT_EQ(locations.forgets(), seen + 1);
+  EXPECT_FALSE(FindOne(locations, "a", 1).has_value());
+  EXPECT_TRUE(FindOne(locations, "a", 2).has_value());  // ("b", 2) was forgotten, not ("a", 2)
+  const std::pair<Digest, Location> stale{D(1), Location{101, 1}};
+  locations.Add("a", {&stale, 1}, seen);
+  EXPECT_FALSE(FindOne(locations, "a", 1).has_value());
+  locations.Add("a", {&stale, 1}, locations.forgets());
+  EXPECT_TRUE(FindOne(locations, "a", 1).has_value());
+}
+
+TEST(ChunkLocationsTest, ManyNamespacesStartItAfresh) {
+  ChunkLocations locations(1 << 20);
+  for (int ns = 0; ns < 5000; ++ns) AddOne(locations, absl::StrCat("ns", ns), ns);
+  // Past 4,096 namespaces everything went once.
+  EXPECT_LT(locations.size(), 4096u);
+  EXPECT_FALSE(FindOne(locations, "ns0", 0).has_value());
+  EXPECT_TRUE(FindOne(locations, "ns4999", 4999).has_value());
 }
 
 }  // namespace

@@ -538,38 +538,44 @@ TEST(RocksDbSharedReadTest, ChunksReadWithoutACopyStayValidWhileHeld) {
             absl::StatusCode::kNotFound);
 }
 
-// A batch of small chunks is read by one iterator, which steps to the next
-// chunk or seeks: asked out of order, with gaps and a chunk twice, every
-// chunk comes from that iterator (one owner: none fell back to a read of
-// its own) with its own bytes.
-// Commits `count` small chunks (random bytes, 1000 + i bytes each) as the
-// tensors of version 1 of `name`; returns their bytes.
-std::vector<std::string> CommitSmallChunks(Store& store, const std::string& name, int count,
-                                           int seed) {
-  std::vector<std::string> bytes;
+// Commits a version of `name` whose tensors are `bytes` (one small chunk
+// each); uploads them first unless `upload` is false (then they must be in
+// the store already).
+void CommitChunks(Store& store, const std::string& name, const std::vector<std::string>& bytes,
+                  bool upload = true) {
   auto up = store.BeginUpload(name);
-  EXPECT_OK(up.status());
-  if (!up.ok()) return bytes;
+  ASSERT_OK(up.status());
   CommitSpec spec;
   spec.name = name;
   spec.tree.resize(1);
   spec.tree[0].kind = NodeKind::kDict;
-  spec.tree[0].size = count;
-  for (int i = 0; i < count; ++i) {
-    bytes.push_back(RandomBytes(1000 + i, seed + i));
-    EXPECT_OK((*up)->PutChunk(Digest::Of(bytes.back()), AsBytes(bytes.back())));
+  spec.tree[0].size = bytes.size();
+  for (size_t i = 0; i < bytes.size(); ++i) {
+    if (upload) ASSERT_OK((*up)->PutChunk(Digest::Of(bytes[i]), AsBytes(bytes[i])));
     Node n;
     n.kind = NodeKind::kTensor;
     n.key = absl::StrCat("t", i);
     n.tensor.dtype = DType::kUInt8;
-    n.tensor.shape = {static_cast<int64_t>(bytes.back().size())};
-    n.data.size = n.data.chunk_size = bytes.back().size();
-    n.data.chunks = {Digest::Of(bytes.back())};
+    n.tensor.shape = {static_cast<int64_t>(bytes[i].size())};
+    n.data.size = n.data.chunk_size = bytes[i].size();
+    n.data.chunks = {Digest::Of(bytes[i])};
     spec.tree.push_back(std::move(n));
   }
   Upload* ups[] = {up->get()};
-  EXPECT_OK(store.Commit(std::move(spec), ups).status());
+  ASSERT_OK(store.Commit(std::move(spec), ups).status());
+}
+
+// `count` chunks of random bytes, 1000 + i bytes each.
+std::vector<std::string> SmallChunks(int count, int seed) {
+  std::vector<std::string> bytes;
+  for (int i = 0; i < count; ++i) bytes.push_back(RandomBytes(1000 + i, seed + i));
   return bytes;
+}
+
+std::vector<Digest> DigestsOf(const std::vector<std::string>& bytes) {
+  std::vector<Digest> digests;
+  for (const std::string& b : bytes) digests.push_back(Digest::Of(b));
+  return digests;
 }
 
 // Bytes of values RocksDB's MultiGet found on this thread while `read` ran:
@@ -578,94 +584,95 @@ uint64_t MultiGetBytesDuring(const std::function<void()>& read) {
   rocksdb::SetPerfLevel(rocksdb::PerfLevel::kEnableCount);
   rocksdb::get_perf_context()->Reset();
   read();
-  const uint64_t lookups = rocksdb::get_perf_context()->multiget_read_bytes;
+  const uint64_t bytes = rocksdb::get_perf_context()->multiget_read_bytes;
   rocksdb::SetPerfLevel(rocksdb::PerfLevel::kDisable);
-  return lookups;
+  return bytes;
 }
 
+// Reads `bytes` back with ReadSharedChunks; checks each and that all were
+// read by one iterator (not one by one: a chunk not found where it was
+// looked for is read on its own). Returns the bytes of refs entries looked
+// up meanwhile.
+uint64_t ReadBackTogether(Store& store, const std::string& name,
+                          const std::vector<std::string>& bytes) {
+  const std::vector<Digest> digests = DigestsOf(bytes);
+  std::vector<absl::StatusOr<Store::SharedBytes>> read;
+  const uint64_t looked_up =
+      MultiGetBytesDuring([&] { read = store.ReadSharedChunks(name, digests); });
+  EXPECT_EQ(read.size(), bytes.size());
+  for (size_t i = 0; i < read.size(); ++i) {
+    EXPECT_OK(read[i].status());
+    if (!read[i].ok()) continue;
+    EXPECT_EQ(read[i]->bytes, bytes[i]) << "chunk " << i;
+    if (read[0].ok()) EXPECT_EQ(read[i]->owner, read[0]->owner) << "chunk " << i << " read alone";
+  }
+  return looked_up;
+}
+
+// The iterator a batch of small chunks is read through steps over gaps and
+// takes chunks asked for out of order or twice.
 TEST(RocksDbSharedReadTest, ABatchOfSmallChunksIsReadByOneIteratorAcrossGaps) {
   ckpt::testing::TempDir dir;
   StoreOptions options;
   options.path = dir.path() + "/db";
   options.reserved_disk_bytes = 0;
   ASSERT_OK_AND_ASSIGN(std::unique_ptr<Store> store, OpenStore(Backend::kRocksDb, options));
-  const std::vector<std::string> bytes = CommitSmallChunks(*store, "a/b", 8, 60);
-  ASSERT_EQ(bytes.size(), 8u);
-  const std::vector<int> asked = {5, 0, 1, 3, 1, 7, 4};
-  std::vector<Digest> digests;
-  for (int i : asked) digests.push_back(Digest::Of(bytes[i]));
-  std::vector<absl::StatusOr<Store::SharedBytes>> read = store->ReadSharedChunks("a/b", digests);
-  ASSERT_EQ(read.size(), asked.size());
-  for (size_t k = 0; k < asked.size(); ++k) {
-    ASSERT_OK(read[k].status());
-    EXPECT_EQ(read[k]->bytes, bytes[asked[k]]) << "chunk " << asked[k];
-    EXPECT_EQ(read[k]->owner, read[0]->owner) << "chunk " << asked[k] << " read on its own";
-  }
+  const std::vector<std::string> bytes = SmallChunks(8, 60);
+  CommitChunks(*store, "a/b", bytes);
+  std::vector<std::string> asked;
+  for (int i : {5, 0, 1, 3, 1, 7, 4}) asked.push_back(bytes[i]);
+  ReadBackTogether(*store, "a/b", asked);
 }
 
-// The chunks of a version just committed (or read once) are found by where
-// the commit put them: a load of many small chunks makes no refs lookup
-// each. After a restart they are looked up once, then found.
+// The chunks of a version just committed (or read once) are found where the
+// commit put them: a load of many small chunks makes no refs lookup each.
+// After a restart they are looked up once, then found.
 TEST(RocksDbSharedReadTest, SmallChunksOfARecentCommitAreReadWithoutRefsLookups) {
   ckpt::testing::TempDir dir;
   StoreOptions options;
   options.path = dir.path() + "/db";
   options.reserved_disk_bytes = 0;
-  std::vector<Digest> digests;
-  std::vector<std::string> bytes;
-  auto check = [&](Store& store, bool expect_lookups) {
-    std::vector<absl::StatusOr<Store::SharedBytes>> read;
-    const uint64_t looked_up =
-        MultiGetBytesDuring([&] { read = store.ReadSharedChunks("a/b", digests); });
-    ASSERT_EQ(read.size(), bytes.size());
-    for (size_t i = 0; i < bytes.size(); ++i) {
-      ASSERT_OK(read[i].status());
-      EXPECT_EQ(read[i]->bytes, bytes[i]) << "chunk " << i;
-    }
-    if (expect_lookups) {
-      EXPECT_GE(looked_up, bytes.size());  // a few bytes per refs entry
-    } else {
-      EXPECT_EQ(looked_up, 0u);
-    }
-  };
+  const std::vector<std::string> bytes = SmallChunks(16, 7);
   {
     ASSERT_OK_AND_ASSIGN(std::unique_ptr<Store> store, OpenStore(Backend::kRocksDb, options));
-    bytes = CommitSmallChunks(*store, "a/b", 16, 7);
-    ASSERT_EQ(bytes.size(), 16u);
-    for (const std::string& b : bytes) digests.push_back(Digest::Of(b));
-    check(*store, /*expect_lookups=*/false);
+    CommitChunks(*store, "a/b", bytes);
+    EXPECT_EQ(ReadBackTogether(*store, "a/b", bytes), 0u);
   }
-  // Reopened: the refs entries are looked up once again.
   ASSERT_OK_AND_ASSIGN(std::unique_ptr<Store> store, OpenStore(Backend::kRocksDb, options));
-  check(*store, /*expect_lookups=*/true);
-  check(*store, /*expect_lookups=*/false);
+  EXPECT_GE(ReadBackTogether(*store, "a/b", bytes), bytes.size());  // a few bytes an entry
+  EXPECT_EQ(ReadBackTogether(*store, "a/b", bytes), 0u);
+  // Another namespace's chunks of the same bytes are its own.
+  CommitChunks(*store, "c/d", bytes);
+  EXPECT_EQ(ReadBackTogether(*store, "c/d", bytes), 0u);
 }
 
-// A location outlives its chunk: once the version is deleted and collected,
-// reading the chunk is NotFound as before, not some other chunk's bytes; a
-// new version with the same bytes is read from where its commit put them.
+// Garbage collection forgets where the chunks it drops were: a chunk whose
+// version was deleted and collected is NotFound, as it was without
+// locations, also while its bytes stay in a chunk file that is still mostly
+// alive. The same bytes saved again are read from where the new commit put
+// them.
 TEST(RocksDbSharedReadTest, TheLocationOfACollectedChunkIsNotTakenForIt) {
   ckpt::testing::TempDir dir;
   StoreOptions options;
   options.path = dir.path() + "/db";
   options.reserved_disk_bytes = 0;
   ASSERT_OK_AND_ASSIGN(std::unique_ptr<Store> store, OpenStore(Backend::kRocksDb, options));
-  const std::vector<std::string> bytes = CommitSmallChunks(*store, "a/b", 4, 11);
-  ASSERT_EQ(bytes.size(), 4u);
-  std::vector<Digest> digests;
-  for (const std::string& b : bytes) digests.push_back(Digest::Of(b));
-  for (auto& read : store->ReadSharedChunks("a/b", digests)) ASSERT_OK(read.status());
+  const std::vector<std::string> bytes = SmallChunks(8, 11);
+  CommitChunks(*store, "a/b", bytes);  // version 1: all 8, one upload's file
+  const std::vector<std::string> kept(bytes.begin(), bytes.end() - 1);
+  CommitChunks(*store, "a/b", kept, /*upload=*/false);  // version 2: 7 of them
+  EXPECT_EQ(ReadBackTogether(*store, "a/b", bytes), 0u);
   ASSERT_OK(store->DeleteVersion("a/b", 1, false).status());
-  ASSERT_OK(store->CollectGarbage().status());
-  for (auto& read : store->ReadSharedChunks("a/b", digests)) {
-    EXPECT_EQ(read.status().code(), absl::StatusCode::kNotFound) << read.status();
-  }
-  ASSERT_EQ(CommitSmallChunks(*store, "a/b", 4, 11), bytes);
-  std::vector<absl::StatusOr<Store::SharedBytes>> read = store->ReadSharedChunks("a/b", digests);
-  for (size_t i = 0; i < bytes.size(); ++i) {
-    ASSERT_OK(read[i].status());
-    EXPECT_EQ(read[i]->bytes, bytes[i]);
-  }
+  ASSERT_OK_AND_ASSIGN(GcResult gc, store->CollectGarbage());
+  EXPECT_EQ(gc.chunks_removed, 1u);
+  // The file, 1/8 garbage, stays whole: the dead chunk's bytes are still in it.
+  const Digest dead = Digest::Of(bytes.back());
+  std::vector<absl::StatusOr<Store::SharedBytes>> read = store->ReadSharedChunks("a/b", {dead});
+  ASSERT_EQ(read.size(), 1u);
+  EXPECT_EQ(read[0].status().code(), absl::StatusCode::kNotFound) << read[0].status();
+  EXPECT_EQ(ReadBackTogether(*store, "a/b", kept), 0u);
+  CommitChunks(*store, "a/b", bytes);  // version 3: the 8th uploaded again
+  EXPECT_EQ(ReadBackTogether(*store, "a/b", bytes), 0u);
 }
 
 }  // namespace
