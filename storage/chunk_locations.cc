@@ -15,7 +15,7 @@ void ChunkLocations::Add(absl::string_view ns, absl::Span<const std::pair<Digest
                          std::optional<uint64_t> seen_forgets) {
   if (found.empty()) return;
   std::lock_guard<std::mutex> lock(mu_);
-  if (seen_forgets.has_value() && *seen_forgets != forgets_) return;
+  if (seen_forgets.has_value() && (*seen_forgets != forgets_ || forgetting_)) return;
   const uint32_t id = NamespaceLocked(ns);
   for (const auto& [digest, location] : found) InsertLocked(Key{id, digest}, location);
 }
@@ -41,15 +41,25 @@ std::vector<std::optional<ChunkLocations::Location>> ChunkLocations::Find(
 
 void ChunkLocations::Forget(absl::Span<const std::pair<std::string, Digest>> gone,
                             const std::function<void()>& drop) {
-  std::lock_guard<std::mutex> lock(mu_);
-  ++forgets_;
-  for (const auto& [ns, digest] : gone) {
-    const std::optional<uint32_t> id = FindNamespaceLocked(ns);
-    if (!id.has_value()) continue;
-    newer_.erase(Key{*id, digest});
-    older_.erase(Key{*id, digest});
+  if (gone.empty()) {
+    drop();
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++forgets_;
+    forgetting_ = true;
+    for (const auto& [ns, digest] : gone) {
+      const std::optional<uint32_t> id = FindNamespaceLocked(ns);
+      if (!id.has_value()) continue;
+      newer_.erase(Key{*id, digest});
+      older_.erase(Key{*id, digest});
+    }
   }
   drop();
+  std::lock_guard<std::mutex> lock(mu_);
+  ++forgets_;
+  forgetting_ = false;
 }
 
 size_t ChunkLocations::size() const {

@@ -23,15 +23,18 @@
 namespace ckpt::storage::internal {
 
 /// Chunk id and length by namespace and digest, for at most `capacity`
-/// chunks (~80 bytes of memory each at most). Thread-safe.
+/// chunks (~82 bytes of memory each when full, ~100 while a half grows).
+/// Thread-safe; no call waits for anything but the others' short critical
+/// sections.
 ///
 /// Only a hint, and a safe one: chunk ids are never reused and the bytes
 /// under an id never change, so an entry names either the chunk or an id
 /// that no longer holds anything. Readers check every chunk they read
 /// against its digest and length and look up its refs entry when it is not
 /// where an entry says. Entries go with their refs entries (Forget, by
-/// garbage collection): a chunk is read through an entry only while its
-/// refs entry is there, as it would be without.
+/// garbage collection): an entry Find returns belonged to a refs entry that
+/// still existed when Find ran, so a chunk is read through one only where a
+/// refs lookup could have found it.
 class ChunkLocations {
  public:
   struct Location {
@@ -41,13 +44,15 @@ class ChunkLocations {
 
   explicit ChunkLocations(size_t capacity);
 
-  /// How many times Forget was called. A reader takes it before the
-  /// snapshot its refs lookups read, and passes it to Add.
+  /// Moves when a Forget begins and when it ends. A reader takes it before
+  /// the snapshot its refs lookups read, and passes it to Add. (Read under
+  /// the mutex: it moves before the refs entries go, so a reader that saw
+  /// the new count has its snapshot after them.)
   uint64_t forgets() const;
 
   /// Records where each (digest, location) of namespace `ns` is; when
-  /// `seen_forgets` is given, only if no Forget came since the reader took
-  /// that count (what it looked up may be on its way out).
+  /// `seen_forgets` is given, only if no Forget began since the reader took
+  /// that count, nor is under way (what it looked up may be on its way out).
   void Add(absl::string_view ns, absl::Span<const std::pair<Digest, Location>> found,
            std::optional<uint64_t> seen_forgets = std::nullopt);
 
@@ -55,10 +60,12 @@ class ChunkLocations {
   /// found among the older half is kept as a new one.
   std::vector<std::optional<Location>> Find(absl::string_view ns, absl::Span<const Digest> digests);
 
-  /// Drops the entries of these (namespace, digest) pairs and runs `drop`
-  /// (which deletes their refs entries) with every reader held off: no
-  /// read takes an entry while its refs entry may be gone, and a reader
-  /// whose lookups came before cannot add it back.
+  /// Drops the entries of these (namespace, digest) pairs, then runs `drop`
+  /// (which deletes their refs entries). Until `drop` returns, readers'
+  /// Adds are refused: one whose lookups came before the deletion cannot put
+  /// an entry back. Readers are not held off meanwhile. Not concurrent with
+  /// itself or with the Adds without `seen_forgets` (callers hold the
+  /// store's commit mutex for both).
   void Forget(absl::Span<const std::pair<std::string, Digest>> gone,
               const std::function<void()>& drop);
 
@@ -89,6 +96,7 @@ class ChunkLocations {
   const size_t half_;
   mutable std::mutex mu_;
   uint64_t forgets_ = 0;
+  bool forgetting_ = false;  // a Forget's `drop` is running
   absl::flat_hash_map<std::string, uint32_t> namespaces_;
   // Lookups see both; when newer_ holds half_ entries it becomes older_.
   Map newer_;

@@ -313,7 +313,8 @@ absl::StatusOr<PhaseOne> DropDeadEntries(StoreCore& core, ChunkUse& use) {
       if (entries[i].cf != core.refs_cf) continue;
       if (auto key = ParseRefKey(entries[i].key); key.ok()) gone.push_back(std::move(*key));
     }
-    // Loads no longer find these chunks where they were (ChunkLocations).
+    // Loads no longer find these chunks where they were, nor record them
+    // again meanwhile (ChunkLocations).
     rocksdb::Status s;
     core.locations.Forget(
         gone, [&] { s = core.WriteRefs(sync, &batch, StoreCore::Room::kMayUseReserve); });

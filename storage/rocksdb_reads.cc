@@ -194,8 +194,8 @@ std::vector<absl::StatusOr<Store::SharedBytes>> RocksDbStore::ReadSharedChunks(
   // not read that way (missing, damaged, moved, a read error), go through
   // ReadSharedChunk, which says precisely what is wrong.
   using Location = internal::ChunkLocations::Location;
-  // In this order: what is found (or added) then belongs to refs entries
-  // that were there at the snapshot (see ChunkLocations).
+  // In this order (see ChunkLocations): the count before the snapshot, the
+  // locations after it.
   const uint64_t forgets = core_->locations.forgets();
   auto pinned = std::make_shared<PinnedRead>(core_);
   rocksdb::ReadOptions ro;

@@ -61,7 +61,7 @@ struct StoreCore {
   // Where the small chunks of recent commits and reads are: loads read
   // them without their refs lookups (a hint: see chunk_locations.h). At
   // most 2^17 chunks, ~10 MiB. Commits add to it under commit_mu; garbage
-  // collection forgets what it drops before dropping it.
+  // collection forgets what it drops as it drops it, also under commit_mu.
   static constexpr size_t kChunkLocations = size_t{1} << 17;
   ChunkLocations locations{kChunkLocations};
 

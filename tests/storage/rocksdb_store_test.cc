@@ -641,7 +641,11 @@ TEST(RocksDbSharedReadTest, SmallChunksOfARecentCommitAreReadWithoutRefsLookups)
   ASSERT_OK_AND_ASSIGN(std::unique_ptr<Store> store, OpenStore(Backend::kRocksDb, options));
   EXPECT_GE(ReadBackTogether(*store, "a/b", bytes), bytes.size());  // a few bytes an entry
   EXPECT_EQ(ReadBackTogether(*store, "a/b", bytes), 0u);
-  // Another namespace's chunks of the same bytes are its own.
+  // Another namespace does not read this one's chunks by their locations;
+  // its own chunks of the same bytes are its own.
+  for (auto& read : store->ReadSharedChunks("c/d", DigestsOf(bytes))) {
+    EXPECT_EQ(read.status().code(), absl::StatusCode::kNotFound) << read.status();
+  }
   CommitChunks(*store, "c/d", bytes);
   EXPECT_EQ(ReadBackTogether(*store, "c/d", bytes), 0u);
 }
