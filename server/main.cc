@@ -304,6 +304,7 @@ int main(int argc, char** argv) {
     options.store.namespace_quotas[kv.first] = bytes;
   }
   options.log_level = *ckpt::server::ParseLogLevel(log_level);
+  ckpt::server::LogGrpcAs(options.log_level);
   options.idle_timeout = absl::Seconds(idle_timeout_s);
 
   options.store.path = data_dir;

@@ -1,5 +1,6 @@
 #include "server/telemetry.h"
 
+#include <grpc/support/log.h>
 #include <prometheus/collectable.h>
 #include <prometheus/counter.h>
 #include <prometheus/family.h>
@@ -171,6 +172,31 @@ void Logger::Log(LogLevel level, absl::string_view msg, const Fields& fields) co
   // One fwrite per line: stdio locks the stream, so lines never interleave.
   std::fwrite(line.data(), 1, line.size(), stderr);
   std::fflush(stderr);
+}
+
+namespace {
+
+const Logger* grpc_logger = nullptr;
+
+void LogGrpcLine(gpr_log_func_args* args) {
+  const LogLevel level = args->severity == GPR_LOG_SEVERITY_ERROR  ? LogLevel::kError
+                         : args->severity == GPR_LOG_SEVERITY_INFO ? LogLevel::kInfo
+                                                                   : LogLevel::kDebug;
+  absl::string_view file = args->file != nullptr ? args->file : "";
+  if (size_t slash = file.rfind('/'); slash != absl::string_view::npos) {
+    file.remove_prefix(slash + 1);
+  }
+  grpc_logger->Log(level, "grpc",
+                   {{"source", absl::StrCat(file, ":", args->line)},
+                    {"detail", args->message != nullptr ? args->message : ""}});
+}
+
+}  // namespace
+
+void LogGrpcAs(LogLevel level) {
+  static const Logger* const logger = new Logger(level);  // never freed: gRPC may log at exit
+  grpc_logger = logger;
+  gpr_set_log_function(&LogGrpcLine);
 }
 
 struct Telemetry::Families {

@@ -89,6 +89,12 @@ class Logger {
   LogLevel level_;
 };
 
+/// Routes gRPC's own log lines (those GRPC_VERBOSITY lets through: errors
+/// by default, such as a failed TLS handshake) through a Logger of `level`,
+/// as "level=error msg=grpc source=FILE:LINE detail=...", instead of
+/// gRPC's own format. Process-wide; the first call decides the level.
+void LogGrpcAs(LogLevel level);
+
 /// The service's Prometheus metrics and logger. Thread-safe.
 class Telemetry {
  public:

@@ -11,6 +11,7 @@
 
 #include <chrono>
 #include <fstream>
+#include <regex>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -583,6 +584,20 @@ TEST_F(TlsTest, CliHintsAtTlsWhenOnlyOneSideUsesIt) {
     EXPECT_THAT(run->err, Not(HasSubstr("Handshake failed"))) << run->err;
     EXPECT_EQ(run->err.rfind("ckpt: UNAVAILABLE: ", 0), 0u) << run->err;
   }
+  // The server logs the failed handshake as one of its logfmt lines, not in
+  // gRPC's own format ("E1202 11:40:55.123456 ... ssl_transport_security.cc").
+  std::string log;
+  for (int i = 0; i < 50; ++i) {
+    log = (*tls_server)->Log();
+    if (log.find("msg=grpc") != std::string::npos) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_TRUE(std::regex_search(
+      log,
+      std::regex("\ntime=20[0-9-]+T[0-9:.]+Z level=error msg=grpc "
+                 "source=ssl_transport_security\.cc:[0-9]+ detail=\"Handshake failed[^\n]*\"\n")))
+      << log;
+  EXPECT_FALSE(std::regex_search(log, std::regex("(^|\n)[EIWD][0-9]{4} "))) << log;
 
   // Nothing listening: said as such.
   const std::string gone = (*plain_server)->address();
