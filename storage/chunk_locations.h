@@ -45,9 +45,9 @@ class ChunkLocations {
   explicit ChunkLocations(size_t capacity);
 
   /// Moves when a Forget begins and when it ends. A reader takes it before
-  /// the snapshot its refs lookups read, and passes it to Add. (Read under
-  /// the mutex: it moves before the refs entries go, so a reader that saw
-  /// the new count has its snapshot after them.)
+  /// the snapshot its refs lookups read, and passes it to Add: a count
+  /// taken before a Forget, or during one, is refused; one taken after it
+  /// comes with a snapshot in which the forgotten refs entries are gone.
   uint64_t forgets() const;
 
   /// Records where each (digest, location) of namespace `ns` is; when
