@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -677,6 +678,56 @@ TEST(RocksDbSharedReadTest, TheLocationOfACollectedChunkIsNotTakenForIt) {
   EXPECT_EQ(ReadBackTogether(*store, "a/b", kept), 0u);
   CommitChunks(*store, "a/b", bytes);  // version 3: the 8th uploaded again
   EXPECT_EQ(ReadBackTogether(*store, "a/b", bytes), 0u);
+}
+
+// Reads of small chunks while versions are committed (some bytes new, some
+// saved before and collected since), deleted and collected on another
+// thread: every read gives the chunk's own bytes or NotFound, never another
+// error (a remembered location whose chunk file gc dropped must end in
+// NotFound, not DATA_LOSS; a read never returns other bytes).
+TEST(RocksDbSharedReadTest, ReadsDuringCommitsDeletesAndGcGiveTheBytesOrNotFound) {
+  ckpt::testing::TempDir dir;
+  StoreOptions options;
+  options.path = dir.path() + "/db";
+  options.reserved_disk_bytes = 0;
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Store> store, OpenStore(Backend::kRocksDb, options));
+  constexpr int kSets = 3, kRounds = 60;
+  std::vector<std::vector<std::string>> sets;
+  std::vector<std::string> all;
+  for (int k = 0; k < kSets; ++k) {
+    sets.push_back(SmallChunks(8, 1000 * (k + 1)));
+    all.insert(all.end(), sets.back().begin(), sets.back().end());
+  }
+  const std::vector<Digest> digests = DigestsOf(all);
+  std::atomic<bool> done{false};
+  std::atomic<int> found{0};
+  auto reader = [&] {
+    while (!done.load()) {
+      std::vector<absl::StatusOr<Store::SharedBytes>> read =
+          store->ReadSharedChunks("a/b", digests);
+      ASSERT_EQ(read.size(), all.size());
+      for (size_t i = 0; i < all.size(); ++i) {
+        if (read[i].ok()) {
+          ASSERT_EQ(read[i]->bytes, all[i]) << "chunk " << i;
+          found.fetch_add(1);
+        } else {
+          ASSERT_EQ(read[i].status().code(), absl::StatusCode::kNotFound) << read[i].status();
+        }
+      }
+    }
+  };
+  std::vector<std::thread> readers;
+  for (int t = 0; t < 2; ++t) readers.emplace_back(reader);
+  for (int round = 1; round <= kRounds; ++round) {
+    CommitChunks(*store, "a/b", sets[round % kSets]);
+    if (round > 1) ASSERT_OK(store->DeleteVersion("a/b", round - 1, false).status());
+    if (round % 2 == 0) ASSERT_OK(store->CollectGarbage().status());
+  }
+  done.store(true);
+  for (std::thread& t : readers) t.join();
+  EXPECT_GT(found.load(), 0);
+  // The last version reads back whole.
+  EXPECT_EQ(ReadBackTogether(*store, "a/b", sets[kRounds % kSets]), 0u);
 }
 
 }  // namespace
