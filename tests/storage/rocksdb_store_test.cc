@@ -459,14 +459,20 @@ TEST(StoreOpenTest, CleansIngestDir) {
   fs::remove_all(tmpl);
 }
 
+// Options of a store in `dir` without a reserve file.
+StoreOptions StoreIn(const ckpt::testing::TempDir& dir) {
+  StoreOptions options;
+  options.path = dir.path() + "/db";
+  options.reserved_disk_bytes = 0;
+  return options;
+}
+
 // Chunks of kPinnedReadBytes and more are read without a copy, smaller ones
 // copied; either stays valid and unchanged for as long as it is held, also
 // once its version is deleted and the chunk collected.
 TEST(RocksDbSharedReadTest, ChunksReadWithoutACopyStayValidWhileHeld) {
   ckpt::testing::TempDir dir;
-  StoreOptions options;
-  options.path = dir.path() + "/db";
-  options.reserved_disk_bytes = 0;
+  StoreOptions options = StoreIn(dir);
   options.max_chunk_bytes = 4 << 20;
   ASSERT_OK_AND_ASSIGN(std::unique_ptr<Store> store, OpenStore(Backend::kRocksDb, options));
   const std::string big = RandomBytes(kPinnedReadBytes + 1, 51);
@@ -614,9 +620,7 @@ uint64_t ReadBackTogether(Store& store, const std::string& name,
 // takes chunks asked for out of order or twice.
 TEST(RocksDbSharedReadTest, ABatchOfSmallChunksIsReadByOneIteratorAcrossGaps) {
   ckpt::testing::TempDir dir;
-  StoreOptions options;
-  options.path = dir.path() + "/db";
-  options.reserved_disk_bytes = 0;
+  StoreOptions options = StoreIn(dir);
   ASSERT_OK_AND_ASSIGN(std::unique_ptr<Store> store, OpenStore(Backend::kRocksDb, options));
   const std::vector<std::string> bytes = SmallChunks(8, 60);
   CommitChunks(*store, "a/b", bytes);
@@ -630,9 +634,7 @@ TEST(RocksDbSharedReadTest, ABatchOfSmallChunksIsReadByOneIteratorAcrossGaps) {
 // After a restart they are looked up once, then found.
 TEST(RocksDbSharedReadTest, SmallChunksOfARecentCommitAreReadWithoutRefsLookups) {
   ckpt::testing::TempDir dir;
-  StoreOptions options;
-  options.path = dir.path() + "/db";
-  options.reserved_disk_bytes = 0;
+  StoreOptions options = StoreIn(dir);
   const std::vector<std::string> bytes = SmallChunks(16, 7);
   {
     ASSERT_OK_AND_ASSIGN(std::unique_ptr<Store> store, OpenStore(Backend::kRocksDb, options));
@@ -658,9 +660,7 @@ TEST(RocksDbSharedReadTest, SmallChunksOfARecentCommitAreReadWithoutRefsLookups)
 // them.
 TEST(RocksDbSharedReadTest, TheLocationOfACollectedChunkIsNotTakenForIt) {
   ckpt::testing::TempDir dir;
-  StoreOptions options;
-  options.path = dir.path() + "/db";
-  options.reserved_disk_bytes = 0;
+  StoreOptions options = StoreIn(dir);
   ASSERT_OK_AND_ASSIGN(std::unique_ptr<Store> store, OpenStore(Backend::kRocksDb, options));
   const std::vector<std::string> bytes = SmallChunks(8, 11);
   CommitChunks(*store, "a/b", bytes);  // version 1: all 8, one upload's file
@@ -687,9 +687,7 @@ TEST(RocksDbSharedReadTest, TheLocationOfACollectedChunkIsNotTakenForIt) {
 // NotFound, not DATA_LOSS; a read never returns other bytes).
 TEST(RocksDbSharedReadTest, ReadsDuringCommitsDeletesAndGcGiveTheBytesOrNotFound) {
   ckpt::testing::TempDir dir;
-  StoreOptions options;
-  options.path = dir.path() + "/db";
-  options.reserved_disk_bytes = 0;
+  StoreOptions options = StoreIn(dir);
   ASSERT_OK_AND_ASSIGN(std::unique_ptr<Store> store, OpenStore(Backend::kRocksDb, options));
   constexpr int kSets = 3, kRounds = 60;
   std::vector<std::vector<std::string>> sets;
