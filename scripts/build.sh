@@ -22,6 +22,8 @@ if ((server_only)); then
 else
   "$root/scripts/install-deps.sh"
 fi
+source "$root/scripts/python-env.sh"  # the python3 install-deps.sh installed into
+ckpt_python_env "$root"
 
 jobs="${CKPT_JOBS:-$(nproc)}"
 if [[ ! -f "$build/build.ninja" ]]; then

