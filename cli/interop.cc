@@ -318,7 +318,9 @@ void AddInteropCommands(CLI::App& app, CommandTable& table) {
       "Write a version as a .pt file for torch.load, or as .safetensors (tensors only, "
       "nested keys joined with '/')");
   sub->add_option("REF", exp->ref, "NAME[@VERSION|@TAG]")->required();
-  sub->add_option("FILE", exp->file, "file to write (.pt, .pth, .bin, .ckpt, .tar: pt; .safetensors)")->required();
+  sub->add_option("FILE", exp->file,
+                  "file to write (.pt, .pth, .bin, .ckpt, .tar: pt; .safetensors)")
+      ->required();
   sub->add_option("--keys", exp->keys, "export only keys matching this glob (repeatable)");
   sub->add_option("--format", exp->format,
                   "pt, safetensors or auto (default: auto, from FILE's extension)");
