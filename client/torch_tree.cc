@@ -5,7 +5,10 @@
 #include <torch/custom_class.h>
 
 #include <algorithm>
+#include <condition_variable>
 #include <cstring>
+#include <deque>
+#include <mutex>
 #include <system_error>
 #include <thread>
 #include <vector>
@@ -87,6 +90,186 @@ constexpr DTypePair kDTypes[] = {
     {c10::ScalarType::ComplexDouble, DType::kComplex128},
 };
 
+struct PlainCopy {
+  uint8_t* dst;
+  const uint8_t* src;
+  uint64_t bytes;
+};
+
+// Performs `copies` on this thread and up to three helpers, each taking an
+// equal share of the bytes, a copy split between threads where the shares
+// meet: an async save's stall is the snapshot's copy, and one thread copies
+// at a fraction of what the memory can do. A share without a thread to be
+// had is copied here.
+void CopyInParallel(absl::Span<const PlainCopy> copies) {
+  constexpr uint64_t kBytesPerThread = uint64_t{16} << 20;
+  uint64_t total = 0;
+  for (const PlainCopy& c : copies) total += c.bytes;
+  const uint64_t cores = std::max(1u, std::thread::hardware_concurrency());
+  const uint64_t threads =
+      std::max<uint64_t>(1, std::min({cores, uint64_t{4}, total / kBytesPerThread}));
+  // Bytes [begin, end) of all the copies, in order.
+  auto share = [copies](uint64_t begin, uint64_t end) {
+    uint64_t at = 0;  // where a copy starts among all the bytes
+    for (size_t i = 0; i < copies.size() && at < end; at += copies[i++].bytes) {
+      const PlainCopy& c = copies[i];
+      const uint64_t lo = begin > at ? begin - at : 0;
+      const uint64_t hi = std::min(end - at, c.bytes);
+      if (lo < hi) std::memcpy(c.dst + lo, c.src + lo, hi - lo);
+    }
+  };
+  std::vector<std::thread> helpers;
+  helpers.reserve(threads - 1);  // no throw with a thread started
+  for (uint64_t t = 0; t + 1 < threads; ++t) {
+    const uint64_t begin = total / threads * t, end = total / threads * (t + 1);
+    try {
+      helpers.emplace_back(share, begin, end);
+    } catch (const std::system_error&) {
+      share(begin, end);
+    }
+  }
+  share(total / threads * (threads - 1), total);
+  for (std::thread& h : helpers) h.join();
+}
+
+// Copies a snapshot's plain host tensors into the idle buffer of an earlier
+// snapshot while the tree is still being walked: on helper threads as the
+// walk queues them, and on the walking thread too once it is done (an async
+// save of 20,000 small tensors stalled for the walk, then for the copy).
+// It takes the tensors in the walk's order, at the offsets CopySnapshot
+// gives them, for as long as each is a plain host tensor that fits; the
+// first that is not (a view, a device tensor, one past the buffer's end)
+// ends it, and CopySnapshot copies the rest, or everything again into a
+// buffer of the right kind and size.
+class SnapshotPipeline {
+ public:
+  static constexpr uint64_t kAlign = 64;
+  static uint64_t Aligned(uint64_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+  // `owner`'s largest idle pageable buffer, if it has one (null: none).
+  explicit SnapshotPipeline(SnapshotBuffers* owner) : owner_(owner) {
+    if (owner_ != nullptr) buffer_ = owner_->TakeIdlePageable();
+    open_ = buffer_.defined();
+    if (open_) {
+      base_ = static_cast<uint8_t*>(buffer_.data_ptr());
+      capacity_ = static_cast<uint64_t>(buffer_.numel());
+    }
+  }
+  ~SnapshotPipeline() {
+    Finish();
+    if (buffer_.defined()) owner_->Give(std::move(buffer_));
+  }
+  SnapshotPipeline(const SnapshotPipeline&) = delete;
+  SnapshotPipeline& operator=(const SnapshotPipeline&) = delete;
+
+  // The walk's next tensor (`bytes` of it): its copy is queued if the
+  // pipeline still takes tensors. Only reads `t`, which must stay alive
+  // until Finish.
+  void Offer(const at::Tensor& t, uint64_t bytes) {
+    if (!open_) return;
+    const uint8_t* src = nullptr;
+    try {
+      if (bytes > 0 && t.device().is_cpu() && t.is_contiguous() && !t.is_conj() && !t.is_neg()) {
+        src = static_cast<const uint8_t*>(t.data_ptr());
+      }
+    } catch (const c10::Error&) {
+      src = nullptr;  // CopySnapshot says what is wrong with it
+    }
+    if ((bytes > 0 && src == nullptr) || offset_ + Aligned(bytes) > capacity_) {
+      open_ = false;
+      return;
+    }
+    for (uint64_t at = 0; at < bytes; at += kPieceBytes) {
+      const uint64_t n = std::min(kPieceBytes, bytes - at);
+      batch_.push_back({base_ + offset_ + at, src + at, n});
+      batch_bytes_ += n;
+      if (batch_bytes_ >= kBatchBytes) Push();
+    }
+    offset_ += Aligned(bytes);
+    ++taken_;
+  }
+
+  // Waits for every queued copy, copying on this thread as well.
+  void Finish() {
+    if (finished_) return;
+    finished_ = true;
+    Push();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      done_ = true;
+    }
+    cv_.notify_all();
+    Work();
+    for (std::thread& h : helpers_) h.join();
+  }
+
+  // Leading tensors of the walk copied into buffer() (after Finish).
+  size_t taken() const { return taken_; }
+  // The buffer they are in (undefined: none), handed over.
+  at::Tensor TakeBuffer() { return std::move(buffer_); }
+  uint64_t capacity() const { return capacity_; }
+
+ private:
+  static constexpr uint64_t kBatchBytes = uint64_t{1} << 20;
+  static constexpr uint64_t kPieceBytes = uint64_t{16} << 20;
+
+  void Push() {
+    if (batch_.empty()) return;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      queue_.push_back(std::move(batch_));
+    }
+    batch_.clear();
+    batch_bytes_ = 0;
+    cv_.notify_one();
+    // Helpers as CopyInParallel has them (up to 4 threads with this one),
+    // started by the first batch: a small state is copied here at Finish.
+    if (helpers_.empty() && !no_threads_) {
+      const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+      for (unsigned i = 0; i + 1 < std::min(cores, 4u); ++i) {
+        try {
+          helpers_.emplace_back([this] { Work(); });
+        } catch (const std::system_error&) {
+          no_threads_ = true;  // copied by the others, or here at Finish
+          break;
+        }
+      }
+    }
+  }
+
+  // Copies queued batches until the walk is done and none is left.
+  void Work() {
+    for (;;) {
+      std::vector<PlainCopy> batch;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [this] { return !queue_.empty() || done_; });
+        if (queue_.empty()) return;
+        batch = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      for (const PlainCopy& c : batch) std::memcpy(c.dst, c.src, c.bytes);
+    }
+  }
+
+  SnapshotBuffers* owner_;
+  at::Tensor buffer_;
+  uint8_t* base_ = nullptr;
+  uint64_t capacity_ = 0;
+  bool open_ = false;
+  bool finished_ = false;
+  bool no_threads_ = false;
+  uint64_t offset_ = 0;
+  size_t taken_ = 0;
+  std::vector<PlainCopy> batch_;  // not queued yet
+  uint64_t batch_bytes_ = 0;
+  std::vector<std::thread> helpers_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::vector<PlainCopy>> queue_;  // guarded by mu_
+  bool done_ = false;                         // guarded by mu_
+};
+
 std::string KeyText(const NodeKey& key) {
   if (auto* s = std::get_if<std::string>(&key)) return *s;
   if (auto* i = std::get_if<int64_t>(&key)) return absl::StrCat(*i);
@@ -110,7 +293,9 @@ struct Path {
 
 class Flattener {
  public:
-  Flattener(bool snapshot, FlatValue* out) : snapshot_(snapshot), out_(out) {}
+  // `pipeline` (snapshot only, may be null) is offered each tensor.
+  Flattener(bool snapshot, FlatValue* out, SnapshotPipeline* pipeline = nullptr)
+      : snapshot_(snapshot), out_(out), pipeline_(pipeline) {}
 
   absl::Status Visit(const c10::IValue& v, NodeKey key, const Path& path) {
     Node node;
@@ -234,6 +419,7 @@ class Flattener {
       // Copied into the snapshot buffer once every tensor has been visited
       // (its size is known then).
       out_->tensors.push_back(tensor);  // only read (under NoGradGuard)
+      if (pipeline_ != nullptr) pipeline_->Offer(tensor, node.data.size);
       return Add(std::move(node));
     }
     at::Tensor host;
@@ -283,6 +469,7 @@ class Flattener {
 
   bool snapshot_;
   FlatValue* out_;
+  SnapshotPipeline* pipeline_;
 };
 
 }  // namespace
@@ -305,64 +492,32 @@ absl::StatusOr<c10::ScalarType> ToScalarType(DType dtype) {
 
 namespace {
 
-struct PlainCopy {
-  uint8_t* dst;
-  const uint8_t* src;
-  uint64_t bytes;
-};
-
-// Performs `copies` on this thread and up to three helpers, each taking an
-// equal share of the bytes, a copy split between threads where the shares
-// meet: an async save's stall is the snapshot's copy, and one thread copies
-// at a fraction of what the memory can do. A share without a thread to be
-// had is copied here.
-void CopyInParallel(absl::Span<const PlainCopy> copies) {
-  constexpr uint64_t kBytesPerThread = uint64_t{16} << 20;
-  uint64_t total = 0;
-  for (const PlainCopy& c : copies) total += c.bytes;
-  const uint64_t cores = std::max(1u, std::thread::hardware_concurrency());
-  const uint64_t threads =
-      std::max<uint64_t>(1, std::min({cores, uint64_t{4}, total / kBytesPerThread}));
-  // Bytes [begin, end) of all the copies, in order.
-  auto share = [copies](uint64_t begin, uint64_t end) {
-    uint64_t at = 0;  // where a copy starts among all the bytes
-    for (size_t i = 0; i < copies.size() && at < end; at += copies[i++].bytes) {
-      const PlainCopy& c = copies[i];
-      const uint64_t lo = begin > at ? begin - at : 0;
-      const uint64_t hi = std::min(end - at, c.bytes);
-      if (lo < hi) std::memcpy(c.dst + lo, c.src + lo, hi - lo);
-    }
-  };
-  std::vector<std::thread> helpers;
-  helpers.reserve(threads - 1);  // no throw with a thread started
-  for (uint64_t t = 0; t + 1 < threads; ++t) {
-    const uint64_t begin = total / threads * t, end = total / threads * (t + 1);
-    try {
-      helpers.emplace_back(share, begin, end);
-    } catch (const std::system_error&) {
-      share(begin, end);
-    }
-  }
-  share(total / threads * (threads - 1), total);
-  for (std::thread& h : helpers) h.join();
-}
-
 // Copies the tensors a snapshot visited (out->tensors, in tensor-node order)
 // into one buffer from `buffers` and points the nodes' spans at it.
-absl::Status CopySnapshot(FlatValue* out, SnapshotBuffers* buffers) {
-  constexpr uint64_t kAlign = 64;
+// The tensors `pipeline` copied already (the leading ones) are not copied
+// again when its buffer is of the kind and size needed.
+absl::Status CopySnapshot(FlatValue* out, SnapshotBuffers* buffers, SnapshotPipeline* pipeline) {
+  using Pipeline = SnapshotPipeline;
   uint64_t total = 0;
   bool on_device = false;
   for (const at::Tensor& t : out->tensors) {
-    total += (static_cast<uint64_t>(t.numel()) * t.element_size() + kAlign - 1) / kAlign * kAlign;
+    total += Pipeline::Aligned(static_cast<uint64_t>(t.numel()) * t.element_size());
     on_device = on_device || t.is_cuda();  // page-locked memory is CUDA's
   }
-  SnapshotBuffers fresh;
-  try {
-    out->snapshot = (buffers != nullptr ? buffers : &fresh)->Take(total, on_device);
-  } catch (const c10::Error& e) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "allocating a ", total, "-byte snapshot buffer: ", e.what_without_backtrace()));
+  pipeline->Finish();
+  size_t copied = 0;  // leading tensors in out->snapshot already
+  if (!on_device && total <= pipeline->capacity()) {
+    copied = pipeline->taken();
+    out->snapshot = pipeline->TakeBuffer();
+  }
+  if (!out->snapshot.defined()) {
+    SnapshotBuffers fresh;
+    try {
+      out->snapshot = (buffers != nullptr ? buffers : &fresh)->Take(total, on_device);
+    } catch (const c10::Error& e) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "allocating a ", total, "-byte snapshot buffer: ", e.what_without_backtrace()));
+    }
   }
   uint8_t* base = static_cast<uint8_t*>(out->snapshot.data_ptr());
   at::NoGradGuard no_grad;
@@ -379,7 +534,7 @@ absl::Status CopySnapshot(FlatValue* out, SnapshotBuffers* buffers) {
     const uint64_t n = node.data.size;
     uint8_t* dst = base + offset;
     try {
-      if (n == 0) {
+      if (n == 0 || k <= copied) {
       } else if (t.device().is_cpu() && t.is_contiguous() && !t.is_conj() && !t.is_neg()) {
         plain.push_back({dst, static_cast<const uint8_t*>(t.data_ptr()), n});
       } else {
@@ -392,7 +547,7 @@ absl::Status CopySnapshot(FlatValue* out, SnapshotBuffers* buffers) {
                                               "): ", e.what_without_backtrace()));
     }
     out->input.bytes[i] = {dst, n};
-    offset += (n + kAlign - 1) / kAlign * kAlign;
+    offset += Pipeline::Aligned(n);
   }
   CopyInParallel(plain);
   out->tensors.clear();  // the caller's tensors are not needed any more
@@ -417,6 +572,19 @@ at::Tensor SnapshotBuffers::Take(uint64_t bytes, bool pinned) {
   }
   return at::empty({static_cast<int64_t>(std::max<uint64_t>(bytes, 1))},
                    at::TensorOptions().dtype(at::kByte).pinned_memory(pinned));
+}
+
+at::Tensor SnapshotBuffers::TakeIdlePageable() {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto best = idle_.end();
+  for (auto it = idle_.begin(); it != idle_.end(); ++it) {
+    if (it->is_pinned()) continue;
+    if (best == idle_.end() || it->numel() > best->numel()) best = it;
+  }
+  if (best == idle_.end()) return at::Tensor();
+  at::Tensor buffer = std::move(*best);
+  idle_.erase(best);
+  return buffer;
 }
 
 void SnapshotBuffers::Give(at::Tensor buffer) {
@@ -449,10 +617,12 @@ absl::StatusOr<FlatValue> Flatten(const c10::IValue& value, bool snapshot,
   const CallerStreams caller;
   // Blobs and tensors are referenced by span: reserve nothing, but keep
   // vectors from reallocating strings under the spans by building spans last.
-  Flattener flattener(snapshot, &out);
+  // A snapshot into an idle buffer starts copying during the walk.
+  SnapshotPipeline pipeline(snapshot ? buffers : nullptr);
+  Flattener flattener(snapshot, &out, &pipeline);
   CKPT_RETURN_IF_ERROR(flattener.Visit(value, {}, Path{}));
   if (snapshot) {
-    CKPT_RETURN_IF_ERROR(CopySnapshot(&out, buffers));
+    CKPT_RETURN_IF_ERROR(CopySnapshot(&out, buffers, &pipeline));
   }
   // Device tensors: one staging per device, ordered after the caller's
   // queued work and the .contiguous() copies just queued.

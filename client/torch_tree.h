@@ -31,6 +31,10 @@ class SnapshotBuffers {
   /// A uint8 host buffer of at least `bytes` (page-locked if `pinned`): the
   /// smallest idle one that fits, or a new one of exactly `bytes`.
   at::Tensor Take(uint64_t bytes, bool pinned);
+  /// The largest idle buffer that is not page-locked (undefined if none):
+  /// a snapshot copies into it while it walks the tree, before it knows
+  /// how much it needs (Give it back if it turns out too small).
+  at::Tensor TakeIdlePageable();
   /// A buffer back for the next save.
   void Give(at::Tensor buffer);
   /// Frees the idle buffers.

@@ -249,6 +249,61 @@ TEST_F(SaveAsyncTest, SnapshotBuffersAreReusedAndNeverSharedByTwoSavesInFlight) 
   EXPECT_EQ(client->snapshot_buffer_bytes(), 0u);
 }
 
+// A snapshot starts copying into the idle buffer of the previous one while
+// it walks the state_dict (it cannot know the size before): a state_dict
+// that outgrew that buffer is copied again, whole, into one that fits, and
+// one that shrank uses part of it; every version holds the values of its
+// call, changed right after it returns.
+TEST_F(SaveAsyncTest, ASnapshotOutgrowingTheIdleBufferIsCopiedWholeIntoOneThatFits) {
+  std::unique_ptr<Client> client = Connect();
+  ASSERT_NE(client, nullptr);
+  auto sd = BigStateDict(5);
+  auto copy = [](const c10::Dict<std::string, at::Tensor>& d) {
+    c10::Dict<std::string, at::Tensor> out;
+    for (const auto& e : d) out.insert(e.key(), e.value().clone());
+    return out;
+  };
+  auto change = [](c10::Dict<std::string, at::Tensor>& d) {
+    for (auto& e : d) e.value().add_(1);
+  };
+  ASSERT_TRUE(client->SaveAsync("async/grow", sd, {}).get().ok());
+  const uint64_t kept = client->snapshot_buffer_bytes();
+  ASSERT_GE(kept, 64u << 20);
+
+  // 16 MiB more at the end of the walk: the first 64 MiB fit the idle
+  // buffer, the rest does not.
+  for (int i = 0; i < 16; ++i) sd.insert(absl::StrCat("extra", i), torch::randn({1 << 18}));
+  const auto grown = copy(sd);
+  auto saved = client->SaveAsync("async/grow", sd, {});
+  change(sd);
+  auto grown_saved = saved.get();
+  ASSERT_TRUE(grown_saved.ok()) << grown_saved.status();
+  // Both buffers stay idle: the one that was too small and the new one.
+  EXPECT_GE(client->snapshot_buffer_bytes(), kept + (80u << 20));
+  EXPECT_LT(client->snapshot_buffer_bytes(), kept + (80u << 20) + 8192);
+
+  // Smaller again: it fits the largest idle buffer.
+  c10::Dict<std::string, at::Tensor> small;
+  for (int i = 0; i < 8; ++i)
+    small.insert(absl::StrCat("layer", i), sd.at(absl::StrCat("layer", i)));
+  const auto shrunk = copy(small);
+  const uint64_t idle = client->snapshot_buffer_bytes();
+  saved = client->SaveAsync("async/grow", small, {});
+  change(small);
+  auto shrunk_saved = saved.get();
+  ASSERT_TRUE(shrunk_saved.ok()) << shrunk_saved.status();
+  EXPECT_EQ(client->snapshot_buffer_bytes(), idle);  // no new buffer
+
+  for (auto [version, expected] : {std::pair{grown_saved->version.version, &grown},
+                                   std::pair{shrunk_saved->version.version, &shrunk}}) {
+    TorchLoadOptions options;
+    options.version = version;
+    auto loaded = client->Load("async/grow", options);
+    ASSERT_TRUE(loaded.ok()) << loaded.status();
+    ExpectEqualStateDict(*loaded, *expected);
+  }
+}
+
 }  // namespace
 }  // namespace ckpt::client
 
