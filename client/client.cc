@@ -47,7 +47,7 @@ void Client::Close() {
     tasks.swap(async_->tasks);
   }
   for (AsyncSaves::Task& task : tasks) task.thread.join();
-  async_->snapshots.Release();
+  async_->snapshots.Close();
 }
 
 void Client::ReleaseSnapshotBuffers() { async_->snapshots.Release(); }

@@ -149,8 +149,8 @@ class Client {
   /// tensors; device ones are copied on the calling thread, ordered on its
   /// current CUDA stream). Host tensors start being copied into the largest
   /// idle buffer while the value is still being walked; a value that
-  /// outgrew it is copied again, whole, into one that fits (that save
-  /// stalls for the copy twice). At most two idle buffers are kept
+  /// outgrew it, or holds device tensors, is copied again, whole, into one
+  /// that fits (that save stalls for the copy twice). At most two idle buffers are kept
   /// (a save in flight and the next); ReleaseSnapshotBuffers() or Close()
   /// frees them.
   std::future<absl::StatusOr<SaveResult>> SaveAsync(const std::string& name,

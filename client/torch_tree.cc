@@ -146,8 +146,10 @@ class SnapshotPipeline {
   static constexpr uint64_t kAlign = 64;
   static uint64_t Aligned(uint64_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 
-  // `owner`'s largest idle pageable buffer, if it has one (null: none).
+  // With an idle pageable buffer of `owner` (see TakeIdlePageable), if it
+  // has one (null: none).
   explicit SnapshotPipeline(SnapshotBuffers* owner) : owner_(owner) {
+    helpers_.reserve(kMaxThreads - 1);  // no throw with a thread started
     if (owner_ != nullptr) buffer_ = owner_->TakeIdlePageable();
     open_ = buffer_.defined();
     if (open_) {
@@ -157,7 +159,7 @@ class SnapshotPipeline {
   }
   ~SnapshotPipeline() {
     Finish();
-    if (buffer_.defined()) owner_->Give(std::move(buffer_));
+    GiveBack();
   }
   SnapshotPipeline(const SnapshotPipeline&) = delete;
   SnapshotPipeline& operator=(const SnapshotPipeline&) = delete;
@@ -183,17 +185,19 @@ class SnapshotPipeline {
       const uint64_t n = std::min(kPieceBytes, bytes - at);
       batch_.push_back({base_ + offset_ + at, src + at, n});
       batch_bytes_ += n;
-      if (batch_bytes_ >= kBatchBytes) Push();
+      if (batch_bytes_ >= kBatchBytes) Push(/*may_start_helpers=*/true);
     }
     offset_ += Aligned(bytes);
+    copied_bytes_ += bytes;
     ++taken_;
   }
 
-  // Waits for every queued copy, copying on this thread as well.
+  // Waits for every queued copy, copying on this thread as well. Does not
+  // throw.
   void Finish() {
     if (finished_) return;
     finished_ = true;
-    Push();
+    Push(/*may_start_helpers=*/false);
     {
       std::lock_guard<std::mutex> lock(mu_);
       done_ = true;
@@ -201,44 +205,56 @@ class SnapshotPipeline {
     cv_.notify_all();
     Work();
     for (std::thread& h : helpers_) h.join();
+    if (owner_ != nullptr) owner_->CountCopiedWhileWalking(copied_bytes_);
   }
 
-  // Leading tensors of the walk copied into buffer() (after Finish).
+  // Leading tensors of the walk copied into the buffer (after Finish).
   size_t taken() const { return taken_; }
+  uint64_t capacity() const { return capacity_; }
   // The buffer they are in (undefined: none), handed over.
   at::Tensor TakeBuffer() { return std::move(buffer_); }
-  uint64_t capacity() const { return capacity_; }
+  // The buffer back to its owner, unused (after Finish).
+  void GiveBack() {
+    if (buffer_.defined()) owner_->Give(std::move(buffer_));
+  }
 
  private:
   static constexpr uint64_t kBatchBytes = uint64_t{1} << 20;
   static constexpr uint64_t kPieceBytes = uint64_t{16} << 20;
+  static constexpr unsigned kMaxThreads = 4;  // helpers and the walking thread
 
-  void Push() {
+  // Queues the batch. Helpers start as CopyInParallel's threads do: one
+  // per 16 MiB queued (a small state is copied by the walking thread at
+  // Finish), at most one fewer than the cores and than kMaxThreads. If the
+  // queue cannot take the batch, it is copied here.
+  void Push(bool may_start_helpers) noexcept {
     if (batch_.empty()) return;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      queue_.push_back(std::move(batch_));
+    try {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        queue_.push_back(std::move(batch_));
+      }
+      cv_.notify_one();
+    } catch (const std::exception&) {
+      for (const PlainCopy& c : batch_) std::memcpy(c.dst, c.src, c.bytes);
     }
     batch_.clear();
+    queued_bytes_ += batch_bytes_;
     batch_bytes_ = 0;
-    cv_.notify_one();
-    // Helpers as CopyInParallel has them (up to 4 threads with this one),
-    // started by the first batch: a small state is copied here at Finish.
-    if (helpers_.empty() && !no_threads_) {
-      const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
-      for (unsigned i = 0; i + 1 < std::min(cores, 4u); ++i) {
-        try {
-          helpers_.emplace_back([this] { Work(); });
-        } catch (const std::system_error&) {
-          no_threads_ = true;  // copied by the others, or here at Finish
-          break;
-        }
+    const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+    while (may_start_helpers && !no_threads_ &&
+           helpers_.size() + 1 < std::min(cores, kMaxThreads) &&
+           queued_bytes_ >= kPieceBytes * (helpers_.size() + 1)) {
+      try {
+        helpers_.emplace_back([this] { Work(); });
+      } catch (const std::system_error&) {
+        no_threads_ = true;  // copied by the others, or here at Finish
       }
     }
   }
 
   // Copies queued batches until the walk is done and none is left.
-  void Work() {
+  void Work() noexcept {
     for (;;) {
       std::vector<PlainCopy> batch;
       {
@@ -261,8 +277,10 @@ class SnapshotPipeline {
   bool no_threads_ = false;
   uint64_t offset_ = 0;
   size_t taken_ = 0;
+  uint64_t copied_bytes_ = 0;
   std::vector<PlainCopy> batch_;  // not queued yet
   uint64_t batch_bytes_ = 0;
+  uint64_t queued_bytes_ = 0;
   std::vector<std::thread> helpers_;
   std::mutex mu_;
   std::condition_variable cv_;
@@ -379,7 +397,7 @@ class Flattener {
     out_->input.sources.reserve(n);
     out_->input.bytes.reserve(n);
     out_->tensors.reserve(n);
-    out_->storages.reserve(n);
+    if (!snapshot_) out_->storages.reserve(n);  // tensors read in place
   }
 
   absl::Status AddTensor(const at::Tensor& tensor, Node node, const Path& path) {
@@ -509,6 +527,8 @@ absl::Status CopySnapshot(FlatValue* out, SnapshotBuffers* buffers, SnapshotPipe
   if (!on_device && total <= pipeline->capacity()) {
     copied = pipeline->taken();
     out->snapshot = pipeline->TakeBuffer();
+  } else {
+    pipeline->GiveBack();  // for another save, or this one if it fits after all
   }
   if (!out->snapshot.defined()) {
     SnapshotBuffers fresh;
@@ -543,6 +563,7 @@ absl::Status CopySnapshot(FlatValue* out, SnapshotBuffers* buffers, SnapshotPipe
         at::from_blob(dst, t.sizes(), t.options().device(at::kCPU).requires_grad(false)).copy_(t);
       }
     } catch (const c10::Error& e) {
+      if (buffers != nullptr) buffers->Give(std::move(out->snapshot));
       return absl::InternalError(absl::StrCat("tensor '", KeyText(node.key), "' (node ", i,
                                               "): ", e.what_without_backtrace()));
     }
@@ -559,6 +580,7 @@ absl::Status CopySnapshot(FlatValue* out, SnapshotBuffers* buffers, SnapshotPipe
 at::Tensor SnapshotBuffers::Take(uint64_t bytes, bool pinned) {
   {
     std::lock_guard<std::mutex> lock(mu_);
+    if (!pinned) last_pageable_bytes_ = bytes;
     auto best = idle_.end();
     for (auto it = idle_.begin(); it != idle_.end(); ++it) {
       if (it->is_pinned() != pinned || static_cast<uint64_t>(it->numel()) < bytes) continue;
@@ -576,11 +598,17 @@ at::Tensor SnapshotBuffers::Take(uint64_t bytes, bool pinned) {
 
 at::Tensor SnapshotBuffers::TakeIdlePageable() {
   std::lock_guard<std::mutex> lock(mu_);
-  auto best = idle_.end();
+  // The smallest that fits the last pageable snapshot, else the largest.
+  auto fits = idle_.end(), largest = idle_.end();
   for (auto it = idle_.begin(); it != idle_.end(); ++it) {
     if (it->is_pinned()) continue;
-    if (best == idle_.end() || it->numel() > best->numel()) best = it;
+    const uint64_t n = static_cast<uint64_t>(it->numel());
+    if (n >= last_pageable_bytes_ && (fits == idle_.end() || it->numel() < fits->numel())) {
+      fits = it;
+    }
+    if (largest == idle_.end() || it->numel() > largest->numel()) largest = it;
   }
+  auto best = fits != idle_.end() ? fits : largest;
   if (best == idle_.end()) return at::Tensor();
   at::Tensor buffer = std::move(*best);
   idle_.erase(best);
@@ -590,6 +618,7 @@ at::Tensor SnapshotBuffers::TakeIdlePageable() {
 void SnapshotBuffers::Give(at::Tensor buffer) {
   if (!buffer.defined()) return;
   std::lock_guard<std::mutex> lock(mu_);
+  if (closed_) return;  // Close()d: freed
   idle_.push_back(std::move(buffer));
   // The largest kIdle stay.
   std::sort(idle_.begin(), idle_.end(),
@@ -601,6 +630,23 @@ void SnapshotBuffers::Release() {
   std::vector<at::Tensor> freed;
   std::lock_guard<std::mutex> lock(mu_);
   freed.swap(idle_);
+}
+
+void SnapshotBuffers::Close() {
+  std::vector<at::Tensor> freed;
+  std::lock_guard<std::mutex> lock(mu_);
+  closed_ = true;
+  freed.swap(idle_);
+}
+
+uint64_t SnapshotBuffers::copied_while_walking() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return copied_while_walking_;
+}
+
+void SnapshotBuffers::CountCopiedWhileWalking(uint64_t bytes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  copied_while_walking_ += bytes;
 }
 
 uint64_t SnapshotBuffers::idle_bytes() {

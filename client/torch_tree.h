@@ -31,20 +31,30 @@ class SnapshotBuffers {
   /// A uint8 host buffer of at least `bytes` (page-locked if `pinned`): the
   /// smallest idle one that fits, or a new one of exactly `bytes`.
   at::Tensor Take(uint64_t bytes, bool pinned);
-  /// The largest idle buffer that is not page-locked (undefined if none):
-  /// a snapshot copies into it while it walks the tree, before it knows
-  /// how much it needs (Give it back if it turns out too small).
+  /// An idle buffer that is not page-locked (undefined if none): the
+  /// smallest that fits the last pageable Take, else the largest. A
+  /// snapshot copies into it while it walks the tree, before it knows how
+  /// much it needs (and Gives it back if it turns out too small).
   at::Tensor TakeIdlePageable();
-  /// A buffer back for the next save.
+  /// A buffer back for the next save (freed after Close).
   void Give(at::Tensor buffer);
   /// Frees the idle buffers.
   void Release();
+  /// Frees the idle buffers and every buffer given back from now on.
+  void Close();
   /// Bytes of the idle buffers.
   uint64_t idle_bytes();
+  /// Bytes that snapshots copied while they walked their trees, in all
+  /// (also those copied again when the buffer turned out too small).
+  uint64_t copied_while_walking();
+  void CountCopiedWhileWalking(uint64_t bytes);
 
  private:
   std::mutex mu_;
   std::vector<at::Tensor> idle_;
+  uint64_t last_pageable_bytes_ = 0;
+  uint64_t copied_while_walking_ = 0;
+  bool closed_ = false;
 };
 
 /// An IValue flattened for RawClient::Save. The spans of `input` point into

@@ -21,6 +21,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "client/client.h"
+#include "client/torch_tree.h"
 #include "server/server.h"
 #include "tests/testing/server_fixture.h"
 #include "tests/testing/temp_dir.h"
@@ -302,6 +303,97 @@ TEST_F(SaveAsyncTest, ASnapshotOutgrowingTheIdleBufferIsCopiedWholeIntoOneThatFi
     ASSERT_TRUE(loaded.ok()) << loaded.status();
     ExpectEqualStateDict(*loaded, *expected);
   }
+}
+
+// The snapshot's copies during the walk, at the level of Flatten: what is
+// copied while walking (counted by SnapshotBuffers), into which buffer, and
+// what becomes of the buffer when the value outgrew it, when the walk fails
+// half-way (helpers copying) and after Close.
+TEST(SnapshotPipelineTest, CopiesWhileWalkingIntoAnIdleBufferThatFitsAndAgainWhenItDoesNot) {
+  constexpr uint64_t kMiB = uint64_t{1} << 20;
+  internal::SnapshotBuffers buffers;
+  // 24 MiB: one tensor of 20 MiB (copied in 16 MiB pieces), an empty one,
+  // four of 1 MiB.
+  c10::Dict<std::string, at::Tensor> sd;
+  sd.insert("big", torch::randn({5 << 20}));
+  sd.insert("empty", torch::empty({0}));
+  for (int i = 0; i < 4; ++i) sd.insert(absl::StrCat("t", i), torch::randn({1 << 18}));
+  // The bytes each tensor node of `flat` would send are those of `values`.
+  auto expect_snapshot_of = [](const internal::FlatValue& flat,
+                               const c10::Dict<std::string, at::Tensor>& values) {
+    size_t tensors = 0;
+    for (size_t i = 0; i < flat.input.tree.size(); ++i) {
+      const Node& node = flat.input.tree[i];
+      if (node.kind != NodeKind::kTensor) continue;
+      ++tensors;
+      const at::Tensor t = values.at(std::get<std::string>(node.key));
+      const uint64_t n = t.numel() * t.element_size();
+      ASSERT_EQ(flat.input.bytes[i].size(), n) << i;
+      EXPECT_EQ(n == 0 ? 0 : std::memcmp(flat.input.bytes[i].data(), t.data_ptr(), n), 0)
+          << std::get<std::string>(node.key);
+      if (n > 0) EXPECT_NE(flat.input.bytes[i].data(), t.data_ptr());  // a copy
+    }
+    EXPECT_EQ(tensors, values.size());
+  };
+  auto change = [&sd] {
+    for (auto& e : sd) e.value().add_(1);
+  };
+  auto clone = [&sd] {
+    c10::Dict<std::string, at::Tensor> out;
+    for (const auto& e : sd) out.insert(e.key(), e.value().clone());
+    return out;
+  };
+
+  // No idle buffer yet: nothing is copied while walking.
+  {
+    auto flat = internal::Flatten(sd, /*snapshot=*/true, &buffers);
+    ASSERT_TRUE(flat.ok()) << flat.status();
+    expect_snapshot_of(*flat, sd);
+    EXPECT_EQ(buffers.copied_while_walking(), 0u);
+    EXPECT_EQ(flat->snapshot.numel(), 24 * kMiB);
+    buffers.Give(std::move(flat->snapshot));
+  }
+  // It fits the idle buffer: every byte is copied while walking, into it.
+  change();
+  {
+    auto flat = internal::Flatten(sd, /*snapshot=*/true, &buffers);
+    ASSERT_TRUE(flat.ok()) << flat.status();
+    const auto snapshotted = clone();
+    change();  // after the snapshot: not in it
+    expect_snapshot_of(*flat, snapshotted);
+    EXPECT_EQ(buffers.copied_while_walking(), 24 * kMiB);
+    EXPECT_EQ(buffers.idle_bytes(), 0u);  // the idle buffer is this snapshot's
+    buffers.Give(std::move(flat->snapshot));
+  }
+  // 4 MiB more at the end: the first 24 MiB are copied while walking, then
+  // everything again into a new buffer; the small one goes back.
+  sd.insert("more", torch::randn({1 << 20}));
+  {
+    auto flat = internal::Flatten(sd, /*snapshot=*/true, &buffers);
+    ASSERT_TRUE(flat.ok()) << flat.status();
+    expect_snapshot_of(*flat, sd);
+    EXPECT_EQ(buffers.copied_while_walking(), 48 * kMiB);
+    EXPECT_EQ(flat->snapshot.numel(), 28 * kMiB);
+    EXPECT_EQ(buffers.idle_bytes(), 24 * kMiB);
+    buffers.Give(std::move(flat->snapshot));
+  }
+  // A value that cannot be saved after 20 MiB copied while walking (by
+  // helper threads, where there are cores): the error, and the idle buffers
+  // as they were.
+  {
+    c10::impl::GenericDict bad(c10::StringType::get(), c10::AnyType::get());
+    bad.insert("first", torch::randn({5 << 20}));
+    bad.insert("sparse", torch::eye(3).to_sparse());
+    auto flat = internal::Flatten(bad, /*snapshot=*/true, &buffers);
+    EXPECT_EQ(flat.status().code(), absl::StatusCode::kInvalidArgument) << flat.status();
+    EXPECT_EQ(buffers.copied_while_walking(), 68 * kMiB);
+    EXPECT_EQ(buffers.idle_bytes(), 52 * kMiB);
+  }
+  // Closed: the idle buffers are freed, and so is one given back later.
+  buffers.Close();
+  EXPECT_EQ(buffers.idle_bytes(), 0u);
+  buffers.Give(torch::empty({4096}, torch::kByte));
+  EXPECT_EQ(buffers.idle_bytes(), 0u);
 }
 
 }  // namespace
