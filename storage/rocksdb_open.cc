@@ -185,6 +185,12 @@ absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(const StoreOpti
   // of its skip list. Reads are unaffected.
   refs_options.memtable_insert_with_hint_prefix_extractor.reset(
       rocksdb::NewCappedPrefixTransform(0));
+  // A bloom filter over the refs memtable's keys (a tenth of its size): a
+  // save's lookups of new chunks, which miss, skip the skip-list search (a
+  // save of 20,000 new small tensors: ~10 % less server CPU, 6 alternating
+  // pairs of 10 saves).
+  refs_options.memtable_whole_key_filtering = true;
+  refs_options.memtable_prefix_bloom_size_ratio = 0.1;
   // Manifests: a 20k-tensor version writes several MB at once.
   rocksdb::ColumnFamilyOptions manifest_options = meta_options;
   manifest_options.write_buffer_size = tuning.manifest_write_buffer_bytes;
