@@ -147,12 +147,12 @@ class Client {
   /// next SaveAsync that fits in it: from the second save on, the stall is
   /// a copy into memory already mapped, shared by up to 4 threads (host
   /// tensors; device ones are copied on the calling thread, ordered on its
-  /// current CUDA stream). Host tensors start being copied into the largest
-  /// idle buffer while the value is still being walked; a value that
-  /// outgrew it, or holds device tensors, is copied again, whole, into one
-  /// that fits (that save stalls for the copy twice). At most two idle buffers are kept
-  /// (a save in flight and the next); ReleaseSnapshotBuffers() or Close()
-  /// frees them.
+  /// current CUDA stream). Host tensors start being copied into an idle
+  /// buffer (the smallest that fitted the last new one) while the value is
+  /// still being walked; a value that outgrew it, or holds device tensors,
+  /// is copied again, whole, into one that fits (that save stalls for the
+  /// copy twice). At most two idle buffers are kept (a save in flight and
+  /// the next); ReleaseSnapshotBuffers() or Close() frees them.
   std::future<absl::StatusOr<SaveResult>> SaveAsync(const std::string& name,
                                                     const c10::IValue& value,
                                                     const SaveOptions& options);

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <deque>
 #include <mutex>
+#include <optional>
 #include <system_error>
 #include <thread>
 #include <vector>
@@ -89,6 +90,12 @@ constexpr DTypePair kDTypes[] = {
     {c10::ScalarType::ComplexFloat, DType::kComplex64},
     {c10::ScalarType::ComplexDouble, DType::kComplex128},
 };
+
+// A host tensor whose bytes are its values, in order, where data_ptr()
+// points: read in place, or copied with one memcpy.
+bool IsPlainHost(const at::Tensor& t) {
+  return t.device().is_cpu() && t.is_contiguous() && !t.is_conj() && !t.is_neg();
+}
 
 struct PlainCopy {
   uint8_t* dst;
@@ -171,7 +178,7 @@ class SnapshotPipeline {
     if (!open_) return;
     const uint8_t* src = nullptr;
     try {
-      if (bytes > 0 && t.device().is_cpu() && t.is_contiguous() && !t.is_conj() && !t.is_neg()) {
+      if (bytes > 0 && IsPlainHost(t)) {
         src = static_cast<const uint8_t*>(t.data_ptr());
       }
     } catch (const c10::Error&) {
@@ -446,8 +453,7 @@ class Flattener {
       // allocations per tensor that a save of 20,000 tensors felt); its
       // storage is held, so that its bytes outlive a `.data =` or `set_()`
       // of another thread during the save.
-      if (tensor.device().is_cpu() && tensor.is_contiguous() && !tensor.is_conj() &&
-          !tensor.is_neg()) {
+      if (IsPlainHost(tensor)) {
         out_->tensors.push_back(tensor);
         out_->storages.push_back(tensor.storage());
         return Add(std::move(node), static_cast<int>(out_->tensors.size()) - 1, -1);
@@ -555,7 +561,7 @@ absl::Status CopySnapshot(FlatValue* out, SnapshotBuffers* buffers, SnapshotPipe
     uint8_t* dst = base + offset;
     try {
       if (n == 0 || k <= copied) {
-      } else if (t.device().is_cpu() && t.is_contiguous() && !t.is_conj() && !t.is_neg()) {
+      } else if (IsPlainHost(t)) {
         plain.push_back({dst, static_cast<const uint8_t*>(t.data_ptr()), n});
       } else {
         // Strided, conjugate/negative views and device tensors: through a
@@ -661,14 +667,15 @@ absl::StatusOr<FlatValue> Flatten(const c10::IValue& value, bool snapshot,
   FlatValue out;
   // Captured before anything is queued: the caller's current streams.
   const CallerStreams caller;
-  // Blobs and tensors are referenced by span: reserve nothing, but keep
-  // vectors from reallocating strings under the spans by building spans last.
+  // Blobs and tensors are referenced by span: the vectors may still grow
+  // (and move the blobs' strings) during the walk, so spans are built last.
   // A snapshot into an idle buffer starts copying during the walk.
-  SnapshotPipeline pipeline(snapshot ? buffers : nullptr);
-  Flattener flattener(snapshot, &out, &pipeline);
+  std::optional<SnapshotPipeline> pipeline;
+  if (snapshot) pipeline.emplace(buffers);
+  Flattener flattener(snapshot, &out, pipeline ? &*pipeline : nullptr);
   CKPT_RETURN_IF_ERROR(flattener.Visit(value, {}, Path{}));
   if (snapshot) {
-    CKPT_RETURN_IF_ERROR(CopySnapshot(&out, buffers, &pipeline));
+    CKPT_RETURN_IF_ERROR(CopySnapshot(&out, buffers, &*pipeline));
   }
   // Device tensors: one staging per device, ordered after the caller's
   // queued work and the .contiguous() copies just queued.

@@ -40,6 +40,17 @@ c10::Dict<std::string, at::Tensor> BigStateDict(int64_t seed) {
   return sd;
 }
 
+c10::Dict<std::string, at::Tensor> CloneStateDict(const c10::Dict<std::string, at::Tensor>& d) {
+  c10::Dict<std::string, at::Tensor> out;
+  for (const auto& e : d) out.insert(e.key(), e.value().clone());
+  return out;
+}
+
+// Adds 1 to every element (floating-point state dicts).
+void AddOne(c10::Dict<std::string, at::Tensor>& d) {
+  for (auto& e : d) e.value().add_(1);
+}
+
 void ExpectEqualStateDict(const c10::IValue& loaded,
                           const c10::Dict<std::string, at::Tensor>& expected) {
   ASSERT_TRUE(loaded.isGenericDict());
@@ -183,11 +194,6 @@ TEST_F(SaveAsyncTest, SnapshotBuffersAreReusedAndNeverSharedByTwoSavesInFlight) 
   sd.insert("conj", torch::complex(torch::randn({3}), torch::randn({3})).conj());
   sd.insert("scalar", torch::tensor(7.5));
   sd.insert("empty", torch::empty({0, 3}));
-  auto copy = [](const c10::Dict<std::string, at::Tensor>& d) {
-    c10::Dict<std::string, at::Tensor> out;
-    for (const auto& e : d) out.insert(e.key(), e.value().clone());
-    return out;
-  };
   // A change of every element, whatever the dtype.
   auto change = [](c10::Dict<std::string, at::Tensor>& d) {
     for (auto& e : d) {
@@ -199,7 +205,7 @@ TEST_F(SaveAsyncTest, SnapshotBuffersAreReusedAndNeverSharedByTwoSavesInFlight) 
       }
     }
   };
-  const auto v1 = copy(sd);
+  const auto v1 = CloneStateDict(sd);
   ASSERT_EQ(client->snapshot_buffer_bytes(), 0u);
   ASSERT_TRUE(client->SaveAsync("async/reuse", sd, {}).get().ok());
   const uint64_t kept = client->snapshot_buffer_bytes();
@@ -212,10 +218,10 @@ TEST_F(SaveAsyncTest, SnapshotBuffersAreReusedAndNeverSharedByTwoSavesInFlight) 
   // The next save snapshots into it; changing the tensors right after the
   // call does not reach the version.
   change(sd);
-  const auto v2 = copy(sd);
+  const auto v2 = CloneStateDict(sd);
   auto second = client->SaveAsync("async/reuse", sd, {});
   change(sd);
-  const auto v3 = copy(sd);
+  const auto v3 = CloneStateDict(sd);
   // A third while the second may still upload: another buffer.
   auto third = client->SaveAsync("async/reuse", sd, {});
   change(sd);
@@ -259,14 +265,6 @@ TEST_F(SaveAsyncTest, ASnapshotOutgrowingTheIdleBufferIsCopiedWholeIntoOneThatFi
   std::unique_ptr<Client> client = Connect();
   ASSERT_NE(client, nullptr);
   auto sd = BigStateDict(5);
-  auto copy = [](const c10::Dict<std::string, at::Tensor>& d) {
-    c10::Dict<std::string, at::Tensor> out;
-    for (const auto& e : d) out.insert(e.key(), e.value().clone());
-    return out;
-  };
-  auto change = [](c10::Dict<std::string, at::Tensor>& d) {
-    for (auto& e : d) e.value().add_(1);
-  };
   ASSERT_TRUE(client->SaveAsync("async/grow", sd, {}).get().ok());
   const uint64_t kept = client->snapshot_buffer_bytes();
   ASSERT_GE(kept, 64u << 20);
@@ -274,9 +272,9 @@ TEST_F(SaveAsyncTest, ASnapshotOutgrowingTheIdleBufferIsCopiedWholeIntoOneThatFi
   // 16 MiB more at the end of the walk: the first 64 MiB fit the idle
   // buffer, the rest does not.
   for (int i = 0; i < 16; ++i) sd.insert(absl::StrCat("extra", i), torch::randn({1 << 18}));
-  const auto grown = copy(sd);
+  const auto grown = CloneStateDict(sd);
   auto saved = client->SaveAsync("async/grow", sd, {});
-  change(sd);
+  AddOne(sd);
   auto grown_saved = saved.get();
   ASSERT_TRUE(grown_saved.ok()) << grown_saved.status();
   // Both buffers stay idle: the one that was too small and the new one.
@@ -287,10 +285,10 @@ TEST_F(SaveAsyncTest, ASnapshotOutgrowingTheIdleBufferIsCopiedWholeIntoOneThatFi
   c10::Dict<std::string, at::Tensor> small;
   for (int i = 0; i < 8; ++i)
     small.insert(absl::StrCat("layer", i), sd.at(absl::StrCat("layer", i)));
-  const auto shrunk = copy(small);
+  const auto shrunk = CloneStateDict(small);
   const uint64_t idle = client->snapshot_buffer_bytes();
   saved = client->SaveAsync("async/grow", small, {});
-  change(small);
+  AddOne(small);
   auto shrunk_saved = saved.get();
   ASSERT_TRUE(shrunk_saved.ok()) << shrunk_saved.status();
   EXPECT_EQ(client->snapshot_buffer_bytes(), idle);  // no new buffer
@@ -335,14 +333,6 @@ TEST(SnapshotPipelineTest, CopiesWhileWalkingIntoAnIdleBufferThatFitsAndAgainWhe
     }
     EXPECT_EQ(tensors, values.size());
   };
-  auto change = [&sd] {
-    for (auto& e : sd) e.value().add_(1);
-  };
-  auto clone = [&sd] {
-    c10::Dict<std::string, at::Tensor> out;
-    for (const auto& e : sd) out.insert(e.key(), e.value().clone());
-    return out;
-  };
 
   // No idle buffer yet: nothing is copied while walking.
   {
@@ -354,12 +344,12 @@ TEST(SnapshotPipelineTest, CopiesWhileWalkingIntoAnIdleBufferThatFitsAndAgainWhe
     buffers.Give(std::move(flat->snapshot));
   }
   // It fits the idle buffer: every byte is copied while walking, into it.
-  change();
+  AddOne(sd);
   {
     auto flat = internal::Flatten(sd, /*snapshot=*/true, &buffers);
     ASSERT_TRUE(flat.ok()) << flat.status();
-    const auto snapshotted = clone();
-    change();  // after the snapshot: not in it
+    const auto snapshotted = CloneStateDict(sd);
+    AddOne(sd);  // after the snapshot: not in it
     expect_snapshot_of(*flat, snapshotted);
     EXPECT_EQ(buffers.copied_while_walking(), 24 * kMiB);
     EXPECT_EQ(buffers.idle_bytes(), 0u);  // the idle buffer is this snapshot's
